@@ -1,0 +1,89 @@
+"""The one small interface where the policy engine meets the stores (embedded or Redis).
+
+Numbers cross this interface as E.164 strings ("+33612345678"). Nothing here does I/O itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class StoreUnavailable(Exception):
+    """The backing store (Redis, disk) cannot answer now; the trunk's `on_store_error` decides."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListInfo:
+    """What a loaded list is, for the `list.stale` rule, metrics and compliance proof."""
+
+    name: str
+    version: int  # increases at every switch
+    count: int  # numbers in the list
+    imported_at: float  # epoch seconds of the import that produced this version
+    source_name: str  # file name the import read
+    source_size: int  # bytes
+    source_sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentRecord:
+    account: str
+    number: str  # E.164
+    granted_at: float
+    proof: str  # reference to the proof (recording id, form id, …)
+    revoked_at: float | None = None
+    # Hours the consumer agreed to be called at, if they differ from the law's default; free text
+    # such as "mon-sat 09:00-21:00", interpreted by the policy engine.
+    hours: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptDecision:
+    """Outcome of an atomic check-and-record of one call attempt."""
+
+    allowed: bool
+    attempts_in_window: int  # attempts counted in the window, including this one when allowed
+    refused_at: float | None  # last recorded refusal by the consumer, if any
+
+
+class Store(Protocol):
+    """Lists are answered from local memory (sync, hot path); counters may be remote (async)."""
+
+    # --- lists (do-not-call, authorised caller IDs, …): in-memory, microseconds ---
+    def list_contains(self, list_name: str, number: str) -> bool:
+        """True when `number` (E.164) is in the current version of `list_name`.
+
+        Raises KeyError when no such list has ever been imported (a configuration error)."""
+        ...
+
+    def list_info(self, list_name: str) -> ListInfo | None: ...
+
+    def list_names(self) -> list[str]: ...
+
+    # --- consent and contracts (per professional account) ---
+    def consent_for(self, account: str, number: str, at: float) -> ConsentRecord | None:
+        """The consent in force at `at` (granted before, not revoked before), or None."""
+        ...
+
+    def has_contract(self, account: str, number: str, at: float) -> bool:
+        """A contract in progress between `account` and the consumer `number` at `at`."""
+        ...
+
+    # --- counters (shared between instances in the Redis backend): atomic ---
+    async def check_and_record_attempt(
+        self, account: str, number: str, now: float, cap: int, window_s: float, refusal_cooldown_s: float
+    ) -> AttemptDecision:
+        """Atomically: if there is no refusal within `refusal_cooldown_s` and fewer than `cap` attempts in
+        the rolling `window_s`, record one attempt at `now` and allow; else record nothing and refuse.
+
+        Raises StoreUnavailable when the counters cannot be reached."""
+        ...
+
+    async def attempts(self, account: str, number: str, now: float, window_s: float) -> int: ...
+
+    async def record_refusal(self, account: str, number: str, at: float) -> None: ...
+
+    async def last_refusal(self, account: str, number: str) -> float | None: ...
+
+    async def close(self) -> None: ...
