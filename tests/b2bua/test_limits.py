@@ -1,0 +1,258 @@
+"""Admission control: token buckets, bounded source table, dialog caps, config parsing."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sipfilter.b2bua.limits import (
+    Admission,
+    Admit,
+    Drop,
+    LimitsConfig,
+    LimitsConfigError,
+    Reject,
+    TrunkLimits,
+)
+
+
+def test_unknown_source_is_dropped_and_allocates_nothing() -> None:
+    adm = Admission(LimitsConfig())
+    for i in range(10_000):
+        d = adm.admit_invite(f"198.51.{i // 256}.{i % 256}", None, now=1.0)
+        assert d == Drop("unknown-source")
+    snap = adm.snapshot()
+    assert snap.tracked_sources == 0
+    assert snap.active_dialogs == 0
+    assert snap.refused["unknown-source"] == 10_000
+
+
+def test_unknown_source_reject_mode_answers_403_without_retry_after() -> None:
+    adm = Admission(LimitsConfig(unknown_source="reject"))
+    assert adm.admit_invite("203.0.113.9", None, 0.0) == Reject(403, None, "unknown-source")
+
+
+def test_source_bucket_allows_burst_then_503_with_retry_after() -> None:
+    adm = Admission(LimitsConfig(source_rate=2.0, source_burst=3))
+    decisions = [adm.admit_request("10.0.0.1", "dialer", 100.0) for _ in range(4)]
+    assert decisions[:3] == [Admit(None)] * 3
+    assert decisions[3] == Reject(503, 1, "source-rate")
+    # Half a second later exactly one token (rate 2/s) is back.
+    assert adm.admit_request("10.0.0.1", "dialer", 100.5) == Admit(None)
+    assert isinstance(adm.admit_request("10.0.0.1", "dialer", 100.5), Reject)
+    # Another source has its own bucket.
+    assert adm.admit_request("10.0.0.2", "dialer", 100.5) == Admit(None)
+
+
+def test_retry_after_reflects_refill_time() -> None:
+    adm = Admission(LimitsConfig(source_rate=0.1, source_burst=1))  # one request per 10 s
+    assert adm.admit_request("10.0.0.1", "t", 0.0) == Admit(None)
+    d = adm.admit_request("10.0.0.1", "t", 1.0)
+    assert d == Reject(503, 9, "source-rate")
+
+
+def test_clock_going_backwards_mints_no_tokens() -> None:
+    adm = Admission(LimitsConfig(source_rate=1.0, source_burst=1))
+    assert adm.admit_request("10.0.0.1", "t", 1000.0) == Admit(None)
+    assert isinstance(adm.admit_request("10.0.0.1", "t", 10.0), Reject)
+    assert isinstance(adm.admit_request("10.0.0.1", "t", 1000.5), Reject)
+    assert adm.admit_request("10.0.0.1", "t", 1001.0) == Admit(None)
+
+
+def test_refused_requests_do_not_consume_future_tokens() -> None:
+    adm = Admission(LimitsConfig(source_rate=1.0, source_burst=1))
+    assert adm.admit_request("10.0.0.1", "t", 0.0) == Admit(None)
+    for _ in range(1000):  # hammering while empty must not push the next token further away
+        assert isinstance(adm.admit_request("10.0.0.1", "t", 0.5), Reject)
+    assert adm.admit_request("10.0.0.1", "t", 1.0) == Admit(None)
+
+
+def test_source_table_is_bounded_under_spray_and_evicts_least_recent() -> None:
+    adm = Admission(LimitsConfig(source_rate=1.0, source_burst=2, max_sources=100))
+    # A legitimate source uses one token, then a spray of 10 000 in-CIDR addresses arrives in the same second.
+    assert adm.admit_request("10.9.9.9", "t", 0.0) == Admit(None)
+    for i in range(10_000):
+        adm.admit_request(f"10.1.{i // 256}.{i % 256}", "t", 0.0)
+        assert adm.snapshot().tracked_sources <= 100
+    snap = adm.snapshot()
+    assert snap.tracked_sources == 100
+    assert snap.evicted_sources == 10_000 + 1 - 100
+
+
+def test_recently_seen_source_survives_eviction() -> None:
+    adm = Admission(LimitsConfig(source_rate=1.0, source_burst=2, max_sources=3))
+    for ip in ("a", "b", "c"):
+        adm.admit_request(ip, "t", 0.0)
+    adm.admit_request("a", "t", 0.0)  # a becomes most recent: its bucket is now empty
+    adm.admit_request("d", "t", 0.0)  # evicts b, the least recently seen
+    assert isinstance(adm.admit_request("a", "t", 0.0), Reject)  # a kept its (empty) bucket
+
+
+def test_full_buckets_expire_without_changing_any_answer() -> None:
+    adm = Admission(LimitsConfig(source_rate=10.0, source_burst=5))
+    for i in range(50):
+        adm.admit_request(f"10.0.0.{i}", "t", 0.0)
+    assert adm.snapshot().tracked_sources == 50
+    adm.admit_request("10.0.1.1", "t", 0.6)  # 0.6 s > burst/rate: every old bucket is full again
+    assert adm.snapshot().tracked_sources == 1
+    assert adm.snapshot().evicted_sources == 0
+
+
+def test_dialog_caps_per_trunk_and_total_and_release() -> None:
+    cfg = LimitsConfig(
+        source_burst=1000,
+        max_dialogs=3,
+        trunks={"a": TrunkLimits(max_dialogs=2), "b": TrunkLimits(max_dialogs=5)},
+        retry_after_s=7,
+    )
+    adm = Admission(cfg)
+    a1 = adm.admit_invite("10.0.0.1", "a", 0.0)
+    a2 = adm.admit_invite("10.0.0.1", "a", 0.0)
+    assert isinstance(a1, Admit) and isinstance(a2, Admit) and a1.slot != a2.slot
+    assert adm.admit_invite("10.0.0.1", "a", 0.0) == Reject(503, 7, "trunk-dialogs")
+    b1 = adm.admit_invite("10.0.0.2", "b", 0.0)
+    assert isinstance(b1, Admit)
+    assert adm.admit_invite("10.0.0.2", "b", 0.0) == Reject(503, 7, "total-dialogs")
+    assert adm.active_dialogs() == 3 and adm.active_dialogs("a") == 2
+    assert adm.release(a1.slot) is True
+    assert adm.release(a1.slot) is False  # idempotent: a double release cannot free someone else's slot
+    assert adm.active_dialogs("a") == 1
+    assert isinstance(adm.admit_invite("10.0.0.2", "b", 0.0), Admit)
+    snap = adm.snapshot()
+    assert snap.refused["trunk-dialogs"] == 1 and snap.refused["total-dialogs"] == 1
+    assert snap.active_by_trunk == {"a": 1, "b": 2}
+
+
+def test_default_trunk_limits_apply_to_unlisted_trunks() -> None:
+    adm = Admission(LimitsConfig(default_trunk=TrunkLimits(max_dialogs=1)))
+    assert isinstance(adm.admit_invite("10.0.0.1", "x", 0.0), Admit)
+    assert adm.admit_invite("10.0.0.1", "x", 0.0) == Reject(503, 5, "trunk-dialogs")
+    assert isinstance(adm.admit_invite("10.0.0.1", "y", 0.0), Admit)
+
+
+def test_trunk_cps_bucket() -> None:
+    adm = Admission(LimitsConfig(source_burst=1000, trunks={"t": TrunkLimits(max_cps=2.0)}))
+    assert isinstance(adm.admit_invite("10.0.0.1", "t", 0.0), Admit)
+    assert isinstance(adm.admit_invite("10.0.0.2", "t", 0.0), Admit)
+    assert adm.admit_invite("10.0.0.3", "t", 0.0) == Reject(503, 1, "trunk-rate")
+    assert isinstance(adm.admit_invite("10.0.0.3", "t", 0.5), Admit)
+
+
+def test_calls_refused_by_a_cap_do_not_use_the_trunk_call_rate() -> None:
+    adm = Admission(
+        LimitsConfig(source_burst=1000, trunks={"t": TrunkLimits(max_dialogs=1, max_cps=1.0, cps_burst=2)})
+    )
+    first = adm.admit_invite("10.0.0.1", "t", 0.0)
+    assert isinstance(first, Admit)
+    for _ in range(10):
+        assert adm.admit_invite("10.0.0.1", "t", 0.0) == Reject(503, 5, "trunk-dialogs")
+    adm.release(first.slot)
+    assert isinstance(adm.admit_invite("10.0.0.1", "t", 0.0), Admit)
+
+
+def test_admit_request_takes_no_slot() -> None:
+    adm = Admission(LimitsConfig(max_dialogs=0))
+    assert adm.admit_request("10.0.0.1", "t", 0.0) == Admit(None)
+    assert adm.admit_invite("10.0.0.1", "t", 0.0) == Reject(503, 5, "total-dialogs")
+    assert adm.release(None) is False
+
+
+def test_reconfigure_keeps_live_dialogs_and_shrinks_table() -> None:
+    adm = Admission(LimitsConfig(max_sources=10))
+    held = [adm.admit_invite(f"10.0.0.{i}", "t", 0.0) for i in range(10)]
+    adm.reconfigure(LimitsConfig(max_sources=4, max_dialogs=5))
+    assert adm.active_dialogs() == 10
+    assert adm.snapshot().tracked_sources == 4
+    assert adm.admit_invite("10.0.0.1", "t", 0.0) == Reject(503, 5, "total-dialogs")
+    for d in held:
+        assert isinstance(d, Admit)
+        adm.release(d.slot)
+    assert isinstance(adm.admit_invite("10.0.0.1", "t", 0.0), Admit)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["invite", "request", "release"]),
+            st.integers(0, 5),
+            st.sampled_from(["a", "b", None]),
+            st.floats(0, 0.5),
+        ),
+        max_size=200,
+    )
+)
+def test_invariants_under_random_traffic(ops: list[tuple[str, int, str | None, float]]) -> None:
+    cfg = LimitsConfig(
+        source_rate=5.0,
+        source_burst=3,
+        max_sources=4,
+        max_dialogs=6,
+        trunks={"a": TrunkLimits(max_dialogs=4, max_cps=3.0)},
+    )
+    adm = Admission(cfg)
+    now = 0.0
+    held: list[int] = []
+    admitted_since: list[float] = []
+    for op, n, trunk, dt in ops:
+        now += dt
+        if op == "release" and held:
+            assert adm.release(held.pop(n % len(held)))
+            continue
+        if op == "request":
+            adm.admit_request(f"10.0.0.{n}", trunk, now)
+            continue
+        d = adm.admit_invite(f"10.0.0.{n}", trunk, now)
+        if trunk is None:
+            assert isinstance(d, Drop)
+        if isinstance(d, Admit):
+            assert d.slot is not None
+            held.append(d.slot)
+            admitted_since.append(now)
+        elif isinstance(d, Reject):
+            assert d.status == 503 and d.retry_after is not None and d.retry_after >= 1
+        snap = adm.snapshot()
+        assert snap.tracked_sources <= 4
+        assert snap.active_dialogs == len(held) <= 6
+        assert adm.active_dialogs("a") <= 4
+        assert sum(snap.active_by_trunk.values()) == snap.active_dialogs
+
+
+def test_from_mapping_parses_the_yaml_section() -> None:
+    cfg = LimitsConfig.from_mapping(
+        {
+            "source_rate": 20,
+            "source_burst": 40,
+            "max_sources": 1000,
+            "max_dialogs": 500,
+            "retry_after_s": 3,
+            "unknown_source": "drop",
+            "default_trunk": {"max_dialogs": 100},
+            "trunks": {"dialer": {"max_dialogs": 200, "max_cps": 15, "cps_burst": 30}},
+        }
+    )
+    assert cfg.source_rate == 20.0 and cfg.max_dialogs == 500
+    assert cfg.for_trunk("dialer") == TrunkLimits(200, 15.0, 30)
+    assert cfg.for_trunk("other") == TrunkLimits(max_dialogs=100)
+    assert LimitsConfig.from_mapping(None) == LimitsConfig()
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        ({"source_rat": 1}, "unknown key(s) source_rat"),
+        ({"source_rate": 0}, "limits.source_rate"),
+        ({"source_rate": "fast"}, "limits.source_rate"),
+        ({"source_burst": True}, "limits.source_burst"),
+        ({"max_sources": 0}, "limits.max_sources"),
+        ({"unknown_source": "ignore"}, "limits.unknown_source"),
+        ({"trunks": {"x": {"max_cps": -1}}}, "limits.trunks.x.max_cps"),
+        ({"trunks": {"x": {"max_calls": 3}}}, "limits.trunks.x: unknown key(s) max_calls"),
+        ({"trunks": ["x"]}, "limits.trunks must be a mapping"),
+    ],
+)
+def test_from_mapping_errors_name_the_field(data: dict[str, object], fragment: str) -> None:
+    with pytest.raises(LimitsConfigError) as info:
+        LimitsConfig.from_mapping(data)
+    assert fragment in str(info.value)
