@@ -367,6 +367,15 @@ def _port_bound(port: int, *, tcp: bool) -> bool:
 # --------------------------------------------------------------------------------------------- sipfilter
 
 
+# Rule-pack overrides that make a test independent of the clock: the D223-9 window open every day all
+# day, no public holidays, and a frequency cap no test reaches. Every other rule stays as in config/rules/.
+ALWAYS_OPEN: dict[str, Any] = {
+    "hours": {"weekly": {day: ["00:00-24:00"] for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}},
+    "holidays": {"source": "none"},
+    "frequency": {"cap": 1_000_000},
+}
+
+
 @dataclass(frozen=True, slots=True)
 class SipfilterPorts:
     inside: int  # dialer side, UDP and TCP
@@ -379,8 +388,9 @@ def sipfilter_config(
     trunk: Mapping[str, Any] | None = None, sip: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A complete config (the schema of config/sipfilter.yaml) for one test: private ports, data and audit
-    under `workdir`, the repository's rule packs, one `dialer` trunk whose targets are `carrier_ports`
-    in priority order. `trunk` and `sip` entries replace the defaults key by key."""
+    under `workdir`, the repository's rule packs, one `dialer` trunk (automated, prospecting, French rules
+    with the ALWAYS_OPEN overrides) whose targets are `carrier_ports` in priority order. `trunk` and `sip`
+    entries replace the defaults key by key."""
     rules_dir = REPO / "config" / "rules"
     rule_packs = {p.stem: str(p) for p in sorted(rules_dir.glob("*.yaml"))}
     rule_packs = rule_packs or {"fr": str(rules_dir / "fr.yaml")}
@@ -409,7 +419,7 @@ def sipfilter_config(
         "lists": {"dnc": ["bloctel", "optouts"], "authorised_caller_ids": None},
         "on_store_error": "reject",
         "on_stale_list": "reject",
-        "overrides": {},
+        "overrides": ALWAYS_OPEN,
         "targets": [{"uri": f"sip:{LOOPBACK}:{port}", "transport": "udp", "priority": i + 1, "weight": 1}
                     for i, port in enumerate(carrier_ports)],
         "headers": {"pass": ["P-Asserted-Identity", "Privacy", "Identity", "User-Agent", "X-*"]},

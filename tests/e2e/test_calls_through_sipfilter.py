@@ -1,0 +1,197 @@
+"""Dialer (SIPp UAC) → sipfilter → carrier (SIPp UAS) on loopback: every call path of sipp/, end to end.
+
+Checks per call that the outcome matches the CSV's expected column and that no dialog is left behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import SippFactory
+from sipfilter_provision import provision
+from sipp_harness import (
+    CallCase,
+    Sipfilter,
+    SipfilterPorts,
+    SippRun,
+    free_ports,
+    read_calls_csv,
+    sipfilter_available,
+    sipfilter_config,
+    write_calls_csv,
+    write_config,
+)
+
+_MISSING = sipfilter_available()
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")]
+
+POLICY_MIX = Path(__file__).resolve().parents[2] / "sipp" / "csv" / "policy_mix.csv"
+ANSWERED = CallCase("+33162000001", "+33612000001", "relay")
+
+
+@dataclass
+class Deployment:
+    sipfilter: Sipfilter
+    carrier_ports: list[int]
+
+    @property
+    def inside(self) -> str:
+        return f"127.0.0.1:{self.sipfilter.ports.inside}"
+
+
+def deploy(workdir: Path, carriers: int = 1, trunk: dict[str, Any] | None = None) -> Deployment:
+    """Config on free ports, lists and consents provisioned, `sipfilter run` started and ready."""
+    ports = SipfilterPorts(*free_ports(3))
+    carrier_ports = free_ports(carriers + 3)[3:]
+    config = sipfilter_config(workdir, ports, carrier_ports, trunk=trunk)
+    config_path = write_config(workdir / "sipfilter.yaml", config)
+    provision(config_path, workdir)
+    return Deployment(Sipfilter(config_path, ports, workdir / "run").start(), carrier_ports)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """One sipfilter with one carrier target for the tests that do not need their own targets."""
+    deployment = deploy(tmp_path_factory.mktemp("sipfilter"))
+    try:
+        yield deployment
+    finally:
+        deployment.sipfilter.stop()
+
+
+def call(sipp: SippFactory, tmp_path: Path, deployment: Deployment, uac: str, uas: str | list[str],
+         cases: list[CallCase], *, carrier_calls: int | list[int] | None = None, transport: str = "u1",
+         uac_pause_ms: int = 100, uas_pause_ms: int | list[int] = 50) -> tuple[SippRun, list[SippRun]]:
+    """Start the carrier(s) on the deployment's target ports, play `cases` from the dialer, collect both."""
+    uas_list = [uas] if isinstance(uas, str) else uas
+    counts = carrier_calls if isinstance(carrier_calls, list) else [
+        len(cases) if carrier_calls is None else carrier_calls] * len(uas_list)
+    pauses = uas_pause_ms if isinstance(uas_pause_ms, list) else [uas_pause_ms] * len(uas_list)
+    carriers = []
+    for scenario, port, count, pause in zip(uas_list, deployment.carrier_ports, counts, pauses, strict=False):
+        carrier = sipp(scenario, local_port=port, calls=max(count, 1), pause_ms=pause, timeout_s=30)
+        carriers.append(carrier.start())
+        carrier.wait_listening()
+    csv_file = write_calls_csv(tmp_path / "calls.csv", cases)
+    dialer = sipp(uac, local_port=free_ports(1)[0], remote=deployment.inside, calls=len(cases),
+                  csv_file=csv_file, pause_ms=uac_pause_ms, transport=transport, timeout_s=30,
+                  rate=20).start()
+    dialer_run = dialer.wait()
+    carrier_runs = []
+    for carrier, count in zip(carriers, counts, strict=False):
+        # A carrier that is to get no call is simply stopped; the others exit at their -m.
+        carrier_runs.append(carrier.wait(timeout_s=10) if count else carrier.finish(grace_s=2))
+    return dialer_run, carrier_runs
+
+
+def assert_no_dialog_left(deployment: Deployment) -> None:
+    left = deployment.sipfilter.wait_no_dialogs(timeout_s=15)
+    assert left is not None, "sipfilter /metrics has no sipfilter_active_dialogs"
+    assert left == 0, f"{left} dialog(s) left in sipfilter:\n{deployment.sipfilter.log_tail()}"
+    assert deployment.sipfilter.alive(), deployment.sipfilter.log_tail()
+
+
+def assert_outcomes(run: SippRun, cases: list[CallCase]) -> None:
+    problems = [p for o in run.outcomes if (p := o.problem())]
+    assert not problems, "\n".join(problems) + "\n" + run.summary()
+    assert len(run.outcomes) == len(cases), run.summary()
+    assert [(o.caller, o.callee) for o in run.outcomes] == [(c.caller, c.callee) for c in cases]
+
+
+@pytest.mark.parametrize("transport", ["u1", "t1"])
+def test_policy_mix_outcome_per_call_matches_csv(sipp: SippFactory, tmp_path: Path, shared: Deployment,
+                                                 transport: str) -> None:
+    cases = read_calls_csv(POLICY_MIX)
+    relayed = sum(c.expected == "relay" for c in cases)
+    assert 0 < relayed < len(cases)
+    dialer, (carrier,) = call(sipp, tmp_path, shared, "dialer_uac.xml", "carrier_uas.xml", cases,
+                              carrier_calls=relayed, transport=transport)
+    assert_outcomes(dialer, cases)
+    assert dialer.failed == 0 and dialer.successful == len(cases), dialer.summary()
+    # Refused calls never reach the carrier; relayed ones all do, and complete.
+    assert carrier.created == relayed and carrier.successful == relayed, carrier.summary()
+    # Every refusal names its rule in both Reason and Warning.
+    for outcome in dialer.outcomes:
+        if outcome.code != 200:
+            assert "cause=" in outcome.reason and outcome.warning.startswith("399 "), outcome
+    assert_no_dialog_left(shared)
+
+
+def test_topology_is_hidden_from_the_carrier(sipp: SippFactory, tmp_path: Path, shared: Deployment) -> None:
+    dialer, (carrier,) = call(sipp, tmp_path, shared, "dialer_uac.xml", "carrier_uas.xml", [ANSWERED])
+    assert_outcomes(dialer, [ANSWERED])
+    carrier_log = next(carrier.workdir.glob("*_messages.log")).read_text(errors="replace")
+    dialer_log = next(dialer.workdir.glob("*_messages.log")).read_text(errors="replace")
+    # The dialer's Call-ID, tags and Via never cross; the dialer never sees the carrier's either.
+    assert "SIPpTag00" not in carrier_log and f"-{dialer.workdir.name}" not in carrier_log
+    dialer_call_id = next(line for line in dialer_log.splitlines() if line.startswith("Call-ID:"))
+    assert dialer_call_id not in carrier_log
+    assert "SIPpTag01" not in dialer_log
+    assert_no_dialog_left(shared)
+
+
+def test_answer_then_bye_from_carrier(sipp: SippFactory, tmp_path: Path, shared: Deployment) -> None:
+    cases = [ANSWERED, CallCase("0162000002", "0612000002", "relay")]
+    dialer, (carrier,) = call(sipp, tmp_path, shared, "dialer_uac_wait_bye.xml", "carrier_uas_bye.xml", cases,
+                              uas_pause_ms=300)
+    assert dialer.successful == 2 and dialer.failed == 0, dialer.summary()
+    assert carrier.successful == 2 and carrier.failed == 0, carrier.summary()
+    assert_no_dialog_left(shared)
+
+
+def test_cancel_during_ringing(sipp: SippFactory, tmp_path: Path, shared: Deployment) -> None:
+    cases = [ANSWERED, CallCase("+33162000001", "+33612000003", "relay")]
+    dialer, (carrier,) = call(sipp, tmp_path, shared, "dialer_uac_cancel.xml", "carrier_uas_ringing.xml",
+                              cases, uac_pause_ms=300)
+    assert dialer.successful == 2 and dialer.failed == 0, dialer.summary()
+    assert carrier.successful == 2 and carrier.failed == 0, carrier.summary()
+    assert_no_dialog_left(shared)
+
+
+def test_busy_486_is_relayed(sipp: SippFactory, tmp_path: Path, shared: Deployment) -> None:
+    cases = [CallCase("+33162000001", "+33612000004", "486")]
+    dialer, (carrier,) = call(sipp, tmp_path, shared, "dialer_uac.xml", "carrier_uas_busy.xml", cases)
+    assert_outcomes(dialer, cases)
+    assert carrier.successful == 1, carrier.summary()
+    assert_no_dialog_left(shared)
+
+
+def test_reinvite_mid_call(sipp: SippFactory, tmp_path: Path, shared: Deployment) -> None:
+    dialer, (carrier,) = call(sipp, tmp_path, shared, "dialer_uac_reinvite.xml", "carrier_uas.xml",
+                              [ANSWERED])
+    assert dialer.successful == 1 and dialer.failed == 0, dialer.summary()
+    assert carrier.successful == 1 and carrier.failed == 0, carrier.summary()
+    assert any(line.startswith("REINVITE|") and "m=audio" in line for line in dialer.log_lines)
+    assert_no_dialog_left(shared)
+
+
+def test_early_media_183_with_sdp_reaches_the_dialer(sipp: SippFactory, tmp_path: Path,
+                                                     shared: Deployment) -> None:
+    dialer, (carrier,) = call(sipp, tmp_path, shared, "dialer_uac_early_media.xml",
+                              "carrier_uas_early_media.xml", [ANSWERED], uas_pause_ms=200)
+    assert dialer.successful == 1 and dialer.failed == 0, dialer.summary()
+    assert carrier.successful == 1, carrier.summary()
+    early = [line for line in dialer.log_lines if line.startswith("EARLY|")]
+    assert len(early) == 1 and "m=audio" in early[0], dialer.log_lines
+    assert_no_dialog_left(shared)
+
+
+@pytest.mark.parametrize("first_target", ["carrier_uas_unavailable.xml", "carrier_uas_noanswer.xml"])
+def test_failover_to_second_carrier_target(sipp: SippFactory, tmp_path: Path, first_target: str) -> None:
+    deployment = deploy(tmp_path / "sf", carriers=2)
+    try:
+        cases = [ANSWERED]
+        # The dead target stays silent longer than sipfilter's INVITE timeout (64*T1 = 3.2 s here).
+        dialer, (first, second) = call(sipp, tmp_path, deployment, "dialer_uac.xml",
+                                       [first_target, "carrier_uas.xml"], cases, carrier_calls=[1, 1],
+                                       uas_pause_ms=[6000 if "noanswer" in first_target else 50, 50])
+        assert_outcomes(dialer, cases)
+        assert first.created == 1, first.summary()
+        assert second.successful == 1 and second.failed == 0, second.summary()
+        assert_no_dialog_left(deployment)
+    finally:
+        deployment.sipfilter.stop()
