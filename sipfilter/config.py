@@ -1,0 +1,688 @@
+"""One typed, validated model of the YAML configuration (config/sipfilter.yaml) and its rule packs.
+
+Errors name file, line and field (ConfigError); this module reads files but never opens sockets or stores.
+"""
+
+from __future__ import annotations
+
+import builtins
+import difflib
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import yaml
+
+if TYPE_CHECKING:
+    from sipfilter.policy.rulepack import RulePack, RuleSet
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration problem a person can fix: where (file, line, field) and what."""
+
+    def __init__(
+        self, message: str, file: str | Path | None = None, line: int | None = None, field: str = ""
+    ):
+        self.message = message
+        self.file = str(file) if file is not None else None
+        self.line = line
+        self.field = field
+        where = ""
+        if self.file:
+            where = self.file + (f":{line}" if line else "") + ": "
+        super().__init__(f"{where}{field + ': ' if field else ''}{message}")
+
+
+# --------------------------------------------------------------------------------------------------
+# YAML with line numbers: every mapping/sequence remembers its file and the line of each entry.
+
+
+class YamlMap(dict[Any, Any]):
+    """A YAML mapping that remembers where it and each of its values came from."""
+
+    file: str
+    line: int
+    lines: dict[Any, int]
+    files: dict[Any, str]  # only for values merged in from another file (trunk overrides)
+
+
+class YamlSeq(list[Any]):
+    """A YAML sequence that remembers where it and each of its items came from."""
+
+    file: str
+    line: int
+    lines: list[int]
+
+
+class _Loader(yaml.SafeLoader):
+    source: str = "<config>"
+
+
+def _construct_map(loader: _Loader, node: yaml.MappingNode) -> YamlMap:
+    loader.flatten_mapping(node)
+    result = YamlMap()
+    result.file = loader.source
+    result.line = node.start_mark.line + 1
+    result.lines = {}
+    result.files = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, str | int | float | bool) and key is not None:
+            raise ConfigError(
+                "mapping keys must be plain scalars", loader.source, key_node.start_mark.line + 1
+            )
+        if key in result:
+            raise ConfigError(f"duplicate key {key!r}", loader.source, key_node.start_mark.line + 1)
+        result[key] = loader.construct_object(value_node, deep=True)
+        result.lines[key] = value_node.start_mark.line + 1
+    return result
+
+
+def _construct_seq(loader: _Loader, node: yaml.SequenceNode) -> YamlSeq:
+    result = YamlSeq(loader.construct_object(child, deep=True) for child in node.value)
+    result.file = loader.source
+    result.line = node.start_mark.line + 1
+    result.lines = [child.start_mark.line + 1 for child in node.value]
+    return result
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_map)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_seq)
+
+
+def load_yaml(path: str | Path) -> YamlMap:
+    """Read one YAML file whose top level is a mapping; syntax errors become ConfigError with a line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror or exc}", path) from exc
+    loader = _Loader(text)
+    loader.source = str(path)
+    try:
+        data = loader.get_single_data()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        raise ConfigError(f"invalid YAML: {exc.problem or exc}", path, line) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML: {exc}", path) from exc
+    finally:
+        loader.dispose()
+    if data is None:
+        data = YamlMap()
+        data.file, data.line, data.lines, data.files = str(path), 1, {}, {}
+    if not isinstance(data, YamlMap):
+        raise ConfigError("the top level must be a mapping", path, 1)
+    return data
+
+
+def merge_overrides(base: YamlMap, overrides: Mapping[Any, Any]) -> YamlMap:
+    """Deep-merge `overrides` onto a copy of `base`; merged values keep their own file/line for errors."""
+    result = YamlMap(base)
+    result.file, result.line, result.lines = base.file, base.line, dict(base.lines)
+    result.files = dict(getattr(base, "files", {}))
+    src_lines = getattr(overrides, "lines", {})
+    src_file = getattr(overrides, "file", None)
+    for key, value in overrides.items():
+        if isinstance(value, YamlMap) and isinstance(result.get(key), YamlMap):
+            result[key] = merge_overrides(result[key], value)
+        else:
+            result[key] = value
+        if key in src_lines:
+            result.lines[key] = src_lines[key]
+        if src_file:
+            result.files[key] = src_file
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Typed reading of one section: every accessor names the field and line when it refuses a value.
+
+_REQUIRED: Any = object()
+
+
+class Section:
+    """A view of one YAML mapping at a dotted path, with typed accessors that raise ConfigError."""
+
+    def __init__(
+        self, data: Mapping[Any, Any], path: builtins.str, file: builtins.str = "", line: builtins.int = 0
+    ):
+        self.data = data
+        self.path = path
+        self.file = getattr(data, "file", file)
+        self.line = getattr(data, "line", line)
+        self._lines: Mapping[Any, builtins.int] = getattr(data, "lines", {})
+        self._files: Mapping[Any, builtins.str] = getattr(data, "files", {})
+
+    def field(self, key: builtins.str) -> builtins.str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def line_of(self, key: builtins.str) -> builtins.int:
+        return self._lines.get(key, self.line)
+
+    def error(self, key: builtins.str, message: builtins.str) -> ConfigError:
+        value = self.data.get(key)
+        file = getattr(value, "file", None) or self._files.get(key) or self.file
+        return ConfigError(message, file, self.line_of(key), self.field(key))
+
+    def has(self, key: builtins.str) -> builtins.bool:
+        return key in self.data and self.data[key] is not None
+
+    def raw(self, key: builtins.str, default: Any = _REQUIRED) -> Any:
+        if key not in self.data:
+            if default is _REQUIRED:
+                raise ConfigError("missing required field", self.file, self.line, self.field(key))
+            return default
+        return self.data[key]
+
+    def only(self, allowed: Iterable[builtins.str]) -> None:
+        """Refuse unknown keys (typos must not silently disable a rule)."""
+        allowed = list(allowed)
+        for key in self.data:
+            if key not in allowed:
+                close = difflib.get_close_matches(str(key), allowed, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(allowed)})"
+                raise self.error(key, f"unknown field{hint}")
+
+    def str(self, key: builtins.str, default: Any = _REQUIRED, *, nullable: builtins.bool = False) -> Any:
+        value = self.raw(key, default)
+        if value is None and (nullable or default is None):
+            return None
+        if not isinstance(value, str) or not value:
+            raise self.error(key, f"expected a non-empty string, got {value!r}")
+        return value
+
+    def int(
+        self,
+        key: builtins.str,
+        default: Any = _REQUIRED,
+        *,
+        lo: builtins.int | None = None,
+        hi: builtins.int | None = None,
+    ) -> Any:
+        value = self.raw(key, default)
+        if value is None and default is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(key, f"expected an integer, got {value!r}")
+        if lo is not None and value < lo:
+            raise self.error(key, f"must be >= {lo}, got {value}")
+        if hi is not None and value > hi:
+            raise self.error(key, f"must be <= {hi}, got {value}")
+        return value
+
+    def number(self, key: builtins.str, default: Any = _REQUIRED, *, lo: builtins.float | None = None) -> Any:
+        value = self.raw(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.error(key, f"expected a number, got {value!r}")
+        if lo is not None and value < lo:
+            raise self.error(key, f"must be >= {lo}, got {value}")
+        return float(value)
+
+    def bool(self, key: builtins.str, default: Any = _REQUIRED) -> builtins.bool:
+        value = self.raw(key, default)
+        if not isinstance(value, bool):
+            raise self.error(key, f"expected true or false, got {value!r}")
+        return value
+
+    def choice(self, key: builtins.str, choices: Iterable[builtins.str], default: Any = _REQUIRED) -> Any:
+        choices = tuple(choices)
+        value = self.raw(key, default)
+        if value not in choices:
+            raise self.error(key, f"expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def section(self, key: builtins.str, default_empty: builtins.bool = False) -> Section:
+        value = self.raw(key, YamlMap() if default_empty else _REQUIRED)
+        if value is None and default_empty:
+            value = YamlMap()
+        if not isinstance(value, Mapping):
+            raise self.error(key, f"expected a mapping, got {value!r}")
+        sub = Section(value, self.field(key), self.file, self.line_of(key))
+        return sub
+
+    def list(self, key: builtins.str, default: Any = _REQUIRED) -> builtins.list[Any]:
+        value = self.raw(key, default)
+        if value is None and default is None:
+            return []
+        if not isinstance(value, list):
+            raise self.error(key, f"expected a list, got {value!r}")
+        return list(value)
+
+    def str_list(self, key: builtins.str, default: Any = _REQUIRED) -> tuple[builtins.str, ...]:
+        items = self.list(key, default)
+        for item in items:
+            if not isinstance(item, str) or not item:
+                raise self.error(key, f"expected a list of non-empty strings, got item {item!r}")
+        return tuple(items)
+
+    def item_line(self, key: builtins.str, index: builtins.int) -> builtins.int:
+        value = self.data.get(key)
+        lines = getattr(value, "lines", None)
+        return lines[index] if lines and index < len(lines) else self.line_of(key)
+
+    def items(self, key: builtins.str) -> builtins.list[Section]:
+        """A list of mappings, each as a Section named key[i]."""
+        out = []
+        for i, item in enumerate(self.list(key)):
+            if not isinstance(item, Mapping):
+                raise ConfigError(
+                    f"expected a mapping, got {item!r}",
+                    self.file,
+                    self.item_line(key, i),
+                    f"{self.field(key)}[{i}]",
+                )
+            out.append(Section(item, f"{self.field(key)}[{i}]", self.file, self.item_line(key, i)))
+        return out
+
+    def path_(self, key: builtins.str, default: Any = _REQUIRED) -> Path:
+        """A file-system path; relative paths are relative to the file that holds the value."""
+        value = self.str(key, default)
+        return (Path(self.file).parent / value).resolve() if self.file else Path(value)
+
+
+# --------------------------------------------------------------------------------------------------
+# The model. Field names follow config/sipfilter.yaml exactly (`pass` becomes `pass_`).
+
+TRANSPORTS = ("udp", "tcp", "tls")
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    transport: str  # udp | tcp | tls
+    host: str
+    port: int
+    cert: Path | None = None  # tls only
+    key: Path | None = None  # tls only
+
+
+@dataclass(frozen=True, slots=True)
+class SipLimits:
+    max_message_bytes: int = 65536
+    max_headers: int = 256
+    max_line_bytes: int = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class SipTimers:
+    t1_ms: int = 500
+    t2_ms: int = 4000
+    t4_ms: int = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class SipConfig:
+    inside: tuple[Listen, ...]
+    outside: tuple[Listen, ...]
+    hostname: str
+    limits: SipLimits
+    timers: SipTimers
+    ring_timeout_s: float
+    max_call_duration_s: float
+    drain_timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    host: str
+    port: int  # 0 = pick a free port (tests)
+    token: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    backend: str  # embedded | redis
+    data_dir: Path
+    redis_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditConfig:
+    path: Path
+    max_bytes: int
+    backups: int
+    on_write_error: str  # keep-relaying | stop-relaying
+    fsync: str = "rotate"  # never | rotate | always (see sipfilter/audit.py)
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    format: str  # plain | json
+    level: str  # debug | info | warning | error
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderMatch:
+    name: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class TrunkMatch:
+    sources: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    header: HeaderMatch | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TrunkLists:
+    dnc: tuple[str, ...]  # do-not-call list names checked for the callee
+    # A store list name, or inline E.164 numbers/prefixes ("+33162*"); None = no restriction.
+    authorised_caller_ids: str | tuple[str, ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    uri: str
+    transport: str
+    priority: int
+    weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderPolicy:
+    pass_: tuple[str, ...]  # `pass` in YAML; "X-*" style wildcards allowed
+
+
+@dataclass(frozen=True, slots=True)
+class TrunkConfig:
+    name: str
+    match: TrunkMatch
+    account: str
+    rule_pack: str
+    mode: str  # enforce | monitor
+    automated: bool
+    prospecting: bool
+    sector: str | None
+    region: str
+    lists: TrunkLists
+    on_store_error: str  # reject | allow
+    on_stale_list: str  # reject | allow-and-alert
+    overrides: Mapping[str, Any]
+    targets: tuple[Target, ...]
+    headers: HeaderPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole running configuration; swap the object atomically to reload (see reload_config)."""
+
+    path: Path
+    sip: SipConfig
+    admin: AdminConfig
+    store: StoreConfig
+    audit: AuditConfig
+    logging: LoggingConfig
+    rule_packs: Mapping[str, RulePack]  # name → loaded, validated pack
+    trunks: Mapping[str, TrunkConfig]
+    # trunk name → rule pack with that trunk's overrides applied, compiled once (policy engine input)
+    rules: Mapping[str, RuleSet] = field(default_factory=lambda: MappingProxyType({}))
+
+
+# --------------------------------------------------------------------------------------------------
+# Section readers.
+
+_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
+
+
+def _listen(s: Section) -> Listen:
+    s.only(["transport", "host", "port", "cert", "key"])
+    transport = s.choice("transport", TRANSPORTS)
+    host = s.str("host")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError as exc:
+        raise s.error("host", f"expected an IP address to bind, got {host!r}") from exc
+    port = s.int("port", lo=0, hi=65535)
+    cert = s.path_("cert") if s.has("cert") else None
+    key = s.path_("key") if s.has("key") else None
+    if transport == "tls" and (cert is None or key is None):
+        raise s.error("transport", "tls listeners need `cert` and `key`")
+    return Listen(transport, host, port, cert, key)
+
+
+def _sip(s: Section) -> SipConfig:
+    s.only(
+        [
+            "inside",
+            "outside",
+            "hostname",
+            "limits",
+            "timers",
+            "ring_timeout_s",
+            "max_call_duration_s",
+            "drain_timeout_s",
+        ]
+    )
+    inside = tuple(_listen(x) for x in s.items("inside"))
+    outside = tuple(_listen(x) for x in s.items("outside"))
+    if not inside:
+        raise s.error("inside", "at least one inside listener is required")
+    if not outside:
+        raise s.error("outside", "at least one outside listener is required")
+    hostname = s.str("hostname")
+    if not _HOSTNAME_RE.match(hostname):
+        raise s.error("hostname", f"not a valid host name: {hostname!r}")
+    lim = s.section("limits", default_empty=True)
+    lim.only(["max_message_bytes", "max_headers", "max_line_bytes"])
+    limits = SipLimits(
+        lim.int("max_message_bytes", 65536, lo=1024, hi=16 * 1024 * 1024),
+        lim.int("max_headers", 256, lo=8, hi=10000),
+        lim.int("max_line_bytes", 8192, lo=256, hi=1024 * 1024),
+    )
+    tim = s.section("timers", default_empty=True)
+    tim.only(["t1_ms", "t2_ms", "t4_ms"])
+    timers = SipTimers(
+        tim.int("t1_ms", 500, lo=1), tim.int("t2_ms", 4000, lo=1), tim.int("t4_ms", 5000, lo=1)
+    )
+    if timers.t2_ms < timers.t1_ms:
+        raise tim.error("t2_ms", "must be >= t1_ms")
+    return SipConfig(
+        inside,
+        outside,
+        hostname,
+        limits,
+        timers,
+        s.number("ring_timeout_s", 120, lo=1),
+        s.number("max_call_duration_s", 14400, lo=1),
+        s.number("drain_timeout_s", 30, lo=0),
+    )
+
+
+def _admin(s: Section) -> AdminConfig:
+    s.only(["host", "port", "token"])
+    host = s.str("host", "127.0.0.1")
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError as exc:
+        raise s.error("host", f"expected an IP address to bind, got {host!r}") from exc
+    token = s.str("token", None, nullable=True)
+    if not addr.is_loopback and not token:
+        raise s.error("token", f"a non-loopback admin bind ({host}) requires a token")
+    return AdminConfig(host, s.int("port", 9090, lo=0, hi=65535), token)
+
+
+def _store(s: Section) -> StoreConfig:
+    s.only(["backend", "data_dir", "redis_url"])
+    backend = s.choice("backend", ("embedded", "redis"), "embedded")
+    redis_url = s.str("redis_url", "redis://127.0.0.1:6379/0")
+    if not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise s.error("redis_url", f"expected redis://, rediss:// or unix:// URL, got {redis_url!r}")
+    return StoreConfig(backend, s.path_("data_dir", "var/data"), redis_url)
+
+
+def _audit(s: Section) -> AuditConfig:
+    s.only(["path", "max_bytes", "backups", "on_write_error", "fsync"])
+    return AuditConfig(
+        s.path_("path"),
+        s.int("max_bytes", 100 * 1024 * 1024, lo=4096),
+        s.int("backups", 10, lo=0, hi=1000),
+        s.choice("on_write_error", ("keep-relaying", "stop-relaying"), "keep-relaying"),
+        s.choice("fsync", ("never", "rotate", "always"), "rotate"),
+    )
+
+
+def _logging(s: Section) -> LoggingConfig:
+    s.only(["format", "level"])
+    return LoggingConfig(
+        s.choice("format", ("plain", "json"), "plain"),
+        s.choice("level", ("debug", "info", "warning", "error"), "info"),
+    )
+
+
+_TRUNK_KEYS = (
+    "match",
+    "account",
+    "rule_pack",
+    "mode",
+    "automated",
+    "prospecting",
+    "sector",
+    "region",
+    "lists",
+    "on_store_error",
+    "on_stale_list",
+    "overrides",
+    "targets",
+    "headers",
+)
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+
+
+def _trunk(name: str, s: Section, pack_names: Iterable[str]) -> TrunkConfig:
+    s.only(_TRUNK_KEYS)
+    if not _TOKEN_RE.match(name):
+        raise ConfigError("trunk names are letters, digits, _ . : -", s.file, s.line, s.path)
+    m = s.section("match")
+    m.only(["sources", "header"])
+    sources = []
+    for i, src in enumerate(m.str_list("sources")):
+        try:
+            sources.append(ipaddress.ip_network(src, strict=False))
+        except ValueError as exc:
+            raise ConfigError(
+                f"not an address or CIDR: {src!r}",
+                m.file,
+                m.item_line("sources", i),
+                f"{m.field('sources')}[{i}]",
+            ) from exc
+    header = None
+    if m.has("header"):
+        h = m.section("header")
+        h.only(["name", "value"])
+        header = HeaderMatch(h.str("name"), h.str("value"))
+    if not sources:
+        raise m.error("sources", "at least one source address or network is required")
+    account = s.str("account")
+    if not _TOKEN_RE.match(account):
+        raise s.error("account", "letters, digits, _ . : - only")
+    pack = s.str("rule_pack")
+    if pack not in pack_names:
+        raise s.error("rule_pack", f"no rule pack named {pack!r} in rule_packs")
+    region = s.str("region", "FR")
+    if not re.fullmatch(r"[A-Z]{2}", region):
+        raise s.error("region", f"expected a 2-letter ISO region code, got {region!r}")
+    lists_s = s.section("lists", default_empty=True)
+    lists_s.only(["dnc", "authorised_caller_ids"])
+    dnc = lists_s.str_list("dnc", None)
+    auth_raw = lists_s.raw("authorised_caller_ids", None)
+    auth: str | tuple[str, ...] | None
+    if auth_raw is None or isinstance(auth_raw, str):
+        auth = lists_s.str("authorised_caller_ids", None, nullable=True)
+    else:
+        auth = lists_s.str_list("authorised_caller_ids")
+        for item in auth:
+            if not re.fullmatch(r"\+\d{2,15}\*?", item):
+                raise lists_s.error(
+                    "authorised_caller_ids",
+                    f"inline entries are E.164 numbers or prefixes ending in *, got {item!r}",
+                )
+    overrides = s.raw("overrides", None) or YamlMap()
+    if not isinstance(overrides, Mapping):
+        raise s.error("overrides", "expected a mapping of rule-pack values")
+    targets = []
+    for t in s.items("targets"):
+        t.only(["uri", "transport", "priority", "weight"])
+        uri = t.str("uri")
+        if not uri.startswith(("sip:", "sips:")):
+            raise t.error("uri", f"expected a sip: or sips: URI, got {uri!r}")
+        targets.append(
+            Target(
+                uri,
+                t.choice("transport", TRANSPORTS, "udp"),
+                t.int("priority", 1, lo=0),
+                t.int("weight", 1, lo=0),
+            )
+        )
+    if not targets:
+        raise s.error("targets", "at least one target is required")
+    hs = s.section("headers", default_empty=True)
+    hs.only(["pass"])
+    headers = HeaderPolicy(hs.str_list("pass", ()))
+    sector = s.str("sector", None, nullable=True)
+    return TrunkConfig(
+        name=name,
+        match=TrunkMatch(tuple(sources), header),
+        account=account,
+        rule_pack=pack,
+        mode=s.choice("mode", ("enforce", "monitor"), "enforce"),
+        automated=s.bool("automated", True),
+        prospecting=s.bool("prospecting", True),
+        sector=sector,
+        region=region,
+        lists=TrunkLists(dnc, auth),
+        on_store_error=s.choice("on_store_error", ("reject", "allow"), "reject"),
+        on_stale_list=s.choice("on_stale_list", ("reject", "allow-and-alert"), "reject"),
+        overrides=overrides,
+        targets=tuple(targets),
+        headers=headers,
+    )
+
+
+def load_config(path: str | Path) -> Config:
+    """Read, validate and compile the configuration and its rule packs; raises ConfigError."""
+    # Imported here: the policy package reads this module's Section helpers (no import cycle at load).
+    from sipfilter.policy.rulepack import compile_rules, load_rule_pack
+
+    path = Path(path).resolve()
+    root = Section(load_yaml(path), "")
+    root.only(["sip", "admin", "store", "audit", "logging", "rule_packs", "trunks"])
+    packs_s = root.section("rule_packs")
+    packs: dict[str, RulePack] = {}
+    for name in packs_s.data:
+        packs[str(name)] = load_rule_pack(
+            packs_s.path_(str(name)), name=str(name), where=(packs_s.file, packs_s.line_of(str(name)))
+        )
+    if not packs:
+        raise root.error("rule_packs", "at least one rule pack is required")
+    trunks_s = root.section("trunks")
+    trunks: dict[str, TrunkConfig] = {}
+    rules: dict[str, RuleSet] = {}
+    for name in trunks_s.data:
+        trunk = _trunk(str(name), trunks_s.section(str(name)), packs)
+        trunks[trunk.name] = trunk
+        rules[trunk.name] = compile_rules(packs[trunk.rule_pack], trunk)
+    if not trunks:
+        raise root.error("trunks", "at least one trunk is required")
+    return Config(
+        path=path,
+        sip=_sip(root.section("sip")),
+        admin=_admin(root.section("admin", default_empty=True)),
+        store=_store(root.section("store", default_empty=True)),
+        audit=_audit(root.section("audit")),
+        logging=_logging(root.section("logging", default_empty=True)),
+        rule_packs=MappingProxyType(packs),
+        trunks=MappingProxyType(trunks),
+        rules=MappingProxyType(rules),
+    )
+
+
+def reload_config(current: Config) -> Config:
+    """Re-read the file `current` came from; on ConfigError the caller keeps running with `current`."""
+    return load_config(current.path)

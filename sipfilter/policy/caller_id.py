@@ -1,0 +1,176 @@
+"""Caller-ID rules for automated trunks (Arcep 2022-1583): NPV/080x/3BPQ only, never anonymous or 06/07/089.
+
+Pure: classifies normalised numbers with the rule pack's prefix table; the only store use is the allow-list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sipfilter.config import ConfigError, Section
+from sipfilter.policy.facts import CallFacts
+from sipfilter.policy.numbers import ANONYMOUS, E164, SHORT, Number
+from sipfilter.policy.verdict import FAIL, PASS, SKIP, Outcome
+from sipfilter.stores.base import Store
+
+ANONYMOUS_RULE = "caller-id.anonymous"
+INVALID_RULE = "caller-id.invalid"
+MOBILE_RULE = "caller-id.mobile"
+PREMIUM_RULE = "caller-id.premium"
+NOT_NPV_RULE = "caller-id.not-npv"
+UNAUTHORISED_RULE = "caller-id.unauthorised"
+PAI_MISMATCH_RULE = "caller-id.pai-mismatch"
+RULES = (
+    ANONYMOUS_RULE,
+    INVALID_RULE,
+    MOBILE_RULE,
+    PREMIUM_RULE,
+    NOT_NPV_RULE,
+    UNAUTHORISED_RULE,
+    PAI_MISMATCH_RULE,
+)
+_CATEGORY_RULES = (MOBILE_RULE, PREMIUM_RULE, NOT_NPV_RULE, INVALID_RULE, UNAUTHORISED_RULE)
+
+_PASS = {rule: Outcome(PASS, "") for rule in RULES}
+_SKIP_NOT_AUTOMATED = {rule: Outcome(SKIP, "trunk is not automated") for rule in RULES}
+
+
+@dataclass(frozen=True, slots=True)
+class Category:
+    name: str
+    allow: bool
+    rule: str  # rule id when refused
+
+
+@dataclass(frozen=True, slots=True)
+class CallerIdRules:
+    prefixes: Mapping[str, Category]  # E.164 prefix → category; longest prefix wins
+    lengths: tuple[int, ...]  # prefix lengths, longest first
+    short: Category
+    other: Category
+    anonymous_privacy: frozenset[str]
+    pai_must_match: bool
+    # Trunk allow-list: a store list name, inline numbers/prefixes ("+33162*"), or None.
+    authorised_list: str | None
+    authorised_inline: tuple[str, ...] | None
+
+    def classify(self, n: Number) -> Category:
+        if n.kind == SHORT:
+            return self.short
+        for length in self.lengths:
+            cat = self.prefixes.get(n.e164[:length])
+            if cat is not None:
+                return cat
+        return self.other
+
+
+def _category(s: Section, name: str, with_prefixes: bool) -> Category:
+    keys = ["allow", "rule", "prefixes"] if with_prefixes else ["allow", "rule"]
+    s.only(keys)
+    allow = s.bool("allow")
+    rule = s.str("rule", NOT_NPV_RULE)
+    if rule not in _CATEGORY_RULES:
+        raise s.error("rule", f"expected one of {', '.join(_CATEGORY_RULES)}, got {rule!r}")
+    return Category(name, allow, rule)
+
+
+def compile_caller_id(s: Section, authorised: str | tuple[str, ...] | None) -> CallerIdRules:
+    s.only(["categories", "short_numbers", "other", "anonymous_privacy", "pai_must_match_from"])
+    cats = s.section("categories")
+    prefixes: dict[str, Category] = {}
+    for name in cats.data:
+        sec = cats.section(str(name))
+        cat = _category(sec, str(name), True)
+        for i, prefix in enumerate(sec.str_list("prefixes")):
+            if not prefix.startswith("+") or not prefix[1:].isdigit():
+                raise ConfigError(
+                    f"expected an E.164 prefix like +33162, got {prefix!r}",
+                    sec.file,
+                    sec.item_line("prefixes", i),
+                    f"{sec.field('prefixes')}[{i}]",
+                )
+            if prefix in prefixes:
+                raise ConfigError(
+                    f"prefix {prefix} is already in category {prefixes[prefix].name!r}",
+                    sec.file,
+                    sec.item_line("prefixes", i),
+                    f"{sec.field('prefixes')}[{i}]",
+                )
+            prefixes[prefix] = cat
+    short = _category(s.section("short_numbers"), "short", False)
+    other = _category(s.section("other"), "other", False)
+    auth_list = authorised if isinstance(authorised, str) else None
+    auth_inline = authorised if isinstance(authorised, tuple) else None
+    return CallerIdRules(
+        prefixes=prefixes,
+        lengths=tuple(sorted({len(p) for p in prefixes}, reverse=True)),
+        short=short,
+        other=other,
+        anonymous_privacy=frozenset(v.lower() for v in s.str_list("anonymous_privacy")),
+        pai_must_match=s.bool("pai_must_match_from", False),
+        authorised_list=auth_list,
+        authorised_inline=auth_inline,
+    )
+
+
+def _authorised(rules: CallerIdRules, n: Number, store: Store) -> tuple[bool, str]:
+    if rules.authorised_inline is not None:
+        for entry in rules.authorised_inline:
+            if n.e164.startswith(entry[:-1]) if entry.endswith("*") else n.e164 == entry:
+                return True, ""
+        return False, f"{n.e164} is not in the trunk's authorised caller IDs"
+    if rules.authorised_list is not None:
+        try:
+            if store.list_contains(rules.authorised_list, n.e164):
+                return True, ""
+        except KeyError:
+            return False, f"authorised caller-ID list {rules.authorised_list!r} has never been imported"
+        return False, f"{n.e164} is not in authorised caller-ID list {rules.authorised_list!r}"
+    return True, ""
+
+
+def check_caller_id(
+    rules: CallerIdRules, facts: CallFacts, automated: bool, store: Store, out: dict[str, Outcome]
+) -> str:
+    """Fill `out` with one outcome per caller-ID rule; return the first failing rule id, or ""."""
+    if not automated:
+        out.update(_SKIP_NOT_AUTOMATED)
+        return ""
+    failures: dict[str, str] = {}
+    hidden = rules.anonymous_privacy.intersection(facts.privacy)
+    if hidden:
+        failures[ANONYMOUS_RULE] = f"Privacy: {', '.join(sorted(hidden))} withholds the caller ID"
+    for label, n in (("From", facts.caller), *(("P-Asserted-Identity", p) for p in facts.asserted)):
+        if n.kind == ANONYMOUS:
+            failures.setdefault(ANONYMOUS_RULE, f"{label} is anonymous ({n.raw.strip()[:80]})")
+            continue
+        if n.kind != E164 and n.kind != SHORT:
+            failures.setdefault(
+                INVALID_RULE, f"{label} {n.raw.strip()[:80]!r} is not a valid number: {n.error}"
+            )
+            continue
+        cat = rules.classify(n)
+        if not cat.allow:
+            failures.setdefault(cat.rule, f"{label} {n.e164} is in category {cat.name!r}")
+            continue
+        ok, why = _authorised(rules, n, store)
+        if not ok:
+            failures.setdefault(UNAUTHORISED_RULE, f"{label} {why}")
+    if (
+        rules.pai_must_match
+        and facts.caller.ok
+        and any(p.ok and p.e164 != facts.caller.e164 for p in facts.asserted)
+    ):
+        failures[PAI_MISMATCH_RULE] = f"P-Asserted-Identity differs from From {facts.caller.e164}"
+    if not failures:
+        out.update(_PASS)
+        return ""
+    first = ""
+    for rule in RULES:
+        if rule in failures:
+            out[rule] = Outcome(FAIL, failures[rule])
+            first = first or rule
+        else:
+            out[rule] = _PASS[rule]
+    return first

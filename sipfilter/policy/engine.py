@@ -1,0 +1,236 @@
+"""The policy engine: one new INVITE's CallFacts + the trunk's compiled rules + store lookups → Decision.
+
+Called once per INVITE by the B2BUA and by `sipfilter check`; never raises out of `decide`, no SIP I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sipfilter.config import Config, TrunkConfig
+from sipfilter.policy import caller_id, frequency, hours, lists
+from sipfilter.policy.facts import CallFacts
+from sipfilter.policy.numbers import E164, Number
+from sipfilter.policy.rulepack import NUMBER_RULE, STORE_RULE, RuleSet
+from sipfilter.policy.verdict import ALLOW, FAIL, PASS, REJECT, SKIP, Decision, Outcome, Verdict
+from sipfilter.stores.base import Store, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+_PASS = Outcome(PASS, "")
+_ALLOWED = Verdict(ALLOW, 0, "", "")
+_NOT_PROSPECTING = "trunk is not prospecting"
+
+
+class UnknownTrunk(KeyError):
+    """The trunk name is not in the configuration."""
+
+
+def split_header_values(values: Iterable[str]) -> list[str]:
+    """Split comma-separated header values, respecting quotes and <…> (PAI may list several identities)."""
+    out: list[str] = []
+    for value in values:
+        if "," not in value:
+            if value.strip():
+                out.append(value.strip())
+            continue
+        depth, quoted, start = 0, False, 0
+        for i, ch in enumerate(value):
+            if ch == '"' and (i == 0 or value[i - 1] != "\\"):
+                quoted = not quoted
+            elif not quoted and ch == "<":
+                depth += 1
+            elif not quoted and ch == ">":
+                depth -= 1
+            elif ch == "," and not quoted and depth <= 0:
+                out.append(value[start:i].strip())
+                start = i + 1
+        out.append(value[start:].strip())
+    return [v for v in out if v]
+
+
+def _header_all(headers: Any, name: str) -> list[str]:
+    get_all = getattr(headers, "get_all", None)
+    if get_all is not None:
+        return [str(v) for v in get_all(name)]
+    value = headers.get(name)
+    return [] if value is None else [str(value)]
+
+
+class PolicyEngine:
+    """Holds the compiled rules of one Config; swap the engine with the config on reload."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self._rules = config.rules
+        self._trunks = config.trunks
+
+    def rules_for(self, trunk: str) -> RuleSet:
+        try:
+            return self._rules[trunk]
+        except KeyError:
+            raise UnknownTrunk(trunk) from None
+
+    def trunk(self, trunk: str) -> TrunkConfig:
+        try:
+            return self._trunks[trunk]
+        except KeyError:
+            raise UnknownTrunk(trunk) from None
+
+    # -- facts ---------------------------------------------------------------------------------------
+    def facts(
+        self,
+        trunk: str,
+        from_: str,
+        to: str,
+        pai: Sequence[str] = (),
+        privacy: Iterable[str] = (),
+        at: float = 0.0,
+        call_id: str = "",
+        to_header: str = "",
+    ) -> CallFacts:
+        """CallFacts from plain strings (URIs, name-addrs or numbers); `to` is the Request-URI or number."""
+        rs, region = self.rules_for(trunk), self.trunk(trunk).region
+        norm = rs.normaliser
+        callee = norm.parse(to, region) if to else Number("", "", "invalid", "no callee")
+        if callee.kind != E164 and to_header:
+            alt = norm.parse(to_header, region)
+            if alt.kind == E164:
+                callee = alt
+        tokens = frozenset(
+            t.strip().lower() for v in privacy for t in v.replace(",", ";").split(";") if t.strip()
+        )
+        return CallFacts(
+            trunk=trunk,
+            at=at,
+            caller=norm.parse(from_, region) if from_ else Number("", "", "anonymous", "no From"),
+            asserted=tuple(norm.parse(p, region) for p in split_header_values(pai)),
+            privacy=tokens,
+            callee=callee,
+            call_id=call_id,
+        )
+
+    def facts_from_request(self, trunk_name: str, request: Any, now: float) -> CallFacts:
+        """Extract From, every P-Asserted-Identity, Privacy, Request-URI/To callee and Call-ID from a parsed
+        sipfilter.sip Request (only `request.uri` and `request.headers.get/get_all` are used)."""
+        headers = request.headers
+        from_raw = headers.get("From") or ""
+        return self.facts(
+            trunk_name,
+            from_=str(from_raw),
+            to=str(request.uri),
+            pai=_header_all(headers, "P-Asserted-Identity"),
+            privacy=_header_all(headers, "Privacy"),
+            at=now,
+            call_id=str(headers.get("Call-ID") or ""),
+            to_header=str(headers.get("To") or ""),
+        )
+
+    # -- decision ------------------------------------------------------------------------------------
+    async def decide(self, facts: CallFacts, store: Store, *, record: bool = True) -> Decision:
+        """Evaluate every rule; record the attempt (frequency) when the call will be relayed and `record`.
+
+        Store failures apply the trunk's `on_store_error`; no exception leaves this method."""
+        rs = self.rules_for(facts.trunk)
+        trunk = self._trunks[facts.trunk]
+        out: dict[str, Outcome] = {}
+        alerts: list[str] = []
+        recorded = False
+        try:
+            first, recorded = await self._evaluate(rs, trunk, facts, store, record, out, alerts)
+        except StoreUnavailable as exc:
+            return self._store_error(rs, trunk, out, f"store unavailable: {exc}")
+        except Exception as exc:  # a store backend bug must not take the call path down
+            log.exception("policy evaluation failed on trunk %s", facts.trunk)
+            return self._store_error(rs, trunk, out, f"internal error: {type(exc).__name__}: {exc}")
+        if not first:
+            return Decision(_ALLOWED, out, False, recorded, rs.version, tuple(alerts))
+        answer = rs.answer(first)
+        detail = out[first].reason
+        reason = f"{answer.text}: {detail}" if detail else answer.text
+        if trunk.mode == "monitor":
+            return Decision(Verdict(ALLOW, 0, first, reason), out, True, recorded, rs.version, tuple(alerts))
+        return Decision(
+            Verdict(REJECT, answer.status, first, reason), out, False, recorded, rs.version, tuple(alerts)
+        )
+
+    def _store_error(self, rs: RuleSet, trunk: TrunkConfig, out: dict[str, Outcome], why: str) -> Decision:
+        out[STORE_RULE] = Outcome(FAIL, why)
+        answer = rs.answer(STORE_RULE)
+        reason = f"{answer.text}: {why}"
+        if trunk.on_store_error == "allow":
+            return Decision(_ALLOWED, out, False, False, rs.version, (f"{STORE_RULE}: {why}",))
+        if trunk.mode == "monitor":
+            return Decision(Verdict(ALLOW, 0, STORE_RULE, reason), out, True, False, rs.version, ())
+        return Decision(Verdict(REJECT, answer.status, STORE_RULE, reason), out, False, False, rs.version, ())
+
+    async def _evaluate(
+        self,
+        rs: RuleSet,
+        trunk: TrunkConfig,
+        facts: CallFacts,
+        store: Store,
+        record: bool,
+        out: dict[str, Outcome],
+        alerts: list[str],
+    ) -> tuple[str, bool]:
+        callee = facts.callee
+        first = ""
+        if callee.kind == E164:
+            out[NUMBER_RULE] = _PASS
+        else:
+            why = callee.error or callee.kind
+            out[NUMBER_RULE] = Outcome(
+                FAIL, f"callee {callee.raw.strip()[:80]!r} is not a valid number ({why})"
+            )
+            first = NUMBER_RULE
+        r = caller_id.check_caller_id(rs.caller_id, facts, trunk.automated, store, out)
+        first = first or r
+        if callee.kind != E164:
+            for rule in (
+                hours.HOLIDAY_RULE,
+                hours.WINDOW_RULE,
+                lists.STALE_RULE,
+                *(lists.DNC_PREFIX + n for n in trunk.lists.dnc),
+                lists.SECTOR_RULE,
+                lists.CONSENT_RULE,
+            ):
+                out[rule] = Outcome(SKIP, "callee number is not valid")
+            frequency.skip(out, "callee number is not valid")
+            return first, False
+        look = lists.Lookups(store, trunk.account, callee.e164, facts.at)
+        r = hours.check_hours(rs.hours, callee.e164, facts.at, trunk.prospecting, None, out)
+        if out[hours.WINDOW_RULE].result == FAIL:
+            # D223-9 §2: outside the legal hours only with the consumer's consent (which may name its hours).
+            record_ = look.consent() if rs.hours.consent_hours_override else None
+            if record_ is not None and record_.hours:
+                r = hours.check_hours(rs.hours, callee.e164, facts.at, True, record_.hours, out)
+        first = first or r
+        r, missing = lists.check_stale(
+            rs.lists, trunk.lists.dnc, store, facts.at, trunk.on_stale_list, out, alerts
+        )
+        first = first or r
+        r = lists.check_dnc(rs.lists, trunk.lists.dnc, missing, look, out)
+        first = first or r
+        r = lists.check_sector(rs.lists, trunk.sector, look, out)
+        first = first or r
+        r = lists.check_consent(rs.lists, trunk.prospecting, look, out)
+        first = first or r
+        if not trunk.prospecting:
+            frequency.skip(out, _NOT_PROSPECTING)
+            return first, False
+        if first and trunk.mode == "enforce":
+            frequency.skip(out, f"not reached: rejected by {first}")
+            return first, False
+        if record:
+            r, recorded = await frequency.check_and_record(
+                rs.frequency, store, trunk.account, callee.e164, facts.at, out
+            )
+        else:
+            r, recorded = (
+                await frequency.check_only(rs.frequency, store, trunk.account, callee.e164, facts.at, out),
+                False,
+            )
+        return first or r, recorded

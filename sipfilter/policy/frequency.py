@@ -1,0 +1,79 @@
+"""D223-9 frequency rules: at most `cap` attempts per account per callee in a rolling window, none during the
+refusal cooldown. The only rule that writes: one atomic store call records the attempt when allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sipfilter.config import Section
+from sipfilter.policy.verdict import FAIL, PASS, SKIP, Outcome
+from sipfilter.stores.base import Store
+
+CAP_RULE = "frequency.cap"
+REFUSAL_RULE = "frequency.refusal"
+_DAY = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class FrequencyRules:
+    cap: int
+    window_s: float
+    cooldown_s: float
+
+
+def compile_frequency(s: Section) -> FrequencyRules:
+    s.only(["cap", "window_days", "refusal_cooldown_days"])
+    return FrequencyRules(
+        s.int("cap", lo=1), s.int("window_days", lo=1) * _DAY, s.int("refusal_cooldown_days", lo=0) * _DAY
+    )
+
+
+def skip(out: dict[str, Outcome], why: str) -> None:
+    out[REFUSAL_RULE] = out[CAP_RULE] = Outcome(SKIP, why)
+
+
+def _fill(
+    rules: FrequencyRules,
+    out: dict[str, Outcome],
+    at: float,
+    refused_at: float | None,
+    attempts: int,
+    allowed: bool,
+) -> str:
+    """Outcomes from a store answer; `attempts` includes this one when allowed."""
+    if refused_at is not None and at - refused_at < rules.cooldown_s:
+        out[REFUSAL_RULE] = Outcome(
+            FAIL,
+            f"callee refused {(at - refused_at) / _DAY:.1f} days ago "
+            f"(cooldown {rules.cooldown_s / _DAY:.0f} days)",
+        )
+        out[CAP_RULE] = Outcome(SKIP, "refusal cooldown applies")
+        return REFUSAL_RULE
+    out[REFUSAL_RULE] = Outcome(PASS, "")
+    days = rules.window_s / _DAY
+    if allowed:
+        out[CAP_RULE] = Outcome(PASS, f"attempt {attempts} of {rules.cap} in {days:.0f} days")
+        return ""
+    out[CAP_RULE] = Outcome(FAIL, f"{attempts} attempts already in {days:.0f} days (cap {rules.cap})")
+    return CAP_RULE
+
+
+async def check_and_record(
+    rules: FrequencyRules, store: Store, account: str, number: str, at: float, out: dict[str, Outcome]
+) -> tuple[str, bool]:
+    """Atomically check and record this attempt. Returns (failing rule or "", recorded).
+
+    Raises StoreUnavailable (the engine applies the trunk's on_store_error)."""
+    d = await store.check_and_record_attempt(account, number, at, rules.cap, rules.window_s, rules.cooldown_s)
+    return _fill(rules, out, at, d.refused_at, d.attempts_in_window, d.allowed), d.allowed
+
+
+async def check_only(
+    rules: FrequencyRules, store: Store, account: str, number: str, at: float, out: dict[str, Outcome]
+) -> str:
+    """Dry run (`sipfilter check`): would one more attempt pass? Records nothing."""
+    refused_at = await store.last_refusal(account, number)
+    attempts = await store.attempts(account, number, at, rules.window_s)
+    allowed = attempts < rules.cap
+    return _fill(rules, out, at, refused_at, attempts + 1 if allowed else attempts, allowed)

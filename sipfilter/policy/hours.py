@@ -1,0 +1,236 @@
+"""Day/hour rules of D223-9 in the callee's time zone: weekly windows, public holidays, consent hours.
+
+Pure: time zones and holidays come from the rule pack and the `holidays` package, computed once per year.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import holidays as holidays_pkg
+import phonenumbers
+from phonenumbers import timezone as pn_timezone
+
+from sipfilter.config import ConfigError, Section
+from sipfilter.policy.verdict import FAIL, PASS, SKIP, Outcome
+
+WINDOW_RULE = "time.window"
+HOLIDAY_RULE = "time.holiday"
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_RANGE_RE = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
+
+Window = tuple[tuple[int, int], ...]  # (start, end) seconds of day; start inclusive, end exclusive
+
+
+def parse_range(text: str) -> tuple[int, int]:
+    """ "10:00-13:00" → (36000, 46800); raises ValueError. 24:00 is allowed as an end."""
+    m = _RANGE_RE.match(text)
+    if not m:
+        raise ValueError(f"expected HH:MM-HH:MM, got {text!r}")
+    h1, m1, h2, m2 = (int(x) for x in m.groups())
+    start, end = h1 * 3600 + m1 * 60, h2 * 3600 + m2 * 60
+    if h1 > 23 or m1 > 59 or m2 > 59 or end > 86400 or end <= start:
+        raise ValueError(f"not a valid time range: {text!r}")
+    return start, end
+
+
+def parse_consent_hours(text: str) -> tuple[Window, ...]:
+    """Free-text hours of a consent record, e.g. "mon-sat 09:00-21:00" or
+    "mon-fri 10:00-13:00,14:00-20:00; sat 10:00-12:00" → 7 windows (Monday first); raises ValueError."""
+    week: list[list[tuple[int, int]]] = [[] for _ in DAYS]
+    for group in filter(None, (g.strip() for g in text.lower().split(";"))):
+        days_text, _, ranges_text = group.partition(" ")
+        days: list[int] = []
+        for part in days_text.split(","):
+            first, _, last = part.partition("-")
+            if first not in DAYS or (last and last not in DAYS):
+                raise ValueError(f"unknown day in {group!r}")
+            a, b = DAYS.index(first), DAYS.index(last or first)
+            days.extend(range(a, b + 1) if a <= b else [*range(a, 7), *range(0, b + 1)])
+        for r in ranges_text.split(","):
+            span = parse_range(r)
+            for d in days:
+                week[d].append(span)
+    if not any(week):
+        raise ValueError("no hours")
+    return tuple(tuple(sorted(w)) for w in week)
+
+
+@dataclass(frozen=True, slots=True)
+class HoursRules:
+    weekly: tuple[Window, ...]  # Monday first
+    default_zone: ZoneInfo
+    zones: Mapping[str, ZoneInfo]  # E.164 prefix → zone
+    zone_lengths: tuple[int, ...]
+    holiday_source: str  # package | none
+    country: str
+    subdivisions: Mapping[str, str]  # E.164 prefix → holidays-package subdivision
+    subdivision_lengths: tuple[int, ...]
+    extra_dates: frozenset[date]
+    ignore_dates: frozenset[date]
+    consent_hours_override: bool
+    # Memos (filled lazily, bounded by the number of distinct prefixes/years seen).
+    _zone_memo: dict[str, tuple[ZoneInfo, str | None]] = field(default_factory=dict, compare=False)
+    _holiday_memo: dict[tuple[int, str | None], Mapping[date, str]] = field(
+        default_factory=dict, compare=False
+    )
+
+    def zone_for(self, e164: str) -> tuple[ZoneInfo, str | None]:
+        """The callee's zone and holiday subdivision, from its number."""
+        key = e164[:8]  # zone and subdivision prefixes are at most 8 characters
+        hit = self._zone_memo.get(key)
+        if hit is None:
+            hit = (self._lookup_zone(e164), _longest(self.subdivisions, self.subdivision_lengths, e164))
+            if len(self._zone_memo) < 100_000:
+                self._zone_memo[key] = hit
+        return hit
+
+    def _lookup_zone(self, e164: str) -> ZoneInfo:
+        for length in self.zone_lengths:
+            zone = self.zones.get(e164[:length])
+            if zone is not None:
+                return zone
+        try:
+            names = pn_timezone.time_zones_for_number(phonenumbers.parse(e164))
+        except phonenumbers.NumberParseException:
+            names = ()
+        if len(names) == 1:
+            try:
+                return ZoneInfo(names[0])
+            except (ZoneInfoNotFoundError, ValueError):
+                pass
+        return self.default_zone
+
+    def holiday(self, day: date, subdivision: str | None) -> str | None:
+        if day in self.ignore_dates:
+            return None
+        if day in self.extra_dates:
+            return "company closure"
+        if self.holiday_source == "none":
+            return None
+        key = (day.year, subdivision)
+        table = self._holiday_memo.get(key)
+        if table is None:
+            table = dict(holidays_pkg.country_holidays(self.country, subdiv=subdivision, years=day.year))
+            self._holiday_memo[key] = table
+        return table.get(day)
+
+
+def _longest(table: Mapping[str, str], lengths: tuple[int, ...], e164: str) -> str | None:
+    for length in lengths:
+        hit = table.get(e164[:length])
+        if hit is not None:
+            return hit
+    return None
+
+
+def _zone(s: Section, key: str, name: object) -> ZoneInfo:
+    try:
+        return ZoneInfo(str(name))
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise s.error(key, f"unknown time zone {name!r}") from exc
+
+
+def _dates(s: Section, key: str) -> frozenset[date]:
+    items = s.list(key, [])
+    for item in items:
+        if not isinstance(item, date):
+            raise s.error(key, f"expected ISO dates, got {item!r}")
+    return frozenset(items)
+
+
+def compile_hours(s: Section, h: Section) -> HoursRules:
+    s.only(["weekly", "default_time_zone", "time_zones", "consent_hours_override"])
+    weekly_s = s.section("weekly")
+    weekly_s.only(DAYS)
+    week: list[Window] = []
+    for day in DAYS:
+        spans = []
+        for i, text in enumerate(weekly_s.str_list(day, ())):
+            try:
+                spans.append(parse_range(text))
+            except ValueError as exc:
+                raise ConfigError(
+                    str(exc), weekly_s.file, weekly_s.item_line(day, i), f"{weekly_s.field(day)}[{i}]"
+                ) from exc
+        week.append(tuple(sorted(spans)))
+    zones_s = s.section("time_zones", default_empty=True)
+    zones = {str(p): _zone(zones_s, str(p), z) for p, z in zones_s.data.items()}
+    h.only(["source", "country", "subdivisions", "extra_dates", "ignore_dates"])
+    source = h.choice("source", ("package", "none"), "package")
+    country = h.str("country", "FR")
+    subs_s = h.section("subdivisions", default_empty=True)
+    subs = {str(p): str(v) for p, v in subs_s.data.items()}
+    if source == "package":
+        try:
+            supported = holidays_pkg.country_holidays(country).subdivisions
+        except NotImplementedError as exc:
+            raise h.error("country", f"the holidays package does not know country {country!r}") from exc
+        for prefix, sub in subs.items():
+            if sub not in supported:
+                raise subs_s.error(
+                    prefix, f"unknown {country} subdivision {sub!r} (known: {', '.join(supported)})"
+                )
+    return HoursRules(
+        weekly=tuple(week),
+        default_zone=_zone(s, "default_time_zone", s.str("default_time_zone")),
+        zones=zones,
+        zone_lengths=tuple(sorted({len(p) for p in zones}, reverse=True)),
+        holiday_source=source,
+        country=country,
+        subdivisions=subs,
+        subdivision_lengths=tuple(sorted({len(p) for p in subs}, reverse=True)),
+        extra_dates=_dates(h, "extra_dates"),
+        ignore_dates=_dates(h, "ignore_dates"),
+        consent_hours_override=s.bool("consent_hours_override", True),
+    )
+
+
+def _in_window(window: Window, second: int) -> bool:
+    return any(start <= second < end for start, end in window)
+
+
+def _fmt(window: Window) -> str:
+    return (
+        ", ".join(
+            f"{a // 3600:02d}:{a % 3600 // 60:02d}-{b // 3600:02d}:{b % 3600 // 60:02d}" for a, b in window
+        )
+        or "closed"
+    )
+
+
+def check_hours(
+    rules: HoursRules, e164: str, at: float, applies: bool, consent_hours: str | None, out: dict[str, Outcome]
+) -> str:
+    """Outcomes of time.holiday and time.window; returns the first failing rule or ""."""
+    if not applies:
+        out[HOLIDAY_RULE] = out[WINDOW_RULE] = Outcome(SKIP, "trunk is not prospecting")
+        return ""
+    zone, subdivision = rules.zone_for(e164)
+    local = datetime.fromtimestamp(at, zone)
+    stamp = f"{local:%a %Y-%m-%d %H:%M:%S} {zone.key}"
+    first = ""
+    name = rules.holiday(local.date(), subdivision)
+    if name:
+        out[HOLIDAY_RULE] = Outcome(FAIL, f"{stamp} is a public holiday ({name})")
+        first = HOLIDAY_RULE
+    else:
+        out[HOLIDAY_RULE] = Outcome(PASS, "")
+    weekly, source = rules.weekly, "D223-9"
+    if consent_hours and rules.consent_hours_override:
+        try:
+            weekly, source = parse_consent_hours(consent_hours), "consent"
+        except ValueError:
+            source = "D223-9 (consent hours unreadable)"
+    window = weekly[local.weekday()]
+    second = local.hour * 3600 + local.minute * 60 + local.second
+    if _in_window(window, second):
+        out[WINDOW_RULE] = Outcome(PASS, "")
+    else:
+        out[WINDOW_RULE] = Outcome(FAIL, f"{stamp} is outside {source} hours ({_fmt(window)})")
+        first = first or WINDOW_RULE
+    return first

@@ -1,0 +1,181 @@
+"""Callee rules backed by store lists and records: do-not-call lists, stale lists, consent, contract, sector.
+
+Reads the store synchronously (lists are in memory); never writes. A list never imported counts as stale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, time
+from zoneinfo import ZoneInfo
+
+from sipfilter.config import Section
+from sipfilter.policy.verdict import FAIL, PASS, SKIP, Outcome
+from sipfilter.stores.base import ConsentRecord, Store
+
+STALE_RULE = "list.stale"
+CONSENT_RULE = "callee.consent"
+SECTOR_RULE = "sector.banned"
+DNC_PREFIX = "callee.dnc."
+
+_DAY = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class ListRules:
+    max_age_s: Mapping[str, float | None]  # list name → max age in seconds (None: no limit)
+    default_max_age_s: float | None
+    consent_from: float  # epoch seconds from which prospecting needs consent (opt-in regime)
+    consent_from_date: date
+    contract_exempts: bool
+    banned_sectors: frozenset[str]
+
+    def max_age_for(self, name: str) -> float | None:
+        return self.max_age_s.get(name, self.default_max_age_s)
+
+
+def _age(s: Section, key: str) -> float | None:
+    sub = s.section(key)
+    sub.only(["max_age_days"])
+    days = sub.int("max_age_days", None, lo=1)
+    return None if days is None else days * _DAY
+
+
+def compile_lists(lists: Section, consent: Section, sectors: Section, tz: ZoneInfo) -> ListRules:
+    ages = {str(name): _age(lists, str(name)) for name in lists.data if name != "default"}
+    default = _age(lists, "default") if lists.has("default") else None
+    consent.only(["required_from", "contract_exempts"])
+    start = consent.raw("required_from", None)
+    if start is None:
+        start = date.max
+    if not isinstance(start, date) or isinstance(start, datetime):
+        raise consent.error("required_from", f"expected an ISO date like 2026-08-11, got {start!r}")
+    # The date is a legal date in metropolitan France: midnight Paris time (or the pack's default zone).
+    start_ts = datetime.combine(start, time(0), tz).timestamp() if start != date.max else float("inf")
+    sectors.only(["banned"])
+    return ListRules(
+        ages,
+        default,
+        start_ts,
+        start,
+        consent.bool("contract_exempts", True),
+        frozenset(sectors.str_list("banned", ())),
+    )
+
+
+class Lookups:
+    """Per-decision memo of store reads (contract and consent are asked at most once per decision)."""
+
+    __slots__ = ("_consent", "_contract", "account", "at", "number", "store")
+
+    def __init__(self, store: Store, account: str, number: str, at: float):
+        self.store, self.account, self.number, self.at = store, account, number, at
+        self._contract: bool | None = None
+        self._consent: ConsentRecord | bool | None = False  # False: not asked yet
+
+    def contract(self) -> bool:
+        if self._contract is None:
+            self._contract = bool(self.store.has_contract(self.account, self.number, self.at))
+        return self._contract
+
+    def consent(self) -> ConsentRecord | None:
+        if self._consent is False:
+            self._consent = self.store.consent_for(self.account, self.number, self.at)
+        return self._consent  # type: ignore[return-value]
+
+
+def check_stale(
+    rules: ListRules,
+    dnc: tuple[str, ...],
+    store: Store,
+    at: float,
+    on_stale: str,
+    out: dict[str, Outcome],
+    alerts: list[str],
+) -> tuple[str, frozenset[str]]:
+    """Outcome of `list.stale`; returns (failing rule or "", names of lists that cannot be consulted)."""
+    if not dnc:
+        out[STALE_RULE] = Outcome(SKIP, "no do-not-call list on this trunk")
+        return "", frozenset()
+    problems: list[str] = []
+    missing: set[str] = set()
+    for name in dnc:
+        info = store.list_info(name)
+        if info is None:
+            problems.append(f"list {name!r} has never been imported")
+            missing.add(name)
+            continue
+        max_age = rules.max_age_for(name)
+        if max_age is not None and at - info.imported_at > max_age:
+            problems.append(
+                f"list {name!r} imported {(at - info.imported_at) / _DAY:.1f} days ago "
+                f"(max {max_age / _DAY:.0f})"
+            )
+    if not problems:
+        out[STALE_RULE] = Outcome(PASS, "")
+        return "", frozenset(missing)
+    text = "; ".join(problems)
+    if on_stale == "reject":
+        out[STALE_RULE] = Outcome(FAIL, text)
+        return STALE_RULE, frozenset(missing)
+    alerts.append(f"{STALE_RULE}: {text}")
+    out[STALE_RULE] = Outcome(PASS, f"allow-and-alert: {text}")
+    return "", frozenset(missing)
+
+
+def check_dnc(
+    rules: ListRules, dnc: tuple[str, ...], missing: frozenset[str], look: Lookups, out: dict[str, Outcome]
+) -> str:
+    first = ""
+    for name in dnc:
+        rule = DNC_PREFIX + name
+        if name in missing:
+            out[rule] = Outcome(SKIP, f"list {name!r} has never been imported")
+            continue
+        try:
+            hit = look.store.list_contains(name, look.number)
+        except KeyError:
+            out[rule] = Outcome(SKIP, f"list {name!r} has never been imported")
+            continue
+        if not hit:
+            out[rule] = Outcome(PASS, "")
+        elif rules.contract_exempts and look.contract():
+            out[rule] = Outcome(PASS, f"{look.number} is on {name!r} but has a contract in progress")
+        else:
+            out[rule] = Outcome(FAIL, f"{look.number} is on do-not-call list {name!r}")
+            first = first or rule
+    return first
+
+
+def check_sector(rules: ListRules, sector: str | None, look: Lookups, out: dict[str, Outcome]) -> str:
+    if sector is None or sector not in rules.banned_sectors:
+        out[SECTOR_RULE] = Outcome(
+            SKIP if sector is None else PASS, "" if sector else "no sector on this trunk"
+        )
+        return ""
+    if look.contract():
+        out[SECTOR_RULE] = Outcome(PASS, f"sector {sector!r} is banned but a contract is in progress")
+        return ""
+    out[SECTOR_RULE] = Outcome(
+        FAIL, f"prospecting in sector {sector!r} is banned without a contract in progress"
+    )
+    return SECTOR_RULE
+
+
+def check_consent(rules: ListRules, prospecting: bool, look: Lookups, out: dict[str, Outcome]) -> str:
+    if not prospecting:
+        out[CONSENT_RULE] = Outcome(SKIP, "trunk is not prospecting")
+        return ""
+    if look.at < rules.consent_from:
+        out[CONSENT_RULE] = Outcome(SKIP, f"opt-in regime starts {rules.consent_from_date.isoformat()}")
+        return ""
+    record = look.consent()
+    if record is not None:
+        out[CONSENT_RULE] = Outcome(PASS, f"consent recorded (proof {record.proof})")
+        return ""
+    if rules.contract_exempts and look.contract():
+        out[CONSENT_RULE] = Outcome(PASS, "no consent but a contract is in progress")
+        return ""
+    out[CONSENT_RULE] = Outcome(FAIL, f"no consent recorded for {look.number} by account {look.account!r}")
+    return CONSENT_RULE

@@ -1,0 +1,202 @@
+"""Normalise the numbers sipfilter sees (sip:/sips:/tel: URIs, national, +33, 0033, 33…) to E.164.
+
+Fast path for common French digit forms, bounded LRU cache, phonenumbers only for the odd ones; never raises.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from urllib.parse import unquote
+
+import phonenumbers
+
+# Kinds of number.
+E164 = "e164"
+SHORT = "short"  # 3BPQ-style short number, kept as its digits
+ANONYMOUS = "anonymous"  # identity withheld or no user part
+INVALID = "invalid"
+
+_SEPARATORS = str.maketrans("", "", " -.()/\t")
+_DIGITS_RE = re.compile(r"^\+?[0-9]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class Number:
+    """One number as presented (`raw`) and as normalised (`e164`, "" unless kind is e164 or short)."""
+
+    raw: str
+    e164: str
+    kind: str
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.kind == E164 or self.kind == SHORT
+
+
+def split_uri_user(text: str) -> tuple[str, str, dict[str, str]] | None:
+    """From a name-addr, addr-spec, tel: URI or bare number, return (user, host, params of the user part).
+
+    Returns None when a URI carries no user part (e.g. `sip:host`). `host` is "" for tel: and bare numbers."""
+    text = text.strip()
+    if "<" in text:
+        start = text.index("<") + 1
+        end = text.find(">", start)
+        text = text[start:] if end < 0 else text[start:end]
+    lower = text[:5].lower()
+    params: dict[str, str] = {}
+    if lower.startswith("tel:"):
+        body = text[4:]
+        number, _, rest = body.partition(";")
+        _parse_params(rest, params)
+        return unquote(number), "", params
+    if lower.startswith(("sip:", "sips:")):
+        body = text[text.index(":") + 1 :]
+        if "@" not in body:
+            return None
+        userinfo, _, hostpart = body.rpartition("@")
+        user, _, uparams = userinfo.partition(";")
+        user = user.partition(":")[0]  # drop a password
+        _parse_params(uparams, params)
+        host = hostpart.partition(";")[0].partition("?")[0].partition(":")[0].lower()
+        if hostpart.startswith("["):
+            host = hostpart[: hostpart.find("]") + 1].lower()
+        return unquote(user), host, params
+    # A bare number, possibly with ;phone-context.
+    number, _, rest = text.partition(";")
+    _parse_params(rest, params)
+    return number, "", params
+
+
+def _parse_params(text: str, into: dict[str, str]) -> None:
+    for item in text.split(";"):
+        if item:
+            key, _, value = item.partition("=")
+            into[key.strip().lower()] = value.strip()
+
+
+class Normaliser:
+    """Turns presented numbers into E.164 strings with one country's national conventions (FR by default).
+
+    `overseas` maps the first digits of a 9-digit national significant number to the E.164 country code that
+    really serves it (0692… is +262 692…, not +33 692…)."""
+
+    def __init__(
+        self,
+        country_code: str = "+33",
+        overseas: Mapping[str, str] | None = None,
+        short_number_pattern: str = r"^3[0-9]{3}$",
+        anonymous_users: Iterable[str] = ("anonymous", "restricted", "unavailable", "unknown", "private"),
+        anonymous_hosts: Iterable[str] = ("anonymous.invalid",),
+        cache_size: int = 200_000,
+    ):
+        self.country_code = country_code
+        self._cc_digits = country_code.lstrip("+")
+        self._overseas = dict(overseas or {})
+        self._overseas_lengths = sorted({len(k) for k in self._overseas}, reverse=True)
+        self._overseas_codes = tuple(sorted(set(self._overseas.values())))
+        self._short_re = re.compile(short_number_pattern)
+        self._anon_users = frozenset(u.lower() for u in anonymous_users)
+        self._anon_hosts = frozenset(h.lower() for h in anonymous_hosts)
+        # Bounded caches: numbers repeat (caller IDs always, callees across retries).
+        self.number = lru_cache(maxsize=cache_size)(self._number_uncached)  # type: ignore[method-assign]
+        self.parse = lru_cache(maxsize=cache_size)(self._parse_uncached)  # type: ignore[method-assign]
+
+    # -- public ------------------------------------------------------------------------------------
+    def parse(self, text: str, region: str = "FR") -> Number:
+        """Any presented form (URI, name-addr, bare number) → Number; cached."""
+        return self._parse_uncached(text, region)
+
+    def number(self, digits: str, region: str = "FR", context: str = "") -> Number:
+        """A bare number (separators allowed) → Number; cached."""
+        return self._number_uncached(digits, region, context)
+
+    def e164(self, text: str, region: str = "FR") -> str | None:
+        """Convenience for importers: the E.164 string, or None when not a valid full number."""
+        n = self.parse(text, region)
+        return n.e164 if n.kind == E164 else None
+
+    # -- internals ---------------------------------------------------------------------------------
+    def _parse_uncached(self, text: str, region: str = "FR") -> Number:
+        parts = split_uri_user(text)
+        if parts is None:
+            return Number(text, "", ANONYMOUS, "no user part in the URI")
+        user, host, params = parts
+        if host in self._anon_hosts or user.strip().lower() in self._anon_users or not user.strip():
+            return Number(text, "", ANONYMOUS, "anonymous")
+        n = self.number(user, region, params.get("phone-context", ""))
+        return n if n.raw == text else Number(text, n.e164, n.kind, n.error)
+
+    def _number_uncached(self, digits: str, region: str = "FR", context: str = "") -> Number:
+        raw = digits
+        digits = digits.translate(_SEPARATORS)
+        if not _DIGITS_RE.match(digits):
+            return Number(raw, "", INVALID, "not a telephone number")
+        if not digits.startswith("+") and context.startswith("+"):
+            # RFC 3966 local number: phone-context names the country (or a longer prefix).
+            ctx = context.translate(_SEPARATORS)
+            if _DIGITS_RE.match(ctx):
+                local = digits[1:] if digits.startswith("0") else digits
+                digits = ctx + local
+        if self._short_re.match(digits):
+            return Number(raw, digits, SHORT)
+        if region == "FR" and self._cc_digits == "33":
+            nsn = self._french_nsn(digits)
+            if nsn is not None:
+                return Number(raw, self._apply_overseas(nsn), E164)
+            if digits.startswith("+") and self._overseas_codes:
+                for code in self._overseas_codes:
+                    if digits.startswith(code) and len(digits) == len(code) + 9 and digits[len(code)] != "0":
+                        return Number(raw, digits, E164)
+        return self._slow(raw, digits, region)
+
+    def _french_nsn(self, d: str) -> str | None:
+        """The 9-digit national significant number of a French number in any common form, or None."""
+        if d.startswith("+33"):
+            nsn = d[3:]
+        elif d.startswith("0033"):
+            nsn = d[4:]
+        elif d.startswith("33") and len(d) == 11:
+            nsn = d[2:]
+        elif d.startswith("0") and len(d) == 10:
+            nsn = d[1:]
+        else:
+            return None
+        if len(nsn) == 10 and nsn[0] == "0":  # "+33 0 6…": a trunk prefix wrongly kept
+            nsn = nsn[1:]
+        if len(nsn) != 9 or nsn[0] == "0":
+            return None
+        return nsn
+
+    def _apply_overseas(self, nsn: str) -> str:
+        for length in self._overseas_lengths:
+            code = self._overseas.get(nsn[:length])
+            if code is not None:
+                return code + nsn
+        return self.country_code + nsn
+
+    def _slow(self, raw: str, digits: str, region: str) -> Number:
+        try:
+            parsed = phonenumbers.parse(digits, region)
+        except phonenumbers.NumberParseException as exc:
+            return Number(raw, "", INVALID, str(exc))
+        if not phonenumbers.is_valid_number(parsed):
+            return Number(raw, "", INVALID, "not a valid number for its country")
+        e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+        if e164.startswith(self.country_code) and self._cc_digits == "33":
+            e164 = self._apply_overseas(e164[3:])
+        return Number(raw, e164, E164)
+
+
+_DEFAULT: dict[str, Normaliser] = {}
+
+
+def default_normaliser() -> Normaliser:
+    """A normaliser without the rule pack's overseas table (use `rulepack.normaliser_for(config)` instead
+    whenever a config is at hand: list imports must normalise exactly as the policy engine does)."""
+    if "n" not in _DEFAULT:
+        _DEFAULT["n"] = Normaliser()
+    return _DEFAULT["n"]
