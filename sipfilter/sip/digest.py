@@ -46,8 +46,9 @@ def _base_algorithm(algorithm: str) -> str:
 
 
 def h(algorithm: str, data: str) -> str:
-    """H(data) in lowercase hex for `algorithm` (with or without -sess). Strings are hashed as UTF-8."""
-    return _HASHES[_base_algorithm(algorithm)](data.encode("utf-8"))
+    """H(data) in lowercase hex for `algorithm` (with or without -sess). Strings are hashed as UTF-8;
+    bytes that were not UTF-8 (decoded with surrogateescape) hash as the original bytes."""
+    return _HASHES[_base_algorithm(algorithm)](data.encode("utf-8", "surrogateescape"))
 
 
 def canonical_algorithm(value: str | None) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -390,3 +391,15 @@ def test_configuration_errors() -> None:
         UserTable([DigestUser("a", password="x"), DigestUser("a", password="y")], REALM)
     with pytest.raises(DigestError):
         UserTable([DigestUser("a")], REALM)
+
+
+def test_non_utf8_values_hash_as_their_original_bytes() -> None:
+    # A SIP core decoding header bytes with surrogateescape hands such strings over; found by fuzz_digest.
+    raw_cnonce = b"c\xeb"
+    text = raw_cnonce.decode("utf-8", "surrogateescape")
+    got = compute_response(
+        "MD5", "00" * 16, method="INVITE", uri="sip:x", nonce="n", nc="00000001", cnonce=text
+    )
+    ha2 = hashlib.md5(b"INVITE:sip:x").hexdigest()
+    want = hashlib.md5(b"00" * 16 + b":n:00000001:" + raw_cnonce + b":auth:" + ha2.encode()).hexdigest()
+    assert got == want
