@@ -37,9 +37,7 @@ def _missing(modules: tuple[str, ...]) -> str | None:
 
 
 def test_every_target_script_is_listed() -> None:
-    assert sorted(p.name for p in HERE.glob("fuzz_*.py")) == sorted(
-        t for t in TARGETS if (HERE / t).exists()
-    )
+    assert sorted(p.name for p in HERE.glob("fuzz_*.py")) == sorted(t for t in TARGETS if (HERE / t).exists())
 
 
 @pytest.mark.parametrize("script", sorted(TARGETS))
