@@ -5,9 +5,11 @@ Matches sipp/csv/policy_mix.csv and docs/sipp.md; goes through the CLI only, nev
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from sipp_harness import sipfilter_cli
+from sipp_harness import Sipfilter, SipfilterPorts, free_ports, sipfilter_cli, sipfilter_config, write_config
 
 ACCOUNT = "e2e-account"
 CONSENTED = [f"+336120000{n:02d}" for n in range(1, 10)] + ["+33612000100", "+33612000101"]
@@ -28,3 +30,27 @@ def provision(config_path: Path, workdir: Path, *, extra_consents: list[str] | N
     source = workdir / "consents.csv"
     source.write_text("\n".join(consents) + "\n", encoding="ascii")
     sipfilter_cli(["consent", "import", "--config", str(config_path), "--account", ACCOUNT, str(source)])
+
+
+@dataclass
+class Deployment:
+    """A running sipfilter and the ports its carrier targets are configured on (priority order)."""
+
+    sipfilter: Sipfilter
+    carrier_ports: list[int]
+
+    @property
+    def inside(self) -> str:
+        return f"127.0.0.1:{self.sipfilter.ports.inside}"
+
+
+def deploy(workdir: Path, carriers: int = 1, trunk: dict[str, Any] | None = None,
+           sip: dict[str, Any] | None = None) -> Deployment:
+    """Config on free ports, lists and consents provisioned, `sipfilter run` started and ready.
+    The caller stops it (`deployment.sipfilter.stop()`, in a finally or a fixture teardown)."""
+    numbers = free_ports(3 + carriers)  # all distinct
+    ports, carrier_ports = SipfilterPorts(*numbers[:3]), numbers[3:]
+    config = sipfilter_config(workdir, ports, carrier_ports, trunk=trunk, sip=sip)
+    config_path = write_config(workdir / "sipfilter.yaml", config)
+    provision(config_path, workdir)
+    return Deployment(Sipfilter(config_path, ports, workdir / "run").start(), carrier_ports)

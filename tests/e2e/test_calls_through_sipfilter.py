@@ -6,51 +6,18 @@ Checks per call that the outcome matches the CSV's expected column and that no d
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from conftest import SippFactory
-from sipfilter_provision import provision
-from sipp_harness import (
-    CallCase,
-    Sipfilter,
-    SipfilterPorts,
-    SippRun,
-    free_ports,
-    read_calls_csv,
-    sipfilter_available,
-    sipfilter_config,
-    write_calls_csv,
-    write_config,
-)
+from sipfilter_provision import Deployment, deploy
+from sipp_harness import CallCase, SippRun, free_ports, read_calls_csv, sipfilter_available, write_calls_csv
 
 _MISSING = sipfilter_available()
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")]
 
 POLICY_MIX = Path(__file__).resolve().parents[2] / "sipp" / "csv" / "policy_mix.csv"
 ANSWERED = CallCase("+33162000001", "+33612000001", "relay")
-
-
-@dataclass
-class Deployment:
-    sipfilter: Sipfilter
-    carrier_ports: list[int]
-
-    @property
-    def inside(self) -> str:
-        return f"127.0.0.1:{self.sipfilter.ports.inside}"
-
-
-def deploy(workdir: Path, carriers: int = 1, trunk: dict[str, Any] | None = None) -> Deployment:
-    """Config on free ports, lists and consents provisioned, `sipfilter run` started and ready."""
-    ports = SipfilterPorts(*free_ports(3))
-    carrier_ports = free_ports(carriers + 3)[3:]
-    config = sipfilter_config(workdir, ports, carrier_ports, trunk=trunk)
-    config_path = write_config(workdir / "sipfilter.yaml", config)
-    provision(config_path, workdir)
-    return Deployment(Sipfilter(config_path, ports, workdir / "run").start(), carrier_ports)
 
 
 @pytest.fixture(scope="module")
