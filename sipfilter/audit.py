@@ -1,0 +1,171 @@
+"""Decision audit log: one JSON line per policy decision, appended to an O_APPEND file and rotated by size.
+It must never raise into the call path nor block the event loop beyond one write() (and fsync if asked).
+
+Durability: each line is one os.write() on an O_APPEND descriptor (no user-space buffer), so it is in the
+kernel before the SIP answer goes out and survives a crash or restart of sipfilter;
+fsync policy (`audit.fsync`):
+`never` (the kernel writes back, a power loss may lose the last seconds), `rotate` (default: fsync before each
+rotation) or `always` (fsync every line: durable against power loss, costs a disk flush per call).
+Write errors (disk full, …) never raise into the call path: they set `failing`, count `write_errors` and the
+trunk-independent `on_write_error` policy tells the B2BUA whether to keep relaying (`should_relay`).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sipfilter.config import AuditConfig
+from sipfilter.policy.facts import CallFacts
+from sipfilter.policy.verdict import Decision
+
+log = logging.getLogger(__name__)
+
+
+def decision_record(facts: CallFacts, decision: Decision, account: str, mode: str) -> dict[str, Any]:
+    """The audit record of one decision (also what `sipfilter check --json` shows of the numbers)."""
+    v = decision.verdict
+    return {
+        "time": datetime.fromtimestamp(facts.at, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z"),
+        "trunk": facts.trunk,
+        "account": account,
+        "call_id": facts.call_id,
+        "from": facts.caller.e164 or facts.caller.kind,
+        "pai": [p.e164 or p.kind for p in facts.asserted],
+        "privacy": sorted(facts.privacy),
+        "to": facts.callee.e164 or facts.callee.kind,
+        "action": v.action,
+        "status": v.status,
+        "rule": v.rule,
+        "reason": v.reason,
+        "mode": mode,
+        "monitored": decision.monitored,
+        "attempt_recorded": decision.attempt_recorded,
+        "failed": decision.failed,
+        "alerts": list(decision.alerts),
+        "rule_pack_version": decision.rule_pack_version,
+    }
+
+
+class AuditLog:
+    """Appends decision records; thread-safe; call `close()` on shutdown."""
+
+    def __init__(self, config: AuditConfig, on_error: Callable[[OSError], None] | None = None):
+        self.path = Path(config.path)
+        self.max_bytes = config.max_bytes
+        self.backups = config.backups
+        self.fsync = config.fsync
+        self.on_write_error = config.on_write_error
+        self.on_error = on_error
+        self.write_errors = 0  # total failed writes (export as a metric)
+        self.failing = False  # last write failed (disk full, permissions, …)
+        self.last_error = ""
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._size = 0
+        self._torn = False  # a partial line may have been written: start the next one on a new line
+        self._last_logged = 0.0
+
+    @property
+    def should_relay(self) -> bool:
+        """False when writes fail and the policy is `stop-relaying` (no call without its audit line)."""
+        return not (self.failing and self.on_write_error == "stop-relaying")
+
+    def _open(self) -> int:
+        if self._fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            self._size = os.fstat(self._fd).st_size
+        return self._fd
+
+    def _rotate(self) -> None:
+        if self._fd is not None:
+            if self.fsync != "never":
+                os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+        if self.backups == 0:
+            self.path.unlink(missing_ok=True)
+            return
+        for i in range(self.backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{i}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{i + 1}"))
+        if self.path.exists():
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+
+    def write(self, record: dict[str, Any]) -> bool:
+        """Append one record as a JSON line; True when it reached the kernel. Never raises OSError."""
+        data = (json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str) + "\n").encode()
+        with self._lock:
+            try:
+                fd = self._open()
+                if self._size and self._size + len(data) > self.max_bytes:
+                    self._rotate()
+                    fd = self._open()
+                if self._torn:
+                    data = b"\n" + data
+                view = memoryview(data)
+                while view:
+                    self._torn = True
+                    n = os.write(fd, view)
+                    self._size += n
+                    view = view[n:]
+                self._torn = False
+                if self.fsync == "always":
+                    os.fsync(fd)
+            except OSError as exc:
+                self._failed(exc)
+                return False
+            if self.failing:
+                log.warning(
+                    "audit log %s writable again after %d failed writes", self.path, self.write_errors
+                )
+            self.failing = False
+            return True
+
+    def _failed(self, exc: OSError) -> None:
+        self.write_errors += 1
+        self.failing = True
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        if self._fd is not None and exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            # Anything but a full disk (EIO, EBADF, file removed…): reopen on the next write.
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
+        now = time.monotonic()
+        if now - self._last_logged > 10:  # do not flood the log when the disk is full
+            self._last_logged = now
+            log.error(
+                "audit log %s write failed (%s); policy: %s", self.path, self.last_error, self.on_write_error
+            )
+        if self.on_error is not None:
+            try:
+                self.on_error(exc)
+            except Exception:
+                log.exception("audit on_error callback failed")
+
+    def log_decision(self, facts: CallFacts, decision: Decision, account: str, mode: str) -> bool:
+        return self.write(decision_record(facts, decision, account, mode))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                try:
+                    if self.fsync != "never":
+                        os.fsync(self._fd)
+                finally:
+                    os.close(self._fd)
+                    self._fd = None

@@ -1,0 +1,250 @@
+"""`sipfilter check`: run the very same policy code on one hypothetical call and explain every rule's outcome.
+
+A dry run by default (no attempt recorded); exit 0 allow, 1 reject, 2 error. No SIP traffic is sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import inspect
+import json
+import os
+import sys
+import time
+from datetime import datetime
+from typing import Any
+
+from sipfilter.audit import decision_record
+from sipfilter.config import Config, ConfigError, load_config
+from sipfilter.policy.engine import PolicyEngine
+from sipfilter.policy.verdict import FAIL, SKIP, Decision
+from sipfilter.stores.base import AttemptDecision, ConsentRecord, ListInfo, Store, StoreUnavailable
+
+DEFAULT_CONFIG = os.environ.get("SIPFILTER_CONFIG", "config/sipfilter.yaml")
+_REASONS = {
+    403: "Forbidden",
+    404: "Not Found",
+    480: "Temporarily Unavailable",
+    486: "Busy Here",
+    488: "Not Acceptable Here",
+    600: "Busy Everywhere",
+    603: "Decline",
+    607: "Unwanted",
+    608: "Rejected",
+}
+
+
+class CheckError(Exception):
+    """A problem that makes `check` exit 2 (bad arguments, unusable config or store)."""
+
+
+class EmptyStore:
+    """Stand-in used only when the stores package offers no `open_store` yet: no list was ever imported,
+    no consent, no contract, no attempt. It says so on stderr; it never pretends lists are clean."""
+
+    def list_contains(self, list_name: str, number: str) -> bool:
+        raise KeyError(list_name)
+
+    def list_info(self, list_name: str) -> ListInfo | None:
+        return None
+
+    def list_names(self) -> list[str]:
+        return []
+
+    def consent_for(self, account: str, number: str, at: float) -> ConsentRecord | None:
+        return None
+
+    def has_contract(self, account: str, number: str, at: float) -> bool:
+        return False
+
+    async def check_and_record_attempt(
+        self, account: str, number: str, now: float, cap: int, window_s: float, refusal_cooldown_s: float
+    ) -> AttemptDecision:
+        raise StoreUnavailable("no store backend available to record attempts")
+
+    async def attempts(self, account: str, number: str, now: float, window_s: float) -> int:
+        return 0
+
+    async def record_refusal(self, account: str, number: str, at: float) -> None:
+        raise StoreUnavailable("no store backend available")
+
+    async def last_refusal(self, account: str, number: str) -> float | None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "check",
+        help="explain the verdict sipfilter would give one call",
+        description="Run the policy engine on one call and print the verdict and every rule's outcome. "
+        "Exit status: 0 allow, 1 reject, 2 error.",
+    )
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="configuration file (default: %(default)s)")
+    p.add_argument("--trunk", required=True, help="trunk name from the configuration")
+    p.add_argument(
+        "--from",
+        dest="from_",
+        required=True,
+        metavar="URI_OR_NUMBER",
+        help="From (presented caller ID): sip:/sips:/tel: URI, name-addr or number",
+    )
+    p.add_argument("--to", required=True, metavar="URI_OR_NUMBER", help="callee: Request-URI or number")
+    p.add_argument(
+        "--pai",
+        action="append",
+        default=[],
+        metavar="URI_OR_NUMBER",
+        help="P-Asserted-Identity value (repeatable)",
+    )
+    p.add_argument(
+        "--privacy",
+        action="append",
+        default=[],
+        metavar="VALUES",
+        help="Privacy header value, e.g. id or 'id;critical' (repeatable)",
+    )
+    p.add_argument(
+        "--at",
+        metavar="ISO-8601",
+        help="decision time with UTC offset, e.g. 2026-09-14T10:30:00+02:00 (default: now)",
+    )
+    p.add_argument("--call-id", default="sipfilter-check", help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--dry-run",
+        dest="record",
+        action="store_false",
+        default=False,
+        help="do not record a call attempt (default)",
+    )
+    mode.add_argument(
+        "--record",
+        dest="record",
+        action="store_true",
+        help="record the attempt in the frequency counters, as a relayed call would",
+    )
+    p.set_defaults(func=run)
+
+
+def parse_at(text: str | None) -> float:
+    if not text:
+        return time.time()
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise CheckError(f"--at: not an ISO-8601 date-time: {text!r}") from exc
+    if when.tzinfo is None:
+        raise CheckError(f"--at: add a UTC offset (e.g. {text}+02:00): the callee's time zone matters")
+    return when.timestamp()
+
+
+async def open_configured_store(config: Config) -> tuple[Store, str]:
+    """The configured store through `sipfilter.stores.open_store`, or EmptyStore with a warning if absent."""
+    open_store = getattr(importlib.import_module("sipfilter.stores"), "open_store", None)
+    if open_store is None:
+        return EmptyStore(), (
+            "warning: this build has no store backend (sipfilter.stores.open_store is "
+            "missing): every list counts as never imported"
+        )
+    try:
+        store = open_store(config)
+        if inspect.isawaitable(store):
+            store = await store
+    except (StoreUnavailable, OSError) as exc:
+        raise CheckError(f"cannot open the {config.store.backend} store: {exc}") from exc
+    return store, ""
+
+
+def render_text(decision: Decision, record: dict[str, Any], host: str, raw: dict[str, Any]) -> str:
+    v = decision.verdict
+    lines = []
+    if v.action == "reject":
+        lines.append(f"REJECT {v.status} {_REASONS.get(v.status, '')} — rule {v.rule}")
+        lines.append(f"  {v.reason}")
+    elif decision.monitored:
+        lines.append(f"ALLOW (monitor mode: would reject with rule {v.rule})")
+        lines.append(f"  {v.reason}")
+    else:
+        lines.append("ALLOW")
+    lines.append(
+        f"trunk {record['trunk']} (account {record['account']}, mode {record['mode']}, "
+        f"rule pack {decision.rule_pack_version}) at {raw['at']}"
+    )
+    lines.append(f"  from   {raw['from']!s:<40} → {record['from']}")
+    for given, norm in zip(raw["pai"], record["pai"], strict=False):
+        lines.append(f"  pai    {given!s:<40} → {norm}")
+    if record["privacy"]:
+        lines.append(f"  privacy {', '.join(record['privacy'])}")
+    lines.append(f"  to     {raw['to']!s:<40} → {record['to']}")
+    lines.append("rules:")
+    width = max((len(r) for r in decision.outcomes), default=10)
+    for rule, o in decision.outcomes.items():
+        mark = {FAIL: "FAIL", SKIP: "skip"}.get(o.result, "pass")
+        lines.append(f"  {mark}  {rule:<{width}}  {o.reason}".rstrip())
+    for alert in decision.alerts:
+        lines.append(f"alert: {alert}")
+    if v.action == "reject":
+        lines.append("SIP answer:")
+        lines.append(f"  SIP/2.0 {v.status} {_REASONS.get(v.status, '')}")
+        lines.append(f"  Reason: {v.reason_header()}")
+        lines.append(f"  Warning: {v.warning_header(host)}")
+    lines.append("attempt recorded" if decision.attempt_recorded else "dry run: no attempt recorded")
+    return "\n".join(lines)
+
+
+async def _check(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        raise CheckError(str(exc)) from exc
+    if args.trunk not in config.trunks:
+        raise CheckError(f"no trunk named {args.trunk!r} (trunks: {', '.join(config.trunks)})")
+    at = parse_at(args.at)
+    engine = PolicyEngine(config)
+    trunk = config.trunks[args.trunk]
+    store, warning = await open_configured_store(config)
+    if warning:
+        print(warning, file=sys.stderr)
+    try:
+        facts = engine.facts(
+            args.trunk, args.from_, args.to, pai=args.pai, privacy=args.privacy, at=at, call_id=args.call_id
+        )
+        decision = await engine.decide(facts, store, record=args.record)
+    finally:
+        await store.close()
+    record = decision_record(facts, decision, trunk.account, trunk.mode)
+    raw = {
+        "from": args.from_,
+        "pai": args.pai,
+        "to": args.to,
+        "at": args.at or datetime.fromtimestamp(at).astimezone().isoformat(timespec="seconds"),
+    }
+    if args.json:
+        out = {
+            **record,
+            "outcomes": {r: {"result": o.result, "reason": o.reason} for r, o in decision.outcomes.items()},
+            "given": raw,
+        }
+        if decision.verdict.action == "reject":
+            out["sip"] = {
+                "reason_header": decision.verdict.reason_header(),
+                "warning_header": decision.verdict.warning_header(config.sip.hostname),
+            }
+        print(json.dumps(out, ensure_ascii=False, indent=2))
+    else:
+        print(render_text(decision, record, config.sip.hostname, raw))
+    return 0 if decision.verdict.action == "allow" else 1
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(_check(args))
+    except CheckError as exc:
+        print(f"sipfilter check: {exc}", file=sys.stderr)
+        return 2

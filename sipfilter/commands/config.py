@@ -1,0 +1,102 @@
+"""`sipfilter config check|show`: validate a configuration (and its rule packs) or print what it resolves to.
+
+Reads files only; never opens the store or a socket. Exit 0 valid, 1 invalid, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from sipfilter.config import Config, ConfigError, load_config
+
+DEFAULT_CONFIG = os.environ.get("SIPFILTER_CONFIG", "config/sipfilter.yaml")
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("config", help="validate or show the configuration")
+    sub = p.add_subparsers(dest="config_command", metavar="ACTION")
+    for name, helptext, func in (
+        ("check", "validate the configuration and its rule packs", check),
+        ("show", "print the validated configuration as JSON", show),
+    ):
+        q = sub.add_parser(name, help=helptext, description=helptext)
+        q.add_argument("--config", default=DEFAULT_CONFIG, help="configuration file (default: %(default)s)")
+        q.set_defaults(func=func)
+        if name == "show":
+            q.add_argument("--trunk", help="show only this trunk and its compiled rule values")
+    p.set_defaults(func=lambda args: (p.print_help(sys.stderr), 2)[1])
+
+
+def _load(path: str) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"invalid configuration: {exc}", file=sys.stderr)
+        return None
+
+
+def check(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 1
+    packs = ", ".join(f"{n} (version {p.version}, {p.path})" for n, p in config.rule_packs.items())
+    print(f"{config.path}: OK")
+    print(f"  rule packs: {packs}")
+    for t in config.trunks.values():
+        print(
+            f"  trunk {t.name}: account {t.account}, mode {t.mode}, rule pack {t.rule_pack}, "
+            f"{'automated' if t.automated else 'manual'}, "
+            f"{'prospecting' if t.prospecting else 'non-prospecting'}, "
+            f"dnc lists {', '.join(t.lists.dnc) or 'none'}, {len(t.targets)} target(s)"
+        )
+    print(f"  store: {config.store.backend}; audit log: {config.audit.path}")
+    return 0
+
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly view of config dataclasses (compiled structures shown as their fields)."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value) if not f.name.startswith("_")}
+    if isinstance(value, dict) or hasattr(value, "items"):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [_plain(v) for v in value]
+        return sorted(items, key=str) if isinstance(value, set | frozenset) else items
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def show(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 1
+    if args.trunk:
+        if args.trunk not in config.trunks:
+            print(f"no trunk named {args.trunk!r}", file=sys.stderr)
+            return 2
+        rules = config.rules[args.trunk]
+        out = {
+            "trunk": _plain(config.trunks[args.trunk]),
+            "rules": {k: _plain(v) for k, v in asdict_shallow(rules).items() if k != "normaliser"},
+        }
+    else:
+        out = {k: _plain(v) for k, v in asdict_shallow(config).items() if k not in ("rules", "rule_packs")}
+        out["rule_packs"] = {
+            n: {"version": p.version, "path": str(p.path)} for n, p in config.rule_packs.items()
+        }
+    print(json.dumps(out, indent=2, ensure_ascii=False, default=str))
+    return 0
+
+
+def asdict_shallow(obj: Any) -> dict[str, Any]:
+    return {f.name: getattr(obj, f.name) for f in fields(obj)}
+
