@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""End-to-end benchmark: SIPp dialer → sipfilter → SIPp carrier at stepped call rates, three traffic mixes.
+
+Prints figures (calls, failures, retransmissions, INVITE→final p50/p99, sipfilter CPU per 1,000 calls);
+it asserts nothing and is not part of the test suite. Everything runs on 127.0.0.1 on free ports.
+
+    .venv/bin/python bench/e2e.py                       # mixes rejected, relayed, mixed at 100…1500 calls/s
+    .venv/bin/python bench/e2e.py --mix mixed --rates 500,1000 --duration 20
+    .venv/bin/python bench/e2e.py --direct --mix relayed # SIPp straight to SIPp: what SIPp alone can do here
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "e2e"))
+
+from sipfilter_provision import Deployment, deploy  # noqa: E402  (the harness is shared with tests/e2e)
+from sipp_harness import (  # noqa: E402
+    CallCase,
+    Sipp,
+    SippRun,
+    free_ports,
+    percentile,
+    sipfilter_available,
+    write_calls_csv,
+)
+
+MIXES = ("rejected", "relayed", "mixed")
+NPV_CALLERS = [f"+33162{n:06d}" for n in range(1, 51)] + [f"+33949{n:06d}" for n in range(1, 51)]
+BAD_CALLERS = ["+33612345678", "+33140000000", "0892000000", "+33299000000"]  # mobile, geographic, premium
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    mix: str
+    rate: float
+    attempted: int
+    completed: int
+    failed: int
+    retransmissions: int
+    p50_ms: float | None
+    p99_ms: float | None
+    cpu_s: float | None
+    wall_s: float
+
+    def row(self) -> str:
+        def ms(v: float | None) -> str:
+            return "-" if v is None else f"{v:.0f}"
+
+        known = self.cpu_s is not None and self.attempted > 0
+        cpu = f"{1000 * (self.cpu_s or 0) / self.attempted:.3f}" if known else "-"
+        per_call = f"{1e6 * (self.cpu_s or 0) / self.attempted:.0f}" if known else "-"
+        return (f"{self.mix:<9}{self.rate:>7.0f}{self.attempted:>10}{self.completed:>10}{self.failed:>8}"
+                f"{self.retransmissions:>9}{ms(self.p50_ms):>8}{ms(self.p99_ms):>8}{cpu:>12}{per_call:>10}"
+                f"{self.wall_s:>8.1f}")
+
+
+HEADER = (f"{'mix':<9}{'rate/s':>7}{'attempted':>10}{'completed':>10}{'failed':>8}{'retrans':>9}"
+          f"{'p50 ms':>8}{'p99 ms':>8}{'CPU s/1k':>12}{'µs/call':>10}{'wall s':>8}")
+
+
+def make_cases(mix: str, count: int, callees: list[str], dnc_sample: list[str],
+               rng: random.Random) -> list[CallCase]:
+    """`count` calls: relayed ones go from an NPV number to a consented callee; rejected ones are split
+    between a caller-ID refusal (403) and a callee on the 1M-entry do-not-call list (603)."""
+    cases = []
+    for i in range(count):
+        relayed = mix == "relayed" or (mix == "mixed" and rng.random() < 0.7)
+        if relayed:
+            cases.append(CallCase(rng.choice(NPV_CALLERS), callees[i % len(callees)], "relay"))
+        elif i % 2:
+            cases.append(CallCase(rng.choice(BAD_CALLERS), callees[i % len(callees)], "403 caller-id"))
+        else:
+            cases.append(CallCase(rng.choice(NPV_CALLERS), rng.choice(dnc_sample), "603 callee.dnc"))
+    return cases
+
+
+def run_step(workdir: Path, target: str, carrier_port: int, deployment: Deployment | None, mix: str,
+             rate: float, duration_s: float, hold_ms: int, callees: list[str], dnc_sample: list[str]) -> Step:
+    rng = random.Random(f"{mix}-{rate}")
+    count = max(1, int(rate * duration_s))
+    cases = make_cases(mix, count, callees, dnc_sample, rng)
+    workdir.mkdir(parents=True, exist_ok=True)
+    csv_file = write_calls_csv(workdir / "calls.csv", cases)
+    relayed = sum(c.expected == "relay" for c in cases)
+    timeout = duration_s * 3 + 30
+    carrier = Sipp("carrier_uas.xml", workdir / "carrier", local_port=carrier_port, calls=10**9, pause_ms=0,
+                   timeout_s=timeout, trace_msg=False, name="carrier")
+    dialer = Sipp("dialer_uac.xml", workdir / "dialer", local_port=free_ports(1)[0], remote=target,
+                  calls=count, csv_file=csv_file, rate=rate, pause_ms=hold_ms, timeout_s=timeout,
+                  trace_msg=False, limit=max(1000, int(rate * 10)), name="dialer")
+    try:
+        if relayed:
+            carrier.start().wait_listening()
+        cpu0 = deployment.sipfilter.cpu_seconds() if deployment else None
+        t0 = time.monotonic()
+        dialer.start()
+        d: SippRun = dialer.wait(timeout_s=timeout + 15)
+        wall = time.monotonic() - t0
+        if deployment:
+            deployment.sipfilter.wait_no_dialogs(timeout_s=30)
+        cpu = deployment.sipfilter.cpu_seconds() - cpu0 if deployment and cpu0 is not None else None
+        c = carrier.finish(grace_s=10) if relayed else None
+    finally:
+        dialer.stop()
+        carrier.stop()
+    mismatched = sum(1 for o in d.outcomes if o.problem())
+    rtts = d.rtts_ms.get("invite", ())
+    return Step(mix, rate, d.created, d.successful - mismatched, d.failed + mismatched,
+                d.retransmissions + (c.retransmissions if c else 0),
+                percentile(rtts, 50), percentile(rtts, 99), cpu, wall)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--mix", action="append", choices=MIXES, help="repeatable; default: all three")
+    parser.add_argument("--rates", default="100,250,500,750,1000,1250,1500", help="calls/s, comma-separated")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of traffic per rate step")
+    parser.add_argument("--hold-ms", type=int, default=0, help="talk time of a relayed call before the BYE")
+    parser.add_argument("--callees", type=int, default=5000, help="distinct consented callees")
+    parser.add_argument("--dnc-size", type=int, default=1_000_000, help="numbers on the bloctel list")
+    parser.add_argument("--direct", action="store_true", help="no sipfilter: dialer straight to the carrier")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (SIPp traces, logs)")
+    args = parser.parse_args(argv)
+    mixes = args.mix or list(MIXES)
+    rates = [float(r) for r in args.rates.split(",") if r.strip()]
+    if not args.direct and (missing := sipfilter_available()):
+        print(f"cannot benchmark: {missing}", file=sys.stderr)
+        return 2
+
+    workroot = Path(tempfile.mkdtemp(prefix="sipfilter-bench-"))
+    callees = [f"+3361{n:07d}" for n in range(args.callees)]
+    # DNC list: numbers in +33 7 …; a sample of them is called in the rejected share.
+    dnc = [f"+337{n:08d}" for n in range(0, args.dnc_size * 3, 3)]
+    dnc_sample = random.Random(1).sample(dnc, min(1000, len(dnc)))
+    print(f"sipfilter e2e benchmark — {os.cpu_count()} CPU(s), work dir {workroot}")
+    print(f"duration {args.duration:g}s per step, hold {args.hold_ms} ms, {len(callees)} consented callees, "
+          f"{len(dnc)} numbers on bloctel{' — DIRECT (no sipfilter)' if args.direct else ''}")
+    print(HEADER, flush=True)
+    for mix in mixes:
+        deployment: Deployment | None = None
+        try:
+            if args.direct:
+                carrier_port = free_ports(1)[0]
+                target = f"127.0.0.1:{carrier_port}"
+            else:
+                t0 = time.monotonic()
+                deployment = _deploy(workroot / mix, callees, dnc)
+                carrier_port = deployment.carrier_ports[0]
+                target = deployment.inside
+                print(f"  (sipfilter for {mix} ready in {time.monotonic() - t0:.1f}s)", file=sys.stderr)
+            for rate in rates:
+                step = run_step(workroot / mix / f"{rate:g}", target, carrier_port, deployment, mix, rate,
+                                args.duration, args.hold_ms, callees, dnc_sample)
+                print(step.row(), flush=True)
+                time.sleep(1)
+        finally:
+            if deployment is not None:
+                deployment.sipfilter.stop()
+    if not args.keep:
+        shutil.rmtree(workroot, ignore_errors=True)
+    return 0
+
+
+def _deploy(workdir: Path, callees: list[str], dnc: list[str]) -> Deployment:
+    """A sipfilter with production timers, the consents and the 1M-entry bloctel list provisioned."""
+    return deploy(workdir / "sipfilter", extra_consents=callees, extra_lists={"bloctel": dnc},
+                  sip={"timers": {"t1_ms": 500, "t2_ms": 4000, "t4_ms": 5000}})
+
+
+if __name__ == "__main__":
+    sys.exit(main())
