@@ -428,7 +428,7 @@ def sipfilter_config(
     return {
         "sip": sip_section,
         "admin": {"host": LOOPBACK, "port": ports.admin, "token": None},
-        "store": {"backend": "embedded", "data_dir": str(workdir / "data"), "redis_url": None},
+        "store": {"backend": "embedded", "data_dir": str(workdir / "data"), "redis_url": "redis://127.0.0.1:6379/0"},
         "audit": {"path": str(workdir / "audit" / "decisions.jsonl"), "max_bytes": 10485760, "backups": 1,
                   "on_write_error": "keep-relaying"},
         "logging": {"format": "plain", "level": "info"},
