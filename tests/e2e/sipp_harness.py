@@ -135,8 +135,9 @@ class Outcome:
                     f"got {self.code} ({self.reason or self.warning})")
         if len(want) > 1:
             rule = self.rule
-            if rule is None or not (rule == want[1] or rule.startswith(want[1].rstrip("*").rstrip(".") + ".")
-                                    or rule.startswith(want[1].rstrip("*"))):
+            # "callee.dnc", "callee.dnc.*", "callee.dnc.bloctel" match callee.dnc.bloctel (whole words)
+            family = want[1].removesuffix("*").removesuffix(".")
+            if rule is None or not (rule == family or rule.startswith(family + ".")):
                 return (f"call {self.call_number} {self.caller}->{self.callee}: expected rule {want[1]}, "
                         f"got {rule!r} (Reason: {self.reason!r}, Warning: {self.warning!r})")
         return None
