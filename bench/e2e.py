@@ -12,6 +12,7 @@ it asserts nothing and is not part of the test suite. Everything runs on 127.0.0
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import shutil
@@ -31,6 +32,7 @@ from sipp_harness import (  # noqa: E402
     SippRun,
     free_ports,
     percentile,
+    proc_cpu_seconds,
     sipfilter_available,
     write_calls_csv,
 )
@@ -51,6 +53,7 @@ class Step:
     p50_ms: float | None
     p99_ms: float | None
     cpu_s: float | None
+    sipp_cpu_s: float  # both SIPp processes: they share the 2 cores with sipfilter
     wall_s: float
 
     def row(self) -> str:
@@ -62,11 +65,11 @@ class Step:
         per_call = f"{1e6 * (self.cpu_s or 0) / self.attempted:.0f}" if known else "-"
         return (f"{self.mix:<9}{self.rate:>7.0f}{self.attempted:>10}{self.completed:>10}{self.failed:>8}"
                 f"{self.retransmissions:>9}{ms(self.p50_ms):>8}{ms(self.p99_ms):>8}{cpu:>12}{per_call:>10}"
-                f"{self.wall_s:>8.1f}")
+                f"{self.sipp_cpu_s:>9.1f}{self.wall_s:>8.1f}")
 
 
 HEADER = (f"{'mix':<9}{'rate/s':>7}{'attempted':>10}{'completed':>10}{'failed':>8}{'retrans':>9}"
-          f"{'p50 ms':>8}{'p99 ms':>8}{'CPU s/1k':>12}{'µs/call':>10}{'wall s':>8}")
+          f"{'p50 ms':>8}{'p99 ms':>8}{'CPU s/1k':>12}{'µs/call':>10}{'SIPp s':>9}{'wall s':>8}")
 
 
 def make_cases(mix: str, count: int, callees: list[str], dnc_sample: list[str],
@@ -105,7 +108,8 @@ def run_step(workdir: Path, target: str, carrier_port: int, deployment: Deployme
         cpu0 = deployment.sipfilter.cpu_seconds() if deployment else None
         t0 = time.monotonic()
         dialer.start()
-        d: SippRun = dialer.wait(timeout_s=timeout + 15)
+        sipp_cpu = _sample_cpu([dialer, carrier], until=t0 + timeout + 15)
+        d: SippRun = dialer.wait(timeout_s=15)
         wall = time.monotonic() - t0
         if deployment:
             deployment.sipfilter.wait_no_dialogs(timeout_s=30)
@@ -118,7 +122,22 @@ def run_step(workdir: Path, target: str, carrier_port: int, deployment: Deployme
     rtts = d.rtts_ms.get("invite", ())
     return Step(mix, rate, d.created, d.successful - mismatched, d.failed + mismatched,
                 d.retransmissions + (c.retransmissions if c else 0),
-                percentile(rtts, 50), percentile(rtts, 99), cpu, wall)
+                percentile(rtts, 50), percentile(rtts, 99), cpu, sipp_cpu, wall)
+
+
+def _sample_cpu(procs: list[Sipp], until: float) -> float:
+    """Wait for the first process to exit, sampling the CPU seconds of all of them (the last sample before
+    exit is their total: /proc/<pid> is gone once they are reaped)."""
+    last: dict[int, float] = {}
+    while time.monotonic() < until:
+        for sipp in procs:
+            if sipp.proc is not None and sipp.proc.poll() is None:
+                with contextlib.suppress(OSError, ValueError):
+                    last[sipp.proc.pid] = proc_cpu_seconds(sipp.proc.pid)
+        if procs[0].proc is None or procs[0].proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    return sum(last.values())
 
 
 def main(argv: list[str] | None = None) -> int:
