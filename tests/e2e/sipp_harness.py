@@ -174,7 +174,10 @@ class SippRun:
     out_of_call: int
     outcomes: tuple[Outcome, ...]
     log_lines: tuple[str, ...]  # every <log> line (OUTCOME|…, EARLY|…, REINVITE|…)
-    rtts_ms: Mapping[str, tuple[float, ...]]  # rtd name → response times, one per call
+    rtts_ms: Mapping[str, tuple[float, ...]]  # rtd name → times, one per call (SIPp's clock: 4 ms steps)
+    # From -trace_shortmsg (µs timestamps), per call: initial INVITE sent → first 100, → final response.
+    invite_trying_ms: tuple[float, ...]
+    invite_final_ms: tuple[float, ...]
     errors: str
     workdir: Path
     elapsed_s: float
@@ -231,6 +234,7 @@ class Sipp:
     pause_ms: int | None = None  # -d: duration of <pause/> without its own milliseconds
     timeout_s: float = 30.0  # -timeout: SIPp gives up by itself after this
     trace_msg: bool = True  # every message, for debugging a failure (skip it for the benchmark)
+    trace_short: bool = False  # one line per message with µs timestamps: precise INVITE response times
     extra: Sequence[str] = ()
     name: str = ""
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
@@ -251,6 +255,8 @@ class Sipp:
                 "-max_socket", "4096"]
         if self.trace_msg:
             cmd.append("-trace_msg")
+        if self.trace_short:
+            cmd.append("-trace_shortmsg")
         if self.csv_file is not None:
             cmd += ["-inf", str(self.csv_file)]
         if self.rate is not None:
@@ -339,7 +345,8 @@ class Sipp:
             out_of_call=_int(row, "OutOfCallMsgs(C)"),
             outcomes=tuple(parse_outcomes(log_text)),
             log_lines=tuple(line for line in log_text.splitlines() if "|" in line),
-            rtts_ms={k: tuple(v) for k, v in rtts.items()}, errors=errors, workdir=self.workdir,
+            rtts_ms={k: tuple(v) for k, v in rtts.items()},
+            **_invite_timings(self._glob("*_shortmessages.log")), errors=errors, workdir=self.workdir,
             elapsed_s=time.monotonic() - self._started,
         )
 
@@ -350,6 +357,33 @@ class Sipp:
     def _read(self, name: str) -> str:
         path = self.workdir / name
         return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _invite_timings(path: Path | None) -> dict[str, tuple[float, ...]]:
+    """INVITE→100 and INVITE→final times (ms) per call from a UAC's -trace_shortmsg file, whose lines are
+    date, time, epoch.µs, S|R, Call-ID, "CSeq:N METHOD", first line."""
+    trying: list[float] = []
+    final: list[float] = []
+    if path is None:
+        return {"invite_trying_ms": (), "invite_final_ms": ()}
+    sent: dict[str, float] = {}
+    got_trying: set[str] = set()
+    with path.open(errors="replace") as lines:
+        for line in lines:
+            fields = line.rstrip("\n").split("\t")
+            if len(fields) < 7 or fields[5].replace(" ", "").upper() != "CSEQ:1INVITE":
+                continue
+            when, direction, call_id, first = float(fields[2]), fields[3], fields[4], fields[6]
+            if direction == "S" and first.startswith("INVITE "):
+                sent.setdefault(call_id, when)
+            elif direction == "R" and first.startswith("SIP/2.0 ") and call_id in sent:
+                code = int(first[8:11]) if first[8:11].isdigit() else 0
+                if code == 100 and call_id not in got_trying:
+                    got_trying.add(call_id)
+                    trying.append(1000 * (when - sent[call_id]))
+                elif code >= 200:
+                    final.append(1000 * (when - sent.pop(call_id)))
+    return {"invite_trying_ms": tuple(trying), "invite_final_ms": tuple(final)}
 
 
 def _port_bound(port: int, *, tcp: bool) -> bool:
