@@ -71,7 +71,8 @@ class Step:
 
 
 HEADER = (f"{'mix':<9}{'rate/s':>7}{'attempted':>10}{'completed':>10}{'failed':>8}{'retrans':>9}"
-          f"{'p50 ms':>8}{'p99 ms':>8}{'100 p99':>9}{'CPU s/1k':>12}{'µs/call':>10}{'SIPp s':>9}{'wall s':>8}")
+          f"{'p50 ms':>8}{'p99 ms':>8}{'100 p99':>9}{'CPU s/1k':>12}{'µs/call':>10}{'SIPp s':>9}"
+          f"{'wall s':>8}")
 
 
 def make_cases(mix: str, count: int, callees: list[str], dnc_sample: list[str],
