@@ -263,6 +263,12 @@ class Section:
                 raise self.error(key, f"expected a list of non-empty strings, got item {item!r}")
         return tuple(items)
 
+    def item_error(self, key: builtins.str, index: builtins.int, message: builtins.str) -> ConfigError:
+        """An error about item `index` of the list at `key` (in the file that list came from)."""
+        value = self.data.get(key)
+        file = getattr(value, "file", None) or self._files.get(key) or self.file
+        return ConfigError(message, file, self.item_line(key, index), f"{self.field(key)}[{index}]")
+
     def item_line(self, key: builtins.str, index: builtins.int) -> builtins.int:
         value = self.data.get(key)
         lines = getattr(value, "lines", None)
@@ -273,12 +279,7 @@ class Section:
         out = []
         for i, item in enumerate(self.list(key)):
             if not isinstance(item, Mapping):
-                raise ConfigError(
-                    f"expected a mapping, got {item!r}",
-                    self.file,
-                    self.item_line(key, i),
-                    f"{self.field(key)}[{i}]",
-                )
+                raise self.item_error(key, i, f"expected a mapping, got {item!r}")
             out.append(Section(item, f"{self.field(key)}[{i}]", self.file, self.item_line(key, i)))
         return out
 
@@ -566,12 +567,7 @@ def _trunk(name: str, s: Section, pack_names: Iterable[str]) -> TrunkConfig:
         try:
             sources.append(ipaddress.ip_network(src, strict=False))
         except ValueError as exc:
-            raise ConfigError(
-                f"not an address or CIDR: {src!r}",
-                m.file,
-                m.item_line("sources", i),
-                f"{m.field('sources')}[{i}]",
-            ) from exc
+            raise m.item_error("sources", i, f"not an address or CIDR: {src!r}") from exc
     header = None
     if m.has("header"):
         h = m.section("header")

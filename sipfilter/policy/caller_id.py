@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sipfilter.config import ConfigError, Section
+from sipfilter.config import Section
 from sipfilter.policy.facts import CallFacts
 from sipfilter.policy.numbers import ANONYMOUS, E164, SHORT, Number
 from sipfilter.policy.verdict import FAIL, PASS, SKIP, Outcome
@@ -84,18 +84,10 @@ def compile_caller_id(s: Section, authorised: str | tuple[str, ...] | None) -> C
         cat = _category(sec, str(name), True)
         for i, prefix in enumerate(sec.str_list("prefixes")):
             if not prefix.startswith("+") or not prefix[1:].isdigit():
-                raise ConfigError(
-                    f"expected an E.164 prefix like +33162, got {prefix!r}",
-                    sec.file,
-                    sec.item_line("prefixes", i),
-                    f"{sec.field('prefixes')}[{i}]",
-                )
+                raise sec.item_error("prefixes", i, f"expected an E.164 prefix like +33162, got {prefix!r}")
             if prefix in prefixes:
-                raise ConfigError(
-                    f"prefix {prefix} is already in category {prefixes[prefix].name!r}",
-                    sec.file,
-                    sec.item_line("prefixes", i),
-                    f"{sec.field('prefixes')}[{i}]",
+                raise sec.item_error(
+                    "prefixes", i, f"prefix {prefix} is already in {prefixes[prefix].name!r}"
                 )
             prefixes[prefix] = cat
     short = _category(s.section("short_numbers"), "short", False)

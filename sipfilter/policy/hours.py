@@ -15,7 +15,7 @@ import holidays as holidays_pkg
 import phonenumbers
 from phonenumbers import timezone as pn_timezone
 
-from sipfilter.config import ConfigError, Section
+from sipfilter.config import Section
 from sipfilter.policy.verdict import FAIL, PASS, SKIP, Outcome
 
 WINDOW_RULE = "time.window"
@@ -135,12 +135,28 @@ def _zone(s: Section, key: str, name: object) -> ZoneInfo:
         raise s.error(key, f"unknown time zone {name!r}") from exc
 
 
+def as_date(value: object) -> date | None:
+    """A YAML date (or an ISO date string, as quoted YAML gives it), else None."""
+    if isinstance(value, datetime):
+        return None
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            return None
+    return None
+
+
 def _dates(s: Section, key: str) -> frozenset[date]:
-    items = s.list(key, [])
-    for item in items:
-        if not isinstance(item, date):
-            raise s.error(key, f"expected ISO dates, got {item!r}")
-    return frozenset(items)
+    out = set()
+    for i, item in enumerate(s.list(key, [])):
+        day = as_date(item)
+        if day is None:
+            raise s.item_error(key, i, f"expected an ISO date like 2026-05-14, got {item!r}")
+        out.add(day)
+    return frozenset(out)
 
 
 def compile_hours(s: Section, h: Section) -> HoursRules:
@@ -154,9 +170,7 @@ def compile_hours(s: Section, h: Section) -> HoursRules:
             try:
                 spans.append(parse_range(text))
             except ValueError as exc:
-                raise ConfigError(
-                    str(exc), weekly_s.file, weekly_s.item_line(day, i), f"{weekly_s.field(day)}[{i}]"
-                ) from exc
+                raise weekly_s.item_error(day, i, str(exc)) from exc
         week.append(tuple(sorted(spans)))
     zones_s = s.section("time_zones", default_empty=True)
     zones = {str(p): _zone(zones_s, str(p), z) for p, z in zones_s.data.items()}

@@ -11,6 +11,7 @@ from datetime import date, datetime, time
 from zoneinfo import ZoneInfo
 
 from sipfilter.config import Section
+from sipfilter.policy.hours import as_date
 from sipfilter.policy.verdict import FAIL, PASS, SKIP, Outcome
 from sipfilter.stores.base import ConsentRecord, Store
 
@@ -46,11 +47,10 @@ def compile_lists(lists: Section, consent: Section, sectors: Section, tz: ZoneIn
     ages = {str(name): _age(lists, str(name)) for name in lists.data if name != "default"}
     default = _age(lists, "default") if lists.has("default") else None
     consent.only(["required_from", "contract_exempts"])
-    start = consent.raw("required_from", None)
+    given = consent.raw("required_from", None)
+    start = date.max if given is None else as_date(given)
     if start is None:
-        start = date.max
-    if not isinstance(start, date) or isinstance(start, datetime):
-        raise consent.error("required_from", f"expected an ISO date like 2026-08-11, got {start!r}")
+        raise consent.error("required_from", f"expected an ISO date like 2026-08-11 or null, got {given!r}")
     # The date is a legal date in metropolitan France: midnight Paris time (or the pack's default zone).
     start_ts = datetime.combine(start, time(0), tz).timestamp() if start != date.max else float("inf")
     sectors.only(["banned"])

@@ -28,8 +28,15 @@ class MemoryStore:
 
     def add_list(self, name: str, numbers: set[str] | list[str], imported_at: float | None = None) -> None:
         self.lists[name] = set(numbers)
-        self.infos[name] = ListInfo(name, len(self.infos) + 1, len(self.lists[name]),
-                                    time.time() if imported_at is None else imported_at, f"{name}.txt", 0, "")
+        self.infos[name] = ListInfo(
+            name,
+            len(self.infos) + 1,
+            len(self.lists[name]),
+            time.time() if imported_at is None else imported_at,
+            f"{name}.txt",
+            0,
+            "",
+        )
 
     def list_contains(self, list_name: str, number: str) -> bool:
         self._check()
@@ -47,8 +54,12 @@ class MemoryStore:
     def consent_for(self, account: str, number: str, at: float) -> ConsentRecord | None:
         self._check()
         for c in self.consents:
-            if (c.account == account and c.number == number and c.granted_at <= at
-                    and (c.revoked_at is None or c.revoked_at > at)):
+            if (
+                c.account == account
+                and c.number == number
+                and c.granted_at <= at
+                and (c.revoked_at is None or c.revoked_at > at)
+            ):
                 return c
         return None
 
@@ -56,8 +67,9 @@ class MemoryStore:
         self._check()
         return (account, number) in self.contracts
 
-    async def check_and_record_attempt(self, account: str, number: str, now: float, cap: int, window_s: float,
-                                       refusal_cooldown_s: float) -> AttemptDecision:
+    async def check_and_record_attempt(
+        self, account: str, number: str, now: float, cap: int, window_s: float, refusal_cooldown_s: float
+    ) -> AttemptDecision:
         self._check()
         self.calls += 1
         key = (account, number)

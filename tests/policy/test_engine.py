@@ -1,0 +1,186 @@
+"""Engine behaviour across rules: monitor mode, store failures, facts from a SIP request, answer headers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from conftest import CALLEE, NPV, OPEN
+from memstore import MemoryStore
+
+from sipfilter.policy.engine import PolicyEngine, UnknownTrunk, split_header_values
+from sipfilter.policy.verdict import Verdict
+from sipfilter.stores.base import StoreUnavailable
+
+
+async def test_allowed_call_records_one_attempt(engine: PolicyEngine, consent_all: MemoryStore) -> None:
+    d = await engine.decide(engine.facts("dialer", NPV, CALLEE, at=OPEN), consent_all)
+    assert d.verdict == Verdict("allow", 0, "", "")
+    assert d.attempt_recorded and consent_all.calls == 1
+    assert d.rule_pack_version == "fr-2026.11-1"
+    assert not d.monitored
+
+
+async def test_monitor_mode_relays_and_names_the_rule(
+    make_engine: Callable[..., PolicyEngine], consent_all: MemoryStore
+) -> None:
+    engine = make_engine(mode="monitor")
+    d = await engine.decide(engine.facts("dialer", "0612345678", "0699999999", at=OPEN), consent_all)
+    assert d.verdict.action == "allow" and d.verdict.status == 0
+    assert d.monitored
+    assert d.verdict.rule == "caller-id.mobile"  # the first would-be rule
+    assert set(d.failed) >= {"caller-id.mobile", "callee.dnc.bloctel", "callee.consent"}
+    assert d.attempt_recorded  # the call is relayed, so the attempt counts
+
+
+async def test_monitor_mode_clean_call_is_not_monitored(
+    make_engine: Callable[..., PolicyEngine], consent_all: MemoryStore
+) -> None:
+    engine = make_engine(mode="monitor")
+    d = await engine.decide(engine.facts("dialer", NPV, CALLEE, at=OPEN), consent_all)
+    assert (d.verdict.rule, d.monitored) == ("", False)
+
+
+class FlakyStore(MemoryStore):
+    """Lists answer, counters do not (a Redis outage)."""
+
+    async def check_and_record_attempt(self, *args: Any, **kwargs: Any) -> Any:
+        raise StoreUnavailable("redis: connection refused")
+
+
+class BrokenStore(MemoryStore):
+    def has_contract(self, account: str, number: str, at: float) -> bool:
+        raise RuntimeError("backend bug")
+
+
+@pytest.mark.parametrize(
+    ("on_error", "mode", "action", "rule", "monitored"),
+    [
+        ("reject", "enforce", "reject", "store.unavailable", False),
+        ("allow", "enforce", "allow", "", False),
+        ("reject", "monitor", "allow", "store.unavailable", True),
+    ],
+)
+async def test_store_unavailable(
+    make_engine: Callable[..., PolicyEngine],
+    consent_all: MemoryStore,
+    on_error: str,
+    mode: str,
+    action: str,
+    rule: str,
+    monitored: bool,
+) -> None:
+    engine = make_engine(on_store_error=on_error, mode=mode)
+    store = FlakyStore(lists=consent_all.lists, infos=consent_all.infos, consents=consent_all.consents)
+    d = await engine.decide(engine.facts("dialer", NPV, CALLEE, at=OPEN), store)
+    assert (d.verdict.action, d.verdict.rule, d.monitored) == (action, rule, monitored)
+    assert d.outcomes["store.unavailable"].result == "fail"
+    assert "connection refused" in d.outcomes["store.unavailable"].reason
+    assert not d.attempt_recorded
+    if action == "reject":
+        assert d.verdict.status == 603
+    if on_error == "allow":
+        assert d.alerts
+
+
+async def test_whole_store_down_and_backend_bug_never_raise(
+    engine: PolicyEngine, consent_all: MemoryStore
+) -> None:
+    consent_all.fail = True
+    d = await engine.decide(engine.facts("dialer", NPV, CALLEE, at=OPEN), consent_all)
+    assert d.verdict.rule == "store.unavailable"
+    broken = BrokenStore(lists=consent_all.lists, infos=consent_all.infos)
+    broken.add_list("bloctel", [CALLEE.replace("0", "+33", 1)], imported_at=OPEN - 60)
+    d = await engine.decide(engine.facts("dialer", NPV, CALLEE, at=OPEN), broken)
+    assert d.verdict.rule == "store.unavailable"
+    assert "RuntimeError" in d.verdict.reason
+
+
+async def test_unknown_trunk(engine: PolicyEngine) -> None:
+    with pytest.raises(UnknownTrunk):
+        engine.facts("nope", NPV, CALLEE)
+
+
+def test_reason_and_warning_headers_are_safe() -> None:
+    v = Verdict("reject", 603, "callee.dnc.bloctel", 'callee on "Bloctel"\r\nInjected: yes \\ ok')
+    assert v.reason_header() == 'SIP;cause=603;text="callee.dnc.bloctel"'
+    w = v.warning_header("sipfilter.local")
+    assert w == '399 sipfilter.local "callee on \\"Bloctel\\"  Injected: yes \\\\ ok"'
+    assert "\r" not in w and "\n" not in w
+    assert Verdict("reject", 403, "x", "y").warning_header("bad host\r\n") == '399 badhost "y"'
+
+
+class FakeHeaders:
+    """The part of sipfilter.sip's Headers the engine uses (case-insensitive get / get_all)."""
+
+    def __init__(self, pairs: list[tuple[str, str]]):
+        self.pairs = pairs
+
+    def get(self, name: str) -> str | None:
+        return next((v for k, v in self.pairs if k.lower() == name.lower()), None)
+
+    def get_all(self, name: str) -> list[str]:
+        return [v for k, v in self.pairs if k.lower() == name.lower()]
+
+
+class FakeRequest:
+    def __init__(self, uri: str, pairs: list[tuple[str, str]]):
+        self.method, self.uri, self.headers = "INVITE", uri, FakeHeaders(pairs)
+
+
+def test_facts_from_request(engine: PolicyEngine) -> None:
+    req = FakeRequest(
+        "sip:0611223344@sipfilter.local;user=phone",
+        [
+            ("From", '"Acme" <sip:0162123456@10.0.0.1>;tag=a1'),
+            ("To", "<sip:0611223344@sipfilter.local>"),
+            ("Call-ID", "call-1@dialer"),
+            ("P-Asserted-Identity", "<sip:+33162123456@10.0.0.1>, <tel:+33163000000>"),
+            ("P-Asserted-Identity", '"x" <sip:+33949000000@10.0.0.1>'),
+            ("Privacy", "none"),
+        ],
+    )
+    f = engine.facts_from_request("dialer", req, OPEN)
+    assert f.caller.e164 == "+33162123456"
+    assert [p.e164 for p in f.asserted] == ["+33162123456", "+33163000000", "+33949000000"]
+    assert f.callee.e164 == "+33611223344"
+    assert (f.call_id, f.at, f.trunk, f.privacy) == ("call-1@dialer", OPEN, "dialer", frozenset({"none"}))
+
+
+def test_facts_callee_falls_back_to_to(engine: PolicyEngine) -> None:
+    req = FakeRequest(
+        "sip:carrier.example",
+        [("From", "<sip:0162123456@h>"), ("To", "<tel:+33611223344>"), ("Privacy", "id; critical")],
+    )
+    f = engine.facts_from_request("dialer", req, OPEN)
+    assert f.callee.e164 == "+33611223344"
+    assert f.privacy == frozenset({"id", "critical"})
+
+
+def test_facts_from_a_parsed_invite(engine: PolicyEngine) -> None:
+    sip = pytest.importorskip("sipfilter.sip")
+    if not hasattr(sip, "parse"):
+        pytest.skip("sipfilter.sip.parse not available yet")
+    msg = sip.parse(
+        b"INVITE sip:+33611223344@sipfilter.local;user=phone SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bK1\r\n"
+        b'f: "Acme" <sip:0162123456@127.0.0.1>;tag=1\r\n'
+        b"t: <sip:0611223344@127.0.0.1>\r\ni: abc@1\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n"
+        b"P-Asserted-Identity: <sip:+33162123456@x>, <tel:+33612345678>\r\nPrivacy: id\r\n"
+        b"Contact: <sip:a@127.0.0.1>\r\nContent-Length: 0\r\n\r\n"
+    )
+    f = engine.facts_from_request("dialer", msg, OPEN)
+    assert f.caller.e164 == "+33162123456"
+    assert [p.e164 for p in f.asserted] == ["+33162123456", "+33612345678"]
+    assert f.callee.e164 == "+33611223344"
+    assert f.call_id == "abc@1"
+    assert "id" in f.privacy
+
+
+def test_split_header_values() -> None:
+    assert split_header_values(['"Doe, John" <sip:+33162123456@h>, <tel:+33163>']) == [
+        '"Doe, John" <sip:+33162123456@h>',
+        "<tel:+33163>",
+    ]
+    assert split_header_values(["<sip:a,b@h>", " "]) == ["<sip:a,b@h>"]

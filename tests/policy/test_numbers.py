@@ -1,0 +1,127 @@
+"""Every number form sipfilter may see normalises to the same E.164 string (or a clear kind)."""
+
+from __future__ import annotations
+
+import phonenumbers
+import pytest
+
+from sipfilter.config import Config
+from sipfilter.policy.numbers import ANONYMOUS, E164, INVALID, SHORT, Normaliser, split_uri_user
+
+
+@pytest.fixture
+def norm(config: Config) -> Normaliser:
+    return config.rules["dialer"].normaliser
+
+
+@pytest.mark.parametrize(
+    ("given", "e164"),
+    [
+        ("0162123456", "+33162123456"),
+        ("01 62 12 34 56", "+33162123456"),
+        ("01.62.12.34.56", "+33162123456"),
+        ("01-62-12-34-56", "+33162123456"),
+        ("(01) 62 12 34 56", "+33162123456"),
+        ("+33162123456", "+33162123456"),
+        ("+33 1 62 12 34 56", "+33162123456"),
+        ("+33 (0)1 62 12 34 56", "+33162123456"),
+        ("0033162123456", "+33162123456"),
+        ("33162123456", "+33162123456"),
+        ("sip:+33162123456@carrier.example;user=phone", "+33162123456"),
+        ("sip:0162123456@10.0.0.1:5060", "+33162123456"),
+        ("sips:+33162123456@carrier.example", "+33162123456"),
+        ("<sip:+33162123456@carrier.example;user=phone>", "+33162123456"),
+        ('"Acme" <sip:0162123456@dialer.local>;tag=abc', "+33162123456"),
+        ("sip:+33-1-62-12-34-56;isub=1@carrier.example;user=phone", "+33162123456"),
+        ("tel:+33-1-62-12-34-56", "+33162123456"),
+        ("tel:+33.1.62.12.34.56;foo=bar", "+33162123456"),
+        ("tel:01-62-12-34-56;phone-context=+33", "+33162123456"),
+        ("sip:0162123456;phone-context=+33@carrier.example;user=phone", "+33162123456"),
+        ("<tel:+33162123456>", "+33162123456"),
+        ("sip:%2B33162123456@carrier.example", "+33162123456"),
+        ("0611223344", "+33611223344"),
+        # Overseas departments: the E.164 country code is not +33.
+        ("0692123456", "+262692123456"),
+        ("+33692123456", "+262692123456"),
+        ("0262123456", "+262262123456"),
+        ("+262262123456", "+262262123456"),
+        ("0696123456", "+596696123456"),
+        ("0596123456", "+596596123456"),
+        ("0590123456", "+590590123456"),
+        ("0594123456", "+594594123456"),
+        ("0639123456", "+262639123456"),
+        # Foreign numbers go through phonenumbers.
+        ("+447911123456", "+447911123456"),
+        ("00447911123456", "+447911123456"),
+        ("+1 212 555 0100", "+12125550100"),
+    ],
+)
+def test_forms_normalise_to_e164(norm: Normaliser, given: str, e164: str) -> None:
+    n = norm.parse(given, "FR")
+    assert (n.kind, n.e164) == (E164, e164)
+    assert n.raw == given
+
+
+@pytest.mark.parametrize(
+    ("given", "kind"),
+    [
+        ("sip:anonymous@anonymous.invalid", ANONYMOUS),
+        ('"Anonymous" <sip:anonymous@anonymous.invalid>;tag=1', ANONYMOUS),
+        ("sip:restricted@carrier.example", ANONYMOUS),
+        ("sip:Unavailable@carrier.example", ANONYMOUS),
+        ("sip:+33162123456@anonymous.invalid", ANONYMOUS),
+        ("sip:carrier.example", ANONYMOUS),  # no user part
+        ("<sip:carrier.example>", ANONYMOUS),
+        ("3010", SHORT),
+        ("sip:3179@dialer.local", SHORT),
+        ("sip:alice@example.com", INVALID),
+        ("01621234", INVALID),
+        ("016212345678", INVALID),
+        ("+4416329609", INVALID),
+        ("tel:abc", INVALID),
+        ("", ANONYMOUS),
+    ],
+)
+def test_other_kinds(norm: Normaliser, given: str, kind: str) -> None:
+    assert norm.parse(given, "FR").kind == kind
+
+
+def test_cache_returns_same_object(norm: Normaliser) -> None:
+    assert norm.parse("0162123456", "FR") is norm.parse("0162123456", "FR")
+
+
+def test_e164_helper_for_importers(norm: Normaliser) -> None:
+    assert norm.e164("06 92 12 34 56") == "+262692123456"
+    assert norm.e164("3010") is None
+    assert norm.e164("garbage") is None
+
+
+def test_overseas_table_agrees_with_phonenumbers(config: Config) -> None:
+    """The pack's fast-path table must give numbers phonenumbers considers valid for that territory."""
+    norm = config.rules["dialer"].normaliser
+    for prefix in (
+        "262",
+        "263",
+        "269",
+        "692",
+        "693",
+        "639",
+        "590",
+        "690",
+        "691",
+        "594",
+        "694",
+        "596",
+        "696",
+        "697",
+    ):
+        e164 = norm.parse("0" + prefix + "123456", "FR").e164
+        parsed = phonenumbers.parse(e164)
+        assert phonenumbers.region_code_for_country_code(parsed.country_code) != "FR", (prefix, e164)
+        assert parsed.country_code != 33
+
+
+def test_split_uri_user() -> None:
+    assert split_uri_user("sip:user:pw@Host.Example:5060;transport=tcp") == ("user", "host.example", {})
+    assert split_uri_user("sip:host") is None
+    assert split_uri_user("tel:+331;phone-context=+33") == ("+331", "", {"phone-context": "+33"})
