@@ -1,0 +1,213 @@
+"""`sipfilter check` and `sipfilter config check`: same policy code, words or JSON, exit 0/1/2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, write_config
+from memstore import MemoryStore
+
+import sipfilter.stores
+from sipfilter.cli import main
+from sipfilter.stores.base import ConsentRecord
+
+AT = "2026-09-16T11:00:00+02:00"
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Path:
+    return write_config(tmp_path)
+
+
+@pytest.fixture
+def mem(monkeypatch: pytest.MonkeyPatch) -> MemoryStore:
+    """Make `open_store` hand out an in-memory store (whatever the stores package provides)."""
+    from conftest import ts
+
+    store = MemoryStore()
+    store.add_list("bloctel", ["+33699999999"], imported_at=ts(AT) - 86400)
+    store.add_list("optouts", [], imported_at=ts(AT) - 86400)
+    store.consents.append(ConsentRecord("acme-energie", "+33611223344", ts(AT) - 86400 * 10, "form-1"))
+    monkeypatch.setattr(sipfilter.stores, "open_store", lambda config: store, raising=False)
+    return store
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_subprocess_right_after_setup(cfg: Path) -> None:
+    """The example config with nothing imported: a clear list.stale rejection, exit 1, valid JSON."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sipfilter",
+            "check",
+            "--config",
+            str(cfg),
+            "--trunk",
+            "dialer",
+            "--from",
+            "0162123456",
+            "--to",
+            "sip:0611223344@sipfilter.local;user=phone",
+            "--at",
+            AT,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stderr
+    out = json.loads(proc.stdout)
+    assert (out["action"], out["status"], out["rule"]) == ("reject", 603, "list.stale")
+    assert "never been imported" in out["reason"]
+    assert out["outcomes"]["caller-id.not-npv"]["result"] == "pass"
+
+
+def test_allow_in_words(capsys: pytest.CaptureFixture[str], cfg: Path, mem: MemoryStore) -> None:
+    code, out, _ = run(
+        capsys,
+        "check",
+        "--config",
+        str(cfg),
+        "--trunk",
+        "dialer",
+        "--from",
+        "01 62 12 34 56",
+        "--to",
+        "tel:+33-6-11-22-33-44",
+        "--at",
+        AT,
+    )
+    assert code == 0
+    assert out.startswith("ALLOW")
+    assert "→ +33162123456" in out and "→ +33611223344" in out
+    assert "pass  callee.dnc.bloctel" in out
+    assert "dry run: no attempt recorded" in out
+    assert mem.calls == 0
+
+
+def test_reject_json_with_sip_headers(
+    capsys: pytest.CaptureFixture[str], cfg: Path, mem: MemoryStore
+) -> None:
+    code, out, _ = run(
+        capsys,
+        "check",
+        "--config",
+        str(cfg),
+        "--trunk",
+        "dialer",
+        "--from",
+        "0162123456",
+        "--to",
+        "0699999999",
+        "--at",
+        AT,
+        "--json",
+    )
+    assert code == 1
+    data = json.loads(out)
+    assert {"action", "status", "rule", "reason", "outcomes"} <= data.keys()
+    assert (data["action"], data["status"], data["rule"]) == ("reject", 603, "callee.dnc.bloctel")
+    assert data["outcomes"]["callee.dnc.bloctel"]["result"] == "fail"
+    assert data["sip"]["reason_header"] == 'SIP;cause=603;text="callee.dnc.bloctel"'
+    assert data["sip"]["warning_header"].startswith('399 sipfilter.local "callee is on a do-not-call list')
+
+
+def test_record_counts_attempts(capsys: pytest.CaptureFixture[str], cfg: Path, mem: MemoryStore) -> None:
+    args = [
+        "check",
+        "--config",
+        str(cfg),
+        "--trunk",
+        "dialer",
+        "--from",
+        "0162123456",
+        "--to",
+        "0611223344",
+        "--at",
+        AT,
+        "--record",
+        "--json",
+    ]
+    for _ in range(4):
+        assert run(capsys, *args)[0] == 0
+    code, out, _ = run(capsys, *args)
+    assert code == 1 and json.loads(out)["rule"] == "frequency.cap"
+    code, out, _ = run(capsys, *[a for a in args if a != "--record"])
+    assert code == 1 and json.loads(out)["attempt_recorded"] is False
+
+
+def test_pai_privacy_and_monitor(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, mem: MemoryStore
+) -> None:
+    cfg = write_config(tmp_path, {"mode": "monitor"})
+    code, out, _ = run(
+        capsys,
+        "check",
+        "--config",
+        str(cfg),
+        "--trunk",
+        "dialer",
+        "--from",
+        "0162123456",
+        "--to",
+        "0611223344",
+        "--pai",
+        "tel:+33612345678",
+        "--privacy",
+        "none",
+        "--at",
+        AT,
+    )
+    assert code == 0
+    assert out.startswith("ALLOW (monitor mode: would reject with rule caller-id.mobile)")
+    assert "FAIL  caller-id.mobile" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--trunk", "nope"], "no trunk named 'nope'"),
+        (["--trunk", "dialer", "--at", "2026-09-16T11:00:00"], "add a UTC offset"),
+        (["--trunk", "dialer", "--at", "tomorrow"], "not an ISO-8601"),
+    ],
+)
+def test_errors_exit_2(
+    capsys: pytest.CaptureFixture[str], cfg: Path, mem: MemoryStore, args: list[str], words: str
+) -> None:
+    code, _, err = run(
+        capsys, "check", "--config", str(cfg), "--from", "0162123456", "--to", "0611223344", *args
+    )
+    assert code == 2
+    assert words in err
+
+
+def test_bad_config_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sip: [\n")
+    code, _, err = run(capsys, "check", "--config", str(bad), "--trunk", "dialer", "--from", "1", "--to", "2")
+    assert code == 2 and f"{bad}:" in err
+
+
+def test_config_check(capsys: pytest.CaptureFixture[str], cfg: Path, tmp_path: Path) -> None:
+    code, out, _ = run(capsys, "config", "check", "--config", str(cfg))
+    assert code == 0 and "OK" in out and "trunk dialer" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(cfg.read_text().replace("mode: enforce", "mode: loud"))
+    code, _, err = run(capsys, "config", "check", "--config", str(bad))
+    line = bad.read_text().splitlines().index("    mode: loud") + 1
+    assert code == 1 and f"{bad}:{line}: trunks.dialer.mode:" in err
+    code, out, _ = run(capsys, "config", "show", "--config", str(cfg), "--trunk", "dialer")
+    assert code == 0 and json.loads(out)["rules"]["frequency"]["cap"] == 4

@@ -1,0 +1,129 @@
+"""Audit log: one JSON line per decision, rotation by size, disk-full handling without exceptions."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from sipfilter.audit import AuditLog, decision_record
+from sipfilter.config import AuditConfig
+from sipfilter.policy.facts import CallFacts
+from sipfilter.policy.numbers import Number
+from sipfilter.policy.verdict import Decision, Outcome, Verdict
+
+
+def facts(call_id: str = "c1") -> CallFacts:
+    return CallFacts(
+        trunk="dialer",
+        at=1789574400.0,
+        caller=Number("0162123456", "+33162123456", "e164"),
+        asserted=(Number("tel:+33163000000", "+33163000000", "e164"),),
+        privacy=frozenset({"none"}),
+        callee=Number("0699999999", "+33699999999", "e164"),
+        call_id=call_id,
+    )
+
+
+DECISION = Decision(
+    Verdict("reject", 603, "callee.dnc.bloctel", "callee is on a do-not-call list"),
+    {"callee.dnc.bloctel": Outcome("fail", "on bloctel")},
+    False,
+    False,
+    "fr-2026.11-1",
+)
+
+
+def log_for(tmp_path: Path, **kw: object) -> AuditLog:
+    cfg = AuditConfig(
+        path=tmp_path / "audit" / "decisions.jsonl",
+        max_bytes=int(kw.get("max_bytes", 1 << 20)),
+        backups=int(kw.get("backups", 3)),
+        on_write_error=str(kw.get("policy", "keep-relaying")),
+        fsync=str(kw.get("fsync", "rotate")),
+    )
+    return AuditLog(cfg)
+
+
+def test_one_json_line_per_decision(tmp_path: Path) -> None:
+    log = log_for(tmp_path, fsync="always")
+    assert log.log_decision(facts("a"), DECISION, "acme-energie", "enforce")
+    assert log.log_decision(facts("b"), DECISION, "acme-energie", "enforce")
+    # Readable before close: nothing is buffered in the process.
+    lines = (tmp_path / "audit" / "decisions.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    rec = json.loads(lines[0])
+    assert rec == decision_record(facts("a"), DECISION, "acme-energie", "enforce")
+    assert rec["time"] == "2026-09-16T16:00:00.000Z"
+    assert (rec["trunk"], rec["account"], rec["call_id"]) == ("dialer", "acme-energie", "a")
+    assert (rec["from"], rec["pai"], rec["to"]) == ("+33162123456", ["+33163000000"], "+33699999999")
+    assert (rec["action"], rec["status"], rec["rule"]) == ("reject", 603, "callee.dnc.bloctel")
+    assert rec["rule_pack_version"] == "fr-2026.11-1"
+    log.close()
+
+
+def test_appends_across_restarts(tmp_path: Path) -> None:
+    for i in range(3):
+        log = log_for(tmp_path)
+        log.log_decision(facts(str(i)), DECISION, "acme", "enforce")
+        log.close()
+    lines = (tmp_path / "audit" / "decisions.jsonl").read_text().splitlines()
+    assert [json.loads(x)["call_id"] for x in lines] == ["0", "1", "2"]
+
+
+def test_rotation_by_size_keeps_backups(tmp_path: Path) -> None:
+    log = log_for(tmp_path, max_bytes=4096, backups=2)
+    for i in range(60):
+        assert log.log_decision(facts(f"call-{i}"), DECISION, "acme", "enforce")
+    log.close()
+    base = tmp_path / "audit" / "decisions.jsonl"
+    files = [base, base.with_name(base.name + ".1"), base.with_name(base.name + ".2")]
+    assert all(f.exists() for f in files)
+    assert not base.with_name(base.name + ".3").exists()
+    assert all(f.stat().st_size <= 4096 for f in files)
+    newest = [json.loads(x)["call_id"] for x in base.read_text().splitlines()]
+    assert newest[-1] == "call-59"
+    previous = [json.loads(x)["call_id"] for x in files[1].read_text().splitlines()]
+    assert int(previous[-1].split("-")[1]) + 1 == int(newest[0].split("-")[1])  # nothing lost at the seam
+
+
+@pytest.mark.parametrize(("policy", "relay"), [("keep-relaying", True), ("stop-relaying", False)])
+def test_disk_full_sets_flag_never_raises(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy: str, relay: bool
+) -> None:
+    errors: list[OSError] = []
+    log = log_for(tmp_path, policy=policy)
+    log.on_error = errors.append
+    assert log.log_decision(facts("ok-1"), DECISION, "acme", "enforce")
+    real_write = os.write
+    state = {"full": True}
+
+    def full_disk(fd: int, data: bytes) -> int:
+        if state["full"]:
+            # Half a line reaches the disk, then ENOSPC: the next line must start on a fresh line.
+            real_write(fd, bytes(data[:10]))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", full_disk)
+    assert log.log_decision(facts("lost"), DECISION, "acme", "enforce") is False
+    assert log.failing and log.write_errors == 1 and "No space left" in log.last_error
+    assert log.should_relay is relay
+    assert len(errors) == 1
+    state["full"] = False
+    assert log.log_decision(facts("ok-2"), DECISION, "acme", "enforce")
+    assert not log.failing and log.should_relay
+    log.close()
+    lines = (tmp_path / "audit" / "decisions.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["call_id"] == "ok-1"
+    assert json.loads(lines[-1])["call_id"] == "ok-2"  # the torn line did not swallow it
+
+
+def test_unwritable_directory(tmp_path: Path) -> None:
+    (tmp_path / "audit").write_text("a file where the directory should be")
+    log = log_for(tmp_path)
+    assert log.log_decision(facts(), DECISION, "acme", "enforce") is False
+    assert log.failing and log.write_errors == 1
