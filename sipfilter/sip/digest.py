@@ -91,8 +91,16 @@ def _skip_lws(s: str, i: int) -> int:
     return m.end() if m else i
 
 
+_QUOTED_RE: Final = re.compile(r'"((?:[^"\\\r\n\x00]|\\[^\r\n\x00])*)"')
+_QUOTED_PAIR_RE: Final = re.compile(r"\\(.)", re.DOTALL)
+
+
 def _parse_quoted(s: str, i: int) -> tuple[str, int]:
     """`s[i]` is the opening quote. Returns the unescaped content and the index after the closing quote."""
+    m = _QUOTED_RE.match(s, i)
+    if m:  # fast path; the loop below only runs to say precisely what is wrong
+        body = m.group(1)
+        return (_QUOTED_PAIR_RE.sub(r"\1", body) if "\\" in body else body), m.end()
     out: list[str] = []
     i += 1
     n = len(s)
