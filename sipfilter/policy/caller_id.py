@@ -6,7 +6,7 @@ Pure: classifies normalised numbers with the rule pack's prefix table; the only 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sipfilter.config import Section
 from sipfilter.policy.facts import CallFacts
@@ -54,6 +54,11 @@ class CallerIdRules:
     # Trunk allow-list: a store list name, inline numbers/prefixes ("+33162*"), or None.
     authorised_list: str | None
     authorised_inline: tuple[str, ...] | None
+    # (From, PAIs, Privacy) → outcome; caller IDs repeat on every call of a campaign. Only used when the
+    # answer cannot change without a config reload (no store-backed allow-list).
+    memo: dict[object, tuple[str, tuple[tuple[str, Outcome], ...]]] = field(
+        default_factory=dict, compare=False
+    )
 
     def classify(self, n: Number) -> Category:
         if n.kind == SHORT:
@@ -129,6 +134,24 @@ def check_caller_id(
     if not automated:
         out.update(_SKIP_NOT_AUTOMATED)
         return ""
+    if rules.authorised_list is not None:
+        return _check(rules, facts, store, out)
+    key = (facts.caller, facts.asserted, facts.privacy)
+    hit = rules.memo.get(key)
+    if hit is None:
+        mine: dict[str, Outcome] = {}
+        hit = (_check(rules, facts, store, mine), tuple(mine.items()))
+        if len(rules.memo) >= _MEMO_MAX:
+            rules.memo.clear()
+        rules.memo[key] = hit
+    out.update(hit[1])
+    return hit[0]
+
+
+_MEMO_MAX = 50_000
+
+
+def _check(rules: CallerIdRules, facts: CallFacts, store: Store, out: dict[str, Outcome]) -> str:
     failures: dict[str, str] = {}
     hidden = rules.anonymous_privacy.intersection(facts.privacy)
     if hidden:

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 _PASS = Outcome(PASS, "")
 _ALLOWED = Verdict(ALLOW, 0, "", "")
 _NOT_PROSPECTING = "trunk is not prospecting"
+_NO_PRIVACY: frozenset[str] = frozenset()
+_NO_FROM = Number("", "", "anonymous", "no From")
 
 
 class UnknownTrunk(KeyError):
@@ -99,18 +101,14 @@ class PolicyEngine:
             alt = norm.parse(to_header, region)
             if alt.kind == E164:
                 callee = alt
-        tokens = frozenset(
-            t.strip().lower() for v in privacy for t in v.replace(",", ";").split(";") if t.strip()
+        tokens = (
+            frozenset(t.strip().lower() for v in privacy for t in v.replace(",", ";").split(";") if t.strip())
+            if privacy
+            else _NO_PRIVACY
         )
-        return CallFacts(
-            trunk=trunk,
-            at=at,
-            caller=norm.parse(from_, region) if from_ else Number("", "", "anonymous", "no From"),
-            asserted=tuple(norm.parse(p, region) for p in split_header_values(pai)),
-            privacy=tokens,
-            callee=callee,
-            call_id=call_id,
-        )
+        asserted = tuple(norm.parse(p, region) for p in split_header_values(pai)) if pai else ()
+        caller = norm.parse(from_, region) if from_ else _NO_FROM
+        return CallFacts(trunk, at, caller, asserted, tokens, callee, call_id)
 
     def facts_from_request(self, trunk_name: str, request: Any, now: float) -> CallFacts:
         """Extract From, every P-Asserted-Identity, Privacy, Request-URI/To callee and Call-ID from a parsed

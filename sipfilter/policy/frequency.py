@@ -20,13 +20,22 @@ class FrequencyRules:
     cap: int
     window_s: float
     cooldown_s: float
+    _passes: tuple[Outcome, ...] = ()
+
+    def pass_outcome(self, attempts: int) -> Outcome:
+        """Pre-built pass outcomes: this is on every relayed call."""
+        if 0 < attempts <= len(self._passes):
+            return self._passes[attempts - 1]
+        return Outcome(PASS, f"attempt {attempts} of {self.cap} in {self.window_s / _DAY:.0f} days")
 
 
 def compile_frequency(s: Section) -> FrequencyRules:
     s.only(["cap", "window_days", "refusal_cooldown_days"])
-    return FrequencyRules(
-        s.int("cap", lo=1), s.int("window_days", lo=1) * _DAY, s.int("refusal_cooldown_days", lo=0) * _DAY
+    cap, days = s.int("cap", lo=1), s.int("window_days", lo=1)
+    passes = tuple(
+        Outcome(PASS, f"attempt {n} of {cap} in {days} days") for n in range(1, min(cap, 1000) + 1)
     )
+    return FrequencyRules(cap, days * _DAY, s.int("refusal_cooldown_days", lo=0) * _DAY, passes)
 
 
 def skip(out: dict[str, Outcome], why: str) -> None:
@@ -53,7 +62,7 @@ def _fill(
     out[REFUSAL_RULE] = Outcome(PASS, "")
     days = rules.window_s / _DAY
     if allowed:
-        out[CAP_RULE] = Outcome(PASS, f"attempt {attempts} of {rules.cap} in {days:.0f} days")
+        out[CAP_RULE] = rules.pass_outcome(attempts)
         return ""
     out[CAP_RULE] = Outcome(FAIL, f"{attempts} attempts already in {days:.0f} days (cap {rules.cap})")
     return CAP_RULE

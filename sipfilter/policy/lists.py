@@ -21,6 +21,8 @@ SECTOR_RULE = "sector.banned"
 DNC_PREFIX = "callee.dnc."
 
 _DAY = 86400.0
+_PASS = Outcome(PASS, "")
+_NONE: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +100,17 @@ def check_stale(
     if not dnc:
         out[STALE_RULE] = Outcome(SKIP, "no do-not-call list on this trunk")
         return "", frozenset()
+    # Fast path: every list imported and fresh (list_info is an in-memory read).
+    for name in dnc:
+        info = store.list_info(name)
+        if info is None:
+            break
+        max_age = rules.max_age_s.get(name, rules.default_max_age_s)
+        if max_age is not None and at - info.imported_at > max_age:
+            break
+    else:
+        out[STALE_RULE] = _PASS
+        return "", _NONE
     problems: list[str] = []
     missing: set[str] = set()
     for name in dnc:
@@ -113,7 +126,7 @@ def check_stale(
                 f"(max {max_age / _DAY:.0f})"
             )
     if not problems:
-        out[STALE_RULE] = Outcome(PASS, "")
+        out[STALE_RULE] = _PASS
         return "", frozenset(missing)
     text = "; ".join(problems)
     if on_stale == "reject":
@@ -139,7 +152,7 @@ def check_dnc(
             out[rule] = Outcome(SKIP, f"list {name!r} has never been imported")
             continue
         if not hit:
-            out[rule] = Outcome(PASS, "")
+            out[rule] = _PASS
         elif rules.contract_exempts and look.contract():
             out[rule] = Outcome(PASS, f"{look.number} is on {name!r} but has a contract in progress")
         else:

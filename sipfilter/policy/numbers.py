@@ -127,11 +127,11 @@ class Normaliser:
         user, host, params = parts
         if host in self._anon_hosts or user.strip().lower() in self._anon_users or not user.strip():
             return Number(text, "", ANONYMOUS, "anonymous")
-        n = self.number(user, region, params.get("phone-context", ""))
-        return n if n.raw == text else Number(text, n.e164, n.kind, n.error)
+        # Not through the `number` cache: a URI miss is almost always a bare-number miss too.
+        return self._number_uncached(user, region, params.get("phone-context", ""), text)
 
-    def _number_uncached(self, digits: str, region: str = "FR", context: str = "") -> Number:
-        raw = digits
+    def _number_uncached(self, digits: str, region: str = "FR", context: str = "", raw: str = "") -> Number:
+        raw = raw or digits
         digits = digits.translate(_SEPARATORS)
         if not _DIGITS_RE.match(digits):
             return Number(raw, "", INVALID, "not a telephone number")

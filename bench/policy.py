@@ -1,0 +1,175 @@
+"""Benchmark of the policy engine: decisions/s and p50/p99 latency per decision for a realistic call mix.
+
+Prints figures; not part of the test suite. Run: .venv/bin/python bench/policy.py [--calls 200000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections import deque
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sipfilter.config import load_config  # noqa: E402
+from sipfilter.policy.engine import PolicyEngine  # noqa: E402
+from sipfilter.stores.base import AttemptDecision, ConsentRecord, ListInfo  # noqa: E402
+
+
+class BenchStore:
+    """Embedded-like store: lists as Python sets, consent/contract as dicts, counters as per-key deques."""
+
+    def __init__(self, lists: dict[str, set[str]], imported_at: float):
+        self.lists = lists
+        self.infos = {n: ListInfo(n, 1, len(s), imported_at, n, 0, "") for n, s in lists.items()}
+        self.consents: dict[tuple[str, str], ConsentRecord] = {}
+        self.contracts: set[tuple[str, str]] = set()
+        self.counters: dict[tuple[str, str], deque[float]] = {}
+        self.refusals: dict[tuple[str, str], float] = {}
+
+    def list_contains(self, list_name: str, number: str) -> bool:
+        return number in self.lists[list_name]
+
+    def list_info(self, list_name: str) -> ListInfo | None:
+        return self.infos.get(list_name)
+
+    def list_names(self) -> list[str]:
+        return list(self.lists)
+
+    def consent_for(self, account: str, number: str, at: float) -> ConsentRecord | None:
+        return self.consents.get((account, number))
+
+    def has_contract(self, account: str, number: str, at: float) -> bool:
+        return (account, number) in self.contracts
+
+    async def check_and_record_attempt(
+        self, account: str, number: str, now: float, cap: int, window_s: float, refusal_cooldown_s: float
+    ) -> AttemptDecision:
+        key = (account, number)
+        refused = self.refusals.get(key)
+        if refused is not None and now - refused < refusal_cooldown_s:
+            return AttemptDecision(False, 0, refused)
+        q = self.counters.get(key)
+        if q is None:
+            q = self.counters[key] = deque()
+        while q and now - q[0] >= window_s:
+            q.popleft()
+        if len(q) >= cap:
+            return AttemptDecision(False, len(q), refused)
+        q.append(now)
+        return AttemptDecision(True, len(q), refused)
+
+    async def attempts(self, account: str, number: str, now: float, window_s: float) -> int:
+        return len(self.counters.get((account, number), ()))
+
+    async def record_refusal(self, account: str, number: str, at: float) -> None:
+        self.refusals[(account, number)] = at
+
+    async def last_refusal(self, account: str, number: str) -> float | None:
+        return self.refusals.get((account, number))
+
+    async def close(self) -> None:
+        return None
+
+
+def mobile(rng: random.Random) -> str:
+    return f"+336{rng.randrange(10**8):08d}"
+
+
+def build(calls: int, dnc_size: int, seed: int = 7):
+    rng = random.Random(seed)
+    at0 = datetime.fromisoformat("2026-09-16T10:00:00+02:00").timestamp()  # a Wednesday, opt-in regime
+    callees = [mobile(rng) for _ in range(max(1000, calls // 3))]
+    bloctel = {mobile(rng) for _ in range(dnc_size)}
+    dnc_hits = rng.sample(callees, len(callees) // 10)
+    bloctel.update(dnc_hits)
+    store = BenchStore(
+        {"bloctel": bloctel, "optouts": set(rng.sample(callees, len(callees) // 50))}, at0 - 86400
+    )
+    for c in callees:
+        if rng.random() < 0.9:  # 90 % of the file has consent (opt-in regime)
+            store.consents[("acme-energie", c)] = ConsentRecord("acme-energie", c, at0 - 86400 * 100, "crm")
+    for c in rng.sample(callees, len(callees) // 100):
+        store.refusals[("acme-energie", c)] = at0 - 86400 * 10
+    npv = [f"01621{i:05d}" for i in range(20)] + [f"+33949{i:06d}" for i in range(20)]
+    bad_cli = ["0612345678", "0899123456", "0145000000", "sip:anonymous@anonymous.invalid"]
+    forms = (
+        lambda n: f"sip:{n}@carrier.example;user=phone",
+        lambda n: "0" + n[3:],
+        lambda n: f"tel:{n}",
+        lambda n: f"sip:0{n[3:]}@10.0.0.1",
+    )
+    mix = []
+    for i in range(calls):
+        caller = rng.choice(bad_cli) if rng.random() < 0.05 else rng.choice(npv)
+        callee = rng.choice(forms)(rng.choice(callees))
+        mix.append((caller, callee, at0 + i * (10 * 3600 / calls)))  # spread over 10:00-20:00 (incl. lunch)
+    return store, mix
+
+
+async def run(
+    engine: PolicyEngine, store: BenchStore, mix: list[tuple[str, str, float]], rules: dict[str, int]
+) -> list[int]:
+    lat: list[int] = []
+    clock = time.perf_counter_ns
+    facts_of, decide = engine.facts, engine.decide
+    for caller, callee, at in mix:
+        t0 = clock()
+        facts = facts_of("dialer", caller, callee, at=at)
+        d = await decide(facts, store)
+        lat.append(clock() - t0)
+        rule = d.verdict.rule or "allow"
+        rules[rule] = rules.get(rule, 0) + 1
+    return lat
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--calls", type=int, default=200_000)
+    ap.add_argument("--dnc", type=int, default=1_000_000, help="numbers in the Bloctel set")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        text = (
+            (ROOT / "config" / "sipfilter.yaml")
+            .read_text()
+            .replace("rules/fr.yaml", str(ROOT / "config" / "rules" / "fr.yaml"))
+        )
+        cfg = Path(tmp) / "sipfilter.yaml"
+        cfg.write_text(text)
+        engine = PolicyEngine(load_config(cfg))
+    store, mix = build(args.calls, args.dnc)
+    warm = BenchStore(store.lists, 0)
+    asyncio.run(
+        run(engine, warm, mix[:2000], {})
+    )  # warm code paths, zones and holidays (not the number cache)
+    gc.collect()
+    gc.freeze()
+    outcomes: dict[str, int] = {}
+    t0 = time.perf_counter()
+    lat = asyncio.run(run(engine, store, mix, outcomes))
+    wall = time.perf_counter() - t0
+    lat.sort()
+    q = statistics.quantiles(lat, n=100)
+    print(
+        f"policy engine, {len(mix)} decisions (facts + decide), Bloctel set of {len(store.lists['bloctel'])}"
+    )
+    print(f"  decisions/s : {len(mix) / wall:,.0f}")
+    print(f"  p50 latency : {q[49] / 1000:.1f} µs")
+    print(f"  p99 latency : {q[98] / 1000:.1f} µs")
+    print(f"  max latency : {lat[-1] / 1000:.1f} µs")
+    print(
+        "  verdicts    : " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items(), key=lambda kv: -kv[1]))
+    )
+
+
+if __name__ == "__main__":
+    main()
