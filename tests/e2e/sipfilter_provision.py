@@ -25,7 +25,8 @@ def provision(config_path: Path, workdir: Path, *, extra_consents: list[str] | N
     for name, numbers in lists.items():
         source = workdir / f"{name}.txt"
         source.write_text("\n".join(numbers) + "\n", encoding="ascii")
-        sipfilter_cli(["lists", "import", "--config", str(config_path), name, str(source)])
+        sipfilter_cli(["lists", "import", "--config", str(config_path), "--list", name, "--format", "lines",
+                       str(source)])
     consents = CONSENTED + (extra_consents or [])
     source = workdir / "consents.csv"
     source.write_text("\n".join(consents) + "\n", encoding="ascii")
