@@ -411,6 +411,26 @@ class TrunkConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DigestUserConfig:
+    username: str
+    ha1: Mapping[str, str]  # algorithm (e.g. SHA-256, MD5) → hex H(username:realm:password)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """Digest authentication of dialers (sipfilter/sip/digest.py), section `auth:`."""
+
+    trunks: tuple[str, ...]
+    realm: str
+    algorithms: tuple[str, ...]  # preference order
+    challenge: str  # proxy (407) | www (401)
+    nonce_secrets_file: Path
+    nonce_ttl_s: int
+    bind_nonce_to_source: bool
+    users: tuple[DigestUserConfig, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole running configuration; swap the object atomically to reload (see reload_config)."""
 
@@ -424,6 +444,9 @@ class Config:
     trunks: Mapping[str, TrunkConfig]
     # trunk name → rule pack with that trunk's overrides applied, compiled once (policy engine input)
     rules: Mapping[str, RuleSet] = field(default_factory=lambda: MappingProxyType({}))
+    # `limits:` as sipfilter.b2bua.limits.LimitsConfig (None when the section is absent)
+    limits: Any = None
+    auth: AuthConfig | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -641,6 +664,81 @@ def _trunk(name: str, s: Section, pack_names: Iterable[str]) -> TrunkConfig:
     )
 
 
+_ALGORITHMS = ("SHA-256", "SHA-512-256", "MD5", "SHA-256-sess", "SHA-512-256-sess", "MD5-sess")
+
+
+def _auth(s: Section, trunks: Mapping[str, TrunkConfig]) -> AuthConfig:
+    s.only(
+        [
+            "trunks",
+            "realm",
+            "algorithms",
+            "challenge",
+            "nonce_secrets_file",
+            "nonce_ttl_s",
+            "bind_nonce_to_source",
+            "users",
+        ]
+    )
+    names = s.str_list("trunks")
+    for i, name in enumerate(names):
+        if name not in trunks:
+            raise s.item_error("trunks", i, f"no trunk named {name!r}")
+    algorithms = s.str_list("algorithms", ("SHA-256", "MD5"))
+    for i, alg in enumerate(algorithms):
+        if alg not in _ALGORITHMS:
+            raise s.item_error("algorithms", i, f"expected one of {', '.join(_ALGORITHMS)}, got {alg!r}")
+    users = []
+    for u in s.items("users"):
+        u.only(["username", "ha1"])
+        h = u.section("ha1")
+        ha1: dict[str, str] = {}
+        for alg in h.data:
+            value = h.str(str(alg))
+            if str(alg) not in _ALGORITHMS:
+                raise h.error(str(alg), f"unknown algorithm {alg!r}")
+            if not re.fullmatch(r"[0-9a-fA-F]{32,128}", value):
+                raise h.error(str(alg), "expected the hex digest H(username:realm:password)")
+            ha1[str(alg)] = value.lower()
+        users.append(DigestUserConfig(u.str("username"), MappingProxyType(ha1)))
+    return AuthConfig(
+        trunks=names,
+        realm=s.str("realm"),
+        algorithms=algorithms,
+        challenge=s.choice("challenge", ("proxy", "www"), "proxy"),
+        nonce_secrets_file=s.path_("nonce_secrets_file"),
+        nonce_ttl_s=s.int("nonce_ttl_s", 300, lo=1),
+        bind_nonce_to_source=s.bool("bind_nonce_to_source", True),
+        users=tuple(users),
+    )
+
+
+def _limits(root: Section, trunks: Mapping[str, TrunkConfig]) -> Any:
+    """Validated by its owner (sipfilter.b2bua.limits); errors are given the line of the field they name."""
+    if not root.has("limits"):
+        return None
+    s = root.section("limits")
+    per_trunk = s.section("trunks", default_empty=True)
+    for name in per_trunk.data:
+        if name not in trunks:
+            raise per_trunk.error(str(name), f"no trunk named {name!r}")
+    from sipfilter.b2bua.limits import LimitsConfig
+
+    try:
+        return LimitsConfig.from_mapping(s.data)
+    except ValueError as exc:
+        # The message names a dotted field (e.g. limits.trunks.dialer.max_cps): find its line.
+        match = re.search(r"\blimits(\.[\w.-]+)?", str(exc))
+        node: Any = s.data
+        line, file = s.line, s.file
+        for part in (match.group(1) or "").strip(".").split(".") if match else ():
+            if isinstance(node, YamlMap) and part in node:
+                line, file, node = node.lines.get(part, line), node.file, node[part]
+            else:
+                break
+        raise ConfigError(str(exc), file, line, match.group(0) if match else "limits") from exc
+
+
 def load_config(path: str | Path) -> Config:
     """Read, validate and compile the configuration and its rule packs; raises ConfigError."""
     # Imported here: the policy package reads this module's Section helpers (no import cycle at load).
@@ -648,7 +746,7 @@ def load_config(path: str | Path) -> Config:
 
     path = Path(path).resolve()
     root = Section(load_yaml(path), "")
-    root.only(["sip", "admin", "store", "audit", "logging", "rule_packs", "trunks"])
+    root.only(["sip", "admin", "store", "audit", "logging", "rule_packs", "trunks", "limits", "auth"])
     packs_s = root.section("rule_packs")
     packs: dict[str, RulePack] = {}
     for name in packs_s.data:
@@ -676,6 +774,8 @@ def load_config(path: str | Path) -> Config:
         rule_packs=MappingProxyType(packs),
         trunks=MappingProxyType(trunks),
         rules=MappingProxyType(rules),
+        limits=_limits(root, trunks),
+        auth=_auth(root.section("auth"), trunks) if root.has("auth") else None,
     )
 
 

@@ -219,3 +219,37 @@ def test_inline_authorised_caller_ids_and_tls(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cert") as err:
         load_config(path)
     assert err.value.line == line
+
+
+def uncommented_proposals(tmp_path: Path) -> str:
+    """The example with its proposed `limits:` and `auth:` sections uncommented."""
+    lines = []
+    active = False
+    for line in EXAMPLE.read_text().replace("rules/fr.yaml", str(PACK)).splitlines():
+        if line.startswith(("# limits:", "# auth:")):
+            active = True
+        if active and line.startswith("# ") and not line.startswith("# Digest"):
+            line = line[2:]
+        elif active and line.startswith("#   "):
+            line = line[2:]
+        lines.append(line)
+    text = "\n".join(lines) + "\n"
+    return text.replace('SHA-256: "<H(user:realm:pass)>"', 'SHA-256: "' + "ab" * 32 + '"').replace(
+        'MD5: "<H(user:realm:pass)>"', 'MD5: "' + "cd" * 16 + '"')
+
+
+def test_limits_and_auth_sections(tmp_path: Path) -> None:
+    text = uncommented_proposals(tmp_path)
+    if "\nlimits:" not in text:
+        pytest.skip("the example config has no proposed limits section")
+    c = load_config(write(tmp_path, text))
+    assert c.limits is not None and c.limits.for_trunk("dialer").max_dialogs == 500
+    assert c.auth is not None and c.auth.trunks == ("dialer",) and c.auth.challenge == "proxy"
+    bad = text.replace("max_cps: 30", "max_cps: fast")
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, bad))
+    assert err.value.line == bad.splitlines().index(next(x for x in bad.splitlines() if "max_cps: fast" in x)) + 1
+    bad = text.replace("trunks: [dialer]", "trunks: [dailer]")
+    with pytest.raises(ConfigError, match="no trunk named 'dailer'") as err:
+        load_config(write(tmp_path, bad))
+    assert err.value.field == "auth.trunks[0]"
