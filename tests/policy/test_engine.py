@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 from conftest import CALLEE, NPV, OPEN
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from memstore import MemoryStore
 
 from sipfilter.policy.engine import PolicyEngine, UnknownTrunk, split_header_values
@@ -184,3 +186,29 @@ def test_split_header_values() -> None:
         "<tel:+33163>",
     ]
     assert split_header_values(["<sip:a,b@h>", " "]) == ["<sip:a,b@h>"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    from_=st.text(max_size=60),
+    to=st.text(max_size=60),
+    pai=st.lists(st.text(max_size=40), max_size=3),
+    privacy=st.lists(st.text(max_size=20), max_size=2),
+    at=st.floats(min_value=0, max_value=4e9),
+)
+async def test_any_input_gives_a_decision(
+    engine: PolicyEngine,
+    consent_all: MemoryStore,
+    from_: str,
+    to: str,
+    pai: list[str],
+    privacy: list[str],
+    at: float,
+) -> None:
+    d = await engine.decide(
+        engine.facts("dialer", from_, to, pai=pai, privacy=privacy, at=at), consent_all, record=False
+    )
+    assert d.verdict.action in ("allow", "reject")
+    if d.verdict.action == "reject":
+        assert d.verdict.status in (403, 603, 608) and d.verdict.rule
+        assert "\n" not in d.verdict.warning_header("h") and "\r" not in d.verdict.warning_header("h")

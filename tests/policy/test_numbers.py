@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import phonenumbers
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sipfilter.config import Config
 from sipfilter.policy.numbers import ANONYMOUS, E164, INVALID, SHORT, Normaliser, split_uri_user
@@ -125,3 +127,27 @@ def test_split_uri_user() -> None:
     assert split_uri_user("sip:user:pw@Host.Example:5060;transport=tcp") == ("user", "host.example", {})
     assert split_uri_user("sip:host") is None
     assert split_uri_user("tel:+331;phone-context=+33") == ("+331", "", {"phone-context": "+33"})
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(nsn=st.from_regex(r"[1-9][0-9]{8}", fullmatch=True), sep=st.sampled_from(["", " ", ".", "-"]))
+def test_every_form_of_one_number_agrees(norm: Normaliser, nsn: str, sep: str) -> None:
+    national = "0" + nsn
+    spaced = sep.join([national[:2], national[2:4], national[4:6], national[6:8], national[8:]])
+    forms = [
+        national,
+        spaced,
+        "+33" + nsn,
+        "0033" + nsn,
+        "33" + nsn,
+        f"sip:{national}@h",
+        f"sips:+33{nsn}@h",
+        f"sip:+33{nsn}@h;user=phone",
+        f"tel:+33{sep}{nsn}",
+        f"tel:{spaced};phone-context=+33",
+        f'"x" <sip:{national}@h>;tag=1',
+    ]
+    results = {norm.parse(f, "FR").e164 for f in forms}
+    assert len(results) == 1
+    (e164,) = results
+    assert e164.endswith(nsn) and e164.startswith("+")
