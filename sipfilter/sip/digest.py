@@ -350,12 +350,15 @@ class DigestUser:
 
     username: str
     password: str | None = None
-    ha1: Mapping[str, str] | None = None  # base algorithm ("MD5", "SHA-256", "SHA-512-256") -> hex
+    # algorithm -> hex H(username:realm:password); "SHA-256" and "SHA-256-sess" share one value
+    ha1: Mapping[str, str] | None = None
 
     def ha1_for(self, algorithm: str, realm: str) -> str | None:
         base = _base_algorithm(algorithm)
-        if self.ha1 is not None and base in self.ha1:
-            return self.ha1[base].lower()
+        if self.ha1 is not None:
+            for key in (base, base + "-sess"):
+                if key in self.ha1:
+                    return self.ha1[key].lower()
         if self.password is not None:
             return ha1(base, self.username, realm, self.password)
         return None

@@ -403,3 +403,11 @@ def test_non_utf8_values_hash_as_their_original_bytes() -> None:
     ha2 = hashlib.md5(b"INVITE:sip:x").hexdigest()
     want = hashlib.md5(b"00" * 16 + b":n:00000001:" + raw_cnonce + b":auth:" + ha2.encode()).hexdigest()
     assert got == want
+
+
+def test_ha1_keyed_by_sess_or_base_name_serves_both() -> None:
+    stored = ha1("SHA-256", "u", REALM, "pw")
+    user = DigestUser("u", ha1={"SHA-256-sess": stored.upper()})
+    assert user.ha1_for("SHA-256", REALM) == stored
+    assert user.ha1_for("SHA-256-sess", REALM) == stored
+    assert user.ha1_for("MD5", REALM) is None
