@@ -51,7 +51,8 @@ def decision_record(facts: CallFacts, decision: Decision, account: str, mode: st
         "mode": mode,
         "monitored": decision.monitored,
         "attempt_recorded": decision.attempt_recorded,
-        "failed": decision.failed,
+        # Every failing rule with its reason (in monitor mode: all the would-be rejections).
+        "failed": {rule: o.reason for rule, o in decision.outcomes.items() if o.result == "fail"},
         "alerts": list(decision.alerts),
         "rule_pack_version": decision.rule_pack_version,
     }

@@ -62,6 +62,7 @@ def test_one_json_line_per_decision(tmp_path: Path) -> None:
     assert (rec["from"], rec["pai"], rec["to"]) == ("+33162123456", ["+33163000000"], "+33699999999")
     assert (rec["action"], rec["status"], rec["rule"]) == ("reject", 603, "callee.dnc.bloctel")
     assert rec["rule_pack_version"] == "fr-2026.11-1"
+    assert rec["failed"] == {"callee.dnc.bloctel": "on bloctel"}
     log.close()
 
 
