@@ -85,7 +85,7 @@ def register(subparsers: Any) -> None:
         "Exit status: 0 allow, 1 reject, 2 error.",
     )
     p.add_argument("--config", default=DEFAULT_CONFIG, help="configuration file (default: %(default)s)")
-    p.add_argument("--trunk", required=True, help="trunk name from the configuration")
+    p.add_argument("--trunk", help="trunk name from the configuration (optional when there is only one)")
     p.add_argument(
         "--from",
         dest="from_",
@@ -182,6 +182,8 @@ def render_text(decision: Decision, record: dict[str, Any], host: str, raw: dict
     if record["privacy"]:
         lines.append(f"  privacy {', '.join(record['privacy'])}")
     lines.append(f"  to     {raw['to']!s:<40} → {record['to']}")
+    if "callee_local_time" in raw:
+        lines.append(f"  callee local time {raw['callee_local_time']}")
     lines.append("rules:")
     width = max((len(r) for r in decision.outcomes), default=10)
     for rule, o in decision.outcomes.items():
@@ -203,6 +205,10 @@ async def _check(args: argparse.Namespace) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         raise CheckError(str(exc)) from exc
+    if args.trunk is None:
+        if len(config.trunks) != 1:
+            raise CheckError(f"--trunk is required (trunks: {', '.join(config.trunks)})")
+        args.trunk = next(iter(config.trunks))
     if args.trunk not in config.trunks:
         raise CheckError(f"no trunk named {args.trunk!r} (trunks: {', '.join(config.trunks)})")
     at = parse_at(args.at)
@@ -225,6 +231,9 @@ async def _check(args: argparse.Namespace) -> int:
         "to": args.to,
         "at": args.at or datetime.fromtimestamp(at).astimezone().isoformat(timespec="seconds"),
     }
+    if facts.callee.kind == "e164":
+        zone, _ = engine.rules_for(args.trunk).hours.zone_for(facts.callee.e164)
+        raw["callee_local_time"] = f"{datetime.fromtimestamp(at, zone):%a %Y-%m-%d %H:%M:%S} {zone.key}"
     if args.json:
         out = {
             **record,

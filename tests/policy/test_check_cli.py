@@ -94,6 +94,7 @@ def test_allow_in_words(capsys: pytest.CaptureFixture[str], cfg: Path, mem: Memo
     assert out.startswith("ALLOW")
     assert "→ +33162123456" in out and "→ +33611223344" in out
     assert "pass  callee.dnc.bloctel" in out
+    assert "callee local time Wed 2026-09-16 11:00:00 Europe/Paris" in out
     assert "dry run: no attempt recorded" in out
     assert mem.calls == 0
 
@@ -153,13 +154,11 @@ def test_pai_privacy_and_monitor(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, mem: MemoryStore
 ) -> None:
     cfg = write_config(tmp_path, {"mode": "monitor"})
-    code, out, _ = run(
+    code, out, _ = run(  # no --trunk: the config has a single trunk
         capsys,
         "check",
         "--config",
         str(cfg),
-        "--trunk",
-        "dialer",
         "--from",
         "0162123456",
         "--to",
