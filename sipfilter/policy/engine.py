@@ -200,8 +200,11 @@ class PolicyEngine:
             return first, False
         look = lists.Lookups(store, trunk.account, callee.e164, facts.at)
         r = hours.check_hours(rs.hours, callee.e164, facts.at, trunk.prospecting, None, out)
-        if out[hours.WINDOW_RULE].result == FAIL:
-            # D223-9 §2: outside the legal hours only with the consumer's consent (which may name its hours).
+        if out[hours.WINDOW_RULE].result == FAIL or (
+            r == hours.HOLIDAY_RULE and rs.hours.consent_lifts_holidays
+        ):
+            # D223-9 §2: outside the legal days/hours only with the consumer's consent (which may name its
+            # hours). Public holidays still block unless the pack says consent lifts them ([U]).
             record_ = look.consent() if rs.hours.consent_hours_override else None
             if record_ is not None and record_.hours:
                 r = hours.check_hours(rs.hours, callee.e164, facts.at, True, record_.hours, out)

@@ -73,6 +73,7 @@ class HoursRules:
     extra_dates: frozenset[date]
     ignore_dates: frozenset[date]
     consent_hours_override: bool
+    consent_lifts_holidays: bool  # [U] whether consent hours also allow public holidays (default: no)
     # Memos (filled lazily, bounded by the number of distinct prefixes/years seen).
     _zone_memo: dict[str, tuple[ZoneInfo, str | None]] = field(default_factory=dict, compare=False)
     _holiday_memo: dict[tuple[int, str | None], Mapping[date, str]] = field(
@@ -160,7 +161,7 @@ def _dates(s: Section, key: str) -> frozenset[date]:
 
 
 def compile_hours(s: Section, h: Section) -> HoursRules:
-    s.only(["weekly", "default_time_zone", "time_zones", "consent_hours_override"])
+    s.only(["weekly", "default_time_zone", "time_zones", "consent_hours_override", "consent_lifts_holidays"])
     weekly_s = s.section("weekly")
     weekly_s.only(DAYS)
     week: list[Window] = []
@@ -201,6 +202,7 @@ def compile_hours(s: Section, h: Section) -> HoursRules:
         extra_dates=_dates(h, "extra_dates"),
         ignore_dates=_dates(h, "ignore_dates"),
         consent_hours_override=s.bool("consent_hours_override", True),
+        consent_lifts_holidays=s.bool("consent_lifts_holidays", False),
     )
 
 
@@ -238,18 +240,20 @@ def check_hours(
     zone, subdivision = rules.zone_for(e164)
     local = datetime.fromtimestamp(at, zone)
     first = ""
-    name = rules.holiday(local.date(), subdivision)
-    if name:
-        out[HOLIDAY_RULE] = Outcome(FAIL, f"{_stamp(local, zone)} is a public holiday ({name})")
-        first = HOLIDAY_RULE
-    else:
-        out[HOLIDAY_RULE] = _PASS
     weekly, source = rules.weekly, "D223-9"
     if consent_hours and rules.consent_hours_override:
         try:
             weekly, source = parse_consent_hours(consent_hours), "consent"
         except ValueError:
             source = "D223-9 (consent hours unreadable)"
+    name = rules.holiday(local.date(), subdivision)
+    if not name:
+        out[HOLIDAY_RULE] = _PASS
+    elif source == "consent" and rules.consent_lifts_holidays:
+        out[HOLIDAY_RULE] = Outcome(PASS, f"public holiday ({name}) but the callee's consent hours apply")
+    else:
+        out[HOLIDAY_RULE] = Outcome(FAIL, f"{_stamp(local, zone)} is a public holiday ({name})")
+        first = HOLIDAY_RULE
     window = weekly[local.weekday()]
     second = local.hour * 3600 + local.minute * 60 + local.second
     if _in_window(window, second):

@@ -163,6 +163,21 @@ async def test_consent_hours_allow_outside_the_legal_window(
     assert "consent hours" in d.verdict.reason
 
 
+@pytest.mark.parametrize(("lifts", "rule"), [(False, "time.holiday"), (True, "")])
+async def test_consent_hours_on_a_holiday(
+    make_engine: Callable[..., PolicyEngine], store: MemoryStore, lifts: bool, rule: str
+) -> None:
+    engine = make_engine(overrides={"hours": {"consent_lifts_holidays": lifts}})
+    store.consents.append(
+        ConsentRecord(
+            "acme-energie", "+33611223344", ts("2026-01-01T00:00:00Z"), "rec-9", hours="mon-sun 09:00-21:00"
+        )
+    )
+    assert await rule_at(engine, store, METRO, "2026-11-11T11:00:00+01:00") == rule  # Armistice, a Wednesday
+    late = await rule_at(engine, store, METRO, "2026-11-11T21:30:00+01:00")
+    assert late == ("time.window" if lifts else "time.holiday")
+
+
 def test_parse_consent_hours() -> None:
     week = parse_consent_hours("mon-fri 10:00-13:00,14:00-20:00; sat 10:00-12:00")
     assert week[0] == ((36000, 46800), (50400, 72000))
