@@ -190,13 +190,3 @@ class Normaliser:
             e164 = self._apply_overseas(e164[3:])
         return Number(raw, e164, E164)
 
-
-_DEFAULT: dict[str, Normaliser] = {}
-
-
-def default_normaliser() -> Normaliser:
-    """A normaliser without the rule pack's overseas table (use `rulepack.normaliser_for(config)` instead
-    whenever a config is at hand: list imports must normalise exactly as the policy engine does)."""
-    if "n" not in _DEFAULT:
-        _DEFAULT["n"] = Normaliser()
-    return _DEFAULT["n"]
