@@ -91,7 +91,7 @@ class Normaliser:
         short_number_pattern: str = r"^3[0-9]{3}$",
         anonymous_users: Iterable[str] = ("anonymous", "restricted", "unavailable", "unknown", "private"),
         anonymous_hosts: Iterable[str] = ("anonymous.invalid",),
-        cache_size: int = 200_000,
+        cache_size: int = 32_768,  # ~380 bytes an entry: callers hit, callees mostly do not
     ):
         self.country_code = country_code
         self._cc_digits = country_code.lstrip("+")
