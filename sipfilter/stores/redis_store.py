@@ -1,0 +1,411 @@
+"""The Redis store: lists, records and counters shared by several sipfilter instances through one Redis.
+
+Lists, consents and contracts are replicated into local memory (polled version keys) so the call path never
+waits on the network; counters are atomic Lua scripts. Never blocks long: short socket timeouts, no retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from sipfilter.stores.base import AttemptDecision, ConsentRecord, ListInfo, StoreUnavailable
+from sipfilter.stores.importer import SourceInfo
+from sipfilter.stores.numberset import NumberSet
+from sipfilter.stores.writable import ContractRecord, Health, check_list_name, consent_in_force, log
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT_S = 0.3
+CHUNK = 4 << 20  # list payloads travel in 4 MiB pieces: no single command outlives the socket timeout
+OLD_VERSION_GRACE_S = 300  # a replaced list's data key lives on for instances still loading it
+REFUSAL_TTL_S = 2 * 366 * 86400  # refusals outlive any cooldown a rule pack may set
+LOG_MAXLEN = 1_000_000  # change-log entries kept; an instance further behind reloads everything
+SEP = "\x1f"
+
+# KEYS: attempts zset, refusal key.  ARGV: now, cap, window_s, cooldown_s, member.
+_ATTEMPT_LUA = """
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local n = redis.call('ZCARD', KEYS[1])
+local r = redis.call('GET', KEYS[2])
+if (r and tonumber(r) > now - tonumber(ARGV[4])) or n >= tonumber(ARGV[2]) then
+  return {0, n, r}
+end
+redis.call('ZADD', KEYS[1], now, ARGV[5])
+redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000))
+return {1, n + 1, r}
+"""
+
+# KEYS: refusal key.  ARGV: at, ttl_s.  Keeps the latest refusal.
+_REFUSAL_LUA = """
+local cur = redis.call('GET', KEYS[1])
+if (not cur) or tonumber(cur) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+end
+return 1
+"""
+
+# KEYS: records hash, change log.  ARGV: field, event JSON, maxlen.  Appends an event to the field's JSON
+# array (string splice: no cjson number rounding) and announces the field on the change log, atomically.
+_APPEND_LUA = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+local new
+if cur then new = string.sub(cur, 1, -2) .. ',' .. ARGV[2] .. ']' else new = '[' .. ARGV[2] .. ']' end
+redis.call('HSET', KEYS[1], ARGV[1], new)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'h', KEYS[1], 'f', ARGV[1])
+return 1
+"""
+
+
+def _split_url(url: str) -> tuple[str, dict[str, str]]:
+    """Our own query parameters (prefix, cluster) out of the URL; redis-py's stay in it."""
+    parts = urlsplit(url)
+    ours, theirs = {}, []
+    for k, v in parse_qsl(parts.query, keep_blank_values=True):
+        if k in ("prefix", "cluster"):
+            ours[k] = v
+        else:
+            theirs.append((k, v))
+    return urlunsplit(parts._replace(query=urlencode(theirs))), ours
+
+
+def _fold_consents(account: str, number: str, events: list[list[Any]]) -> tuple[ConsentRecord, ...]:
+    recs: list[ConsentRecord] = []
+    for ev in events:
+        if ev[0] == "grant":
+            recs.append(ConsentRecord(account, number, ev[1], ev[2], None, ev[3]))
+        elif ev[0] == "revoke":
+            at = ev[1]
+            recs = [r if not (r.granted_at <= at and (r.revoked_at is None or r.revoked_at > at))
+                    else ConsentRecord(r.account, r.number, r.granted_at, r.proof, at, r.hours) for r in recs]
+    return tuple(recs)
+
+
+def _fold_contracts(account: str, number: str, events: list[list[Any]]) -> tuple[ContractRecord, ...]:
+    recs: list[ContractRecord] = []
+    for ev in events:
+        if ev[0] == "start":
+            recs.append(ContractRecord(account, number, ev[1], ev[2], ev[3]))
+        elif ev[0] == "end":
+            at = ev[1]
+            recs = [ContractRecord(r.account, r.number, r.started_at, at, r.reference)
+                    if r.in_force(at) else r for r in recs]
+    return tuple(recs)
+
+
+def _stream_id(sid: str) -> tuple[int, int]:
+    ms, _, seq = sid.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class RedisStore:
+    """See the module docstring. Open with `await RedisStore.open(url)`; `close()` when done.
+
+    URL: redis://, rediss:// or unix:// as redis-py reads it (socket_timeout=… overrides the 0.3 s default),
+    plus `prefix=` (key prefix, default "sipfilter:") and `cluster=1` (Redis Cluster through the same URL)."""
+
+    def __init__(self, url: str, *, poll_interval: float = 1.0, timeout_s: float = DEFAULT_TIMEOUT_S):
+        redis_url, ours = _split_url(url)
+        self.prefix = ours.get("prefix", "sipfilter:")
+        self.poll_interval = poll_interval
+        self.health = Health(f"redis {urlsplit(url)._replace(netloc=urlsplit(url).hostname or '').geturl()}")
+        kwargs: dict[str, Any] = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s,
+                                  "retry": Retry(NoBackoff(), 0), "decode_responses": False}
+        self._redis: Any
+        if ours.get("cluster", "") in ("1", "true", "yes"):
+            from redis.asyncio.cluster import RedisCluster
+
+            kwargs.pop("retry")
+            self._redis = RedisCluster.from_url(redis_url, **kwargs)
+        else:
+            self._redis = aioredis.from_url(redis_url, **kwargs)
+        p = self.prefix
+        self.k_lists = p + "lists"
+        self.k_list_seq = p + "list:seq"
+        # One hash tag for records: the append script touches a hash and the log in one slot (Cluster).
+        self.k_consents = p + "{rec}:consents"
+        self.k_contracts = p + "{rec}:contracts"
+        self.k_log = p + "{rec}:log"
+        self._attempt = self._redis.register_script(_ATTEMPT_LUA)  # EVALSHA, EVAL when the cache is empty
+        self._refusal = self._redis.register_script(_REFUSAL_LUA)
+        self._append = self._redis.register_script(_APPEND_LUA)
+        self._sets: dict[str, NumberSet] = {}
+        self._infos: dict[str, ListInfo] = {}
+        self._consents: dict[tuple[str, str], tuple[ConsentRecord, ...]] = {}
+        self._contracts: dict[tuple[str, str], tuple[ContractRecord, ...]] = {}
+        self._log_id: str | None = None  # last change-log entry applied to the replicas
+        self._watcher: asyncio.Task[None] | None = None
+        self._missing_warned: set[str] = set()
+
+    @classmethod
+    async def open(cls, url: str, *, watch: bool = True, poll_interval: float = 1.0,
+                   timeout_s: float = DEFAULT_TIMEOUT_S) -> RedisStore:
+        """Connects and loads the replicas; raises StoreUnavailable when Redis cannot be reached."""
+        store = cls(url, poll_interval=poll_interval, timeout_s=timeout_s)
+        try:
+            await store.refresh()
+        except StoreUnavailable:
+            await store._redis.aclose()
+            raise
+        if watch:
+            store._watcher = asyncio.get_running_loop().create_task(store._watch())
+        return store
+
+    async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
+        try:
+            result = await make()
+        except (TimeoutError, RedisError, OSError) as exc:
+            raise self.health.failed(exc) from exc
+        self.health.ok()
+        return result
+
+    def _ckey(self, account: str, number: str, kind: str) -> str:
+        # Hash tag on (account, number): the attempts and the refusal share a Cluster slot for the script.
+        return f"{self.prefix}c:{{{account}{SEP}{number}}}:{kind}"
+
+    # --- lists -------------------------------------------------------------------------------------------
+    def list_contains(self, list_name: str, number: str) -> bool:
+        return number in self._sets[list_name]
+
+    def list_info(self, list_name: str) -> ListInfo | None:
+        return self._infos.get(list_name)
+
+    def list_names(self) -> list[str]:
+        return sorted(self._infos)
+
+    def list_numbers(self, name: str) -> NumberSet:
+        return self._sets[name]
+
+    async def _sync_lists(self) -> None:
+        raw: dict[bytes, bytes] = await self._redis.hgetall(self.k_lists)
+        metas = {k.decode(): json.loads(v) for k, v in raw.items()}
+        sets, infos = dict(self._sets), dict(self._infos)
+        changed = False
+        for name, m in metas.items():
+            known = infos.get(name)
+            if m.get("deleted"):
+                if known is not None and known.version < m["version"]:
+                    del sets[name], infos[name]
+                    changed = True
+                continue
+            if known is not None and known.version >= m["version"]:
+                continue
+            data = await self._read_blob(m["key"])
+            if data is None:
+                continue  # superseded while we read it; the next poll sees the newer version
+            sets[name] = NumberSet.deserialize(data)
+            infos[name] = ListInfo(name, m["version"], m["count"], m["imported_at"], m["source_name"],
+                                   m["source_size"], m["source_sha256"])
+            changed = True
+        for name in set(infos) - set(metas):
+            # Gone without a tombstone: Redis lost its data (restart without persistence). Keep answering
+            # from the copy we have rather than letting every list vanish from the call path.
+            if name not in self._missing_warned:
+                self._missing_warned.add(name)
+                log.error("list %s vanished from Redis without being deleted; keeping version %d in memory",
+                          name, infos[name].version)
+        if changed:
+            self._sets, self._infos = sets, infos
+
+    async def _read_blob(self, key: str) -> bytes | None:
+        size = await self._redis.strlen(key)
+        if not size:
+            return None
+        parts = []
+        for start in range(0, size, CHUNK):
+            parts.append(await self._redis.getrange(key, start, min(start + CHUNK, size) - 1))
+        data = b"".join(parts)
+        return data if len(data) == size else None
+
+    async def put_list(self, name: str, numbers: NumberSet, source: SourceInfo,
+                       imported_at: float | None = None) -> ListInfo:
+        check_list_name(name)
+        data = numbers.serialize()
+        r = self._redis
+
+        async def write() -> dict[str, Any]:
+            version = int(await r.incr(self.k_list_seq))
+            key = f"{self.prefix}list:{name}:v{version}"
+            await r.delete(key)
+            for start in range(0, max(len(data), 1), CHUNK):
+                await r.append(key, data[start : start + CHUNK])  # aside: no reader knows this key yet
+            meta = {"version": version, "count": len(numbers),
+                    "imported_at": time.time() if imported_at is None else imported_at,
+                    "source_name": source.name, "source_size": source.size, "source_sha256": source.sha256,
+                    "key": key}
+            old = await r.hget(self.k_lists, name)
+            await r.hset(self.k_lists, name, json.dumps(meta))  # the atomic switch
+            if old:
+                old_key = json.loads(old).get("key")
+                if old_key:
+                    await r.expire(old_key, OLD_VERSION_GRACE_S)
+            return meta
+
+        meta = await self._call(write)
+        await self._call(self._sync_lists)
+        info = self._infos.get(name)
+        if info is None or info.version < meta["version"]:
+            raise StoreUnavailable(f"list {name}: version {meta['version']} written but could not be loaded")
+        return info
+
+    async def delete_list(self, name: str) -> bool:
+        r = self._redis
+
+        async def tombstone() -> bool:
+            old = await r.hget(self.k_lists, name)
+            if old is None or json.loads(old).get("deleted"):
+                return False
+            version = int(await r.incr(self.k_list_seq))
+            await r.hset(self.k_lists, name, json.dumps({"version": version, "deleted": True}))
+            await r.expire(json.loads(old)["key"], OLD_VERSION_GRACE_S)
+            return True
+
+        done = await self._call(tombstone)
+        await self._call(self._sync_lists)
+        return done
+
+    # --- consents and contracts: local replicas of append-only event logs ---------------------------------
+    def consent_for(self, account: str, number: str, at: float) -> ConsentRecord | None:
+        recs = self._consents.get((account, number))
+        return consent_in_force(recs, at) if recs else None
+
+    def has_contract(self, account: str, number: str, at: float) -> bool:
+        recs = self._contracts.get((account, number))
+        return recs is not None and any(r.in_force(at) for r in recs)
+
+    async def _append_event(self, hash_key: str, account: str, number: str, event: list[Any]) -> None:
+        await self._call(lambda: self._append(keys=[hash_key, self.k_log],
+                                              args=[account + SEP + number, json.dumps(event), LOG_MAXLEN]))
+        await self._call(self._sync_records)
+
+    async def add_consent(self, record: ConsentRecord) -> None:
+        await self._append_event(self.k_consents, record.account, record.number,
+                                 ["grant", record.granted_at, record.proof, record.hours])
+        if record.revoked_at is not None:
+            await self.revoke_consent(record.account, record.number, record.revoked_at)
+
+    async def revoke_consent(self, account: str, number: str, at: float) -> int:
+        await self._call(self._sync_records)
+        before = self._consents.get((account, number), ())
+        n = sum(1 for r in before if r.granted_at <= at and (r.revoked_at is None or r.revoked_at > at))
+        if n:
+            await self._append_event(self.k_consents, account, number, ["revoke", at])
+        return n
+
+    async def consents(self, account: str, number: str) -> tuple[ConsentRecord, ...]:
+        await self._call(self._sync_records)
+        return self._consents.get((account, number), ())
+
+    async def add_contract(self, record: ContractRecord) -> None:
+        await self._append_event(self.k_contracts, record.account, record.number,
+                                 ["start", record.started_at, record.ended_at, record.reference])
+
+    async def end_contract(self, account: str, number: str, at: float) -> int:
+        await self._call(self._sync_records)
+        n = sum(1 for r in self._contracts.get((account, number), ()) if r.in_force(at))
+        if n:
+            await self._append_event(self.k_contracts, account, number, ["end", at])
+        return n
+
+    async def contracts(self, account: str, number: str) -> tuple[ContractRecord, ...]:
+        await self._call(self._sync_records)
+        return self._contracts.get((account, number), ())
+
+    def _apply(self, hash_key: bytes | str, field: bytes, value: bytes | None) -> None:
+        account, _, number = field.decode().partition(SEP)
+        events = json.loads(value) if value else []
+        hk = hash_key.decode() if isinstance(hash_key, bytes) else hash_key
+        if hk == self.k_consents:
+            self._consents[(account, number)] = _fold_consents(account, number, events)
+        else:
+            self._contracts[(account, number)] = _fold_contracts(account, number, events)
+
+    async def _sync_records(self) -> None:
+        r = self._redis
+        if self._log_id is not None:
+            first = await r.xrange(self.k_log, "-", "+", count=1)
+            if not first or _stream_id(first[0][0].decode()) <= _stream_id(self._log_id):
+                while True:
+                    entries = await r.xrange(self.k_log, "(" + self._log_id, "+", count=10_000)
+                    if not entries:
+                        return
+                    todo = {(e[1][b"h"], e[1][b"f"]) for e in entries}
+                    pipe = r.pipeline(transaction=False)
+                    for h, f in todo:
+                        pipe.hget(h, f)
+                    values = await pipe.execute()
+                    for (h, f), v in zip(todo, values, strict=True):
+                        self._apply(h, f, v)
+                    self._log_id = entries[-1][0].decode()
+            # else: the log was trimmed past our position: reload everything below.
+        last = await r.xrevrange(self.k_log, "+", "-", count=1)
+        log_id = last[0][0].decode() if last else "0-0"
+        consents: dict[tuple[str, str], tuple[ConsentRecord, ...]] = {}
+        contracts: dict[tuple[str, str], tuple[ContractRecord, ...]] = {}
+        async for f, v in r.hscan_iter(self.k_consents, count=10_000):
+            a, _, n = f.decode().partition(SEP)
+            consents[(a, n)] = _fold_consents(a, n, json.loads(v))
+        async for f, v in r.hscan_iter(self.k_contracts, count=10_000):
+            a, _, n = f.decode().partition(SEP)
+            contracts[(a, n)] = _fold_contracts(a, n, json.loads(v))
+        self._consents, self._contracts, self._log_id = consents, contracts, log_id
+
+    # --- refresh --------------------------------------------------------------------------------------
+    async def refresh(self) -> None:
+        await self._call(self._sync_lists)
+        await self._call(self._sync_records)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                await self.refresh()
+            except StoreUnavailable:
+                pass  # logged once by Health; replicas keep answering
+            except Exception:  # never let the watcher die: lists would silently freeze
+                log.exception("redis store watcher")
+
+    # --- counters --------------------------------------------------------------------------------------
+    async def check_and_record_attempt(
+        self, account: str, number: str, now: float, cap: int, window_s: float, refusal_cooldown_s: float
+    ) -> AttemptDecision:
+        member = f"{now!r}:{os.urandom(6).hex()}"
+        res = await self._call(lambda: self._attempt(
+            keys=[self._ckey(account, number, "att"), self._ckey(account, number, "ref")],
+            args=[repr(now), cap, repr(float(window_s)), repr(float(refusal_cooldown_s)), member]))
+        refused = float(res[2]) if res[2] is not None else None
+        return AttemptDecision(bool(res[0]), int(res[1]), refused)
+
+    async def attempts(self, account: str, number: str, now: float, window_s: float) -> int:
+        key = self._ckey(account, number, "att")
+        return int(await self._call(lambda: self._redis.zcount(key, f"({now - window_s!r}", "+inf")))
+
+    async def record_refusal(self, account: str, number: str, at: float) -> None:
+        await self._call(lambda: self._refusal(keys=[self._ckey(account, number, "ref")],
+                                               args=[repr(float(at)), REFUSAL_TTL_S]))
+
+    async def last_refusal(self, account: str, number: str) -> float | None:
+        v = await self._call(lambda: self._redis.get(self._ckey(account, number, "ref")))
+        return float(v) if v is not None else None
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+        with contextlib.suppress(RedisError, OSError):
+            await self._redis.aclose()

@@ -1,0 +1,118 @@
+"""The write side shared by both backends (imports, consents, contracts, refusals) and small shared helpers.
+
+Used by the CLI and the admin API, never by the policy engine (which only reads, through `base.Store`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from sipfilter.stores.base import ConsentRecord, ListInfo, Store, StoreUnavailable
+from sipfilter.stores.importer import SourceInfo
+from sipfilter.stores.numberset import NumberSet
+
+log = logging.getLogger("sipfilter.stores")
+
+_LIST_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class StoreError(ValueError):
+    """A request the store refuses (bad list name, unknown list): a caller's mistake, not an outage."""
+
+
+def check_list_name(name: str) -> str:
+    if not _LIST_NAME_RE.match(name):
+        raise StoreError(f"bad list name {name!r}: letters, digits, '_', '.', '-' (max 64), not starting with"
+                         " a punctuation mark")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class ContractRecord:
+    account: str
+    number: str  # E.164
+    started_at: float
+    ended_at: float | None = None
+    reference: str = ""
+
+    def in_force(self, at: float) -> bool:
+        return self.started_at <= at and (self.ended_at is None or self.ended_at > at)
+
+
+def consent_in_force(records: tuple[ConsentRecord, ...], at: float) -> ConsentRecord | None:
+    """The latest grant at or before `at` not revoked at `at`."""
+    best: ConsentRecord | None = None
+    for r in records:
+        if r.granted_at <= at and (r.revoked_at is None or r.revoked_at > at) and (
+                best is None or r.granted_at > best.granted_at):
+            best = r
+    return best
+
+
+class WritableStore(Store, Protocol):
+    """What `open_store` returns: the read interface plus the writes of the CLI and the admin API."""
+
+    async def put_list(self, name: str, numbers: NumberSet, source: SourceInfo,
+                       imported_at: float | None = None) -> ListInfo:
+        """Store `numbers` as the new version of `name` and switch to it atomically."""
+        ...
+
+    async def delete_list(self, name: str) -> bool: ...
+
+    def list_numbers(self, name: str) -> NumberSet:
+        """The current version (KeyError when none); for export and --add/--remove."""
+        ...
+
+    async def refresh(self) -> None:
+        """Pick up changes made by other processes or instances now (the watcher does it periodically)."""
+        ...
+
+    async def add_consent(self, record: ConsentRecord) -> None: ...
+
+    async def revoke_consent(self, account: str, number: str, at: float) -> int:
+        """Revoke the consents in force; returns how many were revoked."""
+        ...
+
+    async def consents(self, account: str, number: str) -> tuple[ConsentRecord, ...]:
+        """Full history, oldest first (compliance proof)."""
+        ...
+
+    async def add_contract(self, record: ContractRecord) -> None: ...
+
+    async def end_contract(self, account: str, number: str, at: float) -> int: ...
+
+    async def contracts(self, account: str, number: str) -> tuple[ContractRecord, ...]: ...
+
+
+class Health:
+    """Logs an outage once when it starts and once when it ends, and counts errors (not once per call)."""
+
+    __slots__ = ("down_since", "errors", "incidents", "what")
+
+    def __init__(self, what: str):
+        self.what = what
+        self.down_since: float | None = None
+        self.errors = 0
+        self.incidents = 0
+
+    def failed(self, exc: BaseException) -> StoreUnavailable:
+        self.errors += 1
+        if self.down_since is None:
+            self.down_since = time.time()
+            self.incidents += 1
+            log.error("%s unavailable: %s (further errors are not logged until it recovers)", self.what, exc)
+        return StoreUnavailable(f"{self.what} unavailable: {exc}")
+
+    def ok(self) -> None:
+        if self.down_since is not None:
+            log.warning("%s available again after %.1f s (%d store errors since start)",
+                        self.what, time.time() - self.down_since, self.errors)
+            self.down_since = None
+
+    @property
+    def up(self) -> bool:
+        return self.down_since is None

@@ -1,0 +1,158 @@
+"""The store contract, run against both backends (embedded; Redis against a real redis-server)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from sipfilter.stores.base import ConsentRecord
+from sipfilter.stores.importer import SourceInfo
+from sipfilter.stores.numberset import NumberSet
+from sipfilter.stores.writable import ContractRecord, StoreError, WritableStore
+
+SRC = SourceInfo("bloctel.csv", 1234, "ab" * 32)
+A, N1, N2 = "acme", "+33612345678", "+33612345679"
+DAY = 86400.0
+T0 = 1_780_000_000.0
+
+OpenOther = Callable[[], Awaitable[WritableStore]]
+
+
+async def test_unknown_list_raises_key_error(store: WritableStore) -> None:
+    with pytest.raises(KeyError):
+        store.list_contains("bloctel", N1)
+    assert store.list_info("bloctel") is None
+    assert store.list_names() == []
+
+
+async def test_put_list_then_lookup_and_info(store: WritableStore) -> None:
+    info = await store.put_list("bloctel", NumberSet.from_numbers([N1, "+262692123456", "3900"]), SRC,
+                                imported_at=T0)
+    assert store.list_contains("bloctel", N1)
+    assert store.list_contains("bloctel", "+262692123456")
+    assert store.list_contains("bloctel", "3900")
+    assert not store.list_contains("bloctel", N2)
+    assert not store.list_contains("bloctel", "garbage")
+    assert (info.name, info.count, info.imported_at) == ("bloctel", 3, T0)
+    assert (info.source_name, info.source_size, info.source_sha256) == (SRC.name, SRC.size, SRC.sha256)
+    assert store.list_info("bloctel") == info
+    assert store.list_names() == ["bloctel"]
+    assert sorted(store.list_numbers("bloctel")) == sorted([N1, "+262692123456", "3900"])
+
+
+async def test_replacing_a_list_switches_version_and_content(store: WritableStore) -> None:
+    v1 = await store.put_list("dnc", NumberSet.from_numbers([N1]), SRC)
+    v2 = await store.put_list("dnc", NumberSet.from_numbers([N2]), SRC)
+    assert v2.version > v1.version
+    assert not store.list_contains("dnc", N1)
+    assert store.list_contains("dnc", N2)
+
+
+async def test_other_handle_sees_import_only_after_refresh(
+    store: WritableStore, open_other: OpenOther
+) -> None:
+    await store.put_list("dnc", NumberSet.from_numbers([N1]), SRC)
+    other = await open_other()
+    assert other.list_contains("dnc", N1)
+    await store.put_list("dnc", NumberSet.from_numbers([N2]), SRC)
+    assert other.list_contains("dnc", N1)  # the old version answers until the switch is picked up
+    await other.refresh()
+    assert other.list_contains("dnc", N2) and not other.list_contains("dnc", N1)
+    assert other.list_info("dnc") == store.list_info("dnc")
+
+
+async def test_delete_list(store: WritableStore, open_other: OpenOther) -> None:
+    await store.put_list("dnc", NumberSet.from_numbers([N1]), SRC)
+    other = await open_other()
+    assert await store.delete_list("dnc")
+    assert not await store.delete_list("dnc")
+    assert store.list_names() == []
+    await other.refresh()
+    assert other.list_names() == []
+    with pytest.raises(KeyError):
+        other.list_contains("dnc", N1)
+    again = await store.put_list("dnc", NumberSet.from_numbers([N2]), SRC)
+    assert store.list_contains("dnc", N2) and again.count == 1
+
+
+async def test_bad_list_name_is_refused(store: WritableStore) -> None:
+    with pytest.raises(StoreError):
+        await store.put_list("../etc/passwd", NumberSet.from_numbers([N1]), SRC)
+
+
+async def test_consent_history(store: WritableStore, open_other: OpenOther) -> None:
+    assert store.consent_for(A, N1, T0) is None
+    await store.add_consent(ConsentRecord(A, N1, T0, "form-1", hours="mon-fri 10:00-18:00"))
+    got = store.consent_for(A, N1, T0 + 1)
+    assert got == ConsentRecord(A, N1, T0, "form-1", None, "mon-fri 10:00-18:00")
+    assert store.consent_for(A, N1, T0 - 1) is None  # not yet granted
+    assert store.consent_for("other-account", N1, T0 + 1) is None  # consent is per professional
+    assert await store.revoke_consent(A, N1, T0 + DAY) == 1
+    assert await store.revoke_consent(A, N1, T0 + DAY) == 0
+    assert store.consent_for(A, N1, T0 + 2 * DAY) is None
+    assert store.consent_for(A, N1, T0 + 1) is not None  # in force before the revocation
+    await store.add_consent(ConsentRecord(A, N1, T0 + 3 * DAY, "call-42"))
+    assert store.consent_for(A, N1, T0 + 4 * DAY).proof == "call-42"  # type: ignore[union-attr]
+    history = await store.consents(A, N1)
+    assert [(r.proof, r.revoked_at) for r in history] == [("form-1", T0 + DAY), ("call-42", None)]
+    other = await open_other()
+    assert other.consent_for(A, N1, T0 + 4 * DAY) is not None
+    await store.revoke_consent(A, N1, T0 + 5 * DAY)
+    await other.refresh()
+    assert other.consent_for(A, N1, T0 + 6 * DAY) is None
+
+
+async def test_contracts(store: WritableStore, open_other: OpenOther) -> None:
+    other = await open_other()
+    assert not store.has_contract(A, N1, T0)
+    await store.add_contract(ContractRecord(A, N1, T0, None, "C-1"))
+    assert store.has_contract(A, N1, T0 + 1) and not store.has_contract(A, N1, T0 - 1)
+    await other.refresh()
+    assert other.has_contract(A, N1, T0 + 1)
+    assert await store.end_contract(A, N1, T0 + DAY) == 1
+    assert not store.has_contract(A, N1, T0 + 2 * DAY) and store.has_contract(A, N1, T0 + 1)
+    assert [(c.reference, c.ended_at) for c in await store.contracts(A, N1)] == [("C-1", T0 + DAY)]
+
+
+async def test_attempt_cap_in_rolling_window(store: WritableStore) -> None:
+    results = [await store.check_and_record_attempt(A, N1, T0 + i, 4, 30 * DAY, 60 * DAY) for i in range(6)]
+    assert [r.allowed for r in results] == [True, True, True, True, False, False]
+    assert [r.attempts_in_window for r in results] == [1, 2, 3, 4, 4, 4]
+    assert await store.attempts(A, N1, T0 + 10, 30 * DAY) == 4
+    # Another callee, another account: separate counters.
+    assert (await store.check_and_record_attempt(A, N2, T0, 4, 30 * DAY, 60 * DAY)).allowed
+    assert (await store.check_and_record_attempt("b", N1, T0, 4, 30 * DAY, 60 * DAY)).allowed
+    # The first attempt leaves the window 30 days later: one more is allowed, then the cap again.
+    later = T0 + 30 * DAY + 0.5
+    assert await store.attempts(A, N1, later, 30 * DAY) == 3
+    assert (await store.check_and_record_attempt(A, N1, later, 4, 30 * DAY, 60 * DAY)).allowed
+    assert not (await store.check_and_record_attempt(A, N1, later, 4, 30 * DAY, 60 * DAY)).allowed
+
+
+async def test_refusal_cooldown(store: WritableStore) -> None:
+    assert await store.last_refusal(A, N1) is None
+    await store.record_refusal(A, N1, T0)
+    await store.record_refusal(A, N1, T0 - DAY)  # an older report never moves the refusal back
+    assert await store.last_refusal(A, N1) == T0
+    d = await store.check_and_record_attempt(A, N1, T0 + 59 * DAY, 4, 30 * DAY, 60 * DAY)
+    assert (d.allowed, d.attempts_in_window, d.refused_at) == (False, 0, T0)
+    d = await store.check_and_record_attempt(A, N1, T0 + 61 * DAY, 4, 30 * DAY, 60 * DAY)
+    assert (d.allowed, d.attempts_in_window, d.refused_at) == (True, 1, T0)
+
+
+async def test_concurrent_attempts_on_one_handle_never_exceed_cap(store: WritableStore) -> None:
+    results = await asyncio.gather(*[store.check_and_record_attempt(A, N1, T0, 4, 30 * DAY, 60 * DAY)
+                                     for _ in range(20)])
+    assert sum(r.allowed for r in results) == 4
+
+
+async def test_counters_survive_reopen(store: WritableStore, open_other: OpenOther, tmp_path: Path) -> None:
+    for i in range(3):
+        await store.check_and_record_attempt(A, N1, T0 + i, 4, 30 * DAY, 60 * DAY)
+    await store.record_refusal(A, N2, T0)
+    other = await open_other()
+    assert await other.attempts(A, N1, T0 + 10, 30 * DAY) == 3
+    assert await other.last_refusal(A, N2) == T0
