@@ -153,10 +153,12 @@ async def open_configured_store(config: Config) -> tuple[Store, str]:
             "missing): every list counts as never imported"
         )
     try:
-        store = open_store(config)
+        # A one-shot command: no background watching of list changes when the backend offers the choice.
+        params = inspect.signature(open_store).parameters
+        store = open_store(config, watch=False) if "watch" in params else open_store(config)
         if inspect.isawaitable(store):
             store = await store
-    except (StoreUnavailable, OSError) as exc:
+    except (StoreUnavailable, OSError, ValueError) as exc:
         raise CheckError(f"cannot open the {config.store.backend} store: {exc}") from exc
     return store, ""
 
