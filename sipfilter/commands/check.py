@@ -19,7 +19,10 @@ from typing import Any
 from sipfilter.audit import decision_record
 from sipfilter.config import Config, ConfigError, load_config
 from sipfilter.policy.engine import PolicyEngine
-from sipfilter.policy.verdict import FAIL, SKIP, Decision
+from sipfilter.policy.facts import CallFacts
+from sipfilter.policy.lists import DNC_PREFIX
+from sipfilter.policy.rulepack import RuleSet
+from sipfilter.policy.verdict import FAIL, PASS, SKIP, Decision
 from sipfilter.stores.base import AttemptDecision, ConsentRecord, ListInfo, Store, StoreUnavailable
 
 DEFAULT_CONFIG = os.environ.get("SIPFILTER_CONFIG", "config/sipfilter.yaml")
@@ -163,7 +166,60 @@ async def open_configured_store(config: Config) -> tuple[Store, str]:
     return store, ""
 
 
-def render_text(decision: Decision, record: dict[str, Any], host: str, raw: dict[str, Any]) -> str:
+def explain_passes(decision: Decision, facts: CallFacts, rules: RuleSet, store: Store) -> dict[str, str]:
+    """Words for the rules that passed without a reason (the call path does not spend time on them)."""
+    words: dict[str, str] = {}
+    numbers = [("From", facts.caller), *(("PAI", p) for p in facts.asserted)]
+    cats = ", ".join(
+        f"{label} {n.e164} is {rules.caller_id.classify(n).name}" for label, n in numbers if n.ok
+    )
+    for rule, o in decision.outcomes.items():
+        if o.result != PASS or o.reason:
+            continue
+        if rule == "caller-id.anonymous":
+            words[rule] = "a caller ID is presented and not withheld by Privacy"
+        elif rule == "caller-id.invalid":
+            words[rule] = "every presented/asserted caller ID is a valid number"
+        elif rule == "caller-id.unauthorised":
+            cid = rules.caller_id
+            auth = cid.authorised_list or (", ".join(cid.authorised_inline) if cid.authorised_inline else "")
+            words[rule] = (
+                f"in the trunk's authorised caller IDs ({auth})" if auth else "no allow-list on this trunk"
+            )
+        elif rule == "caller-id.pai-mismatch":
+            words[rule] = (
+                "P-Asserted-Identity matches From" if rules.caller_id.pai_must_match else "not required"
+            )
+        elif rule.startswith("caller-id."):
+            words[rule] = cats
+        elif rule == "number.invalid":
+            words[rule] = f"callee {facts.callee.e164}"
+        elif rule.startswith(DNC_PREFIX):
+            name = rule[len(DNC_PREFIX) :]
+            try:
+                info = store.list_info(name)
+            except StoreUnavailable:
+                info = None
+            if info is not None:
+                when = datetime.fromtimestamp(info.imported_at).astimezone().isoformat(timespec="seconds")
+                words[rule] = (
+                    f"not on {name!r} (version {info.version}, {info.count:,} numbers, "
+                    f"imported {when} from {info.source_name})"
+                )
+        elif rule == "list.stale":
+            words[rule] = "every do-not-call list is within its max age"
+        elif rule == "time.holiday":
+            words[rule] = "not a public holiday where the callee is"
+        elif rule == "time.window":
+            words[rule] = "within the allowed hours in the callee's time zone"
+        elif rule == "frequency.refusal":
+            words[rule] = "no refusal within the cooldown"
+    return words
+
+
+def render_text(
+    decision: Decision, record: dict[str, Any], host: str, raw: dict[str, Any], words: dict[str, str]
+) -> str:
     v = decision.verdict
     lines = []
     if v.action == "reject":
@@ -190,7 +246,7 @@ def render_text(decision: Decision, record: dict[str, Any], host: str, raw: dict
     width = max((len(r) for r in decision.outcomes), default=10)
     for rule, o in decision.outcomes.items():
         mark = {FAIL: "FAIL", SKIP: "skip"}.get(o.result, "pass")
-        lines.append(f"  {mark}  {rule:<{width}}  {o.reason}".rstrip())
+        lines.append(f"  {mark}  {rule:<{width}}  {o.reason or words.get(rule, '')}".rstrip())
     for alert in decision.alerts:
         lines.append(f"alert: {alert}")
     if v.action == "reject":
@@ -224,6 +280,7 @@ async def _check(args: argparse.Namespace) -> int:
             args.trunk, args.from_, args.to, pai=args.pai, privacy=args.privacy, at=at, call_id=args.call_id
         )
         decision = await engine.decide(facts, store, record=args.record)
+        words = explain_passes(decision, facts, engine.rules_for(args.trunk), store)
     finally:
         await store.close()
     record = decision_record(facts, decision, trunk.account, trunk.mode)
@@ -239,7 +296,10 @@ async def _check(args: argparse.Namespace) -> int:
     if args.json:
         out = {
             **record,
-            "outcomes": {r: {"result": o.result, "reason": o.reason} for r, o in decision.outcomes.items()},
+            "outcomes": {
+                r: {"result": o.result, "reason": o.reason or words.get(r, "")}
+                for r, o in decision.outcomes.items()
+            },
             "given": raw,
         }
         if decision.verdict.action == "reject":
@@ -249,7 +309,7 @@ async def _check(args: argparse.Namespace) -> int:
             }
         print(json.dumps(out, ensure_ascii=False, indent=2))
     else:
-        print(render_text(decision, record, config.sip.hostname, raw))
+        print(render_text(decision, record, config.sip.hostname, raw, words))
     return 0 if decision.verdict.action == "allow" else 1
 
 

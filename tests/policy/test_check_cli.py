@@ -93,7 +93,8 @@ def test_allow_in_words(capsys: pytest.CaptureFixture[str], cfg: Path, mem: Memo
     assert code == 0
     assert out.startswith("ALLOW")
     assert "→ +33162123456" in out and "→ +33611223344" in out
-    assert "pass  callee.dnc.bloctel" in out
+    assert "pass  callee.dnc.bloctel" in out and "not on 'bloctel' (version 1, 1 numbers" in out
+    assert "From +33162123456 is npv" in out
     assert "callee local time Wed 2026-09-16 11:00:00 Europe/Paris" in out
     assert "dry run: no attempt recorded" in out
     assert mem.calls == 0
