@@ -11,6 +11,7 @@ import contextlib
 import os
 import sqlite3
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +197,21 @@ class EmbeddedStore:
         self._write("INSERT INTO consents(account, number, granted_at, proof, revoked_at, hours)"
                     " VALUES(?,?,?,?,?,?)", (record.account, record.number, record.granted_at, record.proof,
                                              record.revoked_at, record.hours))
+
+    async def add_consents(self, records: Sequence[ConsentRecord]) -> None:
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = [(r.account, r.number, r.granted_at, r.proof, r.revoked_at, r.hours) for r in records]
+                db.executemany("INSERT INTO consents(account, number, granted_at, proof, revoked_at, hours)"
+                               " VALUES(?,?,?,?,?,?)", rows)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise self.health.failed(exc) from exc
 
     async def revoke_consent(self, account: str, number: str, at: float) -> int:
         return self._write("UPDATE consents SET revoked_at=? WHERE account=? AND number=? AND granted_at<=?"

@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -296,6 +296,19 @@ class RedisStore:
                                  ["grant", record.granted_at, record.proof, record.hours])
         if record.revoked_at is not None:
             await self.revoke_consent(record.account, record.number, record.revoked_at)
+
+    async def add_consents(self, records: Sequence[ConsentRecord]) -> None:
+        for start in range(0, len(records), 5000):
+            pipe = self._redis.pipeline(transaction=False)
+            for r in records[start : start + 5000]:
+                await self._append(keys=[self.k_consents, self.k_log], client=pipe,
+                                   args=[r.account + SEP + r.number,
+                                         json.dumps(["grant", r.granted_at, r.proof, r.hours]), LOG_MAXLEN])
+            await self._call(pipe.execute)
+        revoked = [r for r in records if r.revoked_at is not None]
+        for r in revoked:
+            await self.revoke_consent(r.account, r.number, r.revoked_at)  # type: ignore[arg-type]
+        await self._call(self._sync_records)
 
     async def revoke_consent(self, account: str, number: str, at: float) -> int:
         await self._call(self._sync_records)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -72,6 +73,10 @@ class WritableStore(Store, Protocol):
         ...
 
     async def add_consent(self, record: ConsentRecord) -> None: ...
+
+    async def add_consents(self, records: Sequence[ConsentRecord]) -> None:
+        """Bulk add (imports): one transaction / pipeline."""
+        ...
 
     async def revoke_consent(self, account: str, number: str, at: float) -> int:
         """Revoke the consents in force; returns how many were revoked."""
