@@ -1,0 +1,661 @@
+"""Header fields: the ordered raw Headers container, and the typed values parsed from it on demand.
+
+Raw values are relayed exactly as received; typed parsing happens only when asked for, raises ParseError,
+and never reads bytes or touches the network.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Final, TypeVar
+
+from sipfilter.sip import grammar as g
+from sipfilter.sip.errors import ParseError
+from sipfilter.sip.uri import Uri, parse_uri
+
+__all__ = [
+    "BRANCH_COOKIE",
+    "COMPACT_FORMS",
+    "LIST_HEADERS",
+    "CSeq",
+    "Headers",
+    "MediaType",
+    "NameAddr",
+    "Reason",
+    "RetryAfter",
+    "Via",
+    "WarningValue",
+    "canonical_name",
+    "parse_cseq",
+    "parse_media_type",
+    "parse_name_addrs",
+    "parse_params",
+    "parse_reasons",
+    "parse_retry_after",
+    "parse_token_set",
+    "parse_vias",
+    "parse_warnings",
+    "quote",
+    "split_list",
+    "unquote",
+]
+
+T = TypeVar("T")
+
+# RFC 3261 §7.3.3 and later RFCs (IANA "Header Fields" registry, compact forms).
+COMPACT_FORMS: Final[Mapping[str, str]] = {
+    "v": "via",
+    "f": "from",
+    "t": "to",
+    "i": "call-id",
+    "m": "contact",
+    "l": "content-length",
+    "c": "content-type",
+    "k": "supported",
+    "s": "subject",
+    "e": "content-encoding",
+    "o": "event",
+    "r": "refer-to",
+    "u": "allow-events",
+    "x": "session-expires",
+    "y": "identity",
+    "a": "accept-contact",
+    "b": "referred-by",
+    "d": "request-disposition",
+    "j": "reject-contact",
+}
+
+# Headers whose grammar is a comma-separated list (RFC 3261 §7.3.1): get_all() splits them.
+LIST_HEADERS: Final[frozenset[str]] = frozenset(
+    {
+        "via", "contact", "route", "record-route", "path", "service-route", "allow", "supported",
+        "require", "proxy-require", "unsupported", "accept", "accept-encoding", "accept-language",
+        "allow-events", "content-encoding", "content-language", "in-reply-to", "alert-info", "call-info",
+        "error-info", "warning", "reason", "p-asserted-identity", "p-preferred-identity",
+        "history-info", "accept-contact", "reject-contact", "security-client", "security-server",
+        "security-verify", "p-associated-uri", "p-charging-function-addresses",
+    }
+)  # fmt: skip
+
+# Names with a conventional spelling, used when a header is added by lower-case name.
+_PRETTY: Final[Mapping[str, str]] = {
+    "call-id": "Call-ID",
+    "cseq": "CSeq",
+    "www-authenticate": "WWW-Authenticate",
+    "p-asserted-identity": "P-Asserted-Identity",
+    "p-preferred-identity": "P-Preferred-Identity",
+    "mime-version": "MIME-Version",
+}
+
+_CRLF: Final = re.compile(r"[\r\n]")
+_TOKEN_FULL: Final = re.compile(g.TOKEN)
+
+
+def canonical_name(name: str) -> str:
+    """Lower-case long form of a header name (compact forms expanded)."""
+    low = name.lower()
+    return COMPACT_FORMS.get(low, low) if len(low) == 1 else low
+
+
+def split_list(value: str) -> list[str]:
+    """Split a comma-separated header value, respecting quoted strings and <...>; empty items dropped."""
+    if '"' not in value and "<" not in value:
+        return [item for part in value.split(",") if (item := part.strip(" \t"))]
+    items: list[str] = []
+    start = 0
+    i = 0
+    n = len(value)
+    quoted = False
+    angle = False
+    while i < n:
+        ch = value[i]
+        if quoted:
+            if ch == "\\":
+                i += 1
+            elif ch == '"':
+                quoted = False
+        elif angle:
+            if ch == ">":
+                angle = False
+        elif ch == '"':
+            quoted = True
+        elif ch == "<":
+            angle = True
+        elif ch == ",":
+            items.append(value[start:i])
+            start = i + 1
+        i += 1
+    items.append(value[start:])
+    return [item for part in items if (item := part.strip(" \t"))]
+
+
+class Headers:
+    """Ordered header lines (name as received, raw value). Lookup is case-insensitive, compact-aware.
+
+    Values never contain CR or LF (folding is removed at parse time; set/add refuse them). Typed values
+    parsed from these lines are cached here and dropped on any change.
+    """
+
+    __slots__ = ("_cache", "_keys", "_names", "_values")
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        self._names: list[str] = []
+        self._values: list[str] = []
+        self._keys: list[str] = []
+        self._cache: dict[str, object] = {}
+        for name, value in items:
+            self.add(name, value)
+
+    @classmethod
+    def _trusted(cls, names: list[str], values: list[str], keys: list[str]) -> Headers:
+        # Parser fast path: lines already validated.
+        self = cls.__new__(cls)
+        self._names = names
+        self._values = values
+        self._keys = keys
+        self._cache = {}
+        return self
+
+    # --- reading -------------------------------------------------------------------------------------
+    def get(self, name: str) -> str | None:
+        """Raw value of the first line with this name, or None."""
+        try:
+            return self._values[self._keys.index(canonical_name(name))]
+        except ValueError:
+            return None
+
+    def get_lines(self, name: str) -> list[str]:
+        """Raw values of every line with this name, unsplit."""
+        key = canonical_name(name)
+        return [v for k, v in zip(self._keys, self._values, strict=True) if k == key]
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of this header: repeated lines, and comma lists split for list headers."""
+        key = canonical_name(name)
+        lines = [v for k, v in zip(self._keys, self._values, strict=True) if k == key]
+        if key not in LIST_HEADERS:
+            return lines
+        out: list[str] = []
+        for line in lines:
+            out.extend(split_list(line))
+        return out
+
+    def count(self, name: str) -> int:
+        return self._keys.count(canonical_name(name))
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and canonical_name(name) in self._keys
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(zip(self._names, self._values, strict=True))
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def items(self) -> list[tuple[str, str]]:
+        return list(zip(self._names, self._values, strict=True))
+
+    def names(self) -> list[str]:
+        return list(self._names)
+
+    def copy(self) -> Headers:
+        return Headers._trusted(list(self._names), list(self._values), list(self._keys))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Headers):
+            return NotImplemented
+        return self._names == other._names and self._values == other._values
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Headers({self.items()!r})"
+
+    # --- changing ------------------------------------------------------------------------------------
+    @staticmethod
+    def _check(name: str, value: str) -> None:
+        if not _TOKEN_FULL.fullmatch(name):
+            raise ValueError(f"invalid header name: {name!r}")
+        if _CRLF.search(value):
+            raise ValueError(f"CR/LF in value of header {name}")
+
+    @staticmethod
+    def _pretty(name: str) -> str:
+        low = name.lower()
+        if name != low:
+            return name
+        return _PRETTY.get(low) or "-".join(part.capitalize() for part in low.split("-"))
+
+    def add(self, name: str, value: str) -> None:
+        """Append a line."""
+        self.insert(len(self._names), name, value)
+
+    def insert(self, index: int, name: str, value: str) -> None:
+        """Insert a line before position `index` (0 = top, as for Via and Record-Route)."""
+        self._check(name, value)
+        self._names.insert(index, self._pretty(name))
+        self._values.insert(index, value)
+        self._keys.insert(index, canonical_name(name))
+        self._cache.clear()
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every line of this name by one line, in place of the first (appended if absent)."""
+        self._check(name, value)
+        key = canonical_name(name)
+        try:
+            first = self._keys.index(key)
+        except ValueError:
+            self.add(name, value)
+            return
+        self._values[first] = value
+        self._remove_key(key, keep=first)
+        self._cache.clear()
+
+    def remove(self, name: str) -> int:
+        """Remove every line of this name; returns how many were removed."""
+        removed = self._remove_key(canonical_name(name), keep=-1)
+        self._cache.clear()
+        return removed
+
+    def pop_first(self, name: str) -> str | None:
+        """Remove and return the first line of this name (e.g. the top Via of a response)."""
+        try:
+            i = self._keys.index(canonical_name(name))
+        except ValueError:
+            return None
+        del self._names[i], self._keys[i]
+        value = self._values.pop(i)
+        self._cache.clear()
+        return value
+
+    def _remove_key(self, key: str, keep: int) -> int:
+        idx = [i for i, k in enumerate(self._keys) if k == key and i != keep]
+        for i in reversed(idx):
+            del self._names[i], self._values[i], self._keys[i]
+        return len(idx)
+
+    # --- typed values (cached until the next change) ---------------------------------------------------
+    def typed(self, key: str, parser: Callable[[Headers], T]) -> T:
+        """Parse once and cache: `parser(self)` under `key`. ParseError propagates (and is not cached)."""
+        cache = self._cache
+        try:
+            return cache[key]  # type: ignore[return-value]
+        except KeyError:
+            value = parser(self)
+            cache[key] = value
+            return value
+
+
+# --- parameters ----------------------------------------------------------------------------------------
+def parse_params(text: str) -> dict[str, str | None]:
+    """`;name=value` parameters (already validated by the caller's pattern); names lower-cased."""
+    params: dict[str, str | None] = {}
+    if text:
+        for m in g.GENERIC_PARAM_RE.finditer(text):
+            params[m.group("name").lower()] = m.group("value")
+    return params
+
+
+def _params_text(params: Mapping[str, str | None]) -> str:
+    parts: list[str] = []
+    for name, value in params.items():
+        if not _TOKEN_FULL.fullmatch(name):
+            raise ValueError(f"invalid parameter name: {name!r}")
+        if value is None:
+            parts.append(f";{name}")
+        elif _GEN_VALUE_FULL.fullmatch(value):
+            parts.append(f";{name}={value}")
+        else:
+            parts.append(f";{name}={quote(value)}")
+    return "".join(parts)
+
+
+_GEN_VALUE_FULL: Final = re.compile(g.GEN_VALUE)
+_QUOTED_FULL: Final = re.compile(g.QUOTED_STRING)
+
+
+def quote(text: str) -> str:
+    """A quoted-string for any text: backslash-escape '\\' and '"'; CR/LF become spaces (never emitted)."""
+    text = _CRLF.sub(" ", text)
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def unquote(text: str) -> str:
+    """The content of a quoted-string (quoted-pairs resolved); other text is returned unchanged."""
+    if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
+        inner = text[1:-1]
+        if "\\" not in inner:
+            return inner
+        return re.sub(r"\\(.)", r"\1", inner, flags=re.S)
+    return text
+
+
+# --- Via (RFC 3261 §20.42) ------------------------------------------------------------------------------
+BRANCH_COOKIE: Final = "z9hG4bK"
+
+
+@dataclass(frozen=True, slots=True)
+class Via:
+    """One via-parm. `raw` is the text as received (relay it unchanged)."""
+
+    transport: str
+    host: str
+    port: int | None = None
+    params: Mapping[str, str | None] = field(default_factory=dict)
+    protocol: str = "SIP/2.0"
+    raw: str = field(default="", compare=False)
+
+    @property
+    def branch(self) -> str | None:
+        return self.params.get("branch")
+
+    @property
+    def received(self) -> str | None:
+        return self.params.get("received")
+
+    @property
+    def rport(self) -> int | None:
+        """The rport value, or None when absent or present without value (see `has_rport`)."""
+        value = self.params.get("rport")
+        return int(value) if value and value.isdigit() else None
+
+    @property
+    def has_rport(self) -> bool:
+        return "rport" in self.params
+
+    @property
+    def has_rfc3261_branch(self) -> bool:
+        """True when the branch carries the magic cookie AND something after it (RFC 4475 badbranch)."""
+        branch = self.branch
+        return branch is not None and branch.startswith(BRANCH_COOKIE) and len(branch) > len(BRANCH_COOKIE)
+
+    @property
+    def sent_by(self) -> str:
+        return self.host if self.port is None else f"{self.host}:{self.port}"
+
+    def __str__(self) -> str:
+        if not _TOKEN_FULL.fullmatch(self.transport) or not _HOST_FULL.fullmatch(self.host):
+            raise ValueError(f"invalid Via transport/host: {self.transport!r} {self.host!r}")
+        port = "" if self.port is None else f":{int(self.port)}"
+        return f"{self.protocol}/{self.transport.upper()} {self.host}{port}{_params_text(self.params)}"
+
+
+_HOST_FULL: Final = re.compile(g.HOST)
+
+
+def _port(text: str | None) -> int | None:
+    if text is None:
+        return None
+    port = int(text)
+    if port > 65535:
+        raise ParseError("Invalid port")
+    return port
+
+
+def parse_vias(values: Iterable[str]) -> list[Via]:
+    """Every via-parm of the given Via lines, top first."""
+    out: list[Via] = []
+    match = g.VIA_RE.match
+    for value in values:
+        pos = 0
+        n = len(value)
+        while True:
+            m = match(value, pos)
+            if m is None:
+                raise ParseError("Malformed Via header")
+            params_text = m.group("params")
+            out.append(
+                Via(
+                    transport=m.group("transport").upper(),
+                    host=m.group("host"),
+                    port=_port(m.group("port")),
+                    params=parse_params(params_text) if params_text else {},
+                    protocol=f"{m.group('protocol').upper()}/{m.group('version')}",
+                    raw=m.group(0).strip(" \t"),
+                )
+            )
+            pos = m.end()
+            if pos == n:
+                break
+            c = g.COMMA_RE.match(value, pos)
+            if c is None:
+                raise ParseError("Malformed Via header")
+            pos = c.end()
+    return out
+
+
+# --- name-addr / addr-spec (From, To, Contact, Route, P-Asserted-Identity, ...) -----------------------
+@dataclass(frozen=True, slots=True)
+class NameAddr:
+    """A display name, URI and header parameters. `str()` always emits the safe <...> form."""
+
+    uri: Uri
+    display_name: str | None = None
+    params: Mapping[str, str | None] = field(default_factory=dict)
+    raw: str = field(default="", compare=False)
+
+    @property
+    def tag(self) -> str | None:
+        return self.params.get("tag")
+
+    @property
+    def expires(self) -> int | None:
+        value = self.params.get("expires")
+        return int(value) if value and value.isdigit() else None
+
+    @property
+    def q(self) -> str | None:
+        return self.params.get("q")
+
+    def with_params(self, **params: str | None) -> NameAddr:
+        """A copy with these header params set (e.g. `with_params(tag="x")`)."""
+        merged = dict(self.params)
+        merged.update(params)
+        return NameAddr(uri=self.uri, display_name=self.display_name, params=merged)
+
+    def __str__(self) -> str:
+        uri = str(self.uri)
+        head = f"<{uri}>" if self.display_name is None else f"{quote(self.display_name)} <{uri}>"
+        return head + _params_text(self.params)
+
+
+def _display(text: str | None) -> str | None:
+    if text is None:
+        return None
+    if text.startswith('"'):
+        return unquote(text)
+    return text
+
+
+def parse_name_addrs(values: Iterable[str], *, single: bool = False, what: str = "header") -> list[NameAddr]:
+    """name-addr / addr-spec values with header params, from the given lines (comma lists split)."""
+    out: list[NameAddr] = []
+    match = g.NAME_ADDR_RE.match
+    for value in values:
+        pos = 0
+        n = len(value)
+        while True:
+            m = match(value, pos)
+            if m is None:
+                raise ParseError(f"Malformed {what}")
+            spec = m.group("spec")
+            uri_text = spec if spec is not None else m.group("uri")
+            params_text = m.group("params")
+            out.append(
+                NameAddr(
+                    uri=parse_uri(uri_text),
+                    display_name=_display(m.group("display")),
+                    params=parse_params(params_text) if params_text else {},
+                    raw=m.group(0).strip(" \t"),
+                )
+            )
+            pos = m.end()
+            if pos == n:
+                break
+            if single:
+                raise ParseError(f"Malformed {what}")
+            c = g.COMMA_RE.match(value, pos)
+            if c is None:
+                raise ParseError(f"Malformed {what}")
+            pos = c.end()
+    return out
+
+
+# --- CSeq, Reason, Warning, Retry-After, Content-Type ---------------------------------------------------
+MAX_CSEQ: Final = 2**31 - 1  # RFC 3261 §8.1.1.5: the sequence number MUST be less than 2**31.
+
+
+@dataclass(frozen=True, slots=True)
+class CSeq:
+    seq: int
+    method: str
+
+    def __str__(self) -> str:
+        if not _TOKEN_FULL.fullmatch(self.method):
+            raise ValueError(f"invalid CSeq method: {self.method!r}")
+        return f"{int(self.seq)} {self.method}"
+
+
+def parse_cseq(value: str) -> CSeq:
+    m = g.CSEQ_RE.fullmatch(value)
+    if m is None:
+        raise ParseError("Malformed CSeq")
+    digits = m.group("seq").lstrip("0")
+    # Length check first: never turn a 10,000-digit string into an int.
+    if len(digits) > 10 or int(digits or "0") > 2**32 - 1:
+        raise ParseError("CSeq number too large")
+    return CSeq(int(digits or "0"), m.group("method"))
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Reason header value (RFC 3326): protocol (SIP, Q.850, ...), cause, text, other params."""
+
+    protocol: str
+    cause: int | None = None
+    text: str | None = None
+    params: Mapping[str, str | None] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        if not _TOKEN_FULL.fullmatch(self.protocol):
+            raise ValueError(f"invalid Reason protocol: {self.protocol!r}")
+        params: dict[str, str | None] = {}
+        if self.cause is not None:
+            params["cause"] = str(int(self.cause))
+        if self.text is not None:
+            params["text"] = quote(self.text)
+        params.update((k, v) for k, v in self.params.items() if k not in ("cause", "text"))
+        return self.protocol + _params_text(params)
+
+
+def parse_reasons(values: Iterable[str]) -> list[Reason]:
+    out: list[Reason] = []
+    for value in values:
+        for item in split_list(value):
+            m = g.REASON_RE.fullmatch(item)
+            if m is None:
+                raise ParseError("Malformed Reason header")
+            params = parse_params(m.group("params"))
+            cause_text = params.get("cause")
+            if cause_text is not None and (not cause_text.isdigit() or len(cause_text) > 5):
+                raise ParseError("Malformed Reason cause")
+            text = params.get("text")
+            out.append(
+                Reason(
+                    protocol=m.group("protocol"),
+                    cause=int(cause_text) if cause_text is not None else None,
+                    text=unquote(text) if text is not None else None,
+                    params=params,
+                )
+            )
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class WarningValue:
+    """Warning header value (RFC 3261 §20.43): 3-digit code, agent, text."""
+
+    code: int
+    agent: str
+    text: str
+
+    def __str__(self) -> str:
+        if not 100 <= int(self.code) <= 999 or not _AGENT_FULL.fullmatch(self.agent):
+            raise ValueError(f"invalid Warning code/agent: {self.code!r} {self.agent!r}")
+        return f"{int(self.code)} {self.agent} {quote(self.text)}"
+
+
+_AGENT_FULL: Final = re.compile(rf"(?:{g.HOST}(?::{g.PORT})?)|{g.TOKEN}")
+
+
+def parse_warnings(values: Iterable[str]) -> list[WarningValue]:
+    out: list[WarningValue] = []
+    for value in values:
+        for item in split_list(value):
+            m = g.WARNING_RE.fullmatch(item)
+            if m is None:
+                raise ParseError("Malformed Warning header")
+            out.append(WarningValue(int(m.group("code")), m.group("agent"), unquote(m.group("text"))))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class RetryAfter:
+    seconds: int
+    comment: str | None = None
+    duration: int | None = None
+
+
+def parse_retry_after(value: str) -> RetryAfter:
+    m = g.RETRY_AFTER_RE.fullmatch(value)
+    if m is None or len(m.group("seconds")) > 10:
+        raise ParseError("Malformed Retry-After")
+    params = parse_params(m.group("params"))
+    duration = params.get("duration")
+    if duration is not None and (not duration.isdigit() or len(duration) > 10):
+        raise ParseError("Malformed Retry-After duration")
+    comment = m.group("comment")
+    return RetryAfter(
+        seconds=int(m.group("seconds")),
+        comment=comment[1:-1] if comment else None,
+        duration=int(duration) if duration is not None else None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class MediaType:
+    """Content-Type value: lower-cased type/subtype and parameters."""
+
+    type: str
+    subtype: str
+    params: Mapping[str, str | None] = field(default_factory=dict)
+
+    @property
+    def mime(self) -> str:
+        return f"{self.type}/{self.subtype}"
+
+    def __str__(self) -> str:
+        return self.mime + _params_text(self.params)
+
+
+def parse_media_type(value: str) -> MediaType:
+    m = g.MEDIA_TYPE_RE.fullmatch(value)
+    if m is None:
+        raise ParseError("Malformed Content-Type")
+    return MediaType(m.group("type").lower(), m.group("subtype").lower(), parse_params(m.group("params")))
+
+
+def parse_token_set(values: Iterable[str], sep: str = ",") -> frozenset[str]:
+    """Option tags / privacy values: lower-cased tokens separated by `sep`."""
+    out: set[str] = set()
+    for value in values:
+        for part in value.split(sep):
+            item = part.strip(" \t")
+            if not item:
+                continue
+            if not _TOKEN_FULL.fullmatch(item):
+                raise ParseError("Malformed token list")
+            out.add(item.lower())
+    return frozenset(out)

@@ -1,0 +1,621 @@
+"""SIP requests and responses: datagram parsing, serialization, lazy typed accessors, semantic checks.
+
+Sans-IO: bytes in, objects out (and back). No sockets, no clock, no logging; stream framing is framing.py.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from sipfilter.sip import grammar as g
+from sipfilter.sip.errors import ParseError
+from sipfilter.sip.headers import (
+    CSeq,
+    Headers,
+    MediaType,
+    NameAddr,
+    Reason,
+    RetryAfter,
+    Via,
+    WarningValue,
+    canonical_name,
+    parse_cseq,
+    parse_media_type,
+    parse_name_addrs,
+    parse_reasons,
+    parse_retry_after,
+    parse_token_set,
+    parse_vias,
+    parse_warnings,
+)
+from sipfilter.sip.uri import SipUri, TelUri, Uri, parse_uri
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "KNOWN_METHODS",
+    "REASON_PHRASES",
+    "Limits",
+    "Message",
+    "Request",
+    "Response",
+    "parse",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Resource limits applied while parsing (oversize → 513 for the message, 400 for lines/headers)."""
+
+    max_message_bytes: int = 65536
+    max_headers: int = 256
+    max_line_bytes: int = 8192
+
+
+DEFAULT_LIMITS: Final = Limits()
+
+KNOWN_METHODS: Final = frozenset(
+    {"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH",
+     "INFO", "REFER", "MESSAGE", "UPDATE"}
+)  # fmt: skip
+
+REASON_PHRASES: Final = {
+    100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued",
+    183: "Session Progress", 199: "Early Dialog Terminated", 200: "OK", 202: "Accepted",
+    204: "No Notification", 300: "Multiple Choices", 301: "Moved Permanently",
+    302: "Moved Temporarily", 305: "Use Proxy", 380: "Alternative Service", 400: "Bad Request",
+    401: "Unauthorized", 402: "Payment Required", 403: "Forbidden", 404: "Not Found",
+    405: "Method Not Allowed", 406: "Not Acceptable", 407: "Proxy Authentication Required",
+    408: "Request Timeout", 410: "Gone", 413: "Request Entity Too Large", 414: "Request-URI Too Long",
+    415: "Unsupported Media Type", 416: "Unsupported URI Scheme", 420: "Bad Extension",
+    421: "Extension Required", 423: "Interval Too Brief", 429: "Provide Referrer Identity",
+    480: "Temporarily Unavailable", 481: "Call/Transaction Does Not Exist", 482: "Loop Detected",
+    483: "Too Many Hops", 484: "Address Incomplete", 485: "Ambiguous", 486: "Busy Here",
+    487: "Request Terminated", 488: "Not Acceptable Here", 489: "Bad Event", 491: "Request Pending",
+    493: "Undecipherable", 500: "Server Internal Error", 501: "Not Implemented", 502: "Bad Gateway",
+    503: "Service Unavailable", 504: "Server Time-out", 505: "Version Not Supported",
+    513: "Message Too Large", 580: "Precondition Failure", 600: "Busy Everywhere", 603: "Decline",
+    604: "Does Not Exist Anywhere", 606: "Not Acceptable", 607: "Unwanted", 608: "Rejected",
+}  # fmt: skip
+
+_CL: Final = "content-length"
+
+
+# --- typed header parsers, module level so Headers.typed() can cache them without closures ------------
+def _single(h: Headers, key: str, what: str) -> str:
+    lines = h.get_lines(key)
+    if len(lines) != 1:
+        raise ParseError(f"Missing {what} header" if not lines else f"Multiple {what} headers")
+    return lines[0]
+
+
+def _vias(h: Headers) -> list[Via]:
+    return parse_vias(h.get_lines("via"))
+
+
+def _from(h: Headers) -> NameAddr:
+    return parse_name_addrs([_single(h, "from", "From")], single=True, what="From header")[0]
+
+
+def _to(h: Headers) -> NameAddr:
+    return parse_name_addrs([_single(h, "to", "To")], single=True, what="To header")[0]
+
+
+def _call_id(h: Headers) -> str:
+    value = _single(h, "call-id", "Call-ID")
+    if not g.CALL_ID_RE.fullmatch(value):
+        raise ParseError("Malformed Call-ID")
+    return value
+
+
+def _cseq(h: Headers) -> CSeq:
+    return parse_cseq(_single(h, "cseq", "CSeq"))
+
+
+def _contacts(h: Headers) -> list[NameAddr]:
+    lines = h.get_lines("contact")
+    if len(lines) == 1 and lines[0] == "*":
+        return []
+    return parse_name_addrs(lines, what="Contact header")
+
+
+def _contact_star(h: Headers) -> bool:
+    lines = h.get_lines("contact")
+    if "*" in lines and len(lines) > 1:
+        raise ParseError("Contact * mixed with other contacts")
+    return lines == ["*"]
+
+
+def _routes(h: Headers) -> list[NameAddr]:
+    return parse_name_addrs(h.get_lines("route"), what="Route header")
+
+
+def _record_routes(h: Headers) -> list[NameAddr]:
+    return parse_name_addrs(h.get_lines("record-route"), what="Record-Route header")
+
+
+def _pais(h: Headers) -> list[NameAddr]:
+    return parse_name_addrs(h.get_lines("p-asserted-identity"), what="P-Asserted-Identity header")
+
+
+def _ppis(h: Headers) -> list[NameAddr]:
+    return parse_name_addrs(h.get_lines("p-preferred-identity"), what="P-Preferred-Identity header")
+
+
+def _int_header(h: Headers, key: str, what: str) -> int | None:
+    lines = h.get_lines(key)
+    if not lines:
+        return None
+    if len(lines) > 1:
+        raise ParseError(f"Multiple {what} headers")
+    value = lines[0]
+    if not (value.isdigit() and value.isascii()) or len(value.lstrip("0")) > 10:
+        raise ParseError(f"Malformed {what}")
+    return int(value)
+
+
+def _max_forwards(h: Headers) -> int | None:
+    return _int_header(h, "max-forwards", "Max-Forwards")
+
+
+def _expires(h: Headers) -> int | None:
+    return _int_header(h, "expires", "Expires")
+
+
+def _content_length(h: Headers) -> int | None:
+    return _int_header(h, _CL, "Content-Length")
+
+
+def _content_type(h: Headers) -> MediaType | None:
+    value = h.get("content-type")
+    return None if value is None else parse_media_type(value)
+
+
+def _privacy(h: Headers) -> frozenset[str]:
+    return parse_token_set(h.get_lines("privacy"), sep=";")
+
+
+def _reasons(h: Headers) -> list[Reason]:
+    return parse_reasons(h.get_lines("reason"))
+
+
+def _warnings(h: Headers) -> list[WarningValue]:
+    return parse_warnings(h.get_lines("warning"))
+
+
+def _retry_after(h: Headers) -> RetryAfter | None:
+    value = h.get("retry-after")
+    return None if value is None else parse_retry_after(value)
+
+
+def _require(h: Headers) -> frozenset[str]:
+    return parse_token_set(h.get_lines("require"))
+
+
+def _proxy_require(h: Headers) -> frozenset[str]:
+    return parse_token_set(h.get_lines("proxy-require"))
+
+
+def _supported(h: Headers) -> frozenset[str]:
+    return parse_token_set(h.get_lines("supported"))
+
+
+class Message:
+    """What requests and responses share: headers, body and the lazily parsed, cached typed accessors.
+
+    Accessors parse on first use and raise ParseError on malformed values; the cache lives in `headers`
+    and is dropped whenever a header is changed.
+    """
+
+    __slots__ = ("body", "headers")
+
+    def __init__(self, headers: Headers | Iterable[tuple[str, str]] | None, body: bytes) -> None:
+        if headers is None:
+            headers = Headers()
+        elif not isinstance(headers, Headers):
+            headers = Headers(headers)
+        self.headers: Headers = headers
+        self.body: bytes = bytes(body)
+
+    # --- serialization -------------------------------------------------------------------------------
+    def _start_line(self) -> str:
+        raise NotImplementedError
+
+    def serialize(self) -> bytes:
+        """Wire bytes; Content-Length is always written fresh from the body (one line, first position)."""
+        body = self.body
+        h = self.headers
+        lines = [self._start_line()]
+        written = False
+        for name, key, value in zip(h._names, h._keys, h._values, strict=True):
+            if key == _CL:
+                if written:
+                    continue
+                value = str(len(body))
+                written = True
+            lines.append(f"{name}: {value}")
+        if not written:
+            lines.append(f"Content-Length: {len(body)}")
+        lines.append("\r\n")
+        return "\r\n".join(lines).encode("utf-8", "surrogateescape") + body
+
+    def __bytes__(self) -> bytes:
+        return self.serialize()
+
+    def _headers_key(self) -> list[tuple[str, str]]:
+        # Content-Length is framing, recomputed on output: equality ignores it.
+        h = self.headers
+        return [(n, v) for n, k, v in zip(h._names, h._keys, h._values, strict=True) if k != _CL]
+
+    # --- typed accessors -----------------------------------------------------------------------------
+    @property
+    def vias(self) -> list[Via]:
+        return self.headers.typed("via", _vias)
+
+    @property
+    def from_(self) -> NameAddr:
+        return self.headers.typed("from", _from)
+
+    @property
+    def to(self) -> NameAddr:
+        return self.headers.typed("to", _to)
+
+    @property
+    def call_id(self) -> str:
+        return self.headers.typed("call-id", _call_id)
+
+    @property
+    def cseq(self) -> CSeq:
+        return self.headers.typed("cseq", _cseq)
+
+    @property
+    def contacts(self) -> list[NameAddr]:
+        """Contact values; `Contact: *` gives [] and `contact_star` True."""
+        return self.headers.typed("contact", _contacts)
+
+    @property
+    def contact_star(self) -> bool:
+        return self.headers.typed("contact*", _contact_star)
+
+    @property
+    def routes(self) -> list[NameAddr]:
+        return self.headers.typed("route", _routes)
+
+    @property
+    def record_routes(self) -> list[NameAddr]:
+        return self.headers.typed("record-route", _record_routes)
+
+    @property
+    def max_forwards(self) -> int | None:
+        return self.headers.typed("max-forwards", _max_forwards)
+
+    @property
+    def expires(self) -> int | None:
+        return self.headers.typed("expires", _expires)
+
+    @property
+    def content_length(self) -> int | None:
+        """The Content-Length header as received (None if absent); serialize() recomputes it."""
+        return self.headers.typed(_CL, _content_length)
+
+    @property
+    def content_type(self) -> MediaType | None:
+        return self.headers.typed("content-type", _content_type)
+
+    @property
+    def p_asserted_identities(self) -> list[NameAddr]:
+        return self.headers.typed("p-asserted-identity", _pais)
+
+    @property
+    def p_preferred_identities(self) -> list[NameAddr]:
+        return self.headers.typed("p-preferred-identity", _ppis)
+
+    @property
+    def privacy(self) -> frozenset[str]:
+        """Privacy values (RFC 3323), lower-cased: e.g. {"id"}, {"none"}."""
+        return self.headers.typed("privacy", _privacy)
+
+    @property
+    def reasons(self) -> list[Reason]:
+        return self.headers.typed("reason", _reasons)
+
+    @property
+    def warnings(self) -> list[WarningValue]:
+        return self.headers.typed("warning", _warnings)
+
+    @property
+    def identity(self) -> str | None:
+        """The first Identity header (RFC 8224), opaque."""
+        return self.headers.get("identity")
+
+    @property
+    def retry_after(self) -> RetryAfter | None:
+        return self.headers.typed("retry-after", _retry_after)
+
+    @property
+    def require(self) -> frozenset[str]:
+        return self.headers.typed("require", _require)
+
+    @property
+    def proxy_require(self) -> frozenset[str]:
+        return self.headers.typed("proxy-require", _proxy_require)
+
+    @property
+    def supported(self) -> frozenset[str]:
+        return self.headers.typed("supported", _supported)
+
+
+class Request(Message):
+    """A SIP request. `uri` is the Request-URI text; `request_uri` its parsed (cached) form."""
+
+    __slots__ = ("_ruri", "_uri", "method")
+
+    def __init__(
+        self,
+        method: str,
+        uri: str | Uri,
+        headers: Headers | Iterable[tuple[str, str]] | None = None,
+        body: bytes = b"",
+    ) -> None:
+        Message.__init__(self, headers, body)
+        self.method: str = method
+        self._uri: str = uri if isinstance(uri, str) else str(uri)
+        self._ruri: Uri | None = None if isinstance(uri, str) else uri
+
+    @property
+    def uri(self) -> str:
+        return self._uri
+
+    @uri.setter
+    def uri(self, value: str | Uri) -> None:
+        self._uri = value if isinstance(value, str) else str(value)
+        self._ruri = None if isinstance(value, str) else value
+
+    @property
+    def request_uri(self) -> Uri:
+        """The parsed Request-URI (ParseError if malformed)."""
+        ruri = self._ruri
+        if ruri is None:
+            ruri = self._ruri = parse_uri(self._uri)
+        return ruri
+
+    @property
+    def is_request(self) -> bool:
+        return True
+
+    def _start_line(self) -> str:
+        if not g.TOKEN_RE.fullmatch(self.method) or not _URI_TEXT.fullmatch(self._uri):
+            raise ValueError(f"invalid request line: {self.method!r} {self._uri!r}")
+        return f"{self.method} {self._uri} SIP/2.0"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Request):
+            return NotImplemented
+        return (
+            self.method == other.method
+            and self._uri == other._uri
+            and self.body == other.body
+            and self._headers_key() == other._headers_key()
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Request({self.method!r}, {self._uri!r}, {self.headers!r}, {self.body!r})"
+
+    def copy(self) -> Request:
+        """An independent copy (headers list copied; typed caches not shared)."""
+        return Request(self.method, self._uri, self.headers.copy(), self.body)
+
+    def validate(self) -> Request:
+        """Raise ParseError unless a B2BUA can trust this request (see validate_request)."""
+        validate_request(self)
+        return self
+
+
+class Response(Message):
+    """A SIP response."""
+
+    __slots__ = ("reason", "status")
+
+    def __init__(
+        self,
+        status: int,
+        reason: str | None = None,
+        headers: Headers | Iterable[tuple[str, str]] | None = None,
+        body: bytes = b"",
+    ) -> None:
+        Message.__init__(self, headers, body)
+        self.status: int = status
+        self.reason: str = REASON_PHRASES.get(status, "") if reason is None else reason
+
+    @property
+    def is_request(self) -> bool:
+        return False
+
+    @property
+    def method(self) -> str:
+        """The method of the request this answers (from CSeq)."""
+        return self.cseq.method
+
+    def _start_line(self) -> str:
+        if not 100 <= self.status <= 699 or "\r" in self.reason or "\n" in self.reason:
+            raise ValueError(f"invalid status line: {self.status!r} {self.reason!r}")
+        return f"SIP/2.0 {self.status} {self.reason}"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Response):
+            return NotImplemented
+        return (
+            self.status == other.status
+            and self.reason == other.reason
+            and self.body == other.body
+            and self._headers_key() == other._headers_key()
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Response({self.status!r}, {self.reason!r}, {self.headers!r}, {self.body!r})"
+
+    def copy(self) -> Response:
+        return Response(self.status, self.reason, self.headers.copy(), self.body)
+
+    def validate(self) -> Response:
+        validate_response(self)
+        return self
+
+
+_URI_TEXT: Final = re.compile(r"[^\s\x00-\x1f\x7f]+")
+
+
+# --- semantic validation ---------------------------------------------------------------------------------
+def validate_request(req: Request) -> None:
+    """What a B2BUA must be able to trust before acting on a request (RFC 3261 §8.2, §16.3).
+
+    Raises ParseError: 400 (missing/duplicated Call-ID, From, To, CSeq, Max-Forwards, Via; malformed
+    values; CSeq method mismatch; headers in the Request-URI), 501 (unknown method whose CSeq mismatches),
+    416 (Request-URI scheme other than sip, sips, tel). RFC 2543 leftovers (no branch, no tag) pass.
+    """
+    ruri = req.request_uri
+    if isinstance(ruri, SipUri):
+        if ruri.headers:
+            raise ParseError("Headers not allowed in Request-URI")
+    elif not isinstance(ruri, TelUri):
+        raise ParseError("Unsupported URI Scheme", 416)
+    _validate_common(req)
+    cseq = req.cseq
+    if cseq.method != req.method:
+        if req.method not in KNOWN_METHODS:
+            raise ParseError("Not Implemented", 501)
+        raise ParseError("CSeq method does not match request method")
+    if cseq.seq > 2**31 - 1:
+        raise ParseError("CSeq number too large")
+    _ = req.max_forwards
+    _ = req.contacts
+    _ = req.contact_star
+
+
+def validate_response(resp: Response) -> None:
+    """What a B2BUA must trust before matching a response: one From/To/Call-ID/CSeq, parseable Vias."""
+    _validate_common(resp)
+
+
+def _validate_common(msg: Message) -> None:
+    if not msg.vias:
+        raise ParseError("Missing Via header")
+    _ = msg.from_
+    _ = msg.to
+    _ = msg.call_id
+    _ = msg.cseq
+
+
+# --- parsing ---------------------------------------------------------------------------------------------
+def parse(data: bytes, limits: Limits | None = None, *, validate: bool = True) -> Request | Response:
+    """Parse one message from a datagram (or one framed stream message).
+
+    Octets after Content-Length are discarded; without Content-Length the body is the rest of the data.
+    With `validate` (default) the B2BUA's semantic checks run too (validate_request/validate_response).
+    Raises ParseError; its `is_request` says whether to answer (request) or drop (response/unknown).
+    """
+    lim = DEFAULT_LIMITS if limits is None else limits
+    data = bytes(data)
+    n = len(data)
+    is_req: bool | None = None if n < 4 else data[:4] != b"SIP/"
+    if n > lim.max_message_bytes:
+        raise ParseError("Message Too Large", 513, is_request=is_req)
+    start = 0
+    # RFC 3261 §7.5: CRLFs before the start line are ignored.
+    while data.startswith(b"\r\n", start):
+        start += 2
+    end = data.find(b"\r\n\r\n", start)
+    if end < 0:
+        # A datagram may end without the empty line (RFC 4475 baddn): the headers run to the end.
+        body_start = n
+        end = n - 2 if data.endswith(b"\r\n") else n
+    else:
+        body_start = end + 4
+    if start >= end:
+        raise ParseError("Empty message", is_request=None)
+    text = data[start:end].decode("utf-8", "surrogateescape")
+    if "\r\n " in text or "\r\n\t" in text:
+        text = g.FOLD_RE.sub("", text)
+    lines = text.split("\r\n")
+    if len(text) > lim.max_line_bytes and max(map(len, lines)) > lim.max_line_bytes:
+        raise ParseError("Header Line Too Long", is_request=is_req)
+    if len(lines) - 1 > lim.max_headers:
+        raise ParseError("Too Many Headers", is_request=is_req)
+    first = lines[0]
+    method: str | None = None
+    if first.startswith(("SIP/", "sip/", "Sip/")):
+        is_req = False
+        sm = g.STATUS_LINE_RE.fullmatch(first)
+        if sm is None:
+            raise ParseError("Malformed status line", is_request=False)
+        if sm.group("version") != "2.0":
+            raise ParseError("Version Not Supported", 505, is_request=False)
+        code = sm.group("status")
+        if len(code) != 3 or not 100 <= int(code) <= 699:
+            raise ParseError("Invalid status code", is_request=False)
+    else:
+        is_req = True
+        rm = g.REQUEST_LINE_RE.fullmatch(first)
+        if rm is None:
+            method = first.partition(" ")[0] if g.TOKEN_RE.fullmatch(first.partition(" ")[0]) else None
+            raise ParseError("Malformed request line", is_request=True, method=method)
+        method = rm.group("method")
+        if rm.group("version") != "2.0":
+            raise ParseError("Version Not Supported", 505, is_request=True, method=method)
+    names: list[str] = []
+    values: list[str] = []
+    keys: list[str] = []
+    header_match = g.HEADER_LINE_RE.fullmatch
+    compact = _COMPACT
+    for line in lines[1:]:
+        hm = header_match(line)
+        if hm is None:
+            raise ParseError("Malformed header line", is_request=is_req, method=method)
+        name, value = hm.groups()
+        names.append(name)
+        values.append(value)
+        low = name.lower()
+        keys.append(compact.get(low, low) if len(low) == 1 else low)
+    ncl = keys.count(_CL)
+    if ncl == 0:
+        body = data[body_start:]
+    else:
+        if ncl > 1:
+            raise ParseError("Multiple Content-Length headers", is_request=is_req, method=method)
+        cl_text = values[keys.index(_CL)]
+        if cl_text.startswith("-"):
+            raise ParseError("Negative Content-Length", is_request=is_req, method=method)
+        if not (cl_text.isdigit() and cl_text.isascii()) or len(cl_text.lstrip("0")) > 10:
+            raise ParseError("Malformed Content-Length", is_request=is_req, method=method)
+        cl = int(cl_text)
+        if body_start + cl > n:
+            raise ParseError("Content-Length larger than message", is_request=is_req, method=method)
+        body = data[body_start : body_start + cl]
+    headers = Headers._trusted(names, values, keys)
+    msg: Request | Response
+    if is_req:
+        assert rm is not None and method is not None
+        msg = Request(method, rm.group("uri"), headers, body)
+    else:
+        assert sm is not None
+        msg = Response(int(sm.group("status")), sm.group("reason") or "", headers, body)
+    if validate:
+        try:
+            if isinstance(msg, Request):
+                validate_request(msg)
+            else:
+                validate_response(msg)
+        except ParseError as exc:
+            exc.is_request = is_req
+            exc.method = method
+            raise
+    return msg
+
+
+_COMPACT: Final = {k: canonical_name(k) for k in "abcdefghijklmnopqrstuvwxyz"}

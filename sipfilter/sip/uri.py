@@ -1,0 +1,249 @@
+"""SIP, SIPS and tel URIs: parsing, RFC 3261 §19.1.4 comparison, and injection-safe serialization.
+
+Pure functions and frozen values only; no DNS, no number normalisation (that is policy's job).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+from urllib.parse import unquote
+
+from sipfilter.sip import grammar as g
+from sipfilter.sip.errors import ParseError
+
+__all__ = ["AbsoluteUri", "SipUri", "TelUri", "Uri", "escape", "parse_uri", "unescape", "uri_equal"]
+
+_NO_PARAMS: Final[Mapping[str, str | None]] = {}
+_NO_HEADERS: Final[Mapping[str, str]] = {}
+
+# Characters that may appear unescaped in each URI component (RFC 3261 §25.1).
+USER_SAFE: Final = re.compile(rf"[{g.UNRESERVED}{g.USER_UNRESERVED}]*")
+PASSWORD_SAFE: Final = re.compile(rf"[{g.UNRESERVED}&=+$,]*")
+PARAM_SAFE: Final = re.compile(rf"[{g.UNRESERVED}\[\]/:&+$]*")
+HEADER_SAFE: Final = re.compile(rf"[{g.UNRESERVED}\[\]/?:+$]*")
+_HOST_RE: Final = re.compile(rf"(?:{g.IPV6REFERENCE}|{g.HOSTNAME})")
+_TEL_NUMBER_RE: Final = re.compile(rf"{g.TEL_GLOBAL}|{g.TEL_LOCAL}")
+_SCHEME_RE: Final = re.compile(g.SCHEME)
+_OPAQUE_RE: Final = re.compile(r"[^\s<>\"\x00-\x1f\x7f]+")
+_VISUAL: Final = str.maketrans("", "", "-.()")
+# §19.1.4: these parameters must match when present in either URI.
+_STRICT_PARAMS: Final = ("user", "ttl", "method", "maddr", "transport")
+
+
+def unescape(text: str) -> str:
+    """Decode %HH escapes (as UTF-8; undecodable octets are kept as surrogates, so nothing is lost)."""
+    if "%" not in text:
+        return text
+    return unquote(text, errors="surrogateescape")
+
+
+def escape(text: str, safe: re.Pattern[str]) -> str:
+    """%-escape every character that `safe` does not allow (CR, LF, '<', '>', '"' are never safe)."""
+    if safe.fullmatch(text):
+        return text
+    out: list[str] = []
+    for ch in text:
+        if safe.fullmatch(ch):
+            out.append(ch)
+        else:
+            out.extend(f"%{b:02X}" for b in ch.encode("utf-8", "surrogateescape"))
+    return "".join(out)
+
+
+def _params_text(params: Mapping[str, str | None]) -> str:
+    parts: list[str] = []
+    for name, value in params.items():
+        parts.append(";" + escape(name, PARAM_SAFE))
+        if value is not None:
+            parts.append("=" + escape(value, PARAM_SAFE))
+    return "".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class SipUri:
+    """sip:/sips: URI. Components are stored unescaped; params keep order, names are lower-cased."""
+
+    scheme: str = "sip"
+    user: str | None = None
+    password: str | None = None
+    host: str = ""
+    port: int | None = None
+    params: Mapping[str, str | None] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def transport(self) -> str | None:
+        value = self.params.get("transport")
+        return value.lower() if value else None
+
+    @property
+    def is_phone(self) -> bool:
+        """True for user=phone: the user part is a telephone-subscriber (RFC 3261 §19.1.1)."""
+        return (self.params.get("user") or "").lower() == "phone"
+
+    @property
+    def lr(self) -> bool:
+        return "lr" in self.params
+
+    @property
+    def hostport(self) -> str:
+        return self.host if self.port is None else f"{self.host}:{self.port}"
+
+    def __str__(self) -> str:
+        scheme = self.scheme.lower()
+        if scheme not in ("sip", "sips"):
+            raise ValueError(f"not a SIP URI scheme: {self.scheme!r}")
+        if not _HOST_RE.fullmatch(self.host):
+            raise ValueError(f"invalid host in SIP URI: {self.host!r}")
+        parts = [scheme, ":"]
+        if self.user is not None:
+            parts.append(escape(self.user, USER_SAFE))
+            if self.password is not None:
+                parts.append(":" + escape(self.password, PASSWORD_SAFE))
+            parts.append("@")
+        parts.append(self.host)
+        if self.port is not None:
+            parts.append(f":{int(self.port)}")
+        if self.params:
+            parts.append(_params_text(self.params))
+        if self.headers:
+            parts.append(
+                "?"
+                + "&".join(
+                    f"{escape(k, HEADER_SAFE)}={escape(v, HEADER_SAFE)}" for k, v in self.headers.items()
+                )
+            )
+        return "".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class TelUri:
+    """tel: URI (RFC 3966): the number as written (visual separators kept) and its parameters."""
+
+    number: str
+    params: Mapping[str, str | None] = field(default_factory=dict)
+    scheme: str = "tel"
+
+    @property
+    def is_global(self) -> bool:
+        return self.number.startswith("+")
+
+    @property
+    def digits(self) -> str:
+        """The number without visual separators ('+' kept for global numbers)."""
+        return self.number.translate(_VISUAL)
+
+    @property
+    def phone_context(self) -> str | None:
+        return self.params.get("phone-context")
+
+    def __str__(self) -> str:
+        if not _TEL_NUMBER_RE.fullmatch(self.number):
+            raise ValueError(f"invalid tel number: {self.number!r}")
+        return "tel:" + self.number + _params_text(self.params)
+
+
+@dataclass(frozen=True, slots=True)
+class AbsoluteUri:
+    """Any other scheme, kept opaque (RFC 3261 §19: an element must not fail on unknown schemes)."""
+
+    scheme: str
+    opaque: str
+
+    def __str__(self) -> str:
+        if not _SCHEME_RE.fullmatch(self.scheme) or not _OPAQUE_RE.fullmatch(self.opaque):
+            raise ValueError(f"invalid absolute URI: {self.scheme!r}:{self.opaque!r}")
+        return f"{self.scheme}:{self.opaque}"
+
+
+Uri = SipUri | TelUri | AbsoluteUri
+
+
+def _parse_params(text: str) -> dict[str, str | None]:
+    params: dict[str, str | None] = {}
+    if not text:
+        return params
+    for item in text[1:].split(";"):
+        name, eq, value = item.partition("=")
+        params[unescape(name).lower()] = unescape(value) if eq else None
+    return params
+
+
+def parse_uri(text: str) -> Uri:
+    """Parse a URI; unknown schemes give an AbsoluteUri. Raises ParseError (400) on malformed text."""
+    head = text[:5].lower()
+    if head.startswith("sip"):
+        m = g.SIP_URI_RE.fullmatch(text)
+        if m is not None:
+            port_text = m.group("port")
+            port = int(port_text) if port_text else None
+            if port is not None and port > 65535:
+                raise ParseError("Invalid port in URI")
+            user = m.group("user")
+            password = m.group("password")
+            headers_text = m.group("headers")
+            headers: Mapping[str, str] = _NO_HEADERS
+            if headers_text:
+                pairs = (h.partition("=") for h in headers_text.split("&"))
+                headers = {unescape(k): unescape(v) for k, _, v in pairs}
+            params_text = m.group("params")
+            return SipUri(
+                scheme=m.group("scheme").lower(),
+                user=None if user is None else unescape(user),
+                password=None if password is None else unescape(password),
+                host=m.group("host"),
+                port=port,
+                params=_parse_params(params_text) if params_text else _NO_PARAMS,
+                headers=headers,
+            )
+        if head.startswith(("sip:", "sips:")):
+            raise ParseError("Malformed SIP URI")
+    elif head.startswith("tel:"):
+        t = g.TEL_URI_RE.fullmatch(text)
+        if t is None:
+            raise ParseError("Malformed tel URI")
+        return TelUri(number=t.group("number"), params=_parse_params(t.group("params")))
+    a = g.ABSOLUTE_URI_RE.fullmatch(text)
+    if a is None:
+        raise ParseError("Malformed URI")
+    return AbsoluteUri(scheme=a.group("scheme").lower(), opaque=a.group("opaque"))
+
+
+def _host_key(host: str) -> str:
+    return host.lower().rstrip(".")
+
+
+def _sip_equal(a: SipUri, b: SipUri) -> bool:
+    if a.scheme != b.scheme or a.user != b.user or a.password != b.password:
+        return False
+    if _host_key(a.host) != _host_key(b.host) or a.port != b.port:
+        return False
+    pa = {k: (v.lower() if v is not None else None) for k, v in a.params.items()}
+    pb = {k: (v.lower() if v is not None else None) for k, v in b.params.items()}
+    for name in _STRICT_PARAMS:
+        if pa.get(name, "\0") != pb.get(name, "\0"):
+            return False
+    for name in pa.keys() & pb.keys():
+        if pa[name] != pb[name]:
+            return False
+    ha = {k.lower(): v for k, v in a.headers.items()}
+    hb = {k.lower(): v for k, v in b.headers.items()}
+    return ha == hb
+
+
+def uri_equal(a: Uri, b: Uri) -> bool:
+    """URI equivalence: RFC 3261 §19.1.4 for SIP/SIPS, RFC 3966 §4 for tel, exact text otherwise."""
+    if isinstance(a, SipUri) and isinstance(b, SipUri):
+        return _sip_equal(a, b)
+    if isinstance(a, TelUri) and isinstance(b, TelUri):
+        if a.digits.lower() != b.digits.lower():
+            return False
+        pa = {k: (v.lower() if v is not None else None) for k, v in a.params.items()}
+        pb = {k: (v.lower() if v is not None else None) for k, v in b.params.items()}
+        return pa == pb
+    if isinstance(a, AbsoluteUri) and isinstance(b, AbsoluteUri):
+        return a.scheme == b.scheme and a.opaque == b.opaque
+    return False
