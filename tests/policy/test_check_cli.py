@@ -211,3 +211,41 @@ def test_config_check(capsys: pytest.CaptureFixture[str], cfg: Path, tmp_path: P
     assert code == 1 and f"{bad}:{line}: trunks.dialer.mode:" in err
     code, out, _ = run(capsys, "config", "show", "--config", str(cfg), "--trunk", "dialer")
     assert code == 0 and json.loads(out)["rules"]["frequency"]["cap"] == 4
+
+
+def test_check_uses_the_configured_embedded_store(capsys: pytest.CaptureFixture[str], cfg: Path) -> None:
+    """Lists imported into the real embedded store (through its importer) are what `check` consults."""
+    stores = pytest.importorskip("sipfilter.stores")
+    importer = pytest.importorskip("sipfilter.stores.importer")
+    if not hasattr(stores, "open_store"):
+        pytest.skip("no open_store yet")
+    import asyncio
+
+    from conftest import ts
+
+    from sipfilter.config import load_config
+    from sipfilter.policy.rulepack import normaliser_for
+
+    config = load_config(cfg)
+
+    async def provision() -> None:
+        store = await stores.open_store(config, watch=False)
+        try:
+            for name, lines in (("bloctel", "0699999999\n06 92 12 34 56\n"), ("optouts", "")):
+                src = cfg.parent / f"{name}.txt"
+                src.write_text(lines)
+                result = importer.read_list(src, normaliser_for(config))
+                await store.put_list(name, result.numbers, result.source, imported_at=ts(AT) - 3600)
+        finally:
+            await store.close()
+
+    asyncio.run(provision())
+    base = ["check", "--config", str(cfg), "--from", "0162123456", "--at", AT, "--json"]
+    code, out, _ = run(capsys, *base, "--to", "sip:+33699999999@carrier;user=phone")
+    assert code == 1 and json.loads(out)["rule"] == "callee.dnc.bloctel"
+    code, out, _ = run(capsys, *base, "--to", "+262692123456")  # imported in national form
+    data = json.loads(out)
+    assert code == 1 and data["rule"] == "time.window"  # 13:00 in Réunion comes first
+    assert data["outcomes"]["callee.dnc.bloctel"]["result"] == "fail"
+    code, out, _ = run(capsys, *base, "--to", "0611223344")  # not listed, but no consent recorded
+    assert code == 1 and json.loads(out)["rule"] == "callee.consent"
