@@ -84,7 +84,7 @@ def write_calls_csv(path: Path, cases: Iterable[CallCase]) -> Path:
 
 def read_calls_csv(path: Path) -> list[CallCase]:
     cases: list[CallCase] = []
-    for line in path.read_text(encoding="ascii").splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         if not line.strip() or line.startswith(("#", "SEQUENTIAL", "RANDOM", "USER")):
             continue
         caller, callee, expected = [*line.split(";"), "", "", ""][:3]
@@ -478,11 +478,13 @@ def write_config(path: Path, config: Mapping[str, Any]) -> Path:
     return path
 
 
-def sipfilter_cli(args: Sequence[str], *, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
-    """Run one `sipfilter …` command (lists import, consent add, …) and return it; raise if it fails."""
+def sipfilter_cli(args: Sequence[str], *, timeout_s: float = 120.0,
+                  ok_codes: Sequence[int] = (0,)) -> subprocess.CompletedProcess[str]:
+    """Run one `sipfilter …` command (lists import, consent add, …) and return it; raise if its exit
+    status is not in `ok_codes`."""
     proc = subprocess.run([sys.executable, "-m", "sipfilter", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout_s, check=False)
-    if proc.returncode != 0:
+    if proc.returncode not in ok_codes:
         raise HarnessError(
             f"sipfilter {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
     return proc
