@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from conftest import CALLEE, OPEN
 from memstore import MemoryStore
+from policy_helpers import CALLEE, OPEN
 
 from sipfilter.policy.engine import PolicyEngine
 from sipfilter.policy.verdict import FAIL, PASS, SKIP

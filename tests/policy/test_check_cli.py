@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, write_config
 from memstore import MemoryStore
+from policy_helpers import ROOT, write_config
 
 import sipfilter.stores
 from sipfilter.cli import main
@@ -26,7 +26,7 @@ def cfg(tmp_path: Path) -> Path:
 @pytest.fixture
 def mem(monkeypatch: pytest.MonkeyPatch) -> MemoryStore:
     """Make `open_store` hand out an in-memory store (whatever the stores package provides)."""
-    from conftest import ts
+    from policy_helpers import ts
 
     store = MemoryStore()
     store.add_list("bloctel", ["+33699999999"], imported_at=ts(AT) - 86400)
@@ -221,7 +221,7 @@ def test_check_uses_the_configured_embedded_store(capsys: pytest.CaptureFixture[
         pytest.skip("no open_store yet")
     import asyncio
 
-    from conftest import ts
+    from policy_helpers import ts
 
     from sipfilter.config import load_config
     from sipfilter.policy.rulepack import normaliser_for

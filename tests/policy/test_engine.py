@@ -6,10 +6,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import CALLEE, NPV, OPEN
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from memstore import MemoryStore
+from policy_helpers import CALLEE, NPV, OPEN
 
 from sipfilter.policy.engine import PolicyEngine, UnknownTrunk, split_header_values
 from sipfilter.policy.verdict import Verdict

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import CALLEE, NPV, ts
 from memstore import MemoryStore
+from policy_helpers import CALLEE, NPV, ts
 
 from sipfilter.policy.engine import PolicyEngine
 from sipfilter.policy.verdict import SKIP

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from conftest import ts
 from memstore import MemoryStore
+from policy_helpers import ts
 
 from sipfilter.policy.engine import PolicyEngine
 from sipfilter.policy.hours import parse_consent_hours
