@@ -2,10 +2,10 @@
 It must never raise into the call path nor block the event loop beyond one write() (and fsync if asked).
 
 Durability: each line is one os.write() on an O_APPEND descriptor (no user-space buffer), so it is in the
-kernel before the SIP answer goes out and survives a crash or restart of sipfilter;
-fsync policy (`audit.fsync`):
-`never` (the kernel writes back, a power loss may lose the last seconds), `rotate` (default: fsync before each
-rotation) or `always` (fsync every line: durable against power loss, costs a disk flush per call).
+kernel before the SIP answer goes out and survives a crash or restart of sipfilter. fsync policy
+(`audit.fsync`): `never` (the kernel writes back; a power loss may lose the last seconds), `rotate`
+(default: fsync of the finished file at each rotation, in a background thread) or `always` (fsync every
+line: durable against power loss, costs one disk flush per call on the event loop).
 Write errors (disk full, …) never raise into the call path: they set `failing`, count `write_errors` and the
 trunk-independent `on_write_error` policy tells the B2BUA whether to keep relaying (`should_relay`).
 """
@@ -58,6 +58,15 @@ def decision_record(facts: CallFacts, decision: Decision, account: str, mode: st
     }
 
 
+def _fsync_and_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        log.error("audit log fsync before rotation failed: %s", exc)
+    finally:
+        os.close(fd)
+
+
 class AuditLog:
     """Appends decision records; thread-safe; call `close()` on shutdown."""
 
@@ -92,8 +101,12 @@ class AuditLog:
     def _rotate(self) -> None:
         if self._fd is not None:
             if self.fsync != "never":
-                os.fsync(self._fd)
-            os.close(self._fd)
+                # Flushing up to max_bytes of dirty pages can take a while: do it off the event loop.
+                threading.Thread(
+                    target=_fsync_and_close, args=(self._fd,), name="audit-fsync", daemon=True
+                ).start()
+            else:
+                os.close(self._fd)
             self._fd = None
         if self.backups == 0:
             self.path.unlink(missing_ok=True)
