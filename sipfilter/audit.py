@@ -85,6 +85,7 @@ class AuditLog:
         self._size = 0
         self._torn = False  # a partial line may have been written: start the next one on a new line
         self._last_logged = 0.0
+        self._syncing: list[threading.Thread] = []  # background fsyncs of rotated files
 
     @property
     def should_relay(self) -> bool:
@@ -102,9 +103,11 @@ class AuditLog:
         if self._fd is not None:
             if self.fsync != "never":
                 # Flushing up to max_bytes of dirty pages can take a while: do it off the event loop.
-                threading.Thread(
+                t = threading.Thread(
                     target=_fsync_and_close, args=(self._fd,), name="audit-fsync", daemon=True
-                ).start()
+                )
+                t.start()
+                self._syncing = [x for x in self._syncing if x.is_alive()] + [t]
             else:
                 os.close(self._fd)
             self._fd = None
@@ -175,6 +178,8 @@ class AuditLog:
         return self.write(decision_record(facts, decision, account, mode))
 
     def close(self) -> None:
+        for t in self._syncing:
+            t.join(timeout=30)
         with self._lock:
             if self._fd is not None:
                 try:
