@@ -1,0 +1,293 @@
+"""Admin HTTP API route handlers (aiohttp): refusals, consents, contracts and lists, on the running store.
+
+Only handlers: the HTTP server, its bind address and /metrics live in sipfilter/http.py. JSON in, JSON out;
+every write is one store call, so a dialer can record a refusal the moment the consumer says no.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from sipfilter.policy.numbers import Normaliser
+from sipfilter.stores import ContractRecord, StoreError, StoreUnavailable, WritableStore
+from sipfilter.stores.base import ConsentRecord, ListInfo
+from sipfilter.stores.importer import FORMATS, ListFileError, SourceInfo, read_list
+from sipfilter.stores.numberset import NumberSet
+
+GetStore = Callable[[], WritableStore]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+MAX_LIST_UPLOAD = 2 << 30  # bytes: a 20 M-number Bloctel file is ~250 MB
+DEFAULT_WINDOW_S = 30 * 86400.0
+
+
+class BadRequest(Exception):
+    """The request is malformed: answered 400 with the message."""
+
+
+def _json_error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def _info(info: ListInfo) -> dict[str, Any]:
+    return {name: getattr(info, name) for name in info.__slots__}
+
+
+def _time(value: Any, field: str) -> float:
+    if value is None:
+        return time.time()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            when = datetime.fromisoformat(value)
+        except ValueError:
+            raise BadRequest(f"{field}: expected epoch seconds or ISO-8601, got {value!r}") from None
+        if when.tzinfo is None:
+            raise BadRequest(f"{field}: add a UTC offset to {value!r}")
+        return when.timestamp()
+    raise BadRequest(f"{field}: expected epoch seconds or ISO-8601, got {value!r}")
+
+
+class _Api:
+    def __init__(self, get_store: GetStore, normaliser: Normaliser, region: str, token: str | None):
+        self.get_store = get_store
+        self.normaliser = normaliser
+        self.region = region
+        self.token = token
+
+    def normalise(self, number: str) -> str | None:
+        n = self.normaliser.number(number, self.region)
+        return n.e164 if n.ok else None
+
+    def wrap(self, handler: Handler) -> Handler:
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            if self.token is not None:
+                auth = request.headers.get("Authorization", "")
+                if not hmac.compare_digest(auth.encode(), f"Bearer {self.token}".encode()):
+                    return _json_error(401, "missing or wrong bearer token")
+            try:
+                return await handler(request)
+            except (BadRequest, StoreError, ListFileError) as exc:
+                return _json_error(400, str(exc))
+            except StoreUnavailable as exc:
+                return _json_error(503, str(exc))
+
+        return wrapped
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        data: dict[str, Any] = dict(request.query)
+        if request.can_read_body:
+            try:
+                body = await request.json()
+            except ValueError:
+                raise BadRequest("the body is not JSON") from None
+            if not isinstance(body, dict):
+                raise BadRequest("the body must be a JSON object")
+            data.update(body)
+        return data
+
+    def _who(self, data: dict[str, Any]) -> tuple[str, str]:
+        account, number = data.get("account"), data.get("number")
+        if not isinstance(account, str) or not account:
+            raise BadRequest("account: required (the professional account, as in the trunk config)")
+        if not isinstance(number, str) or not number:
+            raise BadRequest("number: required")
+        e164 = self.normalise(number)
+        if e164 is None:
+            raise BadRequest(f"number: {number!r} is not a telephone number")
+        return account, e164
+
+    # --- refusals ---
+    async def post_refusal(self, request: web.Request) -> web.Response:
+        data = await self._body(request)
+        account, number = self._who(data)
+        at = _time(data.get("at"), "at")
+        await self.get_store().record_refusal(account, number, at)
+        return web.json_response({"account": account, "number": number, "at": at}, status=201)
+
+    async def get_refusal(self, request: web.Request) -> web.Response:
+        data = await self._body(request)
+        account, number = self._who(data)
+        store = self.get_store()
+        window = float(data.get("window_s", DEFAULT_WINDOW_S))
+        return web.json_response({"account": account, "number": number,
+                                  "last_refusal": await store.last_refusal(account, number),
+                                  "attempts": await store.attempts(account, number, time.time(), window),
+                                  "window_s": window})
+
+    # --- consents ---
+    async def post_consent(self, request: web.Request) -> web.Response:
+        data = await self._body(request)
+        account, number = self._who(data)
+        proof = data.get("proof")
+        if not isinstance(proof, str) or not proof:
+            raise BadRequest("proof: required (recording id, form id, …)")
+        hours = data.get("hours")
+        if hours is not None and not isinstance(hours, str):
+            raise BadRequest("hours: expected text such as 'mon-sat 09:00-21:00'")
+        granted_at = _time(data.get("granted_at", data.get("at")), "granted_at")
+        rec = ConsentRecord(account, number, granted_at, proof, None, hours)
+        await self.get_store().add_consent(rec)
+        return web.json_response(_record(rec), status=201)
+
+    async def delete_consent(self, request: web.Request) -> web.Response:
+        data = await self._body(request)
+        account, number = self._who(data)
+        at = _time(data.get("at"), "at")
+        n = await self.get_store().revoke_consent(account, number, at)
+        return web.json_response({"account": account, "number": number, "at": at, "revoked": n},
+                                 status=200 if n else 404)
+
+    async def get_consents(self, request: web.Request) -> web.Response:
+        data = await self._body(request)
+        account, number = self._who(data)
+        store = self.get_store()
+        return web.json_response({"account": account, "number": number,
+                                  "consents": [_record(r) for r in await store.consents(account, number)],
+                                  "contracts": [_record(r) for r in await store.contracts(account, number)]})
+
+    # --- contracts ---
+    async def post_contract(self, request: web.Request) -> web.Response:
+        data = await self._body(request)
+        account, number = self._who(data)
+        end = data.get("ended_at", data.get("end"))
+        rec = ContractRecord(account, number, _time(data.get("started_at", data.get("start")), "started_at"),
+                             None if end is None else _time(end, "ended_at"), str(data.get("reference", "")))
+        await self.get_store().add_contract(rec)
+        return web.json_response(_record(rec), status=201)
+
+    async def delete_contract(self, request: web.Request) -> web.Response:
+        data = await self._body(request)
+        account, number = self._who(data)
+        at = _time(data.get("at"), "at")
+        n = await self.get_store().end_contract(account, number, at)
+        return web.json_response({"account": account, "number": number, "at": at, "ended": n},
+                                 status=200 if n else 404)
+
+    # --- lists ---
+    async def get_lists(self, request: web.Request) -> web.Response:
+        store = self.get_store()
+        infos = [store.list_info(n) for n in store.list_names()]
+        return web.json_response([_info(i) for i in infos if i is not None])
+
+    async def get_list(self, request: web.Request) -> web.Response:
+        store = self.get_store()
+        name = request.match_info["name"]
+        info = store.list_info(name)
+        if info is None:
+            return _json_error(404, f"no list named {name!r}")
+        out = _info(info)
+        number = request.query.get("number")
+        if number is not None:
+            e164 = self.normalise(number)
+            if e164 is None:
+                raise BadRequest(f"number: {number!r} is not a telephone number")
+            out["number"] = e164
+            out["contains"] = store.list_contains(name, e164)
+        return web.json_response(out)
+
+    async def get_list_numbers(self, request: web.Request) -> web.StreamResponse:
+        store = self.get_store()
+        name = request.match_info["name"]
+        try:
+            numbers = store.list_numbers(name)
+        except KeyError:
+            return _json_error(404, f"no list named {name!r}")
+        resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=ascii"})
+        await resp.prepare(request)
+        batch: list[str] = []
+        for n in numbers:
+            batch.append(n)
+            if len(batch) >= 65536:
+                await resp.write(("\n".join(batch) + "\n").encode())
+                batch.clear()
+        if batch:
+            await resp.write(("\n".join(batch) + "\n").encode())
+        await resp.write_eof()
+        return resp
+
+    async def put_list(self, request: web.Request) -> web.Response:
+        """Body: the list file. Query: format, column, mode (replace|add|remove), max_bad_share,
+        source_name (recorded as the list's source file name)."""
+        name = request.match_info["name"]
+        q = request.query
+        fmt, mode = q.get("format", "auto"), q.get("mode", "replace")
+        if fmt not in FORMATS or mode not in ("replace", "add", "remove"):
+            raise BadRequest(f"format: one of {FORMATS}; mode: replace, add or remove")
+        try:
+            max_bad = float(q.get("max_bad_share", "0.01"))
+        except ValueError:
+            raise BadRequest("max_bad_share: expected a number") from None
+        with tempfile.TemporaryDirectory(prefix="sipfilter-upload-") as tmp:
+            path = Path(tmp) / Path(q.get("source_name", f"{name}.upload")).name
+            size = 0
+            with open(path, "wb") as f:
+                async for chunk in request.content.iter_chunked(1 << 20):
+                    size += len(chunk)
+                    if size > MAX_LIST_UPLOAD:
+                        return _json_error(413, f"list files are limited to {MAX_LIST_UPLOAD} bytes")
+                    f.write(chunk)
+            # Parsing 20 M lines takes a while: off the event loop, calls keep flowing meanwhile.
+            result = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: read_list(path, self.normaliser, fmt=fmt, column=q.get("column"),
+                                        region=self.region))
+        bad = [{"line": b.line, "text": b.text, "reason": b.reason} for b in result.bad_lines]
+        if result.bad_share > max_bad:
+            error = f"{result.bad} of {result.lines} lines are bad: list unchanged"
+            return web.json_response({"error": error, "bad_lines": bad}, status=422)
+        store = self.get_store()
+        numbers = result.numbers
+        if mode != "replace":
+            try:
+                current = store.list_numbers(name)
+            except KeyError:
+                current = NumberSet()
+            numbers = current.union(numbers) if mode == "add" else current.difference(numbers)
+        info = await store.put_list(name, numbers, SourceInfo(path.name, result.source.size,
+                                                              result.source.sha256))
+        return web.json_response({"list": _info(info), "lines": result.lines, "bad": result.bad,
+                                  "duplicates": result.duplicates, "bad_lines": bad}, status=201)
+
+    async def delete_list(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if not await self.get_store().delete_list(name):
+            return _json_error(404, f"no list named {name!r}")
+        return web.json_response({"deleted": name})
+
+
+def _record(rec: ConsentRecord | ContractRecord) -> dict[str, Any]:
+    return {name: getattr(rec, name) for name in rec.__slots__}
+
+
+def add_admin_routes(app: web.Application, get_store: GetStore, *, normaliser: Normaliser | None = None,
+                     region: str = "FR", token: str | None = None) -> None:
+    """Add the /api/… routes to `app`.
+
+    `get_store` returns the running store (called per request, so a reload can swap it).
+    `normaliser` and `region`: pass the call path's (`rulepack.normaliser_for(config)`, the trunk's region)
+    so that records match what the policy engine looks up. `token`: when set, every route requires
+    `Authorization: Bearer <token>` (http.py may instead check it in a middleware and pass None)."""
+    api = _Api(get_store, normaliser or Normaliser(), region, token)
+    w = api.wrap
+    app.router.add_post("/api/refusals", w(api.post_refusal))
+    app.router.add_get("/api/refusals", w(api.get_refusal))
+    app.router.add_post("/api/consents", w(api.post_consent))
+    app.router.add_delete("/api/consents", w(api.delete_consent))
+    app.router.add_get("/api/consents", w(api.get_consents))
+    app.router.add_post("/api/contracts", w(api.post_contract))
+    app.router.add_delete("/api/contracts", w(api.delete_contract))
+    app.router.add_get("/api/lists", w(api.get_lists))
+    app.router.add_get("/api/lists/{name}", w(api.get_list))
+    app.router.add_get("/api/lists/{name}/numbers", w(api.get_list_numbers))
+    app.router.add_put("/api/lists/{name}", w(api.put_list))
+    app.router.add_delete("/api/lists/{name}", w(api.delete_list))
