@@ -41,6 +41,32 @@ def _load(path: str) -> Config | None:
         return None
 
 
+def warnings(config: Config) -> list[str]:
+    """Valid but risky choices an operator should see before going live (fail-open settings, [U] points)."""
+    out: list[str] = []
+    for t in config.trunks.values():
+        rules = config.rules[t.name]
+        where = f"trunk {t.name}"
+        if t.mode == "monitor":
+            out.append(f"{where}: monitor mode — would-be rejections are relayed (counted and logged only)")
+        if t.on_store_error == "allow":
+            out.append(f"{where}: on_store_error: allow — calls pass unchecked while the store is down")
+        if t.on_stale_list == "allow-and-alert":
+            out.append(f"{where}: on_stale_list: allow-and-alert — stale or missing DNC lists do not block")
+        if t.prospecting and not t.lists.dnc:
+            out.append(f"{where}: prospecting without any do-not-call list (company opt-outs?)")
+        if t.prospecting and rules.lists.consent_from == float("inf"):
+            out.append(f"{where}: consent.required_from is null — the opt-in rule (L223-1, 2026) is off")
+        if not t.automated:
+            out.append(f"{where}: automated: false — caller-ID (NPV) rules are not applied")
+        for cat in {c.name: c for c in rules.caller_id.prefixes.values()}.values():
+            if cat.allow and cat.name == "special-rate":
+                out.append(
+                    f"{where}: 081/082 caller IDs allowed — uncertain legal basis (needs a legal check)"
+                )
+    return out
+
+
 def check(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
@@ -56,6 +82,8 @@ def check(args: argparse.Namespace) -> int:
             f"dnc lists {', '.join(t.lists.dnc) or 'none'}, {len(t.targets)} target(s)"
         )
     print(f"  store: {config.store.backend}; audit log: {config.audit.path}")
+    for w in warnings(config):
+        print(f"warning: {w}")
     return 0
 
 
@@ -99,4 +127,3 @@ def show(args: argparse.Namespace) -> int:
 
 def asdict_shallow(obj: Any) -> dict[str, Any]:
     return {f.name: getattr(obj, f.name) for f in fields(obj)}
-

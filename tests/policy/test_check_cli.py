@@ -209,6 +209,11 @@ def test_config_check(capsys: pytest.CaptureFixture[str], cfg: Path, tmp_path: P
     code, _, err = run(capsys, "config", "check", "--config", str(bad))
     line = bad.read_text().splitlines().index("    mode: loud") + 1
     assert code == 1 and f"{bad}:{line}: trunks.dialer.mode:" in err
+    assert "warning:" not in out  # the example is fail-closed
+    risky = tmp_path / "risky.yaml"
+    risky.write_text(cfg.read_text().replace("on_store_error: reject", "on_store_error: allow"))
+    code, out, _ = run(capsys, "config", "check", "--config", str(risky))
+    assert code == 0 and "warning: trunk dialer: on_store_error: allow" in out
     code, out, _ = run(capsys, "config", "show", "--config", str(cfg), "--trunk", "dialer")
     assert code == 0 and json.loads(out)["rules"]["frequency"]["cap"] == 4
 
