@@ -81,6 +81,23 @@ class PolicyEngine:
         except KeyError:
             raise UnknownTrunk(trunk) from None
 
+    def rule_ids(self, trunk: str) -> tuple[str, ...]:
+        """Every rule id this trunk can report, in evaluation order (e.g. to pre-create metric labels)."""
+        t = self.trunk(trunk)
+        return (
+            NUMBER_RULE,
+            *caller_id.RULES,
+            hours.HOLIDAY_RULE,
+            hours.WINDOW_RULE,
+            lists.STALE_RULE,
+            *(lists.DNC_PREFIX + name for name in t.lists.dnc),
+            lists.SECTOR_RULE,
+            lists.CONSENT_RULE,
+            frequency.REFUSAL_RULE,
+            frequency.CAP_RULE,
+            STORE_RULE,
+        )
+
     # -- facts ---------------------------------------------------------------------------------------
     def facts(
         self,

@@ -99,6 +99,13 @@ async def test_whole_store_down_and_backend_bug_never_raise(
     assert "RuntimeError" in d.verdict.reason
 
 
+async def test_rule_ids_cover_every_outcome(engine: PolicyEngine, consent_all: MemoryStore) -> None:
+    d = await engine.decide(engine.facts("dialer", NPV, CALLEE, at=OPEN), consent_all)
+    ids = engine.rule_ids("dialer")
+    assert list(d.outcomes) == [r for r in ids if r != "store.unavailable"]
+    assert "callee.dnc.bloctel" in ids and "store.unavailable" in ids
+
+
 async def test_unknown_trunk(engine: PolicyEngine) -> None:
     with pytest.raises(UnknownTrunk):
         engine.facts("nope", NPV, CALLEE)
