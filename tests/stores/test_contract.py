@@ -156,3 +156,27 @@ async def test_counters_survive_reopen(store: WritableStore, open_other: OpenOth
     other = await open_other()
     assert await other.attempts(A, N1, T0 + 10, 30 * DAY) == 3
     assert await other.last_refusal(A, N2) == T0
+
+
+async def test_watcher_picks_up_imports_from_another_process(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest, store: WritableStore
+) -> None:
+    from sipfilter.stores.embedded import EmbeddedStore
+    from sipfilter.stores.redis_store import RedisStore
+
+    watching: WritableStore
+    if backend == "redis":
+        watching = await RedisStore.open(request.getfixturevalue("redis_server").url, poll_interval=0.02)
+    else:
+        watching = await EmbeddedStore.open(tmp_path / "data", poll_interval=0.02)
+    try:
+        await store.put_list("dnc", NumberSet.from_numbers([N1]), SRC)
+        await store.add_consent(ConsentRecord(A, N1, T0, "p"))
+        for _ in range(200):
+            if watching.list_names() == ["dnc"] and watching.consent_for(A, N1, T0) is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert watching.list_contains("dnc", N1)
+        assert watching.consent_for(A, N1, T0) is not None
+    finally:
+        await watching.close()

@@ -1,0 +1,98 @@
+"""`sipfilter lists|consent|refusal` end to end on both backends (in-process CLI, real stores)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from sipfilter.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def config(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    data: dict[str, Any] = yaml.safe_load((ROOT / "config" / "sipfilter.yaml").read_text())
+    data["rule_packs"] = {"fr": str(ROOT / "config" / "rules" / "fr.yaml")}
+    data["store"]["data_dir"] = str(tmp_path / "data")
+    data["audit"]["path"] = str(tmp_path / "audit.jsonl")
+    if backend == "redis":
+        data["store"]["backend"] = "redis"
+        data["store"]["redis_url"] = request.getfixturevalue("redis_server").url
+    path = tmp_path / "sipfilter.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_lists_lifecycle(config: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    c = ("--config", config)
+    src = tmp_path / "bloctel.csv"
+    src.write_text("NUMERO;DATE\n0612345678;2026-01-01\n0692123456;2026-01-02\n0612;x\n")
+    code, _, err = run(capsys, "lists", "import", *c, "--list", "bloctel", str(src))
+    assert code == 1 and "line 4" in err and "left unchanged" in err
+    code, out, _ = run(capsys, "lists", "show", *c)
+    assert code == 0 and "no lists" in out
+    code, out, err = run(capsys, "lists", "import", *c, "--list", "bloctel", str(src),
+                         "--max-bad-share", "0.5")
+    assert code == 0 and "2 numbers" in out, err
+    assert "reading" in err  # plain progress lines when not on a terminal
+    code, out, _ = run(capsys, "lists", "show", *c, "bloctel", "--json", "--number", "0692123456")
+    info = json.loads(out)
+    assert code == 0 and info["contains"] is True and info["number"] == "+262692123456"
+    assert info["source_name"] == "bloctel.csv" and info["source_size"] == src.stat().st_size
+    code, _, _ = run(capsys, "lists", "show", *c, "bloctel", "--number", "0611111111")
+    assert code == 3
+    extra = tmp_path / "extra.txt"
+    extra.write_text("0611111111\n0612345678\n")
+    assert run(capsys, "lists", "import", *c, "--list", "bloctel", str(extra), "--add")[0] == 0
+    code, out, _ = run(capsys, "lists", "export", *c, "bloctel")
+    assert sorted(out.split()) == ["+262692123456", "+33611111111", "+33612345678"]
+    assert run(capsys, "lists", "import", *c, "--list", "bloctel", str(extra), "--remove")[0] == 0
+    code, out, _ = run(capsys, "lists", "export", *c, "bloctel")
+    assert out.split() == ["+262692123456"]
+    code, out, _ = run(capsys, "lists", "stats", *c, "--json")
+    stats = json.loads(out)
+    assert [(x["name"], x["count"]) for x in stats["lists"]] == [("bloctel", 1)]
+    assert stats["lists"][0]["version"] == 3
+    assert run(capsys, "lists", "delete", *c, "bloctel", "--yes")[0] == 0
+    code, _, err = run(capsys, "lists", "export", *c, "bloctel")
+    assert code == 1 and "no list named" in err
+
+
+def test_consent_contract_refusal(config: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    c = ("--config", config)
+    src = tmp_path / "consents.csv"
+    src.write_text("number;granted_at;proof\n0612000100;2026-01-01T10:00:00+01:00;form-1\n0612000101;;\n")
+    code, out, err = run(capsys, "consent", "import", *c, str(src))
+    assert code == 0 and "2 consents" in out, err
+    code, out, _ = run(capsys, "consent", "show", *c, "06 12 00 01 00", "--json")
+    shown = json.loads(out)
+    assert shown["account"] == "acme-energie"  # the config's only account
+    assert [c["proof"] for c in shown["consents"]] == ["form-1"]
+    code, out, _ = run(capsys, "consent", "show", *c, "0612000101", "--json")
+    assert json.loads(out)["consents"][0]["proof"] == "import:consents.csv:3"
+    assert run(capsys, "consent", "revoke", *c, "0612000100")[0] == 0
+    assert run(capsys, "consent", "revoke", *c, "0612000100")[0] == 3  # nothing in force
+    assert run(capsys, "consent", "add", *c, "0612000102", "--proof", "rec-9",
+               "--at", "2026-03-01T09:00:00+01:00", "--hours", "mon-sat 09:00-21:00")[0] == 0
+    assert run(capsys, "consent", "contract", "add", *c, "0612000103", "--reference", "K")[0] == 0
+    code, out, _ = run(capsys, "consent", "show", *c, "0612000103", "--json")
+    assert json.loads(out)["contracts"][0]["reference"] == "K"
+    assert run(capsys, "consent", "contract", "end", *c, "0612000103")[0] == 0
+    assert run(capsys, "refusal", "add", *c, "0612000104", "--at", "1780000000")[0] == 0
+    code, out, _ = run(capsys, "refusal", "show", *c, "0612000104", "--json")
+    assert json.loads(out)["last_refusal"] == 1780000000.0
+    code, _, err = run(capsys, "refusal", "add", *c, "banana")
+    assert code == 1 and "not a telephone number" in err
+    code, _, err = run(capsys, "consent", "add", *c, "0612000105", "--proof", "p", "--at", "noon")
+    assert code == 1 and "ISO-8601" in err
