@@ -44,13 +44,20 @@ URI_PARAM: Final = rf"{PARAMCHAR}+(?:={PARAMCHAR}+)?"
 URI_HEADER: Final = rf"{HNV_CHAR}+={HNV_CHAR}*"
 SCHEME: Final = r"[A-Za-z][A-Za-z0-9+\-.]*"
 
+# The compiled URI pattern uses character classes (with '%') instead of the per-character alternation of
+# the ABNF, which is ~2x faster; the %HH form of escapes is then checked with BAD_ESCAPE_RE.
+USER_CHARS: Final = rf"[{UNRESERVED}{USER_UNRESERVED}%]"
+PASSWORD_CHARS: Final = rf"[{UNRESERVED}&=+$,%]"
+PARAM_CHARS: Final = rf"[{UNRESERVED}\[\]/:&+$%]"
+HNV_CHARS: Final = rf"[{UNRESERVED}\[\]/?:+$%]"
 SIP_URI_RE: Final = re.compile(
-    r"(?P<scheme>[Ss][Ii][Pp][Ss]?):"
-    rf"(?:(?P<user>{USER})(?::(?P<password>{PASSWORD}))?@)?"
-    rf"(?P<host>{HOST})(?::(?P<port>{PORT}))?"
-    rf"(?P<params>(?:;{URI_PARAM})*)"
-    rf"(?:\?(?P<headers>{URI_HEADER}(?:&{URI_HEADER})*))?"
+    r"([Ss][Ii][Pp](?:[Ss])?):"
+    rf"(?:({USER_CHARS}+)(?::({PASSWORD_CHARS}*))?@)?"
+    rf"({HOST})(?::({PORT}))?"
+    rf"((?:;{PARAM_CHARS}+(?:={PARAM_CHARS}+)?)*)"
+    rf"(?:\?({HNV_CHARS}+={HNV_CHARS}*(?:&{HNV_CHARS}+={HNV_CHARS}*)*))?"
 )
+BAD_ESCAPE_RE: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
 # absoluteURI (RFC 3261 §25.1 / RFC 3986): scheme ":" then opaque URI characters, no whitespace or <>".
 ABSOLUTE_URI_RE: Final = re.compile(rf"(?P<scheme>{SCHEME}):(?P<opaque>[^\s<>\"\x00-\x1f\x7f]+)")
 
@@ -70,6 +77,8 @@ STATUS_LINE_RE: Final = re.compile(rf"{SIP_VERSION} (?P<status>\d+)(?: (?P<reaso
 # --- header fields (RFC 3261 §7.3) -----------------------------------------------------------------------
 # Greedy value that cannot end in WSP, so only trailing whitespace is ever backtracked over.
 HEADER_LINE_RE: Final = re.compile(rf"({TOKEN}){SWS}:{SWS}((?:[^\r\n]*[^\r\n \t])?){SWS}")
+# The whole header block at once (MULTILINE): one match per line; the caller checks none was skipped.
+HEADER_LINES_RE: Final = re.compile(rf"^({TOKEN}){SWS}:{SWS}((?:[^\r\n]*[^\r\n \t])?){SWS}\r?$", re.MULTILINE)
 FOLD_RE: Final = re.compile(r"\r\n(?=[ \t])")
 
 GEN_VALUE: Final = rf"(?:{TOKEN}|{IPV6REFERENCE}|{QUOTED_STRING})"
@@ -79,16 +88,15 @@ PARAMS: Final = rf"(?:{SWS};{SWS}{GENERIC_PARAM})*"
 
 # via-parm (§20.42): sent-protocol LWS sent-by *( SEMI via-params ); SLASH = SWS "/" SWS.
 VIA_RE: Final = re.compile(
-    rf"{SWS}(?P<protocol>{TOKEN}){SWS}/{SWS}(?P<version>{TOKEN}){SWS}/{SWS}(?P<transport>{TOKEN})"
-    rf"{LWS}(?P<host>{HOST})(?:{SWS}:{SWS}(?P<port>{PORT}))?(?P<params>{PARAMS}){SWS}"
+    rf"{SWS}({TOKEN}){SWS}/{SWS}({TOKEN}){SWS}/{SWS}({TOKEN})"
+    rf"{LWS}({HOST})(?:{SWS}:{SWS}({PORT}))?({PARAMS}){SWS}"
 )
 
 # name-addr / addr-spec with header params (§20.10, §20.20, §20.39); an addr-spec without <> stops at
 # ';', ',' and '?' so its ;params are header params (RFC 3261 §20).
 DISPLAY_NAME: Final = rf"(?:{QUOTED_STRING}|{TOKEN}(?:{LWS}{TOKEN})*)"
 NAME_ADDR_RE: Final = re.compile(
-    rf"{SWS}(?:(?P<display>{DISPLAY_NAME})?{SWS}<(?P<uri>[^<>\s]+)>|(?P<spec>[^\s;,<>\"?]+))"
-    rf"(?P<params>{PARAMS}){SWS}"
+    rf"{SWS}(?:({DISPLAY_NAME})?{SWS}<([^<>\s]+)>|([^\s;,<>\"?]+))({PARAMS}){SWS}"
 )
 COMMA_RE: Final = re.compile(rf"{SWS},")
 

@@ -85,14 +85,14 @@ _CL: Final = "content-length"
 
 # --- typed header parsers, module level so Headers.typed() can cache them without closures ------------
 def _single(h: Headers, key: str, what: str) -> str:
-    lines = h.get_lines(key)
+    lines = h.lines_of(key)
     if len(lines) != 1:
         raise ParseError(f"Missing {what} header" if not lines else f"Multiple {what} headers")
     return lines[0]
 
 
 def _vias(h: Headers) -> list[Via]:
-    return parse_vias(h.get_lines("via"))
+    return parse_vias(h.lines_of("via"))
 
 
 def _from(h: Headers) -> NameAddr:
@@ -115,37 +115,37 @@ def _cseq(h: Headers) -> CSeq:
 
 
 def _contacts(h: Headers) -> list[NameAddr]:
-    lines = h.get_lines("contact")
+    lines = h.lines_of("contact")
     if len(lines) == 1 and lines[0] == "*":
         return []
     return parse_name_addrs(lines, what="Contact header")
 
 
 def _contact_star(h: Headers) -> bool:
-    lines = h.get_lines("contact")
+    lines = h.lines_of("contact")
     if "*" in lines and len(lines) > 1:
         raise ParseError("Contact * mixed with other contacts")
     return lines == ["*"]
 
 
 def _routes(h: Headers) -> list[NameAddr]:
-    return parse_name_addrs(h.get_lines("route"), what="Route header")
+    return parse_name_addrs(h.lines_of("route"), what="Route header")
 
 
 def _record_routes(h: Headers) -> list[NameAddr]:
-    return parse_name_addrs(h.get_lines("record-route"), what="Record-Route header")
+    return parse_name_addrs(h.lines_of("record-route"), what="Record-Route header")
 
 
 def _pais(h: Headers) -> list[NameAddr]:
-    return parse_name_addrs(h.get_lines("p-asserted-identity"), what="P-Asserted-Identity header")
+    return parse_name_addrs(h.lines_of("p-asserted-identity"), what="P-Asserted-Identity header")
 
 
 def _ppis(h: Headers) -> list[NameAddr]:
-    return parse_name_addrs(h.get_lines("p-preferred-identity"), what="P-Preferred-Identity header")
+    return parse_name_addrs(h.lines_of("p-preferred-identity"), what="P-Preferred-Identity header")
 
 
 def _int_header(h: Headers, key: str, what: str) -> int | None:
-    lines = h.get_lines(key)
+    lines = h.lines_of(key)
     if not lines:
         return None
     if len(lines) > 1:
@@ -174,15 +174,15 @@ def _content_type(h: Headers) -> MediaType | None:
 
 
 def _privacy(h: Headers) -> frozenset[str]:
-    return parse_token_set(h.get_lines("privacy"), sep=";")
+    return parse_token_set(h.lines_of("privacy"), sep=";")
 
 
 def _reasons(h: Headers) -> list[Reason]:
-    return parse_reasons(h.get_lines("reason"))
+    return parse_reasons(h.lines_of("reason"))
 
 
 def _warnings(h: Headers) -> list[WarningValue]:
-    return parse_warnings(h.get_lines("warning"))
+    return parse_warnings(h.lines_of("warning"))
 
 
 def _retry_after(h: Headers) -> RetryAfter | None:
@@ -191,15 +191,15 @@ def _retry_after(h: Headers) -> RetryAfter | None:
 
 
 def _require(h: Headers) -> frozenset[str]:
-    return parse_token_set(h.get_lines("require"))
+    return parse_token_set(h.lines_of("require"))
 
 
 def _proxy_require(h: Headers) -> frozenset[str]:
-    return parse_token_set(h.get_lines("proxy-require"))
+    return parse_token_set(h.lines_of("proxy-require"))
 
 
 def _supported(h: Headers) -> frozenset[str]:
-    return parse_token_set(h.get_lines("supported"))
+    return parse_token_set(h.lines_of("supported"))
 
 
 class Message:
@@ -229,7 +229,7 @@ class Message:
         h = self.headers
         lines = [self._start_line()]
         written = False
-        for name, key, value in zip(h._names, h._keys, h._values, strict=True):
+        for key, (name, value) in zip(h._keys, h._items, strict=True):
             if key == _CL:
                 if written:
                     continue
@@ -247,7 +247,7 @@ class Message:
     def _headers_key(self) -> list[tuple[str, str]]:
         # Content-Length is framing, recomputed on output: equality ignores it.
         h = self.headers
-        return [(n, v) for n, k, v in zip(h._names, h._keys, h._values, strict=True) if k != _CL]
+        return [item for k, item in zip(h._keys, h._items, strict=True) if k != _CL]
 
     # --- typed accessors -----------------------------------------------------------------------------
     @property
@@ -542,14 +542,10 @@ def parse(data: bytes, limits: Limits | None = None, *, validate: bool = True) -
     text = data[start:end].decode("utf-8", "surrogateescape")
     if "\r\n " in text or "\r\n\t" in text:
         text = g.FOLD_RE.sub("", text)
-    lines = text.split("\r\n")
-    if len(text) > lim.max_line_bytes and max(map(len, lines)) > lim.max_line_bytes:
-        raise ParseError("Header Line Too Long", is_request=is_req)
-    if len(lines) - 1 > lim.max_headers:
-        raise ParseError("Too Many Headers", is_request=is_req)
-    first = lines[0]
+    first, _, block = text.partition("\r\n")
     method: str | None = None
-    if first.startswith(("SIP/", "sip/", "Sip/")):
+    rm = sm = None
+    if first[:4].upper() == "SIP/":
         is_req = False
         sm = g.STATUS_LINE_RE.fullmatch(first)
         if sm is None:
@@ -563,32 +559,32 @@ def parse(data: bytes, limits: Limits | None = None, *, validate: bool = True) -
         is_req = True
         rm = g.REQUEST_LINE_RE.fullmatch(first)
         if rm is None:
-            method = first.partition(" ")[0] if g.TOKEN_RE.fullmatch(first.partition(" ")[0]) else None
+            word = first.partition(" ")[0]
+            method = word if g.TOKEN_RE.fullmatch(word) else None
             raise ParseError("Malformed request line", is_request=True, method=method)
         method = rm.group("method")
         if rm.group("version") != "2.0":
             raise ParseError("Version Not Supported", 505, is_request=True, method=method)
-    names: list[str] = []
-    values: list[str] = []
-    keys: list[str] = []
-    header_match = g.HEADER_LINE_RE.fullmatch
-    compact = _COMPACT
-    for line in lines[1:]:
-        hm = header_match(line)
-        if hm is None:
-            raise ParseError("Malformed header line", is_request=is_req, method=method)
-        name, value = hm.groups()
-        names.append(name)
-        values.append(value)
-        low = name.lower()
-        keys.append(compact.get(low, low) if len(low) == 1 else low)
+    # One C-level pass over the header block; every line must match (checked by counting below).
+    items: list[tuple[str, str]] = g.HEADER_LINES_RE.findall(block) if block else []
+    nlines = block.count("\r\n") + 1 if block else 0
+    if len(items) != nlines or block.count("\r") != nlines - 1 or block.count("\n") != nlines - 1:
+        raise ParseError(_bad_line(block), is_request=is_req, method=method)
+    if nlines > lim.max_headers:
+        raise ParseError("Too Many Headers", is_request=is_req, method=method)
+    if len(first) > lim.max_line_bytes or (
+        len(block) > lim.max_line_bytes and max(len(v) for _, v in items) > lim.max_line_bytes - 2
+    ):
+        raise ParseError("Header Line Too Long", is_request=is_req, method=method)
+    key_of = _KEYS.get
+    keys = [key_of(name) or _key(name) for name, _ in items]
     ncl = keys.count(_CL)
     if ncl == 0:
         body = data[body_start:]
     else:
         if ncl > 1:
             raise ParseError("Multiple Content-Length headers", is_request=is_req, method=method)
-        cl_text = values[keys.index(_CL)]
+        cl_text = items[keys.index(_CL)][1]
         if cl_text.startswith("-"):
             raise ParseError("Negative Content-Length", is_request=is_req, method=method)
         if not (cl_text.isdigit() and cl_text.isascii()) or len(cl_text.lstrip("0")) > 10:
@@ -597,7 +593,7 @@ def parse(data: bytes, limits: Limits | None = None, *, validate: bool = True) -
         if body_start + cl > n:
             raise ParseError("Content-Length larger than message", is_request=is_req, method=method)
         body = data[body_start : body_start + cl]
-    headers = Headers._trusted(names, values, keys)
+    headers = Headers._trusted(items, keys)
     msg: Request | Response
     if is_req:
         assert rm is not None and method is not None
@@ -618,4 +614,36 @@ def parse(data: bytes, limits: Limits | None = None, *, validate: bool = True) -
     return msg
 
 
-_COMPACT: Final = {k: canonical_name(k) for k in "abcdefghijklmnopqrstuvwxyz"}
+def _bad_line(block: str) -> str:
+    for line in block.split("\r\n"):
+        if "\r" in line or "\n" in line:
+            return "Bare CR or LF in header"
+        if not g.HEADER_LINE_RE.fullmatch(line):
+            return "Malformed header line"
+    return "Malformed header line"
+
+
+# Canonical keys of header names as spelled on the wire; filled for the usual spellings, other
+# spellings are computed per message (no unbounded global cache).
+_KEYS: Final[dict[str, str]] = {}
+for _low in (
+    "via", "from", "to", "call-id", "cseq", "contact", "max-forwards", "content-length", "content-type",
+    "route", "record-route", "allow", "supported", "require", "proxy-require", "user-agent", "server",
+    "expires", "p-asserted-identity", "p-preferred-identity", "privacy", "reason", "warning",
+    "identity", "retry-after", "session-expires", "min-se", "accept", "allow-events", "event",
+    "subscription-state", "refer-to", "referred-by", "rseq", "rack", "authorization",
+    "proxy-authorization", "www-authenticate", "proxy-authenticate", "date", "timestamp",
+    "diversion", "history-info", "p-charging-vector", "x-campaign-id", "organization", "subject",
+    "content-disposition", "mime-version", "unsupported", "accept-encoding", "accept-language",
+):  # fmt: skip
+    for _spelling in (_low, _low.upper(), "-".join(p.capitalize() for p in _low.split("-"))):
+        _KEYS[_spelling] = _low
+_KEYS.update({"Call-ID": "call-id", "CSeq": "cseq", "WWW-Authenticate": "www-authenticate"})
+_KEYS.update({"P-Asserted-Identity": "p-asserted-identity", "P-Preferred-Identity": "p-preferred-identity"})
+_KEYS.update({"MIME-Version": "mime-version", "RSeq": "rseq", "RAck": "rack", "Min-SE": "min-se"})
+for _c in "vftimlcksoeruxyabdj":
+    _KEYS[_c] = _KEYS[_c.upper()] = canonical_name(_c)
+
+
+def _key(name: str) -> str:
+    return canonical_name(name)
