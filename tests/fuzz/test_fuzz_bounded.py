@@ -20,7 +20,7 @@ SECONDS = int(os.environ.get("SIPFILTER_FUZZ_SECONDS", "4"))
 # target script -> modules it needs (a target whose code has not landed yet is skipped, not failed)
 TARGETS = {
     "fuzz_digest.py": ("sipfilter.sip.digest",),
-    "fuzz_parse.py": ("sipfilter.sip.parse",),
+    "fuzz_parse.py": ("sipfilter.sip.message",),
     "fuzz_framer.py": ("sipfilter.sip.framing",),
     "fuzz_handler.py": ("sipfilter.b2bua.handler",),
 }
