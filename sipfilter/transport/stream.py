@@ -6,22 +6,20 @@ Frames with the SIP core's StreamFramer and hands whole messages to the handler;
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import ssl
 from typing import Any
 
+from sipfilter.sip.framing import KeepAlive, StreamFramer
 from sipfilter.transport.base import Addr, Endpoint, Handler
 
 log = logging.getLogger(__name__)
 
-_CRLF2 = b"\r\n\r\n"
 _MAX_PENDING = 1 << 20  # bytes queued on a connection still being opened; beyond that, drop
 
 
-def _new_framer(limits: Any) -> Any:
-    sip = importlib.import_module("sipfilter.sip")
-    return sip.StreamFramer(limits) if limits is not None else sip.StreamFramer()
+def _new_framer(limits: Any) -> StreamFramer:
+    return StreamFramer(limits)
 
 
 class _Connection(asyncio.Protocol):
@@ -45,9 +43,6 @@ class _Connection(asyncio.Protocol):
             del self.endpoint._connections[self.peer]
 
     def data_received(self, data: bytes) -> None:
-        if data == _CRLF2:  # keep-alive ping between messages (RFC 5626 §3.5.1): pong
-            self.write(b"\r\n")
-            return
         try:
             items = self.framer.feed(data)
         except Exception as exc:  # a framer bug must close this connection, not the process
@@ -57,8 +52,9 @@ class _Connection(asyncio.Protocol):
             return
         handler, endpoint, peer = self.endpoint.handler, self.endpoint, self.peer
         for item in items:
-            if item is None or isinstance(item, bytes | str):  # a keep-alive the framer reported
-                self.write(b"\r\n")
+            if isinstance(item, KeepAlive):
+                if item.ping:  # RFC 5626 §3.5.1: answer a CRLFCRLF ping with a CRLF pong
+                    self.write(b"\r\n")
                 continue
             try:
                 handler.on_message(endpoint, item, peer)

@@ -1,0 +1,109 @@
+"""Builders of the bytes the B2BUA sends: requests and responses of both legs, tags, branches, Call-IDs.
+
+Serialisation only, from strings the call logic hands in; never parses a message (the SIP core does that),
+except the byte-level scan of a malformed request needed to answer it 400.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+
+from sipfilter.policy.verdict import Verdict
+
+REASONS: dict[int, str] = {
+    100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued", 183: "Session Progress",
+    200: "OK", 202: "Accepted", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+    405: "Method Not Allowed", 408: "Request Timeout", 416: "Unsupported URI Scheme",
+    420: "Bad Extension", 480: "Temporarily Unavailable", 481: "Call/Transaction Does Not Exist",
+    483: "Too Many Hops", 486: "Busy Here", 487: "Request Terminated", 488: "Not Acceptable Here",
+    491: "Request Pending", 500: "Server Internal Error", 501: "Not Implemented", 503: "Service Unavailable",
+    505: "Version Not Supported", 513: "Message Too Large", 603: "Decline", 604: "Does Not Exist Anywhere",
+    606: "Not Acceptable", 607: "Unwanted", 608: "Rejected",
+}
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def reason_phrase(status: int) -> str:
+    return REASONS.get(status, "Unknown")
+
+
+def new_tag() -> str:
+    return os.urandom(6).hex()
+
+
+def new_branch() -> str:
+    return "z9hG4bK" + os.urandom(8).hex()
+
+
+def new_call_id(host: str) -> str:
+    return f"{os.urandom(10).hex()}@{host}"
+
+
+def with_tag(name_addr: str, tag: str) -> str:
+    """A From/To value with `;tag=` appended unless it already carries one."""
+    if ";tag=" in name_addr.lower():
+        return name_addr
+    return f"{name_addr};tag={tag}"
+
+
+def safe(value: str) -> str:
+    """A header value that cannot inject a header: control characters (CR, LF, NUL…) become spaces."""
+    return _UNSAFE.sub(" ", value) if _UNSAFE.search(value) else value
+
+
+def _encode(head: str, body: bytes) -> bytes:
+    data = head.encode("utf-8", "surrogateescape")
+    return data + body if body else data
+
+
+def build_request(method: str, ruri: str, lines: Iterable[str], body: bytes = b"") -> bytes:
+    """`lines` are complete "Name: value" lines; Content-Length is computed here."""
+    head = f"{method} {ruri} SIP/2.0\r\n" + "".join(line + "\r\n" for line in lines)
+    return _encode(head + f"Content-Length: {len(body)}\r\n\r\n", body)
+
+
+def build_response(status: int, reason: str, lines: Iterable[str], body: bytes = b"") -> bytes:
+    head = f"SIP/2.0 {status} {safe(reason) or reason_phrase(status)}\r\n"
+    head += "".join(line + "\r\n" for line in lines)
+    return _encode(head + f"Content-Length: {len(body)}\r\n\r\n", body)
+
+
+def verdict_lines(verdict: Verdict, host: str) -> list[str]:
+    return [f"Reason: {verdict.reason_header()}", f"Warning: {verdict.warning_header(host)}"]
+
+
+# -- answering what the SIP core could not parse --------------------------------------------------------
+
+_HEADER_LINE = re.compile(rb"^([A-Za-z][A-Za-z0-9\-.!%*_+`'~]*)[ \t]*:[ \t]*(.*)$")
+_KEEP = {
+    b"via": "Via", b"v": "Via", b"from": "From", b"f": "From", b"to": "To", b"t": "To",
+    b"call-id": "Call-ID", b"i": "Call-ID", b"cseq": "CSeq",
+}
+
+
+def stateless_error(data: bytes, status: int, reason: str, tag: str) -> bytes | None:
+    """A response to a request that failed to parse, from its raw header lines; None when it lacks what
+    a response needs (a Via, From, To, Call-ID and CSeq) so nobody could match the answer anyway."""
+    head = data.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    found: dict[str, list[str]] = {}
+    for raw in head.split(b"\n")[1:]:
+        line = raw.rstrip(b"\r")
+        m = _HEADER_LINE.match(line)
+        if m is None:
+            continue
+        name = _KEEP.get(m.group(1).lower())
+        if name is None:
+            continue
+        value = m.group(2).decode("utf-8", "replace").strip()
+        found.setdefault(name, []).append(safe(value))
+    if any(k not in found for k in ("Via", "From", "To", "Call-ID", "CSeq")):
+        return None
+    lines = [f"Via: {v}" for v in found["Via"]]
+    lines.append(f"From: {found['From'][0]}")
+    lines.append(f"To: {with_tag(found['To'][0], tag)}")
+    lines.append(f"Call-ID: {found['Call-ID'][0]}")
+    lines.append(f"CSeq: {found['CSeq'][0]}")
+    return build_response(status, reason, lines)

@@ -1,0 +1,196 @@
+"""Helpers for B2BUA call-logic tests: fake endpoints that record what is sent, a manual clock/scheduler,
+a policy stub, and a B2BUA wired to them (no sockets)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sipfilter.b2bua.core import B2BUA, compile_runtime
+from sipfilter.config import load_config
+from sipfilter.policy.verdict import ALLOW, REJECT, Decision, Verdict
+from sipfilter.sip import ParseError, Response, parse
+from sipfilter.transport.base import Addr, Endpoint
+
+REPO = Path(__file__).resolve().parents[2]
+DIALER: Addr = ("127.0.0.1", 5999)
+CARRIER1: Addr = ("127.0.0.1", 5071)
+CARRIER2: Addr = ("127.0.0.1", 5072)
+
+
+class FakeEndpoint(Endpoint):
+    def __init__(self, side: str, port: int, transport: str = "udp") -> None:
+        super().__init__(side, "127.0.0.1", port)
+        self.transport = transport
+        self.reliable = transport != "udp"
+        self.sent: list[tuple[bytes, Addr]] = []
+
+    def send(self, data: bytes, addr: Addr) -> None:
+        self.sent.append((data, addr))
+
+    async def close(self) -> None:
+        pass
+
+    def take(self) -> list[Any]:
+        out = [parse(d) for d, _ in self.sent]
+        self.sent.clear()
+        return out
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.now = 1_780_000_000.0
+        self.pending: list[list[Any]] = []  # [due, callback, args, cancelled]
+
+    def __call__(self) -> float:
+        return self.now
+
+    def later(self, delay: float, callback: Callable[..., Any], *args: Any) -> Any:
+        entry = [self.now + delay, callback, args, False]
+        self.pending.append(entry)
+
+        class _Handle:
+            def cancel(self_inner) -> None:
+                entry[3] = True
+
+        return _Handle()
+
+    def advance(self, seconds: float) -> None:
+        end = self.now + seconds
+        while True:
+            due = [e for e in self.pending if not e[3] and e[0] <= end]
+            if not due:
+                break
+            entry = min(due, key=lambda e: e[0])
+            self.pending.remove(entry)
+            self.now = max(self.now, entry[0])
+            entry[1](*entry[2])
+        self.now = end
+        self.pending = [e for e in self.pending if not e[3]]
+
+
+class StubPolicy:
+    """Rejects callees listed in `reject` with 603 callee.dnc.bloctel; allows the rest."""
+
+    def __init__(self) -> None:
+        self.reject: set[str] = set()
+        self.seen: list[str] = []
+
+    def facts_from_request(self, trunk_name: str, request: Any, now: float) -> Any:
+        return request
+
+    async def decide(self, facts: Any, store: Any) -> Decision:
+        user = facts.request_uri.user or ""
+        self.seen.append(user)
+        if user in self.reject:
+            v = Verdict(REJECT, 603, "callee.dnc.bloctel", "callee is on Bloctel")
+        else:
+            v = Verdict(ALLOW, 0, "", "")
+        return Decision(v, {}, False, False)
+
+
+@dataclass
+class Rig:
+    b2b: B2BUA
+    inside: FakeEndpoint
+    outside: FakeEndpoint
+    clock: ManualClock
+    policy: StubPolicy
+    calls: list[str] = field(default_factory=list)
+
+    def from_dialer(self, data: bytes, addr: Addr = DIALER) -> None:
+        self.b2b.on_datagram(self.inside, data, addr)
+
+    def from_carrier(self, data: bytes, addr: Addr = CARRIER1) -> None:
+        self.b2b.on_datagram(self.outside, data, addr)
+
+
+def write_config(tmp: Path, **trunk: Any) -> Path:
+    rules = {p.stem: str(p) for p in sorted((REPO / "config" / "rules").glob("*.yaml"))}
+    t: dict[str, Any] = {
+        "match": {"sources": ["127.0.0.1/32"]}, "account": "acme", "rule_pack": "fr", "mode": "enforce",
+        "automated": True, "prospecting": True, "sector": None, "region": "FR",
+        "lists": {"dnc": [], "authorised_caller_ids": None}, "on_store_error": "reject",
+        "on_stale_list": "reject", "overrides": {},
+        "targets": [{"uri": f"sip:{CARRIER1[0]}:{CARRIER1[1]}", "transport": "udp", "priority": 1, "weight": 1},  # noqa: E501
+                    {"uri": f"sip:{CARRIER2[0]}:{CARRIER2[1]}", "transport": "udp", "priority": 2, "weight": 1}],  # noqa: E501
+        "headers": {"pass": ["P-Asserted-Identity", "Privacy", "User-Agent", "X-*"]},
+    }  # fmt: skip
+    t.update(trunk)
+    cfg = {
+        "sip": {"inside": [{"transport": "udp", "host": "127.0.0.1", "port": 5060}],
+                "outside": [{"transport": "udp", "host": "127.0.0.1", "port": 5080}],
+                "hostname": "sipfilter.test", "timers": {"t1_ms": 500, "t2_ms": 4000, "t4_ms": 5000},
+                "ring_timeout_s": 60, "max_call_duration_s": 3600, "drain_timeout_s": 5},
+        "store": {"backend": "embedded", "data_dir": str(tmp / "data")},
+        "audit": {"path": str(tmp / "audit.jsonl"), "max_bytes": 1000000, "backups": 1,
+                  "on_write_error": "keep-relaying"},
+        "rule_packs": rules,
+        "trunks": {"dialer": t},
+    }  # fmt: skip
+    path = tmp / "sipfilter.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def make_rig(tmp_path: Path) -> Rig:
+    config = load_config(write_config(tmp_path))
+    clock = ManualClock()
+    policy = StubPolicy()
+    inside, outside = FakeEndpoint("inside", 5060), FakeEndpoint("outside", 5080)
+    b2b = B2BUA(
+        compile_runtime(config, policy, store=None),
+        parse=parse, parse_error=ParseError,
+        endpoints={"inside": [inside], "outside": [outside]},
+        scheduler=clock.later, clock=clock,
+    )  # fmt: skip
+    return Rig(b2b, inside, outside, clock, policy)
+
+
+def invite(callee: str = "+33612000001", caller: str = "+33162000001", *, call_id: str | None = None,
+           branch: str | None = None, extra: str = "", body: bytes = b"") -> bytes:  # fmt: skip
+    call_id = call_id or uuid.uuid4().hex
+    branch = branch or "z9hG4bK" + uuid.uuid4().hex[:10]
+    head = (
+        f"INVITE sip:{callee}@10.0.0.5:5060 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 10.0.0.9:5999;branch={branch};rport\r\n"
+        "Max-Forwards: 70\r\n"
+        f'From: "Agent" <sip:{caller}@10.0.0.9>;tag=dialertag\r\n'
+        f"To: <sip:{callee}@10.0.0.5>\r\n"
+        f"Call-ID: {call_id}\r\n"
+        "CSeq: 10 INVITE\r\n"
+        "Contact: <sip:agent@10.0.0.9:5999>\r\n"
+        "Record-Route: <sip:10.0.0.2;lr>\r\n"
+        f"P-Asserted-Identity: <sip:{caller}@10.0.0.9>\r\n"
+        "X-Campaign: spring\r\n"
+        "X-Internal-Secret-Not: passed-because-X-star\r\n"
+        "Secret-Header: never\r\n"
+        f"{extra}"
+        + ("Content-Type: application/sdp\r\n" if body else "")
+        + f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def answer(req: Any, status: int, *, to_tag: str = "carriertag", contact: str = "<sip:gw@127.0.0.1:5071>",
+           body: bytes = b"", extra: str = "") -> bytes:  # fmt: skip
+    """A carrier response to a parsed request (echoing its Via, From, To, Call-ID, CSeq)."""
+    to = req.headers.get("To")
+    if to_tag and ";tag=" not in to:
+        to += f";tag={to_tag}"
+    lines = [f"Via: {v}" for v in req.headers.get_all("Via")]
+    lines += [f"From: {req.headers.get('From')}", f"To: {to}", f"Call-ID: {req.call_id}",
+              f"CSeq: {req.headers.get('CSeq')}"]  # fmt: skip
+    if contact and status < 300 and status > 100:
+        lines.append(f"Contact: {contact}")
+    if extra:
+        lines.append(extra.rstrip("\r\n"))
+    if body:
+        lines.append("Content-Type: application/sdp")
+    resp = Response(status, None, [tuple(x.split(": ", 1)) for x in lines], body)
+    return bytes(resp)

@@ -1,0 +1,272 @@
+"""Call logic of the B2BUA fed with datagrams through fake endpoints: no sockets, a manual clock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from b2bua_rig import CARRIER1, CARRIER2, DIALER, Rig, answer, invite, make_rig
+
+from sipfilter.sip import Request, Response
+
+
+@pytest.fixture(name="rig")
+def _rig(tmp_path: Path) -> Rig:
+    return make_rig(tmp_path)
+
+
+def _requests(msgs: list[Any], method: str) -> list[Request]:
+    return [m for m in msgs if m.is_request and m.method == method]
+
+
+def _responses(msgs: list[Any]) -> list[Response]:
+    return [m for m in msgs if not m.is_request]
+
+
+def _establish(rig: Rig, **kw: Any) -> tuple[Request, Request]:
+    """Dialer INVITE → carrier 180 → 200; returns (the B-leg INVITE, the dialer's INVITE)."""
+    raw = invite(body=b"v=0\r\n", **kw)
+    rig.from_dialer(raw)
+    a_inv = Request.__new__(Request)
+    from sipfilter.sip import parse
+
+    a_inv = parse(raw)
+    out = rig.outside.take()
+    (b_inv,) = _requests(out, "INVITE")
+    rig.from_carrier(answer(b_inv, 180))
+    rig.from_carrier(answer(b_inv, 200, body=b"v=0\r\ns=carrier\r\n"))
+    return b_inv, a_inv
+
+
+def test_rejected_call_gets_100_then_the_verdict_with_reason_and_warning(rig: Rig) -> None:
+    rig.policy.reject.add("+33612000009")
+    rig.from_dialer(invite("+33612000009"))
+    sent = rig.inside.take()
+    assert [r.status for r in sent] == [100, 603]
+    final = sent[1]
+    assert final.headers.get("Reason") == 'SIP;cause=603;text="callee.dnc.bloctel"'
+    assert "sipfilter.test" in (final.headers.get("Warning") or "")
+    assert final.to.tag  # our To tag on the final answer
+    assert rig.outside.sent == []  # never relayed
+    # The dialer's ACK ends the transaction; nothing is left behind.
+    ack = invite("+33612000009").replace(b"INVITE sip", b"ACK sip")
+    assert rig.b2b.active_calls == 1
+    rig.b2b._end(next(iter(rig.b2b.calls_a.values())), "test")
+    assert rig.b2b.active_calls == 0
+    del ack
+
+
+def test_relayed_invite_hides_topology_and_decrements_max_forwards(rig: Rig) -> None:
+    rig.from_dialer(invite(call_id="dialer-call-1", body=b"v=0\r\n"))
+    assert [r.status for r in rig.inside.take()] == [100]
+    (b_inv,) = _requests(rig.outside.take(), "INVITE")
+    wire = bytes(b_inv).decode()
+    assert "10.0.0.9" not in wire and "10.0.0.2" not in wire and "10.0.0.5" not in wire
+    assert "dialer-call-1" not in wire and "dialertag" not in wire
+    assert b_inv.uri == "sip:+33612000001@127.0.0.1:5071"
+    assert b_inv.max_forwards == 69
+    assert len(b_inv.vias) == 1 and b_inv.vias[0].port == 5080
+    assert b_inv.headers.get("X-Campaign") == "spring"
+    assert b_inv.headers.get("P-Asserted-Identity") == "<sip:+33162000001@sipfilter.test>"
+    assert b_inv.headers.get("Secret-Header") is None
+    assert b_inv.headers.get("Record-Route") is None and b_inv.headers.get("Route") is None
+    assert b_inv.body == b"v=0\r\n"  # SDP untouched
+    assert b_inv.from_.display_name == "Agent" and b_inv.from_.tag
+
+
+def test_full_call_answer_ack_bye_from_dialer(rig: Rig) -> None:
+    b_inv, a_inv = _establish(rig)
+    sent = rig.inside.take()
+    assert [r.status for r in sent] == [100, 180, 200]
+    ok = sent[2]
+    assert ok.body == b"v=0\r\ns=carrier\r\n"
+    assert ok.call_id == a_inv.call_id and ok.vias[0].branch == a_inv.vias[0].branch
+    assert "127.0.0.1:5071" not in bytes(ok).decode()  # carrier Contact hidden
+    assert ok.contacts[0].uri.port == 5060
+    our_tag = ok.to.tag
+    assert sent[1].to.tag == our_tag
+    # ACK end to end: the dialer's ACK becomes the B-leg ACK to the carrier's Contact.
+    ack = (
+        f"ACK sip:sipfilter@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.9:5999;branch=z9hG4bKack1\r\n"
+        f"Max-Forwards: 70\r\nFrom: {a_inv.headers.get('From')}\r\nTo: {a_inv.headers.get('To')};tag={our_tag}\r\n"  # noqa: E501
+        f"Call-ID: {a_inv.call_id}\r\nCSeq: 10 ACK\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    rig.from_dialer(ack)
+    (b_ack,) = _requests(rig.outside.take(), "ACK")
+    assert b_ack.uri == "sip:gw@127.0.0.1:5071"
+    assert b_ack.cseq.seq == b_inv.cseq.seq and b_ack.call_id == b_inv.call_id
+    assert b_ack.to.tag == "carriertag"
+    # No retransmission of the 200 after the ACK.
+    rig.clock.advance(10)
+    assert _responses(rig.inside.take()) == []
+    # BYE from the dialer is relayed; the carrier's 200 is relayed back and the call is gone.
+    bye = ack.replace(b"ACK sip", b"BYE sip").replace(b"10 ACK", b"11 BYE").replace(b"z9hG4bKack1", b"z9hG4bKbye1")  # noqa: E501
+    rig.from_dialer(bye)
+    (b_bye,) = _requests(rig.outside.take(), "BYE")
+    assert b_bye.call_id == b_inv.call_id and b_bye.cseq.seq > b_inv.cseq.seq
+    rig.from_carrier(answer(b_bye, 200))
+    (bye_ok,) = _responses(rig.inside.take())
+    assert bye_ok.status == 200 and bye_ok.cseq.method == "BYE" and bye_ok.call_id == a_inv.call_id
+    assert rig.b2b.active_calls == 0 and rig.b2b.calls_b == {}
+
+
+def test_bye_from_carrier_reaches_the_dialer_contact(rig: Rig) -> None:
+    b_inv, a_inv = _establish(rig)
+    ok = rig.inside.take()[-1]
+    rig.b2b._on_ack  # noqa: B018 (the ACK is not needed for a BYE from the carrier)
+    bye = (
+        "BYE sip:sipfilter@127.0.0.1:5080 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5071;branch=z9hG4bKcbye\r\n"
+        f"Max-Forwards: 70\r\nFrom: {b_inv.headers.get('To')};tag=carriertag\r\n"
+        f"To: {b_inv.headers.get('From')}\r\nCall-ID: {b_inv.call_id}\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n"  # noqa: E501
+    ).encode()
+    rig.from_carrier(bye)
+    (a_bye,) = _requests(rig.inside.take(), "BYE")
+    assert a_bye.uri == "sip:agent@10.0.0.9:5999"
+    assert a_bye.call_id == a_inv.call_id
+    assert a_bye.from_.tag == ok.to.tag and a_bye.to.tag == "dialertag"
+    assert [r.value for r in a_bye.routes] if hasattr(a_bye.routes, "value") else True
+    rig.from_dialer(answer(a_bye, 200, to_tag=""), DIALER)
+    (ok_to_carrier,) = _responses(rig.outside.take())
+    assert ok_to_carrier.status == 200 and ok_to_carrier.call_id == b_inv.call_id
+    assert rig.b2b.active_calls == 0
+
+
+def test_cancel_from_dialer_cancels_the_b_leg(rig: Rig) -> None:
+    raw = invite()
+    rig.from_dialer(raw)
+    (b_inv,) = _requests(rig.outside.take(), "INVITE")
+    rig.from_carrier(answer(b_inv, 180))
+    rig.inside.take()
+    cancel = raw.split(b"\r\n\r\n")[0].replace(b"INVITE sip", b"CANCEL sip").replace(b"10 INVITE", b"10 CANCEL")  # noqa: E501
+    rig.from_dialer(cancel + b"\r\n\r\n")
+    statuses = sorted((r.status, r.cseq.method) for r in rig.inside.take())
+    assert statuses == [(200, "CANCEL"), (487, "INVITE")]
+    (b_cancel,) = _requests(rig.outside.take(), "CANCEL")
+    assert b_cancel.vias[0].branch == b_inv.vias[0].branch
+    rig.from_carrier(answer(b_cancel, 200, to_tag=""))
+    rig.from_carrier(answer(b_inv, 487))
+    (b_ack,) = _requests(rig.outside.take(), "ACK")
+    assert b_ack.vias[0].branch == b_inv.vias[0].branch  # hop-by-hop ACK for the 487
+    rig.clock.advance(40)
+    assert rig.b2b.active_calls == 0 and rig.b2b.client_tx == {}
+
+
+def test_failover_on_503_then_on_timeout(rig: Rig) -> None:
+    rig.from_dialer(invite())
+    (first,) = _requests(rig.outside.take(), "INVITE")
+    assert rig.outside.sent == []
+    rig.from_carrier(answer(first, 503))
+    out = rig.outside.take()
+    assert _requests(out, "ACK")
+    (second,) = _requests(out, "INVITE")
+    assert second.uri.endswith(f":{CARRIER2[1]}") and second.call_id == first.call_id
+    assert second.cseq.seq == first.cseq.seq + 1
+    # No answer at all from the second: retransmissions (Timer A), then Timer B → 408 to the dialer.
+    rig.clock.advance(40)
+    retrans = _requests(rig.outside.take(), "INVITE")
+    assert len(retrans) >= 5
+    finals = [r.status for r in _responses(rig.inside.take()) if r.status >= 200]
+    assert finals[0] in (408, 503)
+    rig.clock.advance(40)
+    assert rig.b2b.active_calls == 0
+    assert not rig.b2b.rt.pools["dialer"].states[0].up  # the 503 target is out of rotation
+
+
+def test_486_is_relayed_and_acked(rig: Rig) -> None:
+    rig.from_dialer(invite())
+    (b_inv,) = _requests(rig.outside.take(), "INVITE")
+    rig.from_carrier(answer(b_inv, 486))
+    assert _requests(rig.outside.take(), "ACK")
+    finals = [r for r in rig.inside.take() if r.status >= 200]
+    assert [r.status for r in finals] == [486]
+    # Without the dialer's ACK the 486 is retransmitted (Timer G), then the call is dropped (Timer H).
+    rig.clock.advance(2)
+    assert [r.status for r in rig.inside.take()] == [486, 486]
+    rig.clock.advance(40)
+    assert rig.b2b.active_calls == 0
+
+
+def test_unknown_source_is_refused_and_never_relayed(rig: Rig) -> None:
+    rig.from_dialer(invite(), ("127.0.0.77", 5060))
+    assert rig.outside.sent == []
+    assert [r.status for r in rig.inside.take()] == [403]
+    assert rig.b2b.active_calls == 0
+
+
+def test_new_invite_from_the_carrier_side_opens_nothing(rig: Rig) -> None:
+    rig.from_carrier(invite())
+    assert rig.inside.sent == []
+    assert [r.status for r in rig.outside.take()] == [403]
+
+
+def test_malformed_request_gets_400_and_the_call_path_keeps_working(rig: Rig) -> None:
+    bad = invite().replace(b"CSeq: 10 INVITE", b"CSeq: 10 BYE")
+    rig.from_dialer(bad)
+    assert [r.status for r in rig.inside.take()] == [400]
+    rig.from_dialer(b"\x00garbage\r\n\r\n")
+    rig.from_dialer(invite())
+    assert [r.status for r in rig.inside.take()] == [100]
+
+
+def test_retransmitted_invite_is_absorbed(rig: Rig) -> None:
+    raw = invite(branch="z9hG4bKsame")
+    rig.from_dialer(raw)
+    rig.from_dialer(raw)
+    assert len(_requests(rig.outside.take(), "INVITE")) == 1
+    assert [r.status for r in rig.inside.take()] == [100, 100]
+
+
+def test_ring_timeout_cancels_the_carrier_and_answers_408(rig: Rig) -> None:
+    rig.from_dialer(invite())
+    (b_inv,) = _requests(rig.outside.take(), "INVITE")
+    rig.from_carrier(answer(b_inv, 180))
+    rig.clock.advance(61)
+    assert 408 in [r.status for r in rig.inside.take()]
+    assert _requests(rig.outside.take(), "CANCEL")
+    rig.clock.advance(60)
+    assert rig.b2b.active_calls == 0
+
+
+def test_reinvite_from_carrier_and_ack_relay(rig: Rig) -> None:
+    b_inv, a_inv = _establish(rig)
+    ok = rig.inside.take()[-1]
+    rig.from_dialer(
+        f"ACK sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.9:5999;branch=z9hG4bKa2\r\nMax-Forwards: 70\r\n"  # noqa: E501
+        f"From: {a_inv.headers.get('From')}\r\nTo: {ok.headers.get('To')}\r\nCall-ID: {a_inv.call_id}\r\n"
+        "CSeq: 10 ACK\r\nContent-Length: 0\r\n\r\n".encode()
+    )
+    rig.outside.take()
+    reinv = (
+        "INVITE sip:sipfilter@127.0.0.1:5080 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5071;branch=z9hG4bKre1\r\n"
+        f"Max-Forwards: 70\r\nFrom: {b_inv.headers.get('To')};tag=carriertag\r\nTo: {b_inv.headers.get('From')}\r\n"  # noqa: E501
+        f"Call-ID: {b_inv.call_id}\r\nCSeq: 2 INVITE\r\nContact: <sip:gw@127.0.0.1:5071>\r\n"
+        "Content-Type: application/sdp\r\nContent-Length: 5\r\n\r\nv=1\r\n"
+    ).encode()
+    rig.from_carrier(reinv)
+    (a_reinv,) = _requests(rig.inside.take(), "INVITE")
+    assert a_reinv.body == b"v=1\r\n" and a_reinv.call_id == a_inv.call_id
+    # Glare: a re-INVITE from the dialer while one is pending towards it is answered 491.
+    rig.from_dialer(answer(a_reinv, 200, to_tag="", body=b"v=2\r\n"))
+    (ok2,) = _responses(rig.outside.take())
+    assert ok2.status == 200 and ok2.body == b"v=2\r\n" and ok2.cseq.seq == 2
+    ack = reinv.split(b"\r\n\r\n")[0].replace(b"INVITE sip", b"ACK sip").replace(b"2 INVITE", b"2 ACK")
+    ack = ack.replace(b"Content-Length: 5", b"Content-Length: 0").replace(b"z9hG4bKre1", b"z9hG4bKre1ack")
+    rig.from_carrier(ack + b"\r\n\r\n")
+    (a_ack,) = _requests(rig.inside.take(), "ACK")
+    assert a_ack.cseq.seq == a_reinv.cseq.seq
+
+
+def test_options_probe_marks_target_down_and_up(rig: Rig) -> None:
+    pool = rig.b2b.rt.pools["dialer"]
+    rig.b2b.probe_targets()
+    probes = _requests(rig.outside.take(), "OPTIONS")
+    assert len(probes) == 2
+    rig.from_carrier(answer(probes[0], 200, to_tag="x"), CARRIER1)
+    rig.clock.advance(10)  # the second never answers
+    assert [s.up for s in pool.states] == [True, False]
+    rig.b2b.probe_targets()
+    for p in _requests(rig.outside.take(), "OPTIONS"):
+        if p.uri.endswith(str(CARRIER2[1])):
+            rig.from_carrier(answer(p, 200, to_tag="x"), CARRIER2)
+    assert [s.up for s in pool.states] == [True, True]
