@@ -53,6 +53,17 @@ def split_header_values(values: Iterable[str]) -> list[str]:
     return [v for v in out if v]
 
 
+def addr_spec(value: str) -> str:
+    """The URI of a From/To/PAI header value, without display name or header parameters (;tag=…), so that the
+    number caches see the same string on every call from one caller ID (RFC 3261 §20: a URI with `;` in an
+    addr-spec header value must be in <>, so without <> the first `;` starts the header parameters)."""
+    start = value.find("<")
+    if start >= 0:
+        end = value.find(">", start)
+        return value[start + 1 : end] if end > 0 else value[start + 1 :]
+    return value.partition(";")[0].strip()
+
+
 def _header_all(headers: Any, name: str) -> list[str]:
     get_all = getattr(headers, "get_all", None)
     if get_all is not None:
@@ -131,16 +142,16 @@ class PolicyEngine:
         """Extract From, every P-Asserted-Identity, Privacy, Request-URI/To callee and Call-ID from a parsed
         sipfilter.sip Request (only `request.uri` and `request.headers.get/get_all` are used)."""
         headers = request.headers
-        from_raw = headers.get("From") or ""
+        pai = _header_all(headers, "P-Asserted-Identity")
         return self.facts(
             trunk_name,
-            from_=str(from_raw),
+            from_=addr_spec(str(headers.get("From") or "")),
             to=str(request.uri),
-            pai=_header_all(headers, "P-Asserted-Identity"),
+            pai=[addr_spec(v) for v in split_header_values(pai)] if pai else (),
             privacy=_header_all(headers, "Privacy"),
             at=now,
             call_id=str(headers.get("Call-ID") or ""),
-            to_header=str(headers.get("To") or ""),
+            to_header=addr_spec(str(headers.get("To") or "")),
         )
 
     # -- decision ------------------------------------------------------------------------------------

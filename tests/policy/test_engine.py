@@ -187,6 +187,21 @@ def test_facts_from_a_parsed_invite(engine: PolicyEngine) -> None:
     assert "id" in f.privacy
 
 
+def test_header_params_do_not_defeat_the_caches(engine: PolicyEngine) -> None:
+    """Every call of a campaign has a new From tag: the numbers must still be cache hits."""
+    first = engine.facts_from_request(
+        "dialer", FakeRequest("sip:0611223344@h", [("From", "<sip:0162123456@d>;tag=1")]), OPEN
+    )
+    again = engine.facts_from_request(
+        "dialer", FakeRequest("sip:0611223344@h", [("From", "<sip:0162123456@d>;tag=2")]), OPEN
+    )
+    assert first.caller is again.caller
+    bare = engine.facts_from_request(
+        "dialer", FakeRequest("sip:0611223344@h", [("From", "sip:0162123456@d;tag=3")]), OPEN
+    )
+    assert bare.caller.e164 == "+33162123456"
+
+
 def test_split_header_values() -> None:
     assert split_header_values(['"Doe, John" <sip:+33162123456@h>, <tel:+33163>']) == [
         '"Doe, John" <sip:+33162123456@h>',
