@@ -44,7 +44,20 @@ def _load(path: str) -> Config | None:
 def warnings(config: Config) -> list[str]:
     """Valid but risky choices an operator should see before going live (fail-open settings, [U] points)."""
     out: list[str] = []
-    for t in config.trunks.values():
+    trunks = list(config.trunks.values())
+    for i, a in enumerate(trunks):
+        for b in trunks[i + 1 :]:
+            if (
+                a.match.header is None
+                and b.match.header is None
+                and any(
+                    x.version == y.version and x.overlaps(y)
+                    for x in a.match.sources
+                    for y in b.match.sources
+                )
+            ):
+                out.append(f"trunks {a.name} and {b.name}: overlapping match.sources and no match.header")
+    for t in trunks:
         rules = config.rules[t.name]
         where = f"trunk {t.name}"
         if t.mode == "monitor":

@@ -214,6 +214,13 @@ def test_config_check(capsys: pytest.CaptureFixture[str], cfg: Path, tmp_path: P
     risky.write_text(cfg.read_text().replace("on_store_error: reject", "on_store_error: allow"))
     code, out, _ = run(capsys, "config", "check", "--config", str(risky))
     assert code == 0 and "warning: trunk dialer: on_store_error: allow" in out
+    import yaml
+
+    data = yaml.safe_load(cfg.read_text())
+    data["trunks"]["second"] = dict(data["trunks"]["dialer"], match={"sources": ["127.0.0.1/32"]})
+    risky.write_text(yaml.safe_dump(data))
+    code, out, _ = run(capsys, "config", "check", "--config", str(risky))
+    assert code == 0 and "trunks dialer and second: overlapping match.sources" in out
     code, out, _ = run(capsys, "config", "show", "--config", str(cfg), "--trunk", "dialer")
     assert code == 0 and json.loads(out)["rules"]["frequency"]["cap"] == 4
 
