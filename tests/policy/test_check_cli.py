@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from memstore import MemoryStore
 from policy_helpers import ROOT, write_config
 
@@ -214,8 +215,6 @@ def test_config_check(capsys: pytest.CaptureFixture[str], cfg: Path, tmp_path: P
     risky.write_text(cfg.read_text().replace("on_store_error: reject", "on_store_error: allow"))
     code, out, _ = run(capsys, "config", "check", "--config", str(risky))
     assert code == 0 and "warning: trunk dialer: on_store_error: allow" in out
-    import yaml
-
     data = yaml.safe_load(cfg.read_text())
     data["trunks"]["second"] = dict(data["trunks"]["dialer"], match={"sources": ["127.0.0.1/32"]})
     risky.write_text(yaml.safe_dump(data))
