@@ -51,9 +51,7 @@ def warnings(config: Config) -> list[str]:
                 a.match.header is None
                 and b.match.header is None
                 and any(
-                    x.version == y.version and x.overlaps(y)
-                    for x in a.match.sources
-                    for y in b.match.sources
+                    x.version == y.version and x.overlaps(y) for x in a.match.sources for y in b.match.sources
                 )
             ):
                 out.append(f"trunks {a.name} and {b.name}: overlapping match.sources and no match.header")
@@ -100,10 +98,19 @@ def check(args: argparse.Namespace) -> int:
     return 0
 
 
+_SECRET = ("token", "ha1")  # never printed
+
+
 def _plain(value: Any) -> Any:
     """JSON-friendly view of config dataclasses (compiled structures shown as their fields)."""
     if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in fields(value) if not f.name.startswith("_")}
+        return {
+            f.name: "<redacted>"
+            if f.name in _SECRET and getattr(value, f.name)
+            else _plain(getattr(value, f.name))
+            for f in fields(value)
+            if not f.name.startswith("_") and f.name != "memo"
+        }
     if isinstance(value, dict) or hasattr(value, "items"):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
