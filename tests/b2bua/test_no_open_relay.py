@@ -37,6 +37,7 @@ class Listener:
 
     host: str = "127.0.0.1"
     answer: bool = False
+    answers_probes: bool = False  # a carrier answers sipfilter's OPTIONS health probes (not recorded)
     received: list[tuple[bytes, tuple[str, int]]] = field(default_factory=list)
     sock: socket.socket = field(init=False)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -64,6 +65,9 @@ class Listener:
                 continue
             except OSError:
                 return
+            if self.answers_probes and data.startswith(b"OPTIONS "):
+                self.sock.sendto(_response(data, 200, "OK"), addr)
+                continue
             self.received.append((data, addr))
             if self.answer and data.startswith(b"INVITE "):
                 self.sock.sendto(_response(data, 486, "Busy Here"), addr)
@@ -131,7 +135,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     from sipfilter_provision import provision
     from sipp_harness import Sipfilter, SipfilterPorts, free_ports, sipfilter_config, write_config
 
-    carrier = Listener(answer=True)
+    carrier = Listener(answer=True, answers_probes=True)
     foreign = Listener(answer=True)
     dialer = Listener(LEGIT_SOURCE)
     stranger = Listener(UNLISTED_SOURCE)
@@ -247,7 +251,8 @@ def test_requests_arriving_on_the_carrier_side_are_not_relayed(rig: Rig) -> None
             _send(sender, invite(f"sip:{CALLEE}@127.0.0.1:{rig.dialer.port}", src), rig.outside)
             _send(sender, invite(f"sip:{CALLEE}@127.0.0.1:{rig.foreign.port}", src), rig.outside)
     time.sleep(QUIET_S)
-    assert len(rig.dialer.received) == dialer_before
+    # Nothing relayed to the dialer (answers to its own earlier INVITEs may still be retransmitted).
+    assert not [d for d, _ in rig.dialer.received[dialer_before:] if not d.startswith(b"SIP/2.0 ")]
     # Nothing new went out towards the carrier socket other than answers to its own requests.
     new = rig.carrier.received[carrier_before:]
     assert all(d.startswith(b"SIP/2.0 ") for d, _ in new), [d[:60] for d, _ in new]

@@ -1,0 +1,316 @@
+"""`sipfilter run` wiring: config → store → policy engine → B2BUA → transports → admin HTTP, plus signals.
+
+Owns process lifecycle (start, SIGHUP reload keeping the old config on error, SIGTERM drain); no call logic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import importlib
+import logging
+import signal
+import time
+from typing import Any
+
+from sipfilter.b2bua.core import B2BUA, INSIDE, OUTSIDE, Runtime, compile_runtime
+from sipfilter.b2bua.observe import Observer
+from sipfilter.config import Config, ConfigError, Listen, load_config
+from sipfilter.policy.engine import PolicyEngine
+from sipfilter.sip import Limits, ParseError, parse
+from sipfilter.transport.base import Endpoint, install_uvloop
+from sipfilter.transport.stream import open_stream_endpoint, tls_server_context
+from sipfilter.transport.udp import open_udp_endpoint
+
+log = logging.getLogger("sipfilter.app")
+
+PROBE_INTERVAL_S = 10.0  # OPTIONS to every carrier target
+DRAIN_POLL_S = 0.1
+
+
+def _optional(module: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise
+        return None
+
+
+class App:
+    """One running sipfilter process."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.b2b: B2BUA | None = None
+        self.store: Any = None
+        self.audit: Any = None
+        self.endpoints: list[Endpoint] = []
+        self.admin: Any = None
+        self.metrics = _optional("sipfilter.metrics")
+        self.ready = False
+        self.draining = False
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._reloading = False
+
+    # -- start ---------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        config = self.config
+        from sipfilter.audit import AuditLog
+        from sipfilter.stores import open_store
+
+        self.store = await open_store(config)
+        self.audit = AuditLog(config.audit)
+        runtime = compile_runtime(config, PolicyEngine(config), self.store, self.audit)
+        lim = config.sip.limits
+        limits = Limits(max_message_bytes=lim.max_message_bytes, max_headers=lim.max_headers,
+                        max_line_bytes=lim.max_line_bytes)  # fmt: skip
+        self.b2b = B2BUA(
+            runtime,
+            parse=functools.partial(parse, limits=limits),
+            parse_error=ParseError,
+            observer=make_observer(self.metrics),
+        )
+        for side, listens in ((INSIDE, config.sip.inside), (OUTSIDE, config.sip.outside)):
+            for listen in listens:
+                ep = await self._listen(side, listen, limits)
+                self.b2b.add_endpoint(ep)
+                self.endpoints.append(ep)
+                log.info("listening on %s %s %s", side, ep.transport, ep.hostport)
+        await self._start_admin()
+        loop = asyncio.get_running_loop()
+        for sig, handler in ((signal.SIGHUP, self._on_sighup), (signal.SIGTERM, self._on_sigterm),
+                             (signal.SIGINT, self._on_sigterm)):  # fmt: skip
+            loop.add_signal_handler(sig, handler)
+        self._tasks.append(loop.create_task(self._probe_loop()))
+        self.ready = True
+        log.info("sipfilter ready: %d trunk(s), store %s", len(config.trunks), config.store.backend)
+
+    async def _listen(self, side: str, listen: Listen, limits: Limits) -> Endpoint:
+        assert self.b2b is not None
+        if listen.transport == "udp":
+            return await open_udp_endpoint(side, listen.host, listen.port, self.b2b)
+        tls = None
+        if listen.transport == "tls":
+            if listen.cert is None or listen.key is None:
+                raise ConfigError(f"sip.{side}: tls needs cert and key")
+            tls = tls_server_context(str(listen.cert), str(listen.key))
+        return await open_stream_endpoint(side, listen.host, listen.port, self.b2b, tls=tls, limits=limits)
+
+    async def _start_admin(self) -> None:
+        http = _optional("sipfilter.http")
+        cfg = self.config.admin
+        if http is not None and hasattr(http, "AdminServer"):
+            self.admin = _build_admin(http, self)
+            await self.admin.start(cfg.host, cfg.port)
+            return
+        self.admin = _FallbackAdmin(self)
+        await self.admin.start(cfg.host, cfg.port)
+
+    # -- periodic ----------------------------------------------------------------------------------------
+
+    async def _probe_loop(self) -> None:
+        while True:
+            if self.b2b is not None and not self.draining:
+                try:
+                    self.b2b.probe_targets()
+                except Exception:
+                    log.exception("carrier probes failed")
+            await asyncio.sleep(PROBE_INTERVAL_S)
+
+    # -- reload ----------------------------------------------------------------------------------------
+
+    def _on_sighup(self) -> None:
+        if self._reloading:
+            return
+        self._reloading = True
+        task = asyncio.get_running_loop().create_task(self.reload())
+        task.add_done_callback(lambda _t: setattr(self, "_reloading", False))
+
+    async def reload(self) -> bool:
+        """Re-read the config file; on any error keep running with the old one. Calls are never dropped."""
+        loop = asyncio.get_running_loop()
+        old = self.config
+        try:
+            new = await loop.run_in_executor(None, load_config, old.path)
+            engine = PolicyEngine(new)
+        except (ConfigError, OSError, ValueError) as exc:
+            log.error("config reload refused, keeping the running config: %s", exc)
+            _count_reload(self.metrics, "error")
+            return False
+        if (new.sip.inside, new.sip.outside) != (old.sip.inside, old.sip.outside):
+            log.warning("sip.inside/outside changed: listeners are kept until restart")
+        if new.store != old.store:
+            log.warning("store settings changed: the running store is kept until restart")
+        assert self.b2b is not None
+        old_rt: Runtime = self.b2b.rt
+        self.b2b.swap_runtime(compile_runtime(new, engine, self.store, self.audit, old=old_rt))
+        self.config = new
+        _count_reload(self.metrics, "ok")
+        log.info("config reloaded from %s", new.path)
+        return True
+
+    # -- stop --------------------------------------------------------------------------------------------
+
+    def _on_sigterm(self) -> None:
+        if self.draining:
+            self._stop.set()  # a second signal: stop now
+            return
+        self.draining = True
+        self._tasks.append(asyncio.get_running_loop().create_task(self.drain()))
+
+    async def drain(self) -> None:
+        """Refuse new INVITEs (503 + Retry-After), let calls finish up to the drain timeout, then stop."""
+        assert self.b2b is not None
+        timeout = self.config.sip.drain_timeout_s
+        self.ready = False
+        self.b2b.start_draining(max(1, round(timeout)))
+        log.info("draining: %d call(s) in progress, up to %.0f s", self.b2b.active_calls, timeout)
+        deadline = time.monotonic() + timeout
+        while self.b2b.active_calls and time.monotonic() < deadline and not self._stop.is_set():
+            await asyncio.sleep(DRAIN_POLL_S)
+        if self.b2b.active_calls:
+            log.warning("drain timeout: hanging up %d call(s)", self.b2b.active_calls)
+            self.b2b.hang_up_all()
+            await asyncio.sleep(0.2)  # let the BYEs and answers leave
+        self._stop.set()
+
+    async def run(self) -> int:
+        await self.start()
+        await self._stop.wait()
+        await self.close()
+        return 0
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for ep in self.endpoints:
+            with contextlib.suppress(Exception):
+                await ep.close()
+        if self.admin is not None:
+            with contextlib.suppress(Exception):
+                await self.admin.stop()
+        if self.store is not None:
+            with contextlib.suppress(Exception):
+                await self.store.close()
+        if self.audit is not None:
+            with contextlib.suppress(Exception):
+                self.audit.close()
+        log.info("sipfilter stopped")
+
+
+def _count_reload(metrics: Any, result: str) -> None:
+    counter = getattr(metrics, "CONFIG_RELOADS", None) if metrics is not None else None
+    if counter is not None:
+        with contextlib.suppress(Exception):
+            counter.labels(result=result).inc()
+
+
+def _build_admin(http: Any, app: App) -> Any:
+    state_cls = getattr(http, "ReadinessState", None)
+    state: Any = None
+    if state_cls is not None:
+        try:
+            state = state_cls()
+        except TypeError:
+            state = None
+        if state is not None:
+            for name, fn in (("listening", lambda: app.ready), ("ready", lambda: app.ready)):
+                if hasattr(state, name):
+                    with contextlib.suppress(Exception):
+                        setattr(state, name, fn)
+    return http.AdminServer(state, token=app.config.admin.token) if state is not None else http.AdminServer()
+
+
+class _FallbackAdmin:
+    """/metrics, /healthz, /readyz on aiohttp, used only while sipfilter.http is not in this build."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self._runner: Any = None
+
+    async def start(self, host: str, port: int) -> None:
+        from aiohttp import web
+        from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+        registry = getattr(self.app.metrics, "REGISTRY", None) or REGISTRY
+
+        async def metrics(_req: web.Request) -> web.Response:
+            return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        async def healthz(_req: web.Request) -> web.Response:
+            return web.Response(text="ok\n")
+
+        async def readyz(_req: web.Request) -> web.Response:
+            ok = self.app.ready
+            return web.Response(text="ready\n" if ok else "not ready\n", status=200 if ok else 503)
+
+        web_app = web.Application()
+        web_app.router.add_get("/metrics", metrics)
+        web_app.router.add_get("/healthz", healthz)
+        web_app.router.add_get("/readyz", readyz)
+        admin_api = _optional("sipfilter.admin_api")
+        if admin_api is not None:
+            admin_api.add_admin_routes(web_app, lambda: self.app.store, token=self.app.config.admin.token)
+        self._runner = web.AppRunner(web_app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, host, port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+class _FallbackMetrics(Observer):
+    """The few series the end-to-end harness reads, on the default registry (no sipfilter.metrics yet)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Gauge
+
+        self._dialogs = Gauge("sipfilter_active_dialogs", "Dialogs in progress", ["trunk"])
+        self._invites = Counter("sipfilter_invites_received_total", "New INVITEs", ["trunk", "transport"])
+        self._decisions = Counter(
+            "sipfilter_decisions_total", "Policy decisions", ["trunk", "verdict", "rule"]
+        )
+        self._retrans = Counter("sipfilter_retransmissions_total", "Retransmissions", ["direction"])
+
+    def invite(self, trunk: str, transport: str) -> None:
+        self._invites.labels(trunk, transport).inc()
+
+    def decision(self, trunk: str, verdict: str, rule: str, seconds: float) -> None:
+        self._decisions.labels(trunk, verdict, rule).inc()
+
+    def dialogs(self, trunk: str, delta: int) -> None:
+        self._dialogs.labels(trunk).inc(delta)
+
+    def retransmission(self, direction: str) -> None:
+        self._retrans.labels(direction).inc()
+
+
+def make_observer(metrics: Any) -> Observer:
+    """The Prometheus-backed observer (sipfilter.metrics), or the fallback series without it."""
+    return _FallbackMetrics()
+
+
+def run(config_path: str) -> int:
+    """Entry point of `sipfilter run`: load, start, serve until SIGTERM/SIGINT (then drain)."""
+    from sipfilter.logging import setup_logging
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        setup_logging()
+        log.error("%s", exc)
+        return 2
+    setup_logging(config.logging.format, config.logging.level)
+    if install_uvloop():
+        log.info("using uvloop")
+    app = App(config)
+    try:
+        return asyncio.run(app.run())
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
