@@ -11,7 +11,7 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ PRUNE_EVERY_S = 600.0
 class EmbeddedStore:
     """See the module docstring. Open with `await EmbeddedStore.open(data_dir)`; `close()` when done."""
 
-    def __init__(self, data_dir: Path, poll_interval: float = 1.0):
+    def __init__(self, data_dir: Path, poll_interval: float = 1.0, busy_timeout_ms: int = 250):
         self.data_dir = Path(data_dir)
         self.poll_interval = poll_interval
         self.health = Health(f"embedded store {self.data_dir}")
@@ -54,7 +54,9 @@ class EmbeddedStore:
             self._db = sqlite3.connect(self.data_dir / DB_NAME, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, never corrupt
-            self._db.execute("PRAGMA busy_timeout=2000")  # the CLI may hold the write lock briefly
+            # How long a write waits for another process's lock (the CLI's, briefly). The proxy keeps it
+            # short: past it the call gets StoreUnavailable and on_store_error, not a stalled event loop.
+            self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open {self.data_dir / DB_NAME}: {exc}") from exc
@@ -65,9 +67,12 @@ class EmbeddedStore:
         self._watcher: asyncio.Task[None] | None = None
 
     @classmethod
-    async def open(cls, data_dir: Path, *, watch: bool = True, poll_interval: float = 1.0) -> EmbeddedStore:
-        store = cls(data_dir, poll_interval)
-        store._load_lists()
+    async def open(cls, data_dir: Path, *, watch: bool = True, poll_interval: float = 1.0,
+                   busy_timeout_ms: int | None = None) -> EmbeddedStore:
+        """`busy_timeout_ms`: 250 by default for a watching (proxy) instance, 10 s for the CLI (no watch)."""
+        store = cls(data_dir, poll_interval, busy_timeout_ms if busy_timeout_ms is not None else
+                    (250 if watch else 10_000))
+        await store._load_lists()
         if watch:
             store._watcher = asyncio.get_running_loop().create_task(store._watch())
         return store
@@ -85,7 +90,7 @@ class EmbeddedStore:
     def list_numbers(self, name: str) -> NumberSet:
         return self._sets[name]
 
-    def _load_lists(self) -> None:
+    async def _load_lists(self) -> None:
         """Load every list whose version changed; the old set answers until the new one is in memory."""
         rows = self._db.execute("SELECT name, version, count, imported_at, source_name, source_size,"
                                 " source_sha256, file FROM lists").fetchall()
@@ -95,7 +100,7 @@ class EmbeddedStore:
             if known is not None and known.version == version:
                 continue
             try:
-                data = (self.data_dir / LISTS_DIR / file).read_bytes()
+                data = await asyncio.to_thread((self.data_dir / LISTS_DIR / file).read_bytes)
             except FileNotFoundError:
                 continue  # replaced again since we read the row: the next poll sees the newer one
             sets[name] = NumberSet.deserialize(data)
@@ -108,7 +113,7 @@ class EmbeddedStore:
 
     async def refresh(self) -> None:
         try:
-            self._load_lists()
+            await self._load_lists()
         except (sqlite3.Error, OSError) as exc:
             raise self.health.failed(exc) from exc
 
@@ -116,7 +121,7 @@ class EmbeddedStore:
         while True:
             await asyncio.sleep(self.poll_interval)
             try:
-                self._load_lists()
+                await self._load_lists()
                 now = time.time()
                 if self._max_window and now - self._last_prune > PRUNE_EVERY_S:
                     self._last_prune = now
@@ -136,28 +141,29 @@ class EmbeddedStore:
         db = self._db
         old: str | None = None
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            # Three short steps, so the proxy's counters never wait on our file write for the write lock:
+            # take a version number, write the file aside, then switch the row (the atomic moment).
+            with _immediate(db):
                 db.execute("INSERT INTO meta VALUES('list_seq', 1)"
                            " ON CONFLICT(key) DO UPDATE SET value=value+1")
                 version = int(db.execute("SELECT value FROM meta WHERE key='list_seq'").fetchone()[0])
-                file = f"{name}.v{version}.roaring"
-                _write_atomically(self.data_dir / LISTS_DIR / file, data)
-                row = db.execute("SELECT file FROM lists WHERE name=?", (name,)).fetchone()
-                old = row[0] if row else None
-                db.execute("INSERT OR REPLACE INTO lists VALUES(?,?,?,?,?,?,?,?)",
-                           (name, version, len(numbers), imported_at, source.name, source.size, source.sha256,
-                            file))
-                db.execute("COMMIT")  # the switch: readers see the old row or the new one, never a mix
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            file = f"{name}.v{version}.roaring"
+            await asyncio.to_thread(_write_atomically, self.data_dir / LISTS_DIR / file, data)
+            with _immediate(db):
+                row = db.execute("SELECT file, version FROM lists WHERE name=?", (name,)).fetchone()
+                if row is not None and row[1] > version:
+                    old = file  # a concurrent import switched to a newer version: ours is already stale
+                else:
+                    old = row[0] if row else None
+                    db.execute("INSERT OR REPLACE INTO lists VALUES(?,?,?,?,?,?,?,?)",
+                               (name, version, len(numbers), imported_at, source.name, source.size,
+                                source.sha256, file))
         except (sqlite3.Error, OSError) as exc:
             raise self.health.failed(exc) from exc
         if old:
             with contextlib.suppress(FileNotFoundError):
                 (self.data_dir / LISTS_DIR / old).unlink()
-        self._load_lists()
+        await self._load_lists()
         return self._infos[name]
 
     async def delete_list(self, name: str) -> bool:
@@ -169,7 +175,7 @@ class EmbeddedStore:
             return False
         with contextlib.suppress(FileNotFoundError):
             (self.data_dir / LISTS_DIR / row[0]).unlink()
-        self._load_lists()
+        await self._load_lists()
         return True
 
     # --- consents and contracts ------------------------------------------------------------------------
@@ -200,16 +206,13 @@ class EmbeddedStore:
 
     async def add_consents(self, records: Sequence[ConsentRecord]) -> None:
         db = self._db
+        rows = [(r.account, r.number, r.granted_at, r.proof, r.revoked_at, r.hours) for r in records]
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                rows = [(r.account, r.number, r.granted_at, r.proof, r.revoked_at, r.hours) for r in records]
-                db.executemany("INSERT INTO consents(account, number, granted_at, proof, revoked_at, hours)"
-                               " VALUES(?,?,?,?,?,?)", rows)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            for start in range(0, len(rows), 5000):  # short transactions: the proxy's writes interleave
+                with _immediate(db):
+                    db.executemany("INSERT INTO consents(account, number, granted_at, proof, revoked_at,"
+                                   " hours) VALUES(?,?,?,?,?,?)", rows[start : start + 5000])
+                await asyncio.sleep(0)
         except sqlite3.Error as exc:
             raise self.health.failed(exc) from exc
 
@@ -256,8 +259,7 @@ class EmbeddedStore:
         db = self._db
         try:
             # IMMEDIATE takes the write lock first, so a concurrent CLI cannot interleave (no await inside).
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with _immediate(db):
                 row = db.execute("SELECT at FROM refusals WHERE account=? AND number=?",
                                  (account, number)).fetchone()
                 refused_at = row[0] if row else None
@@ -267,10 +269,6 @@ class EmbeddedStore:
                 if allowed:
                     db.execute("INSERT INTO attempts VALUES(?,?,?)", (account, number, now))
                     n += 1
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
         except sqlite3.Error as exc:
             raise self.health.failed(exc) from exc
         self.health.ok()
@@ -296,6 +294,18 @@ class EmbeddedStore:
                 await self._watcher
             self._watcher = None
         self._db.close()
+
+
+@contextlib.contextmanager
+def _immediate(db: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction that takes the lock up front (no await may happen inside)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
