@@ -9,13 +9,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import holidays as holidays_pkg
 import phonenumbers
 from phonenumbers import timezone as pn_timezone
 
-from sipfilter.config import Section
+from sipfilter.config import ConfigError, Section
 from sipfilter.policy.verdict import FAIL, PASS, SKIP, Outcome
 
 WINDOW_RULE = "time.window"
@@ -66,7 +67,7 @@ class HoursRules:
     default_zone: ZoneInfo
     zones: Mapping[str, ZoneInfo]  # E.164 prefix → zone
     zone_lengths: tuple[int, ...]
-    holiday_source: str  # package | none
+    holiday_source: str  # package | file | none
     country: str
     subdivisions: Mapping[str, str]  # E.164 prefix → holidays-package subdivision
     subdivision_lengths: tuple[int, ...]
@@ -74,6 +75,7 @@ class HoursRules:
     ignore_dates: frozenset[date]
     consent_hours_override: bool
     consent_lifts_holidays: bool  # [U] whether consent hours also allow public holidays (default: no)
+    holiday_file: Mapping[tuple[date, str | None], str] = field(default_factory=dict)  # source: file
     # Memos (filled lazily, bounded by the number of distinct prefixes/years seen).
     _zone_memo: dict[str, tuple[ZoneInfo, str | None]] = field(default_factory=dict, compare=False)
     _holiday_memo: dict[tuple[int, str | None], Mapping[date, str]] = field(
@@ -113,6 +115,10 @@ class HoursRules:
             return "company closure"
         if self.holiday_source == "none":
             return None
+        if self.holiday_source == "file":
+            return self.holiday_file.get((day, None)) or (
+                self.holiday_file.get((day, subdivision)) if subdivision else None
+            )
         key = (day.year, subdivision)
         table = self._holiday_memo.get(key)
         if table is None:
@@ -175,8 +181,9 @@ def compile_hours(s: Section, h: Section) -> HoursRules:
         week.append(tuple(sorted(spans)))
     zones_s = s.section("time_zones", default_empty=True)
     zones = {str(p): _zone(zones_s, str(p), z) for p, z in zones_s.data.items()}
-    h.only(["source", "country", "subdivisions", "extra_dates", "ignore_dates"])
-    source = h.choice("source", ("package", "none"), "package")
+    h.only(["source", "country", "subdivisions", "extra_dates", "ignore_dates", "file"])
+    source = h.choice("source", ("package", "file", "none"), "package")
+    holiday_file = read_holiday_file(h.path_("file")) if source == "file" else {}
     country = h.str("country", "FR")
     subs_s = h.section("subdivisions", default_empty=True)
     subs = {str(p): str(v) for p, v in subs_s.data.items()}
@@ -196,6 +203,7 @@ def compile_hours(s: Section, h: Section) -> HoursRules:
         zones=zones,
         zone_lengths=tuple(sorted({len(p) for p in zones}, reverse=True)),
         holiday_source=source,
+        holiday_file=holiday_file,
         country=country,
         subdivisions=subs,
         subdivision_lengths=tuple(sorted({len(p) for p in subs}, reverse=True)),
@@ -204,6 +212,32 @@ def compile_hours(s: Section, h: Section) -> HoursRules:
         consent_hours_override=s.bool("consent_hours_override", True),
         consent_lifts_holidays=s.bool("consent_lifts_holidays", False),
     )
+
+
+def read_holiday_file(path: Path) -> dict[tuple[date, str | None], str]:
+    """`source: file`: one holiday a line, `YYYY-MM-DD [@SUBDIVISION] name`, `#` comments."""
+    table: dict[tuple[date, str | None], str] = {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read holiday file: {exc.strerror or exc}", path) from exc
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        first, _, rest = line.partition(" ")
+        subdivision: str | None = None
+        rest = rest.strip()
+        if rest.startswith("@"):
+            subdivision, _, rest = rest[1:].partition(" ")
+        try:
+            day = date.fromisoformat(first)
+        except ValueError as exc:
+            raise ConfigError(
+                f"expected `YYYY-MM-DD [@SUBDIVISION] name`, got {line!r}", path, lineno
+            ) from exc
+        table[(day, subdivision)] = rest.strip() or "public holiday"
+    return table
 
 
 def _in_window(window: Window, second: int) -> bool:

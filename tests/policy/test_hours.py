@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from memstore import MemoryStore
 from policy_helpers import ts
 
+from sipfilter.config import ConfigError
 from sipfilter.policy.engine import PolicyEngine
 from sipfilter.policy.hours import parse_consent_hours
 from sipfilter.stores.base import ConsentRecord
@@ -176,6 +178,22 @@ async def test_consent_hours_on_a_holiday(
     assert await rule_at(engine, store, METRO, "2026-11-11T11:00:00+01:00") == rule  # Armistice, a Wednesday
     late = await rule_at(engine, store, METRO, "2026-11-11T21:30:00+01:00")
     assert late == ("time.window" if lifts else "time.holiday")
+
+
+async def test_holidays_from_a_data_file(
+    make_engine: Callable[..., PolicyEngine], store: MemoryStore, tmp_path: Path
+) -> None:
+    days = tmp_path / "holidays.txt"
+    days.write_text("# company calendar\n2026-09-16 Journée test\n2026-09-17 @972 Local day\n")
+    engine = make_engine(overrides={**NO_OPT_IN, "holidays": {"source": "file", "file": str(days)}})
+    assert await rule_at(engine, store, METRO, "2026-09-16T11:00:00+02:00") == "time.holiday"
+    assert await rule_at(engine, store, METRO, "2026-09-17T11:00:00+02:00") == ""
+    assert await rule_at(engine, store, MARTINIQUE, "2026-09-17T18:00:00+02:00") == "time.holiday"
+    assert await rule_at(engine, store, METRO, "2026-04-06T11:00:00+02:00") == ""  # the package is not used
+    days.write_text("2026-09-16 ok\n16/09/2026 bad\n")
+    with pytest.raises(ConfigError) as err:
+        make_engine(overrides={**NO_OPT_IN, "holidays": {"source": "file", "file": str(days)}})
+    assert (err.value.file, err.value.line) == (str(days), 2)
 
 
 def test_parse_consent_hours() -> None:
