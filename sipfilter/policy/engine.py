@@ -255,7 +255,7 @@ class PolicyEngine:
             return first, False
         if record:
             r, recorded = await frequency.check_and_record(
-                rs.frequency, store, trunk.account, callee.e164, facts.at, out
+                rs.frequency, store, trunk.account, callee.e164, facts.at, out, trunk.mode == "monitor"
             )
         else:
             r, recorded = (

@@ -68,14 +68,32 @@ def _fill(
     return CAP_RULE
 
 
+_NO_CAP = 2**31 - 1
+
+
 async def check_and_record(
-    rules: FrequencyRules, store: Store, account: str, number: str, at: float, out: dict[str, Outcome]
+    rules: FrequencyRules,
+    store: Store,
+    account: str,
+    number: str,
+    at: float,
+    out: dict[str, Outcome],
+    monitor: bool = False,
 ) -> tuple[str, bool]:
     """Atomically check and record this attempt. Returns (failing rule or "", recorded).
 
+    `monitor`: the call is relayed whatever the outcome, so the attempt is always recorded (without a cap or
+    cooldown in the store) and the would-be outcome is computed from the counts the store returns.
     Raises StoreUnavailable (the engine applies the trunk's on_store_error)."""
-    d = await store.check_and_record_attempt(account, number, at, rules.cap, rules.window_s, rules.cooldown_s)
-    return _fill(rules, out, at, d.refused_at, d.attempts_in_window, d.allowed), d.allowed
+    if not monitor:
+        d = await store.check_and_record_attempt(
+            account, number, at, rules.cap, rules.window_s, rules.cooldown_s
+        )
+        return _fill(rules, out, at, d.refused_at, d.attempts_in_window, d.allowed), d.allowed
+    d = await store.check_and_record_attempt(account, number, at, _NO_CAP, rules.window_s, 0.0)
+    before = d.attempts_in_window - 1 if d.allowed else d.attempts_in_window
+    would = before < rules.cap
+    return _fill(rules, out, at, d.refused_at, before + 1 if would else before, would), d.allowed
 
 
 async def check_only(

@@ -85,6 +85,21 @@ async def test_accounts_share_or_split_counters(engine: PolicyEngine, store: Mem
     assert (await attempt(engine, store, MONDAY)).verdict.rule == "frequency.cap"
 
 
+async def test_monitor_mode_counts_every_relayed_attempt(make_engine, store: MemoryStore) -> None:
+    """Monitor relays everything, so every attempt counts, including those beyond the cap."""
+    engine = make_engine(mode="monitor")
+    rules = []
+    for i in range(6):
+        d = await attempt(engine, store, MONDAY + i * 60)
+        assert d.verdict.action == "allow" and d.attempt_recorded
+        rules.append(d.verdict.rule)
+    assert rules == ["", "", "", "", "frequency.cap", "frequency.cap"]
+    assert await store.attempts("acme-energie", "+33611223344", MONDAY + 3600, 30 * DAY) == 6
+    await store.record_refusal("acme-energie", "+33611223344", MONDAY + 400)
+    d = await attempt(engine, store, MONDAY + 500)
+    assert (d.verdict.rule, d.monitored, d.attempt_recorded) == ("frequency.refusal", True, True)
+
+
 async def test_cap_from_rule_pack_override(make_engine, store: MemoryStore) -> None:
     engine = make_engine(overrides={"frequency": {"cap": 2}})
     assert (await attempt(engine, store, MONDAY)).verdict.action == "allow"
