@@ -145,7 +145,9 @@ class Headers:
         self._keys: list[str] = []
         self._cache: dict[str, object] = {}
         for name, value in items:
-            self.add(name, value)
+            self._check(name, value)
+            self._items.append((name, value))  # names kept exactly as given
+            self._keys.append(canonical_name(name))
 
     @classmethod
     def _trusted(cls, items: list[tuple[str, str]], keys: list[str]) -> Headers:

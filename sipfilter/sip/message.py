@@ -566,10 +566,13 @@ def parse(data: bytes, limits: Limits | None = None, *, validate: bool = True) -
         if rm.group("version") != "2.0":
             raise ParseError("Version Not Supported", 505, is_request=True, method=method)
     # One C-level pass over the header block; every line must match (checked by counting below).
-    items: list[tuple[str, str]] = g.HEADER_LINES_RE.findall(block) if block else []
-    nlines = block.count("\r\n") + 1 if block else 0
-    if len(items) != nlines or block.count("\r") != nlines - 1 or block.count("\n") != nlines - 1:
-        raise ParseError(_bad_line(block), is_request=is_req, method=method)
+    items: list[tuple[str, str]] = []
+    nlines = 0
+    if block:
+        items = g.HEADER_LINES_RE.findall(block)
+        nlines = block.count("\r\n") + 1
+        if len(items) != nlines or block.count("\r") != nlines - 1 or block.count("\n") != nlines - 1:
+            raise ParseError(_bad_line(block), is_request=is_req, method=method)
     if nlines > lim.max_headers:
         raise ParseError("Too Many Headers", is_request=is_req, method=method)
     if len(first) > lim.max_line_bytes or (
