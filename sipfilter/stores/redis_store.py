@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -72,14 +72,14 @@ return 1
 
 def _split_url(url: str) -> tuple[str, dict[str, str]]:
     """Our own query parameters (prefix, cluster) out of the URL; redis-py's stay in it."""
-    parts = urlsplit(url)
+    base, _, query = url.partition("?")  # not urlunsplit: it would turn unix:///path into unix:/path
     ours, theirs = {}, []
-    for k, v in parse_qsl(parts.query, keep_blank_values=True):
+    for k, v in parse_qsl(query, keep_blank_values=True):
         if k in ("prefix", "cluster"):
             ours[k] = v
         else:
             theirs.append((k, v))
-    return urlunsplit(parts._replace(query=urlencode(theirs))), ours
+    return (base + "?" + urlencode(theirs) if theirs else base), ours
 
 
 def _fold_consents(account: str, number: str, events: list[list[Any]]) -> tuple[ConsentRecord, ...]:

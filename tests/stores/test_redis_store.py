@@ -1,0 +1,99 @@
+"""Redis-specific behaviour: URL options, fast failure when Redis is absent, key prefixes, lost data."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import RedisServer, free_port
+
+from sipfilter.stores.base import StoreUnavailable
+from sipfilter.stores.importer import SourceInfo
+from sipfilter.stores.numberset import NumberSet
+from sipfilter.stores.redis_store import RedisStore, _split_url
+
+SRC = SourceInfo("x.txt", 1, "00" * 32)
+
+
+def test_url_options_are_split_from_redis_py_ones() -> None:
+    url, ours = _split_url("redis://h:1/0?prefix=a:&cluster=1&socket_timeout=0.5")
+    assert url == "redis://h:1/0?socket_timeout=0.5"
+    assert ours == {"prefix": "a:", "cluster": "1"}
+    assert _split_url("unix:///run/redis.sock?db=2") == ("unix:///run/redis.sock?db=2", {})
+
+
+async def test_open_fails_fast_without_redis() -> None:
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable):
+        await RedisStore.open(f"redis://127.0.0.1:{free_port()}/0", watch=False)
+    assert time.monotonic() - started < 5  # generous: the point is no retry loop, not a timing claim
+
+
+async def test_prefixes_isolate_deployments(redis_server: RedisServer) -> None:
+    a = await RedisStore.open(redis_server.url + "?prefix=a:", watch=False)
+    b = await RedisStore.open(redis_server.url + "?prefix=b:", watch=False)
+    try:
+        await a.put_list("dnc", NumberSet.from_numbers(["+33612345678"]), SRC)
+        await a.record_refusal("acme", "+33612345678", 1.0)
+        await b.refresh()
+        assert b.list_names() == []
+        assert await b.last_refusal("acme", "+33612345678") is None
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_lists_survive_redis_losing_its_data(redis_server: RedisServer) -> None:
+    s = await RedisStore.open(redis_server.url, watch=False)
+    try:
+        await s.put_list("dnc", NumberSet.from_numbers(["+33612345678"]), SRC)
+        await s._redis.flushall()  # e.g. restarted without persistence
+        await s.refresh()
+        assert s.list_contains("dnc", "+33612345678")  # keeps the copy it has rather than dropping the list
+    finally:
+        await s.close()
+
+
+async def test_errors_raise_store_unavailable_and_are_counted(redis_server: RedisServer) -> None:
+    s = await RedisStore.open(redis_server.url, watch=False)
+    try:
+        redis_server.kill()
+        for _ in range(3):
+            with pytest.raises(StoreUnavailable):
+                await s.check_and_record_attempt("a", "+33612345678", 1.0, 4, 10.0, 10.0)
+        assert s.health.errors == 3 and s.health.incidents == 1 and not s.health.up
+        redis_server.start()
+        for _ in range(3):  # a pooled connection may still be the dead one: recovery within a few calls
+            try:
+                d = await s.check_and_record_attempt("a", "+33612345678", 1.0, 4, 10.0, 10.0)
+                break
+            except StoreUnavailable:
+                continue
+        assert d.allowed and s.health.up
+    finally:
+        await s.close()
+
+
+async def test_unix_socket_url(tmp_path: Path) -> None:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    sock = tmp_path / "redis.sock"
+    proc = subprocess.Popen(["redis-server", "--port", "0", "--unixsocket", str(sock), "--save", "",
+                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            if sock.exists():
+                break
+            time.sleep(0.02)
+        s = await RedisStore.open(f"unix://{sock}?db=1", watch=False)
+        try:
+            await s.put_list("dnc", NumberSet.from_numbers(["+33612345678"]), SRC)
+            assert s.list_contains("dnc", "+33612345678")
+        finally:
+            await s.close()
+    finally:
+        proc.kill()
+        proc.wait(5)
