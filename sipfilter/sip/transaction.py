@@ -1,0 +1,763 @@
+"""RFC 3261 §17 transaction state machines (with the RFC 6026 Accepted state), matching keys and table.
+
+Sans-IO: events in, actions out. No sockets, no clock, no asyncio: the caller sends, schedules the timers
+it is handed (a StartTimer replaces any pending timer of that name) and feeds back TimerFired.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final, TypeAlias
+
+from sipfilter.sip.errors import ParseError
+from sipfilter.sip.headers import BRANCH_COOKIE, Headers
+from sipfilter.sip.message import Request, Response
+from sipfilter.sip.timers import (
+    DEFAULT_TIMERS,
+    TIMER_A,
+    TIMER_B,
+    TIMER_D,
+    TIMER_E,
+    TIMER_F,
+    TIMER_G,
+    TIMER_H,
+    TIMER_I,
+    TIMER_J,
+    TIMER_K,
+    TIMER_L,
+    TIMER_M,
+    TIMER_TRYING,
+    TimerConfig,
+)
+
+__all__ = [
+    "REASON_NORMAL",
+    "REASON_TIMEOUT",
+    "REASON_TRANSPORT",
+    "Action",
+    "CancelTimer",
+    "ClientTransaction",
+    "Deliver",
+    "Event",
+    "InviteClientTransaction",
+    "InviteServerTransaction",
+    "MessageReceived",
+    "NonInviteClientTransaction",
+    "NonInviteServerTransaction",
+    "Send",
+    "SendResponse",
+    "ServerTransaction",
+    "StartTimer",
+    "Terminated",
+    "TimerFired",
+    "Transaction",
+    "TransactionError",
+    "TransactionKey",
+    "TransactionTable",
+    "TransportError",
+    "TxState",
+    "ack_for_non2xx",
+    "cancel_for",
+    "cancel_target_key",
+    "client_key",
+    "client_key_for_request",
+    "response_for",
+    "server_key",
+    "trying_for",
+]
+
+
+class TransactionError(ValueError):
+    """The transaction user asked for something §17 does not allow (wrong method, wrong event kind)."""
+
+
+class TxState(StrEnum):
+    """States of Figures 5-8 of RFC 3261, plus Accepted (RFC 6026 §7)."""
+
+    CALLING = "Calling"
+    TRYING = "Trying"
+    PROCEEDING = "Proceeding"
+    COMPLETED = "Completed"
+    ACCEPTED = "Accepted"
+    CONFIRMED = "Confirmed"
+    TERMINATED = "Terminated"
+
+
+_CALLING: Final = TxState.CALLING
+_TRYING: Final = TxState.TRYING
+_PROCEEDING: Final = TxState.PROCEEDING
+_COMPLETED: Final = TxState.COMPLETED
+_ACCEPTED: Final = TxState.ACCEPTED
+_CONFIRMED: Final = TxState.CONFIRMED
+_TERMINATED: Final = TxState.TERMINATED
+
+REASON_NORMAL: Final = "normal"
+REASON_TIMEOUT: Final = "timeout"  # the TU must act as if it had received a 408 (§8.1.3.1)
+REASON_TRANSPORT: Final = "transport-error"  # the TU must act as if it had received a 503 (§8.1.3.1)
+
+
+# --- events (into a transaction) ---------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
+    """A message the transport matched to this transaction (a response, a retransmitted request, an ACK)."""
+
+    msg: Request | Response
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    """A timer started by a StartTimer action expired. Timers not (or no longer) armed are ignored."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class TransportError:
+    """The transport failed to send this transaction's message (ICMP unreachable, TCP reset, TLS error)."""
+
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SendResponse:
+    """From the TU, server transactions only: send this response to the request."""
+
+    response: Response
+
+
+Event: TypeAlias = MessageReceived | TimerFired | TransportError | SendResponse
+
+
+# --- actions (out of a transaction) ------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Pass this message to the transport (the caller knows the destination). The same Send object is
+    returned for every retransmission of one message, so callers may cache its bytes by identity."""
+
+    msg: Request | Response
+    retransmission: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """Pass this message up to the transaction user."""
+
+    msg: Request | Response
+
+
+@dataclass(frozen=True, slots=True)
+class StartTimer:
+    """Schedule TimerFired(name) in `seconds`, replacing any pending timer of this name."""
+
+    name: str
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTimer:
+    """Cancel the pending timer of this name (a late TimerFired for it would be ignored anyway)."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Terminated:
+    """The transaction is over: remove it from the table. Always the last action of its list."""
+
+    reason: str
+
+    @property
+    def status(self) -> int | None:
+        """The response the TU must act on: 408 for a timeout, 503 for a transport error (§8.1.3.1)."""
+        if self.reason == REASON_TIMEOUT:
+            return 408
+        if self.reason == REASON_TRANSPORT:
+            return 503
+        return None
+
+
+Action: TypeAlias = Send | Deliver | StartTimer | CancelTimer | Terminated
+TransactionKey: TypeAlias = tuple[str, ...]
+
+
+# --- the four machines -----------------------------------------------------------------------------------
+class _Transaction:
+    """What all four machines share: the request, the armed timers and how termination cancels them."""
+
+    __slots__ = ("_armed", "key", "reliable", "request", "state", "timers")
+
+    def __init__(self, request: Request, reliable: bool, timers: TimerConfig, key: TransactionKey) -> None:
+        self.request: Request = request
+        self.reliable: bool = reliable
+        self.timers: TimerConfig = timers
+        self.key: TransactionKey = key
+        self.state: TxState = _TERMINATED
+        self._armed: set[str] = set()
+
+    @property
+    def terminated(self) -> bool:
+        return self.state is _TERMINATED
+
+    @property
+    def armed_timers(self) -> frozenset[str]:
+        """Names of the timers this transaction is waiting for (for introspection and tests)."""
+        return frozenset(self._armed)
+
+    def _start(self, out: list[Action], name: str, seconds: float) -> None:
+        self._armed.add(name)
+        out.append(StartTimer(name, seconds))
+
+    def _cancel(self, out: list[Action], name: str) -> None:
+        if name in self._armed:
+            self._armed.discard(name)
+            out.append(CancelTimer(name))
+
+    def _terminate(self, out: list[Action], reason: str) -> list[Action]:
+        for name in sorted(self._armed):
+            out.append(CancelTimer(name))
+        self._armed.clear()
+        self.state = _TERMINATED
+        out.append(Terminated(reason))
+        return out
+
+    def _fired(self, name: str) -> bool:
+        # A stale or foreign timer (cancelled, or from before a reset) must not move the machine.
+        if name in self._armed:
+            self._armed.discard(name)
+            return True
+        return False
+
+    def _transport_error(self) -> list[Action]:
+        if self.state is _TERMINATED:
+            return []
+        return self._terminate([], REASON_TRANSPORT)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.request.method} {self.key!r}, state={self.state.value})"
+
+
+class _ClientTransaction(_Transaction):
+    __slots__ = ("_interval", "_resend", "_send", "_started")
+
+    def __init__(self, request: Request, reliable: bool, timers: TimerConfig) -> None:
+        _Transaction.__init__(self, request, reliable, timers, client_key_for_request(request))
+        self._send: Send = Send(request)
+        self._resend: Send = Send(request, True)
+        self._interval: float = timers.t1
+        self._started: bool = False
+
+    def _check_start(self) -> None:
+        if self._started:
+            raise TransactionError("start() called twice on a client transaction")
+        self._started = True
+
+
+class InviteClientTransaction(_ClientTransaction):
+    """§17.1.1 (Figure 5) with RFC 6026: Calling → Proceeding → Completed | Accepted → Terminated."""
+
+    __slots__ = ("_ack",)
+
+    def __init__(
+        self, request: Request, *, reliable: bool = False, timers: TimerConfig = DEFAULT_TIMERS
+    ) -> None:
+        if request.method != "INVITE":
+            raise TransactionError(f"InviteClientTransaction needs an INVITE, not {request.method}")
+        _ClientTransaction.__init__(self, request, reliable, timers)
+        self._ack: Send | None = None
+
+    @property
+    def ack(self) -> Request | None:
+        """The ACK generated for a non-2xx final response, once there is one."""
+        return None if self._ack is None else self._ack.msg  # type: ignore[return-value]
+
+    def start(self) -> list[Action]:
+        """Send the INVITE; arm Timer A (unreliable only) and Timer B."""
+        self._check_start()
+        self.state = _CALLING
+        out: list[Action] = [self._send]
+        if not self.reliable:
+            self._start(out, TIMER_A, self._interval)
+        self._start(out, TIMER_B, self.timers.timeout)
+        return out
+
+    def handle(self, event: Event) -> list[Action]:
+        if type(event) is MessageReceived:
+            msg = event.msg
+            return self._on_response(msg) if type(msg) is Response else []
+        if type(event) is TimerFired:
+            return self._on_timer(event.name)
+        if type(event) is TransportError:
+            return self._transport_error()
+        raise TransactionError("a client transaction does not send responses")
+
+    def _on_response(self, resp: Response) -> list[Action]:
+        state = self.state
+        status = resp.status
+        out: list[Action]
+        if state is _CALLING or state is _PROCEEDING:
+            out = []
+            if status < 200:
+                if state is _CALLING:
+                    # No INVITE retransmission once something answered; Timer B only guards Calling.
+                    self.state = _PROCEEDING
+                    self._cancel(out, TIMER_A)
+                    self._cancel(out, TIMER_B)
+                out.append(Deliver(resp))
+                return out
+            self._cancel(out, TIMER_A)
+            self._cancel(out, TIMER_B)
+            if status < 300:
+                # RFC 6026: stay around so 2xx retransmissions reach the TU (which ACKs them), not a new tx.
+                self.state = _ACCEPTED
+                out.append(Deliver(resp))
+                self._start(out, TIMER_M, self.timers.timeout)
+                return out
+            ack = self._ack = Send(ack_for_non2xx(self.request, resp))
+            out.append(ack)
+            out.append(Deliver(resp))
+            if self.reliable:
+                return self._terminate(out, REASON_NORMAL)  # Timer D is zero
+            self.state = _COMPLETED
+            self._start(out, TIMER_D, self.timers.timer_d)
+            return out
+        if state is _COMPLETED:
+            if status >= 300 and self._ack is not None:
+                return [self._ack]  # retransmitted final: ACK again, TU already has it
+            return []
+        if state is _ACCEPTED and 200 <= status < 300:
+            return [Deliver(resp)]
+        return []
+
+    def _on_timer(self, name: str) -> list[Action]:
+        if not self._fired(name):
+            return []
+        state = self.state
+        if name == TIMER_A and state is _CALLING:
+            self._interval *= 2
+            out: list[Action] = [self._resend]
+            self._start(out, TIMER_A, self._interval)
+            return out
+        if name == TIMER_B and state is _CALLING:
+            return self._terminate([], REASON_TIMEOUT)
+        if (name == TIMER_D and state is _COMPLETED) or (name == TIMER_M and state is _ACCEPTED):
+            return self._terminate([], REASON_NORMAL)
+        return []
+
+
+class NonInviteClientTransaction(_ClientTransaction):
+    """§17.1.2 (Figure 6): Trying → Proceeding → Completed → Terminated."""
+
+    __slots__ = ()
+
+    def __init__(
+        self, request: Request, *, reliable: bool = False, timers: TimerConfig = DEFAULT_TIMERS
+    ) -> None:
+        if request.method in ("INVITE", "ACK"):
+            raise TransactionError(f"NonInviteClientTransaction cannot carry {request.method}")
+        _ClientTransaction.__init__(self, request, reliable, timers)
+
+    def start(self) -> list[Action]:
+        """Send the request; arm Timer E (unreliable only) and Timer F."""
+        self._check_start()
+        self.state = _TRYING
+        out: list[Action] = [self._send]
+        if not self.reliable:
+            self._start(out, TIMER_E, self._interval)
+        self._start(out, TIMER_F, self.timers.timeout)
+        return out
+
+    def handle(self, event: Event) -> list[Action]:
+        if type(event) is MessageReceived:
+            msg = event.msg
+            return self._on_response(msg) if type(msg) is Response else []
+        if type(event) is TimerFired:
+            return self._on_timer(event.name)
+        if type(event) is TransportError:
+            return self._transport_error()
+        raise TransactionError("a client transaction does not send responses")
+
+    def _on_response(self, resp: Response) -> list[Action]:
+        state = self.state
+        if state is not _TRYING and state is not _PROCEEDING:
+            return []  # Completed absorbs retransmitted finals; Terminated ignores everything
+        out: list[Action] = []
+        if resp.status < 200:
+            self.state = _PROCEEDING  # Timer E keeps running, at T2 from its next firing
+            out.append(Deliver(resp))
+            return out
+        self._cancel(out, TIMER_E)
+        self._cancel(out, TIMER_F)
+        out.append(Deliver(resp))
+        if self.reliable:
+            return self._terminate(out, REASON_NORMAL)  # Timer K is zero
+        self.state = _COMPLETED
+        self._start(out, TIMER_K, self.timers.t4)
+        return out
+
+    def _on_timer(self, name: str) -> list[Action]:
+        if not self._fired(name):
+            return []
+        state = self.state
+        if name == TIMER_E and (state is _TRYING or state is _PROCEEDING):
+            t2 = self.timers.t2
+            if state is _PROCEEDING:
+                self._interval = t2
+            else:
+                interval = self._interval * 2
+                self._interval = interval if interval < t2 else t2
+            out: list[Action] = [self._resend]
+            self._start(out, TIMER_E, self._interval)
+            return out
+        if name == TIMER_F and (state is _TRYING or state is _PROCEEDING):
+            return self._terminate([], REASON_TIMEOUT)
+        if name == TIMER_K and state is _COMPLETED:
+            return self._terminate([], REASON_NORMAL)
+        return []
+
+
+class _ServerTransaction(_Transaction):
+    __slots__ = ("_last",)
+
+    def __init__(self, request: Request, reliable: bool, timers: TimerConfig) -> None:
+        _Transaction.__init__(self, request, reliable, timers, server_key(request))
+        self._last: Send | None = None
+
+    @property
+    def last_response(self) -> Response | None:
+        """The last response sent (what a retransmitted request gets again)."""
+        return None if self._last is None else self._last.msg  # type: ignore[return-value]
+
+    def _remember(self, resp: Response) -> Send:
+        # One Send object per response: retransmissions reuse it (flagged), the first send is unflagged.
+        self._last = Send(resp, True)
+        return Send(resp)
+
+
+class InviteServerTransaction(_ServerTransaction):
+    """§17.2.1 (Figure 7) with RFC 6026: Proceeding → Completed → Confirmed | Accepted → Terminated."""
+
+    __slots__ = ("_interval",)
+
+    def __init__(
+        self, request: Request, *, reliable: bool = False, timers: TimerConfig = DEFAULT_TIMERS
+    ) -> None:
+        if request.method != "INVITE":
+            raise TransactionError(f"InviteServerTransaction needs an INVITE, not {request.method}")
+        _ServerTransaction.__init__(self, request, reliable, timers)
+        self.state = _PROCEEDING
+        self._interval: float = timers.t1
+
+    def start(self) -> list[Action]:
+        """Hand the INVITE to the TU; arm the 100 Trying timer (cancelled by any response from the TU)."""
+        out: list[Action] = [Deliver(self.request)]
+        self._start(out, TIMER_TRYING, self.timers.trying)
+        return out
+
+    def handle(self, event: Event) -> list[Action]:
+        if type(event) is SendResponse:
+            return self._on_send(event.response)
+        if type(event) is MessageReceived:
+            msg = event.msg
+            return self._on_request(msg) if type(msg) is Request else []
+        if type(event) is TimerFired:
+            return self._on_timer(event.name)
+        if type(event) is TransportError:
+            return self._transport_error()
+        raise TransactionError(f"unknown event {event!r}")
+
+    def _on_request(self, req: Request) -> list[Action]:
+        state = self.state
+        method = req.method
+        if method == "INVITE":
+            # Retransmission: answer again in Proceeding/Completed; Accepted/Confirmed absorb it.
+            if (state is _PROCEEDING or state is _COMPLETED) and self._last is not None:
+                return [self._last]
+            return []
+        if method == "ACK":
+            if state is _COMPLETED:
+                out: list[Action] = []
+                self._cancel(out, TIMER_G)
+                self._cancel(out, TIMER_H)
+                if self.reliable:
+                    return self._terminate(out, REASON_NORMAL)  # Timer I is zero
+                self.state = _CONFIRMED
+                self._start(out, TIMER_I, self.timers.t4)
+                return out
+            if state is _ACCEPTED:
+                return [Deliver(req)]  # RFC 6026: an ACK matching here belongs to the TU (2xx ACK)
+        return []  # Confirmed absorbs ACK retransmissions
+
+    def _on_send(self, resp: Response) -> list[Action]:
+        status = resp.status
+        if not 100 <= status <= 699:
+            raise TransactionError(f"cannot send a response with status {status}")
+        state = self.state
+        out: list[Action] = []
+        if state is _PROCEEDING:
+            self._cancel(out, TIMER_TRYING)
+            out.append(self._remember(resp))
+            if status < 200:
+                return out
+            if status < 300:
+                self.state = _ACCEPTED
+                self._start(out, TIMER_L, self.timers.timeout)
+                return out
+            self.state = _COMPLETED
+            if not self.reliable:
+                self._interval = self.timers.t1
+                self._start(out, TIMER_G, self._interval)
+            self._start(out, TIMER_H, self.timers.timeout)
+            return out
+        if state is _ACCEPTED and 200 <= status < 300:
+            out.append(Send(resp, True))  # the TU (dialog) retransmits its 2xx until the ACK
+            return out
+        return out  # anything else after a final response is discarded (§17.2.1)
+
+    def _on_timer(self, name: str) -> list[Action]:
+        if not self._fired(name):
+            return []
+        state = self.state
+        if name == TIMER_TRYING and state is _PROCEEDING and self._last is None:
+            return [self._remember(trying_for(self.request))]
+        if name == TIMER_G and state is _COMPLETED and self._last is not None:
+            interval = self._interval * 2
+            t2 = self.timers.t2
+            self._interval = interval if interval < t2 else t2
+            out: list[Action] = [self._last]
+            self._start(out, TIMER_G, self._interval)
+            return out
+        if name == TIMER_H and state is _COMPLETED:
+            return self._terminate([], REASON_TIMEOUT)  # no ACK: §17.2.1 treats it as a timeout
+        if (name == TIMER_I and state is _CONFIRMED) or (name == TIMER_L and state is _ACCEPTED):
+            return self._terminate([], REASON_NORMAL)
+        return []
+
+
+class NonInviteServerTransaction(_ServerTransaction):
+    """§17.2.2 (Figure 8): Trying → Proceeding → Completed → Terminated."""
+
+    __slots__ = ()
+
+    def __init__(
+        self, request: Request, *, reliable: bool = False, timers: TimerConfig = DEFAULT_TIMERS
+    ) -> None:
+        if request.method in ("INVITE", "ACK"):
+            raise TransactionError(f"NonInviteServerTransaction cannot carry {request.method}")
+        _ServerTransaction.__init__(self, request, reliable, timers)
+        self.state = _TRYING
+
+    def start(self) -> list[Action]:
+        """Hand the request to the TU."""
+        return [Deliver(self.request)]
+
+    def handle(self, event: Event) -> list[Action]:
+        if type(event) is SendResponse:
+            return self._on_send(event.response)
+        if type(event) is MessageReceived:
+            msg = event.msg
+            if type(msg) is Request and self._last is not None and self.state is not _TERMINATED:
+                return [self._last]  # retransmission in Proceeding/Completed: answer again
+            return []  # Trying absorbs retransmissions until the TU answers
+        if type(event) is TimerFired:
+            name = event.name
+            if self._fired(name) and name == TIMER_J and self.state is _COMPLETED:
+                return self._terminate([], REASON_NORMAL)
+            return []
+        if type(event) is TransportError:
+            return self._transport_error()
+        raise TransactionError(f"unknown event {event!r}")
+
+    def _on_send(self, resp: Response) -> list[Action]:
+        status = resp.status
+        if not 100 <= status <= 699:
+            raise TransactionError(f"cannot send a response with status {status}")
+        state = self.state
+        if state is not _TRYING and state is not _PROCEEDING:
+            return []  # a second final response is discarded (§17.2.2)
+        out: list[Action] = [self._remember(resp)]
+        if status < 200:
+            self.state = _PROCEEDING
+            return out
+        if self.reliable:
+            return self._terminate(out, REASON_NORMAL)  # Timer J is zero
+        self.state = _COMPLETED
+        self._start(out, TIMER_J, self.timers.timeout)
+        return out
+
+
+ClientTransaction: TypeAlias = InviteClientTransaction | NonInviteClientTransaction
+ServerTransaction: TypeAlias = InviteServerTransaction | NonInviteServerTransaction
+Transaction: TypeAlias = ClientTransaction | ServerTransaction
+
+
+# --- matching (§17.1.3, §17.2.3) ----------------------------------------------------------------------------
+def _top_via(msg: Request | Response) -> tuple[str, str, str | None]:
+    """(via-parm text, sent-by lower-cased, branch) of the top Via; ParseError if there is none."""
+    vias = msg.vias
+    if not vias:
+        raise ParseError("Missing Via header", is_request=isinstance(msg, Request))
+    top = vias[0]
+    return top.raw or str(top), top.sent_by.lower(), top.branch
+
+
+def _server_key(request: Request, method: str) -> TransactionKey:
+    text, sent_by, branch = _top_via(request)
+    if branch is not None and len(branch) > len(BRANCH_COOKIE) and branch.startswith(BRANCH_COOKIE):
+        return (branch, sent_by, method)
+    # RFC 2543 peer (§17.2.3, second half): Request-URI, From tag, Call-ID, CSeq number, top Via. The To
+    # tag is left out so that the ACK (which carries our tag) finds the INVITE it acknowledges.
+    return (
+        "2543",
+        request.uri,
+        request.from_.tag or "",
+        request.call_id,
+        str(request.cseq.seq),
+        text,
+        method,
+    )
+
+
+def server_key(request: Request) -> TransactionKey:
+    """The server transaction a request belongs to (§17.2.3); ACK maps to its INVITE's transaction.
+
+    CANCEL keeps its own key (it is a transaction of its own); `cancel_target_key` finds what it cancels.
+    """
+    method = request.method
+    return _server_key(request, "INVITE" if method == "ACK" else method)
+
+
+def cancel_target_key(cancel: Request) -> TransactionKey:
+    """The key of the INVITE server transaction a CANCEL refers to (§9.2: same match, method INVITE)."""
+    return _server_key(cancel, "INVITE")
+
+
+def client_key(response: Response) -> TransactionKey:
+    """The client transaction a response belongs to (§17.1.3): top Via branch and CSeq method."""
+    _, _, branch = _top_via(response)
+    return (branch or "", response.cseq.method)
+
+
+def client_key_for_request(request: Request) -> TransactionKey:
+    """The key a client transaction is filed under: what `client_key` gives for its responses."""
+    _, _, branch = _top_via(request)
+    return (branch or "", request.method)
+
+
+class TransactionTable:
+    """Live transactions by key. Server (3 or 7 items) and client (2 items) keys never collide."""
+
+    __slots__ = ("_by_key",)
+
+    def __init__(self) -> None:
+        self._by_key: dict[TransactionKey, Transaction] = {}
+
+    def add(self, tx: Transaction) -> None:
+        """File a new transaction; TransactionError if a live one already has its key."""
+        old = self._by_key.get(tx.key)
+        if old is not None and old is not tx and not old.terminated:
+            raise TransactionError(f"a live transaction already has key {tx.key!r}")
+        self._by_key[tx.key] = tx
+
+    def get(self, key: TransactionKey) -> Transaction | None:
+        return self._by_key.get(key)
+
+    def match_request(self, request: Request) -> ServerTransaction | None:
+        """The server transaction for a retransmitted request or an ACK, if any."""
+        tx = self._by_key.get(server_key(request))
+        return tx if isinstance(tx, InviteServerTransaction | NonInviteServerTransaction) else None
+
+    def match_response(self, response: Response) -> ClientTransaction | None:
+        tx = self._by_key.get(client_key(response))
+        return tx if isinstance(tx, InviteClientTransaction | NonInviteClientTransaction) else None
+
+    def match_cancel(self, cancel: Request) -> InviteServerTransaction | None:
+        """The INVITE server transaction a CANCEL targets (only while it can still be cancelled or not)."""
+        tx = self._by_key.get(cancel_target_key(cancel))
+        return tx if isinstance(tx, InviteServerTransaction) else None
+
+    def remove(self, tx: Transaction) -> bool:
+        """Drop this transaction (not a newer one filed under the same key); True if it was there."""
+        if self._by_key.get(tx.key) is tx:
+            del self._by_key[tx.key]
+            return True
+        return False
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._by_key
+
+    def __iter__(self) -> Iterator[Transaction]:
+        return iter(list(self._by_key.values()))
+
+
+# --- messages the transaction layer builds ---------------------------------------------------------------
+def _required(request: Request, name: str) -> str:
+    value = request.headers.get(name)
+    if value is None:
+        raise ParseError(f"Missing {name} header", is_request=True, method=request.method)
+    return value
+
+
+def ack_for_non2xx(invite: Request, response: Response) -> Request:
+    """The ACK for a 3xx-6xx answer to `invite` (§17.1.1.3): same Request-URI, Call-ID, From and CSeq
+    number, the response's To (with its tag), the INVITE's top Via only, and its Route set."""
+    via, _, _ = _top_via(invite)
+    to = response.headers.get("to")
+    if to is None:
+        raise ParseError("Missing To header", is_request=False)
+    h = invite.headers
+    items: list[tuple[str, str]] = [("Via", via), ("Max-Forwards", "70")]
+    items.extend(("Route", r) for r in h.get_lines("route"))
+    items.append(("From", _required(invite, "from")))
+    items.append(("To", to))
+    items.append(("Call-ID", _required(invite, "call-id")))
+    items.append(("CSeq", f"{invite.cseq.seq} ACK"))
+    return Request("ACK", invite.uri, Headers(items))
+
+
+def cancel_for(invite: Request, reason: str | None = None) -> Request:
+    """The CANCEL for a pending INVITE (§9.1): same Request-URI, Call-ID, From, To, CSeq number and top
+    Via (so the same branch), Route set copied. `reason` is an RFC 3326 Reason value to add, if any."""
+    if invite.method != "INVITE":
+        raise TransactionError(f"only an INVITE can be cancelled, not {invite.method}")
+    via, _, _ = _top_via(invite)
+    h = invite.headers
+    items: list[tuple[str, str]] = [("Via", via), ("Max-Forwards", "70")]
+    items.extend(("Route", r) for r in h.get_lines("route"))
+    items.append(("From", _required(invite, "from")))
+    items.append(("To", _required(invite, "to")))
+    items.append(("Call-ID", _required(invite, "call-id")))
+    items.append(("CSeq", f"{invite.cseq.seq} CANCEL"))
+    if reason is not None:
+        items.append(("Reason", reason))
+    return Request("CANCEL", invite.uri, Headers(items))
+
+
+def response_for(
+    request: Request, status: int, reason: str | None = None, *, to_tag: str | None = None
+) -> Response:
+    """A response to `request` (§8.2.6.2): every Via, From, To (tag added if given and absent), Call-ID,
+    CSeq; Timestamp echoed on 100 (§8.2.6.1). The caller adds Contact, Reason, Warning and the rest."""
+    h = request.headers
+    items: list[tuple[str, str]] = [("Via", v) for v in h.get_lines("via")]
+    items.append(("From", _required(request, "from")))
+    to = _required(request, "to")
+    if to_tag is not None and request.to.tag is None:
+        to = f"{to};tag={to_tag}"
+    items.append(("To", to))
+    items.append(("Call-ID", _required(request, "call-id")))
+    items.append(("CSeq", _required(request, "cseq")))
+    if status == 100:
+        stamp = h.get("timestamp")
+        if stamp is not None:
+            items.append(("Timestamp", stamp))
+    return Response(status, reason, Headers(items))
+
+
+def trying_for(request: Request) -> Response:
+    """The 100 Trying the INVITE server transaction sends by itself (§17.2.1); no To tag."""
+    return response_for(request, 100, "Trying")
