@@ -71,7 +71,7 @@ TEL_URI_RE: Final = re.compile(
 
 # --- start lines (RFC 3261 §7.1, §7.2) ---------------------------------------------------------------
 SIP_VERSION: Final = r"[Ss][Ii][Pp]/(?P<version>\d+\.\d+)"
-REQUEST_LINE_RE: Final = re.compile(rf"(?P<method>{TOKEN}) (?P<uri>\S+) {SIP_VERSION}")
+REQUEST_LINE_RE: Final = re.compile(rf"(?P<method>{TOKEN}) (?P<uri>[^\s\x00-\x1f\x7f]+) {SIP_VERSION}")
 STATUS_LINE_RE: Final = re.compile(rf"{SIP_VERSION} (?P<status>\d+)(?: (?P<reason>[^\r\n]*))?")
 
 # --- header fields (RFC 3261 §7.3) -----------------------------------------------------------------------
