@@ -9,6 +9,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -39,6 +40,7 @@ def parse_range(text: str) -> tuple[int, int]:
     return start, end
 
 
+@lru_cache(maxsize=4096)  # consent records repeat their hours text
 def parse_consent_hours(text: str) -> tuple[Window, ...]:
     """Free-text hours of a consent record, e.g. "mon-sat 09:00-21:00" or
     "mon-fri 10:00-13:00,14:00-20:00; sat 10:00-12:00" → 7 windows (Monday first); raises ValueError."""
