@@ -120,3 +120,37 @@ async def test_redis_killed_and_restarted_under_load(tmp_path: Path, redis_serve
     assert len(outages) == 1  # logged once per incident, not once per call
     assert any("available again" in r.getMessage() for r in caplog.records)
     assert store.health.incidents == 1 and store.health.errors >= len(seen["down"]) // 2
+
+
+_FIRE = """
+import asyncio, sys, time
+from sipfilter.stores.redis_store import RedisStore
+
+async def main(url, start_at):
+    store = await RedisStore.open(url, watch=False)
+    await asyncio.sleep(max(0.0, start_at - time.time()))  # both processes fire together
+    res = await asyncio.gather(*[store.check_and_record_attempt("acme", "+33611223344", 1.78e9, 4, 2592000.0,
+                                                                5184000.0) for _ in range(15)])
+    await store.close()
+    print(sum(r.allowed for r in res))
+
+asyncio.run(main(sys.argv[1], float(sys.argv[2])))
+"""
+
+
+def test_two_processes_let_exactly_four_attempts_through(redis_server: RedisServer) -> None:
+    import subprocess
+    import sys
+    import time
+
+    start_at = time.time() + 1.5
+    procs = [subprocess.Popen([sys.executable, "-c", _FIRE, redis_server.url, str(start_at)], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        allowed = [int(p.communicate(timeout=60)[0].strip()) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert sum(allowed) == 4, allowed
