@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import RedisServer, free_port
 
-from sipfilter.stores.base import StoreUnavailable
+from sipfilter.stores.base import ConsentRecord, StoreUnavailable
 from sipfilter.stores.importer import SourceInfo
 from sipfilter.stores.numberset import NumberSet
 from sipfilter.stores.redis_store import RedisStore, _split_url
@@ -97,3 +98,70 @@ async def test_unix_socket_url(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait(5)
+
+
+def _cluster_ports(n: int) -> list[int]:
+    """Free ports p whose cluster bus port p + 10000 is free too."""
+    import random
+    import socket
+
+    ports: list[int] = []
+    while len(ports) < n:
+        p = random.randrange(20000, 50000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", p))
+                b.bind(("127.0.0.1", p + 10000))
+        except OSError:
+            continue
+        ports.append(p)
+    return ports
+
+
+@pytest.mark.e2e
+async def test_redis_cluster_through_the_url(tmp_path: Path) -> None:
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.skip("redis-server/redis-cli not installed")
+    ports = _cluster_ports(3)
+    procs = []
+    try:
+        for p in ports:
+            d = tmp_path / str(p)
+            d.mkdir()
+            procs.append(subprocess.Popen(
+                ["redis-server", "--port", str(p), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                 "--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "no", "--dir", str(d)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for p in ports:
+            for _ in range(200):
+                if subprocess.run(["redis-cli", "-p", str(p), "ping"], capture_output=True).returncode == 0:
+                    break
+                await asyncio.sleep(0.02)
+        subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
+                        "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True,
+                       timeout=30)
+        stores = []
+        for _ in range(50):  # the cluster needs a moment to agree on the slots
+            try:
+                stores = [await RedisStore.open(f"redis://127.0.0.1:{p}/0?cluster=1", watch=False)
+                          for p in ports[:2]]
+                break
+            except StoreUnavailable:
+                await asyncio.sleep(0.1)
+        a, b = stores
+        try:
+            await a.put_list("dnc", NumberSet.from_numbers(["+33612345678"]), SRC)
+            await a.add_consent(ConsentRecord("acme", "+33612345678", 1.0, "form"))
+            await b.refresh()
+            assert b.list_contains("dnc", "+33612345678")
+            assert b.consent_for("acme", "+33612345678", 2.0) is not None
+            results = [await s.check_and_record_attempt("acme", "+33612345678", 10.0, 4, 100.0, 100.0)
+                       for s in (a, b) * 4]
+            assert sum(r.allowed for r in results) == 4
+        finally:
+            for s in stores:
+                await s.close()
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(5)
