@@ -103,6 +103,8 @@ def load_yaml(path: str | Path) -> YamlMap:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror or exc}", path) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text (byte {exc.start})", path) from exc
     loader = _Loader(text)
     loader.source = str(path)
     try:

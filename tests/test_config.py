@@ -126,6 +126,18 @@ def test_duplicate_key(tmp_path: Path) -> None:
     assert err.value.line == text.splitlines().index("  level: debug") + 1
 
 
+def test_unreadable_inputs(tmp_path: Path) -> None:
+    (tmp_path / "bin.yaml").write_bytes(b"sip: \xff\xfe\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(tmp_path / "bin.yaml")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path)
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(write(tmp_path, "- a\n- b\n"))
+    with pytest.raises(ConfigError, match="missing required field"):
+        load_config(write(tmp_path, ""))
+
+
 def test_missing_file_and_missing_section(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "absent.yaml")
@@ -230,12 +242,11 @@ def uncommented_proposals(tmp_path: Path) -> str:
             active = True
         if active and line.startswith("# ") and not line.startswith("# Digest"):
             line = line[2:]
-        elif active and line.startswith("#   "):
-            line = line[2:]
         lines.append(line)
     text = "\n".join(lines) + "\n"
     return text.replace('SHA-256: "<H(user:realm:pass)>"', 'SHA-256: "' + "ab" * 32 + '"').replace(
-        'MD5: "<H(user:realm:pass)>"', 'MD5: "' + "cd" * 16 + '"')
+        'MD5: "<H(user:realm:pass)>"', 'MD5: "' + "cd" * 16 + '"'
+    )
 
 
 def test_limits_and_auth_sections(tmp_path: Path) -> None:
@@ -248,7 +259,8 @@ def test_limits_and_auth_sections(tmp_path: Path) -> None:
     bad = text.replace("max_cps: 30", "max_cps: fast")
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, bad))
-    assert err.value.line == bad.splitlines().index(next(x for x in bad.splitlines() if "max_cps: fast" in x)) + 1
+    lines = bad.splitlines()
+    assert err.value.line == lines.index(next(x for x in lines if "max_cps: fast" in x)) + 1
     bad = text.replace("trunks: [dialer]", "trunks: [dailer]")
     with pytest.raises(ConfigError, match="no trunk named 'dailer'") as err:
         load_config(write(tmp_path, bad))
