@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -71,15 +71,39 @@ return 1
 
 
 def _split_url(url: str) -> tuple[str, dict[str, str]]:
-    """Our own query parameters (prefix, cluster) out of the URL; redis-py's stay in it."""
+    """Our own query parameters (prefix, cluster, sentinel) out of the URL; redis-py's stay in it."""
     base, _, query = url.partition("?")  # not urlunsplit: it would turn unix:///path into unix:/path
     ours, theirs = {}, []
     for k, v in parse_qsl(query, keep_blank_values=True):
-        if k in ("prefix", "cluster"):
+        if k in ("prefix", "cluster", "sentinel"):
             ours[k] = v
         else:
             theirs.append((k, v))
     return (base + "?" + urlencode(theirs) if theirs else base), ours
+
+
+def _describe(url: str) -> str:
+    """The URL for logs: no password, no query."""
+    parts = urlsplit(url.partition("?")[0])
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+
+
+def _sentinel_master(url: str, service: str, kwargs: dict[str, Any]) -> Any:
+    """A client that follows `service`'s master through the Sentinels listed in the URL's host part."""
+    from redis.asyncio.sentinel import Sentinel
+
+    parts = urlsplit(url)
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    sentinels = []
+    for hp in hosts.split(","):
+        host, _, port = hp.rpartition(":") if ":" in hp else (hp, "", "26379")
+        sentinels.append((host or "127.0.0.1", int(port or 26379)))
+    password = unquote(userinfo.partition(":")[2]) or None if userinfo else None
+    db = int(parts.path.strip("/") or 0)
+    conn = {k: v for k, v in kwargs.items() if k != "retry"}
+    timeouts = {k: kwargs[k] for k in ("socket_timeout", "socket_connect_timeout")}
+    sentinel = Sentinel(sentinels, sentinel_kwargs=timeouts, **conn)  # type: ignore[no-untyped-call]
+    return sentinel.master_for(service, db=db, password=password, retry=kwargs["retry"])
 
 
 def _fold_consents(account: str, number: str, events: list[list[Any]]) -> tuple[ConsentRecord, ...]:
@@ -115,13 +139,14 @@ class RedisStore:
     """See the module docstring. Open with `await RedisStore.open(url)`; `close()` when done.
 
     URL: redis://, rediss:// or unix:// as redis-py reads it (socket_timeout=… overrides the 0.3 s default),
-    plus `prefix=` (key prefix, default "sipfilter:") and `cluster=1` (Redis Cluster through the same URL)."""
+    plus `prefix=` (key prefix, default "sipfilter:"), `cluster=1` (Redis Cluster: any node's URL) or
+    `sentinel=SERVICE` (Sentinel: redis://[:password@]sentinel1:26379,sentinel2:26379/DB?sentinel=mymaster)."""
 
     def __init__(self, url: str, *, poll_interval: float = 1.0, timeout_s: float = DEFAULT_TIMEOUT_S):
         redis_url, ours = _split_url(url)
         self.prefix = ours.get("prefix", "sipfilter:")
         self.poll_interval = poll_interval
-        self.health = Health(f"redis {urlsplit(url)._replace(netloc=urlsplit(url).hostname or '').geturl()}")
+        self.health = Health(f"redis {_describe(url)}")
         kwargs: dict[str, Any] = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s,
                                   "retry": Retry(NoBackoff(), 0), "decode_responses": False}
         self._redis: Any
@@ -130,6 +155,8 @@ class RedisStore:
 
             kwargs.pop("retry")
             self._redis = RedisCluster.from_url(redis_url, **kwargs)
+        elif "sentinel" in ours:
+            self._redis = _sentinel_master(redis_url, ours["sentinel"], kwargs)
         else:
             self._redis = aioredis.from_url(redis_url, **kwargs)
         p = self.prefix

@@ -165,3 +165,35 @@ async def test_redis_cluster_through_the_url(tmp_path: Path) -> None:
         for proc in procs:
             proc.kill()
             proc.wait(5)
+
+
+@pytest.mark.e2e
+async def test_redis_sentinel_through_the_url(tmp_path: Path, redis_server: RedisServer) -> None:
+    port = free_port()
+    conf = tmp_path / "sentinel.conf"  # Sentinel rewrites its config file: it must be ours and writable
+    conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+                    f"sentinel monitor mymaster 127.0.0.1 {redis_server.port} 1\n")
+    proc = subprocess.Popen(["redis-server", str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        store = None
+        for _ in range(100):
+            try:
+                store = await RedisStore.open(f"redis://127.0.0.1:{port}/0?sentinel=mymaster", watch=False)
+                break
+            except StoreUnavailable:
+                await asyncio.sleep(0.05)
+        assert store is not None
+        try:
+            await store.put_list("dnc", NumberSet.from_numbers(["+33612345678"]), SRC)
+            assert store.list_contains("dnc", "+33612345678")
+            direct = await RedisStore.open(redis_server.url, watch=False)  # same data on the master
+            try:
+                assert direct.list_contains("dnc", "+33612345678")
+            finally:
+                await direct.close()
+        finally:
+            await store.close()
+    finally:
+        proc.kill()
+        proc.wait(5)
