@@ -57,6 +57,7 @@ __all__ = [
     "TransactionKey",
     "TransactionTable",
     "TransportError",
+    "TransportFailed",
     "TxState",
     "ack_for_non2xx",
     "cancel_for",
@@ -178,7 +179,15 @@ class Terminated:
         return None
 
 
-Action: TypeAlias = Send | Deliver | StartTimer | CancelTimer | Terminated
+@dataclass(frozen=True, slots=True)
+class TransportFailed:
+    """Tell the TU a response could not be sent; the transaction lives on (RFC 6026 §7.1: an INVITE
+    server transaction keeps its state so that INVITE retransmissions are still absorbed)."""
+
+    detail: str = ""
+
+
+Action: TypeAlias = Send | Deliver | StartTimer | CancelTimer | TransportFailed | Terminated
 TransactionKey: TypeAlias = tuple[str, ...]
 
 
@@ -464,6 +473,10 @@ class InviteServerTransaction(_ServerTransaction):
         if type(event) is TimerFired:
             return self._on_timer(event.name)
         if type(event) is TransportError:
+            state = self.state
+            if state is _PROCEEDING or state is _ACCEPTED:
+                # RFC 6026 §7.1: keep the state (timers or the TU end it) so retransmissions are absorbed.
+                return [TransportFailed(event.detail)]
             return self._transport_error()
         raise TransactionError(f"unknown event {event!r}")
 

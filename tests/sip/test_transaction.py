@@ -24,6 +24,7 @@ from sipfilter.sip.transaction import (
     Transaction,
     TransactionError,
     TransportError,
+    TransportFailed,
     TxState,
 )
 
@@ -520,6 +521,24 @@ def test_invite_server_transport_error_and_misuse() -> None:
     bad.status = 99
     with pytest.raises(TransactionError):
         tx.handle(SendResponse(bad))
+
+
+def test_invite_server_transport_error_keeps_proceeding_and_accepted() -> None:
+    req = invite()
+    h = Harness(InviteServerTransaction(req))
+    h.start()
+    ringing = response(req, 180)
+    h.feed(SendResponse(ringing))
+    assert h.feed(TransportError("EHOSTUNREACH")) == [TransportFailed("EHOSTUNREACH")]
+    assert h.tx.state is TxState.PROCEEDING
+    assert h.recv(invite()) == [Send(ringing, True)]  # still absorbing (RFC 6026 §7.1)
+    ok = response(req, 200)
+    h.feed(SendResponse(ok))
+    assert h.feed(TransportError()) == [TransportFailed()]
+    assert h.tx.state is TxState.ACCEPTED
+    assert h.recv(invite()) == []
+    h.advance(40.0)
+    assert h.terminated() == (32.0, "normal")  # Timer L still ends it
 
 
 # --- non-INVITE server (Figure 8) ------------------------------------------------------------------------
