@@ -182,11 +182,22 @@ class SippRun:
     workdir: Path
     elapsed_s: float
 
+    @property
+    def invites(self) -> int:
+        """Calls a carrier scenario received (INVITE|n lines), health probes not included."""
+        return sum(1 for line in self.log_lines if line.startswith("INVITE|"))
+
+    @property
+    def probes(self) -> int:
+        """OPTIONS health probes a carrier scenario answered (PROBE|n lines)."""
+        return sum(1 for line in self.log_lines if line.startswith("PROBE|"))
+
     def summary(self) -> str:
         """A few lines for assertion messages: counts, then the first lines of SIPp's error log."""
         errors = "\n".join(self.errors.strip().splitlines()[:25])
         return (f"{self.name}: rc={self.returncode} created={self.created} successful={self.successful} "
                 f"failed={self.failed} retrans={self.retransmissions} out_of_call={self.out_of_call} "
+                f"invites={self.invites} probes={self.probes} "
                 f"(traces in {self.workdir})\n{errors}")
 
 

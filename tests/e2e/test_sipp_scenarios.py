@@ -5,6 +5,7 @@ Proves each pair is valid SIPp 3.6 and a correct call flow before any of them go
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,29 @@ def test_dead_carrier_never_answers(sipp: SippFactory, tmp_path: Path) -> None:
     assert run.failed == 1 and run.successful == 0 and run.outcomes == (), run.summary()
     assert run.retransmissions >= 2
     assert "retransmission timeout" in run.errors
+
+
+@pytest.mark.parametrize("uas", ["carrier_uas.xml", "carrier_uas_busy.xml", "carrier_uas_bye.xml",
+                                 "carrier_uas_early_media.xml", "carrier_uas_noanswer.xml",
+                                 "carrier_uas_ringing.xml", "carrier_uas_unavailable.xml"])
+def test_carriers_answer_options_health_probes(sipp: SippFactory, uas: str) -> None:
+    # sipfilter probes its targets with OPTIONS outside any dialog; a carrier that ignored them would be
+    # taken out of rotation. Each probe is answered 200 and counted apart from the INVITEs.
+    (port,) = free_ports(1)
+    carrier = sipp(uas, local_port=port, calls=1_000_000, timeout_s=10).start()
+    carrier.wait_listening()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        probe.settimeout(3)
+        me = probe.getsockname()[1]
+        answers = []
+        for n in range(3):
+            probe.sendto((f"OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\n"
+                          f"Via: SIP/2.0/UDP 127.0.0.1:{me};branch=z9hG4bKprobe{n};rport\r\n"
+                          f"Max-Forwards: 70\r\nFrom: <sip:probe@127.0.0.1:{me}>;tag=p{n}\r\n"
+                          f"To: <sip:127.0.0.1:{port}>\r\nCall-ID: probe-{n}@127.0.0.1\r\n"
+                          "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n").encode(), ("127.0.0.1", port))
+            answers.append(probe.recv(65536).split(b"\r\n", 1)[0])
+    run = carrier.finish()
+    assert answers == [b"SIP/2.0 200 OK"] * 3
+    assert run.probes == 3 and run.invites == 0 and run.failed == 0, run.summary()
