@@ -217,8 +217,8 @@ class _Api:
         return resp
 
     async def put_list(self, request: web.Request) -> web.Response:
-        """Body: the list file. Query: format, column, mode (replace|add|remove), max_bad_share,
-        source_name (recorded as the list's source file name)."""
+        """Body: the list file. Query: format, column, mode (replace|add|remove), max_bad_share (0.01),
+        max_shrink (0.5), source_name (recorded as the list's source file name)."""
         name = request.match_info["name"]
         q = request.query
         fmt, mode = q.get("format", "auto"), q.get("mode", "replace")
@@ -226,8 +226,9 @@ class _Api:
             raise BadRequest(f"format: one of {FORMATS}; mode: replace, add or remove")
         try:
             max_bad = float(q.get("max_bad_share", "0.01"))
+            max_shrink = float(q.get("max_shrink", "0.5"))
         except ValueError:
-            raise BadRequest("max_bad_share: expected a number") from None
+            raise BadRequest("max_bad_share, max_shrink: expected numbers") from None
         with tempfile.TemporaryDirectory(prefix="sipfilter-upload-") as tmp:
             path = Path(tmp) / Path(q.get("source_name", f"{name}.upload")).name
             size = 0
@@ -247,12 +248,16 @@ class _Api:
             return web.json_response({"error": error, "bad_lines": bad}, status=422)
         store = self.get_store()
         numbers = result.numbers
+        try:
+            current = store.list_numbers(name)
+        except KeyError:
+            current = NumberSet()
         if mode != "replace":
-            try:
-                current = store.list_numbers(name)
-            except KeyError:
-                current = NumberSet()
             numbers = current.union(numbers) if mode == "add" else current.difference(numbers)
+        elif len(current) and len(numbers) < (1 - max_shrink) * len(current):
+            # A truncated download must not silently empty a do-not-call list.
+            return _json_error(422, f"list {name!r} would shrink from {len(current)} to {len(numbers)}"
+                                    f" numbers (more than max_shrink={max_shrink}): unchanged")
         info = await store.put_list(name, numbers, SourceInfo(path.name, result.source.size,
                                                               result.source.sha256))
         return web.json_response({"list": _info(info), "lines": result.lines, "bad": result.bad,

@@ -108,6 +108,11 @@ async def test_lists_upload_show_export_delete(client: Client, store: EmbeddedSt
     r = await client.put("/api/lists/bloctel", data=b"0611111111\nnope\nnope\n")
     assert r.status == 422 and (await r.json())["bad_lines"][0]["line"] == 2
     assert store.list_info("bloctel").count == 3  # type: ignore[union-attr]  # unchanged
+    r = await client.put("/api/lists/bloctel", data=b"0611111111\n")
+    assert r.status == 422 and "shrink" in (await r.json())["error"]
+    r = await client.put("/api/lists/bloctel", data=b"0611111111\n", params={"max_shrink": "1"})
+    assert r.status == 201
+    r = await client.put("/api/lists/bloctel", data=body, params={"mode": "add"})
     r = await client.get("/api/lists")
     assert [i["name"] for i in await r.json()] == ["bloctel"]
     r = await client.get("/api/lists/bloctel", params={"number": "06 12 34 56 78"})

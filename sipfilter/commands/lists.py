@@ -28,6 +28,7 @@ from sipfilter.stores.importer import FORMATS, ImportResult, read_list
 from sipfilter.stores.numberset import NumberSet
 
 DEFAULT_MAX_BAD_SHARE = 0.01
+DEFAULT_MAX_SHRINK = 0.5
 BAD_LINES_SHOWN = 20
 
 
@@ -52,6 +53,9 @@ def register(subparsers: Any) -> None:
                       help="remove the file's numbers")
     q.add_argument("--max-bad-share", type=float, default=DEFAULT_MAX_BAD_SHARE,
                    help="refuse to switch when more than this share of lines is bad (default: %(default)s)")
+    q.add_argument("--max-shrink", type=float, default=DEFAULT_MAX_SHRINK,
+                   help="refuse a --replace that removes more than this share of the current list, e.g. a "
+                        "truncated download (default: %(default)s; 1 disables)")
     q.add_argument("--trunk", help="normalise with this trunk's rules (default: the first trunk)")
     q.add_argument("--dry-run", action="store_true", help="read and report, do not switch")
     q.add_argument("--quiet", action="store_true", help="no progress output")
@@ -106,13 +110,17 @@ def _import(args: argparse.Namespace) -> int:
             raise CliError(f"{result.bad} of {result.lines} lines are bad ({result.bad_share:.2%} > "
                            f"--max-bad-share {args.max_bad_share:.2%}): list {args.name!r} left unchanged")
         numbers = result.numbers
+        await store.refresh()
+        try:
+            current = store.list_numbers(args.name)
+        except KeyError:
+            current = NumberSet()
         if args.mode != "replace":
-            await store.refresh()
-            try:
-                current = store.list_numbers(args.name)
-            except KeyError:
-                current = NumberSet()
             numbers = current.union(numbers) if args.mode == "add" else current.difference(numbers)
+        elif len(current) and len(numbers) < (1 - args.max_shrink) * len(current):
+            raise CliError(f"list {args.name!r} would shrink from {len(current)} to {len(numbers)} numbers "
+                           f"(more than --max-shrink {args.max_shrink:.0%}): left unchanged; check the file, "
+                           "or pass --max-shrink 1")
         if args.dry_run:
             print(f"dry run: list {args.name!r} would hold {len(numbers)} numbers", file=sys.stderr)
             return 0

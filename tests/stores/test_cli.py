@@ -60,6 +60,10 @@ def test_lists_lifecycle(config: str, tmp_path: Path, capsys: pytest.CaptureFixt
     assert run(capsys, "lists", "import", *c, "--list", "bloctel", str(extra), "--remove")[0] == 0
     code, out, _ = run(capsys, "lists", "export", *c, "bloctel")
     assert out.split() == ["+262692123456"]
+    empty = tmp_path / "truncated.txt"
+    empty.write_text("")
+    code, _, err = run(capsys, "lists", "import", *c, "--list", "bloctel", str(empty))
+    assert code == 1 and "would shrink from 1 to 0" in err
     code, out, _ = run(capsys, "lists", "stats", *c, "--json")
     stats = json.loads(out)
     assert [(x["name"], x["count"]) for x in stats["lists"]] == [("bloctel", 1)]
