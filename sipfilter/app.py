@@ -254,7 +254,10 @@ class _FallbackAdmin:
         web_app.router.add_get("/readyz", readyz)
         admin_api = _optional("sipfilter.admin_api")
         if admin_api is not None:
-            admin_api.add_admin_routes(web_app, lambda: self.app.store, token=self.app.config.admin.token)
+            from sipfilter.policy.rulepack import normaliser_for  # API numbers normalised like the call path
+
+            admin_api.add_admin_routes(web_app, lambda: self.app.store, token=self.app.config.admin.token,
+                                       normaliser=normaliser_for(self.app.config))
         self._runner = web.AppRunner(web_app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, host, port).start()
