@@ -243,7 +243,7 @@ class PolicyEngine:
         first = first or r
         r = lists.check_dnc(rs.lists, trunk.lists.dnc, missing, look, out)
         first = first or r
-        r = lists.check_sector(rs.lists, trunk.sector, look, out)
+        r = lists.check_sector(rs.lists, trunk.sector, trunk.prospecting, look, out)
         first = first or r
         r = lists.check_consent(rs.lists, trunk.prospecting, look, out)
         first = first or r

@@ -161,11 +161,22 @@ def check_dnc(
     return first
 
 
-def check_sector(rules: ListRules, sector: str | None, look: Lookups, out: dict[str, Outcome]) -> str:
-    if sector is None or sector not in rules.banned_sectors:
-        out[SECTOR_RULE] = Outcome(
-            SKIP if sector is None else PASS, "" if sector else "no sector on this trunk"
-        )
+_NO_SECTOR = Outcome(SKIP, "no sector on this trunk")
+_NOT_PROSPECTING = Outcome(SKIP, "trunk is not prospecting")
+
+
+def check_sector(
+    rules: ListRules, sector: str | None, prospecting: bool, look: Lookups, out: dict[str, Outcome]
+) -> str:
+    """The ban concerns prospecting in the sector; a contract in progress is the only way through."""
+    if sector is None:
+        out[SECTOR_RULE] = _NO_SECTOR
+        return ""
+    if not prospecting:
+        out[SECTOR_RULE] = _NOT_PROSPECTING
+        return ""
+    if sector not in rules.banned_sectors:
+        out[SECTOR_RULE] = Outcome(PASS, f"sector {sector!r} is not banned")
         return ""
     if look.contract():
         out[SECTOR_RULE] = Outcome(PASS, f"sector {sector!r} is banned but a contract is in progress")

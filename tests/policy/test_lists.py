@@ -129,6 +129,14 @@ async def test_banned_sector(
     assert d.verdict.rule == rule
 
 
+async def test_banned_sector_only_for_prospecting(
+    make_engine: Callable[..., PolicyEngine], store: MemoryStore
+) -> None:
+    engine = make_engine(sector="energy-renovation", prospecting=False)
+    d = await decide(engine, store, at=OPEN)
+    assert d.verdict.action == "allow" and d.outcomes["sector.banned"].result == SKIP
+
+
 async def test_sector_not_banned(make_engine: Callable[..., PolicyEngine], consent_all: MemoryStore) -> None:
     engine = make_engine(sector="insurance")
     d = await decide(engine, consent_all, at=OPEN)
