@@ -6,15 +6,17 @@ it is handed (a StartTimer replaces any pending timer of that name) and feeds ba
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import lru_cache
 from typing import Final, TypeAlias
 
 from sipfilter.sip.errors import ParseError
-from sipfilter.sip.headers import BRANCH_COOKIE, Headers
+from sipfilter.sip.headers import BRANCH_COOKIE, Headers, Via
 from sipfilter.sip.message import Request, Response
 from sipfilter.sip.timers import (
+    ALL_TIMERS,
     DEFAULT_TIMERS,
     TIMER_A,
     TIMER_B,
@@ -31,6 +33,7 @@ from sipfilter.sip.timers import (
     TIMER_TRYING,
     TimerConfig,
 )
+from sipfilter.sip.uri import fast_init
 
 __all__ = [
     "REASON_NORMAL",
@@ -190,12 +193,38 @@ class TransportFailed:
 Action: TypeAlias = Send | Deliver | StartTimer | CancelTimer | TransportFailed | Terminated
 TransactionKey: TypeAlias = tuple[str, ...]
 
+# Hot path: actions are immutable, so the common ones are built once and shared; the rest skip the
+# frozen-dataclass __init__ (object.__setattr__ per field).
+_new_send: Final = fast_init(Send)
+_new_deliver: Final = fast_init(Deliver)
+_CANCEL: Final[Mapping[str, CancelTimer]] = {name: CancelTimer(name) for name in ALL_TIMERS}
+
+
+def _fixed_starts(timers: TimerConfig) -> Mapping[str, StartTimer]:
+    # Identity check first: hashing a frozen dataclass costs more than the whole lookup.
+    return _DEFAULT_STARTS if timers is DEFAULT_TIMERS else _starts_for(timers)
+
+
+@lru_cache(maxsize=16)
+def _starts_for(timers: TimerConfig) -> Mapping[str, StartTimer]:
+    """The StartTimer of every timer at its first (or only) duration under this configuration."""
+    t = timers
+    first = {
+        TIMER_A: t.t1, TIMER_B: t.timeout, TIMER_D: t.timer_d, TIMER_E: t.t1, TIMER_F: t.timeout,
+        TIMER_G: t.t1, TIMER_H: t.timeout, TIMER_I: t.t4, TIMER_J: t.timeout, TIMER_K: t.t4,
+        TIMER_L: t.timeout, TIMER_M: t.timeout, TIMER_TRYING: t.trying,
+    }  # fmt: skip
+    return {name: StartTimer(name, seconds) for name, seconds in first.items()}
+
 
 # --- the four machines -----------------------------------------------------------------------------------
+_DEFAULT_STARTS: Final = _starts_for(DEFAULT_TIMERS)
+
+
 class _Transaction:
     """What all four machines share: the request, the armed timers and how termination cancels them."""
 
-    __slots__ = ("_armed", "key", "reliable", "request", "state", "timers")
+    __slots__ = ("_armed", "_starts", "key", "reliable", "request", "state", "timers")
 
     def __init__(self, request: Request, reliable: bool, timers: TimerConfig, key: TransactionKey) -> None:
         self.request: Request = request
@@ -204,6 +233,7 @@ class _Transaction:
         self.key: TransactionKey = key
         self.state: TxState = _TERMINATED
         self._armed: set[str] = set()
+        self._starts: Mapping[str, StartTimer] = _fixed_starts(timers)
 
     @property
     def terminated(self) -> bool:
@@ -216,17 +246,19 @@ class _Transaction:
 
     def _start(self, out: list[Action], name: str, seconds: float) -> None:
         self._armed.add(name)
-        out.append(StartTimer(name, seconds))
+        start = self._starts[name]
+        out.append(start if start.seconds == seconds else StartTimer(name, seconds))
 
     def _cancel(self, out: list[Action], name: str) -> None:
         if name in self._armed:
             self._armed.discard(name)
-            out.append(CancelTimer(name))
+            out.append(_CANCEL[name])
 
     def _terminate(self, out: list[Action], reason: str) -> list[Action]:
-        for name in sorted(self._armed):
-            out.append(CancelTimer(name))
-        self._armed.clear()
+        armed = self._armed
+        if armed:
+            out.extend(_CANCEL[name] for name in sorted(armed))
+            armed.clear()
         self.state = _TERMINATED
         out.append(Terminated(reason))
         return out
@@ -252,8 +284,8 @@ class _ClientTransaction(_Transaction):
 
     def __init__(self, request: Request, reliable: bool, timers: TimerConfig) -> None:
         _Transaction.__init__(self, request, reliable, timers, client_key_for_request(request))
-        self._send: Send = Send(request)
-        self._resend: Send = Send(request, True)
+        self._send: Send = _new_send(request, False)
+        self._resend: Send = _new_send(request, True)
         self._interval: float = timers.t1
         self._started: bool = False
 
@@ -313,19 +345,19 @@ class InviteClientTransaction(_ClientTransaction):
                     self.state = _PROCEEDING
                     self._cancel(out, TIMER_A)
                     self._cancel(out, TIMER_B)
-                out.append(Deliver(resp))
+                out.append(_new_deliver(resp))
                 return out
             self._cancel(out, TIMER_A)
             self._cancel(out, TIMER_B)
             if status < 300:
                 # RFC 6026: stay around so 2xx retransmissions reach the TU (which ACKs them), not a new tx.
                 self.state = _ACCEPTED
-                out.append(Deliver(resp))
+                out.append(_new_deliver(resp))
                 self._start(out, TIMER_M, self.timers.timeout)
                 return out
             ack = self._ack = Send(ack_for_non2xx(self.request, resp))
             out.append(ack)
-            out.append(Deliver(resp))
+            out.append(_new_deliver(resp))
             if self.reliable:
                 return self._terminate(out, REASON_NORMAL)  # Timer D is zero
             self.state = _COMPLETED
@@ -336,7 +368,7 @@ class InviteClientTransaction(_ClientTransaction):
                 return [self._ack]  # retransmitted final: ACK again, TU already has it
             return []
         if state is _ACCEPTED and 200 <= status < 300:
-            return [Deliver(resp)]
+            return [_new_deliver(resp)]
         return []
 
     def _on_timer(self, name: str) -> list[Action]:
@@ -394,11 +426,11 @@ class NonInviteClientTransaction(_ClientTransaction):
         out: list[Action] = []
         if resp.status < 200:
             self.state = _PROCEEDING  # Timer E keeps running, at T2 from its next firing
-            out.append(Deliver(resp))
+            out.append(_new_deliver(resp))
             return out
         self._cancel(out, TIMER_E)
         self._cancel(out, TIMER_F)
-        out.append(Deliver(resp))
+        out.append(_new_deliver(resp))
         if self.reliable:
             return self._terminate(out, REASON_NORMAL)  # Timer K is zero
         self.state = _COMPLETED
@@ -440,8 +472,8 @@ class _ServerTransaction(_Transaction):
 
     def _remember(self, resp: Response) -> Send:
         # One Send object per response: retransmissions reuse it (flagged), the first send is unflagged.
-        self._last = Send(resp, True)
-        return Send(resp)
+        self._last = _new_send(resp, True)
+        return _new_send(resp, False)
 
 
 class InviteServerTransaction(_ServerTransaction):
@@ -460,7 +492,7 @@ class InviteServerTransaction(_ServerTransaction):
 
     def start(self) -> list[Action]:
         """Hand the INVITE to the TU; arm the 100 Trying timer (cancelled by any response from the TU)."""
-        out: list[Action] = [Deliver(self.request)]
+        out: list[Action] = [_new_deliver(self.request)]
         self._start(out, TIMER_TRYING, self.timers.trying)
         return out
 
@@ -499,7 +531,7 @@ class InviteServerTransaction(_ServerTransaction):
                 self._start(out, TIMER_I, self.timers.t4)
                 return out
             if state is _ACCEPTED:
-                return [Deliver(req)]  # RFC 6026: an ACK matching here belongs to the TU (2xx ACK)
+                return [_new_deliver(req)]  # RFC 6026: an ACK matching here belongs to the TU (2xx ACK)
         return []  # Confirmed absorbs ACK retransmissions
 
     def _on_send(self, resp: Response) -> list[Action]:
@@ -524,7 +556,7 @@ class InviteServerTransaction(_ServerTransaction):
             self._start(out, TIMER_H, self.timers.timeout)
             return out
         if state is _ACCEPTED and 200 <= status < 300:
-            out.append(Send(resp, True))  # the TU (dialog) retransmits its 2xx until the ACK
+            out.append(_new_send(resp, True))  # the TU (dialog) retransmits its 2xx until the ACK
             return out
         return out  # anything else after a final response is discarded (§17.2.1)
 
@@ -563,7 +595,7 @@ class NonInviteServerTransaction(_ServerTransaction):
 
     def start(self) -> list[Action]:
         """Hand the request to the TU."""
-        return [Deliver(self.request)]
+        return [_new_deliver(self.request)]
 
     def handle(self, event: Event) -> list[Action]:
         if type(event) is SendResponse:
@@ -606,19 +638,23 @@ Transaction: TypeAlias = ClientTransaction | ServerTransaction
 
 
 # --- matching (§17.1.3, §17.2.3) ----------------------------------------------------------------------------
-def _top_via(msg: Request | Response) -> tuple[str, str, str | None]:
-    """(via-parm text, sent-by lower-cased, branch) of the top Via; ParseError if there is none."""
+def _top_via(msg: Request | Response) -> Via:
     vias = msg.vias
     if not vias:
         raise ParseError("Missing Via header", is_request=isinstance(msg, Request))
-    top = vias[0]
-    return top.raw or str(top), top.sent_by.lower(), top.branch
+    return vias[0]
+
+
+def _via_text(via: Via) -> str:
+    return via.raw or str(via)
 
 
 def _server_key(request: Request, method: str) -> TransactionKey:
-    text, sent_by, branch = _top_via(request)
-    if branch is not None and len(branch) > len(BRANCH_COOKIE) and branch.startswith(BRANCH_COOKIE):
-        return (branch, sent_by, method)
+    top = _top_via(request)
+    branch = top.branch
+    if branch is not None and len(branch) > _COOKIE_LEN and branch.startswith(BRANCH_COOKIE):
+        host = top.host
+        return (branch, host.lower() if top.port is None else f"{host.lower()}:{top.port}", method)
     # RFC 2543 peer (§17.2.3, second half): Request-URI, From tag, Call-ID, CSeq number, top Via. The To
     # tag is left out so that the ACK (which carries our tag) finds the INVITE it acknowledges.
     return (
@@ -627,9 +663,12 @@ def _server_key(request: Request, method: str) -> TransactionKey:
         request.from_.tag or "",
         request.call_id,
         str(request.cseq.seq),
-        text,
+        _via_text(top),
         method,
     )
+
+
+_COOKIE_LEN: Final = len(BRANCH_COOKIE)
 
 
 def server_key(request: Request) -> TransactionKey:
@@ -648,14 +687,12 @@ def cancel_target_key(cancel: Request) -> TransactionKey:
 
 def client_key(response: Response) -> TransactionKey:
     """The client transaction a response belongs to (§17.1.3): top Via branch and CSeq method."""
-    _, _, branch = _top_via(response)
-    return (branch or "", response.cseq.method)
+    return (_top_via(response).branch or "", response.cseq.method)
 
 
 def client_key_for_request(request: Request) -> TransactionKey:
     """The key a client transaction is filed under: what `client_key` gives for its responses."""
-    _, _, branch = _top_via(request)
-    return (branch or "", request.method)
+    return (_top_via(request).branch or "", request.method)
 
 
 class TransactionTable:
@@ -718,7 +755,7 @@ def _required(request: Request, name: str) -> str:
 def ack_for_non2xx(invite: Request, response: Response) -> Request:
     """The ACK for a 3xx-6xx answer to `invite` (§17.1.1.3): same Request-URI, Call-ID, From and CSeq
     number, the response's To (with its tag), the INVITE's top Via only, and its Route set."""
-    via, _, _ = _top_via(invite)
+    via = _via_text(_top_via(invite))
     to = response.headers.get("to")
     if to is None:
         raise ParseError("Missing To header", is_request=False)
@@ -737,7 +774,7 @@ def cancel_for(invite: Request, reason: str | None = None) -> Request:
     Via (so the same branch), Route set copied. `reason` is an RFC 3326 Reason value to add, if any."""
     if invite.method != "INVITE":
         raise TransactionError(f"only an INVITE can be cancelled, not {invite.method}")
-    via, _, _ = _top_via(invite)
+    via = _via_text(_top_via(invite))
     h = invite.headers
     items: list[tuple[str, str]] = [("Via", via), ("Max-Forwards", "70")]
     items.extend(("Route", r) for r in h.get_lines("route"))
