@@ -306,6 +306,7 @@ class InviteClientTransaction(_ClientTransaction):
         if request.method != "INVITE":
             raise TransactionError(f"InviteClientTransaction needs an INVITE, not {request.method}")
         _ClientTransaction.__init__(self, request, reliable, timers)
+        self.state = _CALLING
         self._ack: Send | None = None
 
     @property
@@ -316,7 +317,6 @@ class InviteClientTransaction(_ClientTransaction):
     def start(self) -> list[Action]:
         """Send the INVITE; arm Timer A (unreliable only) and Timer B."""
         self._check_start()
-        self.state = _CALLING
         out: list[Action] = [self._send]
         if not self.reliable:
             self._start(out, TIMER_A, self._interval)
@@ -324,6 +324,8 @@ class InviteClientTransaction(_ClientTransaction):
         return out
 
     def handle(self, event: Event) -> list[Action]:
+        if not self._started:
+            raise TransactionError("start() the client transaction before feeding it events")
         if type(event) is MessageReceived:
             msg = event.msg
             return self._on_response(msg) if type(msg) is Response else []
@@ -398,11 +400,11 @@ class NonInviteClientTransaction(_ClientTransaction):
         if request.method in ("INVITE", "ACK"):
             raise TransactionError(f"NonInviteClientTransaction cannot carry {request.method}")
         _ClientTransaction.__init__(self, request, reliable, timers)
+        self.state = _TRYING
 
     def start(self) -> list[Action]:
         """Send the request; arm Timer E (unreliable only) and Timer F."""
         self._check_start()
-        self.state = _TRYING
         out: list[Action] = [self._send]
         if not self.reliable:
             self._start(out, TIMER_E, self._interval)
@@ -410,6 +412,8 @@ class NonInviteClientTransaction(_ClientTransaction):
         return out
 
     def handle(self, event: Event) -> list[Action]:
+        if not self._started:
+            raise TransactionError("start() the client transaction before feeding it events")
         if type(event) is MessageReceived:
             msg = event.msg
             return self._on_response(msg) if type(msg) is Response else []

@@ -306,6 +306,9 @@ def test_invite_client_misuse() -> None:
     with pytest.raises(TransactionError):
         InviteClientTransaction(options())
     tx = InviteClientTransaction(invite())
+    assert tx.state is TxState.CALLING and not tx.terminated
+    with pytest.raises(TransactionError):
+        tx.handle(TimerFired("A"))  # events before start() are a caller bug
     tx.start()
     with pytest.raises(TransactionError):
         tx.start()
@@ -383,6 +386,10 @@ def test_non_invite_client_transport_error_and_misuse() -> None:
     for req in (invite(), ack_2xx(invite())):
         with pytest.raises(TransactionError):
             NonInviteClientTransaction(req)
+    fresh = NonInviteClientTransaction(options())
+    assert fresh.state is TxState.TRYING
+    with pytest.raises(TransactionError):
+        fresh.handle(MessageReceived(response(options(), 200)))
 
 
 # --- INVITE server (Figure 7 + RFC 6026) ----------------------------------------------------------------
