@@ -37,6 +37,10 @@ _COMPACT = {
     "b": "referred-by", "u": "allow-events", "x": "session-expires", "y": "identity",
 }
 _FINAL_FAILOVER = frozenset({408, 503})
+# Option tags a dialer may Require: relayed end to end, so the carrier's support is what counts.
+SUPPORTED_EXTENSIONS = frozenset({"100rel", "timer", "replaces", "precondition", "norefersub", "histinfo",
+                                  "tdialog", "path", "outbound", "gruu", "from-change", "199"})  # fmt: skip
+ACCEPTED_BODIES = ("application/sdp", "multipart/mixed", "multipart/alternative", "application/isup")
 
 
 class Scheduler(Protocol):
@@ -388,7 +392,7 @@ class B2BUA:
             return
         status = int(getattr(exc, "status", 400) or 400)
         reason = str(getattr(exc, "reason", "") or wire.reason_phrase(status))
-        raw = data or (bytes(msg) if msg is not None else b"")
+        raw = data or getattr(exc, "raw", b"") or (bytes(msg) if msg is not None else b"")
         out = wire.stateless_error(raw, status, reason, wire.new_tag()) if raw else None
         if out is not None:
             ep.send(out, addr)
@@ -435,11 +439,36 @@ class B2BUA:
         if trunk is None:
             self._unknown_source(ep, msg, addr)
             return
+        if self._refused_by_uas_checks(ep, msg, addr):
+            return
         if method == "OPTIONS":  # dialers probing us: we are up
             self._stateless(ep, addr, msg, 200 if not self.draining else 503, "")
             return
         self._stateless(ep, addr, msg, 405 if method not in ("BYE", "PRACK", "UPDATE", "INFO") else 481, "",
                         ["Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, PRACK, UPDATE, INFO, NOTIFY, REFER"])
+
+    def _refused_by_uas_checks(self, ep: Endpoint, msg: Any, addr: Addr) -> bool:
+        """RFC 3261 §8.2 checks a UAS makes before acting on a new request; True when answered."""
+        tags = [t for t in (*msg.require, *msg.proxy_require) if t.lower() not in SUPPORTED_EXTENSIONS]
+        if tags:
+            self._stateless(ep, addr, msg, 420, "Bad Extension", [f"Unsupported: {', '.join(tags)}"])
+            return True
+        if msg.method != "INVITE":
+            return False
+        if msg.body:
+            ctype = msg.content_type
+            mime = ctype.mime if ctype is not None else ""
+            if mime not in ACCEPTED_BODIES:
+                self._stateless(ep, addr, msg, 415, "Unsupported Media Type",
+                                [f"Accept: {', '.join(ACCEPTED_BODIES)}"])  # fmt: skip
+                return True
+        accept = msg.headers.get_all("Accept")
+        if accept:
+            kinds = {a.split(";", 1)[0].strip().lower() for a in accept}
+            if not kinds & {"application/sdp", "application/*", "*/*", ""}:
+                self._stateless(ep, addr, msg, 406, "Not Acceptable", ["Accept: application/sdp"])
+                return True
+        return False
 
     def _outside_new_request(self, ep: Endpoint, msg: Any, addr: Addr) -> None:
         # Carriers may only talk inside dialogs we created; an OPTIONS ping from a target gets 200.
@@ -484,6 +513,8 @@ class B2BUA:
         mf = msg.max_forwards
         if mf is not None and mf <= 0:
             self._stateless(ep, addr, msg, 483, "Too Many Hops")
+            return
+        if self._refused_by_uas_checks(ep, msg, addr):
             return
         admit = self.admission.admit_invite(addr[0], trunk.name, now)
         if not isinstance(admit, Admit):

@@ -85,8 +85,8 @@ _KEEP = {
 
 
 def stateless_error(data: bytes, status: int, reason: str, tag: str) -> bytes | None:
-    """A response to a request that failed to parse, from its raw header lines; None when it lacks what
-    a response needs (a Via, From, To, Call-ID and CSeq) so nobody could match the answer anyway."""
+    """A response to a request that failed to parse, from its raw header lines (those it has of Via,
+    From, To, Call-ID, CSeq); None without a Via."""
     head = data.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
     found: dict[str, list[str]] = {}
     for raw in head.split(b"\n")[1:]:
@@ -99,11 +99,14 @@ def stateless_error(data: bytes, status: int, reason: str, tag: str) -> bytes | 
             continue
         value = m.group(2).decode("utf-8", "replace").strip()
         found.setdefault(name, []).append(safe(value))
-    if any(k not in found for k in ("Via", "From", "To", "Call-ID", "CSeq")):
-        return None
+    if "Via" not in found:
+        return None  # §8.2: an answer goes back along the Via; without one it could not be matched
     lines = [f"Via: {v}" for v in found["Via"]]
-    lines.append(f"From: {found['From'][0]}")
-    lines.append(f"To: {with_tag(found['To'][0], tag)}")
-    lines.append(f"Call-ID: {found['Call-ID'][0]}")
-    lines.append(f"CSeq: {found['CSeq'][0]}")
+    if "From" in found:
+        lines.append(f"From: {found['From'][0]}")
+    if "To" in found:
+        lines.append(f"To: {with_tag(found['To'][0], tag)}")
+    for name in ("Call-ID", "CSeq"):
+        if name in found:
+            lines.append(f"{name}: {found[name][0]}")
     return build_response(status, reason, lines)

@@ -115,6 +115,7 @@ class StreamFramer:
             try:
                 out.append(parse(raw, limits, validate=self._validate))
             except ParseError as exc:
+                setattr(exc, "raw", raw)  # noqa: B010 (the transport answers 400 from the raw header lines)
                 out.append(exc)
         return out
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from typing import Any
+from typing import Any, cast
 
 from sipfilter.sip.framing import KeepAlive, StreamFramer
 from sipfilter.transport.base import Addr, Endpoint, Handler
@@ -32,8 +32,7 @@ class _Connection(asyncio.Protocol):
         self.peer: Addr = ("", 0)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
         peer = transport.get_extra_info("peername")
         self.peer = (str(peer[0]), int(peer[1])) if peer else ("", 0)
         self.endpoint._connections[self.peer] = self
