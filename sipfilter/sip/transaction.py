@@ -67,6 +67,7 @@ __all__ = [
     "cancel_target_key",
     "client_key",
     "client_key_for_request",
+    "is_reliable",
     "response_for",
     "server_key",
     "trying_for",
@@ -308,6 +309,11 @@ class InviteClientTransaction(_ClientTransaction):
         _ClientTransaction.__init__(self, request, reliable, timers)
         self.state = _CALLING
         self._ack: Send | None = None
+
+    @property
+    def cancellable(self) -> bool:
+        """True once a provisional response came and no final one yet: §9.1 allows a CANCEL only then."""
+        return self.state is _PROCEEDING
 
     @property
     def ack(self) -> Request | None:
@@ -639,6 +645,14 @@ class NonInviteServerTransaction(_ServerTransaction):
 ClientTransaction: TypeAlias = InviteClientTransaction | NonInviteClientTransaction
 ServerTransaction: TypeAlias = InviteServerTransaction | NonInviteServerTransaction
 Transaction: TypeAlias = ClientTransaction | ServerTransaction
+
+
+_RELIABLE: Final = frozenset({"TCP", "TLS", "SCTP", "TLS-SCTP", "WS", "WSS"})
+
+
+def is_reliable(transport: str) -> bool:
+    """Whether a Via transport name (UDP, TCP, TLS, SCTP, WS, WSS) is reliable, for `reliable=`."""
+    return transport.upper() in _RELIABLE
 
 
 # --- matching (§17.1.3, §17.2.3) ----------------------------------------------------------------------------

@@ -194,8 +194,9 @@ def test_invite_client_provisional_stops_retransmission_and_timer_b() -> None:
     h.start()
     h.advance(0.7)
     ringing = response(req, 180)
+    assert isinstance(h.tx, InviteClientTransaction) and not h.tx.cancellable  # §9.1: not before a 1xx
     assert h.recv(ringing) == [CancelTimer("A"), CancelTimer("B"), Deliver(ringing)]
-    assert h.tx.state is TxState.PROCEEDING
+    assert h.tx.state is TxState.PROCEEDING and h.tx.cancellable
     h.advance(500.0)  # the TU's ring timeout governs from here, not the transaction
     assert h.send_times() == [0.0, 0.5]
     assert h.terminated() is None

@@ -23,6 +23,7 @@ from sipfilter.sip.transaction import (
     cancel_target_key,
     client_key,
     client_key_for_request,
+    is_reliable,
     response_for,
     server_key,
     trying_for,
@@ -224,3 +225,9 @@ def test_timer_config_validation() -> None:
     ):
         with pytest.raises(ValueError):
             TimerConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_is_reliable() -> None:
+    assert not is_reliable("UDP") and not is_reliable("udp")
+    assert all(is_reliable(t) for t in ("TCP", "tls", "SCTP", "WS", "WSS"))
+    assert is_reliable(req().vias[0].transport) is False
