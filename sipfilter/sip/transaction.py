@@ -169,7 +169,11 @@ class CancelTimer:
 
 @dataclass(frozen=True, slots=True)
 class Terminated:
-    """The transaction is over: remove it from the table. Always the last action of its list."""
+    """The transaction is over: remove it from the table. Always the last action of its list.
+
+    A client transaction ends with "timeout" or "transport-error" only before any final response reached
+    the TU; later transport failures come as TransportFailed.
+    """
 
     reason: str
 
@@ -185,8 +189,9 @@ class Terminated:
 
 @dataclass(frozen=True, slots=True)
 class TransportFailed:
-    """Tell the TU a response could not be sent; the transaction lives on (RFC 6026 §7.1: an INVITE
-    server transaction keeps its state so that INVITE retransmissions are still absorbed)."""
+    """Tell the TU the transport failed; the transaction lives on until its timers end it. Used where
+    terminating would be wrong: an INVITE server transaction in Proceeding/Accepted (RFC 6026 §7.1 keeps
+    it to absorb INVITE retransmissions) and a client that already delivered its final response."""
 
     detail: str = ""
 
@@ -218,8 +223,13 @@ def _starts_for(timers: TimerConfig) -> Mapping[str, StartTimer]:
     return {name: StartTimer(name, seconds) for name, seconds in first.items()}
 
 
-# --- the four machines -----------------------------------------------------------------------------------
 _DEFAULT_STARTS: Final = _starts_for(DEFAULT_TIMERS)
+_ENDS: Final[Mapping[str, Terminated]] = {
+    r: Terminated(r) for r in (REASON_NORMAL, REASON_TIMEOUT, REASON_TRANSPORT)
+}
+
+
+# --- the four machines -----------------------------------------------------------------------------------
 
 
 class _Transaction:
@@ -261,7 +271,7 @@ class _Transaction:
             out.extend(_CANCEL[name] for name in sorted(armed))
             armed.clear()
         self.state = _TERMINATED
-        out.append(Terminated(reason))
+        out.append(_ENDS[reason])
         return out
 
     def _fired(self, name: str) -> bool:
@@ -289,6 +299,13 @@ class _ClientTransaction(_Transaction):
         self._resend: Send = _new_send(request, True)
         self._interval: float = timers.t1
         self._started: bool = False
+
+    def _client_transport_error(self, event: TransportError) -> list[Action]:
+        state = self.state
+        if state is _COMPLETED or state is _ACCEPTED:
+            # The TU already has its final response: a 503 now would contradict it. Timers end the state.
+            return [TransportFailed(event.detail)]
+        return self._transport_error()
 
     def _check_start(self) -> None:
         if self._started:
@@ -338,7 +355,7 @@ class InviteClientTransaction(_ClientTransaction):
         if type(event) is TimerFired:
             return self._on_timer(event.name)
         if type(event) is TransportError:
-            return self._transport_error()
+            return self._client_transport_error(event)
         raise TransactionError("a client transaction does not send responses")
 
     def _on_response(self, resp: Response) -> list[Action]:
@@ -426,7 +443,7 @@ class NonInviteClientTransaction(_ClientTransaction):
         if type(event) is TimerFired:
             return self._on_timer(event.name)
         if type(event) is TransportError:
-            return self._transport_error()
+            return self._client_transport_error(event)
         raise TransactionError("a client transaction does not send responses")
 
     def _on_response(self, resp: Response) -> list[Action]:

@@ -303,6 +303,27 @@ def test_invite_client_transport_error() -> None:
     assert h.feed(TimerFired("A")) == []
 
 
+def test_client_transport_error_after_final_does_not_contradict_it() -> None:
+    req = invite()
+    h = Harness(InviteClientTransaction(req))
+    h.start()
+    h.recv(response(req, 486))
+    assert h.feed(TransportError("ACK not sent")) == [TransportFailed("ACK not sent")]
+    assert h.tx.state is TxState.COMPLETED
+    assert len(h.recv(response(req, 486))) == 1  # 486 again: still ACKed
+    h2 = Harness(InviteClientTransaction(req))
+    h2.start()
+    h2.recv(response(req, 200))
+    assert h2.feed(TransportError()) == [TransportFailed()]
+    h2.advance(40.0)
+    assert h2.terminated() == (32.0, "normal")
+    h3 = Harness(NonInviteClientTransaction(options()))
+    h3.start()
+    h3.recv(response(options(), 200))
+    assert h3.feed(TransportError()) == [TransportFailed()]
+    assert h3.tx.state is TxState.COMPLETED
+
+
 def test_invite_client_misuse() -> None:
     with pytest.raises(TransactionError):
         InviteClientTransaction(options())
