@@ -230,6 +230,10 @@ _ENDS: Final[Mapping[str, Terminated]] = {
 
 
 # --- the four machines -----------------------------------------------------------------------------------
+# Caller contract: build the transaction, run start()'s actions, then feed handle() every message matched
+# to it (TransactionTable), every TimerFired and every transport failure, running the returned actions in
+# order. StartTimer(name) replaces a pending timer of that name; after CancelTimer it must not fire (a late
+# one is ignored anyway). On Terminated, remove the transaction from the table.
 
 
 class _Transaction:
