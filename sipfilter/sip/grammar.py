@@ -23,7 +23,8 @@ WORD: Final = r"[\-!%*_+`'~.A-Za-z0-9()<>:\\\"/\[\]?{}]+"
 # qdtext allows any UTF-8 beyond ASCII; quoted-pair escapes any octet but CR and LF.
 QDTEXT: Final = r"[^\"\\\x00-\x08\x0a-\x1f\x7f]"
 QUOTED_PAIR: Final = r"\\[\x00-\x09\x0b\x0c\x0e-\x7f]"
-QUOTED_STRING: Final = rf"\"(?:{QDTEXT}|{QUOTED_PAIR})*\""
+# Runs of qdtext are matched at once; possessive quantifiers keep an unterminated quote linear-time.
+QUOTED_STRING: Final = rf"\"(?:{QDTEXT}++|{QUOTED_PAIR})*+\""
 
 # --- hosts (RFC 3261 §25.1 hostport; labels are taken liberally: '_' is common in the field) --------
 # Labels are matched without the no-leading/trailing-hyphen rule so the pattern stays linear-time.
@@ -63,8 +64,9 @@ ABSOLUTE_URI_RE: Final = re.compile(rf"(?P<scheme>{SCHEME}):(?P<opaque>[^\s<>\"\
 
 # --- tel URI (RFC 3966 §3) ------------------------------------------------------------------------------
 VISUAL_SEPARATOR: Final = r"\-.()"
-TEL_GLOBAL: Final = rf"\+[0-9{VISUAL_SEPARATOR}]*[0-9][0-9{VISUAL_SEPARATOR}]*"
-TEL_LOCAL: Final = rf"[0-9A-Fa-f*#{VISUAL_SEPARATOR}]*[0-9A-Fa-f*#][0-9A-Fa-f*#{VISUAL_SEPARATOR}]*"
+# "at least one digit among digits and separators", written with a lookahead so it stays linear-time.
+TEL_GLOBAL: Final = rf"\+(?=[0-9{VISUAL_SEPARATOR}]*[0-9])[0-9{VISUAL_SEPARATOR}]++"
+TEL_LOCAL: Final = rf"(?=[0-9A-Fa-f*#{VISUAL_SEPARATOR}]*[0-9A-Fa-f*#])[0-9A-Fa-f*#{VISUAL_SEPARATOR}]++"
 TEL_URI_RE: Final = re.compile(
     rf"(?P<scheme>[Tt][Ee][Ll]):(?P<number>{TEL_GLOBAL}|{TEL_LOCAL})(?P<params>(?:;{URI_PARAM})*)"
 )

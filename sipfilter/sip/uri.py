@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 from typing import Final, TypeVar
 from urllib.parse import unquote
 
@@ -28,8 +29,8 @@ __all__ = [
 
 T = TypeVar("T")
 
-_NO_PARAMS: Final[Mapping[str, str | None]] = {}
-_NO_HEADERS: Final[Mapping[str, str]] = {}
+_NO_PARAMS: Final[Mapping[str, str | None]] = MappingProxyType({})
+_NO_HEADERS: Final[Mapping[str, str]] = MappingProxyType({})
 
 # Characters that may appear unescaped in each URI component (RFC 3261 §25.1).
 USER_SAFE: Final = re.compile(rf"[{g.UNRESERVED}{g.USER_UNRESERVED}]*")
@@ -188,8 +189,28 @@ def _parse_params(text: str) -> dict[str, str | None]:
     return params
 
 
+# Memo of parsed URIs: the same few URIs (a dialer's caller IDs, Contacts, carrier hosts) recur on
+# every call. Values are immutable (frozen, read-only mappings), so sharing them is safe; the memo is
+# bounded and simply emptied when full.
+_MEMO: Final[dict[str, Uri]] = {}
+_MEMO_MAX: Final = 4096
+
+
 def parse_uri(text: str) -> Uri:
-    """Parse a URI; unknown schemes give an AbsoluteUri. Raises ParseError (400) on malformed text."""
+    """Parse a URI; unknown schemes give an AbsoluteUri. Raises ParseError (400) on malformed text.
+
+    Returned params/headers mappings are read-only: use dataclasses.replace() to derive a new URI.
+    """
+    uri = _MEMO.get(text)
+    if uri is None:
+        uri = _parse_uri(text)
+        if len(_MEMO) >= _MEMO_MAX:
+            _MEMO.clear()
+        _MEMO[text] = uri
+    return uri
+
+
+def _parse_uri(text: str) -> Uri:
     head = text[:5].lower()
     if head.startswith("sip"):
         m = _SIP_URI_MATCH(text)
@@ -205,14 +226,14 @@ def parse_uri(text: str) -> Uri:
             headers: Mapping[str, str] = _NO_HEADERS
             if headers_text:
                 pairs = (h.partition("=") for h in headers_text.split("&"))
-                headers = {unescape(k): unescape(v) for k, _, v in pairs}
+                headers = MappingProxyType({unescape(k): unescape(v) for k, _, v in pairs})
             return _new_sip_uri(
                 scheme.lower(),
                 None if user is None else unescape(user),
                 None if password is None else unescape(password),
                 host,
                 port,
-                _parse_params(params_text) if params_text else {},
+                MappingProxyType(_parse_params(params_text)) if params_text else _NO_PARAMS,
                 headers,
             )
         if head.startswith(("sip:", "sips:")):
@@ -221,7 +242,7 @@ def parse_uri(text: str) -> Uri:
         t = g.TEL_URI_RE.fullmatch(text)
         if t is None or ("%" in text and g.BAD_ESCAPE_RE.search(text)):
             raise ParseError("Malformed tel URI")
-        return TelUri(number=t.group("number"), params=_parse_params(t.group("params")))
+        return TelUri(number=t.group("number"), params=MappingProxyType(_parse_params(t.group("params"))))
     a = g.ABSOLUTE_URI_RE.fullmatch(text)
     if a is None:
         raise ParseError("Malformed URI")

@@ -8,7 +8,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from sipfilter.sip import Limits, ParseError, Request, parse
+import pytest
+
+from sipfilter.sip import Limits, ParseError, Request, parse, parse_uri
 from sipfilter.sip.framing import FramerClosed, StreamFramer
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "rfc4475"
@@ -102,3 +104,33 @@ def test_framer_raises_only_parse_error_events() -> None:
                     assert i == len(events) - 1 and framer.failed
             pos += step
         assert framer.buffered <= limits.max_message_bytes + 64
+
+
+# Inputs shaped to trigger regex backtracking (ReDoS). The timeout only guards against a hang.
+PATHOLOGICAL_URIS = [
+    "tel:+" + "1" * 8000 + "x",
+    "tel:" + "1-" * 4000 + "x",
+    "sip:" + "a" * 8000 + "@",
+    "sip:" + "a" * 4000 + ":" + "b" * 4000,
+    "sip:" + "a." * 4000 + "-;",
+]
+PATHOLOGICAL_LINES = [
+    b'From: "' + b"a " * 3000,
+    b"From: " + b"a " * 3000,
+    b"X: a" + b" " * 7000 + b"\rz",
+    b"From: <sip:a@b>" + b";a" * 3000 + b";",
+    b"Via: SIP/2.0/UDP h" + b";a=b" * 1500 + b",",
+    b"Contact: " + b"<sip:a@b>," * 700,
+    b"Warning: 399 " + b"a" * 7000,
+]
+
+
+@pytest.mark.timeout(30)
+def test_pathological_inputs_stay_linear() -> None:
+    for text in PATHOLOGICAL_URIS:
+        with pytest.raises(ParseError):
+            parse_uri(text)
+    base = b"OPTIONS sip:a@b SIP/2.0\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\nTo: <sip:a@b>\r\n"
+    for line in PATHOLOGICAL_LINES:
+        for _ in range(20):
+            exercise(base + line + b"\r\n\r\n", Limits())
