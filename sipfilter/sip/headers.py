@@ -436,7 +436,7 @@ def parse_vias(values: Iterable[str]) -> list[Via]:
                     None if port is None else _port(port),
                     parse_params(params_text) if params_text else {},
                     "SIP/2.0" if protocol == "SIP" and version == "2.0" else f"{protocol.upper()}/{version}",
-                    m.group().strip(" \t"),
+                    value if pos == 0 and m.end() == n else m.group().strip(" \t"),
                 )
             )
             pos = m.end()
@@ -508,7 +508,7 @@ def parse_name_addrs(values: Iterable[str], *, single: bool = False, what: str =
                     parse_uri(uri_text if spec is None else spec),
                     None if display is None else _display(display),
                     parse_params(params_text) if params_text else {},
-                    m.group().strip(" \t"),
+                    value if pos == 0 and m.end() == n else m.group().strip(" \t"),
                 )
             )
             pos = m.end()
