@@ -65,35 +65,51 @@ class Timers:
 
 
 class _PassList:
-    """A trunk's header pass list: exact lower-case names plus "X-*" style prefixes."""
+    """A trunk's header pass list ("X-*" style prefixes allowed), compiled into three memoised filters:
+    what an initial INVITE carries, what in-dialog requests and responses carry, and bodies only."""
 
-    __slots__ = ("names", "prefixes")
+    __slots__ = ("_dialog", "_invite", "names", "prefixes")
 
     def __init__(self, names: tuple[str, ...]) -> None:
-        exact = {n.lower() for n in names if not n.endswith("*")}
-        self.names = frozenset(exact)
+        self.names = frozenset(n.lower() for n in names if not n.endswith("*"))
         self.prefixes = tuple(n[:-1].lower() for n in names if n.endswith("*"))
+        self._invite: dict[str, bool] = {}
+        self._dialog: dict[str, bool] = {}
 
     def allows(self, lname: str) -> bool:
         return lname in self.names or (bool(self.prefixes) and lname.startswith(self.prefixes))
 
+    def invite(self, name: str) -> bool:
+        """Header `name` (as received) crosses on the initial INVITE (PAI is rebuilt, not copied)."""
+        ok = self._invite.get(name)
+        if ok is None:
+            lname = _COMPACT.get(name.lower(), name.lower())
+            ok = lname in _CONTENT or (self.allows(lname) and lname != "p-asserted-identity")
+            if len(self._invite) < 1024:  # bounded: header names come from the wire
+                self._invite[name] = ok
+        return ok
+
+    def dialog(self, name: str) -> bool:
+        ok = self._dialog.get(name)
+        if ok is None:
+            lname = _COMPACT.get(name.lower(), name.lower())
+            ok = lname in _CONTENT or lname in _IN_DIALOG or self.allows(lname)
+            if len(self._dialog) < 1024:
+                self._dialog[name] = ok
+        return ok
+
+
+_NO_PASS = _PassList(())
+
+
+def _content_only(name: str) -> bool:
+    lname = name.lower()
+    return _COMPACT.get(lname, lname) in _CONTENT
+
 
 def _pick_headers(msg: Any, allow: Callable[[str], bool]) -> list[str]:
-    out: list[str] = []
-    for name, value in _header_items(msg):
-        lname = name.lower()
-        lname = _COMPACT.get(lname, lname)
-        if allow(lname):
-            out.append(f"{name}: {wire.safe(value)}")
-    return out
-
-
-def _header_items(msg: Any) -> list[tuple[str, str]]:
-    headers = msg.headers
-    items = getattr(headers, "items", None)
-    if items is not None:
-        return list(items())
-    return list(headers)
+    safe = wire.safe
+    return [f"{name}: {safe(value)}" for name, value in msg.headers.items() if allow(name)]
 
 
 def _first(msg: Any, name: str) -> str:
@@ -292,13 +308,11 @@ class B2BUA:
         clock: Callable[[], float] = time.time,
         observer: Observer | None = None,
         admission: Admission | None = None,
-        parse_limits: Any = None,
         spawn: Callable[[Awaitable[Any]], Any] | None = None,
     ) -> None:
         self.rt = runtime
         self._parse = parse
         self._parse_error = parse_error
-        self._limits = parse_limits
         self.endpoints: dict[str, list[Endpoint]] = {INSIDE: [], OUTSIDE: []}
         for side, eps in (endpoints or {}).items():
             self.endpoints[side] = list(eps)
@@ -358,7 +372,8 @@ class B2BUA:
         if len(data) <= 4 and not data.strip():  # CRLF keep-alive
             return
         try:
-            msg = self._parse(data, self._limits) if self._limits is not None else self._parse(data)
+            # Responses are only matched to our transactions (Via branch, CSeq): skip their validation.
+            msg = self._parse(data, validate=data[:8] != b"SIP/2.0 ")
         except self._parse_error as exc:
             self._malformed(ep, addr, exc, data)
             return
@@ -654,9 +669,9 @@ class B2BUA:
             f"Contact: <sip:{host}@{ep.hostport};transport={ep.transport}>",
         ]
         passes = call.passes
-        pai = passes is not None and passes.allows("p-asserted-identity")
-        lines.extend(_pick_headers(msg, lambda n: n in _CONTENT or (
-            passes is not None and passes.allows(n) and n != "p-asserted-identity")))  # fmt: skip
+        passes = passes or _NO_PASS
+        pai = passes.allows("p-asserted-identity")
+        lines.extend(_pick_headers(msg, passes.invite))
         if pai:
             lines.extend(f"P-Asserted-Identity: {v}" for v in _hidden_identities(msg, host))
         body = msg.body or b""
@@ -882,9 +897,7 @@ class B2BUA:
 
     def _response_headers(self, call: Call, msg: Any) -> list[str]:
         passes = call.passes
-        return _pick_headers(
-            msg, lambda n: n in _CONTENT or n in _IN_DIALOG or (passes is not None and passes.allows(n))
-        )
+        return _pick_headers(msg, (passes or _NO_PASS).dialog)
 
     def _final_to_a(self, call: Call, status: int, data: bytes) -> None:
         """Send the INVITE's final answer to the dialer; UDP retransmits it until the ACK (Timer G / 2xx)."""
@@ -985,7 +998,7 @@ class B2BUA:
             self._relay_reinvite_ack(call, INSIDE, msg)
 
     def _pick_content(self, msg: Any) -> list[str]:
-        return _pick_headers(msg, lambda n: n in _CONTENT)
+        return _pick_headers(msg, _content_only)
 
     def _send_b_ack(self, call: Call, body: bytes, extra: list[str]) -> None:
         b = call.b
@@ -1143,9 +1156,7 @@ class B2BUA:
             elif len(rack) == 3:
                 lines.append(f"RAck: {rack[0]} {call.a_tx.cseq.split()[0]} {rack[2]}")
         passes = call.passes
-        lines.extend(_pick_headers(
-            msg, lambda n: n in _CONTENT or n in _IN_DIALOG or (passes is not None and passes.allows(n))
-        ))  # fmt: skip
+        lines.extend(_pick_headers(msg, (passes or _NO_PASS).dialog))
         data = wire.build_request(method, leg.target, lines, msg.body or b"")
         ctx = ClientTx(call, to_side, method, cseq, branch, data, lep, leg.addr, stx)
         if method == "INVITE":

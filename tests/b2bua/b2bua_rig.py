@@ -3,6 +3,7 @@ a policy stub, and a B2BUA wired to them (no sockets)."""
 
 from __future__ import annotations
 
+import heapq
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,36 +43,43 @@ class FakeEndpoint(Endpoint):
         return out
 
 
+class _Timer:
+    __slots__ = ("args", "callback", "cancelled", "due")
+
+    def __init__(self, due: float, callback: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.due, self.callback, self.args, self.cancelled = due, callback, args, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def __lt__(self, other: _Timer) -> bool:
+        return self.due < other.due
+
+
 class ManualClock:
+    """Time that only moves when a test says so; timers fire in due order inside `advance`."""
+
     def __init__(self) -> None:
         self.now = 1_780_000_000.0
-        self.pending: list[list[Any]] = []  # [due, callback, args, cancelled]
+        self.pending: list[_Timer] = []  # a heap
 
     def __call__(self) -> float:
         return self.now
 
-    def later(self, delay: float, callback: Callable[..., Any], *args: Any) -> Any:
-        entry = [self.now + delay, callback, args, False]
-        self.pending.append(entry)
-
-        class _Handle:
-            def cancel(self_inner) -> None:
-                entry[3] = True
-
-        return _Handle()
+    def later(self, delay: float, callback: Callable[..., Any], *args: Any) -> _Timer:
+        timer = _Timer(self.now + delay, callback, args)
+        heapq.heappush(self.pending, timer)
+        return timer
 
     def advance(self, seconds: float) -> None:
         end = self.now + seconds
-        while True:
-            due = [e for e in self.pending if not e[3] and e[0] <= end]
-            if not due:
-                break
-            entry = min(due, key=lambda e: e[0])
-            self.pending.remove(entry)
-            self.now = max(self.now, entry[0])
-            entry[1](*entry[2])
+        while self.pending and self.pending[0].due <= end:
+            timer = heapq.heappop(self.pending)
+            if timer.cancelled:
+                continue
+            self.now = max(self.now, timer.due)
+            timer.callback(*timer.args)
         self.now = end
-        self.pending = [e for e in self.pending if not e[3]]
 
 
 class StubPolicy:

@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""In-process B2BUA benchmark: full calls (INVITE…BYE) and rejected calls through the real call path, policy
+engine and embedded store, with recording endpoints instead of sockets. Prints µs of CPU per call.
+
+    .venv/bin/python bench/b2bua.py --calls 5000 [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "e2e"))
+sys.path.insert(0, str(REPO / "tests" / "b2bua"))
+
+from b2bua_rig import FakeEndpoint, ManualClock, answer  # noqa: E402
+from sipfilter_provision import CONSENTED, provision  # noqa: E402
+from sipp_harness import SipfilterPorts, free_ports, sipfilter_config, write_config  # noqa: E402
+
+from sipfilter.audit import AuditLog  # noqa: E402
+from sipfilter.b2bua.core import B2BUA, compile_runtime  # noqa: E402
+from sipfilter.config import load_config  # noqa: E402
+from sipfilter.policy.engine import PolicyEngine  # noqa: E402
+from sipfilter.sip import ParseError, parse  # noqa: E402
+from sipfilter.stores import open_store  # noqa: E402
+
+DIALER = ("127.0.0.1", 5999)
+
+
+def _invite(i: int, callee: str, caller: str) -> bytes:
+    return (
+        f"INVITE sip:{callee}@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK{i:x}x\r\n"  # noqa: E501
+        f"Max-Forwards: 70\r\nFrom: <sip:{caller}@127.0.0.1>;tag=d{i}\r\nTo: <sip:{callee}@127.0.0.1>\r\n"
+        f"Call-ID: bench-{i}\r\nCSeq: 1 INVITE\r\nContact: <sip:dialer@127.0.0.1:5999>\r\n"
+        f"P-Asserted-Identity: <sip:{caller}@127.0.0.1>\r\nUser-Agent: bench\r\n"
+        "Content-Type: application/sdp\r\nContent-Length: 129\r\n\r\n"
+        "v=0\r\no=user1 53655765 2353687637 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+        "m=audio 6000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+    ).encode()
+
+
+async def run(calls: int, reject_every: int, profile: bool) -> None:
+    work = Path(tempfile.mkdtemp(prefix="sipfilter-bench-b2bua-"))
+    ports = SipfilterPorts(*free_ports(3))
+    config_path = write_config(work / "sipfilter.yaml", sipfilter_config(work, ports, [5071]))
+    provision(config_path, work)
+    config = load_config(config_path)
+    store = await open_store(config, watch=False)
+    audit = AuditLog(config.audit)
+    clock = ManualClock()
+    clock.now = time.time()
+    inside, outside = FakeEndpoint("inside", 5060), FakeEndpoint("outside", 5080)
+    b2b = B2BUA(compile_runtime(config, PolicyEngine(config), store, audit), parse=parse, parse_error=ParseError,  # noqa: E501
+                endpoints={"inside": [inside], "outside": [outside]}, scheduler=clock.later, clock=clock)  # fmt: skip  # noqa: E501
+    caller = "+33162000001"
+    prof = cProfile.Profile() if profile else None
+    cpu0 = time.process_time()
+    if prof:
+        prof.enable()
+    for i in range(calls):
+        callee = CONSENTED[i % len(CONSENTED)]
+        if reject_every and i % reject_every == 0:
+            callee = "+33140000000"  # not a mobile/geographic callee the pack accepts: rejected
+        b2b.on_datagram(inside, _invite(i, callee, caller), DIALER)
+        b_inv = next((parse(d) for d, _ in outside.sent if d.startswith(b"INVITE")), None)
+        outside.sent.clear()
+        a_out = [parse(d) for d, _ in inside.sent]
+        inside.sent.clear()
+        if b_inv is None:
+            final = a_out[-1]
+            ack = (f"ACK sip:x@127.0.0.1 SIP/2.0\r\nVia: {final.headers.get('Via')}\r\nMax-Forwards: 70\r\n"
+                   f"From: {final.headers.get('From')}\r\nTo: {final.headers.get('To')}\r\nCall-ID: bench-{i}\r\n"  # noqa: E501
+                   "CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n").encode()  # fmt: skip
+            b2b.on_datagram(inside, ack, DIALER)
+            continue
+        b2b.on_datagram(outside, answer(b_inv, 180), ("127.0.0.1", 5071))
+        b2b.on_datagram(outside, answer(b_inv, 200, body=b"v=0\r\n"), ("127.0.0.1", 5071))
+        ok = parse(inside.sent[-1][0])
+        inside.sent.clear()
+        to = ok.headers.get("To")
+        base = (f"sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK{i:x}{{b}}\r\n"
+                f"Max-Forwards: 70\r\nFrom: <sip:{caller}@127.0.0.1>;tag=d{i}\r\nTo: {to}\r\nCall-ID: bench-{i}\r\n")  # noqa: E501
+        b2b.on_datagram(inside, ("ACK " + base.format(b="a") + "CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n").encode(),  # noqa: E501
+                        DIALER)  # fmt: skip
+        b2b.on_datagram(inside, ("BYE " + base.format(b="b") + "CSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n").encode(),  # noqa: E501
+                        DIALER)  # fmt: skip
+        b_bye = next(parse(d) for d, _ in outside.sent if d.startswith(b"BYE"))
+        outside.sent.clear()
+        b2b.on_datagram(outside, answer(b_bye, 200, to_tag=""), ("127.0.0.1", 5071))
+        inside.sent.clear()
+        if i % 500 == 0:
+            clock.advance(40)
+    if prof:
+        prof.disable()
+    cpu = time.process_time() - cpu0
+    clock.advance(100)
+    print(f"{calls} calls ({f'1 in {reject_every} rejected' if reject_every else 'all relayed'}): "
+          f"{cpu:.2f} s CPU including the test driver's own parsing, {cpu / calls * 1e6:.0f} µs/call; "
+          f"calls left: {b2b.active_calls}")  # fmt: skip
+    if prof:
+        pstats.Stats(prof).sort_stats("cumulative").print_stats(35)
+    await store.close()
+    audit.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--calls", type=int, default=5000)
+    p.add_argument("--reject-every", type=int, default=3, help="every Nth call is rejected (0: none)")
+    p.add_argument("--profile", action="store_true")
+    a = p.parse_args()
+    asyncio.run(run(a.calls, a.reject_every, a.profile))
+
+
+if __name__ == "__main__":
+    main()
