@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 from sipfilter.sip import grammar as g
 from sipfilter.sip.errors import ParseError
@@ -30,6 +30,7 @@ __all__ = [
     "canonical_name",
     "parse_cseq",
     "parse_media_type",
+    "parse_name_addr",
     "parse_name_addrs",
     "parse_params",
     "parse_reasons",
@@ -143,7 +144,7 @@ class Headers:
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self._items: list[tuple[str, str]] = []
         self._keys: list[str] = []
-        self._cache: dict[str, object] = {}
+        self._cache: dict[str, Any] = {}
         for name, value in items:
             self._check(name, value)
             self._items.append((name, value))  # names kept exactly as given
@@ -293,7 +294,8 @@ class Headers:
         """Parse once and cache: `parser(self)` under `key`. ParseError propagates (and is not cached)."""
         cache = self._cache
         if key in cache:
-            return cache[key]  # type: ignore[return-value]
+            cached: T = cache[key]
+            return cached
         value = parser(self)
         cache[key] = value
         return value
@@ -491,6 +493,27 @@ def _display(text: str) -> str:
 _new_name_addr: Final = fast_init(NameAddr)
 
 
+def parse_name_addr(value: str, what: str = "header") -> NameAddr:
+    """One name-addr / addr-spec with header params (From, To): the single-value fast path."""
+    m = _NAME_ADDR_FULL(value)
+    if m is None:
+        raise ParseError(f"Malformed {what}")
+    display, uri_text, spec, params_text = m.groups()
+    try:
+        uri = parse_uri(uri_text if spec is None else spec)
+    except ParseError:
+        raise ParseError(f"Malformed {what}") from None
+    return _new_name_addr(
+        uri,
+        None if display is None else _display(display),
+        parse_params(params_text) if params_text else {},
+        value,
+    )
+
+
+_NAME_ADDR_FULL: Final = g.NAME_ADDR_RE.fullmatch
+
+
 def parse_name_addrs(values: Iterable[str], *, single: bool = False, what: str = "header") -> list[NameAddr]:
     """name-addr / addr-spec values with header params, from the given lines (comma lists split)."""
     out: list[NameAddr] = []
@@ -503,9 +526,13 @@ def parse_name_addrs(values: Iterable[str], *, single: bool = False, what: str =
             if m is None:
                 raise ParseError(f"Malformed {what}")
             display, uri_text, spec, params_text = m.groups()
+            try:
+                uri = parse_uri(uri_text if spec is None else spec)
+            except ParseError:
+                raise ParseError(f"Malformed {what}") from None
             out.append(
                 _new_name_addr(
-                    parse_uri(uri_text if spec is None else spec),
+                    uri,
                     None if display is None else _display(display),
                     parse_params(params_text) if params_text else {},
                     value if pos == 0 and m.end() == n else m.group().strip(" \t"),
@@ -539,14 +566,20 @@ class CSeq:
 
 
 def parse_cseq(value: str) -> CSeq:
-    m = g.CSEQ_RE.fullmatch(value)
+    m = _CSEQ_FULL(value)
     if m is None:
         raise ParseError("Malformed CSeq")
-    digits = m.group("seq").lstrip("0")
-    # Length check first: never turn a 10,000-digit string into an int.
-    if len(digits) > 10 or int(digits or "0") > 2**32 - 1:
-        raise ParseError("CSeq number too large")
-    return CSeq(int(digits or "0"), m.group("method"))
+    digits, method = m.groups()
+    if len(digits) > 9:
+        # Length check first: never turn a 10,000-digit string into an int.
+        digits = digits.lstrip("0")
+        if len(digits) > 10 or int(digits or "0") > 2**32 - 1:
+            raise ParseError("CSeq number too large")
+    return _new_cseq(int(digits or "0"), method)
+
+
+_CSEQ_FULL: Final = g.CSEQ_RE.fullmatch
+_new_cseq: Final = fast_init(CSeq)
 
 
 @dataclass(frozen=True, slots=True)

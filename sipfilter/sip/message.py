@@ -24,6 +24,7 @@ from sipfilter.sip.headers import (
     canonical_name,
     parse_cseq,
     parse_media_type,
+    parse_name_addr,
     parse_name_addrs,
     parse_reasons,
     parse_retry_after,
@@ -85,10 +86,11 @@ _CL: Final = "content-length"
 
 # --- typed header parsers, module level so Headers.typed() can cache them without closures ------------
 def _single(h: Headers, key: str, what: str) -> str:
-    lines = h.lines_of(key)
-    if len(lines) != 1:
-        raise ParseError(f"Missing {what} header" if not lines else f"Multiple {what} headers")
-    return lines[0]
+    keys = h._keys
+    n = keys.count(key)
+    if n != 1:
+        raise ParseError(f"Missing {what} header" if n == 0 else f"Multiple {what} headers")
+    return h._items[keys.index(key)][1]
 
 
 def _vias(h: Headers) -> list[Via]:
@@ -96,11 +98,11 @@ def _vias(h: Headers) -> list[Via]:
 
 
 def _from(h: Headers) -> NameAddr:
-    return parse_name_addrs([_single(h, "from", "From")], single=True, what="From header")[0]
+    return parse_name_addr(_single(h, "from", "From"), "From header")
 
 
 def _to(h: Headers) -> NameAddr:
-    return parse_name_addrs([_single(h, "to", "To")], single=True, what="To header")[0]
+    return parse_name_addr(_single(h, "to", "To"), "To header")
 
 
 def _call_id(h: Headers) -> str:
@@ -252,28 +254,52 @@ class Message:
     # --- typed accessors -----------------------------------------------------------------------------
     @property
     def vias(self) -> list[Via]:
-        return self.headers.typed("via", _vias)
+        h = self.headers
+        value: list[Via] | None = h._cache.get("via")  # inlined Headers.typed(): hot path
+        if value is None:
+            value = h._cache["via"] = _vias(h)
+        return value
 
     @property
     def from_(self) -> NameAddr:
-        return self.headers.typed("from", _from)
+        h = self.headers
+        value: NameAddr | None = h._cache.get("from")  # inlined Headers.typed(): hot path
+        if value is None:
+            value = h._cache["from"] = _from(h)
+        return value
 
     @property
     def to(self) -> NameAddr:
-        return self.headers.typed("to", _to)
+        h = self.headers
+        value: NameAddr | None = h._cache.get("to")  # inlined Headers.typed(): hot path
+        if value is None:
+            value = h._cache["to"] = _to(h)
+        return value
 
     @property
     def call_id(self) -> str:
-        return self.headers.typed("call-id", _call_id)
+        h = self.headers
+        value: str | None = h._cache.get("call-id")  # inlined Headers.typed(): hot path
+        if value is None:
+            value = h._cache["call-id"] = _call_id(h)
+        return value
 
     @property
     def cseq(self) -> CSeq:
-        return self.headers.typed("cseq", _cseq)
+        h = self.headers
+        value: CSeq | None = h._cache.get("cseq")  # inlined Headers.typed(): hot path
+        if value is None:
+            value = h._cache["cseq"] = _cseq(h)
+        return value
 
     @property
     def contacts(self) -> list[NameAddr]:
         """Contact values; `Contact: *` gives [] and `contact_star` True."""
-        return self.headers.typed("contact", _contacts)
+        h = self.headers
+        value: list[NameAddr] | None = h._cache.get("contact")  # inlined Headers.typed(): hot path
+        if value is None:
+            value = h._cache["contact"] = _contacts(h)
+        return value
 
     @property
     def contact_star(self) -> bool:
@@ -281,11 +307,19 @@ class Message:
 
     @property
     def routes(self) -> list[NameAddr]:
-        return self.headers.typed("route", _routes)
+        h = self.headers
+        value: list[NameAddr] | None = h._cache.get("route")  # inlined Headers.typed(): hot path
+        if value is None:
+            value = h._cache["route"] = _routes(h)
+        return value
 
     @property
     def record_routes(self) -> list[NameAddr]:
-        return self.headers.typed("record-route", _record_routes)
+        h = self.headers
+        value: list[NameAddr] | None = h._cache.get("record-route")  # inlined Headers.typed(): hot path
+        if value is None:
+            value = h._cache["record-route"] = _record_routes(h)
+        return value
 
     @property
     def max_forwards(self) -> int | None:
@@ -306,7 +340,13 @@ class Message:
 
     @property
     def p_asserted_identities(self) -> list[NameAddr]:
-        return self.headers.typed("p-asserted-identity", _pais)
+        h = self.headers
+        value: list[NameAddr] | None = h._cache.get(
+            "p-asserted-identity"
+        )  # inlined Headers.typed(): hot path
+        if value is None:
+            value = h._cache["p-asserted-identity"] = _pais(h)
+        return value
 
     @property
     def p_preferred_identities(self) -> list[NameAddr]:
