@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import time
@@ -27,7 +28,8 @@ from sipfilter.stores.writable import ContractRecord, Health, check_list_name, c
 
 T = TypeVar("T")
 
-DEFAULT_TIMEOUT_S = 0.3
+DEFAULT_TIMEOUT_S = 0.3  # call-path commands (counters): fail fast, on_store_error decides
+BULK_TIMEOUT_S = 10.0  # replica loads and imports move megabytes: their own connections, a longer timeout
 CHUNK = 4 << 20  # list payloads travel in 4 MiB pieces: no single command outlives the socket timeout
 OLD_VERSION_GRACE_S = 300  # a replaced list's data key lives on for instances still loading it
 REFUSAL_TTL_S = 2 * 366 * 86400  # refusals outlive any cooldown a rule pack may set
@@ -70,16 +72,44 @@ return 1
 """
 
 
+# KEYS: records hash, change log.  ARGV: maxlen, then field/event pairs.  Bulk imports: one log entry with an
+# empty field, which makes every instance reload the replicas instead of fetching fields one by one.
+_APPEND_MANY_LUA = """
+for i = 2, #ARGV, 2 do
+  local cur = redis.call('HGET', KEYS[1], ARGV[i])
+  local new = '[' .. ARGV[i + 1] .. ']'
+  if cur then new = string.sub(cur, 1, -2) .. ',' .. ARGV[i + 1] .. ']' end
+  redis.call('HSET', KEYS[1], ARGV[i], new)
+end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'h', KEYS[1], 'f', '')
+return 1
+"""
+
+
 def _split_url(url: str) -> tuple[str, dict[str, str]]:
-    """Our own query parameters (prefix, cluster, sentinel) out of the URL; redis-py's stay in it."""
+    """Our query parameters (prefix, cluster, sentinel, socket_timeout) out of the URL; redis-py's stay."""
     base, _, query = url.partition("?")  # not urlunsplit: it would turn unix:///path into unix:/path
     ours, theirs = {}, []
     for k, v in parse_qsl(query, keep_blank_values=True):
-        if k in ("prefix", "cluster", "sentinel"):
+        if k in ("prefix", "cluster", "sentinel", "socket_timeout"):
             ours[k] = v
         else:
             theirs.append((k, v))
     return (base + "?" + urlencode(theirs) if theirs else base), ours
+
+
+def _client(redis_url: str, ours: dict[str, str], timeout_s: float) -> Any:
+    """A redis-py asyncio client for a plain URL, a Cluster (`cluster=1`) or a Sentinel service."""
+    kwargs: dict[str, Any] = {"socket_timeout": timeout_s, "socket_connect_timeout": min(timeout_s, 1.0),
+                              "retry": Retry(NoBackoff(), 0), "decode_responses": False}
+    if ours.get("cluster", "") in ("1", "true", "yes"):
+        from redis.asyncio.cluster import RedisCluster
+
+        kwargs.pop("retry")
+        return RedisCluster.from_url(redis_url, **kwargs)
+    if "sentinel" in ours:
+        return _sentinel_master(redis_url, ours["sentinel"], kwargs)
+    return aioredis.from_url(redis_url, **kwargs)
 
 
 def _describe(url: str) -> str:
@@ -138,27 +168,19 @@ def _stream_id(sid: str) -> tuple[int, int]:
 class RedisStore:
     """See the module docstring. Open with `await RedisStore.open(url)`; `close()` when done.
 
-    URL: redis://, rediss:// or unix:// as redis-py reads it (socket_timeout=… overrides the 0.3 s default),
-    plus `prefix=` (key prefix, default "sipfilter:"), `cluster=1` (Redis Cluster: any node's URL) or
-    `sentinel=SERVICE` (Sentinel: redis://[:password@]sentinel1:26379,sentinel2:26379/DB?sentinel=mymaster)."""
+    URL: redis://, rediss:// or unix:// as redis-py reads it, plus `socket_timeout=` (seconds, call-path
+    commands; default 0.3), `prefix=` (key prefix, default "sipfilter:"), `cluster=1` (Redis Cluster: any
+    node's URL) or `sentinel=SERVICE` (Sentinel: redis://[:password@]sentinel1:26379,sentinel2:26379/DB?sentinel=mymaster)."""
 
     def __init__(self, url: str, *, poll_interval: float = 1.0, timeout_s: float = DEFAULT_TIMEOUT_S):
         redis_url, ours = _split_url(url)
         self.prefix = ours.get("prefix", "sipfilter:")
         self.poll_interval = poll_interval
         self.health = Health(f"redis {_describe(url)}")
-        kwargs: dict[str, Any] = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s,
-                                  "retry": Retry(NoBackoff(), 0), "decode_responses": False}
-        self._redis: Any
-        if ours.get("cluster", "") in ("1", "true", "yes"):
-            from redis.asyncio.cluster import RedisCluster
-
-            kwargs.pop("retry")
-            self._redis = RedisCluster.from_url(redis_url, **kwargs)
-        elif "sentinel" in ours:
-            self._redis = _sentinel_master(redis_url, ours["sentinel"], kwargs)
-        else:
-            self._redis = aioredis.from_url(redis_url, **kwargs)
+        if "socket_timeout" in ours:
+            timeout_s = float(ours["socket_timeout"])
+        self._redis = _client(redis_url, ours, timeout_s)  # counters: short timeout
+        self._bulk = _client(redis_url, ours, max(timeout_s, BULK_TIMEOUT_S))  # replicas, imports
         p = self.prefix
         self.k_lists = p + "lists"
         self.k_list_seq = p + "list:seq"
@@ -168,11 +190,14 @@ class RedisStore:
         self.k_log = p + "{rec}:log"
         self._attempt = self._redis.register_script(_ATTEMPT_LUA)  # EVALSHA, EVAL when the cache is empty
         self._refusal = self._redis.register_script(_REFUSAL_LUA)
-        self._append = self._redis.register_script(_APPEND_LUA)
+        self._append = self._bulk.register_script(_APPEND_LUA)
+        self._append_many = self._bulk.register_script(_APPEND_MANY_LUA)
         self._sets: dict[str, NumberSet] = {}
         self._infos: dict[str, ListInfo] = {}
-        self._consents: dict[tuple[str, str], tuple[ConsentRecord, ...]] = {}
-        self._contracts: dict[tuple[str, str], tuple[ContractRecord, ...]] = {}
+        # Replicas keep the raw event logs (field "account\x1fnumber" → JSON bytes) and fold on lookup: ~200
+        # bytes a record instead of ~500, and a full reload is a plain copy.
+        self._consents: dict[bytes, bytes] = {}
+        self._contracts: dict[bytes, bytes] = {}
         self._log_id: str | None = None  # last change-log entry applied to the replicas
         self._watcher: asyncio.Task[None] | None = None
         self._missing_warned: set[str] = set()
@@ -185,7 +210,7 @@ class RedisStore:
         try:
             await store.refresh()
         except StoreUnavailable:
-            await store._redis.aclose()
+            await store._close_clients()
             raise
         if watch:
             store._watcher = asyncio.get_running_loop().create_task(store._watch())
@@ -217,7 +242,7 @@ class RedisStore:
         return self._sets[name]
 
     async def _sync_lists(self) -> None:
-        raw: dict[bytes, bytes] = await self._redis.hgetall(self.k_lists)
+        raw: dict[bytes, bytes] = await self._bulk.hgetall(self.k_lists)
         metas = {k.decode(): json.loads(v) for k, v in raw.items()}
         sets, infos = dict(self._sets), dict(self._infos)
         changed = False
@@ -248,12 +273,12 @@ class RedisStore:
             self._sets, self._infos = sets, infos
 
     async def _read_blob(self, key: str) -> bytes | None:
-        size = await self._redis.strlen(key)
+        size = await self._bulk.strlen(key)
         if not size:
             return None
         parts = []
         for start in range(0, size, CHUNK):
-            parts.append(await self._redis.getrange(key, start, min(start + CHUNK, size) - 1))
+            parts.append(await self._bulk.getrange(key, start, min(start + CHUNK, size) - 1))
         data = b"".join(parts)
         return data if len(data) == size else None
 
@@ -261,7 +286,7 @@ class RedisStore:
                        imported_at: float | None = None) -> ListInfo:
         check_list_name(name)
         data = numbers.serialize()
-        r = self._redis
+        r = self._bulk
 
         async def write() -> dict[str, Any]:
             version = int(await r.incr(self.k_list_seq))
@@ -289,7 +314,7 @@ class RedisStore:
         return info
 
     async def delete_list(self, name: str) -> bool:
-        r = self._redis
+        r = self._bulk
 
         async def tombstone() -> bool:
             old = await r.hget(self.k_lists, name)
@@ -306,12 +331,24 @@ class RedisStore:
 
     # --- consents and contracts: local replicas of append-only event logs ---------------------------------
     def consent_for(self, account: str, number: str, at: float) -> ConsentRecord | None:
-        recs = self._consents.get((account, number))
-        return consent_in_force(recs, at) if recs else None
+        raw = self._consents.get(f"{account}{SEP}{number}".encode())
+        return None if raw is None else consent_in_force(self._consent_history(account, number, raw), at)
 
     def has_contract(self, account: str, number: str, at: float) -> bool:
-        recs = self._contracts.get((account, number))
-        return recs is not None and any(r.in_force(at) for r in recs)
+        raw = self._contracts.get(f"{account}{SEP}{number}".encode())
+        return raw is not None and any(r.in_force(at) for r in self._contract_history(account, number, raw))
+
+    def _consent_history(self, account: str, number: str,
+                         raw: bytes | None = None) -> tuple[ConsentRecord, ...]:
+        if raw is None:
+            raw = self._consents.get(f"{account}{SEP}{number}".encode())
+        return _fold_consents(account, number, json.loads(raw)) if raw else ()
+
+    def _contract_history(self, account: str, number: str,
+                          raw: bytes | None = None) -> tuple[ContractRecord, ...]:
+        if raw is None:
+            raw = self._contracts.get(f"{account}{SEP}{number}".encode())
+        return _fold_contracts(account, number, json.loads(raw)) if raw else ()
 
     async def _append_event(self, hash_key: str, account: str, number: str, event: list[Any]) -> None:
         await self._call(lambda: self._append(keys=[hash_key, self.k_log],
@@ -325,21 +362,20 @@ class RedisStore:
             await self.revoke_consent(record.account, record.number, record.revoked_at)
 
     async def add_consents(self, records: Sequence[ConsentRecord]) -> None:
-        for start in range(0, len(records), 5000):
-            pipe = self._redis.pipeline(transaction=False)
-            for r in records[start : start + 5000]:
-                await self._append(keys=[self.k_consents, self.k_log], client=pipe,
-                                   args=[r.account + SEP + r.number,
-                                         json.dumps(["grant", r.granted_at, r.proof, r.hours]), LOG_MAXLEN])
-            await self._call(pipe.execute)
-        revoked = [r for r in records if r.revoked_at is not None]
-        for r in revoked:
-            await self.revoke_consent(r.account, r.number, r.revoked_at)  # type: ignore[arg-type]
+        for start in range(0, len(records), 2000):
+            args: list[Any] = [LOG_MAXLEN]
+            for r in records[start : start + 2000]:
+                args += [r.account + SEP + r.number, json.dumps(["grant", r.granted_at, r.proof, r.hours])]
+            keys = [self.k_consents, self.k_log]
+            await self._call(functools.partial(self._append_many, keys=keys, args=args))
+        for r in records:
+            if r.revoked_at is not None:
+                await self.revoke_consent(r.account, r.number, r.revoked_at)
         await self._call(self._sync_records)
 
     async def revoke_consent(self, account: str, number: str, at: float) -> int:
         await self._call(self._sync_records)
-        before = self._consents.get((account, number), ())
+        before = self._consent_history(account, number)
         n = sum(1 for r in before if r.granted_at <= at and (r.revoked_at is None or r.revoked_at > at))
         if n:
             await self._append_event(self.k_consents, account, number, ["revoke", at])
@@ -347,7 +383,7 @@ class RedisStore:
 
     async def consents(self, account: str, number: str) -> tuple[ConsentRecord, ...]:
         await self._call(self._sync_records)
-        return self._consents.get((account, number), ())
+        return self._consent_history(account, number)
 
     async def add_contract(self, record: ContractRecord) -> None:
         await self._append_event(self.k_contracts, record.account, record.number,
@@ -355,26 +391,24 @@ class RedisStore:
 
     async def end_contract(self, account: str, number: str, at: float) -> int:
         await self._call(self._sync_records)
-        n = sum(1 for r in self._contracts.get((account, number), ()) if r.in_force(at))
+        n = sum(1 for r in self._contract_history(account, number) if r.in_force(at))
         if n:
             await self._append_event(self.k_contracts, account, number, ["end", at])
         return n
 
     async def contracts(self, account: str, number: str) -> tuple[ContractRecord, ...]:
         await self._call(self._sync_records)
-        return self._contracts.get((account, number), ())
+        return self._contract_history(account, number)
 
-    def _apply(self, hash_key: bytes | str, field: bytes, value: bytes | None) -> None:
-        account, _, number = field.decode().partition(SEP)
-        events = json.loads(value) if value else []
-        hk = hash_key.decode() if isinstance(hash_key, bytes) else hash_key
-        if hk == self.k_consents:
-            self._consents[(account, number)] = _fold_consents(account, number, events)
+    def _apply(self, hash_key: bytes, field: bytes, value: bytes | None) -> None:
+        replica = self._consents if hash_key.decode() == self.k_consents else self._contracts
+        if value is None:
+            replica.pop(field, None)
         else:
-            self._contracts[(account, number)] = _fold_contracts(account, number, events)
+            replica[field] = value
 
     async def _sync_records(self) -> None:
-        r = self._redis
+        r = self._bulk
         if self._log_id is not None:
             first = await r.xrange(self.k_log, "-", "+", count=1)
             if not first or _stream_id(first[0][0].decode()) <= _stream_id(self._log_id):
@@ -383,6 +417,8 @@ class RedisStore:
                     if not entries:
                         return
                     todo = {(e[1][b"h"], e[1][b"f"]) for e in entries}
+                    if any(not f for _, f in todo):
+                        break  # a bulk import: reload everything below
                     pipe = r.pipeline(transaction=False)
                     for h, f in todo:
                         pipe.hget(h, f)
@@ -390,17 +426,15 @@ class RedisStore:
                     for (h, f), v in zip(todo, values, strict=True):
                         self._apply(h, f, v)
                     self._log_id = entries[-1][0].decode()
-            # else: the log was trimmed past our position: reload everything below.
+            # else: the log was trimmed past our position, or a bulk import: reload everything below.
         last = await r.xrevrange(self.k_log, "+", "-", count=1)
         log_id = last[0][0].decode() if last else "0-0"
-        consents: dict[tuple[str, str], tuple[ConsentRecord, ...]] = {}
-        contracts: dict[tuple[str, str], tuple[ContractRecord, ...]] = {}
-        async for f, v in r.hscan_iter(self.k_consents, count=10_000):
-            a, _, n = f.decode().partition(SEP)
-            consents[(a, n)] = _fold_consents(a, n, json.loads(v))
-        async for f, v in r.hscan_iter(self.k_contracts, count=10_000):
-            a, _, n = f.decode().partition(SEP)
-            contracts[(a, n)] = _fold_contracts(a, n, json.loads(v))
+        consents: dict[bytes, bytes] = {}
+        contracts: dict[bytes, bytes] = {}
+        async for f, v in r.hscan_iter(self.k_consents, count=1000):
+            consents[f] = v
+        async for f, v in r.hscan_iter(self.k_contracts, count=1000):
+            contracts[f] = v
         self._consents, self._contracts, self._log_id = consents, contracts, log_id
 
     # --- refresh --------------------------------------------------------------------------------------
@@ -447,5 +481,9 @@ class RedisStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
             self._watcher = None
-        with contextlib.suppress(RedisError, OSError):
-            await self._redis.aclose()
+        await self._close_clients()
+
+    async def _close_clients(self) -> None:
+        for client in (self._redis, self._bulk):
+            with contextlib.suppress(RedisError, OSError):
+                await client.aclose()

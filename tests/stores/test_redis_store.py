@@ -21,8 +21,10 @@ SRC = SourceInfo("x.txt", 1, "00" * 32)
 
 def test_url_options_are_split_from_redis_py_ones() -> None:
     url, ours = _split_url("redis://h:1/0?prefix=a:&cluster=1&socket_timeout=0.5")
-    assert url == "redis://h:1/0?socket_timeout=0.5"
-    assert ours == {"prefix": "a:", "cluster": "1"}
+    tls = "rediss://u:p@h:1/2?ssl_cert_reqs=none"
+    assert _split_url(tls) == (tls, {})
+    assert url == "redis://h:1/0"
+    assert ours == {"prefix": "a:", "cluster": "1", "socket_timeout": "0.5"}
     assert _split_url("unix:///run/redis.sock?db=2") == ("unix:///run/redis.sock?db=2", {})
 
 
