@@ -1,6 +1,17 @@
 """Sans-IO SIP core: parse and serialize messages, URIs and headers; stream framing; transactions.
 
 Pure functions and objects over bytes: nothing here opens sockets, reads clocks or uses asyncio.
+
+Usage (datagram):
+    try:
+        msg = parse(datagram, limits)          # Request | Response, validated for a B2BUA
+    except ParseError as err:                  # err.status / err.reason for a stateless answer,
+        if err.should_answer: ...              # err.is_request False/None: drop silently
+    msg.vias[0].branch, msg.from_.uri, msg.from_.tag, msg.to, msg.call_id, msg.cseq.seq,
+    msg.max_forwards, msg.p_asserted_identities, msg.request_uri (requests)   # lazy, cached
+    msg.headers.get("X-Campaign"), msg.headers.insert(0, "Via", "..."), bytes(msg)
+Streams: framing.StreamFramer(limits).feed(chunk) -> [Request | Response | ParseError | KeepAlive];
+a ParseError with .fatal means: close the connection.
 """
 
 from __future__ import annotations
