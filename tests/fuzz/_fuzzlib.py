@@ -38,6 +38,10 @@ def run(test_one_input: Callable[[bytes], None], extra_seeds: dict[str, bytes] |
             if not a.startswith("-"):
                 path = Path(a)
                 if path.is_dir() and not any(path.iterdir()):
-                    seed_corpus(path, extra_seeds)
+                    seed_corpus(path)
+                # The target's own seeds (hand-written paths deep into its logic) always go in.
+                for name, data in (extra_seeds or {}).items():
+                    if path.is_dir() and not (path / name).exists():
+                        (path / name).write_bytes(data)
     atheris.Setup(args, test_one_input)
     atheris.Fuzz()

