@@ -508,6 +508,17 @@ class Response(Message):
         return self
 
 
+def _new_request(method: str, uri: str, headers: Headers, body: bytes) -> Request:
+    # Parser fast path: skips the argument normalisation of Request.__init__ (inputs already checked).
+    req = Request.__new__(Request)
+    req.method = method
+    req._uri = uri
+    req._ruri = None
+    req.headers = headers
+    req.body = body
+    return req
+
+
 _URI_TEXT: Final = re.compile(r"[^\s\x00-\x1f\x7f]+")
 
 
@@ -644,7 +655,7 @@ def parse(data: bytes, limits: Limits | None = None, *, validate: bool = True) -
     msg: Request | Response
     if is_req:
         assert rm is not None and method is not None
-        msg = Request(method, rm.group("uri"), headers, body)
+        msg = _new_request(method, rm.group("uri"), headers, body)
     else:
         assert sm is not None
         msg = Response(int(sm.group("status")), sm.group("reason") or "", headers, body)

@@ -95,3 +95,38 @@ def test_oversize_message_is_513() -> None:
     with pytest.raises(ParseError) as info:
         parse(INVITE, Limits(max_message_bytes=100))
     assert info.value.status == 513 and info.value.is_request is True
+
+
+def test_leading_crlfs_are_ignored() -> None:
+    assert parse(b"\r\n\r\n" + INVITE) == parse(INVITE)
+
+
+def test_bare_lf_line_endings_are_rejected() -> None:
+    with pytest.raises(ParseError) as info:
+        parse(INVITE.replace(b"Max-Forwards: 70\r\n", b"Max-Forwards: 70\nX-Injected: 1\r\n"))
+    assert info.value.reason == "Bare CR or LF in header" and info.value.is_request
+
+
+def test_errors_on_ack_are_never_answered() -> None:
+    ack = INVITE.replace(b"INVITE sip:", b"ACK sip:").replace(b"CSeq: 314159 INVITE", b"CSeq: 314159 BYE")
+    with pytest.raises(ParseError) as info:
+        parse(ack)
+    assert info.value.method == "ACK" and info.value.is_request and not info.value.should_answer
+
+
+def test_validate_false_defers_semantic_checks() -> None:
+    data = INVITE.replace(b"Call-ID: a84b4c76e66710@pc33.example.com\r\n", b"")
+    msg = parse(data, validate=False)
+    assert isinstance(msg, Request)
+    with pytest.raises(ParseError, match="Missing Call-ID"):
+        msg.validate()
+
+
+def test_request_uri_follows_uri_changes() -> None:
+    msg = parse(INVITE)
+    assert isinstance(msg, Request)
+    msg.uri = SipUri(user="+33699999999", host="carrier2.example.net")
+    assert msg.request_uri.host == "carrier2.example.net"  # type: ignore[union-attr]
+    assert bytes(msg).startswith(b"INVITE sip:+33699999999@carrier2.example.net SIP/2.0\r\n")
+    msg.uri = "tel:+33699999999"
+    assert str(msg.request_uri) == "tel:+33699999999"
