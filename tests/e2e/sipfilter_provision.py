@@ -39,6 +39,7 @@ class Deployment:
 
     sipfilter: Sipfilter
     carrier_ports: list[int]
+    transport: str = "udp"  # the dialer transport a test exercises, when it exercises one
 
     @property
     def inside(self) -> str:
