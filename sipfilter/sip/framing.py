@@ -16,6 +16,7 @@ __all__ = ["FramerClosed", "KeepAlive", "StreamEvent", "StreamFramer"]
 
 # Content-Length lines in a raw header block (folded values are not supported for this one header).
 _CL_RE: Final = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?$", re.I | re.M)
+_FOLD_RE: Final = re.compile(rb"\r\n(?=[ \t])")
 _HEADER_END: Final = b"\r\n\r\n"
 _PING: Final = b"\r\n\r\n"
 
@@ -90,6 +91,8 @@ class StreamFramer:
                     out.append(self._fatal("Message Too Large", 513))
                 break
             head = bytes(buf[:end])
+            if b"\r\n " in head or b"\r\n\t" in head:
+                head = _FOLD_RE.sub(b"", head)  # a folded Content-Length still frames
             body_start = end + 4
             cls = _CL_RE.findall(head)
             if not cls:

@@ -158,3 +158,9 @@ def test_body_waits_for_all_bytes() -> None:
     assert not framer.failed
     assert summary(framer.feed(MESSAGE[-3:])) == [("MESSAGE", b"hello\r\n\r\nbob")]
     assert framer.buffered == 0
+
+
+def test_folded_content_length_still_frames() -> None:
+    framer = StreamFramer()
+    folded = MESSAGE.replace(b"l: 12", b"Content-Length:\r\n   12")
+    assert summary(framer.feed(folded + OK)) == [("MESSAGE", b"hello\r\n\r\nbob"), 200]
