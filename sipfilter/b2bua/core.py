@@ -316,6 +316,7 @@ class B2BUA:
         self.endpoints: dict[str, list[Endpoint]] = {INSIDE: [], OUTSIDE: []}
         for side, eps in (endpoints or {}).items():
             self.endpoints[side] = list(eps)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._later: Scheduler = scheduler or self._loop_later
         self._clock = clock
         self.obs = observer or Observer()
@@ -333,9 +334,11 @@ class B2BUA:
 
     # -- plumbing ------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _loop_later(delay: float, callback: Callable[..., Any], *args: Any) -> Any:
-        return asyncio.get_running_loop().call_later(delay, callback, *args)
+    def _loop_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> Any:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop.call_later(delay, callback, *args)
 
     def _wire_pools(self) -> None:
         for pool in self.rt.pools.values():
@@ -554,7 +557,6 @@ class B2BUA:
         # 100 Trying at once: the dialer stops retransmitting while the policy decides.
         stx.answer = wire.build_response(100, "Trying", stx.lines(None))
         ep.send(stx.answer, addr)
-        call.timers["ring"] = self._later(rt.timers.ring_timeout, self._ring_timeout, call)
         self._decide(call, msg, now)
 
     def _decide(self, call: Call, msg: Any, now: float) -> None:
@@ -616,6 +618,8 @@ class B2BUA:
         if not relay_ok:
             self._answer_a(call, 503, "Service Unavailable", ["Retry-After: 60"])
             return
+        # The ring timeout runs from the relay decision: a rejected call never needs the timer.
+        call.timers["ring"] = self._later(self.rt.timers.ring_timeout, self._ring_timeout, call)
         call.plan = self.rt.pools[trunk].plan() if trunk in self.rt.pools else []
         if not call.plan:
             self._answer_a(call, 503, "Service Unavailable", [])
