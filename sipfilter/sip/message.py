@@ -43,6 +43,8 @@ __all__ = [
     "Request",
     "Response",
     "parse",
+    "validate_request",
+    "validate_response",
 ]
 
 
