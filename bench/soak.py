@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                 "carrier_uas.xml",
                 workdir / "carrier",
                 deployment.carrier_ports[0],
-                calls=total_calls,
+                calls=total_calls * 2 + 1000,  # sipfilter's OPTIONS probes count as calls for SIPp
                 pause_ms=args.ring_ms,
                 timeout_s=load_s + 300,
                 trace_msg=False,
