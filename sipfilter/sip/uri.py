@@ -69,8 +69,10 @@ def escape(text: str, safe: re.Pattern[str]) -> str:
 def _params_text(params: Mapping[str, str | None]) -> str:
     parts: list[str] = []
     for name, value in params.items():
+        if not name:
+            raise ValueError("empty URI parameter name")
         parts.append(";" + escape(name, PARAM_SAFE))
-        if value is not None:
+        if value:  # pvalue cannot be empty (§25.1): an empty value is written as a bare name
             parts.append("=" + escape(value, PARAM_SAFE))
     return "".join(parts)
 
@@ -112,6 +114,8 @@ class SipUri:
         if not _HOST_RE.fullmatch(self.host):
             raise ValueError(f"invalid host in SIP URI: {self.host!r}")
         parts = [scheme, ":"]
+        if self.user == "":
+            raise ValueError("empty user part in SIP URI (use user=None)")
         if self.user is not None:
             parts.append(escape(self.user, USER_SAFE))
             if self.password is not None:

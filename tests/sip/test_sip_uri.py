@@ -174,3 +174,11 @@ def test_sip_uri_round_trip(
     back = parse_uri(text)
     assert back == u
     assert uri_equal(back, u)
+
+
+def test_output_never_produces_unparseable_uris() -> None:
+    with pytest.raises(ValueError):
+        str(SipUri(user="", host="example.com"))
+    with pytest.raises(ValueError):
+        str(SipUri(host="example.com", params={"": "x"}))
+    assert str(SipUri(host="example.com", params={"lr": "", "x": None})) == "sip:example.com;lr;x"
