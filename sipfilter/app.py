@@ -82,11 +82,13 @@ class App:
                 self.endpoints.append(ep)
                 log.info("listening on %s %s %s", side, ep.transport, ep.hostport)
         await self._start_admin()
+        _count_reload(self.metrics, "ok")  # the first load counts: the timestamp says which config runs
         loop = asyncio.get_running_loop()
         for sig, handler in ((signal.SIGHUP, self._on_sighup), (signal.SIGTERM, self._on_sigterm),
                              (signal.SIGINT, self._on_sigterm)):  # fmt: skip
             loop.add_signal_handler(sig, handler)
         self._tasks.append(loop.create_task(self._probe_loop()))
+        self._bind_metrics(loop)
         self.ready = True
         log.info("sipfilter ready: %d trunk(s), store %s", len(config.trunks), config.store.backend)
 
@@ -102,14 +104,39 @@ class App:
         return await open_stream_endpoint(side, listen.host, listen.port, self.b2b, tls=tls, limits=limits)
 
     async def _start_admin(self) -> None:
-        http = _optional("sipfilter.http")
+        from sipfilter.http import AdminServer, ReadinessState
+        from sipfilter.policy.rulepack import normaliser_for  # API numbers normalised like the call path
+
         cfg = self.config.admin
-        if http is not None and hasattr(http, "AdminServer"):
-            self.admin = _build_admin(http, self)
-            await self.admin.start(cfg.host, cfg.port)
-            return
-        self.admin = _FallbackAdmin(self)
+        state = ReadinessState(
+            listening=lambda: bool(self.endpoints) and self.ready,
+            config_loaded=lambda: self.config is not None,
+            lists_loaded=self._lists_loaded,
+            store_ok=self._store_ok,
+            draining=lambda: self.draining,
+        )
+        self.admin = AdminServer(state, token=cfg.token, get_store=lambda: self.store,
+                                 normaliser=normaliser_for(self.config))  # fmt: skip
+        if self.metrics is not None:
+            self.metrics.STATE.bind(store=lambda: self.store, config=lambda: self.config,
+                                    audit=lambda: self.audit, ready=state.ready)  # fmt: skip
         await self.admin.start(cfg.host, cfg.port)
+
+    def _lists_loaded(self) -> bool:
+        names: set[str] = set()
+        for trunk in self.config.trunks.values():
+            names.update(trunk.lists.dnc)
+            if isinstance(trunk.lists.authorised_caller_ids, str):
+                names.add(trunk.lists.authorised_caller_ids)
+        return self.store is not None and all(self.store.list_info(n) is not None for n in names)
+
+    def _store_ok(self) -> bool:
+        health = getattr(self.store, "health", None)
+        if self.store is None:
+            return False
+        if health is None or health.up:
+            return True
+        return all(t.on_store_error == "allow" for t in self.config.trunks.values())
 
     # -- periodic ----------------------------------------------------------------------------------------
 
@@ -168,6 +195,9 @@ class App:
         assert self.b2b is not None
         timeout = self.config.sip.drain_timeout_s
         self.ready = False
+        if self.metrics is not None:
+            with contextlib.suppress(Exception):
+                self.metrics.READY.set(0)
         self.b2b.start_draining(max(1, round(timeout)))
         log.info("draining: %d call(s) in progress, up to %.0f s", self.b2b.active_calls, timeout)
         deadline = time.monotonic() + timeout
@@ -204,108 +234,14 @@ class App:
 
 
 def _count_reload(metrics: Any, result: str) -> None:
-    counter = getattr(metrics, "CONFIG_RELOADS", None) if metrics is not None else None
-    if counter is not None:
+    if metrics is not None:
         with contextlib.suppress(Exception):
-            counter.labels(result=result).inc()
-
-
-def _build_admin(http: Any, app: App) -> Any:
-    state_cls = getattr(http, "ReadinessState", None)
-    state: Any = None
-    if state_cls is not None:
-        try:
-            state = state_cls()
-        except TypeError:
-            state = None
-        if state is not None:
-            for name, fn in (("listening", lambda: app.ready), ("ready", lambda: app.ready)):
-                if hasattr(state, name):
-                    with contextlib.suppress(Exception):
-                        setattr(state, name, fn)
-    return http.AdminServer(state, token=app.config.admin.token) if state is not None else http.AdminServer()
-
-
-class _FallbackAdmin:
-    """/metrics, /healthz, /readyz on aiohttp, used only while sipfilter.http is not in this build."""
-
-    def __init__(self, app: App) -> None:
-        self.app = app
-        self._runner: Any = None
-
-    async def start(self, host: str, port: int) -> None:
-        from aiohttp import web
-        from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
-
-        registry = getattr(self.app.metrics, "REGISTRY", None) or REGISTRY
-
-        async def metrics(_req: web.Request) -> web.Response:
-            return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-        async def healthz(_req: web.Request) -> web.Response:
-            return web.Response(text="ok\n")
-
-        async def readyz(_req: web.Request) -> web.Response:
-            ok = self.app.ready
-            return web.Response(text="ready\n" if ok else "not ready\n", status=200 if ok else 503)
-
-        web_app = web.Application()
-        web_app.router.add_get("/metrics", metrics)
-        web_app.router.add_get("/healthz", healthz)
-        web_app.router.add_get("/readyz", readyz)
-        admin_api = _optional("sipfilter.admin_api")
-        if admin_api is not None:
-            from sipfilter.policy.rulepack import normaliser_for  # API numbers normalised like the call path
-
-            admin_api.add_admin_routes(web_app, lambda: self.app.store, token=self.app.config.admin.token,
-                                       normaliser=normaliser_for(self.app.config))
-        self._runner = web.AppRunner(web_app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-
-class _FallbackMetrics(Observer):
-    """The few series the end-to-end harness reads, on the default registry (no sipfilter.metrics yet).
-    Label children are cached: `.labels()` costs microseconds on the call path."""
-
-    def __init__(self) -> None:
-        from prometheus_client import Counter, Gauge
-
-        self._dialogs = Gauge("sipfilter_active_dialogs", "Dialogs in progress", ["trunk"])
-        self._invites = Counter("sipfilter_invites_received_total", "New INVITEs", ["trunk", "transport"])
-        self._decisions = Counter(
-            "sipfilter_decisions_total", "Policy decisions", ["trunk", "verdict", "rule"]
-        )
-        self._retrans = Counter("sipfilter_retransmissions_total", "Retransmissions", ["direction"])
-        self._children: dict[tuple[Any, ...], Any] = {}
-
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (id(metric), *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
-
-    def invite(self, trunk: str, transport: str) -> None:
-        self._child(self._invites, trunk, transport).inc()
-
-    def decision(self, trunk: str, verdict: str, rule: str, seconds: float) -> None:
-        self._child(self._decisions, trunk, verdict, rule).inc()
-
-    def dialogs(self, trunk: str, delta: int) -> None:
-        self._child(self._dialogs, trunk).inc(delta)
-
-    def retransmission(self, direction: str) -> None:
-        self._child(self._retrans, direction).inc()
+            metrics.record_reload(result == "ok")
 
 
 def make_observer(metrics: Any) -> Observer:
-    """The Prometheus-backed observer (sipfilter.metrics), or the fallback series without it."""
-    return _FallbackMetrics()
+    """The Prometheus-backed observer (sipfilter.metrics), or the no-op one without it."""
+    return metrics.PrometheusObserver() if metrics is not None else Observer()
 
 
 def run(config_path: str) -> int:
