@@ -118,6 +118,7 @@ CONFIG_LAST_RELOAD_OK = Gauge(
     "sipfilter_config_last_reload_success", "1 when the last config (re)load succeeded, 0 when refused",
     registry=REGISTRY,
 )  # fmt: skip
+# Read at scrape time once the app binds STATE(ready=…); set(0) on drain stays harmless.
 READY = Gauge("sipfilter_ready", "1 when /readyz answers 200", registry=REGISTRY)
 DECISION_BUDGET = Gauge(
     "sipfilter_decision_budget_seconds", "p99 decision-latency budget the alert compares against",
@@ -280,19 +281,26 @@ class StateCollector(Collector):
         self.get_store: Callable[[], Any] = lambda: None
         self.get_config: Callable[[], Any] = lambda: None
         self.get_audit: Callable[[], Any] = lambda: None
+        self.get_ready: Callable[[], bool | None] = lambda: None
         self.clock: Callable[[], float] = time.time
 
     def bind(self, *, store: Callable[[], Any] | None = None, config: Callable[[], Any] | None = None,
-             audit: Callable[[], Any] | None = None) -> None:  # fmt: skip
+             audit: Callable[[], Any] | None = None, ready: Callable[[], bool | None] | None = None,
+             ) -> None:  # fmt: skip
         if store is not None:
             self.get_store = store
         if config is not None:
             self.get_config = config
         if audit is not None:
             self.get_audit = audit
+        if ready is not None:
+            self.get_ready = ready
+            READY.set_function(lambda: 1.0 if self.get_ready() else 0.0)
 
     def unbind(self) -> None:
         self.get_store = self.get_config = self.get_audit = lambda: None
+        self.get_ready = lambda: None
+        READY.set_function(lambda: 0.0)
 
     def describe(self) -> Iterable[Metric]:
         return list(self._families())

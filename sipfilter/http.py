@@ -1,0 +1,201 @@
+"""The admin HTTP server (aiohttp): /metrics, /healthz, /readyz, the bearer-token guard, and the /api routes.
+
+Serves and guards only: /api handlers live in sipfilter/admin_api.py, metric objects in sipfilter/metrics.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import importlib
+import ipaddress
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from sipfilter import metrics
+
+log = logging.getLogger("sipfilter.http")
+
+Check = Callable[[], bool]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Probes carry no secret and reveal only "up/ready": orchestrators and Docker HEALTHCHECK call them bare.
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+class AdminConfigError(ValueError):
+    """The admin server cannot start as configured (e.g. a non-loopback bind without a token)."""
+
+
+def _false() -> bool:
+    return False
+
+
+def _true() -> bool:
+    return True
+
+
+@dataclass(slots=True)
+class ReadinessState:
+    """What /readyz checks; the app wiring replaces each callable with a look at the running process."""
+
+    listening: Check = _false  # SIP listeners are bound
+    config_loaded: Check = _false
+    lists_loaded: Check = _false  # every list a trunk checks has been imported
+    store_ok: Check = _true  # store reachable, or every trunk has on_store_error: allow
+    draining: Check = _false  # SIGTERM received: stop sending new calls here
+    extra: dict[str, Check] = field(default_factory=dict)
+
+    def checks(self) -> dict[str, bool]:
+        out: dict[str, bool] = {}
+        for name, check in (("listening", self.listening), ("config_loaded", self.config_loaded),
+                            ("lists_loaded", self.lists_loaded), ("store_ok", self.store_ok),
+                            *self.extra.items()):  # fmt: skip
+            try:
+                out[name] = bool(check())
+            except Exception:  # a failing check means not ready, never a 500
+                log.exception("readiness check %s failed", name)
+                out[name] = False
+        try:
+            out["not_draining"] = not self.draining()
+        except Exception:
+            out["not_draining"] = False
+        return out
+
+    def ready(self) -> bool:
+        return all(self.checks().values())
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name we cannot vouch for: treat as exposed
+
+
+def token_middleware(token: str) -> Any:
+    """Require `Authorization: Bearer <token>` on every path but the probes (constant-time compare)."""
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in OPEN_PATHS:
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return web.json_response(
+                    {"error": "missing or wrong bearer token"}, status=401,
+                    headers={"WWW-Authenticate": 'Bearer realm="sipfilter-admin"'},
+                )  # fmt: skip
+        return await handler(request)
+
+    return guard
+
+
+def make_admin_app(
+    state: ReadinessState,
+    *,
+    token: str | None = None,
+    registry: CollectorRegistry = metrics.REGISTRY,
+    get_store: Callable[[], Any] | None = None,
+    normaliser: Any = None,
+    region: str = "FR",
+) -> web.Application:
+    """/metrics, /healthz, /readyz (+ /api/… from admin_api when `get_store` is given); token-guarded."""
+    app = web.Application(middlewares=[token_middleware(token)] if token else [])
+
+    async def metrics_handler(_req: web.Request) -> web.Response:
+        # Collection reads in-memory state only (lists are in memory), so it stays on the loop.
+        body = generate_latest(registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(_req: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(_req: web.Request) -> web.Response:
+        checks = state.checks()
+        ok = all(checks.values())
+        return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
+
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    if get_store is not None:
+        admin_api = _optional("sipfilter.admin_api")
+        if admin_api is not None and hasattr(admin_api, "add_admin_routes"):
+            # The middleware already checks the token: the API need not check it twice.
+            admin_api.add_admin_routes(app, get_store, normaliser=normaliser, region=region, token=None)
+    return app
+
+
+def _optional(module: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise
+        return None
+
+
+class AdminServer:
+    """Runs the admin app on host:port (port 0 picks a free one, see `.port`) and the loop-lag monitor."""
+
+    def __init__(
+        self,
+        state: ReadinessState | None = None,
+        *,
+        token: str | None = None,
+        get_store: Callable[[], Any] | None = None,
+        normaliser: Any = None,
+        region: str = "FR",
+        registry: CollectorRegistry = metrics.REGISTRY,
+        lag_monitor: bool = True,
+    ) -> None:
+        self.state = state if state is not None else ReadinessState()
+        self.token = token or None
+        self._app_args: dict[str, Any] = dict(
+            token=self.token, registry=registry, get_store=get_store, normaliser=normaliser, region=region
+        )
+        self._lag_monitor = lag_monitor
+        self._runner: web.AppRunner | None = None
+        self._lag_task: asyncio.Task[None] | None = None
+        self.host = ""
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> None:
+        if not is_loopback(host) and not self.token:
+            raise AdminConfigError(f"admin HTTP bound to {host} (not loopback) requires a token")
+        app = make_admin_app(self.state, **self._app_args)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.host = host
+        server = site._server  # aiohttp exposes the bound port only through the server's sockets
+        sockets = getattr(server, "sockets", None) or ()
+        self.port = sockets[0].getsockname()[1] if sockets else port
+        if self._lag_monitor:
+            self._lag_task = asyncio.get_running_loop().create_task(metrics.loop_lag_monitor())
+        log.info("admin HTTP on %s:%d%s", host, self.port, " (token required)" if self.token else "")
+
+    async def stop(self) -> None:
+        if self._lag_task is not None:
+            self._lag_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lag_task
+            self._lag_task = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

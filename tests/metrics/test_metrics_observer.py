@@ -1,0 +1,216 @@
+"""PrometheusObserver → our registry, the scrape-time state collector, and label hygiene."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from sipfilter import metrics
+from sipfilter.policy.lists import ListRules
+from sipfilter.stores.base import ListInfo
+
+
+def value(name: str, **labels: str) -> float | None:
+    return metrics.REGISTRY.get_sample_value(name, labels)
+
+
+def test_observer_counts_every_event() -> None:
+    obs = metrics.PrometheusObserver()
+    before = value("sipfilter_invites_received_total", trunk="obs-a", transport="udp") or 0.0
+    for _ in range(3):
+        obs.invite("obs-a", "udp")
+    obs.decision("obs-a", "reject", "callee.dnc.bloctel", 2e-5)
+    obs.decision("obs-a", "monitor_reject", "hours.window", 4e-5)
+    obs.decision("obs-a", "allow", "", 3e-5)
+    obs.response("obs-a", "sent", 603)
+    obs.response("obs-a", "received", 180)
+    obs.response("", "sent", 400)
+    obs.dialogs("obs-a", 1)
+    obs.dialogs("obs-a", 1)
+    obs.dialogs("obs-a", -1)
+    obs.relayed("obs-a")
+    obs.answered("obs-a")
+    obs.invite_final("obs-a", 3.2)
+    obs.failover("obs-a", "carrier-1")
+    obs.target_up("obs-a", "carrier-1", False)
+    obs.malformed("tcp")
+    obs.unknown_source("udp")
+    obs.retransmission("received")
+    obs.overload("rate_limit")
+
+    assert value("sipfilter_invites_received_total", trunk="obs-a", transport="udp") == before + 3
+    assert value("sipfilter_decisions_total", trunk="obs-a", verdict="reject", rule="callee.dnc.bloctel") == 1
+    assert value("sipfilter_monitor_rejections_total", trunk="obs-a", rule="hours.window") == 1
+    assert value("sipfilter_monitor_rejections_total", trunk="obs-a", rule="callee.dnc.bloctel") is None
+    assert value("sipfilter_decision_duration_seconds_count", trunk="obs-a") == 3
+    # 2e-5 and 3e-5 fall under the 50 µs bucket, 4e-5 too; none under 10 µs.
+    assert value("sipfilter_decision_duration_seconds_bucket", trunk="obs-a", le="1e-05") == 0
+    assert value("sipfilter_decision_duration_seconds_bucket", trunk="obs-a", le="5e-05") == 3
+    assert value("sipfilter_responses_total", trunk="obs-a", direction="sent", status_class="6xx") == 1
+    assert value("sipfilter_responses_total", trunk="obs-a", direction="received", status_class="1xx") == 1
+    none = metrics.NO_TRUNK
+    assert value("sipfilter_responses_total", trunk=none, direction="sent", status_class="4xx") >= 1
+    assert value("sipfilter_active_dialogs", trunk="obs-a") == 1
+    assert value("sipfilter_calls_relayed_total", trunk="obs-a") == 1
+    assert value("sipfilter_calls_answered_total", trunk="obs-a") == 1
+    assert value("sipfilter_invite_final_duration_seconds_bucket", trunk="obs-a", le="2.5") == 0
+    assert value("sipfilter_invite_final_duration_seconds_bucket", trunk="obs-a", le="5.0") == 1
+    assert value("sipfilter_carrier_failovers_total", trunk="obs-a", target="carrier-1") == 1
+    assert value("sipfilter_carrier_target_up", trunk="obs-a", target="carrier-1") == 0
+    obs.target_up("obs-a", "carrier-1", True)
+    assert value("sipfilter_carrier_target_up", trunk="obs-a", target="carrier-1") == 1
+    assert value("sipfilter_malformed_messages_total", transport="tcp") >= 1
+    assert value("sipfilter_unknown_source_requests_total", transport="udp") >= 1
+    assert value("sipfilter_retransmissions_total", direction="received") >= 1
+    assert value("sipfilter_overload_drops_total", reason="rate_limit") >= 1
+
+
+def test_status_class() -> None:
+    assert [metrics.status_class(s) for s in (100, 183, 200, 302, 486, 503, 603, 99, 700)] == [
+        "1xx", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx", "other", "other",
+    ]  # fmt: skip
+
+
+def test_labels_are_bounded_and_never_numbers() -> None:
+    obs = metrics.PrometheusObserver()
+    obs.invite("obs-b", "udp")
+    obs.decision("obs-b", "allow", "", 1e-5)
+    allowed = {"trunk", "transport", "verdict", "rule", "direction", "status_class", "target", "list",
+               "backend", "operation", "reason", "result", "version", "python", "le"}  # fmt: skip
+    text = generate_latest(metrics.REGISTRY).decode()
+    for fam in text_string_to_metric_families(text):
+        assert fam.name.startswith("sipfilter_"), fam.name
+        for sample in fam.samples:
+            assert set(sample.labels) <= allowed, (sample.name, sample.labels)
+            for v in sample.labels.values():
+                assert not v.startswith("+33"), sample
+
+
+def test_names_follow_conventions() -> None:
+    names = metrics.metric_names()
+    assert "sipfilter_list_max_age_seconds" in names and "sipfilter_store_errors_total" in names
+    for fam in metrics.REGISTRY.collect():
+        if fam.type == "counter":
+            assert not fam.name.endswith("_total")  # the client appends it: the exposed name ends in _total
+        if any(part in fam.name for part in ("_latency", "_duration", "_age", "_lag", "timestamp")):
+            assert fam.name.endswith("_seconds"), fam.name
+    assert metrics.DECISION_BUCKETS[0] == 5e-6 and metrics.DECISION_BUCKETS[-1] == 0.01
+
+
+def test_build_info_and_reload() -> None:
+    assert value("sipfilter_build_info", version=_any_label("sipfilter_build_info", "version"),
+                 python=_any_label("sipfilter_build_info", "python")) == 1  # fmt: skip
+    ok_before = value("sipfilter_config_reloads_total", result="ok") or 0.0
+    metrics.record_reload(True, at=1234.0)
+    assert value("sipfilter_config_reloads_total", result="ok") == ok_before + 1
+    assert value("sipfilter_config_last_reload_timestamp_seconds") == 1234.0
+    assert value("sipfilter_config_last_reload_success") == 1
+    metrics.record_reload(False)
+    assert value("sipfilter_config_last_reload_success") == 0
+    assert value("sipfilter_config_last_reload_timestamp_seconds") == 1234.0  # last good load stays
+
+
+def _any_label(name: str, label: str) -> str:
+    for fam in metrics.REGISTRY.collect():
+        for s in fam.samples:
+            if s.name == name:
+                return str(s.labels[label])
+    raise AssertionError(name)
+
+
+@dataclass
+class FakeHealth:
+    up: bool = True
+    errors: int = 0
+
+
+class FakeRedisStore:
+    def __init__(self, infos: dict[str, ListInfo]) -> None:
+        self.infos = infos
+        self.health = FakeHealth()
+
+    def list_names(self) -> list[str]:
+        return sorted(self.infos)
+
+    def list_info(self, name: str) -> ListInfo | None:
+        return self.infos.get(name)
+
+
+def _config() -> Any:
+    rules = ListRules({"bloctel": 15 * 86400.0}, 30 * 86400.0, 0.0, None, True, frozenset())  # type: ignore[arg-type]
+    trunk = SimpleNamespace(lists=SimpleNamespace(dnc=("bloctel", "internal"), authorised_caller_ids=None))
+    other = SimpleNamespace(lists=SimpleNamespace(dnc=("internal",), authorised_caller_ids=None))
+    strict = ListRules({"internal": 86400.0}, None, 0.0, None, True, frozenset())  # type: ignore[arg-type]
+    return SimpleNamespace(
+        trunks={"a": trunk, "b": other},
+        rules={"a": SimpleNamespace(lists=rules), "b": SimpleNamespace(lists=strict)},
+    )
+
+
+@pytest.fixture
+def bound() -> Any:
+    store = FakeRedisStore({"bloctel": ListInfo("bloctel", 7, 1000, 500.0, "b.csv", 10, "x")})
+    audit = SimpleNamespace(write_errors=2, failing=True)
+    metrics.STATE.bind(store=lambda: store, config=_config, audit=lambda: audit, ready=lambda: True)
+    clock = metrics.STATE.clock
+    metrics.STATE.clock = lambda: 1500.0
+    try:
+        yield store
+    finally:
+        metrics.STATE.unbind()
+        metrics.STATE.clock = clock
+
+
+def test_state_collector_reads_store_config_audit(bound: FakeRedisStore) -> None:
+    assert value("sipfilter_list_size", list="bloctel") == 1000
+    assert value("sipfilter_list_version", list="bloctel") == 7
+    assert value("sipfilter_list_age_seconds", list="bloctel") == 1000.0
+    assert value("sipfilter_list_imported_timestamp_seconds", list="bloctel") == 500.0
+    assert value("sipfilter_list_max_age_seconds", list="bloctel") == 15 * 86400.0
+    # "internal": trunk a defaults to 30 days, trunk b says 1 day: the strictest wins.
+    assert value("sipfilter_list_max_age_seconds", list="internal") == 86400.0
+    assert value("sipfilter_list_size", list="internal") is None  # never imported: no size
+    assert value("sipfilter_store_up", backend="redis") == 1  # backend named after the store class
+    assert value("sipfilter_audit_write_errors_total") == 2
+    assert value("sipfilter_audit_failing") == 1
+    assert value("sipfilter_ready") == 1
+    bound.health.up = False
+    bound.health.errors = 5
+    assert value("sipfilter_store_up", backend="redis") == 0
+    assert value("sipfilter_store_errors_total", backend="redis", operation="any") == 5
+
+
+def test_state_collector_survives_a_broken_store() -> None:
+    class Broken:
+        def list_names(self) -> list[str]:
+            raise RuntimeError("boom")
+
+    metrics.STATE.bind(store=Broken)
+    try:
+        text = generate_latest(metrics.REGISTRY).decode()
+    finally:
+        metrics.STATE.unbind()
+    assert "sipfilter_invites_received_total" in text or "sipfilter_build_info" in text
+
+
+async def test_loop_lag_monitor_measures_a_blocked_loop() -> None:
+    import time
+
+    task = asyncio.get_running_loop().create_task(metrics.loop_lag_monitor(interval=0.01))
+    count0 = value("sipfilter_event_loop_lag_observed_seconds_count") or 0.0
+    await asyncio.sleep(0.005)
+    time.sleep(0.06)  # block the loop: the monitor wakes ~50 ms late
+    await asyncio.sleep(0.03)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (value("sipfilter_event_loop_lag_observed_seconds_count") or 0.0) > count0
+    assert (value("sipfilter_event_loop_lag_observed_seconds_bucket", le="0.025") or 0.0) < (
+        value("sipfilter_event_loop_lag_observed_seconds_count") or 0.0
+    )
