@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Final, TypeVar
 
 from sipfilter.sip import grammar as g
@@ -44,6 +45,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+_NO_PARAMS: Final[Mapping[str, str | None]] = MappingProxyType({})
 
 # RFC 3261 §7.3.3 and later RFCs (IANA "Header Fields" registry, compact forms).
 COMPACT_FORMS: Final[Mapping[str, str]] = {
@@ -506,7 +508,7 @@ def parse_name_addr(value: str, what: str = "header") -> NameAddr:
     return _new_name_addr(
         uri,
         None if display is None else _display(display),
-        parse_params(params_text) if params_text else {},
+        MappingProxyType(parse_params(params_text)) if params_text else _NO_PARAMS,
         value,
     )
 
@@ -519,6 +521,11 @@ def parse_name_addrs(values: Iterable[str], *, single: bool = False, what: str =
     out: list[NameAddr] = []
     match = g.NAME_ADDR_RE.match
     for value in values:
+        cached = None if single else _NA_MEMO.get(value)
+        if cached is not None:
+            out.extend(cached)
+            continue
+        first = len(out)
         pos = 0
         n = len(value)
         while True:
@@ -534,7 +541,7 @@ def parse_name_addrs(values: Iterable[str], *, single: bool = False, what: str =
                 _new_name_addr(
                     uri,
                     None if display is None else _display(display),
-                    parse_params(params_text) if params_text else {},
+                    MappingProxyType(parse_params(params_text)) if params_text else _NO_PARAMS,
                     value if pos == 0 and m.end() == n else m.group().strip(" \t"),
                 )
             )
@@ -547,7 +554,17 @@ def parse_name_addrs(values: Iterable[str], *, single: bool = False, what: str =
             if c is None:
                 raise ParseError(f"Malformed {what}")
             pos = c.end()
+        if len(_NA_MEMO) >= _MEMO_MAX:
+            _NA_MEMO.clear()
+        _NA_MEMO[value] = tuple(out[first:])
     return out
+
+
+# Memo of Contact / P-Asserted-Identity / Route lines: a dialer repeats the same few on every call.
+# NameAddr values are immutable (frozen, read-only params), so they can be shared; bounded, emptied
+# when full. From/To lines carry per-call tags and go through parse_name_addr() instead.
+_NA_MEMO: Final[dict[str, tuple[NameAddr, ...]]] = {}
+_MEMO_MAX: Final = 4096
 
 
 # --- CSeq, Reason, Warning, Retry-After, Content-Type ---------------------------------------------------

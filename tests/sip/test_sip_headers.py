@@ -237,3 +237,14 @@ def test_typed_errors_are_not_cached() -> None:
             _ = m.max_forwards
     m.headers.set("Max-Forwards", "5")
     assert m.max_forwards == 5
+
+
+def test_parsed_values_are_read_only_so_memoised_ones_can_be_shared() -> None:
+    a = _req("Contact: <sip:dialer@192.0.2.10;transport=udp>;expires=60").contacts[0]
+    b = _req("Contact: <sip:dialer@192.0.2.10;transport=udp>;expires=60").contacts[0]
+    assert a == b and a.expires == 60
+    with pytest.raises(TypeError):
+        a.params["expires"] = "0"  # type: ignore[index]
+    with pytest.raises(TypeError):
+        a.uri.params["transport"] = "tcp"  # type: ignore[index]
+    assert b.with_params(expires="0").expires == 0 and b.expires == 60
