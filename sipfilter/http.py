@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from sipfilter import metrics
 
@@ -112,9 +113,9 @@ def make_admin_app(
     app = web.Application(middlewares=[token_middleware(token)] if token else [])
 
     async def metrics_handler(_req: web.Request) -> web.Response:
-        # Collection reads in-memory state only (lists are in memory), so it stays on the loop.
+        # In-memory reads only, so it stays on the loop. 0.0.4: what Prometheus 2.x parses, as generated.
         body = generate_latest(registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
 
     async def healthz(_req: web.Request) -> web.Response:
         return web.Response(text="ok\n")
