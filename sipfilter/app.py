@@ -88,7 +88,6 @@ class App:
                              (signal.SIGINT, self._on_sigterm)):  # fmt: skip
             loop.add_signal_handler(sig, handler)
         self._tasks.append(loop.create_task(self._probe_loop()))
-        self._bind_metrics(loop)
         self.ready = True
         log.info("sipfilter ready: %d trunk(s), store %s", len(config.trunks), config.store.backend)
 
