@@ -65,6 +65,7 @@ class EmbeddedStore:
         self._max_window = 0.0
         self._last_prune = 0.0
         self._watcher: asyncio.Task[None] | None = None
+        self._load_lock = asyncio.Lock()  # a slower load must never swap in an older snapshot
 
     @classmethod
     async def open(cls, data_dir: Path, *, watch: bool = True, poll_interval: float = 1.0,
@@ -92,6 +93,10 @@ class EmbeddedStore:
 
     async def _load_lists(self) -> None:
         """Load every list whose version changed; the old set answers until the new one is in memory."""
+        async with self._load_lock:
+            await self._load_lists_locked()
+
+    async def _load_lists_locked(self) -> None:
         rows = self._db.execute("SELECT name, version, count, imported_at, source_name, source_size,"
                                 " source_sha256, file FROM lists").fetchall()
         sets, infos = dict(self._sets), dict(self._infos)

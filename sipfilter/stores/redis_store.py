@@ -201,6 +201,9 @@ class RedisStore:
         self._log_id: str | None = None  # last change-log entry applied to the replicas
         self._watcher: asyncio.Task[None] | None = None
         self._missing_warned: set[str] = set()
+        # One sync at a time: a slower sync must never swap in a snapshot older than a faster one's.
+        self._lists_lock = asyncio.Lock()
+        self._records_lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, url: str, *, watch: bool = True, poll_interval: float = 1.0,
@@ -242,6 +245,10 @@ class RedisStore:
         return self._sets[name]
 
     async def _sync_lists(self) -> None:
+        async with self._lists_lock:
+            await self._sync_lists_locked()
+
+    async def _sync_lists_locked(self) -> None:
         raw: dict[bytes, bytes] = await self._bulk.hgetall(self.k_lists)
         metas = {k.decode(): json.loads(v) for k, v in raw.items()}
         sets, infos = dict(self._sets), dict(self._infos)
@@ -408,6 +415,10 @@ class RedisStore:
             replica[field] = value
 
     async def _sync_records(self) -> None:
+        async with self._records_lock:
+            await self._sync_records_locked()
+
+    async def _sync_records_locked(self) -> None:
         r = self._bulk
         if self._log_id is not None:
             first = await r.xrange(self.k_log, "-", "+", count=1)
