@@ -100,3 +100,23 @@ def test_consent_contract_refusal(config: str, tmp_path: Path, capsys: pytest.Ca
     assert code == 1 and "not a telephone number" in err
     code, _, err = run(capsys, "consent", "add", *c, "0612000105", "--proof", "p", "--at", "noon")
     assert code == 1 and "ISO-8601" in err
+
+
+def test_progress_bar_on_a_terminal_plain_lines_otherwise() -> None:
+    import io
+
+    from sipfilter.commands._store_common import ProgressPrinter
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty, plain = Tty(), io.StringIO()
+    for stream in (tty, plain):
+        p = ProgressPrinter("reading x", stream)
+        for done in (0, 250, 500, 750, 1000):
+            p(done, 1000)
+    assert tty.getvalue().count("\r") == 5 and "[" + "#" * 30 + "]" in tty.getvalue()
+    assert tty.getvalue().endswith("\n")
+    lines = plain.getvalue().splitlines()
+    assert "\r" not in plain.getvalue() and len(lines) == 5 and lines[-1].startswith("reading x: 100%")
