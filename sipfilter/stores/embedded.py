@@ -74,6 +74,7 @@ class EmbeddedStore:
         store = cls(data_dir, poll_interval, busy_timeout_ms if busy_timeout_ms is not None else
                     (250 if watch else 10_000))
         await store._load_lists()
+        store._remove_orphans()
         if watch:
             store._watcher = asyncio.get_running_loop().create_task(store._watch())
         return store
@@ -115,6 +116,16 @@ class EmbeddedStore:
             del infos[gone], sets[gone]
         # Swap the sets first: a name is only ever listed once its numbers are there.
         self._sets, self._infos = sets, infos
+
+    def _remove_orphans(self, min_age_s: float = 3600.0) -> None:
+        """List files no row points at (an import that died before its switch), once old enough."""
+        with contextlib.suppress(sqlite3.Error):
+            used = {row[0] for row in self._db.execute("SELECT file FROM lists")}
+            now = time.time()
+            for path in (self.data_dir / LISTS_DIR).iterdir():
+                with contextlib.suppress(OSError):
+                    if path.name not in used and now - path.stat().st_mtime > min_age_s:
+                        path.unlink()
 
     async def refresh(self) -> None:
         try:

@@ -31,6 +31,7 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT_S = 0.3  # call-path commands (counters): fail fast, on_store_error decides
 BULK_TIMEOUT_S = 10.0  # replica loads and imports move megabytes: their own connections, a longer timeout
 CHUNK = 4 << 20  # list payloads travel in 4 MiB pieces: no single command outlives the socket timeout
+ORPHAN_TTL_S = 86400  # a list written but never switched to (crashed import) expires after this
 OLD_VERSION_GRACE_S = 300  # a replaced list's data key lives on for instances still loading it
 REFUSAL_TTL_S = 2 * 366 * 86400  # refusals outlive any cooldown a rule pack may set
 LOG_MAXLEN = 1_000_000  # change-log entries kept; an instance further behind reloads everything
@@ -301,11 +302,13 @@ class RedisStore:
             await r.delete(key)
             for start in range(0, max(len(data), 1), CHUNK):
                 await r.append(key, data[start : start + CHUNK])  # aside: no reader knows this key yet
+            await r.expire(key, ORPHAN_TTL_S)  # an import that dies before the switch leaves no garbage
             meta = {"version": version, "count": len(numbers),
                     "imported_at": time.time() if imported_at is None else imported_at,
                     "source_name": source.name, "source_size": source.size, "source_sha256": source.sha256,
                     "key": key}
             old = await r.hget(self.k_lists, name)
+            await r.persist(key)
             await r.hset(self.k_lists, name, json.dumps(meta))  # the atomic switch
             if old:
                 old_key = json.loads(old).get("key")

@@ -172,7 +172,7 @@ async def test_watcher_picks_up_imports_from_another_process(
     try:
         await store.put_list("dnc", NumberSet.from_numbers([N1]), SRC)
         await store.add_consent(ConsentRecord(A, N1, T0, "p"))
-        for _ in range(200):
+        for _ in range(500):  # up to 10 s on a loaded machine; usually a few polls
             if watching.list_names() == ["dnc"] and watching.consent_for(A, N1, T0) is not None:
                 break
             await asyncio.sleep(0.02)
@@ -180,3 +180,24 @@ async def test_watcher_picks_up_imports_from_another_process(
         assert watching.consent_for(A, N1, T0) is not None
     finally:
         await watching.close()
+
+
+async def test_embedded_removes_orphan_list_files_at_open(tmp_path: Path) -> None:
+    import os
+
+    from sipfilter.stores.embedded import EmbeddedStore
+
+    s = await EmbeddedStore.open(tmp_path / "data", watch=False)
+    info = await s.put_list("dnc", NumberSet.from_numbers([N1]), SRC)
+    await s.close()
+    lists = tmp_path / "data" / "lists"
+    old, fresh = lists / "dnc.v999.roaring", lists / "dnc.v1000.roaring.tmp"
+    old.write_bytes(b"x")
+    fresh.write_bytes(b"x")
+    os.utime(old, (0, 0))
+    s = await EmbeddedStore.open(tmp_path / "data", watch=False)
+    try:
+        assert not old.exists() and fresh.exists()  # a young file may be an import in progress
+        assert s.list_contains("dnc", N1) and s.list_info("dnc") == info
+    finally:
+        await s.close()
