@@ -189,4 +189,3 @@ class Normaliser:
         if e164.startswith(self.country_code) and self._cc_digits == "33":
             e164 = self._apply_overseas(e164[3:])
         return Number(raw, e164, E164)
-
