@@ -6,6 +6,7 @@ Helps the tests check that no alert or panel queries a series sipfilter does not
 from __future__ import annotations
 
 import re
+from typing import Any
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
 _MATCHERS = re.compile(r"\{[^{}]*\}")
@@ -61,3 +62,26 @@ def referenced_metrics(expr: str) -> set[str]:
             continue  # the exponent of a number like 1e-3
         names.add(word)
     return names
+
+
+# Grafana's variables, replaced by what a query would get with "All" selected.
+GRAFANA_VARS = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "1h", "$trunk": ".*"}
+
+
+def grafana_to_promql(expr: str) -> str:
+    for var, value in GRAFANA_VARS.items():
+        expr = expr.replace(var, value)
+    assert "$" not in expr, f"unknown Grafana variable in {expr!r}"
+    return expr
+
+
+def dashboard_exprs(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
+    """(panel title, PromQL with variables substituted) for every target of every panel, rows included."""
+    out: list[tuple[str, str]] = []
+    stack = list(dashboard["panels"])
+    while stack:
+        panel = stack.pop(0)
+        stack.extend(panel.get("panels", []))
+        for target in panel.get("targets", []):
+            out.append((panel["title"], grafana_to_promql(target["expr"])))
+    return out
