@@ -34,6 +34,7 @@ from sipfilter.policy.verdict import FAIL, PASS, SKIP
         ("0809123456", ""),
         ("3010", ""),  # 3BPQ short number
         ("sip:3179@dialer.local", ""),
+        ("3299", "caller-id.invalid"),  # only 30xx/31xx are 3BPQ caller IDs in the pack
         ("0161123456", "caller-id.not-npv"),  # plain geographic
         ("0145123456", "caller-id.not-npv"),
         ("0412345678", "caller-id.not-npv"),
