@@ -1,4 +1,4 @@
-"""docker/grafana: the dashboard is valid Grafana 10 JSON, every panel query is valid PromQL over our series."""
+"""docker/grafana: the dashboard is Grafana 10 JSON; every panel query is valid PromQL over our series."""
 
 from __future__ import annotations
 
@@ -53,13 +53,13 @@ def test_panels_query_only_series_sipfilter_exports() -> None:
 
 
 def test_unknown_series_are_caught() -> None:
-    assert referenced_metrics(substitute("rate(sipfilter_calls_total{trunk=~\"$trunk\"}[$__rate_interval])")) - (
-        metrics.metric_names()
-    ) == {"sipfilter_calls_total"}
+    expr = substitute('rate(sipfilter_calls_total{trunk=~"$trunk"}[$__rate_interval])')
+    assert referenced_metrics(expr) - metrics.metric_names() == {"sipfilter_calls_total"}
 
 
 def _check_rules(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    cmd = ["promtool", "check", "rules", str(path)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
 
 def _as_rules(exprs: list[str]) -> dict[str, object]:
