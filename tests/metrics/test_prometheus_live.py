@@ -1,0 +1,244 @@
+"""A real Prometheus scrapes a real admin HTTP server; every dashboard and alert expression is evaluated.
+
+In-process by default (metrics populated by a synthetic call load). Point it at a running sipfilter with
+SIPFILTER_METRICS_TARGET=host:port (and SIPFILTER_METRICS_TOKEN when the admin HTTP needs one): panels
+whose series that process never created are then reported, not failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from promql_names import dashboard_exprs, referenced_metrics
+
+from sipfilter import metrics
+from sipfilter.http import AdminServer, ReadinessState
+from sipfilter.stores.base import ListInfo
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.timeout(90),
+    pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus not installed"),
+]
+
+DOCKER = Path(__file__).resolve().parents[2] / "docker"
+TOKEN = "live-scrape-token"
+TRUNKS = ("live-outbound", "live-callback")
+EXTERNAL = os.environ.get("SIPFILTER_METRICS_TARGET")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class _Health:
+    up: bool = True
+    errors: int = 0
+
+
+class _Store:
+    health = _Health()
+
+    def __init__(self) -> None:
+        now = time.time()
+        self.infos = {
+            "bloctel": ListInfo("bloctel", 12, 1_200_000, now - 3 * 86400, "bloctel.csv", 1, "x"),
+            "internal": ListInfo("internal", 3, 5_000, now - 3600, "internal.csv", 1, "y"),
+        }
+
+    def list_names(self) -> list[str]:
+        return sorted(self.infos)
+
+    def list_info(self, name: str) -> ListInfo | None:
+        return self.infos.get(name)
+
+
+def _config() -> Any:
+    ages = {"bloctel": 15 * 86400.0, "internal": 30 * 86400.0}
+    lists = SimpleNamespace(max_age_for=ages.get)
+    trunk = SimpleNamespace(lists=SimpleNamespace(dnc=("bloctel", "internal"), authorised_caller_ids=None))
+    rules = {t: SimpleNamespace(lists=lists) for t in TRUNKS}
+    return SimpleNamespace(trunks={t: trunk for t in TRUNKS}, rules=rules)
+
+
+async def _synthetic_calls(stop: asyncio.Event) -> None:
+    """What a few calls per second through two trunks look like to the observer."""
+    obs = metrics.PrometheusObserver()
+    rnd = random.Random(6)
+    for trunk in TRUNKS:
+        obs.target_up(trunk, "carrier-a", True)
+        obs.target_up(trunk, "carrier-b", True)
+    while not stop.is_set():
+        for trunk in TRUNKS:
+            obs.invite(trunk, "udp")
+            obs.dialogs(trunk, 1)
+            if rnd.random() < 0.2:
+                obs.decision(trunk, "reject", rnd.choice(["callee.dnc.bloctel", "hours.window"]), 4e-5)
+                obs.response(trunk, "sent", 603)
+                obs.invite_final(trunk, 0.001)
+            else:
+                obs.decision(trunk, "allow" if rnd.random() < 0.9 else "monitor_reject", "", 3e-5)
+                obs.relayed(trunk)
+                obs.response(trunk, "received", 180)
+                obs.response(trunk, "received", 200)
+                obs.answered(trunk)
+                obs.invite_final(trunk, rnd.uniform(1, 8))
+                obs.response(trunk, "sent", 200)
+            obs.dialogs(trunk, -1)
+        obs.failover(TRUNKS[0], "carrier-a")
+        obs.malformed("udp")
+        obs.unknown_source("tcp")
+        obs.retransmission("received")
+        obs.overload("rate_limit")
+        await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+async def target() -> AsyncIterator[tuple[str, str | None]]:
+    if EXTERNAL:
+        yield EXTERNAL, os.environ.get("SIPFILTER_METRICS_TOKEN")
+        return
+    store = _Store()
+    metrics.STATE.bind(store=lambda: store, config=_config, audit=lambda: SimpleNamespace(write_errors=0),
+                       ready=lambda: True)  # fmt: skip
+    metrics.record_reload(True)
+    state = ReadinessState(lambda: True, lambda: True, lambda: True)
+    server = AdminServer(state, token=TOKEN)
+    stop = asyncio.Event()
+    load = asyncio.get_running_loop().create_task(_synthetic_calls(stop))
+    await server.start("127.0.0.1", 0)
+    try:
+        yield f"127.0.0.1:{server.port}", TOKEN
+    finally:
+        stop.set()
+        await load
+        await server.stop()
+        metrics.STATE.unbind()
+
+
+@pytest.fixture
+async def prometheus(tmp_path: Path, target: tuple[str, str | None]) -> AsyncIterator[str]:
+    hostport, token = target
+    shutil.copy(DOCKER / "alerts.yml", tmp_path / "alerts.yml")
+    job: dict[str, Any] = {"job_name": "sipfilter", "static_configs": [{"targets": [hostport]}]}
+    if token:
+        job["authorization"] = {"type": "Bearer", "credentials": token}
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": ["alerts.yml"],
+        "scrape_configs": [job],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    log = (tmp_path / "prometheus.log").open("w")
+    proc = subprocess.Popen(
+        ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
+         f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
+         "--log.level=warn"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(150):
+                assert proc.poll() is None, (tmp_path / "prometheus.log").read_text()
+                try:
+                    async with session.get(f"{url}/-/ready") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+            else:
+                pytest.fail("prometheus never became ready")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+async def _query(session: aiohttp.ClientSession, url: str, expr: str) -> list[Any]:
+    async with session.get(f"{url}/api/v1/query", params={"query": expr}) as resp:
+        body = await resp.json()
+    assert body["status"] == "success", (expr, body)
+    result: list[Any] = body["data"]["result"]
+    return result
+
+
+async def _wait_for(session: aiohttp.ClientSession, url: str, expr: str, tries: int = 200) -> None:
+    for _ in range(tries):
+        if await _query(session, url, expr):
+            return
+        await asyncio.sleep(0.1)
+    pytest.fail(f"never true: {expr}")
+
+
+def _alerts() -> list[dict[str, Any]]:
+    doc = yaml.safe_load((DOCKER / "alerts.yml").read_text())
+    return [rule for group in doc["groups"] for rule in group["rules"]]
+
+
+async def test_every_dashboard_and_alert_expression_against_real_prometheus(prometheus: str) -> None:
+    dashboard = json.loads((DOCKER / "grafana" / "dashboards" / "sipfilter.json").read_text())
+    async with aiohttp.ClientSession() as session:
+        # Enough scrapes for rate() over short windows, and the rules evaluated at least once.
+        await _wait_for(session, prometheus, 'count_over_time(up{job="sipfilter"}[1m]) >= 4')
+        assert (await _query(session, prometheus, 'up{job="sipfilter"}'))[0]["value"][1] == "1"
+        for _ in range(100):
+            async with session.get(f"{prometheus}/api/v1/rules") as resp:
+                groups = (await resp.json())["data"]["groups"]
+            rules = [r for g in groups for r in g["rules"]]
+            if rules and all(r["health"] == "ok" for r in rules):
+                break
+            await asyncio.sleep(0.1)
+        assert len(rules) == len(_alerts())
+        assert [r["name"] for r in rules if r["health"] != "ok" or r.get("lastError")] == []
+
+        missing: list[tuple[str, str]] = []
+        skipped: list[str] = []
+        for title, expr in dashboard_exprs(dashboard):
+            if await _query(session, prometheus, expr):
+                continue
+            names = referenced_metrics(expr)
+            absent = [n for n in names if not await _query(session, prometheus, f"count({n})")]
+            if EXTERNAL and absent:
+                skipped.append(f"{title}: {expr} (no series: {absent})")
+                continue
+            missing.append((title, expr))
+        assert missing == [], "dashboard expressions without data"
+        if skipped:
+            print("\n".join(["panels without series in this process:", *skipped]))
+
+        for rule in _alerts():
+            result = await _query(session, prometheus, rule["expr"])
+            if "alert" in rule:
+                assert result == [], (rule["alert"], result)  # a healthy process fires nothing
+            else:
+                assert result or EXTERNAL, rule["record"]  # recording rules have data under load
+        async with session.get(f"{prometheus}/api/v1/alerts") as resp:
+            alerts = (await resp.json())["data"]["alerts"]
+        assert [a["labels"]["alertname"] for a in alerts] == []
