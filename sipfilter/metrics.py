@@ -148,6 +148,16 @@ def record_reload(ok: bool, at: float | None = None) -> None:
         CONFIG_LAST_RELOAD.set(time.time() if at is None else at)
 
 
+def clear_series() -> None:
+    """Forget every labelled series (tests that need a clean registry; never in a running process)."""
+    for metric in (INVITES, DECISIONS, MONITOR_REJECTIONS, RESPONSES, ACTIVE_DIALOGS, RELAYED, ANSWERED,
+                   DECISION_SECONDS, INVITE_FINAL_SECONDS, TARGET_UP, FAILOVERS, MALFORMED, UNKNOWN_SOURCE,
+                   RETRANSMISSIONS, OVERLOAD, CONFIG_RELOADS):  # fmt: skip
+        metric.clear()
+    LOOP_LAG.set(0)
+    CONFIG_LAST_RELOAD_OK.set(1)
+
+
 def status_class(status: int) -> str:
     return _CLASSES[status // 100] if 1 <= status // 100 <= 6 else "other"
 

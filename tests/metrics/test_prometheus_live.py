@@ -118,6 +118,7 @@ async def target() -> AsyncIterator[tuple[str, str | None]]:
         yield EXTERNAL, os.environ.get("SIPFILTER_METRICS_TOKEN")
         return
     store = _Store()
+    metrics.clear_series()  # series other tests of this process left (a target down…) would fire alerts
     metrics.STATE.bind(store=lambda: store, config=_config, audit=lambda: SimpleNamespace(write_errors=0),
                        ready=lambda: True)  # fmt: skip
     metrics.record_reload(True)
