@@ -118,7 +118,8 @@ class App:
                                  normaliser=normaliser_for(self.config))  # fmt: skip
         if self.metrics is not None:
             self.metrics.STATE.bind(store=lambda: self.store, config=lambda: self.config,
-                                    audit=lambda: self.audit, ready=state.ready)  # fmt: skip
+                                    audit=lambda: self.audit, ready=state.ready,
+                                    targets=lambda: self.metrics.pool_targets(self.b2b))  # fmt: skip
         await self.admin.start(cfg.host, cfg.port)
 
     def _lists_loaded(self) -> bool:

@@ -74,10 +74,6 @@ INVITE_FINAL_SECONDS = Histogram(
     "sipfilter_invite_final_duration_seconds", "INVITE received to final response sent to the dialer",
     ["trunk"], buckets=INVITE_FINAL_BUCKETS, registry=REGISTRY,
 )  # fmt: skip
-TARGET_UP = Gauge(
-    "sipfilter_carrier_target_up", "Carrier target answers OPTIONS probes / calls (1) or not (0)",
-    ["trunk", "target"], registry=REGISTRY,
-)  # fmt: skip
 FAILOVERS = Counter(
     "sipfilter_carrier_failovers_total", "Call attempts moved away from a failing carrier target",
     ["trunk", "target"], registry=REGISTRY,
@@ -151,11 +147,12 @@ def record_reload(ok: bool, at: float | None = None) -> None:
 def clear_series() -> None:
     """Forget every labelled series (tests that need a clean registry; never in a running process)."""
     for metric in (INVITES, DECISIONS, MONITOR_REJECTIONS, RESPONSES, ACTIVE_DIALOGS, RELAYED, ANSWERED,
-                   DECISION_SECONDS, INVITE_FINAL_SECONDS, TARGET_UP, FAILOVERS, MALFORMED, UNKNOWN_SOURCE,
+                   DECISION_SECONDS, INVITE_FINAL_SECONDS, FAILOVERS, MALFORMED, UNKNOWN_SOURCE,
                    RETRANSMISSIONS, OVERLOAD, CONFIG_RELOADS):  # fmt: skip
         metric.clear()
     LOOP_LAG.set(0)
     CONFIG_LAST_RELOAD_OK.set(1)
+    _TARGETS.clear()
 
 
 def status_class(status: int) -> str:
@@ -179,7 +176,6 @@ class PrometheusObserver(Observer):
         self._answered: dict[str, Any] = {}
         self._final_s: dict[str, Any] = {}
         self._failovers: dict[tuple[str, str], Any] = {}
-        self._targets: dict[tuple[str, str], Any] = {}
         self._malformed: dict[str, Any] = {}
         self._unknown: dict[str, Any] = {}
         self._retrans: dict[str, Any] = {}
@@ -249,11 +245,8 @@ class PrometheusObserver(Observer):
         child.inc()
 
     def target_up(self, trunk: str, target: str, up: bool) -> None:
-        key = (trunk, target)
-        child = self._targets.get(key)
-        if child is None:
-            child = self._targets[key] = TARGET_UP.labels(trunk, target)
-        child.set(1 if up else 0)
+        # Rare (a state change): remembered for scrapes when the app has not bound the live pools.
+        _TARGETS[(trunk, target)] = up
 
     def malformed(self, transport: str) -> None:
         child = self._malformed.get(transport)
@@ -292,17 +285,20 @@ class StateCollector(Collector):
         self.get_config: Callable[[], Any] = lambda: None
         self.get_audit: Callable[[], Any] = lambda: None
         self.get_ready: Callable[[], bool | None] = lambda: None
+        self.get_targets: Callable[[], Iterable[tuple[str, str, bool]]] = _observed_targets
         self.clock: Callable[[], float] = time.time
 
     def bind(self, *, store: Callable[[], Any] | None = None, config: Callable[[], Any] | None = None,
              audit: Callable[[], Any] | None = None, ready: Callable[[], bool | None] | None = None,
-             ) -> None:  # fmt: skip
+             targets: Callable[[], Iterable[tuple[str, str, bool]]] | None = None) -> None:  # fmt: skip
         if store is not None:
             self.get_store = store
         if config is not None:
             self.get_config = config
         if audit is not None:
             self.get_audit = audit
+        if targets is not None:
+            self.get_targets = targets
         if ready is not None:
             self.get_ready = ready
             READY.set_function(lambda: 1.0 if self.get_ready() else 0.0)
@@ -310,6 +306,7 @@ class StateCollector(Collector):
     def unbind(self) -> None:
         self.get_store = self.get_config = self.get_audit = lambda: None
         self.get_ready = lambda: None
+        self.get_targets = _observed_targets
         READY.set_function(lambda: 0.0)
 
     def describe(self) -> Iterable[Metric]:
@@ -328,15 +325,19 @@ class StateCollector(Collector):
               labels=["backend", "operation"]),
             c("sipfilter_audit_write_errors", "Audit log writes that failed"),
             g("sipfilter_audit_failing", "1 while the last audit write failed"),
+            g("sipfilter_carrier_target_up", "Carrier target answers probes and calls (1) or not (0)",
+              labels=["trunk", "target"]),
         )  # fmt: skip
 
     def collect(self) -> Iterator[Metric]:
         fams = self._families()
-        size, age, version, imported, max_age, up, errors, audit_err, audit_failing = fams
+        size, age, version, imported, max_age, up, errors, audit_err, audit_failing, targets = fams
         now = self.clock()
         try:
             self._lists(size, age, version, imported, max_age, now)
             self._store(up, errors)
+            for trunk, target, target_up in self.get_targets():
+                targets.add_metric([trunk, target], 1.0 if target_up else 0.0)
             audit = self.get_audit()
             if audit is not None:
                 audit_err.add_metric([], float(getattr(audit, "write_errors", 0)))
@@ -372,6 +373,25 @@ class StateCollector(Collector):
             return
         up.add_metric([backend], 1.0 if health.up else 0.0)
         errors.add_metric([backend, "any"], float(health.errors))
+
+
+# (trunk, target) → up, as last reported through PrometheusObserver.target_up.
+_TARGETS: dict[tuple[str, str], bool] = {}
+
+
+def _observed_targets() -> list[tuple[str, str, bool]]:
+    return [(trunk, target, up) for (trunk, target), up in _TARGETS.items()]
+
+
+def pool_targets(b2b: Any) -> list[tuple[str, str, bool]]:
+    """(trunk, target, up) for every configured target of a running B2BUA (its `rt.pools`), at scrape time:
+    every target is exported from the start, and targets removed by a reload disappear."""
+    runtime = getattr(b2b, "rt", None)
+    out: list[tuple[str, str, bool]] = []
+    for trunk, pool in (getattr(runtime, "pools", None) or {}).items():
+        for state in pool.states:
+            out.append((str(trunk), str(state.dest.name), bool(state.up)))
+    return out
 
 
 def _backend(store: Any) -> str:

@@ -214,3 +214,21 @@ async def test_loop_lag_monitor_measures_a_blocked_loop() -> None:
     assert (value("sipfilter_event_loop_lag_observed_seconds_bucket", le="0.025") or 0.0) < (
         value("sipfilter_event_loop_lag_observed_seconds_count") or 0.0
     )
+
+
+def test_targets_come_from_the_running_pools_when_bound() -> None:
+    def state(name: str, up: bool) -> Any:
+        return SimpleNamespace(dest=SimpleNamespace(name=name), up=up)
+
+    pools = {"pool-t": SimpleNamespace(states=[state("c1", True), state("c2", False)])}
+    b2b = SimpleNamespace(rt=SimpleNamespace(pools=pools))
+    assert metrics.pool_targets(b2b) == [("pool-t", "c1", True), ("pool-t", "c2", False)]
+    assert metrics.pool_targets(None) == []
+    metrics.STATE.bind(targets=lambda: metrics.pool_targets(b2b))
+    try:
+        assert value("sipfilter_carrier_target_up", trunk="pool-t", target="c1") == 1
+        assert value("sipfilter_carrier_target_up", trunk="pool-t", target="c2") == 0
+        del pools["pool-t"]  # a reload removed the trunk: its series go with it
+        assert value("sipfilter_carrier_target_up", trunk="pool-t", target="c1") is None
+    finally:
+        metrics.STATE.unbind()
