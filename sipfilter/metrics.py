@@ -17,6 +17,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from sipfilter.b2bua.limits import (
+    REASON_SOURCE_RATE,
+    REASON_TOTAL_DIALOGS,
+    REASON_TRUNK_DIALOGS,
+    REASON_TRUNK_RATE,
+    REASON_UNKNOWN_SOURCE,
+)
 from sipfilter.b2bua.observe import Observer
 
 log = logging.getLogger("sipfilter.metrics")
@@ -37,6 +44,10 @@ LOOP_LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 DECISION_BUDGET_S = 0.001
 
 NO_TRUNK = "none"  # responses sent before a trunk is known (400 to a malformed request, …)
+TRANSPORTS = ("udp", "tcp", "tls")
+ADMISSION_REASONS = (REASON_SOURCE_RATE, REASON_TOTAL_DIALOGS, REASON_TRUNK_DIALOGS, REASON_TRUNK_RATE,
+                     REASON_UNKNOWN_SOURCE)  # fmt: skip
+OVERLOAD_REASONS = ("draining", *ADMISSION_REASONS)
 
 INVITES = Counter(
     "sipfilter_invites_received_total", "New INVITEs received (not retransmissions)",
@@ -180,6 +191,20 @@ class PrometheusObserver(Observer):
         self._unknown: dict[str, Any] = {}
         self._retrans: dict[str, Any] = {}
         self._overload: dict[str, Any] = {}
+        # Fixed label values start at 0: rate()/increase() see the first event, panels show 0, not "no data".
+        for direction in ("sent", "received"):
+            self.retransmission_child(direction)
+        for transport in TRANSPORTS:
+            self._malformed[transport] = MALFORMED.labels(transport)
+            self._unknown[transport] = UNKNOWN_SOURCE.labels(transport)
+        for reason in OVERLOAD_REASONS:
+            self._overload[reason] = OVERLOAD.labels(reason)
+
+    def retransmission_child(self, direction: str) -> Any:
+        child = self._retrans.get(direction)
+        if child is None:
+            child = self._retrans[direction] = RETRANSMISSIONS.labels(direction)
+        return child
 
     def invite(self, trunk: str, transport: str) -> None:
         key = (trunk, transport)
@@ -263,7 +288,7 @@ class PrometheusObserver(Observer):
     def retransmission(self, direction: str) -> None:
         child = self._retrans.get(direction)
         if child is None:
-            child = self._retrans[direction] = RETRANSMISSIONS.labels(direction)
+            child = self.retransmission_child(direction)
         child.inc()
 
     def overload(self, reason: str) -> None:

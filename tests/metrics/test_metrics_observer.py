@@ -232,3 +232,13 @@ def test_targets_come_from_the_running_pools_when_bound() -> None:
         assert value("sipfilter_carrier_target_up", trunk="pool-t", target="c1") is None
     finally:
         metrics.STATE.unbind()
+
+
+def test_fixed_label_values_start_at_zero() -> None:
+    metrics.clear_series()
+    metrics.PrometheusObserver()
+    assert value("sipfilter_malformed_messages_total", transport="tls") == 0
+    assert value("sipfilter_unknown_source_requests_total", transport="udp") == 0
+    assert value("sipfilter_retransmissions_total", direction="sent") == 0
+    assert value("sipfilter_overload_drops_total", reason="draining") == 0
+    assert value("sipfilter_overload_drops_total", reason="trunk-rate") == 0
