@@ -5,14 +5,12 @@ Every process a fixture starts is killed in its teardown, whatever the test did.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sipp_harness import SIPP, Sipp
-
-SippFactory = Callable[..., Sipp]
+from sipp_harness import SIPP, Sipp, SippFactory
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -368,6 +368,10 @@ class Sipp:
     def _read(self, name: str) -> str:
         path = self.workdir / name
         return path.read_text(errors="replace") if path.exists() else ""
+
+
+# What the `sipp` fixture of tests/e2e/conftest.py hands a test: scenario name + Sipp fields → Sipp.
+SippFactory = Callable[..., Sipp]
 
 
 def _invite_timings(path: Path | None) -> dict[str, tuple[float, ...]]:

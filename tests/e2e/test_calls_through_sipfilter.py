@@ -9,9 +9,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import SippFactory
 from sipfilter_provision import Deployment, deploy
-from sipp_harness import CallCase, SippRun, free_ports, read_calls_csv, sipfilter_available, write_calls_csv
+from sipp_harness import (
+    CallCase,
+    SippFactory,
+    SippRun,
+    free_ports,
+    read_calls_csv,
+    sipfilter_available,
+    write_calls_csv,
+)
 
 _MISSING = sipfilter_available()
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")]

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import SippFactory
 from sipfilter_provision import Deployment, deploy
-from sipp_harness import CallCase, free_ports, sipfilter_available, write_calls_csv
+from sipp_harness import CallCase, SippFactory, free_ports, sipfilter_available, write_calls_csv
 
 pytestmark = pytest.mark.e2e
 

@@ -9,8 +9,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import SippFactory
-from sipp_harness import CallCase, SippRun, free_ports, write_calls_csv
+from sipp_harness import CallCase, SippFactory, SippRun, free_ports, write_calls_csv
 
 pytestmark = pytest.mark.e2e
 
