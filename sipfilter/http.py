@@ -184,9 +184,8 @@ class AdminServer:
             raise
         self._runner = runner
         self.host = host
-        server = site._server  # aiohttp exposes the bound port only through the server's sockets
-        sockets = getattr(server, "sockets", None) or ()
-        self.port = sockets[0].getsockname()[1] if sockets else port
+        addresses = runner.addresses  # the bound (host, port, …): port 0 asked for a free one
+        self.port = int(addresses[0][1]) if addresses else port
         if self._lag_monitor:
             self._lag_task = asyncio.get_running_loop().create_task(metrics.loop_lag_monitor())
         log.info("admin HTTP on %s:%d%s", host, self.port, " (token required)" if self.token else "")
