@@ -5,6 +5,8 @@ Checks per call that the outcome matches the CSV's expected column and that no d
 
 from __future__ import annotations
 
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -165,5 +167,35 @@ def test_failover_to_second_carrier_target(sipp: SippFactory, tmp_path: Path, fi
         assert first.invites == 1, first.summary()
         assert second.invites == 1 and second.failed == 0, second.summary()
         assert_no_dialog_left(deployment)
+    finally:
+        deployment.sipfilter.stop()
+
+
+def test_sigterm_drains_calls_in_progress_and_refuses_new_ones(sipp: SippFactory, tmp_path: Path) -> None:
+    deployment = deploy(tmp_path / "sf", sip={"drain_timeout_s": 15})
+    try:
+        carrier = sipp("carrier_uas.xml", local_port=deployment.carrier_ports[0], calls=1_000_000,
+                       timeout_s=30).start()
+        carrier.wait_listening()
+        talking = sipp("dialer_uac.xml", local_port=free_ports(1)[0], remote=deployment.inside,
+                       csv_file=write_calls_csv(tmp_path / "a.csv", [ANSWERED]), pause_ms=3000,
+                       timeout_s=20, name="talking").start()
+        time.sleep(1.0)  # answered within milliseconds; 3 s of talk time left
+        assert deployment.sipfilter.proc is not None
+        deployment.sipfilter.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        refused = [CallCase(ANSWERED.caller, "+33612000002", "503")]
+        late = sipp("dialer_uac.xml", local_port=free_ports(1)[0], remote=deployment.inside,
+                    csv_file=write_calls_csv(tmp_path / "b.csv", refused), timeout_s=10,
+                    name="late").start().wait()
+        late_outcomes = [(o.code, o.problem()) for o in late.outcomes]
+        assert late_outcomes == [(503, None)], late.summary()
+        assert "Retry-After" in next(late.workdir.glob("*_messages.log")).read_text(errors="replace")
+        run = talking.wait()
+        assert [(o.code, o.problem()) for o in run.outcomes] == [(200, None)], run.summary()
+        assert run.failed == 0, run.summary()
+        # the last call over, sipfilter exits by itself, well before the drain timeout
+        assert deployment.sipfilter.proc.wait(timeout=10) == 0, deployment.sipfilter.log_tail()
+        assert carrier.finish().invites == 1
     finally:
         deployment.sipfilter.stop()
