@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import importlib
 import logging
 import os
@@ -88,6 +89,9 @@ class App:
                              (signal.SIGINT, self._on_sigterm)):  # fmt: skip
             loop.add_signal_handler(sig, handler)
         self._tasks.append(loop.create_task(self._probe_loop()))
+        # What is loaded by now (config, rule packs, modules) lives until exit: full collections skip it.
+        gc.collect()
+        gc.freeze()
         self.ready = True
         log.info("sipfilter ready: %d trunk(s), store %s", len(config.trunks), config.store.backend)
 
