@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -96,3 +97,13 @@ def test_scanner() -> None:
     assert referenced_metrics("sipfilter_nope_total + sipfilter_list_size") == {
         "sipfilter_nope_total", "sipfilter_list_size",
     }  # fmt: skip
+
+
+def test_readme_documents_every_alert_and_only_real_metrics() -> None:
+    readme = (DOCKER / "README.md").read_text()
+    for rule in rules():
+        if "alert" in rule:
+            assert rule["alert"] in readme, rule["alert"]
+    families = {fam.name for fam in metrics.REGISTRY.collect()}
+    for name in set(re.findall(r"`(sipfilter_[a-z_]+)", readme)):
+        assert name in metrics.metric_names() or name in families, name
