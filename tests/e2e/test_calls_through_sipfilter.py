@@ -199,3 +199,38 @@ def test_sigterm_drains_calls_in_progress_and_refuses_new_ones(sipp: SippFactory
         assert carrier.finish().invites == 1
     finally:
         deployment.sipfilter.stop()
+
+
+def test_sighup_reload_applies_a_good_config_keeps_the_old_on_a_bad_one(sipp: SippFactory,
+                                                                         tmp_path: Path) -> None:
+    deployment = deploy(tmp_path / "sf")
+    config_path = deployment.sipfilter.config_path
+    good = config_path.read_text()
+    geographic = [CallCase("+33140000000", "+33612000005", "403 caller-id.not-npv")]
+    try:
+        def play(name: str, cases: list[CallCase]) -> None:
+            carrier = sipp("carrier_uas.xml", local_port=deployment.carrier_ports[0], calls=1_000_000,
+                           timeout_s=20, name=f"carrier-{name}").start()
+            carrier.wait_listening()
+            run = sipp("dialer_uac.xml", local_port=free_ports(1)[0], remote=deployment.inside,
+                       csv_file=write_calls_csv(tmp_path / f"{name}.csv", cases), timeout_s=15,
+                       name=f"dialer-{name}").start().wait()
+            carrier.finish()
+            problems = [p for o in run.outcomes if (p := o.problem())]
+            assert not problems and len(run.outcomes) == len(cases), "\n".join(problems) + run.summary()
+
+        def reload_with(text: str) -> None:
+            config_path.write_text(text)
+            assert deployment.sipfilter.proc is not None
+            deployment.sipfilter.proc.send_signal(signal.SIGHUP)
+            time.sleep(1.5)  # the reload runs in the background; nothing to poll for a refused one
+            assert deployment.sipfilter.alive(), deployment.sipfilter.log_tail()
+
+        play("before", geographic)
+        reload_with("sip: [this is not\n")  # broken YAML: refused, the running config stays
+        play("bad", geographic)
+        # A manual-dialing trunk (not automated): the caller-ID rules no longer apply.
+        reload_with(good.replace("automated: true", "automated: false"))
+        play("good", [CallCase(c.caller, c.callee, "relay") for c in geographic])
+    finally:
+        deployment.sipfilter.stop()
