@@ -91,7 +91,8 @@ def token_middleware(token: str) -> Any:
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path not in OPEN_PATHS:
-            given = hashlib.sha256(request.headers.get("Authorization", "").encode()).digest()
+            header = request.headers.get("Authorization", "")
+            given = hashlib.sha256(header.encode("utf-8", "replace")).digest()
             if not hmac.compare_digest(given, expected):
                 return web.json_response(
                     {"error": "missing or wrong bearer token"}, status=401,
