@@ -181,6 +181,12 @@ class App:
         old_rt: Runtime = self.b2b.rt
         self.b2b.swap_runtime(compile_runtime(new, engine, self.store, self.audit, old=old_rt))
         self.config = new
+        refresh = getattr(self.store, "refresh", None)
+        if refresh is not None:  # lists imported since: picked up now rather than at the next poll
+            try:
+                await refresh()
+            except Exception as exc:
+                log.warning("list refresh on reload failed (the store keeps polling): %s", exc)
         _count_reload(self.metrics, "ok")
         log.info("config reloaded from %s", new.path)
         return True

@@ -101,6 +101,9 @@ def test_reload_and_drain(running: tuple[object, Path, Udp, Udp]) -> None:
     assert proc.alive(), proc.log_tail()  # type: ignore[attr-defined]
     assert "reload refused" in proc.log_tail()  # type: ignore[attr-defined]
     path.write_text(good)
+    os.kill(proc.proc.pid, signal.SIGHUP)  # type: ignore[attr-defined]
+    time.sleep(0.5)
+    assert "config reloaded" in proc.log_tail()  # type: ignore[attr-defined]
     # SIGTERM: draining. New INVITEs get 503 with Retry-After; the call in progress is untouched.
     os.kill(proc.proc.pid, signal.SIGTERM)  # type: ignore[attr-defined]
     time.sleep(0.3)
