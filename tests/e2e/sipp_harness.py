@@ -248,6 +248,7 @@ class Sipp:
     trace_short: bool = False  # one line per message with µs timestamps: precise INVITE response times
     extra: Sequence[str] = ()
     name: str = ""
+    local_ip: str = LOOPBACK  # any 127.x address: a second "host" on loopback
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _started: float = field(default=0.0, init=False)
 
@@ -260,7 +261,7 @@ class Sipp:
         cmd = [SIPP]
         if self.remote:
             cmd.append(self.remote)
-        cmd += ["-sf", str(scenario), "-i", LOOPBACK, "-p", str(self.local_port), "-t", self.transport,
+        cmd += ["-sf", str(scenario), "-i", self.local_ip, "-p", str(self.local_port), "-t", self.transport,
                 "-m", str(self.calls), "-timeout", f"{self.timeout_s:g}s", "-timeout_error", "-nostdin",
                 "-trace_err", "-trace_stat", "-fd", "1", "-trace_rtt", "-rtt_freq", "1", "-trace_logs",
                 "-max_socket", "4096"]

@@ -60,10 +60,12 @@ def call(sipp: SippFactory, tmp_path: Path, deployment: Deployment, uac: str, ua
     return dialer_run, [carrier.finish(grace_s=15) for carrier in carriers]
 
 
-def assert_no_dialog_left(deployment: Deployment) -> None:
+def assert_no_dialog_left(deployment: Deployment, *, any_dialog: bool = True) -> None:
+    """sipfilter_active_dialogs back to 0. The gauge has a sample per trunk once a dialog existed on it;
+    with `any_dialog=False` (nothing ever reached the B2BUA's calls) no sample at all is fine too."""
     left = deployment.sipfilter.wait_no_dialogs(timeout_s=15)
-    assert left is not None, "sipfilter /metrics has no sipfilter_active_dialogs"
-    assert left == 0, f"{left} dialog(s) left in sipfilter:\n{deployment.sipfilter.log_tail()}"
+    assert left is not None or not any_dialog, "sipfilter /metrics has no sipfilter_active_dialogs"
+    assert not left, f"{left} dialog(s) left in sipfilter:\n{deployment.sipfilter.log_tail()}"
     assert deployment.sipfilter.alive(), deployment.sipfilter.log_tail()
 
 
@@ -232,5 +234,24 @@ def test_sighup_reload_applies_a_good_config_keeps_the_old_on_a_bad_one(sipp: Si
         # A manual-dialing trunk (not automated): the caller-ID rules no longer apply.
         reload_with(good.replace("automated: true", "automated: false"))
         play("good", [CallCase(c.caller, c.callee, "relay") for c in geographic])
+    finally:
+        deployment.sipfilter.stop()
+
+
+def test_unknown_source_is_refused_and_never_relayed(sipp: SippFactory, tmp_path: Path) -> None:
+    # The trunk only knows 127.0.0.1; a dialer on 127.0.0.2 is a stranger: 403, and no B-leg.
+    deployment = deploy(tmp_path / "sf", trunk={"match": {"sources": ["127.0.0.1/32"]}})
+    try:
+        carrier = sipp("carrier_uas.xml", local_port=deployment.carrier_ports[0], calls=1_000_000,
+                       timeout_s=20).start()
+        carrier.wait_listening()
+        cases = [CallCase(ANSWERED.caller, ANSWERED.callee, "403"),
+                 CallCase("0162000002", "0612000002", "403")]
+        stranger = sipp("dialer_uac.xml", local_ip="127.0.0.2", local_port=free_ports(1)[0],
+                        remote=deployment.inside, csv_file=write_calls_csv(tmp_path / "calls.csv", cases),
+                        calls=len(cases), timeout_s=15).start().wait()
+        assert [(o.code, o.problem()) for o in stranger.outcomes] == [(403, None)] * 2, stranger.summary()
+        assert carrier.finish().invites == 0
+        assert_no_dialog_left(deployment, any_dialog=False)
     finally:
         deployment.sipfilter.stop()
