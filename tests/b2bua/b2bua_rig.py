@@ -196,8 +196,7 @@ def answer(req: Any, status: int, *, to_tag: str = "carriertag", contact: str = 
               f"CSeq: {req.headers.get('CSeq')}"]  # fmt: skip
     if contact and status < 300 and status > 100:
         lines.append(f"Contact: {contact}")
-    if extra:
-        lines.append(extra.rstrip("\r\n"))
+    lines.extend(line for line in extra.split("\r\n") if line)
     if body:
         lines.append("Content-Type: application/sdp")
     resp = Response(status, None, [tuple(x.split(": ", 1)) for x in lines], body)

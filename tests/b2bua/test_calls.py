@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from b2bua_rig import CARRIER1, CARRIER2, DIALER, Rig, answer, invite, make_rig
 
-from sipfilter.sip import Request, Response
+from sipfilter.sip import Request, Response, parse
 
 
 @pytest.fixture(name="rig")
@@ -270,3 +270,51 @@ def test_options_probe_marks_target_down_and_up(rig: Rig) -> None:
         if p.uri.endswith(str(CARRIER2[1])):
             rig.from_carrier(answer(p, 200, to_tag="x"), CARRIER2)
     assert [s.up for s in pool.states] == [True, True]
+
+
+def test_reliable_183_is_relayed_and_prack_rack_is_translated(rig: Rig) -> None:
+    raw = invite(extra="Supported: 100rel\r\n")
+    rig.from_dialer(raw)
+    (b_inv,) = _requests(rig.outside.take(), "INVITE")
+    rig.from_carrier(answer(b_inv, 183, body=b"v=0\r\n", extra="Require: 100rel\r\nRSeq: 7"))
+    prov = [r for r in rig.inside.take() if r.status == 183]
+    assert prov and prov[0].headers.get("RSeq") == "7" and prov[0].body == b"v=0\r\n"
+    assert "100rel" in (prov[0].headers.get("Require") or "")
+    a_inv = parse(raw)
+    prack = (
+        "PRACK sip:sipfilter@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.9:5999;branch=z9hG4bKpr1\r\n"
+        f"Max-Forwards: 70\r\nFrom: {a_inv.headers.get('From')}\r\nTo: {prov[0].headers.get('To')}\r\n"
+        f"Call-ID: {a_inv.call_id}\r\nCSeq: 11 PRACK\r\nRAck: 7 10 INVITE\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    rig.from_dialer(prack)
+    (b_prack,) = _requests(rig.outside.take(), "PRACK")
+    assert b_prack.headers.get("RAck") == f"7 {b_inv.cseq.seq} INVITE"
+    assert b_prack.to.tag == "carriertag" and b_prack.call_id == b_inv.call_id
+    rig.from_carrier(answer(b_prack, 200, to_tag=""))
+    (ok,) = _responses(rig.inside.take())
+    assert ok.status == 200 and ok.cseq.method == "PRACK" and ok.cseq.seq == 11
+
+
+def test_cancel_before_any_provisional_waits_for_one(rig: Rig) -> None:
+    raw = invite()
+    rig.from_dialer(raw)
+    (b_inv,) = _requests(rig.outside.take(), "INVITE")
+    cancel = raw.split(b"\r\n\r\n")[0].replace(b"INVITE sip", b"CANCEL sip").replace(b"10 INVITE", b"10 CANCEL")  # noqa: E501
+    rig.from_dialer(cancel + b"\r\n\r\n")
+    assert _requests(rig.outside.take(), "CANCEL") == []  # RFC 3261 §9.1: not before a provisional
+    rig.from_carrier(answer(b_inv, 180))
+    assert _requests(rig.outside.take(), "CANCEL")
+    # A 200 racing the CANCEL is acknowledged and hung up on, never relayed.
+    rig.inside.take()
+    rig.from_carrier(answer(b_inv, 200))
+    out = rig.outside.take()
+    assert _requests(out, "ACK") and _requests(out, "BYE")
+    assert [r.status for r in rig.inside.take() if r.status == 200] == []
+
+
+def test_draining_refuses_new_invites_with_retry_after(rig: Rig) -> None:
+    rig.b2b.start_draining(30)
+    rig.from_dialer(invite())
+    (refused,) = rig.inside.take()
+    assert refused.status == 503 and refused.headers.get("Retry-After") == "30"
+    assert rig.outside.sent == [] and rig.b2b.active_calls == 0
