@@ -85,8 +85,10 @@ async def run(calls: int, reject_every: int, profile: bool) -> None:
         ok = parse(inside.sent[-1][0])
         inside.sent.clear()
         to = ok.headers.get("To")
-        base = (f"sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK{i:x}{{b}}\r\n"
-                f"Max-Forwards: 70\r\nFrom: <sip:{caller}@127.0.0.1>;tag=d{i}\r\nTo: {to}\r\nCall-ID: bench-{i}\r\n")  # noqa: E501
+        base = (
+            f"sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK{i:x}{{b}}\r\n"
+            f"Max-Forwards: 70\r\nFrom: <sip:{caller}@127.0.0.1>;tag=d{i}\r\nTo: {to}\r\nCall-ID: bench-{i}\r\n"  # noqa: E501
+        )
         b2b.on_datagram(inside, ("ACK " + base.format(b="a") + "CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n").encode(),  # noqa: E501
                         DIALER)  # fmt: skip
         b2b.on_datagram(inside, ("BYE " + base.format(b="b") + "CSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n").encode(),  # noqa: E501
