@@ -156,8 +156,11 @@ def parse_metrics(text: str) -> dict[tuple[str, str], float]:
     return out
 
 
-def find_latency_histogram(samples: dict[tuple[str, str], float]) -> str | None:
-    names = {n[: -len("_bucket")] for n, _ in samples if n.endswith("_bucket")}
+def find_latency_histogram(text: str) -> str | None:
+    """A histogram whose name says "decision" (labelled histograms have no sample before the first call,
+    so the # TYPE lines are read too)."""
+    names = set(re.findall(r"(?m)^# TYPE (\S+) histogram$", text))
+    names |= {n[: -len("_bucket")] for n, _ in parse_metrics(text) if n.endswith("_bucket")}
     candidates = sorted(n for n in names if "decision" in n)
     return next((n for n in candidates if "seconds" in n), candidates[0] if candidates else None)
 
@@ -348,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
             limit=max(100, int(args.rate * 20)), trace_msg=False, name="dialer",
         )  # fmt: skip
         _, text = http_get(f"{admin}/metrics")
-        metric = args.latency_metric or find_latency_histogram(parse_metrics(text))
+        metric = args.latency_metric or find_latency_histogram(text)
         print(
             f"flood: legit {args.rate:g} calls/s, floods at {flood_pps:g} packets/s, phases of "
             f"{args.phase_s:g} s; decision histogram: {metric or 'NOT FOUND (figures from SIPp only)'}; "
