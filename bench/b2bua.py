@@ -105,7 +105,7 @@ async def run(calls: int, reject_every: int, profile: bool) -> None:
     clock.advance(100)
     print(f"{calls} calls ({f'1 in {reject_every} rejected' if reject_every else 'all relayed'}): "
           f"{cpu:.2f} s CPU including the test driver's own parsing, {cpu / calls * 1e6:.0f} µs/call; "
-          f"calls left: {b2b.active_calls}")  # fmt: skip
+          f"calls left: {b2b.active_calls}, transactions left: {len(b2b.server_tx) + len(b2b.client_tx)}")  # fmt: skip  # noqa: E501
     if prof:
         pstats.Stats(prof).sort_stats("tottime").print_stats(30)
     await store.close()

@@ -109,6 +109,9 @@ def test_full_call_answer_ack_bye_from_dialer(rig: Rig) -> None:
     (bye_ok,) = _responses(rig.inside.take())
     assert bye_ok.status == 200 and bye_ok.cseq.method == "BYE" and bye_ok.call_id == a_inv.call_id
     assert rig.b2b.active_calls == 0 and rig.b2b.calls_b == {}
+    rig.clock.advance(100)  # absorption windows over: no transaction state is left behind either
+    assert rig.b2b.server_tx == {} and rig.b2b.client_tx == {}
+    assert rig.b2b.admission.active_dialogs() == 0
 
 
 def test_bye_from_carrier_reaches_the_dialer_contact(rig: Rig) -> None:
