@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from sipfilter.stores.base import AttemptDecision, ConsentRecord, ListInfo, StoreUnavailable
@@ -102,7 +103,10 @@ def _split_url(url: str) -> tuple[str, dict[str, str]]:
 def _client(redis_url: str, ours: dict[str, str], timeout_s: float) -> Any:
     """A redis-py asyncio client for a plain URL, a Cluster (`cluster=1`) or a Sentinel service."""
     kwargs: dict[str, Any] = {"socket_timeout": timeout_s, "socket_connect_timeout": min(timeout_s, 1.0),
-                              "retry": Retry(NoBackoff(), 0), "decode_responses": False}
+                              # One immediate retry on a broken connection (a pooled socket from before a
+                              # Redis restart), none on a timeout: a dead Redis still fails within timeout_s.
+                              "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+                              "decode_responses": False}
     if ours.get("cluster", "") in ("1", "true", "yes"):
         from redis.asyncio.cluster import RedisCluster
 
