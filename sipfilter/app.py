@@ -82,6 +82,12 @@ class App:
                 self.b2b.add_endpoint(ep)
                 self.endpoints.append(ep)
                 log.info("listening on %s %s %s", side, ep.transport, ep.hostport)
+        for trunk in config.trunks.values():
+            for target in trunk.targets:
+                if self.b2b.endpoint_for(OUTSIDE, target.transport) is None:
+                    log.warning("trunk %s: target %s uses %s but sip.outside has no %s listener: "
+                                "calls to it will be refused 503", trunk.name, target.uri, target.transport,
+                                target.transport)  # fmt: skip
         await self._start_admin()
         _count_reload(self.metrics, "ok")  # the first load counts: the timestamp says which config runs
         loop = asyncio.get_running_loop()

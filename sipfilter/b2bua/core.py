@@ -359,11 +359,10 @@ class B2BUA:
         self.endpoints.setdefault(ep.side, []).append(ep)
 
     def endpoint_for(self, side: str, transport: str) -> Endpoint | None:
-        eps = self.endpoints.get(side) or []
-        for ep in eps:
+        for ep in self.endpoints.get(side) or ():
             if ep.transport == transport:
                 return ep
-        return eps[0] if eps else None
+        return None  # never another transport than the one configured: the call gets a 503
 
     @property
     def active_calls(self) -> int:
@@ -630,12 +629,14 @@ class B2BUA:
     # -- B-leg ------------------------------------------------------------------------------------------
 
     def _start_b_leg(self, call: Call, msg: Any) -> None:
-        dest = call.plan.pop(0)
-        call.dest = dest
-        ep = self.endpoint_for(OUTSIDE, dest.transport)
+        ep = None
+        while call.plan and ep is None:  # skip targets whose transport we do not listen on
+            dest = call.plan.pop(0)
+            ep = self.endpoint_for(OUTSIDE, dest.transport)
         if ep is None:
             self._answer_a(call, 503, "Service Unavailable", [])
             return
+        call.dest = dest
         host = self.hostname
         if call.b is None:
             user = _callee_user(msg)
