@@ -112,32 +112,72 @@ def main() -> None:
         url = f"redis://127.0.0.1:{port}/0"
         if "redis" in args.backends and shutil.which("redis-server"):
             redis_proc = subprocess.Popen(
-                ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--dir", str(tmp)], stdout=subprocess.DEVNULL)
+                [
+                    "redis-server",
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(tmp),
+                ],
+                stdout=subprocess.DEVNULL,
+            )
             time.sleep(0.5)
         for n in [int(x) for x in args.sizes.split(",")]:
             src = tmp / f"bloctel-{n}.csv"
             t = time.perf_counter()
             make_bloctel(src, n)
-            print(f"\n== {n:,} numbers (file {src.stat().st_size / 1e6:.0f} MB, generated in "
-                  f"{time.perf_counter() - t:.1f}s)", flush=True)
+            print(
+                f"\n== {n:,} numbers (file {src.stat().st_size / 1e6:.0f} MB, generated in "
+                f"{time.perf_counter() - t:.1f}s)",
+                flush=True,
+            )
             for backend in args.backends.split(","):
                 if backend == "redis" and redis_proc is None:
                     print("redis: skipped (no redis-server)")
                     continue
                 config = write_config(tmp, backend, url)
                 t = time.perf_counter()
-                subprocess.run([sys.executable, "-m", "sipfilter", "lists", "import", "--config", str(config),
-                                "--list", "bloctel", str(src), "--quiet"], check=True, cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "sipfilter",
+                        "lists",
+                        "import",
+                        "--config",
+                        str(config),
+                        "--list",
+                        "bloctel",
+                        str(src),
+                        "--quiet",
+                    ],
+                    check=True,
+                    cwd=ROOT,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
                 import_s = time.perf_counter() - t
-                res = subprocess.run([sys.executable, __file__, "--child", str(config), str(n)], check=True,
-                                     capture_output=True, text=True, cwd=ROOT)
+                res = subprocess.run(
+                    [sys.executable, __file__, "--child", str(config), str(n)],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                    cwd=ROOT,
+                )
                 r = json.loads(res.stdout.strip().splitlines()[-1])
-                print(f"{backend:<9} import (CLI, end to end) {import_s:6.1f}s | load {r['load_s']:.2f}s | "
-                      f"RSS {r['rss_bytes'] / 1e6:6.1f} MB = {r['rss_per_number']:.2f} B/number | lookup "
-                      f"hit {r['lookup_hit_us']:.2f} µs, miss {r['lookup_mixed_us']:.2f} µs | "
-                      f"check_and_record_attempt {r['attempt_us']:.0f} µs", flush=True)
+                print(
+                    f"{backend:<9} import (CLI, end to end) {import_s:6.1f}s | load {r['load_s']:.2f}s | "
+                    f"RSS {r['rss_bytes'] / 1e6:6.1f} MB = {r['rss_per_number']:.2f} B/number | lookup "
+                    f"hit {r['lookup_hit_us']:.2f} µs, miss {r['lookup_mixed_us']:.2f} µs | "
+                    f"check_and_record_attempt {r['attempt_us']:.0f} µs",
+                    flush=True,
+                )
             src.unlink()
     finally:
         if redis_proc is not None:
