@@ -14,9 +14,10 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, TextIO
 
+from sipfilter import stores
 from sipfilter.config import Config, ConfigError, load_config
 from sipfilter.policy.numbers import Normaliser
-from sipfilter.stores import StoreError, StoreUnavailable, WritableStore, open_store
+from sipfilter.stores import StoreError, StoreUnavailable, WritableStore
 from sipfilter.stores.importer import ListFileError
 
 DEFAULT_CONFIG = os.environ.get("SIPFILTER_CONFIG", "config/sipfilter.yaml")
@@ -98,7 +99,7 @@ def run_with_store(args: argparse.Namespace,
     async def main() -> int:
         config = load(args)
         try:
-            store = await open_store(config, watch=False)
+            store = await stores.open_store(config, watch=False)
         except (StoreUnavailable, OSError) as exc:
             raise CliError(f"cannot open the {config.store.backend} store: {exc}") from exc
         try:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
-import inspect
 import json
 import os
 import sys
@@ -23,7 +21,7 @@ from sipfilter.policy.facts import CallFacts
 from sipfilter.policy.lists import DNC_PREFIX
 from sipfilter.policy.rulepack import RuleSet
 from sipfilter.policy.verdict import FAIL, PASS, SKIP, Decision
-from sipfilter.stores.base import AttemptDecision, ConsentRecord, ListInfo, Store, StoreUnavailable
+from sipfilter.stores.base import Store, StoreUnavailable
 
 DEFAULT_CONFIG = os.environ.get("SIPFILTER_CONFIG", "config/sipfilter.yaml")
 _REASONS = {
@@ -41,43 +39,6 @@ _REASONS = {
 
 class CheckError(Exception):
     """A problem that makes `check` exit 2 (bad arguments, unusable config or store)."""
-
-
-class EmptyStore:
-    """Stand-in used only when the stores package offers no `open_store` yet: no list was ever imported,
-    no consent, no contract, no attempt. It says so on stderr; it never pretends lists are clean."""
-
-    def list_contains(self, list_name: str, number: str) -> bool:
-        raise KeyError(list_name)
-
-    def list_info(self, list_name: str) -> ListInfo | None:
-        return None
-
-    def list_names(self) -> list[str]:
-        return []
-
-    def consent_for(self, account: str, number: str, at: float) -> ConsentRecord | None:
-        return None
-
-    def has_contract(self, account: str, number: str, at: float) -> bool:
-        return False
-
-    async def check_and_record_attempt(
-        self, account: str, number: str, now: float, cap: int, window_s: float, refusal_cooldown_s: float
-    ) -> AttemptDecision:
-        raise StoreUnavailable("no store backend available to record attempts")
-
-    async def attempts(self, account: str, number: str, now: float, window_s: float) -> int:
-        return 0
-
-    async def record_refusal(self, account: str, number: str, at: float) -> None:
-        raise StoreUnavailable("no store backend available")
-
-    async def last_refusal(self, account: str, number: str) -> float | None:
-        return None
-
-    async def close(self) -> None:
-        return None
 
 
 def register(subparsers: Any) -> None:
@@ -147,23 +108,14 @@ def parse_at(text: str | None) -> float:
     return when.timestamp()
 
 
-async def open_configured_store(config: Config) -> tuple[Store, str]:
-    """The configured store through `sipfilter.stores.open_store`, or EmptyStore with a warning if absent."""
-    open_store = getattr(importlib.import_module("sipfilter.stores"), "open_store", None)
-    if open_store is None:
-        return EmptyStore(), (
-            "warning: this build has no store backend (sipfilter.stores.open_store is "
-            "missing): every list counts as never imported"
-        )
+async def open_configured_store(config: Config) -> Store:
+    """The configured store, opened for a one-shot command (no background watching of list changes)."""
+    from sipfilter import stores  # looked up at call time, so tests can substitute the backend
+
     try:
-        # A one-shot command: no background watching of list changes when the backend offers the choice.
-        params = inspect.signature(open_store).parameters
-        store = open_store(config, watch=False) if "watch" in params else open_store(config)
-        if inspect.isawaitable(store):
-            store = await store
+        return await stores.open_store(config, watch=False)
     except (StoreUnavailable, OSError, ValueError) as exc:
         raise CheckError(f"cannot open the {config.store.backend} store: {exc}") from exc
-    return store, ""
 
 
 def explain_passes(decision: Decision, facts: CallFacts, rules: RuleSet, store: Store) -> dict[str, str]:
@@ -272,9 +224,7 @@ async def _check(args: argparse.Namespace) -> int:
     at = parse_at(args.at)
     engine = PolicyEngine(config)
     trunk = config.trunks[args.trunk]
-    store, warning = await open_configured_store(config)
-    if warning:
-        print(warning, file=sys.stderr)
+    store = await open_configured_store(config)
     try:
         facts = engine.facts(
             args.trunk, args.from_, args.to, pai=args.pai, privacy=args.privacy, at=at, call_id=args.call_id
