@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import repeat
 from types import MappingProxyType
 from typing import Any, Final, TypeVar
 
@@ -141,25 +142,57 @@ class Headers:
     parsed from these lines are cached here and dropped on any change.
     """
 
-    __slots__ = ("_cache", "_items", "_keys")
+    __slots__ = ("_cache", "_items", "_keys", "_names", "_raw")
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
-        self._items: list[tuple[str, str]] = []
+        lines: list[tuple[str, str]] = []
+        self._items: list[tuple[str, str]] | None = lines
         self._keys: list[str] = []
         self._cache: dict[str, Any] = {}
+        self._names: tuple[str, ...] = ()
+        self._raw: tuple[str, ...] = ()
         for name, value in items:
             self._check(name, value)
-            self._items.append((name, value))  # names kept exactly as given
+            lines.append((name, value))  # names kept exactly as given
             self._keys.append(canonical_name(name))
 
     @classmethod
     def _trusted(cls, items: list[tuple[str, str]], keys: list[str]) -> Headers:
-        # Parser fast path: lines already validated, keys already canonical.
+        # Lines already validated, keys already canonical.
         self = cls.__new__(cls)
         self._items = items
         self._keys = keys
         self._cache = {}
+        self._names = self._raw = ()
         return self
+
+    @classmethod
+    def _lazy(cls, names: tuple[str, ...], raw: tuple[str, ...], keys: list[str]) -> Headers:
+        # Parser fast path: names validated, keys canonical; `raw` values still carry the white space
+        # around them. (name, value) tuples are only built when the whole list is asked for (_all).
+        self = cls.__new__(cls)
+        self._items = None
+        self._keys = keys
+        self._cache = {}
+        self._names = names
+        self._raw = raw
+        return self
+
+    def _all(self) -> list[tuple[str, str]]:
+        """The (name, value) list, built from the parsed lines on first use."""
+        items = self._items
+        if items is None:
+            values = map(str.strip, self._raw, repeat(" \t"))
+            items = self._items = list(zip(self._names, values, strict=True))
+            self._names = self._raw = ()
+        return items
+
+    def _value(self, i: int) -> str:
+        """Value of line i without building the whole list."""
+        items = self._items
+        if items is None:
+            return self._raw[i].strip(" \t")
+        return items[i][1]
 
     # --- reading -------------------------------------------------------------------------------------
     def get(self, name: str) -> str | None:
@@ -167,7 +200,7 @@ class Headers:
         keys = self._keys
         key = canonical_name(name)
         if key in keys:
-            return self._items[keys.index(key)][1]
+            return self._value(keys.index(key))
         return None
 
     def get_lines(self, name: str) -> list[str]:
@@ -181,8 +214,8 @@ class Headers:
         if n == 0:
             return []
         if n == 1:
-            return [self._items[keys.index(key)][1]]
-        return [item[1] for k, item in zip(keys, self._items, strict=True) if k == key]
+            return [self._value(keys.index(key))]
+        return [self._value(i) for i, k in enumerate(keys) if k == key]
 
     def get_all(self, name: str) -> list[str]:
         """Every value of this header: repeated lines, and comma lists split for list headers."""
@@ -202,33 +235,35 @@ class Headers:
         return isinstance(name, str) and canonical_name(name) in self._keys
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
-        return iter(list(self._items))
+        return iter(list(self._all()))
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._keys)
 
     def items(self) -> list[tuple[str, str]]:
-        return list(self._items)
+        return list(self._all())
 
     def keyed_items(self) -> list[tuple[str, str, str]]:
         """(canonical key, name as received, value) for every line."""
-        return [(k, n, v) for k, (n, v) in zip(self._keys, self._items, strict=True)]
+        return [(k, n, v) for k, (n, v) in zip(self._keys, self._all(), strict=True)]
 
     def names(self) -> list[str]:
-        return [n for n, _ in self._items]
+        return [n for n, _ in self._all()] if self._items is not None else list(self._names)
 
     def copy(self) -> Headers:
+        if self._items is None:
+            return Headers._lazy(self._names, self._raw, list(self._keys))
         return Headers._trusted(list(self._items), list(self._keys))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Headers):
             return NotImplemented
-        return self._items == other._items
+        return self._all() == other._all()
 
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return f"Headers({self._items!r})"
+        return f"Headers({self._all()!r})"
 
     # --- changing ------------------------------------------------------------------------------------
     @staticmethod
@@ -247,12 +282,12 @@ class Headers:
 
     def add(self, name: str, value: str) -> None:
         """Append a line."""
-        self.insert(len(self._items), name, value)
+        self.insert(len(self._keys), name, value)
 
     def insert(self, index: int, name: str, value: str) -> None:
         """Insert a line before position `index` (0 = top, as for Via and Record-Route)."""
         self._check(name, value)
-        self._items.insert(index, (self._pretty(name), value))
+        self._all().insert(index, (self._pretty(name), value))
         self._keys.insert(index, canonical_name(name))
         self._cache.clear()
 
@@ -264,7 +299,8 @@ class Headers:
             self.add(name, value)
             return
         first = self._keys.index(key)
-        self._items[first] = (self._items[first][0], value)
+        items = self._all()
+        items[first] = (items[first][0], value)
         self._remove_key(key, keep=first)
         self._cache.clear()
 
@@ -281,14 +317,15 @@ class Headers:
             return None
         i = self._keys.index(key)
         del self._keys[i]
-        value = self._items.pop(i)[1]
+        value = self._all().pop(i)[1]
         self._cache.clear()
         return value
 
     def _remove_key(self, key: str, keep: int) -> int:
         idx = [i for i, k in enumerate(self._keys) if k == key and i != keep]
+        items = self._all()
         for i in reversed(idx):
-            del self._items[i], self._keys[i]
+            del items[i], self._keys[i]
         return len(idx)
 
     # --- typed values (cached until the next change) ---------------------------------------------------
@@ -426,31 +463,60 @@ def parse_vias(values: Iterable[str]) -> list[Via]:
     out: list[Via] = []
     match = g.VIA_RE.match
     for value in values:
-        pos = 0
-        n = len(value)
-        while True:
-            m = match(value, pos)
-            if m is None:
-                raise ParseError("Malformed Via header")
-            protocol, version, transport, host, port, params_text = m.groups()
-            out.append(
-                _new_via(
-                    transport.upper(),
-                    host,
-                    None if port is None else _port(port),
-                    parse_params(params_text) if params_text else {},
-                    "SIP/2.0" if protocol == "SIP" and version == "2.0" else f"{protocol.upper()}/{version}",
-                    value if pos == 0 and m.end() == n else m.group().strip(" \t"),
-                )
-            )
-            pos = m.end()
-            if pos == n:
-                break
-            c = g.COMMA_RE.match(value, pos)
-            if c is None:
-                raise ParseError("Malformed Via header")
-            pos = c.end()
+        # A line with one via-parm differs per request only by its branch token: reuse the parse of a
+        # line that had the same text around it, with the branch swapped in (same position in params).
+        pre, sep, rest = value.partition(";branch=")
+        if sep:
+            branch, semi, post = rest.partition(";")
+            if _TOKEN_FULL_MATCH(branch) and ";branch=" not in post:
+                key = f"{pre}\n{semi}{post}"  # LF never occurs in a value
+                base = _VIA_MEMO.get(key)
+                if base is not None:
+                    params = dict(base.params)
+                    params["branch"] = branch
+                    out.append(_new_via(base.transport, base.host, base.port, params, base.protocol, value))
+                    continue
+                first = len(out)
+                _parse_via_line(value, out, match)
+                if len(out) == first + 1:
+                    if len(_VIA_MEMO) >= _MEMO_MAX:
+                        _VIA_MEMO.clear()
+                    _VIA_MEMO[key] = out[first]
+                continue
+        _parse_via_line(value, out, match)
     return out
+
+
+# Parsed single-via-parm lines keyed by their text without the branch value (see parse_vias); bounded.
+_VIA_MEMO: Final[dict[str, Via]] = {}
+
+
+def _parse_via_line(value: str, out: list[Via], match: Callable[[str, int], re.Match[str] | None]) -> None:
+    """Append every via-parm of one Via line to `out`."""
+    pos = 0
+    n = len(value)
+    while True:
+        m = match(value, pos)
+        if m is None:
+            raise ParseError("Malformed Via header")
+        protocol, version, transport, host, port, params_text = m.groups()
+        out.append(
+            _new_via(
+                transport.upper(),
+                host,
+                None if port is None else _port(port),
+                parse_params(params_text) if params_text else {},
+                "SIP/2.0" if protocol == "SIP" and version == "2.0" else f"{protocol.upper()}/{version}",
+                value if pos == 0 and m.end() == n else m.group().strip(" \t"),
+            )
+        )
+        pos = m.end()
+        if pos == n:
+            break
+        c = g.COMMA_RE.match(value, pos)
+        if c is None:
+            raise ParseError("Malformed Via header")
+        pos = c.end()
 
 
 # --- name-addr / addr-spec (From, To, Contact, Route, P-Asserted-Identity, ...) -----------------------
@@ -497,6 +563,27 @@ _new_name_addr: Final = fast_init(NameAddr)
 
 def parse_name_addr(value: str, what: str = "header") -> NameAddr:
     """One name-addr / addr-spec with header params (From, To): the single-value fast path."""
+    # A dialer's From differs per call only by a trailing ;tag=<token>: reuse the parse of the rest.
+    head, sep, tag = value.rpartition(";tag=")
+    if sep and _TOKEN_FULL_MATCH(tag):
+        base = _TAGLESS_MEMO.get(head)
+        if base is None:
+            base = _parse_name_addr(head, what)
+            if len(_TAGLESS_MEMO) >= _MEMO_MAX:
+                _TAGLESS_MEMO.clear()
+            _TAGLESS_MEMO[head] = base
+        params = dict(base.params)
+        params["tag"] = tag  # same order and last-wins as a full parse of `value`
+        return _new_name_addr(base.uri, base.display_name, MappingProxyType(params), value)
+    return _parse_name_addr(value, what)
+
+
+# name-addrs parsed without their trailing ;tag= (see parse_name_addr); bounded, emptied when full.
+_TAGLESS_MEMO: Final[dict[str, NameAddr]] = {}
+_TOKEN_FULL_MATCH: Final = _TOKEN_FULL.fullmatch
+
+
+def _parse_name_addr(value: str, what: str) -> NameAddr:
     m = _NAME_ADDR_FULL(value)
     if m is None:
         raise ParseError(f"Malformed {what}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Final
 
 from sipfilter.sip import grammar as g
@@ -92,7 +93,7 @@ def _single(h: Headers, key: str, what: str) -> str:
     n = keys.count(key)
     if n != 1:
         raise ParseError(f"Missing {what} header" if n == 0 else f"Multiple {what} headers")
-    return h._items[keys.index(key)][1]
+    return h._value(keys.index(key))
 
 
 def _vias(h: Headers) -> list[Via]:
@@ -233,7 +234,7 @@ class Message:
         h = self.headers
         lines = [self._start_line()]
         written = False
-        for key, (name, value) in zip(h._keys, h._items, strict=True):
+        for key, (name, value) in zip(h._keys, h._all(), strict=True):
             if key == _CL:
                 if written:
                     continue
@@ -251,7 +252,7 @@ class Message:
     def _headers_key(self) -> list[tuple[str, str]]:
         # Content-Length is framing, recomputed on output: equality ignores it.
         h = self.headers
-        return [item for k, item in zip(h._keys, h._items, strict=True) if k != _CL]
+        return [item for k, item in zip(h._keys, h._all(), strict=True) if k != _CL]
 
     # --- typed accessors -----------------------------------------------------------------------------
     @property
@@ -617,34 +618,43 @@ def parse(data: bytes, limits: Limits | None = None, *, validate: bool = True) -
         method = rm.group("method")
         if rm.group("version") != "2.0":
             raise ParseError("Version Not Supported", 505, is_request=True, method=method)
-    # One C-level pass over the header block; every line must match (checked by counting below).
-    items: list[tuple[str, str]] = []
+    # Header lines are split with C-level str methods only; values keep their surrounding white space
+    # until asked for (Headers._lazy). Every line must be `token SWS ":" ...` with no bare CR or LF.
+    names: tuple[str, ...] = ()
+    raws: tuple[str, ...] = ()
+    keys: list[str] = []
     nlines = 0
     if block:
-        items = g.HEADER_LINES_RE.findall(block)
-        nlines = block.count("\r\n") + 1
-        if len(items) != nlines and ("\r\n " in block or "\r\n\t" in block):
-            # Folded lines (rare): unfold, then match again. Checked only on mismatch, off the fast path.
-            block = g.FOLD_RE.sub("", block)
-            items = g.HEADER_LINES_RE.findall(block)
-            nlines = block.count("\r\n") + 1
-        if len(items) != nlines or block.count("\r") != nlines - 1 or block.count("\n") != nlines - 1:
+        if "\r\n " in block or "\r\n\t" in block:
+            block = g.FOLD_RE.sub("", block)  # folded lines (rare): unfold first
+        lines = block.split("\r\n")
+        nlines = len(lines)
+        if block.count("\r") != nlines - 1 or block.count("\n") != nlines - 1:
             raise ParseError(_bad_line(block), is_request=is_req, method=method)
+        names, seps, raws = zip(*map(str.partition, lines, repeat(":")), strict=True)
+        if "" in seps:
+            raise ParseError(_bad_line(block), is_request=is_req, method=method)
+        found = list(map(_KEYS.get, names))
+        if None in found:
+            named = _learn_names(names, found)
+            if named is None:
+                raise ParseError(_bad_line(block), is_request=is_req, method=method)
+            names, keys = named
+        else:
+            keys = found  # type: ignore[assignment]  # no None left: checked just above
     if nlines > lim.max_headers:
         raise ParseError("Too Many Headers", is_request=is_req, method=method)
     if len(first) > lim.max_line_bytes or (
-        len(block) > lim.max_line_bytes and max(len(v) for _, v in items) > lim.max_line_bytes - 2
+        len(block) > lim.max_line_bytes and max(len(v.strip(" \t")) for v in raws) > lim.max_line_bytes - 2
     ):
         raise ParseError("Header Line Too Long", is_request=is_req, method=method)
-    key_of = _KEYS.get
-    keys = [key_of(name) or _key(name) for name, _ in items]
     ncl = keys.count(_CL)
     if ncl == 0:
         body = data[body_start:]
     else:
         if ncl > 1:
             raise ParseError("Multiple Content-Length headers", is_request=is_req, method=method)
-        cl_text = items[keys.index(_CL)][1]
+        cl_text = raws[keys.index(_CL)].strip(" \t")
         if cl_text.startswith("-"):
             raise ParseError("Negative Content-Length", is_request=is_req, method=method)
         if not (cl_text.isdigit() and cl_text.isascii()) or len(cl_text.lstrip("0")) > 10:
@@ -653,7 +663,7 @@ def parse(data: bytes, limits: Limits | None = None, *, validate: bool = True) -
         if body_start + cl > n:
             raise ParseError("Content-Length larger than message", is_request=is_req, method=method)
         body = data[body_start : body_start + cl]
-    headers = Headers._trusted(items, keys)
+    headers = Headers._lazy(names, raws, keys)
     msg: Request | Response
     if is_req:
         assert rm is not None and method is not None
@@ -705,5 +715,25 @@ for _c in "vftimlcksoeruxyabdj":
     _KEYS[_c] = _KEYS[_c.upper()] = canonical_name(_c)
 
 
-def _key(name: str) -> str:
-    return canonical_name(name)
+# Other spellings (X- headers, odd capitalisation) are learnt once validated, up to a bound.
+_KEYS_MAX: Final = len(_KEYS) + 1024
+_NAME_RE: Final = re.compile(rf"({g.TOKEN})[ \t]*")
+
+
+def _learn_names(names: tuple[str, ...], found: list[str | None]) -> tuple[tuple[str, ...], list[str]] | None:
+    """Names and keys for lines whose name is not a known spelling; None if one is not a token."""
+    out_names = list(names)
+    keys: list[str] = []
+    for i, key in enumerate(found):
+        if key is None:
+            name = names[i]
+            m = _NAME_RE.fullmatch(name)
+            if m is None:
+                return None
+            token = m.group(1)
+            key = _KEYS.get(token) or canonical_name(token)
+            if token == name and len(_KEYS) < _KEYS_MAX:
+                _KEYS[token] = key
+            out_names[i] = token
+        keys.append(key)
+    return tuple(out_names), keys

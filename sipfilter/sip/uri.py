@@ -207,11 +207,39 @@ def parse_uri(text: str) -> Uri:
     """
     uri = _MEMO.get(text)
     if uri is None:
-        uri = _parse_uri(text)
+        uri = _by_host_part(text) or _parse_uri(text)
         if len(_MEMO) >= _MEMO_MAX:
             _MEMO.clear()
         _MEMO[text] = uri
     return uri
+
+
+# Callees differ per call only by the user part (sip:+336...@carrier;user=phone): SIP URIs with a
+# user and no password, keyed by their text with the user part cut out (scheme ':' '@' rest).
+_HOST_PART_MEMO: Final[dict[str, SipUri]] = {}
+_USER_FULL: Final = re.compile(rf"{g.USER_CHARS}+").fullmatch
+
+
+def _by_host_part(text: str) -> Uri | None:
+    """The URI built from a memoised one with the same text after '@', or None (then parse in full)."""
+    scheme, _, rest = text.partition(":")
+    user, at, host_part = rest.partition("@")
+    if not at or not _USER_FULL(user):
+        return None
+    key = f"{scheme}:@{host_part}"
+    base = _HOST_PART_MEMO.get(key)
+    if base is None:
+        uri = _parse_uri(text)
+        if isinstance(uri, SipUri) and uri.user is not None and uri.password is None:
+            if len(_HOST_PART_MEMO) >= _MEMO_MAX:
+                _HOST_PART_MEMO.clear()
+            _HOST_PART_MEMO[key] = uri
+        return uri
+    if "%" in user:
+        if g.BAD_ESCAPE_RE.search(user):
+            raise ParseError("Malformed escape in URI")
+        user = unescape(user)
+    return _new_sip_uri(base.scheme, user, None, base.host, base.port, base.params, base.headers)
 
 
 def _parse_uri(text: str) -> Uri:
