@@ -1,0 +1,99 @@
+"""The parser's memo fast paths (From without its tag, Via without its branch, URI without its user)
+give exactly what a full parse gives, including parameter order, last-wins duplicates and errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from sipfilter.sip import headers as h
+from sipfilter.sip import uri as u
+from sipfilter.sip.errors import ParseError
+from sipfilter.sip.headers import parse_name_addr, parse_vias
+from sipfilter.sip.uri import parse_uri
+
+
+def _fresh() -> None:
+    for memo in (h._TAGLESS_MEMO, h._VIA_MEMO, h._NA_MEMO, u._MEMO, u._HOST_PART_MEMO):
+        memo.clear()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        '"Clients" <sip:+33188776655@dialer.example.com;user=phone>;tag=8f3a2c1d',
+        "<sip:a@b>;x=1;tag=second",
+        "<sip:a@b>;tag=first;x=1;tag=last",
+        "sip:a@b;tag=t",
+        "<sip:a@b;tag=inside>",
+        '"x;tag=y" <sip:a@b>;tag=z',
+    ],
+)
+def test_name_addr_memo_matches_full_parse(value: str) -> None:
+    _fresh()
+    full = h._parse_name_addr(value, "From header")
+    warm = parse_name_addr(value.replace("=8f3a2c1d", "=other"), "From header")  # fills the memo
+    got = parse_name_addr(value, "From header")
+    assert got == full and list(got.params.items()) == list(full.params.items()) and got.raw == value
+    assert warm.uri == full.uri
+
+
+def test_name_addr_memo_keeps_errors() -> None:
+    _fresh()
+    with pytest.raises(ParseError, match="Malformed From header"):
+        parse_name_addr('"unterminated <sip:a@b>;tag=x', "From header")
+    with pytest.raises(ParseError, match="Malformed From header"):
+        parse_name_addr(";tag=x", "From header")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK-1;rport",
+        "SIP/2.0/UDP 192.0.2.10:5060;rport;branch=z9hG4bK-1",
+        "SIP/2.0/TCP host;branch=z9hG4bK-1;received=1.2.3.4;branch=z9hG4bK-2",
+        "SIP/2.0/UDP a;branch=z9hG4bK-1, SIP/2.0/UDP b;branch=z9hG4bK-2",
+        "SIP/2.0/UDP a;branch=z9hG4bK-1;rport,SIP/2.0/UDP b;branch=z9hG4bK-2",
+    ],
+)
+def test_via_memo_matches_full_parse(line: str) -> None:
+    _fresh()
+    full: list[h.Via] = []
+    h._parse_via_line(line, full, h.g.VIA_RE.match)
+    parse_vias([line.replace("z9hG4bK-1", "z9hG4bK-9")])  # fills the memo
+    got = parse_vias([line])
+    assert got == full
+    assert [list(v.params.items()) for v in got] == [list(v.params.items()) for v in full]
+    assert [v.raw for v in got] == [v.raw for v in full]
+
+
+def test_via_memo_hit_gives_own_params_and_raw() -> None:
+    _fresh()
+    a, b = parse_vias(
+        ["SIP/2.0/UDP h:5060;branch=z9hG4bK-a;rport", "SIP/2.0/UDP h:5060;branch=z9hG4bK-b;rport"]
+    )
+    assert (a.branch, b.branch) == ("z9hG4bK-a", "z9hG4bK-b")
+    assert b.raw == "SIP/2.0/UDP h:5060;branch=z9hG4bK-b;rport" and list(b.params) == ["branch", "rport"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sip:+33612345678@carrier.example.net;user=phone",
+        "SIPS:alice%20x@example.com:5061;transport=tls?subject=hi",
+        "sip:a;b=c@host",
+    ],
+)
+def test_uri_host_part_memo_matches_full_parse(text: str) -> None:
+    _fresh()
+    parse_uri(text.replace("@", "1@", 1))  # fills the host-part memo
+    assert parse_uri(text) == u._parse_uri(text)
+
+
+def test_uri_host_part_memo_keeps_errors_and_other_schemes() -> None:
+    _fresh()
+    parse_uri("sip:user@host")
+    with pytest.raises(ParseError):
+        parse_uri("sip:bad%zz@host")
+    assert parse_uri("sip:x:pw@host").password == "pw"
+    hit = parse_uri("sip:a%41@host")
+    assert isinstance(hit, u.SipUri) and hit.user == "aA" and hit == u._parse_uri("sip:a%41@host")
