@@ -62,6 +62,9 @@ class Timers:
     t4: float = 5.0
     ring_timeout: float = 120.0
     max_duration: float = 14400.0
+    # Guard on a B-leg INVITE that got a provisional and nothing final (RFC 3261 §16.6 Timer C, > 3 min):
+    # longer than the ring timeout, so on a live call the ring timeout is what ends it.
+    timer_c: float = 212.0
 
 
 class _PassList:
@@ -191,8 +194,8 @@ class ServerTx:
 class ClientTx:
     """A request we sent: retransmitted on UDP until answered, timed out at 64*T1."""
 
-    __slots__ = ("addr", "branch", "call", "cseq", "data", "dest", "ep", "interval", "method", "origin",
-                 "provisional", "retrans", "side", "timeout")  # fmt: skip
+    __slots__ = ("addr", "branch", "call", "cancel", "cseq", "data", "dest", "ep", "final", "interval",
+                 "method", "origin", "provisional", "retrans", "side", "timeout")  # fmt: skip
 
     def __init__(self, call: Call | None, side: str, method: str, cseq: int, branch: str, data: bytes,
                  ep: Endpoint, addr: Addr, origin: ServerTx | None) -> None:  # fmt: skip
@@ -209,6 +212,8 @@ class ClientTx:
         self.retrans: Any = None
         self.timeout: Any = None
         self.provisional = False
+        self.final = 0  # first final status received (INVITE: the transaction is no longer pending)
+        self.cancel: ClientTx | None = None  # the CANCEL we sent for it (INVITE)
         self.dest: Destination | None = None
 
 
@@ -286,11 +291,12 @@ def compile_runtime(config: Config, policy: PolicyPort, store: Any, audit: Any =
             if name in old.pools:
                 pool.adopt(old.pools[name])
     s = config.sip
+    t1 = s.timers.t1_ms / 1000
     return Runtime(
         config=config, policy=policy, store=store, audit=audit, matcher=TrunkMatcher(config.trunks),
         pools=pools, passes={n: _PassList(t.headers.pass_) for n, t in config.trunks.items()},
-        timers=Timers(s.timers.t1_ms / 1000, s.timers.t2_ms / 1000, s.timers.t4_ms / 1000,
-                      s.ring_timeout_s, s.max_call_duration_s),
+        timers=Timers(t1, s.timers.t2_ms / 1000, s.timers.t4_ms / 1000, s.ring_timeout_s,
+                      s.max_call_duration_s, timer_c=max(180.0, s.ring_timeout_s) + 64 * t1),
     )  # fmt: skip
 
 
@@ -736,8 +742,8 @@ class B2BUA:
         if call is None:
             return
         if ctx is call.b_invite:
-            if ctx.provisional:
-                return  # ringing: the ring timeout governs
+            if ctx.provisional or ctx.final:
+                return  # ringing: Timer C and the ring timeout govern; answered: nothing to time out
             self._b_invite_failed(call, ctx, 408)
             return
         if ctx.origin is not None and ctx.method != "ACK":
@@ -806,14 +812,18 @@ class B2BUA:
         b = call.b
         assert b is not None
         if status < 200:
+            if ctx.final:
+                return  # a provisional straggling behind the final answer
             ctx.provisional = True
             if ctx.retrans is not None:
                 ctx.retrans.cancel()
                 ctx.retrans = None
-            if ctx.timeout is not None:
-                ctx.timeout.cancel()
-                ctx.timeout = None
-            if call.cancelled:
+            if ctx.cancel is None:  # Proceeding: Timer C (re)starts; after a CANCEL its 64*T1 guard runs on
+                if ctx.timeout is not None:
+                    ctx.timeout.cancel()
+                ctx.timeout = self._later(self.rt.timers.timer_c, self._timer_c, ctx)
+            if call.cancelled or call.state == ENDED:
+                call.cancelled = True
                 self._cancel_b(call)
                 return
             if status == 100:
@@ -828,8 +838,15 @@ class B2BUA:
             ctx.retrans.cancel()
             ctx.retrans = None
         if status < 300:
+            if not ctx.final:
+                ctx.final = status
+                if ctx.timeout is not None:
+                    ctx.timeout.cancel()
+                # Keep the transaction to recognise 2xx retransmissions for 64*T1 (RFC 6026 Accepted).
+                ctx.timeout = self._later(64 * self.rt.timers.t1, self._forget_client, ctx)
             self._b_2xx(call, ctx, msg)
             return
+        ctx.final = ctx.final or status
         self._ack_non2xx(ctx, msg)
         self._stop_client(ctx, keep=0 if ctx.ep.reliable else 64 * self.rt.timers.t1)
         if ctx.dest is not None and call.trunk.name in self.rt.pools:
@@ -869,10 +886,6 @@ class B2BUA:
             self._end_soon(call)
             return
         self._learn_b_dialog(b, msg)
-        if ctx.timeout is not None:
-            ctx.timeout.cancel()
-        # Keep the transaction to recognise 2xx retransmissions for 64*T1 (RFC 6026 Accepted).
-        ctx.timeout = self._later(64 * self.rt.timers.t1, self._forget_client, ctx)
         call.state = ANSWERED
         call.answered_at = self._clock()
         call.invite_msg = None
@@ -946,7 +959,7 @@ class B2BUA:
 
     def _answer_a(self, call: Call, status: int, reason: str, extra: list[str]) -> None:
         """A final response of our own making to the dialer's INVITE (reject, 408, 487, 503…)."""
-        if call.a_tx.final:
+        if call.a_tx.final or call.state == ENDED:
             return
         lines = call.a_tx.lines(_local_tag(call.a))
         lines.extend(extra)
@@ -1060,11 +1073,10 @@ class B2BUA:
         ctx = call.b_invite
         if ctx is None or call.b is None or self.client_tx.get(ctx.branch) is not ctx:
             return
-        if not ctx.provisional:
+        if not ctx.provisional or ctx.final:
             return  # §9.1: CANCEL only after a provisional; sent when one arrives (cancelled flag)
-        if call.timers.get("cancel_sent"):
+        if ctx.cancel is not None:
             return
-        call.timers["cancel_sent"] = True
         b = call.b
         lines = [
             f"Via: SIP/2.0/{ctx.ep.transport.upper()} {ctx.ep.hostport};branch={ctx.branch};rport",
@@ -1078,13 +1090,41 @@ class B2BUA:
             lines.append(f"Reason: {wire.safe(reason)}")
         data = wire.build_request("CANCEL", call.invite_ruri, lines)
         cancel = ClientTx(call, OUTSIDE, "CANCEL", ctx.cseq, ctx.branch + ".c", data, ctx.ep, ctx.addr, None)
+        ctx.cancel = cancel
         # CANCEL shares the INVITE's branch on the wire; index it apart so the INVITE stays matched.
         self.client_tx[cancel.branch] = cancel
+        # §9.1: no final answer 64*T1 after the CANCEL and the INVITE transaction is given up.
+        if ctx.timeout is not None:
+            ctx.timeout.cancel()
+        ctx.timeout = self._later(64 * self.rt.timers.t1, self._timer_c, ctx)
         ctx.ep.send(data, ctx.addr)
         if not ctx.ep.reliable:
             cancel.interval = self.rt.timers.t1
             cancel.retrans = self._later(cancel.interval, self._retransmit, cancel)
         cancel.timeout = self._later(64 * self.rt.timers.t1, self._cancel_gone, call, cancel)
+
+    def _timer_c(self, ctx: ClientTx) -> None:
+        """A B-leg INVITE with no final answer in time: CANCEL it if not done yet, else give it up."""
+        if self.client_tx.get(ctx.branch) is not ctx:
+            return
+        ctx.timeout = None
+        call = ctx.call
+        if ctx.final or call is None:
+            self._forget_client(ctx)
+            return
+        if ctx.cancel is None:
+            if call.state in (CALLING, EARLY) and not call.cancelled and not call.a_tx.final:
+                self._ring_timeout(call)  # 408 to the dialer and CANCEL to the carrier
+            else:
+                call.cancelled = True
+                self._cancel_b(call, 'SIP;cause=408;text="no final answer"')
+            if ctx.cancel is not None:
+                return  # the CANCEL's own 64*T1 guard now runs on this transaction
+        log.info("no final answer to the B-leg INVITE of call %s: transaction dropped", call.a.call_id)
+        self._stop_client(ctx)
+        if call.state != ENDED and not call.a_tx.final:
+            call.cancelled = True
+            self._answer_a(call, 408, "Request Timeout", [])
 
     def _cancel_gone(self, call: Call, cancel: ClientTx) -> None:
         if cancel.retrans is not None:
@@ -1128,7 +1168,11 @@ class B2BUA:
         if method == "BYE":
             call.ended_by = "bye-" + ep.side
             self._cancel_timer(call, "max")
-            if call.state in (CALLING, EARLY):  # BYE on an early dialog from the carrier
+            if call.state in (CALLING, EARLY):  # BYE on an early dialog: the INVITE will not complete
+                # §15.1.2: requests pending in the dialog get 487; the carrier's INVITE is cancelled.
+                call.cancelled = True
+                self._answer_a(call, 487, "Request Terminated", [])
+                self._cancel_b(call)
                 call.state = ENDING
             if ep.side == INSIDE and call.state == ANSWERED:
                 self._send_b_ack(call, b"", [])
@@ -1249,6 +1293,8 @@ class B2BUA:
         self._send_client(ctx)
 
     def _end_soon(self, call: Call) -> None:
+        if call.state == ENDED:
+            return  # already forgotten: never revive it (its slot and gauge were released once)
         call.state = ENDING
         if "end" not in call.timers:
             call.timers["end"] = self._later(self.rt.timers.t4, self._end, call, call.ended_by or "ended")
@@ -1276,8 +1322,14 @@ class B2BUA:
             # Keep answering retransmissions of the INVITE briefly (its final answer is cached).
             self._later(self.rt.timers.t4, self._forget_server, stx)
         ctx = call.b_invite
-        if ctx is not None and self.client_tx.get(ctx.branch) is ctx and ctx.timeout is None:
-            self._forget_client(ctx)
+        if ctx is not None and self.client_tx.get(ctx.branch) is ctx:
+            if ctx.timeout is None:
+                self._forget_client(ctx)
+            elif not ctx.final:
+                # Still pending at the carrier: CANCEL it now if it rang, else on its first provisional;
+                # its Timer B/C guard drops the transaction if the carrier never answers.
+                call.cancelled = True
+                self._cancel_b(call)
         self.admission.release(call.slot)
         call.slot = None
         self.obs.dialogs(call.trunk.name, -1)

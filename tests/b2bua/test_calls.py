@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from b2bua_rig import CARRIER1, CARRIER2, DIALER, Rig, answer, invite, make_rig
 
+from sipfilter.b2bua.observe import Observer
 from sipfilter.sip import Request, Response, parse
 
 
@@ -321,3 +323,127 @@ def test_draining_refuses_new_invites_with_retry_after(rig: Rig) -> None:
     (refused,) = rig.inside.take()
     assert refused.status == 503 and refused.headers.get("Retry-After") == "30"
     assert rig.outside.sent == [] and rig.b2b.active_calls == 0
+
+
+def _carrier_bye(b_inv: Request, cseq: int = 1) -> bytes:
+    """A BYE from the carrier in the (early) dialog its To tag "carriertag" made."""
+    return (
+        "BYE sip:sipfilter@127.0.0.1:5080 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5071;branch=z9hG4bKebye\r\n"
+        f"Max-Forwards: 70\r\nFrom: {b_inv.headers.get('To')};tag=carriertag\r\n"
+        f"To: {b_inv.headers.get('From')}\r\nCall-ID: {b_inv.call_id}\r\nCSeq: {cseq} BYE\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def _nothing_left(rig: Rig) -> None:
+    b2b = rig.b2b
+    assert b2b.calls_a == {} and b2b.calls_b == {}
+    assert b2b.client_tx == {} and b2b.server_tx == {}
+    assert b2b.admission.active_dialogs() == 0
+
+
+def test_early_bye_from_carrier_then_only_a_provisional_leaves_no_transaction(rig: Rig) -> None:
+    """Fuzz finding tx-leak-early-bye-then-183: the call ends before any final answer, then the carrier
+    sends a 183 and nothing more. The B-leg INVITE is cancelled and its transaction dropped in time."""
+    rig.from_dialer(invite())
+    (b_inv,) = _requests(rig.outside.take(), "INVITE")
+    rig.inside.take()
+    rig.from_carrier(_carrier_bye(b_inv))
+    sent = rig.inside.take()
+    (a_bye,) = _requests(sent, "BYE")
+    # The dialer's INVITE gets its final answer (§15.1.2), not just the BYE.
+    assert [(r.status, r.cseq.method) for r in _responses(sent)] == [(487, "INVITE")]
+    assert _requests(rig.outside.take(), "CANCEL") == []  # no provisional yet: no CANCEL (§9.1)
+    rig.from_dialer(answer(a_bye, 200, to_tag=""))
+    (bye_ok,) = _responses(rig.outside.take())
+    assert bye_ok.status == 200 and bye_ok.cseq.method == "BYE"
+    assert rig.b2b.active_calls == 0
+    rig.from_carrier(answer(b_inv, 183))
+    assert _responses(rig.inside.take()) == []  # the call is over: never relayed
+    (b_cancel,) = _requests(rig.outside.take(), "CANCEL")
+    assert b_cancel.vias[0].branch == b_inv.vias[0].branch
+    rig.from_carrier(answer(b_cancel, 200, to_tag=""))
+    rig.from_carrier(answer(b_inv, 183))  # still only provisionals: no second CANCEL
+    assert _requests(rig.outside.take(), "CANCEL") == []
+    assert rig.b2b.client_tx  # the INVITE transaction waits 64*T1 for the 487 …
+    rig.clock.advance(33)
+    _nothing_left(rig)  # … then is given up
+    rig.from_carrier(answer(b_inv, 487))  # a late final answer to a forgotten transaction is dropped
+    _nothing_left(rig)
+
+
+def test_early_bye_from_carrier_after_ringing_cancels_at_once(rig: Rig) -> None:
+    rig.from_dialer(invite())
+    (b_inv,) = _requests(rig.outside.take(), "INVITE")
+    rig.from_carrier(answer(b_inv, 180))
+    rig.inside.take()
+    rig.from_carrier(_carrier_bye(b_inv))
+    assert [r.status for r in _responses(rig.inside.take())] == [487]
+    (b_cancel,) = _requests(rig.outside.take(), "CANCEL")
+    rig.from_carrier(answer(b_cancel, 200, to_tag=""))
+    rig.from_carrier(answer(b_inv, 487))
+    assert _requests(rig.outside.take(), "ACK")
+    assert _responses(rig.inside.take()) == []  # the carrier's 487 is not relayed twice
+    rig.clock.advance(120)
+    _nothing_left(rig)
+
+
+def test_cancelled_invite_without_487_is_dropped_64_t1_after_the_cancel(rig: Rig) -> None:
+    raw = invite()
+    rig.from_dialer(raw)
+    (b_inv,) = _requests(rig.outside.take(), "INVITE")
+    rig.from_carrier(answer(b_inv, 180))
+    cancel = raw.split(b"\r\n\r\n")[0].replace(b"INVITE sip", b"CANCEL sip").replace(b"10 INVITE", b"10 CANCEL")  # noqa: E501
+    rig.from_dialer(cancel + b"\r\n\r\n")
+    (b_cancel,) = _requests(rig.outside.take(), "CANCEL")
+    rig.from_carrier(answer(b_cancel, 200, to_tag=""))
+    rig.clock.advance(20)
+    rig.from_carrier(answer(b_inv, 180))  # a provisional after the CANCEL does not extend the wait
+    rig.clock.advance(13)
+    assert b_inv.vias[0].branch not in rig.b2b.client_tx
+    rig.clock.advance(60)
+    _nothing_left(rig)
+
+
+def test_timer_c_ends_a_ringing_call_when_no_ring_timeout_does(rig: Rig) -> None:
+    rt = rig.b2b.rt
+    rt.timers = replace(rt.timers, ring_timeout=1e9)
+    assert rt.timers.timer_c >= 180  # RFC 3261 §16.6: more than three minutes
+    rig.from_dialer(invite())
+    (b_inv,) = _requests(rig.outside.take(), "INVITE")
+    rig.from_carrier(answer(b_inv, 180))
+    rig.clock.advance(rt.timers.timer_c - 10)
+    rig.from_carrier(answer(b_inv, 183))  # each provisional restarts Timer C
+    rig.clock.advance(20)
+    assert _requests(rig.outside.take(), "CANCEL") == []
+    rig.clock.advance(rt.timers.timer_c)
+    assert 408 in [r.status for r in _responses(rig.inside.take())]
+    assert _requests(rig.outside.take(), "CANCEL")
+    rig.clock.advance(100)  # the carrier never answers the CANCEL either
+    _nothing_left(rig)
+
+
+class _DialogGauge(Observer):
+    def __init__(self) -> None:
+        self.value = 0
+
+    def dialogs(self, trunk: str, delta: int) -> None:
+        self.value += delta
+
+
+def test_2xx_after_the_call_ended_is_acked_and_hung_up_once(rig: Rig) -> None:
+    gauge = rig.b2b.obs = _DialogGauge()
+    rig.from_dialer(invite())
+    assert gauge.value == 1
+    (b_inv,) = _requests(rig.outside.take(), "INVITE")
+    rig.from_carrier(_carrier_bye(b_inv))
+    (a_bye,) = _requests(rig.inside.take(), "BYE")
+    rig.from_dialer(answer(a_bye, 200, to_tag=""))
+    rig.outside.take()
+    assert rig.b2b.active_calls == 0
+    rig.from_carrier(answer(b_inv, 200))
+    out = rig.outside.take()
+    assert _requests(out, "ACK") and _requests(out, "BYE")
+    rig.clock.advance(60)
+    _nothing_left(rig)
+    assert gauge.value == 0  # the ended call is not revived (and released a second time) by the 2xx

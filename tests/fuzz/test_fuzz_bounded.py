@@ -27,15 +27,9 @@ TARGETS = {
 
 
 # Findings reported and not fixed yet: the bounded pass looks past them (the regression test below keeps
-# each one visible as an expected failure until it is fixed).
-KNOWN = {"fuzz_handler.py": {"SIPFILTER_FUZZ_SKIP_TX_LEAKS": "1"}}
-OPEN_FINDINGS = {
-    "fuzz_handler/tx-leak-early-bye-then-183.bin": (
-        "B2BUA keeps the B-leg INVITE client transaction forever when the call ends before a final answer "
-        "(carrier BYE in the early dialog) and the carrier then sends only a provisional: Proceeding has no "
-        "timer (RFC 3261 §16.6 Timer C) and nothing CANCELs it"
-    ),
-}
+# each one visible as an expected failure until it is fixed). None open at the moment.
+KNOWN: dict[str, dict[str, str]] = {}
+OPEN_FINDINGS: dict[str, str] = {}
 REGRESSIONS = HERE / "regressions"
 
 
