@@ -583,7 +583,28 @@ _TAGLESS_MEMO: Final[dict[str, NameAddr]] = {}
 _TOKEN_FULL_MATCH: Final = _TOKEN_FULL.fullmatch
 
 
+# The usual shape, `["display"] <uri>[;token=token...]`: a simpler pattern that matches exactly what the
+# full one would on such text (same groups), and several times faster.
+_SIMPLE_NAME_ADDR_FULL: Final = re.compile(
+    r'(?:("[^"\\\x00-\x08\x0a-\x1f\x7f]*")[ \t]*)?<([^<>\s]+)>'
+    rf"((?:;[{g.TOKEN_CHARS}]+(?:=[{g.TOKEN_CHARS}]+)?)*)"
+).fullmatch
+
+
 def _parse_name_addr(value: str, what: str) -> NameAddr:
+    s = _SIMPLE_NAME_ADDR_FULL(value)
+    if s is not None:
+        display, uri_text, params_text = s.groups()
+        try:
+            uri = parse_uri(uri_text)
+        except ParseError:
+            raise ParseError(f"Malformed {what}") from None
+        return _new_name_addr(
+            uri,
+            None if display is None else display[1:-1],
+            MappingProxyType(parse_params(params_text)) if params_text else _NO_PARAMS,
+            value,
+        )
     m = _NAME_ADDR_FULL(value)
     if m is None:
         raise ParseError(f"Malformed {what}")
@@ -670,6 +691,9 @@ class CSeq:
 
 
 def parse_cseq(value: str) -> CSeq:
+    digits, _, method = value.partition(" ")
+    if method in _METHOD_NAMES and digits.isdigit() and digits.isascii() and len(digits) <= 9:
+        return _new_cseq(int(digits), method)  # the usual "<n> METHOD": what CSEQ_RE would give
     m = _CSEQ_FULL(value)
     if m is None:
         raise ParseError("Malformed CSeq")
@@ -683,6 +707,10 @@ def parse_cseq(value: str) -> CSeq:
 
 
 _CSEQ_FULL: Final = g.CSEQ_RE.fullmatch
+_METHOD_NAMES: Final = frozenset(
+    {"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH",
+     "INFO", "REFER", "MESSAGE", "UPDATE"}
+)  # fmt: skip
 _new_cseq: Final = fast_init(CSeq)
 
 

@@ -540,15 +540,20 @@ def validate_request(req: Request) -> None:
     elif not isinstance(ruri, TelUri):
         raise ParseError("Unsupported URI Scheme", 416)
     _validate_common(req)
-    cseq = req.cseq
+    h = req.headers
+    cache = h._cache
+    cseq: CSeq = cache["cseq"]  # parsed by _validate_common
     if cseq.method != req.method:
         if req.method not in KNOWN_METHODS:
             raise ParseError("Not Implemented", 501)
         raise ParseError("CSeq method does not match request method")
     if cseq.seq > 2**31 - 1:
         raise ParseError("CSeq number too large")
-    _ = req.max_forwards
-    _ = req.contacts  # also rejects '*' mixed with addresses
+    # The accessors' work, done here without their call overhead (same cache keys, same order).
+    if "max-forwards" not in cache:
+        cache["max-forwards"] = _max_forwards(h)
+    if "contact" not in cache:
+        cache["contact"] = _contacts(h)  # also rejects '*' mixed with addresses
 
 
 def validate_response(resp: Response) -> None:
@@ -557,12 +562,22 @@ def validate_response(resp: Response) -> None:
 
 
 def _validate_common(msg: Message) -> None:
-    if not msg.vias:
+    # What the vias/from_/to/call_id/cseq accessors do, in this order, filling the same cache.
+    h = msg.headers
+    cache = h._cache
+    vias = cache.get("via")
+    if vias is None:
+        vias = cache["via"] = _vias(h)
+    if not vias:
         raise ParseError("Missing Via header")
-    _ = msg.from_
-    _ = msg.to
-    _ = msg.call_id
-    _ = msg.cseq
+    if "from" not in cache:
+        cache["from"] = _from(h)
+    if "to" not in cache:
+        cache["to"] = _to(h)
+    if "call-id" not in cache:
+        cache["call-id"] = _call_id(h)
+    if "cseq" not in cache:
+        cache["cseq"] = _cseq(h)
 
 
 # --- parsing ---------------------------------------------------------------------------------------------
@@ -597,7 +612,8 @@ def parse(data: bytes, limits: Limits | None = None, *, validate: bool = True) -
     if block[:1] in (" ", "\t"):
         raise ParseError("Malformed header line", is_request=not first.startswith("SIP/"))
     method: str | None = None
-    rm = sm = None
+    ruri_text = ""
+    sm = None
     if first[:4].upper() == "SIP/":
         is_req = False
         sm = g.STATUS_LINE_RE.fullmatch(first)
@@ -615,8 +631,8 @@ def parse(data: bytes, limits: Limits | None = None, *, validate: bool = True) -
             word = first.partition(" ")[0]
             method = word if g.TOKEN_RE.fullmatch(word) else None
             raise ParseError("Malformed request line", is_request=True, method=method)
-        method = rm.group("method")
-        if rm.group("version") != "2.0":
+        method, ruri_text, version = rm.groups()
+        if version != "2.0":
             raise ParseError("Version Not Supported", 505, is_request=True, method=method)
     # Header lines are split with C-level str methods only; values keep their surrounding white space
     # until asked for (Headers._lazy). Every line must be `token SWS ":" ...` with no bare CR or LF.
@@ -666,8 +682,8 @@ def parse(data: bytes, limits: Limits | None = None, *, validate: bool = True) -
     headers = Headers._lazy(names, raws, keys)
     msg: Request | Response
     if is_req:
-        assert rm is not None and method is not None
-        msg = _new_request(method, rm.group("uri"), headers, body)
+        assert method is not None
+        msg = _new_request(method, ruri_text, headers, body)
     else:
         assert sm is not None
         msg = Response(int(sm.group("status")), sm.group("reason") or "", headers, body)

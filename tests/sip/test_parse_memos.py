@@ -97,3 +97,31 @@ def test_uri_host_part_memo_keeps_errors_and_other_schemes() -> None:
     assert parse_uri("sip:x:pw@host").password == "pw"
     hit = parse_uri("sip:a%41@host")
     assert isinstance(hit, u.SipUri) and hit.user == "aA" and hit == u._parse_uri("sip:a%41@host")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "<sip:+33612345678@carrier.example.net;user=phone>",
+        '"Service Clients" <sip:a@b>;x=1;y',
+        '"\t" <sip:a@b>',
+        "<sip:a@b>;tag=1;tag=2",
+        '"a\\"b" <sip:a@b>',
+        '<sip:a@b>;x="q"',
+        " <sip:a@b> ",
+    ],
+)
+def test_simple_name_addr_path_matches_general_pattern(value: str) -> None:
+    _fresh()
+    (general,) = h.parse_name_addrs([value], single=True, what="To header")
+    got = h._parse_name_addr(value, "To header")
+    assert got == general and got.raw == general.raw
+    assert list(got.params.items()) == list(general.params.items())
+
+
+def test_cseq_fast_path_matches_pattern() -> None:
+    assert h.parse_cseq("0042 INVITE") == h.parse_cseq("0042\tINVITE") == h.CSeq(42, "INVITE")
+    assert h.parse_cseq("1 FOO") == h.CSeq(1, "FOO")
+    for bad in (" INVITE", "1 INVITE x", "-1 INVITE", "1 INV ITE"):
+        with pytest.raises(ParseError):
+            h.parse_cseq(bad)
