@@ -214,7 +214,10 @@ class Headers:
         if n == 0:
             return []
         if n == 1:
-            return [self._value(keys.index(key))]
+            items = self._items  # _value(), inlined: hot path
+            if items is None:
+                return [self._raw[keys.index(key)].strip(" \t")]
+            return [items[keys.index(key)][1]]
         return [self._value(i) for i, k in enumerate(keys) if k == key]
 
     def get_all(self, name: str) -> list[str]:

@@ -93,7 +93,8 @@ def _single(h: Headers, key: str, what: str) -> str:
     n = keys.count(key)
     if n != 1:
         raise ParseError(f"Missing {what} header" if n == 0 else f"Multiple {what} headers")
-    return h._value(keys.index(key))
+    items = h._items  # Headers._value(), inlined: hot path
+    return h._raw[keys.index(key)].strip(" \t") if items is None else items[keys.index(key)][1]
 
 
 def _vias(h: Headers) -> list[Via]:
@@ -326,7 +327,12 @@ class Message:
 
     @property
     def max_forwards(self) -> int | None:
-        return self.headers.typed("max-forwards", _max_forwards)
+        cache = self.headers._cache  # inlined Headers.typed(): hot path
+        if "max-forwards" in cache:
+            value: int | None = cache["max-forwards"]
+            return value
+        value = cache["max-forwards"] = _max_forwards(self.headers)
+        return value
 
     @property
     def expires(self) -> int | None:
@@ -641,23 +647,16 @@ def parse(data: bytes, limits: Limits | None = None, *, validate: bool = True) -
     keys: list[str] = []
     nlines = 0
     if block:
-        if "\r\n " in block or "\r\n\t" in block:
-            block = g.FOLD_RE.sub("", block)  # folded lines (rare): unfold first
-        lines = block.split("\r\n")
-        nlines = len(lines)
-        if block.count("\r") != nlines - 1 or block.count("\n") != nlines - 1:
+        split = _split_lines(block)
+        if split is None and ("\r\n " in block or "\r\n\t" in block):
+            # Folded lines (rare): a continuation line never passes as a header line, so unfolding
+            # is only tried once splitting failed.
+            block = g.FOLD_RE.sub("", block)
+            split = _split_lines(block)
+        if split is None:
             raise ParseError(_bad_line(block), is_request=is_req, method=method)
-        names, seps, raws = zip(*map(str.partition, lines, repeat(":")), strict=True)
-        if "" in seps:
-            raise ParseError(_bad_line(block), is_request=is_req, method=method)
-        found = list(map(_KEYS.get, names))
-        if None in found:
-            named = _learn_names(names, found)
-            if named is None:
-                raise ParseError(_bad_line(block), is_request=is_req, method=method)
-            names, keys = named
-        else:
-            keys = found  # type: ignore[assignment]  # no None left: checked just above
+        names, raws, keys = split
+        nlines = len(keys)
     if nlines > lim.max_headers:
         raise ParseError("Too Many Headers", is_request=is_req, method=method)
     if len(first) > lim.max_line_bytes or (
@@ -729,6 +728,25 @@ _KEYS.update({"P-Asserted-Identity": "p-asserted-identity", "P-Preferred-Identit
 _KEYS.update({"MIME-Version": "mime-version", "RSeq": "rseq", "RAck": "rack", "Min-SE": "min-se"})
 for _c in "vftimlcksoeruxyabdj":
     _KEYS[_c] = _KEYS[_c.upper()] = canonical_name(_c)
+
+
+def _split_lines(block: str) -> tuple[tuple[str, ...], tuple[str, ...], list[str]] | None:
+    """(names, raw values, keys) of a header block, or None unless every line is `token SWS ":" ...`
+    without bare CR or LF. C-level str methods only: no per-line Python code for known names."""
+    lines = block.split("\r\n")
+    nlines = len(lines)
+    if block.count("\r") != nlines - 1 or block.count("\n") != nlines - 1:
+        return None
+    names, seps, raws = zip(*map(str.partition, lines, repeat(":")), strict=True)
+    if "" in seps:
+        return None
+    found = list(map(_KEYS.get, names))
+    if None in found:
+        named = _learn_names(names, found)
+        if named is None:
+            return None
+        return named[0], raws, named[1]
+    return names, raws, found  # type: ignore[return-value]  # no None left: checked just above
 
 
 # Other spellings (X- headers, odd capitalisation) are learnt once validated, up to a bound.
