@@ -16,7 +16,7 @@ import signal
 import time
 from typing import Any
 
-from sipfilter.b2bua.core import B2BUA, INSIDE, OUTSIDE, Runtime, compile_runtime
+from sipfilter.b2bua.core import B2BUA, INSIDE, OUTSIDE, compile_runtime
 from sipfilter.b2bua.observe import Observer
 from sipfilter.config import Config, ConfigError, Listen, load_config
 from sipfilter.policy.engine import PolicyEngine
@@ -175,6 +175,8 @@ class App:
         try:
             new = await loop.run_in_executor(None, load_config, old.path)
             engine = PolicyEngine(new)
+            assert self.b2b is not None
+            runtime = compile_runtime(new, engine, self.store, self.audit, old=self.b2b.rt)
         except (ConfigError, OSError, ValueError) as exc:
             log.error("config reload refused, keeping the running config: %s", exc)
             _count_reload(self.metrics, "error")
@@ -183,9 +185,7 @@ class App:
             log.warning("sip.inside/outside changed: listeners are kept until restart")
         if new.store != old.store:
             log.warning("store settings changed: the running store is kept until restart")
-        assert self.b2b is not None
-        old_rt: Runtime = self.b2b.rt
-        self.b2b.swap_runtime(compile_runtime(new, engine, self.store, self.audit, old=old_rt))
+        self.b2b.swap_runtime(runtime)
         self.config = new
         refresh = getattr(self.store, "refresh", None)
         if refresh is not None:  # lists imported since: picked up now rather than at the next poll

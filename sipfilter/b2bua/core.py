@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sipfilter.b2bua import wire
+from sipfilter.b2bua.auth import AuthGate, Passed, compile_gate
 from sipfilter.b2bua.limits import Admission, Admit, LimitsConfig, Reject
 from sipfilter.b2bua.observe import Observer
 from sipfilter.b2bua.trunks import Destination, TargetPool, TrunkMatcher
@@ -110,9 +111,13 @@ def _content_only(name: str) -> bool:
     return _COMPACT.get(lname, lname) in _CONTENT
 
 
-def _pick_headers(msg: Any, allow: Callable[[str], bool]) -> list[str]:
+def _pick_headers(msg: Any, allow: Callable[[str], bool],
+                  drop: Callable[[str, str], bool] | None = None) -> list[str]:  # fmt: skip
     safe = wire.safe
-    return [f"{name}: {safe(value)}" for name, value in msg.headers.items() if allow(name)]
+    if drop is None:
+        return [f"{name}: {safe(value)}" for name, value in msg.headers.items() if allow(name)]
+    return [f"{name}: {safe(value)}" for name, value in msg.headers.items()
+            if allow(name) and not drop(name, value)]  # fmt: skip
 
 
 def _first(msg: Any, name: str) -> str:
@@ -227,6 +232,7 @@ class Call:
         "a_2xx",
         "a_tx",
         "answered_at",
+        "auth",
         "b",
         "b_ack",
         "b_invite",
@@ -266,6 +272,7 @@ class Call:
         self.passes: _PassList | None = None
         self.reinvite: dict[str, int] = {}  # side the re-INVITE was sent on -> its CSeq (for the ACK)
         self.invite_msg: Any = None
+        self.auth: AuthGate | None = None  # the dialer authenticated: its credentials are not relayed
 
 
 @dataclass
@@ -281,6 +288,7 @@ class Runtime:
     timers: Timers
     audit: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+    auth: AuthGate | None = None  # digest authentication of the dialer (`auth:`), None when off
 
 
 def compile_runtime(config: Config, policy: PolicyPort, store: Any, audit: Any = None,
@@ -292,11 +300,14 @@ def compile_runtime(config: Config, policy: PolicyPort, store: Any, audit: Any =
                 pool.adopt(old.pools[name])
     s = config.sip
     t1 = s.timers.t1_ms / 1000
+    # Built once per runtime (a reload with the same section keeps the authenticator and its nonce state).
+    auth = compile_gate(config.auth, old.auth if old is not None else None)
     return Runtime(
         config=config, policy=policy, store=store, audit=audit, matcher=TrunkMatcher(config.trunks),
         pools=pools, passes={n: _PassList(t.headers.pass_) for n, t in config.trunks.items()},
         timers=Timers(t1, s.timers.t2_ms / 1000, s.timers.t4_ms / 1000, s.ring_timeout_s,
                       s.max_call_duration_s, timer_c=max(180.0, s.ring_timeout_s) + 64 * t1),
+        auth=auth,
     )  # fmt: skip
 
 
@@ -464,11 +475,36 @@ class B2BUA:
             return
         if self._refused_by_uas_checks(ep, msg, addr):
             return
+        if not self._authenticated(ep, msg, addr, trunk, self._clock()):
+            return
         if method == "OPTIONS":  # dialers probing us: we are up
             self._stateless(ep, addr, msg, 200 if not self.draining else 503, "")
             return
         self._stateless(ep, addr, msg, 405 if method not in ("BYE", "PRACK", "UPDATE", "INFO") else 481, "",
                         ["Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, PRACK, UPDATE, INFO, NOTIFY, REFER"])
+
+    def _authenticated(self, ep: Endpoint, msg: Any, addr: Addr, trunk: TrunkConfig, now: float) -> bool:
+        """Digest check of an out-of-dialog request on a trunk listed in `auth.trunks`; False when answered
+        (407/401 challenge, 400 for malformed credentials) or dropped by the per-source rate limit."""
+        gate = self.rt.auth
+        if gate is None or not gate.applies(trunk.name):
+            return True
+        outcome = gate.check(msg, addr[0], now)
+        if isinstance(outcome, Passed):
+            return True
+        # Refused attempts spend the source's rate budget (a flood guard), never the trunk's call budget.
+        admit = self.admission.admit_request(addr[0], trunk.name, now)
+        if not isinstance(admit, Admit):
+            self.obs.overload(admit.reason)
+            if isinstance(admit, Reject):
+                extra = [f"Retry-After: {admit.retry_after}"] if admit.retry_after is not None else []
+                self._stateless(ep, addr, msg, admit.status, "", extra)
+            return False
+        if outcome.why not in ("missing", "stale"):
+            log.info("digest authentication failed on trunk %s from %s: %s", trunk.name, addr[0], outcome.why)
+        self._stateless(ep, addr, msg, outcome.status, outcome.reason, list(outcome.extra))
+        self.obs.response(trunk.name, "sent", outcome.status)
+        return False
 
     def _refused_by_uas_checks(self, ep: Endpoint, msg: Any, addr: Addr) -> bool:
         """RFC 3261 §8.2 checks a UAS makes before acting on a new request; True when answered."""
@@ -539,6 +575,8 @@ class B2BUA:
             return
         if self._refused_by_uas_checks(ep, msg, addr):
             return
+        if not self._authenticated(ep, msg, addr, trunk, now):
+            return
         admit = self.admission.admit_invite(addr[0], trunk.name, now)
         if not isinstance(admit, Admit):
             self.obs.overload(admit.reason)
@@ -555,6 +593,8 @@ class B2BUA:
         a.routes = [f"<{rr.uri}>" if not str(rr).startswith("<") else str(rr) for rr in msg.record_routes]
         call = Call(trunk, a, stx, admit.slot, now)
         call.passes = rt.passes.get(trunk.name)
+        if rt.auth is not None and rt.auth.applies(trunk.name):
+            call.auth = rt.auth
         stx.call = call
         self.calls_a[stx.call_id] = call
         self.server_tx[stx.branch] = stx
@@ -682,7 +722,7 @@ class B2BUA:
         passes = call.passes
         passes = passes or _NO_PASS
         pai = passes.allows("p-asserted-identity")
-        lines.extend(_pick_headers(msg, passes.invite))
+        lines.extend(_pick_headers(msg, passes.invite, call.auth.ours if call.auth is not None else None))
         if pai:
             lines.extend(f"P-Asserted-Identity: {v}" for v in _hidden_identities(msg, host))
         body = msg.body or b""
@@ -1205,7 +1245,8 @@ class B2BUA:
             elif len(rack) == 3:
                 lines.append(f"RAck: {rack[0]} {call.a_tx.cseq.split()[0]} {rack[2]}")
         passes = call.passes
-        lines.extend(_pick_headers(msg, (passes or _NO_PASS).dialog))
+        drop = call.auth.ours if call.auth is not None and ep.side == INSIDE else None
+        lines.extend(_pick_headers(msg, (passes or _NO_PASS).dialog, drop))
         data = wire.build_request(method, leg.target, lines, msg.body or b"")
         ctx = ClientTx(call, to_side, method, cseq, branch, data, lep, leg.addr, stx)
         if method == "INVITE":
