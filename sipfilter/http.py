@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-import importlib
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
@@ -21,6 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from sipfilter import metrics
+from sipfilter.admin_api import add_admin_routes
 
 log = logging.getLogger("sipfilter.http")
 
@@ -132,20 +132,9 @@ def make_admin_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     if get_store is not None:
-        admin_api = _optional("sipfilter.admin_api")
-        if admin_api is not None and hasattr(admin_api, "add_admin_routes"):
-            # The middleware already checks the token: the API need not check it twice.
-            admin_api.add_admin_routes(app, get_store, normaliser=normaliser, region=region, token=None)
+        # The middleware already checks the token: the API need not check it twice.
+        add_admin_routes(app, get_store, normaliser=normaliser, region=region, token=None)
     return app
-
-
-def _optional(module: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name != module:
-            raise
-        return None
 
 
 class AdminServer:
