@@ -447,3 +447,29 @@ def test_2xx_after_the_call_ended_is_acked_and_hung_up_once(rig: Rig) -> None:
     rig.clock.advance(60)
     _nothing_left(rig)
     assert gauge.value == 0  # the ended call is not revived (and released a second time) by the 2xx
+
+
+def test_early_bye_from_dialer_cancels_the_carrier_and_ends_everything(rig: Rig) -> None:
+    raw = invite()
+    rig.from_dialer(raw)
+    (b_inv,) = _requests(rig.outside.take(), "INVITE")
+    rig.from_carrier(answer(b_inv, 180))
+    ringing = next(r for r in rig.inside.take() if r.status == 180)
+    a_inv = parse(raw)
+    bye = (
+        "BYE sip:sipfilter@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.9:5999;branch=z9hG4bKdbye\r\n"
+        f"Max-Forwards: 70\r\nFrom: {a_inv.headers.get('From')}\r\nTo: {ringing.headers.get('To')}\r\n"
+        f"Call-ID: {a_inv.call_id}\r\nCSeq: 11 BYE\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    rig.from_dialer(bye)
+    assert [(r.status, r.cseq.method) for r in _responses(rig.inside.take())] == [(487, "INVITE")]
+    out = rig.outside.take()
+    (b_bye,) = _requests(out, "BYE")
+    (b_cancel,) = _requests(out, "CANCEL")
+    rig.from_carrier(answer(b_bye, 200, to_tag=""))
+    assert [(r.status, r.cseq.method) for r in _responses(rig.inside.take())] == [(200, "BYE")]
+    rig.from_carrier(answer(b_cancel, 200, to_tag=""))
+    rig.from_carrier(answer(b_inv, 487))
+    assert _requests(rig.outside.take(), "ACK")
+    rig.clock.advance(120)
+    _nothing_left(rig)
