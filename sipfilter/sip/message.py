@@ -435,7 +435,7 @@ class Request(Message):
         return True
 
     def _start_line(self) -> str:
-        if not g.TOKEN_RE.fullmatch(self.method) or not _URI_TEXT.fullmatch(self._uri):
+        if not g.TOKEN_RE.fullmatch(self.method) or not _URI_TEXT(self._uri):
             raise ValueError(f"invalid request line: {self.method!r} {self._uri!r}")
         return f"{self.method} {self._uri} SIP/2.0"
 
@@ -528,7 +528,8 @@ def _new_request(method: str, uri: str, headers: Headers, body: bytes) -> Reques
     return req
 
 
-_URI_TEXT: Final = re.compile(r"[^\s\x00-\x1f\x7f]+")
+_URI_TEXT_RE: Final = re.compile(r"[^\s\x00-\x1f\x7f]+")  # the uri group of REQUEST_LINE_RE
+_URI_TEXT: Final = _URI_TEXT_RE.fullmatch
 
 
 # --- semantic validation ---------------------------------------------------------------------------------
@@ -632,14 +633,19 @@ def parse(data: bytes, limits: Limits | None = None, *, validate: bool = True) -
             raise ParseError("Invalid status code", is_request=False)
     else:
         is_req = True
-        rm = g.REQUEST_LINE_RE.fullmatch(first)
-        if rm is None:
-            word = first.partition(" ")[0]
-            method = word if g.TOKEN_RE.fullmatch(word) else None
-            raise ParseError("Malformed request line", is_request=True, method=method)
-        method, ruri_text, version = rm.groups()
-        if version != "2.0":
-            raise ParseError("Version Not Supported", 505, is_request=True, method=method)
+        parts = first.split(" ")
+        # The usual "METHOD uri SIP/2.0": exactly what REQUEST_LINE_RE would capture, without it.
+        if len(parts) == 3 and parts[2] == "SIP/2.0" and parts[0] in KNOWN_METHODS and _URI_TEXT(parts[1]):
+            method, ruri_text = parts[0], parts[1]
+        else:
+            rm = g.REQUEST_LINE_RE.fullmatch(first)
+            if rm is None:
+                word = first.partition(" ")[0]
+                method = word if g.TOKEN_RE.fullmatch(word) else None
+                raise ParseError("Malformed request line", is_request=True, method=method)
+            method, ruri_text, version = rm.groups()
+            if version != "2.0":
+                raise ParseError("Version Not Supported", 505, is_request=True, method=method)
     # Header lines are split with C-level str methods only; values keep their surrounding white space
     # until asked for (Headers._lazy). Every line must be `token SWS ":" ...` with no bare CR or LF.
     names: tuple[str, ...] = ()
