@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -30,13 +31,34 @@ from sipfilter.policy.verdict import Decision
 log = logging.getLogger(__name__)
 
 
+# One encoder for every line: json.dumps() with options builds a new JSONEncoder per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
+_second: tuple[int, str] = (-1, "")  # the last whole second formatted and its text (rebound atomically)
+
+
+def iso_ms(at: float) -> str:
+    """`at` as ISO 8601 UTC with milliseconds and a Z, exactly as datetime.isoformat(timespec="milliseconds")
+    writes it (µs rounded half-even, then truncated); the date part is formatted once per second."""
+    frac, whole = math.modf(at)
+    if at < 0 or not math.isfinite(at):
+        return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    us = round(frac * 1e6)
+    sec = int(whole)
+    if us >= 1_000_000:
+        sec, us = sec + 1, us - 1_000_000
+    global _second
+    cached_sec, text = _second
+    if cached_sec != sec:
+        text = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second = (sec, text)
+    return f"{text}.{us // 1000:03d}Z"
+
+
 def decision_record(facts: CallFacts, decision: Decision, account: str, mode: str) -> dict[str, Any]:
     """The audit record of one decision (also what `sipfilter check --json` shows of the numbers)."""
     v = decision.verdict
     return {
-        "time": datetime.fromtimestamp(facts.at, UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z"),
+        "time": iso_ms(facts.at),
         "trunk": facts.trunk,
         "account": account,
         "call_id": facts.call_id,
@@ -123,7 +145,7 @@ class AuditLog:
 
     def write(self, record: dict[str, Any]) -> bool:
         """Append one record as a JSON line; True when it reached the kernel. Never raises OSError."""
-        data = (json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str) + "\n").encode()
+        data = (_ENCODER.encode(record) + "\n").encode()
         with self._lock:
             try:
                 fd = self._open()

@@ -128,3 +128,17 @@ def test_unwritable_directory(tmp_path: Path) -> None:
     log = log_for(tmp_path)
     assert log.log_decision(facts(), DECISION, "acme", "enforce") is False
     assert log.failing and log.write_errors == 1
+
+
+@pytest.mark.parametrize(
+    "at",
+    [0.0, 1789574400.0, 1789574400.0005, 1789574400.9994999, 1789574400.9999996, 1e9 - 1e-7, 2.5e9 + 0.1234],
+)
+def test_time_field_matches_datetime_isoformat(at: float) -> None:
+    from datetime import UTC, datetime
+
+    from sipfilter.audit import iso_ms
+
+    expected = datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert iso_ms(at) == expected
+    assert iso_ms(at) == expected  # the cached second gives the same text
