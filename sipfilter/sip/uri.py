@@ -288,15 +288,18 @@ def fast_init(cls: type[T]) -> Callable[..., T]:
     """A positional constructor for a frozen slotted dataclass that skips the generated __init__.
 
     The parser builds these objects on the hot path, where frozen __init__ pays object.__setattr__ per
-    field (2-4x slower). Fields are set in declaration order through the slot descriptors; the caller
-    passes every field, already validated.
+    field (2-4x slower). The fields are stored on an instance of a mutable twin class with the very same
+    slots (plain attribute stores), whose __class__ is then set to `cls`: same memory layout, so the
+    result is an ordinary, frozen `cls` instance. The caller passes every field, already validated.
     """
     names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-    env: dict[str, object] = {"_new": object.__new__, "_cls": cls}
-    env.update({f"_set_{n}": getattr(cls, n).__set__ for n in names})
-    body = "".join(f"    _set_{n}(o, {n})\n" for n in names)
-    # Generated once per class at import time from the dataclass field names (identifiers only).
-    exec(f"def make({', '.join(names)}):\n    o = _new(_cls)\n{body}    return o\n", env)
+    twin = type(f"_Mutable{cls.__name__}", (), {"__slots__": cls.__dict__["__slots__"]})
+    object.__new__(twin).__class__ = cls  # type: ignore[assignment]  # TypeError now if layouts differ
+    env: dict[str, object] = {"_new": object.__new__, "_cls": cls, "_twin": twin}
+    body = "".join(f"    o.{n} = {n}\n" for n in names)
+    head = f"def make({', '.join(names)}):\n    o = _new(_twin)\n"
+    source = f"{head}{body}    o.__class__ = _cls\n    return o\n"
+    exec(source, env)  # generated once per class at import time from its field names (identifiers only)
     make = env["make"]
     return make  # type: ignore[return-value]
 

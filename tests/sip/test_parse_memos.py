@@ -125,3 +125,16 @@ def test_cseq_fast_path_matches_pattern() -> None:
     for bad in (" INVITE", "1 INVITE x", "-1 INVITE", "1 INV ITE"):
         with pytest.raises(ParseError):
             h.parse_cseq(bad)
+
+
+def test_fast_init_builds_ordinary_frozen_instances() -> None:
+    import dataclasses
+    import pickle
+
+    via = h._new_via("UDP", "h", 5060, {"branch": "z9hG4bK-1"}, "SIP/2.0", "raw")
+    assert type(via) is h.Via and via == h.Via("UDP", "h", 5060, {"branch": "z9hG4bK-1"}, "SIP/2.0", "raw")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        via.host = "x"  # type: ignore[misc]
+    uri = parse_uri("sip:alice@example.com:5070;transport=tcp")
+    assert type(uri) is u.SipUri and hash(uri.scheme) and dataclasses.replace(uri, port=1).port == 1
+    assert pickle.loads(pickle.dumps(h.parse_cseq("7 BYE"))) == h.CSeq(7, "BYE")
