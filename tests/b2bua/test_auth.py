@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
-from b2bua_rig import FakeEndpoint, ManualClock, Rig, StubPolicy, invite, write_config
+from b2bua_rig import FakeEndpoint, ManualClock, Rig, StubPolicy, answer, invite, write_config
 
 from sipfilter.b2bua.auth import Passed, Refused
 from sipfilter.b2bua.core import B2BUA, compile_runtime
@@ -233,3 +233,22 @@ def test_authenticator_is_built_once_and_kept_across_an_unchanged_reload(tmp_pat
     (tmp_path / "nonce.keys").unlink()
     with pytest.raises(ConfigError, match="nonce secrets file"):
         compile_runtime(load_config(config.path), StubPolicy(), store=None)
+
+
+def test_in_dialog_requests_do_not_carry_our_credentials_to_the_carrier(rig: Rig) -> None:
+    challenge = _challenges(_challenged(rig, "auth-dialog"))[0]
+    creds = _credentials(challenge)
+    rig.from_dialer(_retry("auth-dialog", creds))
+    (b_inv,) = rig.outside.take()
+    rig.from_carrier(answer(b_inv, 200))
+    ok = next(r for r in rig.inside.take() if r.status == 200)
+    head = (
+        "{m} sip:sipfilter@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.9:5999;branch=z9hG4bK{m}\r\n"
+        f"Max-Forwards: 70\r\nFrom: {ok.headers.get('From')}\r\nTo: {ok.headers.get('To')}\r\n"
+        "Call-ID: auth-dialog\r\nCSeq: {n} {m}\r\n"
+    )
+    rig.from_dialer((head.format(m="ACK", n=11) + "Content-Length: 0\r\n\r\n").encode())
+    rig.outside.take()
+    rig.from_dialer((head.format(m="BYE", n=12) + creds + "Content-Length: 0\r\n\r\n").encode())
+    (b_bye,) = rig.outside.take()
+    assert b_bye.method == "BYE" and b_bye.headers.get_all("Proxy-Authorization") == []
