@@ -694,9 +694,16 @@ class CSeq:
 
 
 def parse_cseq(value: str) -> CSeq:
+    cseq = _CSEQ_MEMO.get(value)  # "1 INVITE", "2 BYE"...: immutable values, shared
+    if cseq is not None:
+        return cseq
     digits, _, method = value.partition(" ")
     if method in _METHOD_NAMES and digits.isdigit() and digits.isascii() and len(digits) <= 9:
-        return _new_cseq(int(digits), method)  # the usual "<n> METHOD": what CSEQ_RE would give
+        cseq = _new_cseq(int(digits), method)  # the usual "<n> METHOD": what CSEQ_RE would give
+        if len(_CSEQ_MEMO) >= _MEMO_MAX:
+            _CSEQ_MEMO.clear()
+        _CSEQ_MEMO[value] = cseq
+        return cseq
     m = _CSEQ_FULL(value)
     if m is None:
         raise ParseError("Malformed CSeq")
@@ -710,6 +717,7 @@ def parse_cseq(value: str) -> CSeq:
 
 
 _CSEQ_FULL: Final = g.CSEQ_RE.fullmatch
+_CSEQ_MEMO: Final[dict[str, CSeq]] = {}
 _METHOD_NAMES: Final = frozenset(
     {"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH",
      "INFO", "REFER", "MESSAGE", "UPDATE"}

@@ -163,7 +163,17 @@ def _int_header(h: Headers, key: str, what: str) -> int | None:
 
 
 def _max_forwards(h: Headers) -> int | None:
+    keys = h._keys
+    if keys.count("max-forwards") == 1:
+        i = keys.index("max-forwards")
+        items = h._items
+        small = _SMALL_INTS.get(h._raw[i].strip(" \t") if items is None else items[i][1])
+        if small is not None:
+            return small  # "70": what _int_header gives, without its checks
     return _int_header(h, "max-forwards", "Max-Forwards")
+
+
+_SMALL_INTS: Final = {str(i): i for i in range(256)}
 
 
 def _expires(h: Headers) -> int | None:
