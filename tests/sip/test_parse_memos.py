@@ -138,3 +138,24 @@ def test_fast_init_builds_ordinary_frozen_instances() -> None:
     uri = parse_uri("sip:alice@example.com:5070;transport=tcp")
     assert type(uri) is u.SipUri and hash(uri.scheme) and dataclasses.replace(uri, port=1).port == 1
     assert pickle.loads(pickle.dumps(h.parse_cseq("7 BYE"))) == h.CSeq(7, "BYE")
+
+
+@pytest.mark.parametrize("value", ["70", "0", "255", "007", "256", "4294967295", "70 ", "+1", "x"])
+def test_max_forwards_table_matches_general_check(value: str) -> None:
+    from sipfilter.sip import message as m
+
+    heads = m.Headers([("Max-Forwards", value.strip())])
+    try:
+        expected: int | str | None = m._int_header(heads, "max-forwards", "Max-Forwards")
+    except ParseError as exc:
+        expected = str(exc)
+    try:
+        got: int | str | None = m._max_forwards(heads)
+    except ParseError as exc:
+        got = str(exc)
+    assert got == expected
+
+
+def test_cseq_memo_shares_equal_values() -> None:
+    h._CSEQ_MEMO.clear()
+    assert h.parse_cseq("3 BYE") is h.parse_cseq("3 BYE") == h.CSeq(3, "BYE")
