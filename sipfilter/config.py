@@ -371,6 +371,7 @@ class HeaderMatch:
 class TrunkMatch:
     sources: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     header: HeaderMatch | None = None
+    ports: frozenset[int] = frozenset()  # source ports; empty = any port
 
 
 @dataclass(frozen=True, slots=True)
@@ -586,7 +587,7 @@ def _trunk(name: str, s: Section, pack_names: Iterable[str]) -> TrunkConfig:
     if not _TOKEN_RE.match(name):
         raise ConfigError("trunk names are letters, digits, _ . : -", s.file, s.line, s.path)
     m = s.section("match")
-    m.only(["sources", "header"])
+    m.only(["sources", "ports", "header"])
     sources = []
     for i, src in enumerate(m.str_list("sources")):
         try:
@@ -600,6 +601,12 @@ def _trunk(name: str, s: Section, pack_names: Iterable[str]) -> TrunkConfig:
         header = HeaderMatch(h.str("name"), h.str("value"))
     if not sources:
         raise m.error("sources", "at least one source address or network is required")
+    ports = []
+    if m.has("ports"):
+        for i, port in enumerate(m.list("ports", None)):
+            if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+                raise m.item_error("ports", i, f"not a port number (1-65535): {port!r}")
+            ports.append(port)
     account = s.str("account")
     if not _TOKEN_RE.match(account):
         raise s.error("account", "letters, digits, _ . : - only")
@@ -649,7 +656,7 @@ def _trunk(name: str, s: Section, pack_names: Iterable[str]) -> TrunkConfig:
     sector = s.str("sector", None, nullable=True)
     return TrunkConfig(
         name=name,
-        match=TrunkMatch(tuple(sources), header),
+        match=TrunkMatch(tuple(sources), header, frozenset(ports)),
         account=account,
         rule_pack=pack,
         mode=s.choice("mode", ("enforce", "monitor"), "enforce"),

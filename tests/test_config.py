@@ -63,6 +63,12 @@ def example_with(tmp_path: Path, old: str, new: str) -> tuple[Path, int]:
         ("port: 9090", "port: 99999", "admin.port", "<= 65535"),
         ("backend: embedded", "backend: postgres", "store.backend", "embedded, redis"),
         ('sources: ["127.0.0.0/8"]', 'sources: ["127.0.0.300/8"]', "trunks.dialer.match.sources[0]", "CIDR"),
+        (
+            "# header: { name: X-Trunk, value: dialer }",
+            "ports: [5060, 70000]",
+            "trunks.dialer.match.ports[1]",
+            "not a port number",
+        ),
         ("rule_pack: fr", "rule_pack: de", "trunks.dialer.rule_pack", "no rule pack named 'de'"),
         ("on_store_error: reject", "on_store_error: maybe", "trunks.dialer.on_store_error", "reject, allow"),
         ("on_write_error: keep-relaying", "on_write_error: panic", "audit.on_write_error", "keep-relaying"),
@@ -265,3 +271,9 @@ def test_limits_and_auth_sections(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no trunk named 'dailer'") as err:
         load_config(write(tmp_path, bad))
     assert err.value.field == "auth.trunks[0]"
+
+
+def test_match_ports_narrow_a_trunk(tmp_path: Path) -> None:
+    path, _ = example_with(tmp_path, "# header: { name: X-Trunk, value: dialer }", "ports: [5062]")
+    trunk = load_config(path).trunks["dialer"]
+    assert trunk.match.ports == frozenset({5062})

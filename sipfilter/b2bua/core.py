@@ -420,7 +420,7 @@ class B2BUA:
             return  # a response: drop
         if getattr(exc, "method", None) == "ACK" or (msg is not None and msg.method == "ACK"):
             return
-        if ep.side == INSIDE and self.rt.matcher.match(addr[0]) is None:
+        if ep.side == INSIDE and self.rt.matcher.match(addr[0], port=addr[1]) is None:
             return  # unknown source: never answered
         if ep.side == OUTSIDE and not self._known_carrier(addr):
             return
@@ -469,7 +469,7 @@ class B2BUA:
                 return
             self._new_invite(ep, msg, addr)
             return
-        trunk = self.rt.matcher.match(addr[0], msg.headers.get)
+        trunk = self.rt.matcher.match(addr[0], msg.headers.get, addr[1])
         if trunk is None:
             self._unknown_source(ep, msg, addr)
             return
@@ -559,7 +559,7 @@ class B2BUA:
 
     def _new_invite(self, ep: Endpoint, msg: Any, addr: Addr) -> None:
         rt = self.rt
-        trunk = rt.matcher.match(addr[0], msg.headers.get)
+        trunk = rt.matcher.match(addr[0], msg.headers.get, addr[1])
         if trunk is None:
             self._unknown_source(ep, msg, addr)
             return
@@ -1190,7 +1190,7 @@ class B2BUA:
         if call is None or not ok:
             if ep.side == OUTSIDE and not self._known_carrier(addr):
                 return
-            if ep.side == INSIDE and self.rt.matcher.match(addr[0]) is None:
+            if ep.side == INSIDE and self.rt.matcher.match(addr[0], port=addr[1]) is None:
                 return
             self._stateless(ep, addr, msg, 481, "")
             return

@@ -17,7 +17,8 @@ DOWN_AFTER_FAILURES = 1  # one INVITE timeout / failed probe takes a target out 
 
 
 class TrunkMatcher:
-    """Source IP (CIDR) → trunk, most specific network first; a header narrows trunks sharing a network."""
+    """Source IP (CIDR) and port → trunk, most specific network first; a port list or a header narrows
+    trunks sharing a network."""
 
     def __init__(self, trunks: Mapping[str, TrunkConfig]) -> None:
         rows: list[tuple[int, Any, TrunkConfig]] = []
@@ -41,9 +42,14 @@ class TrunkMatcher:
             self._cache[ip] = found
         return found
 
-    def match(self, ip: str, header: Callable[[str], str | None] | None = None) -> TrunkConfig | None:
-        """The trunk of a request from `ip`; `header(name)` returns the request's header value."""
+    def match(
+        self, ip: str, header: Callable[[str], str | None] | None = None, port: int | None = None
+    ) -> TrunkConfig | None:
+        """The trunk of a request from `ip`:`port`; `header(name)` returns the request's header value."""
         for trunk in self.candidates(ip):
+            ports = trunk.match.ports
+            if ports and port not in ports:
+                continue
             want = trunk.match.header
             if want is None:
                 return trunk

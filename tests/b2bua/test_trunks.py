@@ -1,0 +1,51 @@
+"""Trunk matching: most specific network first, then source port and header narrowing."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import replace
+
+from sipfilter.b2bua.trunks import TrunkMatcher
+from sipfilter.config import HeaderMatch, TrunkConfig, TrunkMatch, load_config
+
+EXAMPLE = load_config("config/sipfilter.yaml").trunks["dialer"]
+
+
+def trunk(
+    name: str, cidr: str, ports: tuple[int, ...] = (), header: HeaderMatch | None = None
+) -> TrunkConfig:
+    match = TrunkMatch((ipaddress.ip_network(cidr),), header, frozenset(ports))
+    return replace(EXAMPLE, name=name, match=match)
+
+
+def test_most_specific_network_wins() -> None:
+    m = TrunkMatcher({"wide": trunk("wide", "10.0.0.0/8"), "narrow": trunk("narrow", "10.1.2.0/24")})
+    assert m.match("10.1.2.3").name == "narrow"  # type: ignore[union-attr]
+    assert m.match("10.9.9.9").name == "wide"  # type: ignore[union-attr]
+    assert m.match("192.0.2.1") is None
+    assert m.match("not-an-ip") is None
+
+
+def test_source_port_narrows_trunks_sharing_an_address() -> None:
+    m = TrunkMatcher(
+        {
+            "dialer-a": trunk("dialer-a", "10.0.0.5/32", ports=(5060,)),
+            "dialer-b": trunk("dialer-b", "10.0.0.5/32", ports=(5062, 5064)),
+        }
+    )
+    assert m.match("10.0.0.5", port=5060).name == "dialer-a"  # type: ignore[union-attr]
+    assert m.match("10.0.0.5", port=5064).name == "dialer-b"  # type: ignore[union-attr]
+    assert m.match("10.0.0.5", port=5070) is None  # a port no trunk lists: unknown source
+    assert m.match("10.0.0.5") is None
+
+
+def test_header_narrows_trunks_sharing_a_network() -> None:
+    m = TrunkMatcher(
+        {
+            "a": trunk("a", "10.0.0.0/24", header=HeaderMatch("X-Trunk", "a")),
+            "b": trunk("b", "10.0.0.0/24", header=HeaderMatch("X-Trunk", "b")),
+        }
+    )
+    assert m.match("10.0.0.1", {"X-Trunk": "b"}.get).name == "b"  # type: ignore[union-attr]
+    assert m.match("10.0.0.1", {"X-Trunk": "c"}.get) is None
+    assert m.match("10.0.0.1") is None
