@@ -596,6 +596,16 @@ _SIMPLE_NAME_ADDR_FULL: Final = re.compile(
 
 
 def _parse_name_addr(value: str, what: str) -> NameAddr:
+    if value[:1] == "<" and value[-1:] == ">":
+        # Bare "<uri>" (a To without tag): the patterns' `<([^<>\s]+)>`, with str methods only
+        # (str.split() and re's \s both use Unicode white space).
+        uri_text = value[1:-1]
+        if "<" not in uri_text and ">" not in uri_text and uri_text.split() == [uri_text]:
+            try:
+                uri = parse_uri(uri_text)
+            except ParseError:
+                raise ParseError(f"Malformed {what}") from None
+            return _new_name_addr(uri, None, _NO_PARAMS, value)
     s = _SIMPLE_NAME_ADDR_FULL(value)
     if s is not None:
         display, uri_text, params_text = s.groups()

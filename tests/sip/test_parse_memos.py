@@ -109,11 +109,21 @@ def test_uri_host_part_memo_keeps_errors_and_other_schemes() -> None:
         '"a\\"b" <sip:a@b>',
         '<sip:a@b>;x="q"',
         " <sip:a@b> ",
+        "<sip:a@b>",
+        "<sip:a\u00a0b@c>",
+        "<sip:a@b\x1f>",
+        "<>",
+        "<sip:a<b>",
     ],
 )
 def test_simple_name_addr_path_matches_general_pattern(value: str) -> None:
     _fresh()
-    (general,) = h.parse_name_addrs([value], single=True, what="To header")
+    try:
+        (general,) = h.parse_name_addrs([value], single=True, what="To header")
+    except ParseError as exc:
+        with pytest.raises(ParseError, match=str(exc)):
+            h._parse_name_addr(value, "To header")
+        return
     got = h._parse_name_addr(value, "To header")
     assert got == general and got.raw == general.raw
     assert list(got.params.items()) == list(general.params.items())
