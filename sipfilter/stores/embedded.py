@@ -66,6 +66,10 @@ class EmbeddedStore:
         self._last_prune = 0.0
         self._watcher: asyncio.Task[None] | None = None
         self._load_lock = asyncio.Lock()  # a slower load must never swap in an older snapshot
+        # Attempts of one event-loop iteration share one write transaction, committed by a call_soon
+        # callback: the per-call COMMIT was most of the store's cost under load (see _open_batch).
+        self._batch_open = False
+        self._batch_deferred = False
 
     @classmethod
     async def open(cls, data_dir: Path, *, watch: bool = True, poll_interval: float = 1.0,
@@ -98,6 +102,7 @@ class EmbeddedStore:
             await self._load_lists_locked()
 
     async def _load_lists_locked(self) -> None:
+        self._commit_batch()  # a fresh snapshot
         rows = self._db.execute("SELECT name, version, count, imported_at, source_name, source_size,"
                                 " source_sha256, file FROM lists").fetchall()
         sets, infos = dict(self._sets), dict(self._infos)
@@ -141,6 +146,7 @@ class EmbeddedStore:
                 now = time.time()
                 if self._max_window and now - self._last_prune > PRUNE_EVERY_S:
                     self._last_prune = now
+                    self._commit_batch()
                     self._db.execute("DELETE FROM attempts WHERE at < ?", (now - self._max_window,))
                 self.health.ok()
             except (sqlite3.Error, OSError) as exc:
@@ -159,13 +165,13 @@ class EmbeddedStore:
         try:
             # Three short steps, so the proxy's counters never wait on our file write for the write lock:
             # take a version number, write the file aside, then switch the row (the atomic moment).
-            with _immediate(db):
+            with self._tx():
                 db.execute("INSERT INTO meta VALUES('list_seq', 1)"
                            " ON CONFLICT(key) DO UPDATE SET value=value+1")
                 version = int(db.execute("SELECT value FROM meta WHERE key='list_seq'").fetchone()[0])
             file = f"{name}.v{version}.roaring"
             await asyncio.to_thread(_write_atomically, self.data_dir / LISTS_DIR / file, data)
-            with _immediate(db):
+            with self._tx():
                 row = db.execute("SELECT file, version FROM lists WHERE name=?", (name,)).fetchone()
                 if row is not None and row[1] > version:
                     old = file  # a concurrent import switched to a newer version: ours is already stale
@@ -183,6 +189,7 @@ class EmbeddedStore:
         return self._infos[name]
 
     async def delete_list(self, name: str) -> bool:
+        self._commit_batch()
         try:
             row = self._db.execute("DELETE FROM lists WHERE name=? RETURNING file", (name,)).fetchone()
         except sqlite3.Error as exc:
@@ -225,7 +232,7 @@ class EmbeddedStore:
         rows = [(r.account, r.number, r.granted_at, r.proof, r.revoked_at, r.hours) for r in records]
         try:
             for start in range(0, len(rows), 5000):  # short transactions: the proxy's writes interleave
-                with _immediate(db):
+                with self._tx():
                     db.executemany("INSERT INTO consents(account, number, granted_at, proof, revoked_at,"
                                    " hours) VALUES(?,?,?,?,?,?)", rows[start : start + 5000])
                 await asyncio.sleep(0)
@@ -256,12 +263,14 @@ class EmbeddedStore:
         return tuple(ContractRecord(account, number, *row) for row in rows)
 
     def _write(self, sql: str, params: tuple[object, ...]) -> int:
+        self._commit_batch()
         try:
             return self._db.execute(sql, params).rowcount
         except sqlite3.Error as exc:
             raise self.health.failed(exc) from exc
 
     def _read(self, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
+        self._commit_batch()  # what another handle or process reads next includes our attempts
         try:
             return self._db.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
@@ -274,21 +283,68 @@ class EmbeddedStore:
         self._max_window = max(self._max_window, window_s)
         db = self._db
         try:
-            # IMMEDIATE takes the write lock first, so a concurrent CLI cannot interleave (no await inside).
-            with _immediate(db):
-                row = db.execute("SELECT at FROM refusals WHERE account=? AND number=?",
-                                 (account, number)).fetchone()
-                refused_at = row[0] if row else None
-                n = db.execute("SELECT count(*) FROM attempts WHERE account=? AND number=? AND at>?",
-                               (account, number, now - window_s)).fetchone()[0]
-                allowed = n < cap and (refused_at is None or refused_at <= now - refusal_cooldown_s)
-                if allowed:
-                    db.execute("INSERT INTO attempts VALUES(?,?,?)", (account, number, now))
-                    n += 1
+            # IMMEDIATE takes the write lock first, so a concurrent CLI cannot interleave (no await inside);
+            # the transaction stays open for the rest of this loop iteration (_open_batch).
+            self._open_batch()
+            row = db.execute("SELECT at FROM refusals WHERE account=? AND number=?",
+                             (account, number)).fetchone()
+            refused_at = row[0] if row else None
+            n = db.execute("SELECT count(*) FROM attempts WHERE account=? AND number=? AND at>?",
+                           (account, number, now - window_s)).fetchone()[0]
+            allowed = n < cap and (refused_at is None or refused_at <= now - refusal_cooldown_s)
+            if allowed:
+                db.execute("INSERT INTO attempts VALUES(?,?,?)", (account, number, now))
+                n += 1
+            if not self._batch_deferred:
+                self._commit_batch()
         except sqlite3.Error as exc:
+            self._rollback_batch()
             raise self.health.failed(exc) from exc
         self.health.ok()
         return AttemptDecision(allowed, n, refused_at)
+
+    def _open_batch(self) -> None:
+        """Join the open write transaction or begin one, committed once the callbacks of the current
+        event-loop iteration have run. The counters stay exact (this connection reads its own uncommitted
+        rows), the write lock is held one iteration at most, and a crash loses at most the attempts decided
+        in that iteration; under load an iteration handles many datagrams, so one COMMIT serves many calls."""
+        if self._batch_open:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop: an ordinary transaction, committed before returning
+            loop = None
+        self._db.execute("BEGIN IMMEDIATE")
+        self._batch_open = True
+        self._batch_deferred = loop is not None
+        if loop is not None:
+            loop.call_soon(self._commit_batch)
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[None]:
+        """A write transaction of its own (the open attempts batch is committed first)."""
+        self._commit_batch()
+        with _immediate(self._db):
+            yield
+
+    def _commit_batch(self) -> None:
+        """Commit the open attempts transaction (also before any other use of the connection)."""
+        if not self._batch_open:
+            return
+        self._batch_open = False
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            log.error("embedded store: committing recorded attempts failed: %s", exc)
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            self.health.failed(exc)
+
+    def _rollback_batch(self) -> None:
+        if self._batch_open:
+            self._batch_open = False
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
 
     async def attempts(self, account: str, number: str, now: float, window_s: float) -> int:
         rows = self._read("SELECT count(*) FROM attempts WHERE account=? AND number=? AND at>?",
@@ -309,6 +365,7 @@ class EmbeddedStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
             self._watcher = None
+        self._commit_batch()
         self._db.close()
 
 
