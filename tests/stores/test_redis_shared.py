@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import RedisServer
+from redis_server import RedisServer
 
 from sipfilter.config import load_config
 from sipfilter.policy.engine import PolicyEngine

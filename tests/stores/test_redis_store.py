@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import RedisServer, free_port
+from redis_server import RedisServer, free_port
 
 from sipfilter.stores.base import ConsentRecord, StoreUnavailable
 from sipfilter.stores.importer import SourceInfo
