@@ -9,15 +9,14 @@ import asyncio
 import contextlib
 import functools
 import gc
-import importlib
 import logging
 import os
 import signal
 import time
 from typing import Any
 
+from sipfilter import metrics
 from sipfilter.b2bua.core import B2BUA, INSIDE, OUTSIDE, compile_runtime
-from sipfilter.b2bua.observe import Observer
 from sipfilter.config import Config, ConfigError, Listen, load_config
 from sipfilter.policy.engine import PolicyEngine
 from sipfilter.sip import Limits, ParseError, parse
@@ -35,15 +34,6 @@ DRAIN_POLL_S = 0.1
 GC_THRESHOLDS = (20_000, 20, 50)
 
 
-def _optional(module: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name != module:
-            raise
-        return None
-
-
 class App:
     """One running sipfilter process."""
 
@@ -54,7 +44,6 @@ class App:
         self.audit: Any = None
         self.endpoints: list[Endpoint] = []
         self.admin: Any = None
-        self.metrics = _optional("sipfilter.metrics")
         self.ready = False
         self.draining = False
         self._stop = asyncio.Event()
@@ -78,7 +67,7 @@ class App:
             runtime,
             parse=functools.partial(parse, limits=limits),
             parse_error=ParseError,
-            observer=make_observer(self.metrics),
+            observer=metrics.PrometheusObserver(),
         )
         for side, listens in ((INSIDE, config.sip.inside), (OUTSIDE, config.sip.outside)):
             for listen in listens:
@@ -93,7 +82,7 @@ class App:
                                 "calls to it will be refused 503", trunk.name, target.uri, target.transport,
                                 target.transport)  # fmt: skip
         await self._start_admin()
-        _count_reload(self.metrics, "ok")  # the first load counts: the timestamp says which config runs
+        metrics.record_reload(True)  # the first load counts: the timestamp says which config runs
         loop = asyncio.get_running_loop()
         for sig, handler in ((signal.SIGHUP, self._on_sighup), (signal.SIGTERM, self._on_sigterm),
                              (signal.SIGINT, self._on_sigterm)):  # fmt: skip
@@ -131,10 +120,9 @@ class App:
         )
         self.admin = AdminServer(state, token=cfg.token, get_store=lambda: self.store,
                                  normaliser=normaliser_for(self.config))  # fmt: skip
-        if self.metrics is not None:
-            self.metrics.STATE.bind(store=lambda: self.store, config=lambda: self.config,
-                                    audit=lambda: self.audit, ready=state.ready,
-                                    targets=lambda: self.metrics.pool_targets(self.b2b))  # fmt: skip
+        metrics.STATE.bind(store=lambda: self.store, config=lambda: self.config,
+                           audit=lambda: self.audit, ready=state.ready,
+                           targets=lambda: metrics.pool_targets(self.b2b))  # fmt: skip
         await self.admin.start(cfg.host, cfg.port)
 
     def _lists_loaded(self) -> bool:
@@ -184,7 +172,7 @@ class App:
             runtime = compile_runtime(new, engine, self.store, self.audit, old=self.b2b.rt)
         except (ConfigError, OSError, ValueError) as exc:
             log.error("config reload refused, keeping the running config: %s", exc)
-            _count_reload(self.metrics, "error")
+            metrics.record_reload(False)
             return False
         if (new.sip.inside, new.sip.outside) != (old.sip.inside, old.sip.outside):
             log.warning("sip.inside/outside changed: listeners are kept until restart")
@@ -198,7 +186,7 @@ class App:
                 await refresh()
             except Exception as exc:
                 log.warning("list refresh on reload failed (the store keeps polling): %s", exc)
-        _count_reload(self.metrics, "ok")
+        metrics.record_reload(True)
         log.info("config reloaded from %s", new.path)
         return True
 
@@ -216,9 +204,6 @@ class App:
         assert self.b2b is not None
         timeout = self.config.sip.drain_timeout_s
         self.ready = False
-        if self.metrics is not None:
-            with contextlib.suppress(Exception):
-                self.metrics.READY.set(0)
         self.b2b.start_draining(max(1, round(timeout)))
         log.info("draining: %d call(s) in progress, up to %.0f s", self.b2b.active_calls, timeout)
         deadline = time.monotonic() + timeout
@@ -252,17 +237,6 @@ class App:
             with contextlib.suppress(Exception):
                 self.audit.close()
         log.info("sipfilter stopped")
-
-
-def _count_reload(metrics: Any, result: str) -> None:
-    if metrics is not None:
-        with contextlib.suppress(Exception):
-            metrics.record_reload(result == "ok")
-
-
-def make_observer(metrics: Any) -> Observer:
-    """The Prometheus-backed observer (sipfilter.metrics), or the no-op one without it."""
-    return metrics.PrometheusObserver() if metrics is not None else Observer()
 
 
 def run(config_path: str) -> int:
