@@ -18,7 +18,7 @@ from typing import Any
 from sipfilter.stores.base import AttemptDecision, ConsentRecord, ListInfo, StoreUnavailable
 from sipfilter.stores.importer import SourceInfo
 from sipfilter.stores.numberset import NumberSet
-from sipfilter.stores.writable import ContractRecord, Health, StoreError, check_list_name, log
+from sipfilter.stores.writable import ContractRecord, Health, LocalLists, StoreError, check_list_name, log
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -42,7 +42,7 @@ LISTS_DIR = "lists"
 PRUNE_EVERY_S = 600.0
 
 
-class EmbeddedStore:
+class EmbeddedStore(LocalLists):
     """See the module docstring. Open with `await EmbeddedStore.open(data_dir)`; `close()` when done."""
 
     def __init__(self, data_dir: Path, poll_interval: float = 1.0, busy_timeout_ms: int = 250):
@@ -83,19 +83,7 @@ class EmbeddedStore:
             store._watcher = asyncio.get_running_loop().create_task(store._watch())
         return store
 
-    # --- lists: read side ----------------------------------------------------------------------------
-    def list_contains(self, list_name: str, number: str) -> bool:
-        return number in self._sets[list_name]
-
-    def list_info(self, list_name: str) -> ListInfo | None:
-        return self._infos.get(list_name)
-
-    def list_names(self) -> list[str]:
-        return sorted(self._infos)
-
-    def list_numbers(self, name: str) -> NumberSet:
-        return self._sets[name]
-
+    # --- lists: loading (the read side is LocalLists) ---------------------------------------------
     async def _load_lists(self) -> None:
         """Load every list whose version changed; the old set answers until the new one is in memory."""
         async with self._load_lock:

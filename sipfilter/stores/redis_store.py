@@ -25,7 +25,14 @@ from redis.exceptions import RedisError
 from sipfilter.stores.base import AttemptDecision, ConsentRecord, ListInfo, StoreUnavailable
 from sipfilter.stores.importer import SourceInfo
 from sipfilter.stores.numberset import NumberSet
-from sipfilter.stores.writable import ContractRecord, Health, check_list_name, consent_in_force, log
+from sipfilter.stores.writable import (
+    ContractRecord,
+    Health,
+    LocalLists,
+    check_list_name,
+    consent_in_force,
+    log,
+)
 
 T = TypeVar("T")
 
@@ -170,7 +177,7 @@ def _stream_id(sid: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-class RedisStore:
+class RedisStore(LocalLists):
     """See the module docstring. Open with `await RedisStore.open(url)`; `close()` when done.
 
     URL: redis://, rediss:// or unix:// as redis-py reads it, plus `socket_timeout=` (seconds, call-path
@@ -237,18 +244,6 @@ class RedisStore:
         return f"{self.prefix}c:{{{account}{SEP}{number}}}:{kind}"
 
     # --- lists -------------------------------------------------------------------------------------------
-    def list_contains(self, list_name: str, number: str) -> bool:
-        return number in self._sets[list_name]
-
-    def list_info(self, list_name: str) -> ListInfo | None:
-        return self._infos.get(list_name)
-
-    def list_names(self) -> list[str]:
-        return sorted(self._infos)
-
-    def list_numbers(self, name: str) -> NumberSet:
-        return self._sets[name]
-
     async def _sync_lists(self) -> None:
         async with self._lists_lock:
             await self._sync_lists_locked()

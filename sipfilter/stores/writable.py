@@ -121,3 +121,25 @@ class Health:
     @property
     def up(self) -> bool:
         return self.down_since is None
+
+
+class LocalLists:
+    """The call path's list lookups, answered from this process's memory in both backends.
+
+    A backend loads each list version into `_sets`/`_infos` and swaps the dicts whole, so readers never
+    see a half-loaded list."""
+
+    _sets: dict[str, NumberSet]
+    _infos: dict[str, ListInfo]
+
+    def list_contains(self, list_name: str, number: str) -> bool:
+        return number in self._sets[list_name]
+
+    def list_info(self, list_name: str) -> ListInfo | None:
+        return self._infos.get(list_name)
+
+    def list_names(self) -> list[str]:
+        return sorted(self._infos)
+
+    def list_numbers(self, name: str) -> NumberSet:
+        return self._sets[name]
