@@ -304,6 +304,37 @@ class _ClientTransaction(_Transaction):
         self._interval: float = timers.t1
         self._started: bool = False
 
+    # Timer names of the subclass: request retransmission (unreliable only) and transaction timeout.
+    _RETRANSMIT_TIMER: str
+    _TIMEOUT_TIMER: str
+
+    def start(self) -> list[Action]:
+        """Send the request; arm retransmission (A or E, unreliable only) and timeout (B or F)."""
+        self._check_start()
+        out: list[Action] = [self._send]
+        if not self.reliable:
+            self._start(out, self._RETRANSMIT_TIMER, self._interval)
+        self._start(out, self._TIMEOUT_TIMER, self.timers.timeout)
+        return out
+
+    def handle(self, event: Event) -> list[Action]:
+        if not self._started:
+            raise TransactionError("start() the client transaction before feeding it events")
+        if type(event) is MessageReceived:
+            msg = event.msg
+            return self._on_response(msg) if type(msg) is Response else []
+        if type(event) is TimerFired:
+            return self._on_timer(event.name)
+        if type(event) is TransportError:
+            return self._client_transport_error(event)
+        raise TransactionError("a client transaction does not send responses")
+
+    def _on_response(self, resp: Response) -> list[Action]:
+        raise NotImplementedError
+
+    def _on_timer(self, name: str) -> list[Action]:
+        raise NotImplementedError
+
     def _client_transport_error(self, event: TransportError) -> list[Action]:
         state = self.state
         if state is _COMPLETED or state is _ACCEPTED:
@@ -321,6 +352,8 @@ class InviteClientTransaction(_ClientTransaction):
     """§17.1.1 (Figure 5) with RFC 6026: Calling → Proceeding → Completed | Accepted → Terminated."""
 
     __slots__ = ("_ack",)
+    _RETRANSMIT_TIMER = TIMER_A
+    _TIMEOUT_TIMER = TIMER_B
 
     def __init__(
         self, request: Request, *, reliable: bool = False, timers: TimerConfig = DEFAULT_TIMERS
@@ -340,27 +373,6 @@ class InviteClientTransaction(_ClientTransaction):
     def ack(self) -> Request | None:
         """The ACK generated for a non-2xx final response, once there is one."""
         return None if self._ack is None else self._ack.msg  # type: ignore[return-value]
-
-    def start(self) -> list[Action]:
-        """Send the INVITE; arm Timer A (unreliable only) and Timer B."""
-        self._check_start()
-        out: list[Action] = [self._send]
-        if not self.reliable:
-            self._start(out, TIMER_A, self._interval)
-        self._start(out, TIMER_B, self.timers.timeout)
-        return out
-
-    def handle(self, event: Event) -> list[Action]:
-        if not self._started:
-            raise TransactionError("start() the client transaction before feeding it events")
-        if type(event) is MessageReceived:
-            msg = event.msg
-            return self._on_response(msg) if type(msg) is Response else []
-        if type(event) is TimerFired:
-            return self._on_timer(event.name)
-        if type(event) is TransportError:
-            return self._client_transport_error(event)
-        raise TransactionError("a client transaction does not send responses")
 
     def _on_response(self, resp: Response) -> list[Action]:
         state = self.state
@@ -420,6 +432,8 @@ class NonInviteClientTransaction(_ClientTransaction):
     """§17.1.2 (Figure 6): Trying → Proceeding → Completed → Terminated."""
 
     __slots__ = ()
+    _RETRANSMIT_TIMER = TIMER_E
+    _TIMEOUT_TIMER = TIMER_F
 
     def __init__(
         self, request: Request, *, reliable: bool = False, timers: TimerConfig = DEFAULT_TIMERS
@@ -428,27 +442,6 @@ class NonInviteClientTransaction(_ClientTransaction):
             raise TransactionError(f"NonInviteClientTransaction cannot carry {request.method}")
         _ClientTransaction.__init__(self, request, reliable, timers)
         self.state = _TRYING
-
-    def start(self) -> list[Action]:
-        """Send the request; arm Timer E (unreliable only) and Timer F."""
-        self._check_start()
-        out: list[Action] = [self._send]
-        if not self.reliable:
-            self._start(out, TIMER_E, self._interval)
-        self._start(out, TIMER_F, self.timers.timeout)
-        return out
-
-    def handle(self, event: Event) -> list[Action]:
-        if not self._started:
-            raise TransactionError("start() the client transaction before feeding it events")
-        if type(event) is MessageReceived:
-            msg = event.msg
-            return self._on_response(msg) if type(msg) is Response else []
-        if type(event) is TimerFired:
-            return self._on_timer(event.name)
-        if type(event) is TransportError:
-            return self._client_transport_error(event)
-        raise TransactionError("a client transaction does not send responses")
 
     def _on_response(self, resp: Response) -> list[Action]:
         state = self.state
