@@ -3,6 +3,7 @@
 engine and embedded store, with recording endpoints instead of sockets. Prints µs of CPU per call.
 
     .venv/bin/python bench/b2bua.py --calls 5000 [--profile]
+    .venv/bin/python bench/b2bua.py --calls 1000000 --report-every 100000   # memory stays flat?
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import os
 import pstats
 import sys
 import tempfile
@@ -46,7 +48,12 @@ def _invite(i: int, callee: str, caller: str) -> bytes:
     ).encode()
 
 
-async def run(calls: int, reject_every: int, profile: bool) -> None:
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+async def run(calls: int, reject_every: int, profile: bool, report_every: int = 0) -> None:
     work = Path(tempfile.mkdtemp(prefix="sipfilter-bench-b2bua-"))
     ports = SipfilterPorts(*free_ports(3))
     config_path = write_config(work / "sipfilter.yaml", sipfilter_config(work, ports, [5071]))
@@ -65,6 +72,10 @@ async def run(calls: int, reject_every: int, profile: bool) -> None:
     if prof:
         prof.enable()
     for i in range(calls):
+        if report_every and i and i % report_every == 0:
+            print(f"{i:>9} calls: RSS {_rss_mib():7.1f} MiB, calls left {b2b.active_calls}, "
+                  f"transactions left {len(b2b.server_tx) + len(b2b.client_tx)}, timers pending "
+                  f"{len(clock.pending)}", flush=True)
         callee = CONSENTED[i % len(CONSENTED)]
         if reject_every and i % reject_every == 0:
             callee = "+33140000000"  # not a mobile/geographic callee the pack accepts: rejected
@@ -117,8 +128,9 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=5000)
     p.add_argument("--reject-every", type=int, default=3, help="every Nth call is rejected (0: none)")
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--report-every", type=int, default=0, help="print RSS and live state every N calls")
     a = p.parse_args()
-    asyncio.run(run(a.calls, a.reject_every, a.profile))
+    asyncio.run(run(a.calls, a.reject_every, a.profile, a.report_every))
 
 
 if __name__ == "__main__":
