@@ -7,7 +7,9 @@ kernel before the SIP answer goes out and survives a crash or restart of sipfilt
 (default: fsync of the finished file at each rotation, in a background thread) or `always` (fsync every
 line: durable against power loss, costs one disk flush per call on the event loop).
 Write errors (disk full, …) never raise into the call path: they set `failing`, count `write_errors` and the
-trunk-independent `on_write_error` policy tells the B2BUA whether to keep relaying (`should_relay`).
+trunk-independent `on_write_error` policy tells the B2BUA whether to keep relaying (`should_relay`). Every
+later write retries, on the same descriptor after ENOSPC/EDQUOT (space freed) or on a fresh one when the path
+now names another file (the full file moved away, a new volume mounted, a symlink repointed).
 """
 
 from __future__ import annotations
@@ -148,6 +150,11 @@ class AuditLog:
         data = (_ENCODER.encode(record) + "\n").encode()
         with self._lock:
             try:
+                if self.failing and self._fd is not None and not self._still_our_file():
+                    # The operator moved the full file away or pointed the path at another disk: follow it.
+                    os.close(self._fd)
+                    self._fd = None
+                    self._torn = False  # a torn line stays in the old file
                 fd = self._open()
                 if self._size and self._size + len(data) > self.max_bytes:
                     self._rotate()
@@ -172,6 +179,16 @@ class AuditLog:
                 )
             self.failing = False
             return True
+
+    def _still_our_file(self) -> bool:
+        """Whether the path still names the open file (checked only while failing: one stat per write)."""
+        assert self._fd is not None
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return False  # removed: reopen (creates it again)
+        own = os.fstat(self._fd)
+        return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
 
     def _failed(self, exc: OSError) -> None:
         self.write_errors += 1
@@ -207,6 +224,8 @@ class AuditLog:
                 try:
                     if self.fsync != "never":
                         os.fsync(self._fd)
+                except OSError as exc:  # disk gone or full at shutdown: say so, still close
+                    log.error("audit log %s fsync at close failed: %s", self.path, exc)
                 finally:
                     os.close(self._fd)
                     self._fd = None

@@ -142,3 +142,40 @@ def test_time_field_matches_datetime_isoformat(at: float) -> None:
     expected = datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     assert iso_ms(at) == expected
     assert iso_ms(at) == expected  # the cached second gives the same text
+
+
+def test_dev_full_then_path_repointed_recovers(tmp_path: Path) -> None:
+    """The real-process fault test's disk: a symlink to /dev/full (every write fails with ENOSPC), then
+    repointed at a real file. The log follows the path instead of writing to the old descriptor forever."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    path = tmp_path / "audit" / "decisions.jsonl"
+    path.parent.mkdir()
+    path.symlink_to("/dev/full")
+    log = log_for(tmp_path, policy="stop-relaying")
+    assert log.log_decision(facts("lost-1"), DECISION, "acme", "enforce") is False
+    assert log.log_decision(facts("lost-2"), DECISION, "acme", "enforce") is False
+    assert log.failing and not log.should_relay and log.write_errors == 2
+    assert "No space left" in log.last_error
+    real = tmp_path / "audit" / "real.jsonl"
+    real.touch()
+    tmp_link = tmp_path / "audit" / "link.tmp"
+    tmp_link.symlink_to(real)
+    os.replace(tmp_link, path)  # atomic repoint, as an operator would do
+    assert log.log_decision(facts("ok"), DECISION, "acme", "enforce")
+    assert not log.failing and log.should_relay and log.write_errors == 2
+    log.close()
+    lines = real.read_text().splitlines()
+    assert [json.loads(line)["call_id"] for line in lines] == ["ok"]
+
+
+def test_close_survives_fsync_failure(tmp_path: Path) -> None:
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    path = tmp_path / "audit" / "decisions.jsonl"
+    path.parent.mkdir()
+    path.symlink_to("/dev/full")
+    log = log_for(tmp_path, fsync="rotate")
+    log.log_decision(facts(), DECISION, "acme", "enforce")
+    log.close()  # fsync of a character device fails with EINVAL: logged, not raised
+    assert log._fd is None
