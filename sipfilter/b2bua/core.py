@@ -660,8 +660,9 @@ class B2BUA:
         if not verdict.allowed:
             self._answer_a(call, verdict.status, "", wire.verdict_lines(verdict, self.hostname))
             return
-        if not relay_ok:
-            self._answer_a(call, 503, "Service Unavailable", ["Retry-After: 60"])
+        if not relay_ok:  # audit.on_write_error: stop-relaying and the audit log cannot be written
+            warning = f'Warning: 399 {self.hostname} "audit log not writable (audit.on_write_error)"'
+            self._answer_a(call, 503, "Service Unavailable", ["Retry-After: 60", warning])
             return
         # The ring timeout runs from the relay decision: a rejected call never needs the timer.
         call.timers["ring"] = self._later(self.rt.timers.ring_timeout, self._ring_timeout, call)
@@ -787,9 +788,19 @@ class B2BUA:
             self._b_invite_failed(call, ctx, 408)
             return
         if ctx.origin is not None and ctx.method != "ACK":
+            if ctx.method == "INVITE":
+                call.reinvite.pop(ctx.side, None)  # else the next re-INVITE would get 491 forever
             self._relay_response_to(ctx.origin, 408, "Request Timeout", [], b"")
         if ctx.method == "BYE":
             self._end(call, "bye-timeout")
+        elif ctx.method != "ACK" and call.state in (ANSWERED, CONFIRMED):
+            # No answer inside the dialog: that leg is gone (§12.2.1.2), so is the call. BYE both legs.
+            log.info("no answer to %s on call %s: hanging up", ctx.method, call.a.call_id)
+            call.ended_by = "peer-timeout"
+            self._cancel_timer(call, "max")
+            self._send_bye(call, OUTSIDE)
+            self._send_bye(call, INSIDE)
+            self._end_soon(call)
 
     def _b_invite_failed(self, call: Call, ctx: ClientTx, status: int) -> None:
         trunk = call.trunk.name
@@ -1248,10 +1259,15 @@ class B2BUA:
         drop = call.auth.ours if call.auth is not None and ep.side == INSIDE else None
         lines.extend(_pick_headers(msg, (passes or _NO_PASS).dialog, drop))
         data = wire.build_request(method, leg.target, lines, msg.body or b"")
-        ctx = ClientTx(call, to_side, method, cseq, branch, data, lep, leg.addr, stx)
+        # A BYE cannot fail (§15.1.2): answer it at once, not when the other leg does. A dead carrier would
+        # hold the dialer for 64*T1, just when its own Timer F gives up; the B-leg BYE is now our own.
+        origin = None if method == "BYE" else stx
+        ctx = ClientTx(call, to_side, method, cseq, branch, data, lep, leg.addr, origin)
         if method == "INVITE":
             call.reinvite[to_side] = cseq
         self._send_client(ctx)
+        if method == "BYE":
+            self._respond(stx, 200, "OK", [], b"")
 
     def _forget_server(self, stx: ServerTx) -> None:
         if self.server_tx.get(stx.branch) is stx:
