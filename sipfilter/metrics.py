@@ -101,8 +101,23 @@ RETRANSMISSIONS = Counter(
     ["direction"], registry=REGISTRY,
 )  # fmt: skip
 OVERLOAD = Counter(
-    "sipfilter_overload_drops_total", "INVITEs refused before policy (rate limit, overload, draining)",
+    "sipfilter_overload_drops_total", "Requests refused before policy (rate limit, overload, draining)",
     ["reason"], registry=REGISTRY,
+)  # fmt: skip
+AUTH = Counter(
+    "sipfilter_auth_total",
+    "Digest authentication of dialer requests, result passed|challenged|stale|malformed|failed",
+    ["trunk", "result"], registry=REGISTRY,
+)  # fmt: skip
+FOREIGN_DOMAIN = Counter(
+    "sipfilter_request_uri_refused_total",
+    "New INVITEs refused 403 because the Request-URI host is not in the trunk's request_uri.domains",
+    ["trunk"], registry=REGISTRY,
+)  # fmt: skip
+TLS_FAILURES = Counter(
+    "sipfilter_tls_handshake_failures_total",
+    "TLS connections to a carrier target that failed: unknown-ca|hostname-mismatch|expired|not-yet-valid"
+    "|protocol|timeout|other", ["trunk", "target", "reason"], registry=REGISTRY,
 )  # fmt: skip
 LOOP_LAG = Gauge(
     "sipfilter_event_loop_lag_seconds", "Last measured asyncio event-loop lag", registry=REGISTRY
@@ -159,7 +174,8 @@ def clear_series() -> None:
     """Forget every labelled series (tests that need a clean registry; never in a running process)."""
     for metric in (INVITES, DECISIONS, MONITOR_REJECTIONS, RESPONSES, ACTIVE_DIALOGS, RELAYED, ANSWERED,
                    DECISION_SECONDS, INVITE_FINAL_SECONDS, FAILOVERS, MALFORMED, UNKNOWN_SOURCE,
-                   RETRANSMISSIONS, OVERLOAD, CONFIG_RELOADS):  # fmt: skip
+                   RETRANSMISSIONS, OVERLOAD, CONFIG_RELOADS, AUTH, FOREIGN_DOMAIN,
+                   TLS_FAILURES):  # fmt: skip
         metric.clear()
     LOOP_LAG.set(0)
     CONFIG_LAST_RELOAD_OK.set(1)
@@ -191,6 +207,7 @@ class PrometheusObserver(Observer):
         self._unknown: dict[str, Any] = {}
         self._retrans: dict[str, Any] = {}
         self._overload: dict[str, Any] = {}
+        self._auth: dict[tuple[str, str], Any] = {}
         # Fixed label values start at 0: rate()/increase() see the first event, panels show 0, not "no data".
         for direction in ("sent", "received"):
             self.retransmission_child(direction)
@@ -296,6 +313,21 @@ class PrometheusObserver(Observer):
         if child is None:
             child = self._overload[reason] = OVERLOAD.labels(reason)
         child.inc()
+
+    def auth(self, trunk: str, result: str) -> None:
+        key = (trunk, result)
+        child = self._auth.get(key)
+        if child is None:
+            child = self._auth[key] = AUTH.labels(trunk or NO_TRUNK, result)
+        child.inc()
+
+    def foreign_domain(self, trunk: str) -> None:
+        FOREIGN_DOMAIN.labels(trunk or NO_TRUNK).inc()  # rare (a misconfigured dialer): no cache
+
+    def connect_failed(self, trunk: str, target: str, transport: str, reason: str) -> None:
+        # Plain TCP refusals show as failovers and target_up 0; TLS handshake failures get their reason.
+        if transport == "tls" and reason != "connect":
+            TLS_FAILURES.labels(trunk or NO_TRUNK, target, reason).inc()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -23,12 +23,25 @@ from sipfilter.sip.digest import (
 
 MIN_SECRET_BYTES = 16
 
+# The `result` label of sipfilter_auth_total: a fixed set, whatever reason the digest core gives.
+RESULT_PASSED = "passed"  # valid credentials
+RESULT_CHALLENGED = "challenged"  # no credentials for our realm: the normal first round of a dialer
+RESULT_STALE = "stale"  # the nonce expired: challenged again with stale=true (not a wrong password)
+RESULT_MALFORMED = "malformed"  # unreadable credentials header: 400
+RESULT_FAILED = "failed"  # wrong password, unknown user, replayed or forged nonce, wrong realm/uri/algorithm
+AUTH_RESULTS = (RESULT_PASSED, RESULT_CHALLENGED, RESULT_STALE, RESULT_MALFORMED, RESULT_FAILED)
+_RESULT_OF_WHY = {"missing": RESULT_CHALLENGED, "stale": RESULT_STALE, "malformed": RESULT_MALFORMED}
+
 
 @dataclass(frozen=True, slots=True)
 class Passed:
     """Valid credentials: the request goes on (the username is for logs and audit)."""
 
     username: str
+
+    @property
+    def result(self) -> str:
+        return RESULT_PASSED
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +52,11 @@ class Refused:
     reason: str
     extra: tuple[str, ...]  # header lines (the challenge)
     why: str  # missing | stale | bad-response | malformed … (for logs and metrics)
+
+    @property
+    def result(self) -> str:
+        """One of AUTH_RESULTS (the metric label); `why` keeps the detail for logs."""
+        return _RESULT_OF_WHY.get(self.why, RESULT_FAILED)
 
 
 class AuthGate:

@@ -477,6 +477,10 @@ class B2BUA:
             return
         if not self._authenticated(ep, msg, addr, trunk, self._clock()):
             return
+        # OPTIONS and the rest spend the source's budget: a known address cannot flood us either.
+        admit = self.admission.admit_request(addr[0], trunk.name, self._clock())
+        if not self._admitted(ep, msg, addr, admit):
+            return
         if method == "OPTIONS":  # dialers probing us: we are up
             self._stateless(ep, addr, msg, 200 if not self.draining else 503, "")
             return
@@ -490,6 +494,7 @@ class B2BUA:
         if gate is None or not gate.applies(trunk.name):
             return True
         outcome = gate.check(msg, addr[0], now)
+        self.obs.auth(trunk.name, outcome.result)
         if isinstance(outcome, Passed):
             return True
         # Refused attempts spend the source's rate budget (a flood guard), never the trunk's call budget.
@@ -504,6 +509,16 @@ class B2BUA:
             log.info("digest authentication failed on trunk %s from %s: %s", trunk.name, addr[0], outcome.why)
         self._stateless(ep, addr, msg, outcome.status, outcome.reason, list(outcome.extra))
         self.obs.response(trunk.name, "sent", outcome.status)
+        return False
+
+    def _admitted(self, ep: Endpoint, msg: Any, addr: Addr, admit: Any) -> bool:
+        """True for Admit; else counts the refusal and answers a Reject (503 + Retry-After) or drops."""
+        if isinstance(admit, Admit):
+            return True
+        self.obs.overload(admit.reason)
+        if isinstance(admit, Reject):
+            extra = [f"Retry-After: {admit.retry_after}"] if admit.retry_after is not None else []
+            self._stateless(ep, addr, msg, admit.status, "", extra)
         return False
 
     def _refused_by_uas_checks(self, ep: Endpoint, msg: Any, addr: Addr) -> bool:
@@ -534,6 +549,8 @@ class B2BUA:
         if not self._known_carrier(addr):
             self.obs.unknown_source(ep.transport)
             return
+        if not self._admitted(ep, msg, addr, self.admission.admit_peer(addr[0], self._clock())):
+            return  # a carrier's address is capped like a dialer's
         if msg.method == "OPTIONS":
             self._stateless(ep, addr, msg, 200, "")
         else:

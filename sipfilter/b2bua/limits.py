@@ -1,4 +1,4 @@
-"""Admission control for new INVITEs: per-source token buckets, per-trunk call rate, dialog caps.
+"""Admission control for new requests: per-source token buckets, per-trunk call rate, dialog caps.
 
 Pure and synchronous: the caller passes the clock in and owns the sockets; nothing here sleeps or logs.
 """
@@ -218,6 +218,8 @@ def _retry_after(wait_s: float) -> int:
 
 # --- admission ---------------------------------------------------------------------------------------
 
+_PEER: Final = "<peer>"  # stands for "a known source" in _check_source, which only needs a trunk to be named
+
 
 class Admission:
     """Decides whether a new request may enter; tracks dialog slots until the B2BUA releases them.
@@ -287,6 +289,13 @@ class Admission:
     def admit_request(self, source_ip: str, trunk: str | None, now: float) -> Decision:
         """Any other out-of-dialog request (OPTIONS, REGISTER, MESSAGE…): source checks only, no slot."""
         refusal = self._check_source(source_ip, trunk, now)
+        return refusal if refusal is not None else Admit(None)
+
+    def admit_peer(self, source_ip: str, now: float) -> Decision:
+        """An out-of-dialog request from an address already known to be ours by other means (a configured
+        carrier target pinging us with OPTIONS): the per-source bucket only, shared with that IP's other
+        traffic, so a known address cannot flood us with cheap requests either."""
+        refusal = self._check_source(source_ip, _PEER, now)
         return refusal if refusal is not None else Admit(None)
 
     def release(self, slot: int | None) -> bool:

@@ -11,8 +11,9 @@ import pytest
 import yaml
 from b2bua_rig import FakeEndpoint, ManualClock, Rig, StubPolicy, answer, invite, write_config
 
-from sipfilter.b2bua.auth import Passed, Refused
+from sipfilter.b2bua.auth import AUTH_RESULTS, Passed, Refused
 from sipfilter.b2bua.core import B2BUA, compile_runtime
+from sipfilter.b2bua.observe import Observer
 from sipfilter.config import ConfigError, load_config
 from sipfilter.sip import ParseError, Request, Response, parse
 
@@ -252,3 +253,55 @@ def test_in_dialog_requests_do_not_carry_our_credentials_to_the_carrier(rig: Rig
     rig.from_dialer((head.format(m="BYE", n=12) + creds + "Content-Length: 0\r\n\r\n").encode())
     (b_bye,) = rig.outside.take()
     assert b_bye.method == "BYE" and b_bye.headers.get_all("Proxy-Authorization") == []
+
+
+class _AuthRecorder(Observer):
+    def __init__(self) -> None:
+        self.results: list[tuple[str, str]] = []
+
+    def auth(self, trunk: str, result: str) -> None:
+        self.results.append((trunk, result))
+
+
+def test_every_auth_outcome_is_reported_with_a_fixed_result_label(rig: Rig) -> None:
+    rec = _AuthRecorder()
+    rig.b2b.obs = rec
+    challenge = _challenges(_challenged(rig, "auth-m1"))[0]  # no credentials: challenged
+    rig.from_dialer(_retry("auth-m1", _credentials(challenge, password="guess")))  # wrong password
+    fresh = _challenges(rig.inside.take()[0])[0]
+    bad = f'Proxy-Authorization: Digest username="{USER}", realm="{REALM}", nonce="abc", uri="{RURI}", response="zz"\r\n'  # noqa: E501
+    rig.from_dialer(_retry("auth-m1", bad, cseq=12))  # unreadable: malformed
+    rig.inside.take()
+    rig.clock.advance(301)
+    rig.from_dialer(_retry("auth-m1", _credentials(fresh), cseq=13))  # expired nonce: stale
+    stale = _challenges(rig.inside.take()[0])[0]
+    rig.from_dialer(_retry("auth-m1", _credentials(stale), cseq=14))  # passed
+    assert [r.status for r in rig.inside.take()] == [100]
+    assert rec.results == [("dialer", r) for r in ("challenged", "failed", "malformed", "stale", "passed")]
+    assert {r for _, r in rec.results} <= set(AUTH_RESULTS)
+
+
+def test_auth_outcomes_reach_the_prometheus_counter(rig: Rig) -> None:
+    from sipfilter import metrics
+
+    rig.b2b.obs = metrics.PrometheusObserver()
+
+    def count(result: str) -> float:
+        labels = {"trunk": "dialer", "result": result}
+        return metrics.REGISTRY.get_sample_value("sipfilter_auth_total", labels) or 0.0
+
+    before = count("challenged"), count("failed")
+    challenge = _challenges(_challenged(rig, "auth-p1"))[0]
+    rig.from_dialer(_retry("auth-p1", _credentials(challenge, password="guess")))
+    assert (count("challenged"), count("failed")) == (before[0] + 1, before[1] + 1)
+
+
+def test_refusal_reasons_map_to_results() -> None:
+    def refused(why: str) -> Refused:
+        return Refused(407, "x", (), why)
+
+    assert Passed("u").result == "passed"
+    assert refused("missing").result == "challenged" and refused("stale").result == "stale"
+    assert refused("malformed").result == "malformed"
+    for why in ("bad-response", "unknown-user", "replay", "bad-nonce", "realm", "algorithm", "qop", "uri"):
+        assert refused(why).result == "failed", why

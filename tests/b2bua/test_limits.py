@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
+from b2bua_rig import FakeEndpoint, ManualClock, Rig, StubPolicy, write_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sipfilter.b2bua.core import B2BUA, compile_runtime
 from sipfilter.b2bua.limits import (
     Admission,
     Admit,
@@ -15,6 +20,8 @@ from sipfilter.b2bua.limits import (
     Reject,
     TrunkLimits,
 )
+from sipfilter.config import load_config
+from sipfilter.sip import ParseError, Response, parse
 
 
 def test_unknown_source_is_dropped_and_allocates_nothing() -> None:
@@ -256,3 +263,59 @@ def test_from_mapping_errors_name_the_field(data: dict[str, object], fragment: s
     with pytest.raises(LimitsConfigError) as info:
         LimitsConfig.from_mapping(data)
     assert fragment in str(info.value)
+
+
+def test_admit_peer_uses_the_source_bucket_without_a_trunk() -> None:
+    adm = Admission(LimitsConfig(source_rate=1.0, source_burst=2))
+    decisions = [adm.admit_peer("192.0.2.7", 5.0) for _ in range(3)]
+    assert decisions == [Admit(None), Admit(None), Reject(503, 1, "source-rate")]
+    assert adm.snapshot().active_dialogs == 0 and adm.snapshot().refused["unknown-source"] == 0
+
+
+# --- OPTIONS floods through the B2BUA (fake endpoints, manual clock) ---------------------------------------
+
+
+def _options_rig(tmp_path: Path, **limits: object) -> Rig:
+    path = write_config(tmp_path)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["limits"] = limits
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    config = load_config(path)
+    clock = ManualClock()
+    inside, outside = FakeEndpoint("inside", 5060), FakeEndpoint("outside", 5080)
+    b2b = B2BUA(
+        compile_runtime(config, StubPolicy(), store=None), parse=parse, parse_error=ParseError,
+        endpoints={"inside": [inside], "outside": [outside]}, scheduler=clock.later, clock=clock,
+    )  # fmt: skip
+    return Rig(b2b, inside, outside, clock, StubPolicy())
+
+
+def _options(n: int) -> bytes:
+    return (
+        "OPTIONS sip:sipfilter@127.0.0.1:5060 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bKflood{n}\r\n"
+        "Max-Forwards: 70\r\nFrom: <sip:probe@127.0.0.1>;tag=f1\r\nTo: <sip:sipfilter@127.0.0.1>\r\n"
+        f"Call-ID: flood-{n}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+@pytest.mark.parametrize("side", ["dialer", "carrier"])
+def test_options_flood_from_a_known_source_is_capped(tmp_path: Path, side: str) -> None:
+    rig = _options_rig(tmp_path, source_rate=1, source_burst=3)
+    send, sent = (rig.from_dialer, rig.inside) if side == "dialer" else (rig.from_carrier, rig.outside)
+    for n in range(10):
+        send(_options(n))
+    answers = [m for m in sent.take() if isinstance(m, Response)]
+    assert [r.status for r in answers] == [200] * 3 + [503] * 7
+    assert answers[-1].headers.get("Retry-After") == "1"
+    assert rig.b2b.admission.snapshot().refused["source-rate"] == 7
+    rig.clock.advance(1.0)  # one token back
+    send(_options(10))
+    assert [r.status for r in sent.take()] == [200]
+
+
+def test_options_within_the_rate_are_all_answered(tmp_path: Path) -> None:
+    rig = _options_rig(tmp_path, source_rate=100, source_burst=20)
+    for n in range(20):
+        rig.from_dialer(_options(n))
+    assert [r.status for r in rig.inside.take()] == [200] * 20
