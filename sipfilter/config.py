@@ -285,10 +285,14 @@ class Section:
             out.append(Section(item, f"{self.field(key)}[{i}]", self.file, self.item_line(key, i)))
         return out
 
-    def path_(self, key: builtins.str, default: Any = _REQUIRED) -> Path:
-        """A file-system path; relative paths are relative to the file that holds the value."""
+    def path_(self, key: builtins.str, default: Any = _REQUIRED, *, keep_link: builtins.bool = False) -> Path:
+        """A file-system path; relative paths are relative to the file that holds the value. `keep_link`:
+        the last component is not resolved (a symlink the operator may repoint is followed at each open)."""
         value = self.str(key, default)
-        return (Path(self.file).parent / value).resolve() if self.file else Path(value)
+        if not self.file:
+            return Path(value)
+        path: Path = Path(self.file).parent / value
+        return path.parent.resolve() / path.name if keep_link else path.resolve()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -411,6 +415,9 @@ class TrunkConfig:
     overrides: Mapping[str, Any]
     targets: tuple[Target, ...]
     headers: HeaderPolicy
+    # `request_uri.domains`, lower-cased hosts (IPv6 without brackets); None = any host, rewritten to the
+    # carrier target (sipfilter/b2bua/trunks.py foreign_host).
+    request_uri_domains: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -547,7 +554,7 @@ def _store(s: Section) -> StoreConfig:
 def _audit(s: Section) -> AuditConfig:
     s.only(["path", "max_bytes", "backups", "on_write_error", "fsync"])
     return AuditConfig(
-        s.path_("path"),
+        s.path_("path", keep_link=True),
         s.int("max_bytes", 100 * 1024 * 1024, lo=4096),
         s.int("backups", 10, lo=0, hi=1000),
         s.choice("on_write_error", ("keep-relaying", "stop-relaying"), "keep-relaying"),
@@ -578,6 +585,7 @@ _TRUNK_KEYS = (
     "overrides",
     "targets",
     "headers",
+    "request_uri",
 )
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
 
@@ -670,7 +678,31 @@ def _trunk(name: str, s: Section, pack_names: Iterable[str]) -> TrunkConfig:
         overrides=overrides,
         targets=tuple(targets),
         headers=headers,
+        request_uri_domains=_request_uri_domains(s),
     )
+
+
+def _request_uri_domains(trunk: Section) -> frozenset[str] | None:
+    """`request_uri: { domains: [...] }`: the Request-URI hosts a dialer may address on this trunk."""
+    if not trunk.has("request_uri"):
+        return None
+    s = trunk.section("request_uri")
+    s.only(["domains"])
+    domains = s.str_list("domains")
+    if not domains:
+        raise s.error("domains", "list at least one domain (or remove request_uri to accept any host)")
+    out = set()
+    for i, raw in enumerate(domains):
+        host = raw.strip().lower().rstrip(".")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if not _HOSTNAME_RE.match(host):
+                raise s.item_error("domains", i, f"expected a host name or IP address, got {raw!r}") from None
+        out.add(host)
+    return frozenset(out)
 
 
 _ALGORITHMS = ("SHA-256", "SHA-512-256", "MD5", "SHA-256-sess", "SHA-512-256-sess", "MD5-sess")
