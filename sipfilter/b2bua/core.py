@@ -18,7 +18,7 @@ from sipfilter.b2bua import wire
 from sipfilter.b2bua.auth import AuthGate, Passed, compile_gate
 from sipfilter.b2bua.limits import Admission, Admit, LimitsConfig, Reject
 from sipfilter.b2bua.observe import Observer
-from sipfilter.b2bua.trunks import Destination, TargetPool, TrunkMatcher
+from sipfilter.b2bua.trunks import Destination, TargetPool, TrunkMatcher, foreign_host, foreign_warning
 from sipfilter.config import Config, TrunkConfig
 from sipfilter.transport.base import Addr, Endpoint
 
@@ -593,6 +593,13 @@ class B2BUA:
         if self._refused_by_uas_checks(ep, msg, addr):
             return
         if not self._authenticated(ep, msg, addr, trunk, now):
+            return
+        foreign = foreign_host(trunk, msg)  # request_uri.domains: a set lookup (None when unset or ours)
+        if foreign is not None:
+            if self._admitted(ep, msg, addr, self.admission.admit_request(addr[0], trunk.name, now)):
+                self.obs.foreign_domain(trunk.name)
+                warning = foreign_warning(self.hostname, trunk, foreign)
+                self._stateless(ep, addr, msg, 403, "Forbidden", [warning])
             return
         admit = self.admission.admit_invite(addr[0], trunk.name, now)
         if not isinstance(admit, Admit):

@@ -60,6 +60,32 @@ class TrunkMatcher:
         return None
 
 
+def foreign_host(trunk: TrunkConfig, msg: Any) -> str | None:
+    """The Request-URI host of a new request when the trunk lists `request_uri.domains` and this host is not
+    one of them; None when it is, or when the trunk lists none (then the URI is rewritten to the carrier
+    target and its host never matters). A set lookup: cheap enough for every INVITE."""
+    domains = trunk.request_uri_domains
+    if domains is None:
+        return None
+    try:
+        host = getattr(msg.request_uri, "host", None)
+    except Exception:  # an unparsable Request-URI names no domain of ours
+        return "?"
+    if host is None:  # tel: URI: a number, no host to reach
+        return None
+    key = host.lower().rstrip(".")
+    if key.startswith("["):
+        key = key[1:-1]
+    return None if key in domains else host
+
+
+def foreign_warning(hostname: str, trunk: TrunkConfig, host: str) -> str:
+    """The Warning header line of the 403 that refuses a foreign Request-URI host."""
+    shown = "".join(c for c in host if c.isalnum() or c in ".-:[]?")[:100]  # never a quote or CRLF
+    why = f"Request-URI host {shown} is not in request_uri.domains of trunk {trunk.name}"
+    return f'Warning: 399 {hostname} "{why}"'
+
+
 @dataclass(frozen=True, slots=True)
 class Destination:
     """Where a B-leg request goes: the target's name (its URI), transport, host and port."""

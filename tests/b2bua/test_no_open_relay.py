@@ -277,3 +277,86 @@ def test_requests_arriving_on_the_carrier_side_are_not_relayed(rig: Rig) -> None
     new = rig.carrier.received[carrier_before:]
     assert all(d.startswith(b"SIP/2.0 ") for d, _ in new), [d[:60] for d, _ in new]
     assert not [d for d, _ in rig.foreign.received if not d.startswith(b"SIP/2.0 ")]
+
+
+# --- request_uri.domains: foreign hosts are refused outright, not rewritten ----------------------------
+
+OUR_DOMAIN = "calls.acme.example"
+
+
+@dataclass
+class StrictRig:
+    inside: tuple[str, int]
+    carrier: Listener
+    dialer: Listener
+    metrics: Callable[[], str]
+    log_tail: Callable[[], str]
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StrictRig]:
+    from sipfilter_provision import provision
+    from sipp_harness import Sipfilter, SipfilterPorts, free_ports, sipfilter_config, write_config
+
+    carrier = Listener(answer=True, answers_probes=True)
+    dialer = Listener(LEGIT_SOURCE)
+    proc = None
+    try:
+        workdir = tmp_path_factory.mktemp("request-uri")
+        ports = SipfilterPorts(*free_ports(3))
+        trunk = {"match": {"sources": [f"{LEGIT_SOURCE}/32"]},
+                 "request_uri": {"domains": [OUR_DOMAIN.upper(), "127.0.0.1"]}}  # fmt: skip
+        config = sipfilter_config(workdir, ports, [carrier.port], trunk=trunk)
+        config_path = write_config(workdir / "sipfilter.yaml", config)
+        provision(config_path, workdir)
+        carrier.start()
+        dialer.start()
+        proc = Sipfilter(config_path, ports, workdir / "run").start()
+        yield StrictRig(("127.0.0.1", ports.inside), carrier, dialer, proc.metrics, proc.log_tail)
+    finally:
+        if proc is not None:
+            proc.stop()
+        carrier.close()
+        dialer.close()
+
+
+def _answers(listener: Listener, call_id: bytes) -> list[bytes]:
+    return [d for d, _ in list(listener.received) if d.startswith(b"SIP/2.0 ") and call_id in d]
+
+
+def _call_id(data: bytes) -> bytes:
+    found = re.search(rb"(?m)^Call-ID: (\S+)", data)
+    assert found is not None
+    return found.group(1)
+
+
+def test_request_uri_outside_the_trunk_domains_gets_403_with_a_warning(strict: StrictRig) -> None:
+    src = strict.dialer.sock.getsockname()
+    carrier_before = len(strict.carrier.requests("INVITE"))
+    refused = [invite(f"sip:{CALLEE}@evil.example", src), invite(f"sip:{CALLEE}@acme.example", src),
+               invite(f"sip:{CALLEE}@{OUR_DOMAIN}.evil.example;transport=udp", src)]  # fmt: skip
+    for data in refused:
+        _send(strict.dialer, data, strict.inside)
+    for data in refused:
+        cid = _call_id(data)
+        assert _wait_for(lambda cid=cid: _answers(strict.dialer, cid), 5.0), strict.log_tail()
+        (answer,) = _answers(strict.dialer, cid)
+        assert answer.startswith(b"SIP/2.0 403 "), answer[:80]  # no 100 Trying: refused before anything
+        warning = rb'(?m)^Warning: 399 \S+ "Request-URI host \S+ is not in request_uri.domains'
+        assert re.search(warning, answer), answer
+    time.sleep(QUIET_S)
+    assert len(strict.carrier.requests("INVITE")) == carrier_before
+    counted = re.search(r'(?m)^sipfilter_request_uri_refused_total\{trunk="(\w+)"\} (\S+)', strict.metrics())
+    assert counted is not None and float(counted.group(2)) == len(refused)
+
+
+def test_request_uri_in_the_trunk_domains_is_relayed(strict: StrictRig) -> None:
+    """The control: listed hosts (any case, our own address too) reach the carrier, rewritten to it."""
+    src = strict.dialer.sock.getsockname()
+    for ruri in (f"sip:{CALLEE}@{OUR_DOMAIN}", f"sip:{CALLEE}@Calls.ACME.example.:5060",
+                 f"sip:{CALLEE}@{strict.inside[0]}:{strict.inside[1]}"):  # fmt: skip
+        before = len(strict.carrier.requests("INVITE"))
+        _send(strict.dialer, invite(ruri, src), strict.inside)
+        assert _wait_for(lambda b=before: len(strict.carrier.requests("INVITE")) > b, 5.0), strict.log_tail()
+        line = strict.carrier.requests("INVITE")[-1].split(b"\r\n", 1)[0]
+        assert f"@127.0.0.1:{strict.carrier.port}".encode() in line, line
