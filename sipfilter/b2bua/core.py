@@ -18,7 +18,15 @@ from sipfilter.b2bua import wire
 from sipfilter.b2bua.auth import AuthGate, Passed, compile_gate
 from sipfilter.b2bua.limits import Admission, Admit, LimitsConfig, Reject
 from sipfilter.b2bua.observe import Observer
-from sipfilter.b2bua.trunks import Destination, TargetPool, TrunkMatcher, foreign_host, foreign_warning
+from sipfilter.b2bua.trunks import (
+    Destination,
+    TargetPool,
+    TrunkMatcher,
+    foreign_host,
+    foreign_warning,
+    targets_at,
+    tls_client_at,
+)
 from sipfilter.config import Config, TrunkConfig
 from sipfilter.transport.base import Addr, Endpoint
 
@@ -380,6 +388,23 @@ class B2BUA:
             if ep.transport == transport:
                 return ep
         return None  # never another transport than the one configured: the call gets a 503
+
+    def tls_client(self, ep: Endpoint, addr: Addr) -> Any:
+        """Asked by a TLS endpoint opening a connection: the target's prebuilt context and name to verify."""
+        return tls_client_at(self.rt.pools, addr)
+
+    def on_connect_failed(self, ep: Endpoint, addr: Addr, failure: Any) -> None:
+        """No connection to `addr` (refused, TLS handshake failed): what waited on it fails now as a transport
+        error (§8.1.3.1: a 503 of our own, so the INVITE fails over), not at Timer B."""
+        for trunk, dest in targets_at(self.rt.pools, addr):
+            self.obs.connect_failed(trunk, dest.name, failure.transport, failure.reason)
+        for ctx in [c for c in self.client_tx.values() if c.ep is ep and c.addr == addr and not c.final]:
+            call = ctx.call
+            if call is not None and ctx is call.b_invite and not ctx.provisional:
+                self._stop_client(ctx)
+                self._b_invite_failed(call, ctx, 503)
+            else:
+                self._client_timeout(ctx)
 
     @property
     def active_calls(self) -> int:
@@ -1289,6 +1314,10 @@ class B2BUA:
         ctx = ClientTx(call, to_side, method, cseq, branch, data, lep, leg.addr, origin)
         if method == "INVITE":
             call.reinvite[to_side] = cseq
+            # 100 Trying at once (§17.2.1): the sender then waits for our final answer (408 after 64*T1 if
+            # the other leg is dead) instead of its own Timer B firing just when we answer.
+            stx.answer = wire.build_response(100, "Trying", stx.lines(None))
+            ep.send(stx.answer, addr)
         self._send_client(ctx)
         if method == "BYE":
             self._respond(stx, 200, "OK", [], b"")

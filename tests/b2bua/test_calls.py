@@ -250,6 +250,7 @@ def test_reinvite_from_carrier_and_ack_relay(rig: Rig) -> None:
     ).encode()
     rig.from_carrier(reinv)
     (a_reinv,) = _requests(rig.inside.take(), "INVITE")
+    assert [r.status for r in _responses(rig.outside.take())] == [100]  # Trying at once (§17.2.1)
     assert a_reinv.body == b"v=1\r\n" and a_reinv.call_id == a_inv.call_id
     # Glare: a re-INVITE from the dialer while one is pending towards it is answered 491.
     rig.from_dialer(answer(a_reinv, 200, to_tag="", body=b"v=2\r\n"))

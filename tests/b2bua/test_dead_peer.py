@@ -78,6 +78,8 @@ def test_unanswered_in_dialog_request_gets_408_and_ends_the_call(rig: Rig, metho
     _, a_inv, ok = _confirmed_call(rig)
     rig.from_dialer(_in_dialog(a_inv, ok, method, 11, "z9hG4bKre", body=b"v=1\r\n"))
     (b_req,) = _requests(rig.outside.take(), method)
+    # A re-INVITE gets 100 Trying at once: the dialer waits for our answer instead of its own Timer B.
+    assert [r.status for r in _responses(rig.inside.take())] == ([100] if method == "INVITE" else [])
     rig.clock.advance(64 * T1 - 0.1)
     assert _responses(rig.inside.take()) == []  # still waiting (retransmitting to the carrier)
     rig.clock.advance(0.2)
@@ -98,7 +100,7 @@ def test_reinvite_after_one_answered_by_the_carrier_is_not_refused_491(rig: Rig)
     rig.from_dialer(_in_dialog(a_inv, ok, "INVITE", 11, "z9hG4bKre1", body=b"v=1\r\n"))
     (b_re,) = _requests(rig.outside.take(), "INVITE")
     rig.from_carrier(answer(b_re, 488, to_tag=""))
-    assert [r.status for r in _responses(rig.inside.take())] == [488]
+    assert [r.status for r in _responses(rig.inside.take())] == [100, 488]
     rig.from_dialer(_in_dialog(a_inv, ok, "INVITE", 12, "z9hG4bKre2", body=b"v=1\r\n"))
     assert _requests(rig.outside.take(), "INVITE")
-    assert _responses(rig.inside.take()) == []
+    assert [r.status for r in _responses(rig.inside.take())] == [100]  # not 491
