@@ -1,7 +1,10 @@
 """Benchmark of the policy engine: decisions/s and p50/p99 latency per decision for a realistic call mix
 (facts_from_request on a parsed-INVITE stand-in + decide, attempts recorded).
 
-Prints figures; not part of the test suite. Run: .venv/bin/python bench/policy.py [--calls 200000]
+The event loop runs between decisions (`--per-tick` decisions per iteration, 1 by default: the lightest load,
+where write-behind batches least); what it does there (the embedded store's attempt writes, its watcher) is
+timed apart as "between ticks". Prints figures; not part of the test suite.
+Run: .venv/bin/python bench/policy.py [--store memory|embedded] [--calls 200000] [--per-tick 1]
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import argparse
 import asyncio
 import gc
 import random
+import resource
 import statistics
 import sys
 import tempfile
@@ -157,11 +161,20 @@ def requests(mix: list[tuple[str, str, float]]) -> list[tuple[_Request, float]]:
 
 
 async def run(
-    engine: PolicyEngine, store: BenchStore, reqs: list[tuple[_Request, float]], rules: dict[str, int]
+    engine: PolicyEngine,
+    store: BenchStore,
+    reqs: list[tuple[_Request, float]],
+    rules: dict[str, int],
+    per_tick: int = 1,
+    between: list[int] | None = None,
 ) -> list[int]:
+    """Latency of each decision (ns); the event loop runs after every `per_tick` decisions, its time is
+    appended to `between`."""
     lat: list[int] = []
+    ticks = between if between is not None else []
     clock = time.perf_counter_ns
     facts_of, decide = engine.facts_from_request, engine.decide
+    n = 0
     for request, at in reqs:
         t0 = clock()
         facts = facts_of("dialer", request, at)
@@ -169,6 +182,12 @@ async def run(
         lat.append(clock() - t0)
         rule = d.verdict.rule or "allow"
         rules[rule] = rules.get(rule, 0) + 1
+        n += 1
+        if n == per_tick:
+            n = 0
+            t0 = clock()
+            await asyncio.sleep(0)  # the loop's other callbacks: write-behind, watcher
+            ticks.append(clock() - t0)
     return lat
 
 
@@ -191,6 +210,7 @@ async def bench_embedded(args: argparse.Namespace) -> None:
         config = load_config(cfg)
         engine = PolicyEngine(config)
         mem, mix = build(args.calls, args.dnc)
+        # Provision as the CLI does (its own short-lived handle), then open the store as `sipfilter run` does.
         store = await open_store(config, watch=False)
         try:
             t0 = time.perf_counter()
@@ -201,17 +221,28 @@ async def bench_embedded(args: argparse.Namespace) -> None:
                 await store.put_list(
                     name, result.numbers, result.source, imported_at=mem.infos[name].imported_at
                 )
-            for record in mem.consents.values():
-                await store.add_consent(record)
+            await store.add_consents(list(mem.consents.values()))  # as `sipfilter consent import`
             for (account, number), at in mem.refusals.items():
                 await store.record_refusal(account, number, at)
             print(f"  provisioning: {time.perf_counter() - t0:.1f} s")
+        finally:
+            await store.close()
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        t0 = time.perf_counter()
+        store = await open_store(config)  # watch=True: the proxy's handle (records preloaded, watcher on)
+        print(f"  open (proxy): {time.perf_counter() - t0:.2f} s, max RSS {rss0 / 1024:.0f} → "
+              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+        try:
+            # Warm code paths and number caches on a throw-away store, as the memory run does.
+            warm = BenchStore(mem.lists, mem.infos["bloctel"].imported_at)
+            await run(engine, warm, requests(mix[:2000]), {})
             reqs = requests(mix)
             gc.collect()
             gc.freeze()
             outcomes: dict[str, int] = {}
+            between: list[int] = []
             t0, c0 = time.perf_counter(), time.process_time()
-            lat = await run(engine, store, reqs, outcomes)  # type: ignore[arg-type]
+            lat = await run(engine, store, reqs, outcomes, args.per_tick, between)  # type: ignore[arg-type]
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         finally:
             await store.close()
@@ -221,10 +252,13 @@ async def bench_embedded(args: argparse.Namespace) -> None:
         wall,
         cpu,
         outcomes,
+        between,
     )
 
 
-def report(title: str, lat: list[int], wall: float, cpu: float, outcomes: dict[str, int]) -> None:
+def report(
+    title: str, lat: list[int], wall: float, cpu: float, outcomes: dict[str, int], between: list[int]
+) -> None:
     lat.sort()
     q = statistics.quantiles(lat, n=100)
     print(title)
@@ -236,6 +270,14 @@ def report(title: str, lat: list[int], wall: float, cpu: float, outcomes: dict[s
     print(f"  p50 latency : {q[49] / 1000:.1f} µs")
     print(f"  p99 latency : {q[98] / 1000:.1f} µs")
     print(f"  max latency : {lat[-1] / 1000:.1f} µs")
+    if between:
+        between.sort()
+        b = statistics.quantiles(between, n=100)
+        print(
+            f"  between ticks: {len(between)} loop iterations,"
+            f" mean {sum(between) / len(between) / 1000:.1f} µs,"
+            f" p99 {b[98] / 1000:.1f} µs, max {between[-1] / 1000:.1f} µs (write-behind, watcher)"
+        )
     print(
         "  verdicts    : " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items(), key=lambda kv: -kv[1]))
     )
@@ -245,6 +287,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--calls", type=int, default=200_000)
     ap.add_argument("--dnc", type=int, default=1_000_000, help="numbers in the Bloctel set")
+    ap.add_argument("--per-tick", type=int, default=1, help="decisions per event-loop iteration")
     ap.add_argument(
         "--store",
         choices=("memory", "embedded"),
@@ -272,8 +315,9 @@ def main() -> None:
     gc.collect()
     gc.freeze()
     outcomes: dict[str, int] = {}
+    between: list[int] = []
     t0, c0 = time.perf_counter(), time.process_time()
-    lat = asyncio.run(run(engine, store, reqs, outcomes))
+    lat = asyncio.run(run(engine, store, reqs, outcomes, args.per_tick, between))
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     report(
         f"policy engine (in-memory store), {len(mix)} decisions (facts + decide), "
@@ -282,6 +326,7 @@ def main() -> None:
         wall,
         cpu,
         outcomes,
+        between,
     )
 
 

@@ -1,7 +1,8 @@
-"""The embedded store's attempt batching: one write transaction per event-loop iteration, committed after it.
+"""The embedded store's write-behind of attempts: counted in memory at once, written in one transaction at the
+end of the event-loop iteration (flush_interval=0) or `flush_interval` later (the default).
 
-Counters stay exact inside the iteration, other handles see the attempts once it is over, and any other use of
-the connection (writes, reads for the CLI, close) commits the open batch first.
+Counters stay exact before the write, other handles see the attempts once it is done, and any other use of
+the connection (writes, reads for the CLI, close) writes the pending attempts first.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ DAY = 86400.0
 
 
 async def test_attempts_of_one_iteration_share_a_commit_and_stay_exact(tmp_path: Path) -> None:
-    store = await EmbeddedStore.open(tmp_path / "data", watch=False)
+    store = await EmbeddedStore.open(tmp_path / "data", watch=False, flush_interval=0.0)
     other = await EmbeddedStore.open(tmp_path / "data", watch=False)
     try:
         # No await in between: all in one loop iteration, like decisions handled in one batch of datagrams.
@@ -30,10 +31,10 @@ async def test_attempts_of_one_iteration_share_a_commit_and_stay_exact(tmp_path:
                 decisions.append(stop.value)
         assert [d.allowed for d in decisions] == [True, True, True, False, False]
         assert [d.attempts_in_window for d in decisions] == [1, 2, 3, 3, 3]
-        assert store._batch_open  # not committed yet: another handle still sees nothing
+        assert store._pending  # not written yet: another handle still sees nothing
         assert await other.attempts(A, N1, T0 + 10, 30 * DAY) == 0
         await asyncio.sleep(0)  # the iteration ends: the batch is committed
-        assert not store._batch_open
+        assert not store._pending
         assert await other.attempts(A, N1, T0 + 10, 30 * DAY) == 3
     finally:
         await other.close()
@@ -61,5 +62,24 @@ def test_without_an_event_loop_each_attempt_commits(tmp_path: Path) -> None:
         coro.send(None)
     except StopIteration as stop:
         assert stop.value.allowed
-    assert not store._batch_open
+    assert not store._pending
     asyncio.run(store.close())
+
+
+async def test_default_flush_interval_writes_behind_then_persists(tmp_path: Path) -> None:
+    store = await EmbeddedStore.open(tmp_path / "data", watch=False, flush_interval=0.01)
+    other = await EmbeddedStore.open(tmp_path / "data", watch=False)
+    try:
+        for i in range(3):
+            assert (await store.check_and_record_attempt(A, N1, T0 + i, 3, 30 * DAY, 0.0)).allowed
+        await asyncio.sleep(0)
+        assert store._pending  # one iteration later: still in memory, still counted
+        assert not (await store.check_and_record_attempt(A, N1, T0 + 5, 3, 30 * DAY, 0.0)).allowed
+        for _ in range(500):  # the timer fires (usually at once; up to 5 s on a loaded machine)
+            if not store._pending:
+                break
+            await asyncio.sleep(0.01)
+        assert await other.attempts(A, N1, T0 + 10, 30 * DAY) == 3
+    finally:
+        await other.close()
+        await store.close()
