@@ -2,11 +2,18 @@
 """End-to-end benchmark: SIPp dialer → sipfilter → SIPp carrier at stepped call rates, three traffic mixes.
 
 Prints figures (calls, failures, retransmissions, INVITE→final p50/p99 and INVITE→100 p99 in ms from
-SIPp's µs message timestamps, sipfilter CPU per 1,000 calls, SIPp's own CPU);
+SIPp's µs message timestamps, sipfilter CPU per call, SIPp's own CPU);
 it asserts nothing and is not part of the test suite. Everything runs on 127.0.0.1 on free ports.
+
+sipfilter's CPU per call is measured over one window per step: from the dialer's start until `--settle`
+seconds after it exits (default 64*T1 + T4 + 1 s: every timer the calls started has fired by then, so
+their deferred work is counted), minus sipfilter's idle CPU rate (watcher, probes) measured for `--idle`
+seconds before the step. Nothing polls sipfilter inside the window (a /metrics scrape costs milliseconds);
+the leftover dialogs are read after it. Each deployment first runs an unreported warm-up (`--warmup`).
 
     .venv/bin/python bench/e2e.py                       # mixes rejected, relayed, mixed at 100…1500 calls/s
     .venv/bin/python bench/e2e.py --mix mixed --rates 500,1000 --duration 20
+    .venv/bin/python bench/e2e.py --mix mixed --rates 400 --settle 6 --profile-dir /tmp/prof  # py-spy
     .venv/bin/python bench/e2e.py --direct --mix relayed # SIPp straight to SIPp: what SIPp alone can do here
 """
 
@@ -16,7 +23,10 @@ import argparse
 import contextlib
 import os
 import random
+import re
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +50,7 @@ from sipp_harness import (  # noqa: E402
 
 MIXES = ("rejected", "relayed", "mixed")
 NPV_CALLERS = [f"+33162{n:06d}" for n in range(1, 51)] + [f"+33949{n:06d}" for n in range(1, 51)]
+T1_S, T4_S = 0.5, 5.0  # production timers
 BAD_CALLERS = ["+33612345678", "+33140000000", "0892000000", "+33299000000"]  # mobile, geographic, premium
 
 
@@ -57,6 +68,9 @@ class Step:
     cpu_s: float | None
     sipp_cpu_s: float  # both SIPp processes: they share the 2 cores with sipfilter
     wall_s: float
+    idle_cpu_rate: float = 0.0  # sipfilter CPU s/s without traffic, subtracted from cpu_s
+    dialogs_left: float | None = None  # sipfilter_active_dialogs after the window (0 when all ended)
+    sys_share: float | None = None  # kernel (stime) share of sipfilter's CPU in the window: sendto/recvfrom
 
     def row(self) -> str:
         def ms(v: float | None) -> str:
@@ -67,12 +81,14 @@ class Step:
         per_call = f"{1e6 * (self.cpu_s or 0) / self.attempted:.0f}" if known else "-"
         return (f"{self.mix:<9}{self.rate:>7.0f}{self.attempted:>10}{self.completed:>10}{self.failed:>8}"
                 f"{self.retransmissions:>9}{ms(self.p50_ms):>8}{ms(self.p99_ms):>8}{ms(self.trying_p99_ms):>9}{cpu:>12}{per_call:>10}"
-                f"{self.sipp_cpu_s:>9.1f}{self.wall_s:>8.1f}")
+                f"{self.sipp_cpu_s:>9.1f}{self.wall_s:>8.1f}{1000 * self.idle_cpu_rate:>9.1f}"
+                f"{'-' if self.dialogs_left is None else f'{self.dialogs_left:.0f}':>6}"
+                f"{'-' if self.sys_share is None else f'{100 * self.sys_share:.0f}':>6}")
 
 
 HEADER = (f"{'mix':<9}{'rate/s':>7}{'attempted':>10}{'completed':>10}{'failed':>8}{'retrans':>9}"
           f"{'p50 ms':>8}{'p99 ms':>8}{'100 p99':>9}{'CPU s/1k':>12}{'µs/call':>10}{'SIPp s':>9}"
-          f"{'wall s':>8}")
+          f"{'wall s':>8}{'idle ms/s':>9}{'left':>6}{'sys%':>6}")
 
 
 def make_cases(mix: str, count: int, callees: list[str], dnc_sample: list[str],
@@ -92,7 +108,8 @@ def make_cases(mix: str, count: int, callees: list[str], dnc_sample: list[str],
 
 
 def run_step(workdir: Path, target: str, carrier_port: int, deployment: Deployment | None, mix: str,
-             rate: float, duration_s: float, hold_ms: int, callees: list[str], dnc_sample: list[str]) -> Step:
+             rate: float, duration_s: float, hold_ms: int, callees: list[str], dnc_sample: list[str],
+             settle_s: float = 0.0, idle_s: float = 0.0, profile_to: Path | None = None) -> Step:
     rng = random.Random(f"{mix}-{rate}")
     count = max(1, int(rate * duration_s))
     cases = make_cases(mix, count, callees, dnc_sample, rng)
@@ -101,24 +118,44 @@ def run_step(workdir: Path, target: str, carrier_port: int, deployment: Deployme
     relayed = sum(c.expected == "relay" for c in cases)
     timeout = duration_s * 3 + 30
     carrier = Sipp("carrier_uas.xml", workdir / "carrier", local_port=carrier_port, calls=10**9, pause_ms=0,
-                   timeout_s=timeout, trace_msg=False, name="carrier")
+                   timeout_s=timeout + settle_s, trace_msg=False, name="carrier")
     dialer = Sipp("dialer_uac.xml", workdir / "dialer", local_port=free_ports(1)[0], remote=target,
                   calls=count, csv_file=csv_file, rate=rate, pause_ms=hold_ms, timeout_s=timeout,
                   trace_msg=False, trace_short=True, limit=max(1000, int(rate * 10)), name="dialer")
+    spy: subprocess.Popen[bytes] | None = None
+    left: float | None = None
+    sys_share: float | None = None
     try:
         if relayed:
             carrier.start().wait_listening()
+        idle_rate = _idle_cpu_rate(deployment, idle_s) if deployment else 0.0
         cpu0 = deployment.sipfilter.cpu_seconds() if deployment else None
+        sys0 = _sys_seconds(deployment)
         t0 = time.monotonic()
+        if profile_to is not None and deployment is not None:
+            spy = _py_spy(deployment, profile_to)
         dialer.start()
         sipp_cpu = _sample_cpu([dialer, carrier], until=t0 + timeout + 15)
         d: SippRun = dialer.wait(timeout_s=15)
         wall = time.monotonic() - t0
-        if deployment:
-            deployment.sipfilter.wait_no_dialogs(timeout_s=30)
-        cpu = deployment.sipfilter.cpu_seconds() - cpu0 if deployment and cpu0 is not None else None
+        # The last calls' timers (Timer I/K, transaction memory of 64*T1) fire inside the window.
+        time.sleep(settle_s)
+        cpu = None
+        if deployment is not None and cpu0 is not None:
+            window = time.monotonic() - t0
+            gross = deployment.sipfilter.cpu_seconds() - cpu0
+            cpu = max(0.0, gross - idle_rate * window)
+            sys_share = (_sys_seconds(deployment) - sys0) / gross if gross > 0 else None
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its samples on SIGINT
+            spy.wait(timeout=30)
+            spy = None
+        if deployment is not None:  # after the window: a scrape costs sipfilter CPU
+            left = deployment.sipfilter.wait_no_dialogs(timeout_s=30)
         c = carrier.finish(grace_s=10) if relayed else None
     finally:
+        if spy is not None:
+            spy.kill()
         dialer.stop()
         carrier.stop()
     mismatched = sum(1 for o in d.outcomes if o.problem())
@@ -126,7 +163,36 @@ def run_step(workdir: Path, target: str, carrier_port: int, deployment: Deployme
     return Step(mix, rate, d.created, d.successful - mismatched, d.failed + mismatched,
                 d.retransmissions + (c.retransmissions if c else 0),
                 percentile(rtts, 50), percentile(rtts, 99), percentile(d.invite_trying_ms, 99), cpu, sipp_cpu,
-                wall)
+                wall, idle_rate, left, sys_share)
+
+
+def _sys_seconds(deployment: Deployment | None) -> float:
+    """Kernel CPU seconds (stime, /proc/<pid>/stat field 15) of sipfilter."""
+    if deployment is None or deployment.sipfilter.proc is None:
+        return 0.0
+    stat = Path(f"/proc/{deployment.sipfilter.proc.pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2:].split()[12]) / os.sysconf("SC_CLK_TCK")
+
+
+def _idle_cpu_rate(deployment: Deployment, seconds: float) -> float:
+    """sipfilter's CPU seconds per second with no traffic (store watcher, carrier probes, GC)."""
+    if seconds <= 0:
+        return 0.0
+    cpu0, t0 = deployment.sipfilter.cpu_seconds(), time.monotonic()
+    time.sleep(seconds)
+    return (deployment.sipfilter.cpu_seconds() - cpu0) / (time.monotonic() - t0)
+
+
+def _py_spy(deployment: Deployment, out: Path) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling sipfilter into collapsed stacks (`pip install py-spy`: a dev tool, no dependency)."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(exe).exists() or deployment.sipfilter.proc is None:
+        print("  (py-spy not found: no profile)", file=sys.stderr)
+        return None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([exe, "record", "--pid", str(deployment.sipfilter.proc.pid), "--rate", "200",
+                             "--format", "raw", "--output", str(out), "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _sample_cpu(procs: list[Sipp], until: float) -> float:
@@ -144,6 +210,32 @@ def _sample_cpu(procs: list[Sipp], until: float) -> float:
     return sum(last.values())
 
 
+def profile_summary(path: Path, top: int = 30) -> str:
+    """Self and inclusive sample shares per function from py-spy's collapsed stacks ("f (file:line);… n")."""
+    own: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for frame in set(frames):
+            incl[frame] = incl.get(frame, 0) + n
+    if not total:
+        return f"{path}: no samples"
+    rows = [f"{path.name}: {total} samples; self% incl%  function"]
+    for frame, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        rows.append(f"  {100 * n / total:5.1f} {100 * incl[frame] / total:5.1f}  {frame}")
+    rows.append("  inclusive, top:")
+    for frame, n in sorted(incl.items(), key=lambda kv: -kv[1])[:top]:
+        rows.append(f"  {100 * own.get(frame, 0) / total:5.1f} {100 * n / total:5.1f}  {frame}")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--mix", action="append", choices=MIXES, help="repeatable; default: all three")
@@ -152,10 +244,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hold-ms", type=int, default=0, help="talk time of a relayed call before the BYE")
     parser.add_argument("--callees", type=int, default=5000, help="distinct consented callees")
     parser.add_argument("--dnc-size", type=int, default=1_000_000, help="numbers on the bloctel list")
+    parser.add_argument("--settle", type=float, default=None,
+                        help="seconds after the dialer exits, inside the CPU window (default 64*T1+T4+1)")
+    parser.add_argument("--idle", type=float, default=3.0, help="seconds of idle CPU measured before a step")
+    parser.add_argument("--warmup", type=float, default=3.0, help="unreported traffic seconds per deployment")
+    parser.add_argument("--profile-dir", type=Path, help="py-spy collapsed stacks of each step written here")
     parser.add_argument("--direct", action="store_true", help="no sipfilter: dialer straight to the carrier")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (SIPp traces, logs)")
     args = parser.parse_args(argv)
     mixes = args.mix or list(MIXES)
+    settle = args.settle if args.settle is not None else 64 * T1_S + T4_S + 1
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
     if not args.direct and (missing := sipfilter_available()):
         print(f"cannot benchmark: {missing}", file=sys.stderr)
@@ -182,11 +280,19 @@ def main(argv: list[str] | None = None) -> int:
                 carrier_port = deployment.carrier_ports[0]
                 target = deployment.inside
                 print(f"  (sipfilter for {mix} ready in {time.monotonic() - t0:.1f}s)", file=sys.stderr)
+            if args.warmup > 0 and rates:  # first-call paths, label children, page faults of the lists
+                warm_rate = min(rates[0], 200.0)
+                warm = run_step(workroot / mix / "warmup", target, carrier_port, deployment, mix, warm_rate,
+                                args.warmup, args.hold_ms, callees, dnc_sample, settle_s=T4_S + 1)
+                print(f"  (warm-up: {warm.row().strip()})", file=sys.stderr)
             for rate in rates:
+                profile_to = args.profile_dir / f"{mix}-{rate:g}.txt" if args.profile_dir else None
                 step = run_step(workroot / mix / f"{rate:g}", target, carrier_port, deployment, mix, rate,
-                                args.duration, args.hold_ms, callees, dnc_sample)
+                                args.duration, args.hold_ms, callees, dnc_sample, settle_s=settle,
+                                idle_s=args.idle if deployment else 0.0, profile_to=profile_to)
                 print(step.row(), flush=True)
-                time.sleep(1)
+                if profile_to is not None and profile_to.exists():
+                    print(profile_summary(profile_to), file=sys.stderr, flush=True)
         finally:
             if deployment is not None:
                 deployment.sipfilter.stop()
@@ -198,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
 def _deploy(workdir: Path, callees: list[str], dnc: list[str]) -> Deployment:
     """A sipfilter with production timers, the consents and the 1M-entry bloctel list provisioned."""
     return deploy(workdir / "sipfilter", extra_consents=callees, extra_lists={"bloctel": dnc},
-                  sip={"timers": {"t1_ms": 500, "t2_ms": 4000, "t4_ms": 5000}})
+                  sip={"timers": {"t1_ms": int(T1_S * 1000), "t2_ms": 4000, "t4_ms": int(T4_S * 1000)}})
 
 
 if __name__ == "__main__":
