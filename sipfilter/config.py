@@ -8,7 +8,9 @@ from __future__ import annotations
 import builtins
 import difflib
 import ipaddress
+import logging
 import re
+import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     from sipfilter.policy.rulepack import RulePack, RuleSet
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -386,11 +389,26 @@ class TrunkLists:
 
 
 @dataclass(frozen=True, slots=True)
+class TargetTls:
+    """`tls:` of a `transport: tls` target: how the carrier's certificate is verified (and ours shown)."""
+
+    ca: Path | None  # PEM CA bundle; None = the system's CAs
+    server_name: str | None  # the name its certificate must carry; None = the target URI's host
+    verify: bool  # false: no verification at all (logged as a warning at every load)
+    cert: Path | None  # client certificate chain for mutual TLS (with key)
+    key: Path | None
+    min_version: str  # 1.2 | 1.3
+    # Built once per config load from the fields above and shared by every connection to the target.
+    context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Target:
     uri: str
     transport: str
     priority: int
     weight: int
+    tls: TargetTls | None = None  # set for every `transport: tls` target (defaults when `tls:` is absent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -590,7 +608,8 @@ _TRUNK_KEYS = (
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
 
 
-def _trunk(name: str, s: Section, pack_names: Iterable[str]) -> TrunkConfig:
+def _trunk(name: str, s: Section, pack_names: Iterable[str],
+           tls_seen: dict[tuple[str, int], TargetTls] | None = None) -> TrunkConfig:  # fmt: skip
     s.only(_TRUNK_KEYS)
     if not _TOKEN_RE.match(name):
         raise ConfigError("trunk names are letters, digits, _ . : -", s.file, s.line, s.path)
@@ -644,18 +663,16 @@ def _trunk(name: str, s: Section, pack_names: Iterable[str]) -> TrunkConfig:
         raise s.error("overrides", "expected a mapping of rule-pack values")
     targets = []
     for t in s.items("targets"):
-        t.only(["uri", "transport", "priority", "weight"])
+        t.only(["uri", "transport", "priority", "weight", "tls"])
         uri = t.str("uri")
         if not uri.startswith(("sip:", "sips:")):
             raise t.error("uri", f"expected a sip: or sips: URI, got {uri!r}")
-        targets.append(
-            Target(
-                uri,
-                t.choice("transport", TRANSPORTS, "udp"),
-                t.int("priority", 1, lo=0),
-                t.int("weight", 1, lo=0),
-            )
-        )
+        transport = t.choice("transport", TRANSPORTS, "udp")
+        target = Target(uri, transport, t.int("priority", 1, lo=0), t.int("weight", 1, lo=0),
+                        _target_tls(t, transport))  # fmt: skip
+        if tls_seen is not None and target.tls is not None:
+            _same_tls_per_address(t, target, tls_seen)
+        targets.append(target)
     if not targets:
         raise s.error("targets", "at least one target is required")
     hs = s.section("headers", default_empty=True)
@@ -680,6 +697,70 @@ def _trunk(name: str, s: Section, pack_names: Iterable[str]) -> TrunkConfig:
         headers=headers,
         request_uri_domains=_request_uri_domains(s),
     )
+
+
+def _target_tls(t: Section, transport: str) -> TargetTls | None:
+    """`tls:` of one target, its client context built here (once per load): errors name the field."""
+    if transport != "tls":
+        if t.has("tls"):
+            raise t.error("tls", "tls settings need `transport: tls`")
+        return None
+    s = t.section("tls", default_empty=True)
+    s.only(["ca", "server_name", "verify", "cert", "key", "min_version"])
+    ca = s.path_("ca") if s.has("ca") else None
+    server_name = s.str("server_name", None, nullable=True)
+    if server_name is not None:
+        host = server_name.lower().rstrip(".")
+        if not _HOSTNAME_RE.match(host) and not _is_ip(host):
+            raise s.error("server_name", f"expected a host name or IP address, got {server_name!r}")
+    verify = s.bool("verify", True)
+    cert = s.path_("cert") if s.has("cert") else None
+    key = s.path_("key") if s.has("key") else None
+    if (cert is None) != (key is None):
+        raise s.error("cert" if cert is None else "key", "mutual TLS needs both `cert` and `key`")
+    raw_version = s.raw("min_version", "1.2")
+    # YAML reads an unquoted 1.2 as a float.
+    version = f"{raw_version:.1f}" if isinstance(raw_version, float) else raw_version
+    if version not in ("1.2", "1.3"):
+        raise s.error("min_version", f"expected 1.2 or 1.3, got {raw_version!r}")
+    for part, path in (("ca", ca), ("cert", cert), ("key", key)):
+        if path is not None and not path.is_file():
+            raise s.error(part, f"no such file: {path}")
+    from sipfilter.transport.stream import TlsSetupError, tls_client_context
+
+    try:
+        context = tls_client_context(ca=str(ca) if ca else None, verify=verify, min_version=version,
+                                     cert=str(cert) if cert else None, key=str(key) if key else None)
+    except TlsSetupError as exc:
+        raise s.error(exc.part if s.has(exc.part) else "ca", str(exc)) from exc
+    if not verify:
+        uri = t.data.get("uri")
+        log.warning("%s:%s: %s: TLS certificate verification is OFF for %s (tls.verify: false): anyone on "
+                    "the path can impersonate this carrier", s.file, s.line, s.path, uri)  # fmt: skip
+    return TargetTls(ca, server_name, verify, cert, key, version, context)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _same_tls_per_address(t: Section, target: Target, seen: dict[tuple[str, int], TargetTls]) -> None:
+    """One connection serves an address, so every target at that host:port must verify it the same way."""
+    from sipfilter.b2bua.trunks import destination_of
+
+    assert target.tls is not None
+    try:
+        dest = destination_of(target)
+    except ValueError as exc:
+        raise t.error("uri", f"cannot read host and port: {exc}") from exc
+    first = seen.setdefault(dest.addr, target.tls)
+    if first != target.tls:
+        raise t.error("tls", f"another target at {dest.host}:{dest.port} has different tls settings "
+                             "(one connection serves both): make them identical")  # fmt: skip
 
 
 def _request_uri_domains(trunk: Section) -> frozenset[str] | None:
@@ -799,8 +880,9 @@ def load_config(path: str | Path) -> Config:
     trunks_s = root.section("trunks")
     trunks: dict[str, TrunkConfig] = {}
     rules: dict[str, RuleSet] = {}
+    tls_seen: dict[tuple[str, int], TargetTls] = {}
     for name in trunks_s.data:
-        trunk = _trunk(str(name), trunks_s.section(str(name)), packs)
+        trunk = _trunk(str(name), trunks_s.section(str(name)), packs, tls_seen)
         trunks[trunk.name] = trunk
         rules[trunk.name] = compile_rules(packs[trunk.rule_pack], trunk)
     if not trunks:

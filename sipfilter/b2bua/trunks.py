@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sipfilter.config import Target, TrunkConfig
+from sipfilter.transport.base import Addr
+from sipfilter.transport.stream import ClientTls
 
 DOWN_AFTER_FAILURES = 1  # one INVITE timeout / failed probe takes a target out of rotation
 
@@ -121,10 +123,14 @@ def destination_of(target: Target) -> Destination:
 
 
 class TargetState:
-    __slots__ = ("dest", "down_since", "failures", "priority", "up", "weight")
+    __slots__ = ("dest", "down_since", "failures", "priority", "tls", "up", "weight")
 
     def __init__(self, target: Target) -> None:
         self.dest = destination_of(target)
+        tls = target.tls
+        # The context was built at config load; the name verified defaults to the URI's host.
+        self.tls = None if tls is None or tls.context is None else \
+            ClientTls(tls.context, tls.server_name or self.dest.host)  # fmt: skip
         self.priority = target.priority
         self.weight = max(0, target.weight)
         self.up = True
@@ -201,3 +207,18 @@ class TargetPool:
             prev = old._state(s.dest)
             if prev is not None:
                 s.up, s.failures, s.down_since = prev.up, prev.failures, prev.down_since
+
+
+def tls_client_at(pools: Mapping[str, TargetPool], addr: Addr) -> ClientTls | None:
+    """The TLS settings of the configured target at `addr` (None: not a TLS target of ours). Read when a
+    connection is opened, not per message."""
+    for pool in pools.values():
+        for s in pool.states:
+            if s.tls is not None and s.dest.addr == addr:
+                return s.tls
+    return None
+
+
+def targets_at(pools: Mapping[str, TargetPool], addr: Addr) -> list[tuple[str, Destination]]:
+    """(trunk, target) of every configured target at `addr` (several trunks may share a carrier)."""
+    return [(pool.trunk, s.dest) for pool in pools.values() for s in pool.states if s.dest.addr == addr]

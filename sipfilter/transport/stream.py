@@ -1,6 +1,8 @@
 """TCP and TLS endpoints: a listening server plus outbound connections, one StreamFramer per connection.
 
 Frames with the SIP core's StreamFramer and hands whole messages to the handler; never interprets them.
+Outbound TLS uses the context the handler names for that peer (built once per config load, never here per
+connection), and a connection that cannot be opened is reported to the handler, which decides what fails.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from dataclasses import dataclass
 from typing import Any, cast
 
 from sipfilter.sip.framing import KeepAlive, StreamFramer
@@ -16,6 +19,90 @@ from sipfilter.transport.base import Addr, Endpoint, Handler
 log = logging.getLogger(__name__)
 
 _MAX_PENDING = 1 << 20  # bytes queued on a connection still being opened; beyond that, drop
+# Opening a connection (TCP + TLS handshake) longer than this fails it: well inside Timer B (32 s), so a
+# carrier that accepts and then stalls fails over like a dead one, and its calls do not wait 64*T1.
+CONNECT_TIMEOUT_S = 10.0
+
+# Why a connection could not be opened: the `reason` of ConnectFailure and of the TLS failure metric.
+REASON_CONNECT = "connect"  # TCP refused / unreachable (not TLS-specific)
+REASON_TIMEOUT = "timeout"
+REASON_UNKNOWN_CA = "unknown-ca"  # chain does not lead to a CA we trust (self-signed, another CA)
+REASON_HOSTNAME = "hostname-mismatch"  # certificate valid, but not for the name we verify
+REASON_EXPIRED = "expired"
+REASON_NOT_YET_VALID = "not-yet-valid"
+REASON_UNTRUSTED = "untrusted"  # any other certificate verification failure (revoked, bad signature…)
+REASON_PROTOCOL = "protocol"  # handshake failed outside certificate checks (version, cipher, peer alert)
+CONNECT_REASONS = (REASON_CONNECT, REASON_TIMEOUT, REASON_UNKNOWN_CA, REASON_HOSTNAME, REASON_EXPIRED,
+                   REASON_NOT_YET_VALID, REASON_UNTRUSTED, REASON_PROTOCOL)  # fmt: skip
+# OpenSSL X509_V_ERR_* codes (x509_vfy.h) → reason.
+_VERIFY_REASONS = {
+    2: REASON_UNKNOWN_CA, 18: REASON_UNKNOWN_CA, 19: REASON_UNKNOWN_CA, 20: REASON_UNKNOWN_CA,
+    21: REASON_UNKNOWN_CA, 9: REASON_NOT_YET_VALID, 10: REASON_EXPIRED, 62: REASON_HOSTNAME,
+    64: REASON_HOSTNAME,
+}  # fmt: skip
+TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTls:
+    """How to open a TLS connection to one peer: the (shared, prebuilt) context and the name to verify."""
+
+    context: ssl.SSLContext
+    server_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectFailure:
+    """An outbound connection that could not be opened; `detail` is for logs (OpenSSL's words)."""
+
+    transport: str  # tcp | tls
+    reason: str  # one of CONNECT_REASONS
+    detail: str
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The CONNECT_REASONS value for an exception raised while opening a connection."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return _VERIFY_REASONS.get(int(exc.verify_code or 0), REASON_UNTRUSTED)
+    if isinstance(exc, ssl.SSLError):
+        return REASON_PROTOCOL
+    if isinstance(exc, TimeoutError):
+        return REASON_TIMEOUT
+    return REASON_CONNECT
+
+
+class TlsSetupError(ValueError):
+    """A TLS context could not be built; `part` names the file at fault (ca | cert)."""
+
+    def __init__(self, part: str, message: str) -> None:
+        super().__init__(message)
+        self.part = part
+
+
+def tls_client_context(*, ca: str | None = None, verify: bool = True, cert: str | None = None,
+                       key: str | None = None, min_version: str = "1.2") -> ssl.SSLContext:  # fmt: skip
+    """A client context for one carrier target: its CA bundle (None: the system's), an optional client
+    certificate for mutual TLS. Raises TlsSetupError on unreadable or invalid files."""
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsSetupError("ca", f"cannot load the CA bundle: {_why(exc)}") from exc
+    ctx.minimum_version = TLS_VERSIONS[min_version]
+    if not verify:  # the caller logged it: this is an explicit choice in the config
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if cert is not None:
+        try:
+            ctx.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            raise TlsSetupError("cert", f"cannot load the client certificate and key: {_why(exc)}") from exc
+    return ctx
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return str(exc.reason or exc)
+    return str(getattr(exc, "strerror", None) or exc)
 
 
 def _new_framer(limits: Any) -> StreamFramer:
@@ -127,22 +214,52 @@ class StreamEndpoint(Endpoint):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _client_tls_for(self, addr: Addr) -> ClientTls:
+        """The handler's settings for this peer (a configured carrier target), else system CAs and the
+        peer's address as the name to verify."""
+        lookup = getattr(self.handler, "tls_client", None)
+        found = lookup(self, addr) if lookup is not None else None
+        if found is not None:
+            return cast(ClientTls, found)
+        if self._client_tls is None:
+            self._client_tls = ssl.create_default_context()
+        return ClientTls(self._client_tls, addr[0])
+
     async def _connect(self, addr: Addr) -> None:
         loop = asyncio.get_running_loop()
+        tls = self._client_tls_for(addr) if self.transport == "tls" else None
         try:
-            ctx = self._client_tls if self.transport == "tls" else None
-            if self.transport == "tls" and ctx is None:
-                ctx = ssl.create_default_context()
-            _, conn = await loop.create_connection(lambda: _Connection(self), addr[0], addr[1], ssl=ctx)
-        except OSError as exc:
-            log.info("%s connection to %s:%s failed: %s", self.transport, addr[0], addr[1], exc)
+            if tls is None:
+                opening = loop.create_connection(lambda: _Connection(self), addr[0], addr[1])
+            else:
+                opening = loop.create_connection(lambda: _Connection(self), addr[0], addr[1], ssl=tls.context,
+                                                 server_hostname=tls.server_name)  # fmt: skip
+            _, conn = await asyncio.wait_for(opening, CONNECT_TIMEOUT_S)
+        except (OSError, TimeoutError) as exc:
             self._connecting.pop(addr, None)
+            reason = failure_reason(exc)
+            detail = getattr(exc, "verify_message", None) or str(exc) or type(exc).__name__
+            if tls is not None and reason != REASON_CONNECT:
+                log.warning("tls connection to %s:%s (verifying %r) failed: %s: %s", addr[0], addr[1],
+                            tls.server_name, reason, detail)  # fmt: skip
+            else:
+                log.info("%s connection to %s:%s failed: %s", self.transport, addr[0], addr[1], detail)
+            self._report_failure(addr, ConnectFailure(self.transport, reason, detail))
             return
         # The connection registered itself under the peer address it reports.
         for data in self._connecting.pop(addr, []):
             conn.write(data)
         if addr not in self._connections:
             self._connections[addr] = conn
+
+    def _report_failure(self, addr: Addr, failure: ConnectFailure) -> None:
+        hook = getattr(self.handler, "on_connect_failed", None)
+        if hook is None:
+            return
+        try:
+            hook(self, addr, failure)
+        except Exception:  # the handler's bug must not kill this task silently
+            log.exception("handling a failed %s connection to %s:%s", self.transport, addr[0], addr[1])
 
     async def close(self) -> None:
         if self._server is not None:
