@@ -7,6 +7,7 @@ import asyncio
 import logging
 import re
 import shutil
+import socket
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Callable
@@ -231,6 +232,18 @@ async def test_a_carrier_failing_verification_is_a_dead_target(
     assert rig.obs.failed == [("dialer", target, "tls", reason)]
     assert [s.up for s in rig.b2b.rt.pools["dialer"].states] == [False]
     assert rig.b2b.client_tx == {} or all(c.final for c in rig.b2b.client_tx.values())
+
+
+async def test_a_refused_connection_fails_at_once_but_is_no_tls_failure(pki: Pki, make_rig: Any) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    rig = await make_rig(tls_target(port, ca=pki.ca, server_name=NAME))
+    rig.b2b.obs = metrics.PrometheusObserver()
+    rig.call()
+    assert (await rig.final()).status == 503  # not after Timer B
+    labels = {"trunk": "dialer", "target": f"sip:127.0.0.1:{port}", "reason": "connect"}
+    assert metrics.REGISTRY.get_sample_value("sipfilter_tls_handshake_failures_total", labels) is None
 
 
 async def test_a_failed_handshake_fails_over_to_the_next_target(
