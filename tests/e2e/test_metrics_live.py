@@ -55,6 +55,9 @@ ROUNDS = 4  # policy_mix.csv (11 calls: 4 relayed, 7 refused by 7 different rule
 NOT_IN_A_HEALTHY_RUN = {
     "sipfilter_monitor_rejections_total": "the trunk runs mode: enforce; monitor mode counts apart",
     "sipfilter_carrier_failovers_total": "one carrier target that answers every call: no failover",
+    "sipfilter_auth_total": "no auth: section, so no digest outcome",
+    "sipfilter_request_uri_refused_total": "no request_uri.domains on the trunk",
+    "sipfilter_tls_handshake_failures_total": "a UDP carrier: no TLS handshake",
 }
 
 
