@@ -8,7 +8,7 @@ it asserts nothing and is not part of the test suite. Everything runs on 127.0.0
 sipfilter's CPU per call is measured over one window per step: from the dialer's start until `--settle`
 seconds after it exits (default 64*T1 + T4 + 1 s: every timer the calls started has fired by then, so
 their deferred work is counted), minus sipfilter's idle CPU rate (watcher, probes) measured for `--idle`
-seconds before the step. Nothing polls sipfilter inside the window (a /metrics scrape costs milliseconds);
+seconds before any traffic. Nothing polls sipfilter inside the window (a /metrics scrape costs milliseconds);
 the leftover dialogs are read after it. Each deployment first runs an unreported warm-up (`--warmup`).
 
     .venv/bin/python bench/e2e.py                       # mixes rejected, relayed, mixed at 100…1500 calls/s
@@ -109,7 +109,7 @@ def make_cases(mix: str, count: int, callees: list[str], dnc_sample: list[str],
 
 def run_step(workdir: Path, target: str, carrier_port: int, deployment: Deployment | None, mix: str,
              rate: float, duration_s: float, hold_ms: int, callees: list[str], dnc_sample: list[str],
-             settle_s: float = 0.0, idle_s: float = 0.0, profile_to: Path | None = None) -> Step:
+             settle_s: float = 0.0, idle_rate: float = 0.0, profile_to: Path | None = None) -> Step:
     rng = random.Random(f"{mix}-{rate}")
     count = max(1, int(rate * duration_s))
     cases = make_cases(mix, count, callees, dnc_sample, rng)
@@ -128,7 +128,6 @@ def run_step(workdir: Path, target: str, carrier_port: int, deployment: Deployme
     try:
         if relayed:
             carrier.start().wait_listening()
-        idle_rate = _idle_cpu_rate(deployment, idle_s) if deployment else 0.0
         cpu0 = deployment.sipfilter.cpu_seconds() if deployment else None
         sys0 = _sys_seconds(deployment)
         t0 = time.monotonic()
@@ -246,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dnc-size", type=int, default=1_000_000, help="numbers on the bloctel list")
     parser.add_argument("--settle", type=float, default=None,
                         help="seconds after the dialer exits, inside the CPU window (default 64*T1+T4+1)")
-    parser.add_argument("--idle", type=float, default=3.0, help="seconds of idle CPU measured before a step")
+    parser.add_argument("--idle", type=float, default=3.0, help="seconds of idle CPU measured after start")
     parser.add_argument("--warmup", type=float, default=3.0, help="unreported traffic seconds per deployment")
     parser.add_argument("--profile-dir", type=Path, help="py-spy collapsed stacks of each step written here")
     parser.add_argument("--direct", action="store_true", help="no sipfilter: dialer straight to the carrier")
@@ -280,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
                 carrier_port = deployment.carrier_ports[0]
                 target = deployment.inside
                 print(f"  (sipfilter for {mix} ready in {time.monotonic() - t0:.1f}s)", file=sys.stderr)
+            # Measured once, before any traffic: after a step, its transactions' timers would count as idle.
+            idle_rate = _idle_cpu_rate(deployment, args.idle) if deployment else 0.0
             if args.warmup > 0 and rates:  # first-call paths, label children, page faults of the lists
                 warm_rate = min(rates[0], 200.0)
                 warm = run_step(workroot / mix / "warmup", target, carrier_port, deployment, mix, warm_rate,
@@ -289,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                 profile_to = args.profile_dir / f"{mix}-{rate:g}.txt" if args.profile_dir else None
                 step = run_step(workroot / mix / f"{rate:g}", target, carrier_port, deployment, mix, rate,
                                 args.duration, args.hold_ms, callees, dnc_sample, settle_s=settle,
-                                idle_s=args.idle if deployment else 0.0, profile_to=profile_to)
+                                idle_rate=idle_rate, profile_to=profile_to)
                 print(step.row(), flush=True)
                 if profile_to is not None and profile_to.exists():
                     print(profile_summary(profile_to), file=sys.stderr, flush=True)
