@@ -121,6 +121,10 @@ class Normaliser:
 
     # -- internals ---------------------------------------------------------------------------------
     def _parse_uncached(self, text: str, region: str = "FR") -> Number:
+        if region == "FR" and self._cc_digits == "33":
+            fast = self._parse_fast(text)
+            if fast is not None:
+                return fast
         parts = split_uri_user(text)
         if parts is None:
             return Number(text, "", ANONYMOUS, "no user part in the URI")
@@ -152,6 +156,36 @@ class Normaliser:
                     if digits.startswith(code) and len(digits) == len(code) + 9 and digits[len(code)] != "0":
                         return Number(raw, digits, E164)
         return self._slow(raw, digits, region)
+
+    def _parse_fast(self, text: str) -> Number | None:
+        """The forms dialers nearly always send (`sip:` or `tel:` URI, or a bare number, whose user part is
+        +33 or 0 and nine digits, nothing else) with a few C string calls; None for anything else, which the
+        general path parses. Callees are mostly first seen (cache misses): this is on most calls.
+        Answers exactly what the general path answers (tests/policy/test_numbers_fast.py checks it)."""
+        if text[:4] == "sip:":
+            at = text.rfind("@")
+            if at < 0 or "<" in text or text[-1:].isspace():
+                return None
+            user = text[4:at]
+            hostpart = text[at + 1 :]
+            host = hostpart.partition(";")[0].partition("?")[0].partition(":")[0].lower()
+            if hostpart.startswith("[") or host in self._anon_hosts:
+                return None
+        elif text[:4] == "tel:":
+            user = text[4:]
+        else:
+            user = text
+        if len(user) == 12:
+            if user[:3] != "+33" or user[3] == "0":
+                return None
+        elif len(user) != 10 or user[0] != "0" or user[1] == "0":
+            return None
+        digits = user[1:]
+        if not (digits.isdigit() and digits.isascii()):
+            return None
+        if user in self._anon_users or self._short_re.match(user):
+            return None
+        return Number(text, self._apply_overseas(user[-9:]), E164)
 
     def _french_nsn(self, d: str) -> str | None:
         """The 9-digit national significant number of a French number in any common form, or None."""
