@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from memstore import MemoryStore
 from policy_helpers import CALLEE, NPV, OPEN
 
-from sipfilter.policy.engine import PolicyEngine, UnknownTrunk, split_header_values
+from sipfilter.policy.engine import PolicyEngine, UnknownTrunk, addr_spec, split_header_values
 from sipfilter.policy.verdict import Verdict
 from sipfilter.stores.base import StoreUnavailable
 
@@ -234,3 +234,34 @@ async def test_any_input_gives_a_decision(
     if d.verdict.action == "reject":
         assert d.verdict.status in (403, 603, 608) and d.verdict.rule
         assert "\n" not in d.verdict.warning_header("h") and "\r" not in d.verdict.warning_header("h")
+
+
+@pytest.mark.parametrize(
+    ("uri", "pairs"),
+    [
+        ("sip:0611223344@h", [("From", '"A" <sip:0162123456@d>;tag=1'), ("To", "<sip:nonsense@h>")]),
+        ("sip:carrier.example", [("From", "sip:0162123456@d;tag=3"), ("To", "<tel:+33611223344>;tag=x")]),
+        ("sip:carrier.example", [("To", "<sip:carrier.example>")]),
+        ("", [("From", "<sip:anonymous@anonymous.invalid>")]),
+        ("tel:+33611223344", [("P-Asserted-Identity", "<sip:+33162123456@x>, <tel:+33612345678>"),
+                              ("P-Asserted-Identity", '"Doe, J" <sip:0163000000@x>'), ("Privacy", "id;user"),
+                              ("Privacy", "header"), ("Call-ID", "c@d")]),
+    ],
+)
+def test_facts_from_request_equals_facts_from_the_same_strings(
+    engine: PolicyEngine, uri: str, pairs: list[tuple[str, str]]
+) -> None:
+    """The one-pass extraction on the INVITE path builds exactly what `facts()` builds (`sipfilter check`)."""
+    req = FakeRequest(uri, pairs)
+    h = req.headers
+    expected = engine.facts(
+        "dialer",
+        from_=addr_spec(str(h.get("From") or "")),
+        to=uri,
+        pai=[addr_spec(v) for v in split_header_values(h.get_all("P-Asserted-Identity"))],
+        privacy=h.get_all("Privacy"),
+        at=OPEN,
+        call_id=str(h.get("Call-ID") or ""),
+        to_header=addr_spec(str(h.get("To") or "")),
+    )
+    assert engine.facts_from_request("dialer", req, OPEN) == expected
