@@ -87,6 +87,7 @@ async def _synthetic_calls(stop: asyncio.Event) -> None:
     for trunk in TRUNKS:
         obs.target_up(trunk, "carrier-a", True)
         obs.target_up(trunk, "carrier-b", True)
+        obs.connect_failed(trunk, "carrier-b", "tls", "timeout")  # once: a blip, below the alert
     while not stop.is_set():
         for trunk in TRUNKS:
             obs.invite(trunk, "udp")
@@ -104,6 +105,9 @@ async def _synthetic_calls(stop: asyncio.Event) -> None:
                 obs.invite_final(trunk, rnd.uniform(1, 8))
                 obs.response(trunk, "sent", 200)
             obs.dialogs(trunk, -1)
+            obs.auth(trunk, "challenged")
+            obs.auth(trunk, "passed")
+            obs.foreign_domain(trunk)
         obs.failover(TRUNKS[0], "carrier-a")
         obs.malformed("udp")
         obs.unknown_source("tcp")
