@@ -337,6 +337,7 @@ class SipConfig:
     ring_timeout_s: float
     max_call_duration_s: float
     drain_timeout_s: float
+    probe_interval_s: float = 10.0  # OPTIONS to every carrier target; a down target is retried this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,6 +437,9 @@ class TrunkConfig:
     # `request_uri.domains`, lower-cased hosts (IPv6 without brackets); None = any host, rewritten to the
     # carrier target (sipfilter/b2bua/trunks.py foreign_host).
     request_uri_domains: frozenset[str] | None = None
+    # When every carrier target is marked down (probes, timeouts): `try` them anyway, last-known-good first
+    # (a call is never refused on probe results alone), or `reject` at once with 503 + Retry-After.
+    on_targets_down: str = "try"
 
 
 @dataclass(frozen=True, slots=True)
@@ -510,6 +514,7 @@ def _sip(s: Section) -> SipConfig:
             "ring_timeout_s",
             "max_call_duration_s",
             "drain_timeout_s",
+            "probe_interval_s",
         ]
     )
     inside = tuple(_listen(x) for x in s.items("inside"))
@@ -544,6 +549,7 @@ def _sip(s: Section) -> SipConfig:
         s.number("ring_timeout_s", 120, lo=1),
         s.number("max_call_duration_s", 14400, lo=1),
         s.number("drain_timeout_s", 30, lo=0),
+        s.number("probe_interval_s", 10, lo=0.1),
     )
 
 
@@ -604,6 +610,7 @@ _TRUNK_KEYS = (
     "targets",
     "headers",
     "request_uri",
+    "on_targets_down",
 )
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
 
@@ -696,6 +703,7 @@ def _trunk(name: str, s: Section, pack_names: Iterable[str],
         targets=tuple(targets),
         headers=headers,
         request_uri_domains=_request_uri_domains(s),
+        on_targets_down=s.choice("on_targets_down", ("try", "reject"), "try"),
     )
 
 

@@ -71,6 +71,8 @@ def example_with(tmp_path: Path, old: str, new: str) -> tuple[Path, int]:
         ),
         ("rule_pack: fr", "rule_pack: de", "trunks.dialer.rule_pack", "no rule pack named 'de'"),
         ("on_store_error: reject", "on_store_error: maybe", "trunks.dialer.on_store_error", "reject, allow"),
+        ("on_store_error: reject", "on_targets_down: later", "trunks.dialer.on_targets_down", "try, reject"),
+        ("drain_timeout_s: 30", "probe_interval_s: 0", "sip.probe_interval_s", ">= 0.1"),
         ("on_write_error: keep-relaying", "on_write_error: panic", "audit.on_write_error", "keep-relaying"),
         ("hostname: sipfilter.local", "hostname: 'bad host'", "sip.hostname", "not a valid host name"),
         ('uri: "sip:127.0.0.1:5070"', 'uri: "http://x"', "trunks.dialer.targets[0].uri", "sip: or sips:"),

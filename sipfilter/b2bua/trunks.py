@@ -147,10 +147,13 @@ class TargetPool:
         self._rng = rng or random.Random()
         self.on_change: Callable[[str, Destination, bool], None] | None = None
 
-    def plan(self) -> list[Destination]:
+    def plan(self, include_down: bool = True) -> list[Destination]:
         """Targets to try for a new call, in order: up ones by priority (weighted shuffle within one
-        priority), then down ones (a call is never refused only because every probe failed)."""
+        priority), then, with `include_down` (trunk `on_targets_down: try`), the down ones: a call is then
+        never refused only because every probe failed. Empty: nothing to try."""
         up = [s for s in self.states if s.up]
+        if not include_down:
+            return self._order(up)
         down = [s for s in self.states if not s.up]
         return self._order(up) + self._order(down)
 
