@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -87,11 +89,15 @@ class EmbeddedStore(LocalLists):
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, never corrupt
             # How long a write waits for another process's lock (the CLI's, briefly). The proxy keeps it
-            # short: past it the call gets StoreUnavailable and on_store_error, not a stalled event loop.
+            # short: its own writes (admin API) run on the event loop; attempts are written off it.
             self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
             self._db.executescript(_SCHEMA)
+            # Attempts are written by a thread of their own on a connection of its own: the event loop never
+            # waits on a lock, an insert or a checkpoint for them (see _hand_off).
+            self._writer_db = _connect(self.data_dir / DB_NAME, busy_timeout_ms)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open {self.data_dir / DB_NAME}: {exc}") from exc
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sipfilter-attempts")
         self._sets: dict[str, NumberSet] = {}
         self._infos: dict[str, ListInfo] = {}
         self._max_window = 0.0
@@ -102,8 +108,10 @@ class EmbeddedStore(LocalLists):
         self._records = Records(complete=False)
         self._seen = 0  # the last change log entry applied to _records
         self._data_version = 0
-        # Attempts recorded in memory, not yet in SQLite (see _schedule_flush).
+        # Attempts recorded in memory, not yet in SQLite (see _schedule_flush), and those being written.
         self._pending: list[tuple[str, str, float]] = []
+        self._writing: list[tuple[str, str, float]] = []
+        self._write_done: Future[None] | None = None
         self._flush_scheduled: asyncio.Handle | None = None
         self._flush_failed = False
         self._latest = 0.0  # the latest attempt time recorded: the prune never cuts relative to a later "now"
@@ -130,6 +138,8 @@ class EmbeddedStore(LocalLists):
                 with _reading(store._db):
                     store._seen = store._change_seq()
         except sqlite3.Error as exc:
+            store._writer.shutdown()
+            store._writer_db.close()
             store._db.close()
             raise StoreUnavailable(f"cannot read {store.data_dir / DB_NAME}: {exc}") from exc
         await store._load_lists()
@@ -145,7 +155,6 @@ class EmbeddedStore(LocalLists):
             await self._load_lists_locked()
 
     async def _load_lists_locked(self) -> None:
-        self._flush()
         rows = self._db.execute("SELECT name, version, count, imported_at, source_name, source_size,"
                                 " source_sha256, file FROM lists").fetchall()
         sets, infos = dict(self._sets), dict(self._infos)
@@ -187,7 +196,7 @@ class EmbeddedStore(LocalLists):
         while True:
             await asyncio.sleep(self.poll_interval)
             try:
-                self._flush()  # retries attempts a failed write left pending
+                self._hand_off()  # retries attempts a failed write left pending
                 await self._load_lists()
                 if self._others_committed():
                     await self._catch_up()
@@ -209,8 +218,9 @@ class EmbeddedStore(LocalLists):
         millions of keys must not stall the event loop); and the change log already applied."""
         if self._max_window and self._latest:
             cutoff = min(now, self._latest) - self._max_window
-            self._flush()
-            self._db.execute("DELETE FROM attempts WHERE at < ?", (cutoff,))
+            # In the writer thread, after the batch in flight (FIFO); pending ones that old go unwritten.
+            self._pending = [row for row in self._pending if row[2] >= cutoff]
+            await asyncio.wrap_future(self._writer.submit(self._delete_attempts_before, cutoff))
             keys = list(self._records.attempts)
             for start in range(0, len(keys), CATCH_UP_CHUNK):
                 self._records.prune_attempts(keys[start : start + CATCH_UP_CHUNK], cutoff)
@@ -410,7 +420,6 @@ class EmbeddedStore(LocalLists):
         our own writes (so they answer at once) and, when PRAGMA data_version says another connection
         committed, by the watcher every poll_interval and by refresh(). Large imports go in chunks."""
         async with self._catch_up_lock:
-            self._flush()
             while True:
                 try:
                     more = self._catch_up_chunk()
@@ -497,11 +506,9 @@ class EmbeddedStore(LocalLists):
         n = in_window(q, now - window_s)
         allowed = n < cap and (refused_at is None or refused_at <= now - refusal_cooldown_s)
         if allowed:
-            if len(self._pending) >= MAX_PENDING:
-                self._flush()  # writes have failed for a long while: try now, refuse to record blind
-                if self._pending:
-                    raise self.health.failed(sqlite3.OperationalError(
-                        f"{len(self._pending)} recorded attempts could not be written"))
+            if len(self._pending) >= MAX_PENDING:  # writes have failed for a long while: do not record blind
+                raise self.health.failed(sqlite3.OperationalError(
+                    f"{len(self._pending)} recorded attempts could not be written"))
             add_attempt(q, now)
             if fresh:
                 records.attempts[key] = q
@@ -514,44 +521,91 @@ class EmbeddedStore(LocalLists):
         return AttemptDecision(allowed, n, refused_at)
 
     def _schedule_flush(self) -> None:
-        """Write the attempts `flush_interval` later (or once the callbacks of the current event-loop
-        iteration have run): the counters are exact in memory at once, one transaction serves every call of
-        the interval, and a crash loses at most that interval's attempts. A COMMIT per call cost more than
-        the whole decision, and even one per iteration doubled its p99 (the write's syscalls evict the
-        caches the next decision needs). Without an event loop, write now."""
+        """Hand the attempts to the writer thread `flush_interval` later (or once the callbacks of the current
+        event-loop iteration have run): the counters are exact in memory at once, one transaction serves
+        every call of the interval, and a crash loses at most that interval's attempts. On the event loop, a
+        COMMIT per call cost more than the whole decision, and the batched inserts (a few µs a row on
+        random index pages) still evicted the caches the next decisions needed: p99 doubled.
+        Without an event loop, write now."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             self._flush()
             return
         if self.flush_interval > 0:
-            self._flush_scheduled = loop.call_later(self.flush_interval, self._flush)
+            self._flush_scheduled = loop.call_later(self.flush_interval, self._hand_off)
         else:
-            self._flush_scheduled = loop.call_soon(self._flush)
+            self._flush_scheduled = loop.call_soon(self._hand_off)
+
+    def _hand_off(self) -> None:
+        """Give the pending attempts to the writer thread (one batch in flight at a time)."""
+        self._flush_scheduled = None
+        if not self._pending or self._write_done is not None:
+            return
+        self._writing, self._pending = self._pending, []
+        self._write_done = done = self._writer.submit(self._write_attempts, self._writing)
+        loop = asyncio.get_running_loop()
+        done.add_done_callback(lambda _: loop.call_soon_threadsafe(self._written, done))
+
+    def _written(self, done: Future[None]) -> None:
+        """Back on the event loop: a batch is written, or failed and goes back to the pending ones."""
+        if done is not self._write_done:
+            return  # _flush already waited for it and took care of it
+        self._write_done = None
+        self._settle(done)
+        if self._pending and not self._flush_failed and self._flush_scheduled is None:
+            self._schedule_flush()
+
+    def _settle(self, done: Future[None]) -> None:
+        exc = done.exception()
+        rows, self._writing = self._writing, []
+        if exc is None:
+            if self._flush_failed:
+                self._flush_failed = False
+                self.health.ok()
+            return
+        self._pending[:0] = rows  # retried by the watcher (or the next write), oldest first
+        if not self._flush_failed:
+            log.error("embedded store: writing %d recorded attempts failed (kept in memory, retried): %s",
+                      len(rows), exc)
+        self._flush_failed = True
+        self.health.failed(exc)
+
+    def _write_attempts(self, rows: list[tuple[str, str, float]]) -> None:
+        """In the writer thread: multi-row INSERTs, so the C code that does the inserts runs without the GIL
+        for a whole chunk (executemany would take the GIL back for every row, behind a busy event loop)."""
+        db = self._writer_db
+        with _immediate(db):
+            for start in range(0, len(rows), _INSERT_CHUNK):
+                chunk = rows[start : start + _INSERT_CHUNK]
+                db.execute(_insert_sql(len(chunk)), [value for row in chunk for value in row])
+
+    def _delete_attempts_before(self, cutoff: float) -> None:
+        self._writer_db.execute("DELETE FROM attempts WHERE at < ?", (cutoff,))
 
     def _flush(self) -> None:
-        """Write the pending attempts (also before any other use of the connection). On failure they stay
-        pending, retried by the watcher or the next write, and the store reports itself unhealthy."""
+        """Write every recorded attempt now (before any other use of the connection, and at close): waits
+        for the batch in flight, then writes the rest on this thread. On failure they stay pending, retried by
+        the watcher or the next write, and the store reports itself unhealthy."""
         if self._flush_scheduled is not None:
             self._flush_scheduled.cancel()
             self._flush_scheduled = None
+        done = self._write_done
+        if done is not None:
+            self._write_done = None
+            done.exception()  # waits for the batch in flight
+            self._settle(done)
         if not self._pending:
             return
-        rows = self._pending
-        try:
-            with _immediate(self._db):
-                self._db.executemany("INSERT INTO attempts VALUES(?,?,?)", rows)
-        except sqlite3.Error as exc:
-            if not self._flush_failed:
-                log.error("embedded store: writing %d recorded attempts failed (kept in memory, retried): %s",
-                          len(rows), exc)
-            self._flush_failed = True
-            self.health.failed(exc)
-            return
-        self._pending = []
-        if self._flush_failed:
-            self._flush_failed = False
-            self.health.ok()
+        # Through the writer thread too (its connection is only ever used there), waiting for it.
+        self._writing, self._pending = self._pending, []
+        done = self._writer.submit(self._write_attempts, self._writing)
+        done.exception()
+        self._settle(done)
+
+    def _unwritten(self) -> int:
+        """Attempts counted in memory and not yet in SQLite (pending or being written)."""
+        return len(self._pending) + len(self._writing)
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[None]:
@@ -584,7 +638,24 @@ class EmbeddedStore(LocalLists):
         if self._pending:
             log.error("embedded store: %d recorded attempts could not be written before closing",
                       len(self._pending))
+        self._writer.shutdown(wait=True)
+        self._writer_db.close()
         self._db.close()
+
+
+_INSERT_CHUNK = 500  # rows per INSERT statement (3 parameters each; SQLite allows 32766)
+
+
+@functools.lru_cache(maxsize=8)
+def _insert_sql(rows: int) -> str:
+    return "INSERT INTO attempts(account, number, at) VALUES" + ",".join(["(?,?,?)"] * rows)
+
+
+def _connect(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+    return db
 
 
 @contextlib.contextmanager

@@ -205,12 +205,13 @@ async def test_attempts_stay_counted_while_sqlite_is_locked(tmp_path: Path) -> N
         locker.execute("BEGIN IMMEDIATE")  # the CLI holding the write lock
         for i in range(3):
             assert (await s.check_and_record_attempt(A, N1, T0 + i, 3, 30 * DAY, 0.0)).allowed
-            await asyncio.sleep(0)  # the write is tried, and fails
-        assert len(s._pending) == 3 and not s.health.up
+        assert await eventually(lambda: not s.health.up)  # the writer thread tried, and failed
+        assert await eventually(lambda: s._write_done is None)
+        assert len(s._pending) == 3  # kept, oldest first
         assert not (await s.check_and_record_attempt(A, N1, T0 + 5, 3, 30 * DAY, 0.0)).allowed
         locker.execute("COMMIT")
-        s._flush()  # what the watcher does at its next poll
-        assert not s._pending and s.health.up
+        s._hand_off()  # what the watcher does at its next poll
+        assert await eventually(lambda: s._unwritten() == 0 and s.health.up)
         assert await s.attempts(A, N1, T0 + 10, 30 * DAY) == 3
     finally:
         locker.close()
@@ -228,7 +229,7 @@ async def test_calls_get_store_errors_once_too_many_attempts_are_unwritten(
         locker.execute("BEGIN IMMEDIATE")
         for i in range(2):
             await s.check_and_record_attempt(A, N1, T0 + i, 9, 30 * DAY, 0.0)
-            await asyncio.sleep(0)
+        assert await eventually(lambda: len(s._pending) == 2 and s._write_done is None)
         with pytest.raises(StoreUnavailable):
             await s.check_and_record_attempt(A, N1, T0 + 3, 9, 30 * DAY, 0.0)
         locker.execute("COMMIT")
