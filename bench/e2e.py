@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dnc-size", type=int, default=1_000_000, help="numbers on the bloctel list")
     parser.add_argument("--settle", type=float, default=None,
                         help="seconds after the dialer exits, inside the CPU window (default 64*T1+T4+1)")
-    parser.add_argument("--idle", type=float, default=3.0, help="seconds of idle CPU measured after start")
+    parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle CPU measured after start")
     parser.add_argument("--warmup", type=float, default=3.0, help="unreported traffic seconds per deployment")
     parser.add_argument("--profile-dir", type=Path, help="py-spy collapsed stacks of each step written here")
     parser.add_argument("--direct", action="store_true", help="no sipfilter: dialer straight to the carrier")

@@ -27,6 +27,7 @@ from sipfilter.b2bua.trunks import (
     targets_at,
     tls_client_at,
 )
+from sipfilter.b2bua.wheel import TimerWheel
 from sipfilter.config import Config, TrunkConfig
 from sipfilter.transport.base import Addr, Endpoint
 
@@ -122,10 +123,10 @@ def _content_only(name: str) -> bool:
 def _pick_headers(msg: Any, allow: Callable[[str], bool],
                   drop: Callable[[str, str], bool] | None = None) -> list[str]:  # fmt: skip
     safe = wire.safe
+    picked = msg.headers.select(allow)  # only the values that cross are stripped
     if drop is None:
-        return [f"{name}: {safe(value)}" for name, value in msg.headers.items() if allow(name)]
-    return [f"{name}: {safe(value)}" for name, value in msg.headers.items()
-            if allow(name) and not drop(name, value)]  # fmt: skip
+        return [f"{name}: {safe(value)}" for name, value in picked]
+    return [f"{name}: {safe(value)}" for name, value in picked if not drop(name, value)]
 
 
 def _first(msg: Any, name: str) -> str:
@@ -341,7 +342,7 @@ class B2BUA:
         self.endpoints: dict[str, list[Endpoint]] = {INSIDE: [], OUTSIDE: []}
         for side, eps in (endpoints or {}).items():
             self.endpoints[side] = list(eps)
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.timer_wheel: TimerWheel | None = None  # created on the running loop unless `scheduler` is given
         self._later: Scheduler = scheduler or self._loop_later
         self._clock = clock
         self.obs = observer or Observer()
@@ -360,10 +361,11 @@ class B2BUA:
     # -- plumbing ------------------------------------------------------------------------------------
 
     def _loop_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> Any:
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
-        return loop.call_later(delay, callback, *args)
+        # First timer on the running loop: every timer from now on goes through one timer wheel (a dozen
+        # per call; a loop TimerHandle each cost more than the wheel's bucket entry and cancel flag).
+        self.timer_wheel = TimerWheel(asyncio.get_running_loop())
+        self._later = self.timer_wheel.call_later
+        return self._later(delay, callback, *args)
 
     def _wire_pools(self) -> None:
         for pool in self.rt.pools.values():

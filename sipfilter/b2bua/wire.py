@@ -30,16 +30,39 @@ def reason_phrase(status: int) -> str:
     return REASONS.get(status, "Unknown")
 
 
+class _RandomPool:
+    """Bytes of os.urandom taken a page at a time: tags, branches and Call-IDs stay unpredictable (RFC 3261
+    §19.3 asks for cryptographic randomness) without a getrandom() system call for each one."""
+
+    __slots__ = ("_buf", "_pos")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._pos = 0
+
+    def hex(self, nbytes: int) -> str:
+        pos = self._pos
+        end = pos + nbytes
+        if end > len(self._buf):
+            self._buf = os.urandom(4096)
+            pos, end = 0, nbytes
+        self._pos = end
+        return self._buf[pos:end].hex()
+
+
+_RANDOM = _RandomPool()  # process-wide by nature: bytes are never handed out twice
+
+
 def new_tag() -> str:
-    return os.urandom(6).hex()
+    return _RANDOM.hex(6)
 
 
 def new_branch() -> str:
-    return "z9hG4bK" + os.urandom(8).hex()
+    return "z9hG4bK" + _RANDOM.hex(8)
 
 
 def new_call_id(host: str) -> str:
-    return f"{os.urandom(10).hex()}@{host}"
+    return f"{_RANDOM.hex(10)}@{host}"
 
 
 def with_tag(name_addr: str, tag: str) -> str:
@@ -61,14 +84,14 @@ def _encode(head: str, body: bytes) -> bytes:
 
 def build_request(method: str, ruri: str, lines: Iterable[str], body: bytes = b"") -> bytes:
     """`lines` are complete "Name: value" lines; Content-Length is computed here."""
-    head = f"{method} {ruri} SIP/2.0\r\n" + "".join(line + "\r\n" for line in lines)
-    return _encode(head + f"Content-Length: {len(body)}\r\n\r\n", body)
+    # One C-level join (the trailing "", "" end the head with an empty line).
+    head = "\r\n".join([f"{method} {ruri} SIP/2.0", *lines, f"Content-Length: {len(body)}", "", ""])
+    return _encode(head, body)
 
 
 def build_response(status: int, reason: str, lines: Iterable[str], body: bytes = b"") -> bytes:
-    head = f"SIP/2.0 {status} {safe(reason) or reason_phrase(status)}\r\n"
-    head += "".join(line + "\r\n" for line in lines)
-    return _encode(head + f"Content-Length: {len(body)}\r\n\r\n", body)
+    start = f"SIP/2.0 {status} {safe(reason) or reason_phrase(status)}"
+    return _encode("\r\n".join([start, *lines, f"Content-Length: {len(body)}", "", ""]), body)
 
 
 def verdict_lines(verdict: Verdict, host: str) -> list[str]:

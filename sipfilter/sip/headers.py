@@ -105,6 +105,9 @@ def canonical_name(name: str) -> str:
 
 def split_list(value: str) -> list[str]:
     """Split a comma-separated header value, respecting quoted strings and <...>; empty items dropped."""
+    if "," not in value:  # one item (the usual Via, Supported…): no list to build
+        item = value.strip(" \t")
+        return [item] if item else []
     if '"' not in value and "<" not in value:
         return [item for part in value.split(",") if (item := part.strip(" \t"))]
     items: list[str] = []
@@ -246,6 +249,15 @@ class Headers:
 
     def items(self) -> list[tuple[str, str]]:
         return list(self._all())
+
+    def select(self, allow: Callable[[str], bool]) -> list[tuple[str, str]]:
+        """(name, value) of the lines whose name as received `allow` accepts, in order. A relay copying a
+        few headers strips only those values, without building the whole (name, value) list."""
+        items = self._items
+        if items is not None:
+            return [item for item in items if allow(item[0])]
+        lines = zip(self._names, self._raw, strict=True)
+        return [(name, raw.strip(" \t")) for name, raw in lines if allow(name)]
 
     def keyed_items(self) -> list[tuple[str, str, str]]:
         """(canonical key, name as received, value) for every line."""
