@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from sipfilter.app import GC_THRESHOLDS  # noqa: E402
 from sipfilter.config import load_config  # noqa: E402
 from sipfilter.policy.engine import PolicyEngine  # noqa: E402
 from sipfilter.stores.base import AttemptDecision, ConsentRecord, ListInfo  # noqa: E402
@@ -245,6 +246,7 @@ async def bench_embedded(args: argparse.Namespace) -> None:
             reqs = requests(mix)
             gc.collect()
             gc.freeze()
+            gc.set_threshold(*GC_THRESHOLDS)  # as `sipfilter run` sets them once started
             outcomes: dict[str, int] = {}
             between: list[int] = []
             cpu_lat: list[int] = []
@@ -334,6 +336,7 @@ def main() -> None:
     reqs = requests(mix)
     gc.collect()
     gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)  # as `sipfilter run` sets them once started
     outcomes: dict[str, int] = {}
     between: list[int] = []
     cpu_lat: list[int] = []
