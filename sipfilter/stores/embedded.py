@@ -17,6 +17,7 @@ import functools
 import os
 import sqlite3
 import time
+from bisect import bisect_right, insort
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -27,10 +28,8 @@ from sipfilter.stores.embedded_records import (
     Key,
     Records,
     Span,
-    add_attempt,
     consent_in_force,
     contract_in_force,
-    in_window,
 )
 from sipfilter.stores.importer import SourceInfo
 from sipfilter.stores.numberset import NumberSet
@@ -405,7 +404,9 @@ class EmbeddedStore(LocalLists):
             refusals = db.execute("SELECT account, number, at FROM refusals")
             records.refusals = {(account, number): at for account, number, at in refusals}
             attempts: dict[Key, list[float]] = {}
-            for account, number, at in db.execute("SELECT account, number, at FROM attempts ORDER BY at"):
+            # The covering index's order: no sort, and each key's times come ascending.
+            for account, number, at in db.execute("SELECT account, number, at FROM attempts"
+                                                  " ORDER BY account, number, at"):
                 attempts.setdefault((account, number), []).append(at)
             records.attempts = attempts
         self._records = records
@@ -503,13 +504,18 @@ class EmbeddedStore(LocalLists):
         fresh = q is None
         if q is None:
             q = [] if records.complete else self._read_attempts(key)
-        n = in_window(q, now - window_s)
+        n = len(q)  # attempts strictly after now - window (as the SQL `at > ?` counted)
+        if n and q[0] <= now - window_s:
+            n -= bisect_right(q, now - window_s)
         allowed = n < cap and (refused_at is None or refused_at <= now - refusal_cooldown_s)
         if allowed:
             if len(self._pending) >= MAX_PENDING:  # writes have failed for a long while: do not record blind
                 raise self.health.failed(sqlite3.OperationalError(
                     f"{len(self._pending)} recorded attempts could not be written"))
-            add_attempt(q, now)
+            if not q or q[-1] <= now:
+                q.append(now)
+            else:  # the clock went back: keep the times sorted so the window counts stay exact
+                insort(q, now)
             if fresh:
                 records.attempts[key] = q
             if now > self._latest:

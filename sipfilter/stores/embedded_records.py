@@ -4,8 +4,8 @@ attempts), with the pure lookups of the call path. No SQL, no clock, no asyncio:
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right, insort
-from collections.abc import Iterable, Iterator
+from bisect import bisect_left
+from collections.abc import Iterable
 from typing import TypeVar
 
 from sipfilter.stores.base import ConsentRecord
@@ -100,22 +100,3 @@ def consent_in_force(rows: tuple[ConsentRecord, ...], at: float) -> ConsentRecor
 
 def contract_in_force(spans: tuple[Span, ...], at: float) -> bool:
     return any(started <= at and (ended is None or ended > at) for started, ended in spans)
-
-
-def in_window(q: list[float], threshold: float) -> int:
-    """Attempts strictly after `threshold` (the SQL `at > now - window`)."""
-    if not q or q[0] > threshold:
-        return len(q)
-    return len(q) - bisect_right(q, threshold)
-
-
-def add_attempt(q: list[float], at: float) -> None:
-    if not q or q[-1] <= at:
-        q.append(at)
-    else:  # the clock went back: keep the list sorted so the window counts stay exact
-        insort(q, at)
-
-
-def chunks(keys: list[Key], size: int) -> Iterator[list[Key]]:
-    for start in range(0, len(keys), size):
-        yield keys[start : start + size]
