@@ -132,7 +132,7 @@ class EmbeddedStore(LocalLists):
                 store._load_all()
                 if watch:
                     with contextlib.suppress(sqlite3.Error):  # the CLI holds the lock: the watcher will
-                        store._prune_changes()  # (what is in memory no longer needs its log)
+                        store._prune_changes(store._db, store._seen)  # (in memory: its log is not needed)
             else:
                 with _reading(store._db):
                     store._seen = store._change_seq()
@@ -226,7 +226,8 @@ class EmbeddedStore(LocalLists):
                 await asyncio.sleep(0)
         if self._records.complete:
             async with self._catch_up_lock:
-                self._prune_changes()
+                done = self._writer.submit(self._prune_changes, self._writer_db, self._seen)
+                await asyncio.wrap_future(done)
 
     # --- lists: write side ---------------------------------------------------------------------------
     async def put_list(self, name: str, numbers: NumberSet, source: SourceInfo,
@@ -386,7 +387,8 @@ class EmbeddedStore(LocalLists):
 
     def _load_all(self) -> None:
         """Read every consent, contract, refusal and attempt into memory (a proxy's open: the call path then
-        never waits on SQLite). One read transaction, so the copy and the change log position agree."""
+        never waits on SQLite). One read transaction, so the copy and the change log position agree.
+        Attempts already in memory are kept: this process is their only writer, some are not written yet."""
         db = self._db
         records = Records(complete=True)
         with _reading(db):
@@ -403,12 +405,15 @@ class EmbeddedStore(LocalLists):
             records.contracts = {k: tuple(v) for k, v in contracts.items()}
             refusals = db.execute("SELECT account, number, at FROM refusals")
             records.refusals = {(account, number): at for account, number, at in refusals}
-            attempts: dict[Key, list[float]] = {}
-            # The covering index's order: no sort, and each key's times come ascending.
-            for account, number, at in db.execute("SELECT account, number, at FROM attempts"
-                                                  " ORDER BY account, number, at"):
-                attempts.setdefault((account, number), []).append(at)
-            records.attempts = attempts
+            if self._records.complete:
+                records.attempts = self._records.attempts
+            else:
+                attempts: dict[Key, list[float]] = {}
+                # The covering index's order: no sort, and each key's times come ascending.
+                for account, number, at in db.execute("SELECT account, number, at FROM attempts"
+                                                      " ORDER BY account, number, at"):
+                    attempts.setdefault((account, number), []).append(at)
+                records.attempts = attempts
         self._records = records
 
     def _change_seq(self) -> int:
@@ -480,13 +485,14 @@ class EmbeddedStore(LocalLists):
         changed, self._data_version = version != self._data_version, version
         return changed
 
-    def _prune_changes(self) -> None:
-        """The proxy has applied the log up to _seen: drop it. A handle that had not read that far (an idle
+    @staticmethod
+    def _prune_changes(db: sqlite3.Connection, seen: int) -> None:
+        """The proxy has applied the log up to `seen`: drop it. A handle that had not read that far (an idle
         CLI handle) sees `changes_pruned_to` above its position and re-reads the tables instead."""
-        with _immediate(self._db):
-            self._db.execute("DELETE FROM changes WHERE seq<=?", (self._seen,))
-            self._db.execute("INSERT INTO meta VALUES('changes_pruned_to', ?) ON CONFLICT(key)"
-                             " DO UPDATE SET value=max(value, excluded.value)", (self._seen,))
+        with _immediate(db):
+            db.execute("DELETE FROM changes WHERE seq<=?", (seen,))
+            db.execute("INSERT INTO meta VALUES('changes_pruned_to', ?) ON CONFLICT(key)"
+                       " DO UPDATE SET value=max(value, excluded.value)", (seen,))
 
     # --- counters: answered from memory, written behind ------------------------------------------------
     async def check_and_record_attempt(

@@ -113,18 +113,21 @@ async def test_a_bulk_import_is_applied_in_chunks(
 async def test_a_handle_behind_a_pruned_change_log_reads_the_tables_again(tmp_path: Path) -> None:
     data = tmp_path / "data"
     idle = await EmbeddedStore.open(data, watch=False)  # an incomplete copy
-    idle_full = await EmbeddedStore.open(data, watch=False, preload=True)  # a complete one
+    idle_full = await EmbeddedStore.open(data, watch=False, preload=True, flush_interval=3600.0)  # complete
     writer = await EmbeddedStore.open(data, watch=False, preload=True)
     try:
         assert idle.consent_for(A, N1, T0 + 1) is None  # cached: "no consent"
+        assert (await idle_full.check_and_record_attempt(A, N1, T0, 4, 30 * DAY, 0.0)).allowed  # not written
         await writer.add_consent(ConsentRecord(A, N1, T0, "p"))
         await writer.add_contract(ContractRecord(A, N2, T0))
-        writer._prune_changes()  # as a proxy does: its log is gone before the idle handles read it
+        # As a proxy does: the log is gone before the idle handles read it.
+        writer._prune_changes(writer._db, writer._seen)
         assert writer._db.execute("SELECT count(*) FROM changes").fetchone()[0] == 0
         await idle.refresh()
         await idle_full.refresh()
         for s in (idle, idle_full):
             assert s.consent_for(A, N1, T0 + 1) is not None and s.has_contract(A, N2, T0 + 1)
+        assert idle_full._records.attempts[(A, N1)] == [T0]  # the re-read keeps what is not written yet
     finally:
         for s in (idle, idle_full, writer):
             await s.close()
