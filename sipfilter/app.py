@@ -49,6 +49,7 @@ class App:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._reloading = False
+        self._gc_stats: _GcStats | None = None
 
     # -- start ---------------------------------------------------------------------------------------
 
@@ -92,6 +93,8 @@ class App:
         gc.collect()
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
+        if os.environ.get("SIPFILTER_GC_STATS"):  # developers: GC time while serving, logged at close
+            self._gc_stats = _GcStats()
         self.ready = True
         log.info("sipfilter ready: %d trunk(s), store %s", len(config.trunks), config.store.backend)
 
@@ -222,6 +225,8 @@ class App:
         return 0
 
     async def close(self) -> None:
+        if self._gc_stats is not None:
+            self._gc_stats.report()
         for task in self._tasks:
             task.cancel()
         for ep in self.endpoints:
@@ -269,3 +274,29 @@ def run(config_path: str) -> int:
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(str(profile_to))
+
+
+class _GcStats:
+    """Collections and their CPU time per generation (SIPFILTER_GC_STATS=1) from the end of start-up."""
+
+    def __init__(self) -> None:
+        self.count = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
+        self.longest = [0.0, 0.0, 0.0]
+        self._started = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.thread_time()
+            return
+        spent = time.thread_time() - self._started
+        gen = info["generation"]
+        self.count[gen] += 1
+        self.seconds[gen] += spent
+        self.longest[gen] = max(self.longest[gen], spent)
+
+    def report(self) -> None:
+        for gen in range(3):
+            log.info("gc generation %d: %d collections, %.3f s CPU, longest %.1f ms", gen, self.count[gen],
+                     self.seconds[gen], 1000 * self.longest[gen])  # fmt: skip

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -139,8 +139,9 @@ def _branch(msg: Any) -> str:
     return str(vias[0].branch or "") if vias else ""
 
 
-def _via_lines(msg: Any) -> list[str]:
-    return [f"Via: {v}" for v in msg.headers.get_all("Via")]
+def _via_lines(msg: Any) -> tuple[str, ...]:
+    # A tuple of str: the cyclic GC stops scanning it (transactions live 32 s, a list would be rescanned).
+    return tuple([f"Via: {v}" for v in msg.headers.get_all("Via")])
 
 
 def _tag(name_addr: Any) -> str:
@@ -161,7 +162,7 @@ class Leg:
         self.remote = remote  # the peer's header with its tag (once known)
         self.remote_tag = ""
         self.target = target  # Request-URI of in-dialog requests (the peer's Contact)
-        self.routes: list[str] = []
+        self.routes: Sequence[str] = ()  # Route set; empty as a shared tuple (no list per leg for the GC)
         self.cseq = cseq
 
 
@@ -197,7 +198,7 @@ class ServerTx:
         self.call = call
         self.answer: bytes = b""  # last response sent (for retransmissions)
         self.final = 0
-        self.timers: list[Any] = []
+        self.timers: Any = None  # the timer forgetting an in-dialog request (one object less for the GC)
 
     def lines(self, to_tag: str | None) -> list[str]:
         to = wire.with_tag(self.to, to_tag) if to_tag else self.to
@@ -641,7 +642,9 @@ class B2BUA:
         a_target = str(contact[0].uri) if contact else str(msg.uri)
         a = Leg(ep, addr, stx.call_id, wire.with_tag(stx.to, a_tag), stx.from_, a_target, 1)
         a.remote_tag = _tag(msg.from_)
-        a.routes = [f"<{rr.uri}>" if not str(rr).startswith("<") else str(rr) for rr in msg.record_routes]
+        rrs = msg.record_routes
+        if rrs:
+            a.routes = [f"<{rr.uri}>" if not str(rr).startswith("<") else str(rr) for rr in rrs]
         call = Call(trunk, a, stx, admit.slot, now)
         call.passes = rt.passes.get(trunk.name)
         if rt.auth is not None and rt.auth.applies(trunk.name):
@@ -1266,7 +1269,7 @@ class B2BUA:
                 self._end(call, "bye")
             return
         self.server_tx[stx.branch] = stx
-        stx.timers.append(self._later(64 * self.rt.timers.t1, self._forget_server, stx))
+        stx.timers = self._later(64 * self.rt.timers.t1, self._forget_server, stx)
         if method == "BYE":
             call.ended_by = "bye-" + ep.side
             self._cancel_timer(call, "max")

@@ -95,7 +95,7 @@ def test_cancel_prevents_the_call_and_drops_its_arguments(loop: FakeLoop) -> Non
     assert len(wheel) == 2
     t.cancel()
     t.cancel()  # twice is harmless
-    assert t.args == () and len(wheel) == 1
+    assert t.a0 is None and len(wheel) == 1
     loop.run_until(loop.now + 2)
     assert fired == [7]
     keep.cancel()  # after it fired: no effect, no miscount
@@ -163,6 +163,25 @@ def test_cancelled_long_timers_are_compacted_away(loop: FakeLoop, monkeypatch: p
     assert len(wheel) == 10
     loop.run_until(loop.now + 20000)
     assert fired == list(range(90, 100))
+
+
+def test_callbacks_of_every_shape(loop: FakeLoop) -> None:
+    wheel = TimerWheel(loop)  # type: ignore[arg-type]
+    got: list[tuple[Any, ...]] = []
+
+    class Owner:
+        def m(self, *args: Any) -> None:
+            got.append(("m", self, *args))
+
+    owner = Owner()
+    for args in ((), (1,), (1, 2), (1, 2, 3)):
+        wheel.call_later(1.0, owner.m, *args)
+        wheel.call_later(1.0, lambda *a: got.append(("f", *a)), *args)
+    timer = wheel.call_later(1.0, owner.m, "x")
+    assert timer.obj is owner and timer.nargs == 1  # the method object is not kept
+    loop.run_until(loop.now + 2)
+    assert got == [("m", owner), ("f",), ("m", owner, 1), ("f", 1), ("m", owner, 1, 2), ("f", 1, 2),
+                   ("m", owner, 1, 2, 3), ("f", 1, 2, 3), ("m", owner, "x")]  # fmt: skip
 
 
 def test_close_forgets_everything(loop: FakeLoop) -> None:
