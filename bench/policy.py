@@ -4,7 +4,7 @@
 The event loop runs between decisions (`--per-tick` decisions per iteration, 1 by default: the lightest load,
 where write-behind batches least); what it does there (the embedded store's attempt writes, its watcher) is
 timed apart as "between ticks". Prints figures; not part of the test suite.
-Run: .venv/bin/python bench/policy.py [--store memory|embedded] [--calls 200000] [--per-tick 1]
+Run: .venv/bin/python bench/policy.py [--store memory|embedded] [--calls 200000] [--per-tick 1] [--rate 0]
 """
 
 from __future__ import annotations
@@ -169,17 +169,20 @@ async def run(
     per_tick: int = 1,
     between: list[int] | None = None,
     cpu: list[int] | None = None,
+    rate: float = 0.0,
 ) -> list[int]:
     """Latency of each decision (ns); the event loop runs after every `per_tick` decisions, its time is
     appended to `between`; the thread's CPU time of each decision to `cpu` (read outside the latency
-    interval: it is a system call)."""
+    interval: it is a system call). `rate` > 0: INVITEs arrive at that many per second (the loop sleeps
+    until the next one is due) instead of back to back."""
     lat: list[int] = []
     ticks = between if between is not None else []
     cpus = cpu if cpu is not None else []
     clock, cpu_clock = time.perf_counter_ns, time.thread_time_ns
     facts_of, decide = engine.facts_from_request, engine.decide
     n = 0
-    for request, at in reqs:
+    start = time.perf_counter()
+    for i, (request, at) in enumerate(reqs):
         c0 = cpu_clock()
         t0 = clock()
         facts = facts_of("dialer", request, at)
@@ -193,8 +196,10 @@ async def run(
         if n == per_tick:
             n = 0
             t0 = clock()
-            await asyncio.sleep(0)  # the loop's other callbacks: write-behind, watcher
-            ticks.append(clock() - t0)
+            # The loop's other callbacks (write-behind, watcher), and the wait for the next INVITE.
+            await asyncio.sleep(max(0.0, start + (i + 1) / rate - time.perf_counter()) if rate else 0)
+            if not rate:
+                ticks.append(clock() - t0)
     return lat
 
 
@@ -251,7 +256,9 @@ async def bench_embedded(args: argparse.Namespace) -> None:
             between: list[int] = []
             cpu_lat: list[int] = []
             t0, c0 = time.perf_counter(), time.process_time()
-            lat = await run(engine, store, reqs, outcomes, args.per_tick, between, cpu_lat)  # type: ignore[arg-type]
+            lat = await run(  # type: ignore[arg-type]
+                engine, store, reqs, outcomes, args.per_tick, between, cpu_lat, args.rate
+            )
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         finally:
             await store.close()
@@ -311,6 +318,9 @@ def main() -> None:
     ap.add_argument("--dnc", type=int, default=1_000_000, help="numbers in the Bloctel set")
     ap.add_argument("--per-tick", type=int, default=1, help="decisions per event-loop iteration")
     ap.add_argument(
+        "--rate", type=float, default=0.0, help="INVITEs per second (default: back to back, a CPU stress)"
+    )
+    ap.add_argument(
         "--store",
         choices=("memory", "embedded"),
         default="memory",
@@ -341,7 +351,7 @@ def main() -> None:
     between: list[int] = []
     cpu_lat: list[int] = []
     t0, c0 = time.perf_counter(), time.process_time()
-    lat = asyncio.run(run(engine, store, reqs, outcomes, args.per_tick, between, cpu_lat))
+    lat = asyncio.run(run(engine, store, reqs, outcomes, args.per_tick, between, cpu_lat, args.rate))
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     report(
         f"policy engine (in-memory store), {len(mix)} decisions (facts + decide), "
