@@ -666,6 +666,9 @@ def _insert_sql(rows: int) -> str:
 def _connect(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA synchronous=NORMAL")
+    # Checkpoints (two fsyncs each) every 10 000 WAL pages rather than 1 000: ~20 % less CPU per written
+    # attempt at high rates (a batch dirties hundreds of random index pages); the WAL may reach ~40 MB.
+    db.execute("PRAGMA wal_autocheckpoint=10000")
     db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     return db
 
