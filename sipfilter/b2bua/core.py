@@ -821,6 +821,9 @@ class B2BUA:
     def _forget_client(self, ctx: ClientTx) -> None:
         if self.client_tx.get(ctx.branch) is ctx:
             del self.client_tx[ctx.branch]
+            # Nothing reaches a forgotten transaction's call through it: break the call <-> transaction
+            # cycle so that reference counting frees the call, not a (costly) cyclic GC pass.
+            ctx.call = None
 
     def _client_timeout(self, ctx: ClientTx) -> None:
         if self.client_tx.get(ctx.branch) is not ctx:
@@ -1235,6 +1238,7 @@ class B2BUA:
         if cancel.retrans is not None:
             cancel.retrans.cancel()
         self.client_tx.pop(cancel.branch, None)
+        cancel.call = None  # the call -> INVITE -> CANCEL -> call cycle (see _forget_client)
         ctx = call.b_invite
         if ctx is not None:
             self._stop_client(ctx)
@@ -1330,6 +1334,9 @@ class B2BUA:
     def _forget_server(self, stx: ServerTx) -> None:
         if self.server_tx.get(stx.branch) is stx:
             del self.server_tx[stx.branch]
+            call = stx.call
+            if call is not None and call.a_tx is stx and call.state == ENDED:
+                stx.call = None  # the call <-> INVITE transaction cycle (see _forget_client)
 
     def _respond(self, stx: ServerTx, status: int, reason: str, extra: list[str], body: bytes) -> None:
         call = stx.call
