@@ -2,8 +2,10 @@
 
 A relayed call starts about a dozen timers (retransmissions, Timer B/F/H, ring timeout, Timer C, maximum
 duration, transaction memory) and cancels most of them within milliseconds; an event-loop TimerHandle each
-costs microseconds to create and cancel. Here a timer is a small object in a bucket and cancelling it sets
-a flag. Timers fire at most one tick late, never early. Knows nothing of SIP: it only calls back.
+costs microseconds to create and cancel. Here a timer is a small object in a bucket (a dict: cancelling
+removes it at once, so cancelled timers neither wait in memory nor get scanned by the cyclic GC). Timers
+fire at most one tick late (one second for delays of a minute or more), never early. Knows nothing of SIP:
+it only calls back.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 RESOLUTION_S = 0.01  # 10 ms: finer than any SIP timer needs (T1 is 500 ms; tests use 50 ms)
-_COMPACT_MIN = 4096  # cancelled timers tolerated before compaction is considered
+# Delays of a minute or more (ring timeout, Timer C, maximum call duration) share one bucket per second:
+# a bucket per 10 ms over hours would be a bucket per call.
+_LONG_S = 60.0
+_LONG_TICKS = 100  # ticks per long bucket (1 s at 10 ms)
 
 
 def _noop(*_args: Any) -> None:
@@ -32,10 +37,12 @@ class WheelTimer:
     object per timer for the cyclic GC to scan (a call's timers live seconds), not a timer, a method object
     and an argument tuple. That scan was a large share of a young-generation collection."""
 
-    __slots__ = ("a0", "a1", "cancelled", "func", "nargs", "obj", "wheel")
+    __slots__ = ("a0", "a1", "cancelled", "func", "nargs", "obj", "tick", "wheel")
 
-    def __init__(self, wheel: TimerWheel, callback: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    def __init__(self, wheel: TimerWheel, tick: int, callback: Callable[..., Any],
+                 args: tuple[Any, ...]) -> None:  # fmt: skip
         self.wheel = wheel
+        self.tick = tick
         func = getattr(callback, "__func__", None)
         if func is not None:  # a bound method: keep what it binds, not the method object
             self.func: Callable[..., Any] = func
@@ -82,7 +89,7 @@ class WheelTimer:
         if not self.cancelled:
             self.cancelled = True
             self.forget()
-            self.wheel._cancelled_one()
+            self.wheel._remove(self)
 
 
 class TimerWheel:
@@ -92,31 +99,32 @@ class TimerWheel:
     def __init__(self, loop: asyncio.AbstractEventLoop, resolution: float = RESOLUTION_S) -> None:
         self._loop = loop
         self._res = resolution
-        self._buckets: dict[int, list[WheelTimer]] = {}
-        self._ticks: list[int] = []  # heap of the keys of _buckets
+        self._buckets: dict[int, dict[WheelTimer, None]] = {}
+        self._ticks: list[int] = []  # heap of bucket ticks (may hold ticks whose bucket emptied)
         self._handle: asyncio.TimerHandle | None = None
         self._armed: int | None = None  # tick the loop timer is set for
-        self._pending = 0  # timers in buckets, cancelled ones included
-        self._cancelled = 0  # cancelled timers still in buckets
+        self._pending = 0  # timers in buckets
         self._firing = False  # inside _fire: it arms the loop timer itself when done
 
     def __len__(self) -> int:
-        """Timers still to fire (cancelled ones not counted)."""
-        return self._pending - self._cancelled
+        """Timers still to fire."""
+        return self._pending
 
     def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> Any:
         if delay <= 0:
             return self._loop.call_soon(callback, *args)
-        timer = WheelTimer(self, callback, args)
         tick = math.ceil((self._loop.time() + delay) / self._res)
+        if delay >= _LONG_S:
+            tick = -(-tick // _LONG_TICKS) * _LONG_TICKS  # rounded up: never early
+        timer = WheelTimer(self, tick, callback, args)
         bucket = self._buckets.get(tick)
         if bucket is None:
-            self._buckets[tick] = [timer]
+            self._buckets[tick] = {timer: None}
             heapq.heappush(self._ticks, tick)
             if not self._firing and (self._armed is None or tick < self._armed):
                 self._arm(tick)
         else:
-            bucket.append(timer)
+            bucket[timer] = None
         self._pending += 1
         return timer
 
@@ -127,7 +135,7 @@ class TimerWheel:
         self._handle = self._armed = None
         self._buckets.clear()
         self._ticks.clear()
-        self._pending = self._cancelled = 0
+        self._pending = 0
 
     def _arm(self, tick: int) -> None:
         if self._handle is not None:
@@ -146,11 +154,12 @@ class TimerWheel:
         try:
             # Callbacks may add timers, even to a tick <= limit: they run in this same pass.
             while self._ticks and self._ticks[0] <= limit:
-                bucket = self._buckets.pop(heapq.heappop(self._ticks))
+                bucket = self._buckets.pop(heapq.heappop(self._ticks), None)
+                if bucket is None:
+                    continue  # every timer of that tick was cancelled
                 self._pending -= len(bucket)
                 for timer in bucket:
-                    if timer.cancelled:
-                        self._cancelled -= 1
+                    if timer.cancelled:  # cancelled by an earlier callback of this bucket
                         continue
                     timer.cancelled = True  # fired: a late cancel() is a no-op
                     try:
@@ -163,27 +172,14 @@ class TimerWheel:
             if self._ticks:
                 self._arm(self._ticks[0])
 
-    def _cancelled_one(self) -> None:
-        self._cancelled += 1
-        # Cancelled long timers (maximum call duration: hours) would pile up: drop them once they are
-        # more than half of what is pending. Amortised O(1) per cancel.
-        if self._cancelled > _COMPACT_MIN and self._cancelled * 2 > self._pending and not self._firing:
-            self._compact()
-
-    def _compact(self) -> None:
-        buckets: dict[int, list[WheelTimer]] = {}
-        for tick, bucket in self._buckets.items():
-            live = [t for t in bucket if not t.cancelled]
-            if live:
-                buckets[tick] = live
-        self._buckets = buckets
-        self._ticks = list(buckets)
-        heapq.heapify(self._ticks)
-        self._pending = sum(map(len, buckets.values()))
-        self._cancelled = 0
-        if self._armed is not None and self._armed not in buckets:
-            if self._handle is not None:
-                self._handle.cancel()
-            self._handle = self._armed = None
-            if self._ticks:
-                self._arm(self._ticks[0])
+    def _remove(self, timer: WheelTimer) -> None:
+        bucket = self._buckets.get(timer.tick)
+        if bucket is None or bucket.pop(timer, 0) is not None:
+            return  # its bucket is firing (or gone): the cancelled flag is enough
+        self._pending -= 1
+        if not bucket:
+            del self._buckets[timer.tick]
+            # Ticks of emptied buckets stay in the heap until due; rebuild it when they dominate.
+            if len(self._ticks) > 2 * len(self._buckets) + 64:
+                self._ticks = list(self._buckets)
+                heapq.heapify(self._ticks)

@@ -6,12 +6,19 @@ Never parses and never blocks: sendto errors (ICMP unreachable, full buffers) ar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 from typing import cast
 
 from sipfilter.transport.base import Addr, Endpoint, Handler
 
 log = logging.getLogger(__name__)
+
+# Socket buffers asked for (the kernel caps them at net.core.rmem_max / wmem_max): the default ~200 KB holds
+# ~300 datagrams, i.e. a few hundred ms at 1,000 calls/s; a GC or disk pause longer than that dropped
+# datagrams, and every drop is a retransmission, or a failed call once Timer B runs out.
+SOCKET_BUFFER_BYTES = 4 << 20
 
 
 class UdpEndpoint(Endpoint, asyncio.DatagramProtocol):
@@ -26,6 +33,11 @@ class UdpEndpoint(Endpoint, asyncio.DatagramProtocol):
     # asyncio.DatagramProtocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._sock = cast(asyncio.DatagramTransport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
         sockname = transport.get_extra_info("sockname")
         if sockname:
             self.port = int(sockname[1])

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from sipfilter.b2bua import wheel as wheel_mod
 from sipfilter.b2bua.wheel import TimerWheel
 
 
@@ -152,17 +151,28 @@ def test_a_failing_callback_is_logged_others_run(loop: FakeLoop, caplog: pytest.
     assert "boom" in caplog.text
 
 
-def test_cancelled_long_timers_are_compacted_away(loop: FakeLoop, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(wheel_mod, "_COMPACT_MIN", 10)
+def test_cancel_removes_the_timer_and_empty_buckets(loop: FakeLoop) -> None:
     wheel = TimerWheel(loop)  # type: ignore[arg-type]
     fired: list[int] = []
     timers = [wheel.call_later(14400 + i, fired.append, i) for i in range(100)]
+    assert len(wheel._buckets) == 100  # long delays: one bucket per second
     for t in timers[:90]:
         t.cancel()
-    assert wheel._pending < 100  # compaction ran: cancelled timers left the buckets
-    assert len(wheel) == 10
+    assert len(wheel) == 10 and len(wheel._buckets) == 10  # gone at once, not left to be scanned
+    for _ in range(1000):  # churn: the heap of ticks does not keep growing with emptied buckets
+        wheel.call_later(3600, lambda: None).cancel()
+    assert len(wheel._ticks) <= 2 * len(wheel._buckets) + 65
     loop.run_until(loop.now + 20000)
     assert fired == list(range(90, 100))
+
+
+def test_long_delays_are_rounded_up_to_the_second(loop: FakeLoop) -> None:
+    wheel = TimerWheel(loop)  # type: ignore[arg-type]
+    loop.now = 1000.123
+    fired: list[float] = []
+    wheel.call_later(120.0, lambda: fired.append(loop.now))
+    loop.run_until(loop.now + 200)
+    assert fired and 1120.123 <= fired[0] <= 1121.0 + 1e-9
 
 
 def test_callbacks_of_every_shape(loop: FakeLoop) -> None:
