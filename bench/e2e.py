@@ -15,6 +15,7 @@ the leftover dialogs are read after it. Each deployment first runs an unreported
     .venv/bin/python bench/e2e.py --mix mixed --rates 500,1000 --duration 20
     .venv/bin/python bench/e2e.py --mix mixed --rates 400 --settle 6 --profile-dir /tmp/prof  # py-spy
     .venv/bin/python bench/e2e.py --direct --mix relayed # SIPp straight to SIPp: what SIPp alone can do here
+    SIPFILTER_GC_STATS=1 .venv/bin/python bench/e2e.py --keep …  # sipfilter.log: GC collections and pauses
 """
 
 from __future__ import annotations

@@ -363,7 +363,7 @@ class B2BUA:
 
     def _loop_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> Any:
         # First timer on the running loop: every timer from now on goes through one timer wheel (a dozen
-        # per call; a loop TimerHandle each cost more than the wheel's bucket entry and cancel flag).
+        # per call; a loop TimerHandle each cost more to create and cancel than a wheel bucket entry).
         self.timer_wheel = TimerWheel(asyncio.get_running_loop())
         self._later = self.timer_wheel.call_later
         return self._later(delay, callback, *args)
