@@ -253,6 +253,7 @@ _PASS = Outcome(PASS, "")
 _SKIP = Outcome(SKIP, "trunk is not prospecting")
 
 
+@lru_cache(maxsize=256)  # a rule pack has a handful of windows; a rejection formats one every time
 def _fmt(window: Window) -> str:
     return (
         ", ".join(
@@ -262,8 +263,12 @@ def _fmt(window: Window) -> str:
     )
 
 
+_DAY_ABBR = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")  # %a without strftime's locale cost
+
+
 def _stamp(local: datetime, zone: ZoneInfo) -> str:
-    return f"{local:%a %Y-%m-%d %H:%M:%S} {zone.key}"
+    return (f"{_DAY_ABBR[local.weekday()]} {local.year:04d}-{local.month:02d}-{local.day:02d} "
+            f"{local.hour:02d}:{local.minute:02d}:{local.second:02d} {zone.key}")
 
 
 def check_hours(
