@@ -26,7 +26,6 @@ from sipfilter.transport.udp import open_udp_endpoint
 
 log = logging.getLogger("sipfilter.app")
 
-PROBE_INTERVAL_S = 10.0  # OPTIONS to every carrier target
 DRAIN_POLL_S = 0.1
 # Cyclic GC: calls and transactions live for seconds (Timer J/K/M keep them ~32 s), so under load the default
 # (700, 10, 10) rescans tens of thousands of live objects many times a second. A young collection's cost
@@ -158,7 +157,7 @@ class App:
                     self.b2b.probe_targets()
                 except Exception:
                     log.exception("carrier probes failed")
-            await asyncio.sleep(PROBE_INTERVAL_S)
+            await asyncio.sleep(self.config.sip.probe_interval_s)  # read each time: SIGHUP may change it
 
     # -- reload ----------------------------------------------------------------------------------------
 

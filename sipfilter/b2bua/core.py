@@ -720,9 +720,12 @@ class B2BUA:
             return
         # The ring timeout runs from the relay decision: a rejected call never needs the timer.
         call.timers["ring"] = self._later(self.rt.timers.ring_timeout, self._ring_timeout, call)
-        call.plan = self.rt.pools[trunk].plan() if trunk in self.rt.pools else []
-        if not call.plan:
-            self._answer_a(call, 503, "Service Unavailable", [])
+        pool = self.rt.pools.get(trunk)
+        call.plan = pool.plan(call.trunk.on_targets_down == "try") if pool is not None else []
+        if not call.plan:  # `on_targets_down: reject` and every target down: fail fast, not after Timer B
+            retry = max(1, round(self.rt.config.sip.probe_interval_s))
+            warning = f'Warning: 399 {self.hostname} "every carrier target of trunk {trunk} is down"'
+            self._answer_a(call, 503, "Service Unavailable", [f"Retry-After: {retry}", warning])
             return
         self._start_b_leg(call, msg)
         self.obs.relayed(trunk)

@@ -146,8 +146,9 @@ def write_config(tmp: Path, **trunk: Any) -> Path:
     return path
 
 
-def make_rig(tmp_path: Path) -> Rig:
-    config = load_config(write_config(tmp_path))
+def make_rig(tmp_path: Path, **trunk: Any) -> Rig:
+    """A B2BUA on fake endpoints and a manual clock; `trunk` overrides keys of the dialer trunk's config."""
+    config = load_config(write_config(tmp_path, **trunk))
     clock = ManualClock()
     policy = StubPolicy()
     inside, outside = FakeEndpoint("inside", 5060), FakeEndpoint("outside", 5080)

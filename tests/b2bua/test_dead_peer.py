@@ -104,3 +104,32 @@ def test_reinvite_after_one_answered_by_the_carrier_is_not_refused_491(rig: Rig)
     rig.from_dialer(_in_dialog(a_inv, ok, "INVITE", 12, "z9hG4bKre2", body=b"v=1\r\n"))
     assert _requests(rig.outside.take(), "INVITE")
     assert [r.status for r in _responses(rig.inside.take())] == [100]  # not 491
+
+
+def _mark_every_target_down(rig: Rig) -> None:
+    pool = rig.b2b.rt.pools["dialer"]
+    for state in pool.states:
+        pool.mark(state.dest, ok=False, now=rig.clock())
+
+
+def test_every_target_down_with_on_targets_down_reject_fails_fast(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path, on_targets_down="reject")
+    _mark_every_target_down(rig)
+    rig.from_dialer(invite())
+    finals = [r for r in _responses(rig.inside.take()) if r.status >= 200]
+    assert [r.status for r in finals] == [503]
+    assert finals[0].headers.get("Retry-After") == "10"  # sip.probe_interval_s
+    assert "every carrier target of trunk dialer is down" in (finals[0].headers.get("Warning") or "")
+    assert _requests(rig.outside.take(), "INVITE") == []  # nothing tried
+    pool = rig.b2b.rt.pools["dialer"]
+    pool.mark(pool.states[1].dest, ok=True, now=rig.clock())  # a probe answered: back in rotation
+    rig.from_dialer(invite())
+    (b_inv,) = _requests(rig.outside.take(), "INVITE")
+    assert b_inv.uri.endswith(f"{pool.states[1].dest.uri_host}")
+
+
+def test_every_target_down_by_default_still_tries_them(rig: Rig) -> None:
+    _mark_every_target_down(rig)
+    rig.from_dialer(invite())
+    assert len(_requests(rig.outside.take(), "INVITE")) == 1  # tried anyway (on_targets_down: try)
+    assert [r.status for r in _responses(rig.inside.take())] == [100]
