@@ -15,7 +15,7 @@ import yaml
 from sipfilter.b2bua.core import B2BUA, compile_runtime
 from sipfilter.config import load_config
 from sipfilter.policy.verdict import ALLOW, REJECT, Decision, Verdict
-from sipfilter.sip import ParseError, Response, parse
+from sipfilter.sip import ParseError, Request, Response, parse
 from sipfilter.transport.base import Addr, Endpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -202,3 +202,12 @@ def answer(req: Any, status: int, *, to_tag: str = "carriertag", contact: str = 
         lines.append("Content-Type: application/sdp")
     resp = Response(status, None, [tuple(x.split(": ", 1)) for x in lines], body)
     return bytes(resp)
+
+
+def requests_named(msgs: list[Any], method: str) -> list[Request]:
+    """The requests of `method` among parsed messages (what an endpoint sent)."""
+    return [m for m in msgs if m.is_request and m.method == method]
+
+
+def responses_only(msgs: list[Any]) -> list[Response]:
+    return [m for m in msgs if not m.is_request]

@@ -8,22 +8,16 @@ from typing import Any
 
 import pytest
 from b2bua_rig import CARRIER1, CARRIER2, DIALER, Rig, answer, invite, make_rig
+from b2bua_rig import requests_named as _requests
+from b2bua_rig import responses_only as _responses
 
 from sipfilter.b2bua.observe import Observer
-from sipfilter.sip import Request, Response, parse
+from sipfilter.sip import Request, parse
 
 
 @pytest.fixture(name="rig")
 def _rig(tmp_path: Path) -> Rig:
     return make_rig(tmp_path)
-
-
-def _requests(msgs: list[Any], method: str) -> list[Request]:
-    return [m for m in msgs if m.is_request and m.method == method]
-
-
-def _responses(msgs: list[Any]) -> list[Response]:
-    return [m for m in msgs if not m.is_request]
 
 
 def _establish(rig: Rig, **kw: Any) -> tuple[Request, Request]:

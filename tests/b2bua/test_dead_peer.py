@@ -4,10 +4,11 @@ re-INVITE/UPDATE ends the call (408 then BYE both legs), and nothing is left beh
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 from b2bua_rig import Rig, answer, invite, make_rig
+from b2bua_rig import requests_named as _requests
+from b2bua_rig import responses_only as _responses
 
 from sipfilter.sip import Request, Response, parse
 
@@ -17,14 +18,6 @@ T1 = 0.5  # the rig's sip.timers.t1_ms
 @pytest.fixture(name="rig")
 def _rig(tmp_path: Path) -> Rig:
     return make_rig(tmp_path)
-
-
-def _requests(msgs: list[Any], method: str) -> list[Request]:
-    return [m for m in msgs if m.is_request and m.method == method]
-
-
-def _responses(msgs: list[Any]) -> list[Response]:
-    return [m for m in msgs if not m.is_request]
 
 
 def _confirmed_call(rig: Rig) -> tuple[Request, Request, Response]:
