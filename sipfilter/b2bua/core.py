@@ -526,12 +526,7 @@ class B2BUA:
         if isinstance(outcome, Passed):
             return True
         # Refused attempts spend the source's rate budget (a flood guard), never the trunk's call budget.
-        admit = self.admission.admit_request(addr[0], trunk.name, now)
-        if not isinstance(admit, Admit):
-            self.obs.overload(admit.reason)
-            if isinstance(admit, Reject):
-                extra = [f"Retry-After: {admit.retry_after}"] if admit.retry_after is not None else []
-                self._stateless(ep, addr, msg, admit.status, "", extra)
+        if not self._admitted(ep, msg, addr, self.admission.admit_request(addr[0], trunk.name, now)):
             return False
         if outcome.why not in ("missing", "stale"):
             log.info("digest authentication failed on trunk %s from %s: %s", trunk.name, addr[0], outcome.why)
@@ -630,11 +625,8 @@ class B2BUA:
                 self._stateless(ep, addr, msg, 403, "Forbidden", [warning])
             return
         admit = self.admission.admit_invite(addr[0], trunk.name, now)
-        if not isinstance(admit, Admit):
-            self.obs.overload(admit.reason)
-            if isinstance(admit, Reject):
-                extra = [f"Retry-After: {admit.retry_after}"] if admit.retry_after is not None else []
-                self._stateless(ep, addr, msg, admit.status, "", extra)
+        if not isinstance(admit, Admit):  # inline, not _admitted(): the slot below needs the narrowed type
+            self._admitted(ep, msg, addr, admit)
             return
         stx = ServerTx(msg, ep, addr, None, _first(msg, "To"))
         a_tag = wire.new_tag()

@@ -148,7 +148,12 @@ def write_config(tmp: Path, **trunk: Any) -> Path:
 
 def make_rig(tmp_path: Path, **trunk: Any) -> Rig:
     """A B2BUA on fake endpoints and a manual clock; `trunk` overrides keys of the dialer trunk's config."""
-    config = load_config(write_config(tmp_path, **trunk))
+    return rig_for(write_config(tmp_path, **trunk))
+
+
+def rig_for(config_path: Path) -> Rig:
+    """The rig of make_rig on any config file (tests that write their own sections)."""
+    config = load_config(config_path)
     clock = ManualClock()
     policy = StubPolicy()
     inside, outside = FakeEndpoint("inside", 5060), FakeEndpoint("outside", 5080)

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 import yaml
-from b2bua_rig import FakeEndpoint, ManualClock, Rig, StubPolicy, answer, invite, write_config
+from b2bua_rig import Rig, StubPolicy, answer, invite, rig_for, write_config
 
 from sipfilter.b2bua.auth import AUTH_RESULTS, Passed, Refused
-from sipfilter.b2bua.core import B2BUA, compile_runtime
+from sipfilter.b2bua.core import compile_runtime
 from sipfilter.b2bua.observe import Observer
 from sipfilter.config import ConfigError, load_config
-from sipfilter.sip import ParseError, Request, Response, parse
+from sipfilter.sip import Request, Response, parse
 
 REALM = "dialers.acme.example"
 USER, PASSWORD = "dialer1", "s3cret-pass"
@@ -47,15 +47,7 @@ def _config_path(tmp_path: Path, **auth: Any) -> Path:
 
 
 def _rig(tmp_path: Path, **auth: Any) -> Rig:
-    config = load_config(_config_path(tmp_path, **auth))
-    clock = ManualClock()
-    policy = StubPolicy()
-    inside, outside = FakeEndpoint("inside", 5060), FakeEndpoint("outside", 5080)
-    b2b = B2BUA(
-        compile_runtime(config, policy, store=None), parse=parse, parse_error=ParseError,
-        endpoints={"inside": [inside], "outside": [outside]}, scheduler=clock.later, clock=clock,
-    )  # fmt: skip
-    return Rig(b2b, inside, outside, clock, policy)
+    return rig_for(_config_path(tmp_path, **auth))
 
 
 @pytest.fixture(name="rig")

@@ -6,23 +6,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from b2bua_rig import DIALER, FakeEndpoint, ManualClock, Rig, StubPolicy, write_config
+from b2bua_rig import DIALER, Rig, make_rig, write_config
 
-from sipfilter.b2bua.core import B2BUA, compile_runtime
 from sipfilter.b2bua.trunks import foreign_host
 from sipfilter.config import ConfigError, load_config
-from sipfilter.sip import ParseError, Request, Response, parse
+from sipfilter.sip import Request, Response, parse
 
 
 def _rig(tmp_path: Path, **trunk: Any) -> Rig:
-    config = load_config(write_config(tmp_path, **trunk))
-    clock, policy = ManualClock(), StubPolicy()
-    inside, outside = FakeEndpoint("inside", 5060), FakeEndpoint("outside", 5080)
-    b2b = B2BUA(
-        compile_runtime(config, policy, store=None), parse=parse, parse_error=ParseError,
-        endpoints={"inside": [inside], "outside": [outside]}, scheduler=clock.later, clock=clock,
-    )  # fmt: skip
-    return Rig(b2b, inside, outside, clock, policy)
+    return make_rig(tmp_path, **trunk)
 
 
 def _invite(ruri: str, call_id: str) -> bytes:
