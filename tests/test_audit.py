@@ -144,14 +144,20 @@ def test_time_field_matches_datetime_isoformat(at: float) -> None:
     assert iso_ms(at) == expected  # the cached second gives the same text
 
 
-def test_dev_full_then_path_repointed_recovers(tmp_path: Path) -> None:
-    """The real-process fault test's disk: a symlink to /dev/full (every write fails with ENOSPC), then
-    repointed at a real file. The log follows the path instead of writing to the old descriptor forever."""
+def _audit_path_on_dev_full(tmp_path: Path) -> Path:
+    """The audit path as a symlink to /dev/full: every write fails with ENOSPC, as on a full disk."""
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full")
     path = tmp_path / "audit" / "decisions.jsonl"
     path.parent.mkdir()
     path.symlink_to("/dev/full")
+    return path
+
+
+def test_dev_full_then_path_repointed_recovers(tmp_path: Path) -> None:
+    """The real-process fault test's disk: a symlink to /dev/full (every write fails with ENOSPC), then
+    repointed at a real file. The log follows the path instead of writing to the old descriptor forever."""
+    path = _audit_path_on_dev_full(tmp_path)
     log = log_for(tmp_path, policy="stop-relaying")
     assert log.log_decision(facts("lost-1"), DECISION, "acme", "enforce") is False
     assert log.log_decision(facts("lost-2"), DECISION, "acme", "enforce") is False
@@ -170,11 +176,7 @@ def test_dev_full_then_path_repointed_recovers(tmp_path: Path) -> None:
 
 
 def test_close_survives_fsync_failure(tmp_path: Path) -> None:
-    if not os.path.exists("/dev/full"):
-        pytest.skip("no /dev/full")
-    path = tmp_path / "audit" / "decisions.jsonl"
-    path.parent.mkdir()
-    path.symlink_to("/dev/full")
+    _audit_path_on_dev_full(tmp_path)
     log = log_for(tmp_path, fsync="rotate")
     log.log_decision(facts(), DECISION, "acme", "enforce")
     log.close()  # fsync of a character device fails with EINVAL: logged, not raised
