@@ -173,21 +173,37 @@ class PolicyEngine:
     async def decide(self, facts: CallFacts, store: Store, *, record: bool = True) -> Decision:
         """Evaluate every rule; record the attempt (frequency) when the call will be relayed and `record`.
 
-        Store failures apply the trunk's `on_store_error`; no exception leaves this method."""
+        Store failures apply the trunk's `on_store_error`; no exception leaves this method. Everything but
+        the frequency rules is synchronous (lists and records are in memory): one await, on the store."""
         rs = self.rules_for(facts.trunk)
         trunk = self._trunks[facts.trunk]
         out: dict[str, Outcome] = {}
         alerts: list[str] = []
         recorded = False
         try:
-            first, recorded = await self._evaluate(rs, trunk, facts, store, record, out, alerts)
+            first, frequency_due = self._evaluate(rs, trunk, facts, store, out, alerts)
+            if frequency_due:
+                freq, account, callee = rs.frequency, trunk.account, facts.callee.e164
+                if not record:
+                    r = await frequency.check_only(freq, store, account, callee, facts.at, out)
+                elif trunk.mode == "monitor":
+                    r, recorded = await frequency.check_and_record(
+                        freq, store, account, callee, facts.at, out, True
+                    )
+                else:  # frequency.check_and_record, inlined: one coroutine less on every relayed call
+                    d = await store.check_and_record_attempt(
+                        account, callee, facts.at, freq.cap, freq.window_s, freq.cooldown_s
+                    )
+                    r = frequency.fill(freq, out, facts.at, d.refused_at, d.attempts_in_window, d.allowed)
+                    recorded = d.allowed
+                first = first or r
         except StoreUnavailable as exc:
             return self._store_error(rs, trunk, out, f"store unavailable: {exc}")
         except Exception as exc:  # a store backend bug must not take the call path down
             log.exception("policy evaluation failed on trunk %s", facts.trunk)
             return self._store_error(rs, trunk, out, f"internal error: {type(exc).__name__}: {exc}")
         if not first:
-            return Decision(_ALLOWED, out, False, recorded, rs.version, tuple(alerts))
+            return Decision(_ALLOWED, out, False, recorded, rs.version, tuple(alerts) if alerts else ())
         answer = rs.answer(first)
         detail = out[first].reason
         reason = f"{answer.text}: {detail}" if detail else answer.text
@@ -207,16 +223,16 @@ class PolicyEngine:
             return Decision(Verdict(ALLOW, 0, STORE_RULE, reason), out, True, False, rs.version, ())
         return Decision(Verdict(REJECT, answer.status, STORE_RULE, reason), out, False, False, rs.version, ())
 
-    async def _evaluate(
+    def _evaluate(
         self,
         rs: RuleSet,
         trunk: TrunkConfig,
         facts: CallFacts,
         store: Store,
-        record: bool,
         out: dict[str, Outcome],
         alerts: list[str],
     ) -> tuple[str, bool]:
+        """Every rule but the frequency ones; returns (first failing rule or "", frequency rules due)."""
         callee = facts.callee
         first = ""
         if callee.kind == E164:
@@ -243,8 +259,9 @@ class PolicyEngine:
             return first, False
         look = lists.Lookups(store, trunk.account, callee.e164, facts.at)
         r = hours.check_hours(rs.hours, callee.e164, facts.at, trunk.prospecting, None, out)
-        if out[hours.WINDOW_RULE].result == FAIL or (
-            r == hours.HOLIDAY_RULE and rs.hours.consent_lifts_holidays
+        if r and (
+            out[hours.WINDOW_RULE].result == FAIL
+            or (r == hours.HOLIDAY_RULE and rs.hours.consent_lifts_holidays)
         ):
             # D223-9 §2: outside the legal days/hours only with the consumer's consent (which may name its
             # hours). Public holidays still block unless the pack says consent lifts them ([U]).
@@ -268,13 +285,4 @@ class PolicyEngine:
         if first and trunk.mode == "enforce":
             frequency.skip(out, f"not reached: rejected by {first}")
             return first, False
-        if record:
-            r, recorded = await frequency.check_and_record(
-                rs.frequency, store, trunk.account, callee.e164, facts.at, out, trunk.mode == "monitor"
-            )
-        else:
-            r, recorded = (
-                await frequency.check_only(rs.frequency, store, trunk.account, callee.e164, facts.at, out),
-                False,
-            )
-        return first or r, recorded
+        return first, True

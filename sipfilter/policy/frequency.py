@@ -13,6 +13,7 @@ from sipfilter.stores.base import Store
 CAP_RULE = "frequency.cap"
 REFUSAL_RULE = "frequency.refusal"
 _DAY = 86400.0
+_PASS = Outcome(PASS, "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +43,7 @@ def skip(out: dict[str, Outcome], why: str) -> None:
     out[REFUSAL_RULE] = out[CAP_RULE] = Outcome(SKIP, why)
 
 
-def _fill(
+def fill(
     rules: FrequencyRules,
     out: dict[str, Outcome],
     at: float,
@@ -59,11 +60,11 @@ def _fill(
         )
         out[CAP_RULE] = Outcome(SKIP, "refusal cooldown applies")
         return REFUSAL_RULE
-    out[REFUSAL_RULE] = Outcome(PASS, "")
-    days = rules.window_s / _DAY
+    out[REFUSAL_RULE] = _PASS
     if allowed:
         out[CAP_RULE] = rules.pass_outcome(attempts)
         return ""
+    days = rules.window_s / _DAY
     out[CAP_RULE] = Outcome(FAIL, f"{attempts} attempts already in {days:.0f} days (cap {rules.cap})")
     return CAP_RULE
 
@@ -89,11 +90,11 @@ async def check_and_record(
         d = await store.check_and_record_attempt(
             account, number, at, rules.cap, rules.window_s, rules.cooldown_s
         )
-        return _fill(rules, out, at, d.refused_at, d.attempts_in_window, d.allowed), d.allowed
+        return fill(rules, out, at, d.refused_at, d.attempts_in_window, d.allowed), d.allowed
     d = await store.check_and_record_attempt(account, number, at, _NO_CAP, rules.window_s, 0.0)
     before = d.attempts_in_window - 1 if d.allowed else d.attempts_in_window
     would = before < rules.cap
-    return _fill(rules, out, at, d.refused_at, before + 1 if would else before, would), d.allowed
+    return fill(rules, out, at, d.refused_at, before + 1 if would else before, would), d.allowed
 
 
 async def check_only(
@@ -103,4 +104,4 @@ async def check_only(
     refused_at = await store.last_refusal(account, number)
     attempts = await store.attempts(account, number, at, rules.window_s)
     allowed = attempts < rules.cap
-    return _fill(rules, out, at, refused_at, attempts + 1 if allowed else attempts, allowed)
+    return fill(rules, out, at, refused_at, attempts + 1 if allowed else attempts, allowed)

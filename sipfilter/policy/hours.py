@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, time, timedelta
 from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -26,6 +26,17 @@ DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _RANGE_RE = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
 
 Window = tuple[tuple[int, int], ...]  # (start, end) seconds of day; start inclusive, end exclusive
+
+
+@dataclass(frozen=True, slots=True)
+class LocalDay:
+    """One local calendar day of a zone without a UTC-offset change inside it: [start, end) in epoch seconds,
+    its weekday (Monday 0) and public holiday name. Lets the hot path skip datetime arithmetic."""
+
+    start: float
+    end: float
+    weekday: int
+    holiday: str | None
 
 
 def parse_range(text: str) -> tuple[int, int]:
@@ -83,6 +94,30 @@ class HoursRules:
     _holiday_memo: dict[tuple[int, str | None], Mapping[date, str]] = field(
         default_factory=dict, compare=False
     )
+    _day_memo: dict[tuple[ZoneInfo, str | None], LocalDay] = field(default_factory=dict, compare=False)
+
+    def local_day(self, zone: ZoneInfo, subdivision: str | None, at: float) -> LocalDay | None:
+        """The local day holding `at` (memoised per zone: calls arrive in time order), or None on a day whose
+        UTC offset changes (DST), where the caller takes the datetime path."""
+        key = (zone, subdivision)
+        day = self._day_memo.get(key)
+        if day is not None and day.start <= at < day.end:
+            return day
+        today = datetime.fromtimestamp(at, zone).date()
+        start = datetime.combine(today, time(0), zone)
+        end = datetime.combine(today + timedelta(days=1), time(0), zone)
+        start_ts, end_ts = start.timestamp(), end.timestamp()
+        if (
+            start.utcoffset() != datetime.fromtimestamp(end_ts - 1, zone).utcoffset()
+            or not start_ts.is_integer()
+            or datetime.fromtimestamp(start_ts, zone).replace(tzinfo=None) != start.replace(tzinfo=None)
+        ):
+            return None
+        day = LocalDay(start_ts, end_ts, today.weekday(), self.holiday(today, subdivision))
+        if len(self._day_memo) >= 10_000:
+            self._day_memo.clear()
+        self._day_memo[key] = day
+        return day
 
     def zone_for(self, e164: str) -> tuple[ZoneInfo, str | None]:
         """The callee's zone and holiday subdivision, from its number."""
@@ -279,6 +314,25 @@ def check_hours(
         out[HOLIDAY_RULE] = out[WINDOW_RULE] = _SKIP
         return ""
     zone, subdivision = rules.zone_for(e164)
+    day = rules.local_day(zone, subdivision, at)
+    if day is not None and not consent_hours and not day.holiday:
+        since_midnight = at - day.start  # exact: both within a day of each other (Sterbenz)
+        second = int(since_midnight)
+        # datetime rounds to the microsecond: within 0.5 µs of the next second, let it decide.
+        if since_midnight - second < 0.9999995 and _in_window(rules.weekly[day.weekday], second):
+            out[HOLIDAY_RULE] = out[WINDOW_RULE] = _PASS  # the common case, with no datetime at all
+            return ""
+    return _check_hours_slow(rules, zone, subdivision, at, consent_hours, out)
+
+
+def _check_hours_slow(
+    rules: HoursRules,
+    zone: ZoneInfo,
+    subdivision: str | None,
+    at: float,
+    consent_hours: str | None,
+    out: dict[str, Outcome],
+) -> str:
     local = datetime.fromtimestamp(at, zone)
     first = ""
     weekly, source = rules.weekly, "D223-9"

@@ -137,12 +137,17 @@ def check_stale(
     return "", frozenset(missing)
 
 
+_DNC_RULES: dict[str, str] = {}  # list name → rule id (list names come from the config: bounded)
+
+
 def check_dnc(
     rules: ListRules, dnc: tuple[str, ...], missing: frozenset[str], look: Lookups, out: dict[str, Outcome]
 ) -> str:
     first = ""
     for name in dnc:
-        rule = DNC_PREFIX + name
+        rule = _DNC_RULES.get(name)
+        if rule is None:
+            rule = _DNC_RULES[name] = DNC_PREFIX + name
         if name in missing:
             out[rule] = Outcome(SKIP, f"list {name!r} has never been imported")
             continue
@@ -187,6 +192,9 @@ def check_sector(
     return SECTOR_RULE
 
 
+_CONSENT_PASSES: dict[str, Outcome] = {}
+
+
 def check_consent(rules: ListRules, prospecting: bool, look: Lookups, out: dict[str, Outcome]) -> str:
     if not prospecting:
         out[CONSENT_RULE] = Outcome(SKIP, "trunk is not prospecting")
@@ -196,7 +204,13 @@ def check_consent(rules: ListRules, prospecting: bool, look: Lookups, out: dict[
         return ""
     record = look.consent()
     if record is not None:
-        out[CONSENT_RULE] = Outcome(PASS, f"consent recorded (proof {record.proof})")
+        outcome = _CONSENT_PASSES.get(record.proof)
+        if outcome is None:  # proofs repeat (a CRM campaign, an import file): share their outcome
+            if len(_CONSENT_PASSES) >= 4096:
+                _CONSENT_PASSES.clear()
+            outcome = Outcome(PASS, f"consent recorded (proof {record.proof})")
+            _CONSENT_PASSES[record.proof] = outcome
+        out[CONSENT_RULE] = outcome
         return ""
     if rules.contract_exempts and look.contract():
         out[CONSENT_RULE] = Outcome(PASS, "no consent but a contract is in progress")
