@@ -8,8 +8,10 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from sipfilter.audit import AuditLog, decision_record
+from sipfilter.audit import AuditLog, decision_record, encode_decision
 from sipfilter.config import AuditConfig
 from sipfilter.policy.facts import CallFacts
 from sipfilter.policy.numbers import Number
@@ -27,6 +29,9 @@ def facts(call_id: str = "c1") -> CallFacts:
         call_id=call_id,
     )
 
+
+# What the audit line is specified as: the record through the standard library's encoder.
+_GENERIC = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 DECISION = Decision(
     Verdict("reject", 603, "callee.dnc.bloctel", "callee is on a do-not-call list"),
@@ -181,3 +186,55 @@ def test_close_survives_fsync_failure(tmp_path: Path) -> None:
     log.log_decision(facts(), DECISION, "acme", "enforce")
     log.close()  # fsync of a character device fails with EINVAL: logged, not raised
     assert log._fd is None
+
+
+# -- the line template against the generic encoder ---------------------------------------------------------
+
+_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12)
+_number = st.builds(Number, raw=_text, e164=st.sampled_from(["", "+33612345678", "é\"\\\n"]) | _text,
+                    kind=st.sampled_from(["e164", "short", "anonymous", "invalid"]))  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    trunk=_text, account=_text, mode=_text, call_id=_text, at=st.floats(0, 4e9),
+    caller=_number, callee=_number, asserted=st.lists(_number, max_size=3).map(tuple),
+    privacy=st.frozensets(_text, max_size=3), action=_text, status=st.integers(-1, 10**6),
+    rule=_text, reason=_text, monitored=st.booleans(), recorded=st.booleans(),
+    outcomes=st.dictionaries(_text, st.builds(Outcome, st.sampled_from(["pass", "fail", "skip"]), _text),
+                             max_size=4),
+    alerts=st.lists(_text, max_size=3).map(tuple), version=_text,
+)  # fmt: skip
+def test_line_template_matches_the_generic_encoder(
+    trunk: str, account: str, mode: str, call_id: str, at: float, caller: Number, callee: Number,
+    asserted: tuple[Number, ...], privacy: frozenset[str], action: str, status: int, rule: str,
+    reason: str, monitored: bool, recorded: bool, outcomes: dict[str, Outcome], alerts: tuple[str, ...],
+    version: str,
+) -> None:  # fmt: skip
+    """The hot-path line is byte for byte what json (ensure_ascii=False, compact) writes of the record:
+    control characters, quotes, backslashes, non-ASCII, empty and multi-valued fields alike."""
+    f = CallFacts(trunk, at, caller, asserted, privacy, callee, call_id)
+    d = Decision(Verdict(action, status, rule, reason), outcomes, monitored, recorded, version, alerts)
+    line = encode_decision(f, d, account, mode)
+    assert line == (_GENERIC.encode(decision_record(f, d, account, mode)) + "\n").encode()
+    assert json.loads(line) == decision_record(f, d, account, mode)
+
+
+def test_odd_value_types_take_the_generic_path() -> None:
+    """A value json cannot encode natively (here a status that is not an int) still gives the same line."""
+    d = Decision(Verdict("reject", 603.0, "r", "why"), {}, False, False, "v")  # type: ignore[arg-type]
+    line = encode_decision(facts(), d, "acme", "enforce")
+    assert line == (_GENERIC.encode(decision_record(facts(), d, "acme", "enforce")) + "\n").encode()
+    assert b'"status":603.0,' in line
+
+
+def test_undecodable_call_id_still_gives_a_valid_line(tmp_path: Path) -> None:
+    """A Call-ID with bytes that are not UTF-8 (decoded with surrogateescape by the parser) is escaped, not
+    a lost audit line."""
+    log = log_for(tmp_path)
+    bad = b"abc\xff@host".decode("utf-8", "surrogateescape")
+    assert log.log_decision(facts(bad), DECISION, "acme", "enforce")
+    log.close()
+    rec = json.loads((tmp_path / "audit" / "decisions.jsonl").read_bytes())
+    assert rec["call_id"] == bad
+    assert rec["call_id"].encode("utf-8", "surrogateescape") == b"abc\xff@host"
