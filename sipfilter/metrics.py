@@ -10,12 +10,14 @@ import contextlib
 import logging
 import platform
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from sipfilter.b2bua.limits import (
     REASON_SOURCE_RATE,
@@ -49,66 +51,6 @@ ADMISSION_REASONS = (REASON_SOURCE_RATE, REASON_TOTAL_DIALOGS, REASON_TRUNK_DIAL
                      REASON_UNKNOWN_SOURCE)  # fmt: skip
 OVERLOAD_REASONS = ("draining", *ADMISSION_REASONS)
 
-INVITES = Counter(
-    "sipfilter_invites_received_total", "New INVITEs received (not retransmissions)",
-    ["trunk", "transport"], registry=REGISTRY,
-)  # fmt: skip
-DECISIONS = Counter(
-    "sipfilter_decisions_total",
-    "Policy decisions; verdict allow|reject|monitor_reject, rule = first failing rule (empty: allowed)",
-    ["trunk", "verdict", "rule"], registry=REGISTRY,
-)  # fmt: skip
-MONITOR_REJECTIONS = Counter(
-    "sipfilter_monitor_rejections_total",
-    "Calls a monitor-mode trunk relayed that enforce mode would have rejected",
-    ["trunk", "rule"], registry=REGISTRY,
-)  # fmt: skip
-RESPONSES = Counter(
-    "sipfilter_responses_total", "SIP responses, direction sent|received, status class 1xx..6xx",
-    ["trunk", "direction", "status_class"], registry=REGISTRY,
-)  # fmt: skip
-ACTIVE_DIALOGS = Gauge(
-    "sipfilter_active_dialogs", "Calls in progress (INVITE received, not yet terminated)",
-    ["trunk"], registry=REGISTRY,
-)  # fmt: skip
-RELAYED = Counter(
-    "sipfilter_calls_relayed_total", "Call attempts relayed to the carrier", ["trunk"], registry=REGISTRY
-)
-ANSWERED = Counter(
-    "sipfilter_calls_answered_total", "Relayed calls answered (2xx)", ["trunk"], registry=REGISTRY
-)
-DECISION_SECONDS = Histogram(
-    "sipfilter_decision_duration_seconds", "Time to decide on one INVITE (policy + store)",
-    ["trunk"], buckets=DECISION_BUCKETS, registry=REGISTRY,
-)  # fmt: skip
-INVITE_FINAL_SECONDS = Histogram(
-    "sipfilter_invite_final_duration_seconds", "INVITE received to final response sent to the dialer",
-    ["trunk"], buckets=INVITE_FINAL_BUCKETS, registry=REGISTRY,
-)  # fmt: skip
-FAILOVERS = Counter(
-    "sipfilter_carrier_failovers_total", "Call attempts moved away from a failing carrier target",
-    ["trunk", "target"], registry=REGISTRY,
-)  # fmt: skip
-MALFORMED = Counter(
-    "sipfilter_malformed_messages_total", "Unparseable messages", ["transport"], registry=REGISTRY
-)
-UNKNOWN_SOURCE = Counter(
-    "sipfilter_unknown_source_requests_total", "Requests from a source matching no trunk",
-    ["transport"], registry=REGISTRY,
-)  # fmt: skip
-RETRANSMISSIONS = Counter(
-    "sipfilter_retransmissions_total", "SIP retransmissions, direction sent|received",
-    ["direction"], registry=REGISTRY,
-)  # fmt: skip
-OVERLOAD = Counter(
-    "sipfilter_overload_drops_total", "Requests refused before policy (rate limit, overload, draining)",
-    ["reason"], registry=REGISTRY,
-)  # fmt: skip
-AUTH = Counter(
-    "sipfilter_auth_total",
-    "Digest authentication of dialer requests, result passed|challenged|stale|malformed|failed",
-    ["trunk", "result"], registry=REGISTRY,
-)  # fmt: skip
 FOREIGN_DOMAIN = Counter(
     "sipfilter_request_uri_refused_total",
     "New INVITEs refused 403 because the Request-URI host is not in the trunk's request_uri.domains",
@@ -172,10 +114,8 @@ def record_reload(ok: bool, at: float | None = None) -> None:
 
 def clear_series() -> None:
     """Forget every labelled series (tests that need a clean registry; never in a running process)."""
-    for metric in (INVITES, DECISIONS, MONITOR_REJECTIONS, RESPONSES, ACTIVE_DIALOGS, RELAYED, ANSWERED,
-                   DECISION_SECONDS, INVITE_FINAL_SECONDS, FAILOVERS, MALFORMED, UNKNOWN_SOURCE,
-                   RETRANSMISSIONS, OVERLOAD, CONFIG_RELOADS, AUTH, FOREIGN_DOMAIN,
-                   TLS_FAILURES):  # fmt: skip
+    CALLS.clear()
+    for metric in (CONFIG_RELOADS, FOREIGN_DOMAIN, TLS_FAILURES):
         metric.clear()
     LOOP_LAG.set(0)
     CONFIG_LAST_RELOAD_OK.set(1)
@@ -189,137 +129,226 @@ def status_class(status: int) -> str:
 _CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx")
 
 
-class PrometheusObserver(Observer):
-    """Call-path events → metrics. `.labels()` costs microseconds, so children are cached per label tuple."""
+# --------------------------------------------------------------------------------------------------
+# Call-path counters: plain ints, exported at scrape time.
+#
+# A prometheus_client child costs a lock and a few attribute lookups per .inc() (an .observe() walks the
+# buckets in Python): with a dozen events per call that was ~13 µs of every call. The B2BUA runs on one
+# thread (the event loop, which also serves /metrics), so a dict of ints is enough; `CallCounters.collect`
+# turns it into the very families the prometheus_client metrics exported (names, help, labels, types).
+
+
+class _Hist:
+    """One histogram series: per-bucket (not cumulative) counts, the last one for +Inf, and the sum."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self, nbuckets: int) -> None:
+        self.counts = [0] * (nbuckets + 1)
+        self.total = 0.0
+
+
+def _les(buckets: tuple[float, ...]) -> list[str]:
+    return [floatToGoString(b) for b in buckets] + ["+Inf"]  # type: ignore[no-untyped-call]
+
+
+class CallCounters(Collector):
+    """The call-path metrics' values (one per process, like the registry), fed by PrometheusObserver."""
 
     def __init__(self) -> None:
-        self._invites: dict[tuple[str, str], Any] = {}
-        self._decisions: dict[tuple[str, str, str], Any] = {}
-        self._decision_s: dict[str, Any] = {}
-        self._monitor: dict[tuple[str, str], Any] = {}
-        self._responses: dict[tuple[str, str, int], Any] = {}
-        self._dialogs: dict[str, Any] = {}
-        self._relayed: dict[str, Any] = {}
-        self._answered: dict[str, Any] = {}
-        self._final_s: dict[str, Any] = {}
-        self._failovers: dict[tuple[str, str], Any] = {}
-        self._malformed: dict[str, Any] = {}
-        self._unknown: dict[str, Any] = {}
-        self._retrans: dict[str, Any] = {}
-        self._overload: dict[str, Any] = {}
-        self._auth: dict[tuple[str, str], Any] = {}
+        self.invites: dict[tuple[str, str], int] = {}  # (trunk, transport)
+        self.decisions: dict[tuple[str, str, str], int] = {}  # (trunk, verdict, rule)
+        self.monitor: dict[tuple[str, str], int] = {}  # (trunk, rule)
+        self.responses: dict[tuple[str, str, int], int] = {}  # (trunk, direction, status): class at scrape
+        self.dialogs: dict[str, int] = {}
+        self.relayed: dict[str, int] = {}
+        self.answered: dict[str, int] = {}
+        self.decision_s: dict[str, _Hist] = {}
+        self.final_s: dict[str, _Hist] = {}
+        self.failovers: dict[tuple[str, str], int] = {}
+        self.malformed: dict[str, int] = {}
+        self.unknown: dict[str, int] = {}
+        self.retrans: dict[str, int] = {}
+        self.overload: dict[str, int] = {}
+        self.auth: dict[tuple[str, str], int] = {}
+
+    def clear(self) -> None:
+        for values in (self.invites, self.decisions, self.monitor, self.responses, self.dialogs, self.relayed,
+                       self.answered, self.decision_s, self.final_s, self.failovers, self.malformed,
+                       self.unknown, self.retrans, self.overload, self.auth):  # fmt: skip
+            values.clear()
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families())
+
+    def _families(self) -> tuple[Any, ...]:
+        c, g, h = CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+        return (
+            c("sipfilter_invites_received", "New INVITEs received (not retransmissions)",
+              labels=["trunk", "transport"]),
+            c("sipfilter_decisions",
+              "Policy decisions; verdict allow|reject|monitor_reject, rule = first failing rule"
+              " (empty: allowed)",
+              labels=["trunk", "verdict", "rule"]),
+            c("sipfilter_monitor_rejections",
+              "Calls a monitor-mode trunk relayed that enforce mode would have rejected",
+              labels=["trunk", "rule"]),
+            c("sipfilter_responses", "SIP responses, direction sent|received, status class 1xx..6xx",
+              labels=["trunk", "direction", "status_class"]),
+            g("sipfilter_active_dialogs", "Calls in progress (INVITE received, not yet terminated)",
+              labels=["trunk"]),
+            c("sipfilter_calls_relayed", "Call attempts relayed to the carrier", labels=["trunk"]),
+            c("sipfilter_calls_answered", "Relayed calls answered (2xx)", labels=["trunk"]),
+            h("sipfilter_decision_duration_seconds", "Time to decide on one INVITE (policy + store)",
+              labels=["trunk"]),
+            h("sipfilter_invite_final_duration_seconds",
+              "INVITE received to final response sent to the dialer", labels=["trunk"]),
+            c("sipfilter_carrier_failovers", "Call attempts moved away from a failing carrier target",
+              labels=["trunk", "target"]),
+            c("sipfilter_malformed_messages", "Unparseable messages", labels=["transport"]),
+            c("sipfilter_unknown_source_requests", "Requests from a source matching no trunk",
+              labels=["transport"]),
+            c("sipfilter_retransmissions", "SIP retransmissions, direction sent|received",
+              labels=["direction"]),
+            c("sipfilter_overload_drops", "Requests refused before policy (rate limit, overload, draining)",
+              labels=["reason"]),
+            c("sipfilter_auth",
+              "Digest authentication of dialer requests, result passed|challenged|stale|malformed|failed",
+              labels=["trunk", "result"]),
+        )  # fmt: skip
+
+    def collect(self) -> Iterator[Metric]:
+        fams = self._families()
+        (invites, decisions, monitor, responses, dialogs, relayed, answered, decision_s, final_s, failovers,
+         malformed, unknown, retrans, overload, auth) = fams  # fmt: skip
+        # Snapshots (list(...)): nothing here may see a dict change size, whatever thread scrapes.
+        for simple, fam in ((self.invites, invites), (self.decisions, decisions), (self.monitor, monitor),
+                            (self.failovers, failovers), (self.auth, auth)):  # fmt: skip
+            for key, n in list(simple.items()):
+                fam.add_metric(list(key), float(n))
+        for single, fam in ((self.dialogs, dialogs), (self.relayed, relayed), (self.answered, answered),
+                            (self.malformed, malformed), (self.unknown, unknown), (self.retrans, retrans),
+                            (self.overload, overload)):  # fmt: skip
+            for one, n in list(single.items()):
+                fam.add_metric([one], float(n))
+        by_class: dict[tuple[str, str, str], int] = {}
+        for (trunk, direction, status), n in list(self.responses.items()):
+            key = (trunk, direction, status_class(status))
+            by_class[key] = by_class.get(key, 0) + n
+        for key, n in by_class.items():
+            responses.add_metric(list(key), float(n))
+        for hists, fam, les in ((self.decision_s, decision_s, _DECISION_LES),
+                                (self.final_s, final_s, _FINAL_LES)):  # fmt: skip
+            for trunk, hist in list(hists.items()):
+                acc, cumulative = 0, []
+                for le, n in zip(les, list(hist.counts), strict=True):
+                    acc += n
+                    cumulative.append((le, float(acc)))
+                fam.add_metric([trunk], cumulative, hist.total)
+        yield from fams
+
+
+_DECISION_LES = _les(DECISION_BUCKETS)
+_FINAL_LES = _les(INVITE_FINAL_BUCKETS)
+CALLS = CallCounters()
+REGISTRY.register(CALLS)
+
+
+class PrometheusObserver(Observer):
+    """Call-path events → CALLS: a dict update per event, no prometheus_client object on the hot path."""
+
+    def __init__(self, counters: CallCounters | None = None) -> None:
+        c = self._c = CALLS if counters is None else counters
         # Fixed label values start at 0: rate()/increase() see the first event, panels show 0, not "no data".
         for direction in ("sent", "received"):
-            self.retransmission_child(direction)
+            c.retrans.setdefault(direction, 0)
         for transport in TRANSPORTS:
-            self._malformed[transport] = MALFORMED.labels(transport)
-            self._unknown[transport] = UNKNOWN_SOURCE.labels(transport)
+            c.malformed.setdefault(transport, 0)
+            c.unknown.setdefault(transport, 0)
         for reason in OVERLOAD_REASONS:
-            self._overload[reason] = OVERLOAD.labels(reason)
-
-    def retransmission_child(self, direction: str) -> Any:
-        child = self._retrans.get(direction)
-        if child is None:
-            child = self._retrans[direction] = RETRANSMISSIONS.labels(direction)
-        return child
+            c.overload.setdefault(reason, 0)
+        # Bound once: each event is then one dict update.
+        self._invites = c.invites
+        self._decisions = c.decisions
+        self._responses = c.responses
+        self._dialogs = c.dialogs
+        self._relayed = c.relayed
+        self._answered = c.answered
+        self._decision_s = c.decision_s
+        self._final_s = c.final_s
 
     def invite(self, trunk: str, transport: str) -> None:
-        key = (trunk, transport)
-        child = self._invites.get(key)
-        if child is None:
-            child = self._invites[key] = INVITES.labels(trunk or NO_TRUNK, transport)
-        child.inc()
+        key = (trunk or NO_TRUNK, transport)
+        d = self._invites
+        d[key] = d.get(key, 0) + 1
 
     def decision(self, trunk: str, verdict: str, rule: str, seconds: float) -> None:
         key = (trunk, verdict, rule)
-        child = self._decisions.get(key)
-        if child is None:
-            child = self._decisions[key] = DECISIONS.labels(trunk, verdict, rule)
-        child.inc()
+        d = self._decisions
+        d[key] = d.get(key, 0) + 1
         hist = self._decision_s.get(trunk)
         if hist is None:
-            hist = self._decision_s[trunk] = DECISION_SECONDS.labels(trunk)
-        hist.observe(seconds)
+            hist = self._decision_s[trunk] = _Hist(len(DECISION_BUCKETS))
+        hist.counts[bisect_left(DECISION_BUCKETS, seconds)] += 1  # first bound >= seconds: its `le`
+        hist.total += seconds
         if verdict == "monitor_reject":
             mkey = (trunk, rule)
-            mon = self._monitor.get(mkey)
-            if mon is None:
-                mon = self._monitor[mkey] = MONITOR_REJECTIONS.labels(trunk, rule)
-            mon.inc()
+            m = self._c.monitor
+            m[mkey] = m.get(mkey, 0) + 1
 
     def response(self, trunk: str, direction: str, status: int) -> None:
-        key = (trunk, direction, status)
-        child = self._responses.get(key)
-        if child is None:
-            labels = (trunk or NO_TRUNK, direction, status_class(status))
-            child = self._responses[key] = RESPONSES.labels(*labels)
-        child.inc()
+        key = (trunk or NO_TRUNK, direction, status)
+        d = self._responses
+        d[key] = d.get(key, 0) + 1
 
     def dialogs(self, trunk: str, delta: int) -> None:
-        child = self._dialogs.get(trunk)
-        if child is None:
-            child = self._dialogs[trunk] = ACTIVE_DIALOGS.labels(trunk)
-        child.inc(delta)
+        d = self._dialogs
+        d[trunk] = d.get(trunk, 0) + delta
 
     def relayed(self, trunk: str) -> None:
-        child = self._relayed.get(trunk)
-        if child is None:
-            child = self._relayed[trunk] = RELAYED.labels(trunk)
-        child.inc()
+        d = self._relayed
+        d[trunk] = d.get(trunk, 0) + 1
 
     def answered(self, trunk: str) -> None:
-        child = self._answered.get(trunk)
-        if child is None:
-            child = self._answered[trunk] = ANSWERED.labels(trunk)
-        child.inc()
+        d = self._answered
+        d[trunk] = d.get(trunk, 0) + 1
 
     def invite_final(self, trunk: str, seconds: float) -> None:
-        child = self._final_s.get(trunk)
-        if child is None:
-            child = self._final_s[trunk] = INVITE_FINAL_SECONDS.labels(trunk)
-        child.observe(seconds)
+        hist = self._final_s.get(trunk)
+        if hist is None:
+            hist = self._final_s[trunk] = _Hist(len(INVITE_FINAL_BUCKETS))
+        hist.counts[bisect_left(INVITE_FINAL_BUCKETS, seconds)] += 1
+        hist.total += seconds
 
     def failover(self, trunk: str, target: str) -> None:
-        key = (trunk, target)
-        child = self._failovers.get(key)
-        if child is None:
-            child = self._failovers[key] = FAILOVERS.labels(trunk, target or NO_TRUNK)
-        child.inc()
+        key = (trunk, target or NO_TRUNK)
+        d = self._c.failovers
+        d[key] = d.get(key, 0) + 1
 
     def target_up(self, trunk: str, target: str, up: bool) -> None:
         # Rare (a state change): remembered for scrapes when the app has not bound the live pools.
         _TARGETS[(trunk, target)] = up
 
     def malformed(self, transport: str) -> None:
-        child = self._malformed.get(transport)
-        if child is None:
-            child = self._malformed[transport] = MALFORMED.labels(transport)
-        child.inc()
+        d = self._c.malformed
+        d[transport] = d.get(transport, 0) + 1
 
     def unknown_source(self, transport: str) -> None:
-        child = self._unknown.get(transport)
-        if child is None:
-            child = self._unknown[transport] = UNKNOWN_SOURCE.labels(transport)
-        child.inc()
+        d = self._c.unknown
+        d[transport] = d.get(transport, 0) + 1
 
     def retransmission(self, direction: str) -> None:
-        child = self._retrans.get(direction)
-        if child is None:
-            child = self.retransmission_child(direction)
-        child.inc()
+        d = self._c.retrans
+        d[direction] = d.get(direction, 0) + 1
 
     def overload(self, reason: str) -> None:
-        child = self._overload.get(reason)
-        if child is None:
-            child = self._overload[reason] = OVERLOAD.labels(reason)
-        child.inc()
+        d = self._c.overload
+        d[reason] = d.get(reason, 0) + 1
 
     def auth(self, trunk: str, result: str) -> None:
-        key = (trunk, result)
-        child = self._auth.get(key)
-        if child is None:
-            child = self._auth[key] = AUTH.labels(trunk or NO_TRUNK, result)
-        child.inc()
+        key = (trunk or NO_TRUNK, result)
+        d = self._c.auth
+        d[key] = d.get(key, 0) + 1
 
     def foreign_domain(self, trunk: str) -> None:
         FOREIGN_DOMAIN.labels(trunk or NO_TRUNK).inc()  # rare (a misconfigured dialer): no cache

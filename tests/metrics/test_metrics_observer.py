@@ -242,3 +242,37 @@ def test_fixed_label_values_start_at_zero() -> None:
     assert value("sipfilter_retransmissions_total", direction="sent") == 0
     assert value("sipfilter_overload_drops_total", reason="draining") == 0
     assert value("sipfilter_overload_drops_total", reason="trunk-rate") == 0
+
+
+def test_plain_counters_export_like_prometheus_client_histograms_and_classes() -> None:
+    """The call-path values are plain ints exported at scrape time: `le` buckets are inclusive and
+    cumulative, +Inf counts everything, statuses of one class add up into one series."""
+    counters = metrics.CallCounters()
+    obs = metrics.PrometheusObserver(counters)
+    for seconds in (1e-5, 1e-5 + 1e-12, 0.5, 0.0):
+        obs.decision("own", "allow", "", seconds)
+    obs.invite_final("own", 120.0)
+    obs.invite_final("own", 121.0)
+    for status in (180, 183, 100):
+        obs.response("", "received", status)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for fam in counters.collect()
+               for s in fam.samples}  # fmt: skip
+
+    def get(name: str, **labels: str) -> float | None:
+        return samples.get((name, tuple(sorted(labels.items()))))
+
+    assert get("sipfilter_decision_duration_seconds_bucket", trunk="own", le="5e-06") == 1  # the 0.0
+    assert get("sipfilter_decision_duration_seconds_bucket", trunk="own", le="1e-05") == 2  # le: inclusive
+    assert get("sipfilter_decision_duration_seconds_bucket", trunk="own", le="2.5e-05") == 3
+    assert get("sipfilter_decision_duration_seconds_bucket", trunk="own", le="0.01") == 3
+    assert get("sipfilter_decision_duration_seconds_bucket", trunk="own", le="+Inf") == 4
+    assert get("sipfilter_decision_duration_seconds_count", trunk="own") == 4
+    assert get("sipfilter_decision_duration_seconds_sum", trunk="own") == pytest.approx(0.50002)
+    assert get("sipfilter_invite_final_duration_seconds_bucket", trunk="own", le="120.0") == 1
+    assert get("sipfilter_invite_final_duration_seconds_bucket", trunk="own", le="+Inf") == 2
+    assert get("sipfilter_responses_total", trunk=metrics.NO_TRUNK, direction="received",
+               status_class="1xx") == 3  # fmt: skip
+    assert get("sipfilter_retransmissions_total", direction="sent") == 0  # fixed labels start at 0
+    assert value("sipfilter_decisions_total", trunk="own", verdict="allow", rule="") is None  # not CALLS
+    counters.clear()
+    assert not [s for fam in counters.collect() for s in fam.samples]
