@@ -110,7 +110,8 @@ def make_cases(mix: str, count: int, callees: list[str], dnc_sample: list[str],
 
 def run_step(workdir: Path, target: str, carrier_port: int, deployment: Deployment | None, mix: str,
              rate: float, duration_s: float, hold_ms: int, callees: list[str], dnc_sample: list[str],
-             settle_s: float = 0.0, idle_rate: float = 0.0, profile_to: Path | None = None) -> Step:
+             settle_s: float = 0.0, idle_rate: float = 0.0, profile_to: Path | None = None,
+             native: bool = False, perf_to: Path | None = None) -> Step:
     rng = random.Random(f"{mix}-{rate}")
     count = max(1, int(rate * duration_s))
     cases = make_cases(mix, count, callees, dnc_sample, rng)
@@ -124,6 +125,7 @@ def run_step(workdir: Path, target: str, carrier_port: int, deployment: Deployme
                   calls=count, csv_file=csv_file, rate=rate, pause_ms=hold_ms, timeout_s=timeout,
                   trace_msg=False, trace_short=True, limit=max(1000, int(rate * 10)), name="dialer")
     spy: subprocess.Popen[bytes] | None = None
+    perfs: list[subprocess.Popen[bytes]] = []
     left: float | None = None
     sys_share: float | None = None
     try:
@@ -133,7 +135,9 @@ def run_step(workdir: Path, target: str, carrier_port: int, deployment: Deployme
         sys0 = _sys_seconds(deployment)
         t0 = time.monotonic()
         if profile_to is not None and deployment is not None:
-            spy = _py_spy(deployment, profile_to)
+            spy = _py_spy(deployment, profile_to, native)
+        if perf_to is not None and deployment is not None:
+            perfs = _perf(deployment, perf_to)
         dialer.start()
         sipp_cpu = _sample_cpu([dialer, carrier], until=t0 + timeout + 15)
         d: SippRun = dialer.wait(timeout_s=15)
@@ -150,12 +154,19 @@ def run_step(workdir: Path, target: str, carrier_port: int, deployment: Deployme
             spy.send_signal(signal.SIGINT)  # py-spy writes its samples on SIGINT
             spy.wait(timeout=30)
             spy = None
+        for proc in perfs:
+            proc.send_signal(signal.SIGINT)  # perf stat prints, perf record writes on SIGINT
+        for proc in perfs:
+            proc.wait(timeout=60)
+        perfs = []
         if deployment is not None:  # after the window: a scrape costs sipfilter CPU
             left = deployment.sipfilter.wait_no_dialogs(timeout_s=30)
         c = carrier.finish(grace_s=10) if relayed else None
     finally:
         if spy is not None:
             spy.kill()
+        for proc in perfs:
+            proc.kill()
         dialer.stop()
         carrier.stop()
     mismatched = sum(1 for o in d.outcomes if o.problem())
@@ -183,16 +194,36 @@ def _idle_cpu_rate(deployment: Deployment, seconds: float) -> float:
     return (deployment.sipfilter.cpu_seconds() - cpu0) / (time.monotonic() - t0)
 
 
-def _py_spy(deployment: Deployment, out: Path) -> subprocess.Popen[bytes] | None:
-    """py-spy sampling sipfilter into collapsed stacks (`pip install py-spy`: a dev tool, no dependency)."""
+def _py_spy(deployment: Deployment, out: Path, native: bool = False) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling sipfilter into collapsed stacks (`pip install py-spy`: a dev tool, no dependency).
+    `native` adds C frames (uvloop, the C parts of the stdlib) but stops the process at each sample."""
     exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(exe).exists() or deployment.sipfilter.proc is None:
         print("  (py-spy not found: no profile)", file=sys.stderr)
         return None
     out.parent.mkdir(parents=True, exist_ok=True)
+    mode = ["--native"] if native else ["--nonblocking"]  # py-spy cannot unwind C frames without a pause
     return subprocess.Popen([exe, "record", "--pid", str(deployment.sipfilter.proc.pid), "--rate", "200",
-                             "--format", "raw", "--output", str(out), "--nonblocking"],
+                             "--format", "raw", "--output", str(out), *mode],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _perf(deployment: Deployment, out: Path) -> list[subprocess.Popen[bytes]]:
+    """`perf stat` (CPU, context switches = event-loop wake-ups) and `perf record` (on-CPU stacks, kernel
+    included) of sipfilter over the step's window; `perf report -i <out>.data` reads the stacks."""
+    exe = shutil.which("perf")
+    if exe is None or deployment.sipfilter.proc is None:
+        print("  (perf not found: no perf figures)", file=sys.stderr)
+        return []
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pid = str(deployment.sipfilter.proc.pid)
+    stat = subprocess.Popen([exe, "stat", "-e", "task-clock,context-switches,cpu-migrations,page-faults",
+                             "-p", pid, "-o", str(out.with_suffix(".stat"))],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    record = subprocess.Popen([exe, "record", "-e", "cpu-clock", "-F", "499", "-g", "-p", pid,
+                               "-o", str(out.with_suffix(".data"))],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    return [stat, record]
 
 
 def _sample_cpu(procs: list[Sipp], until: float) -> float:
@@ -249,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle CPU measured after start")
     parser.add_argument("--warmup", type=float, default=3.0, help="unreported traffic seconds per deployment")
     parser.add_argument("--profile-dir", type=Path, help="py-spy collapsed stacks of each step written here")
+    parser.add_argument("--native", action="store_true", help="py-spy --native (C frames; pauses sipfilter)")
+    parser.add_argument("--perf-dir", type=Path, help="perf stat + perf record of each step written here")
     parser.add_argument("--direct", action="store_true", help="no sipfilter: dialer straight to the carrier")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (SIPp traces, logs)")
     args = parser.parse_args(argv)
@@ -291,10 +324,14 @@ def main(argv: list[str] | None = None) -> int:
                 profile_to = args.profile_dir / f"{mix}-{rate:g}.txt" if args.profile_dir else None
                 step = run_step(workroot / mix / f"{rate:g}", target, carrier_port, deployment, mix, rate,
                                 args.duration, args.hold_ms, callees, dnc_sample, settle_s=settle,
-                                idle_rate=idle_rate, profile_to=profile_to)
+                                idle_rate=idle_rate, profile_to=profile_to, native=args.native,
+                                perf_to=args.perf_dir / f"{mix}-{rate:g}" if args.perf_dir else None)
                 print(step.row(), flush=True)
                 if profile_to is not None and profile_to.exists():
                     print(profile_summary(profile_to), file=sys.stderr, flush=True)
+                stat = args.perf_dir / f"{mix}-{rate:g}.stat" if args.perf_dir else None
+                if stat is not None and stat.exists():
+                    print(stat.read_text(), file=sys.stderr, flush=True)
         finally:
             if deployment is not None:
                 deployment.sipfilter.stop()

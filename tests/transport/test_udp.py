@@ -8,15 +8,21 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from sipfilter.transport.udp import SOCKET_BUFFER_BYTES, open_udp_endpoint
+import pytest
+
+from sipfilter.transport import udp
+from sipfilter.transport.udp import SOCKET_BUFFER_BYTES, UdpEndpoint, open_udp_endpoint
 
 
 class _Handler:
     def __init__(self) -> None:
         self.got: list[tuple[bytes, tuple[str, int]]] = []
+        self.fail_on: bytes | None = None
 
     def on_datagram(self, endpoint: Any, data: bytes, addr: tuple[str, int]) -> None:
         self.got.append((data, addr))
+        if data == self.fail_on:
+            raise RuntimeError("handler bug")
 
     def on_message(self, endpoint: Any, message: Any, addr: tuple[str, int]) -> None:
         raise AssertionError("UDP hands raw datagrams")
@@ -33,7 +39,7 @@ async def test_receives_and_enlarges_its_buffers() -> None:
     handler = _Handler()
     ep = await open_udp_endpoint("inside", "127.0.0.1", 0, handler)  # type: ignore[arg-type]
     try:
-        sock = ep._sock.get_extra_info("socket")  # type: ignore[union-attr]
+        sock = ep.socket
         for option, limit in ((socket.SO_RCVBUF, "rmem_max"), (socket.SO_SNDBUF, "wmem_max")):
             wanted = min(SOCKET_BUFFER_BYTES, _kernel_max(limit))
             # Linux reports twice what was set (bookkeeping overhead included).
@@ -49,4 +55,127 @@ async def test_receives_and_enlarges_its_buffers() -> None:
             sender.close()
         assert handler.got and handler.got[0][0].startswith(b"OPTIONS")
     finally:
+        await ep.close()
+
+
+async def _until(cond: Any, what: str) -> None:
+    for _ in range(500):
+        if cond():
+            return
+        await asyncio.sleep(0.002)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _polling(ep: UdpEndpoint) -> bool:
+    return ep._poll_handle is not None
+
+
+async def test_bursts_are_read_on_ticks_then_the_socket_is_watched_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under traffic the socket is read on a tick (one wake-up for many datagrams), every datagram in order
+    and none lost across the switches; once a tick finds nothing it is watched again."""
+    monkeypatch.setattr(udp, "MAX_BATCH", 8)  # a burst longer than one pass, small enough for any rmem
+    handler = _Handler()
+    # A long tick, so that the test sees the polling state whatever the machine's speed.
+    ep = await open_udp_endpoint("inside", "127.0.0.1", 0, handler, poll_interval=0.3)  # type: ignore[arg-type]
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sender.sendto(b"first", ("127.0.0.1", ep.port))
+        await _until(lambda: handler.got, "the first datagram")
+        assert _polling(ep)  # traffic seen: the next datagrams wait for the tick
+        # More than one pass can take, sent while no read can happen (this coroutine holds the loop).
+        count = 3 * udp.MAX_BATCH + 5
+        for i in range(count):
+            sender.sendto(b"n%d" % i, ("127.0.0.1", ep.port))
+        await _until(lambda: len(handler.got) == count + 1, "the burst")
+        assert [d for d, _ in handler.got[1:]] == [b"n%d" % i for i in range(count)]
+        assert {a for _, a in handler.got} == {("127.0.0.1", sender.getsockname()[1])}
+        await _until(lambda: not _polling(ep), "the quiet tick")
+        sender.sendto(b"after", ("127.0.0.1", ep.port))  # watched again: read at once
+        await _until(lambda: handler.got[-1][0] == b"after", "a datagram after the quiet tick")
+    finally:
+        sender.close()
+        await ep.close()
+    assert not _polling(ep)
+
+
+async def test_without_ticks_every_datagram_wakes_the_loop() -> None:
+    handler = _Handler()
+    ep = await open_udp_endpoint("inside", "127.0.0.1", 0, handler, poll_interval=0)  # type: ignore[arg-type]
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for i in range(3):
+            sender.sendto(b"d%d" % i, ("127.0.0.1", ep.port))
+        await _until(lambda: len(handler.got) == 3, "three datagrams")
+        assert not _polling(ep)
+    finally:
+        sender.close()
+        await ep.close()
+
+
+async def test_a_handler_error_does_not_stop_the_socket(caplog: pytest.LogCaptureFixture) -> None:
+    handler = _Handler()
+    handler.fail_on = b"bad"
+    ep = await open_udp_endpoint("inside", "127.0.0.1", 0, handler)  # type: ignore[arg-type]
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for data in (b"bad", b"good"):
+            sender.sendto(data, ("127.0.0.1", ep.port))
+        await _until(lambda: len(handler.got) == 2, "both datagrams")
+    finally:
+        sender.close()
+        await ep.close()
+    assert "unhandled error on a inside datagram" in caplog.text
+
+
+async def test_send_keeps_order_when_the_buffer_is_full_and_refuses_host_names() -> None:
+    handler, peer_handler = _Handler(), _Handler()
+    ep = await open_udp_endpoint("outside", "127.0.0.1", 0, handler)  # type: ignore[arg-type]
+    peer = await open_udp_endpoint("outside", "127.0.0.1", 0, peer_handler)  # type: ignore[arg-type]
+    try:
+        dest = ("127.0.0.1", peer.port)
+        real = ep._sendto
+        full = {"left": 1}
+
+        def sendto(data: bytes, addr: Any) -> int:
+            if full["left"]:
+                full["left"] -= 1
+                raise BlockingIOError
+            return real(data, addr)
+
+        ep._sendto = sendto  # type: ignore[assignment]
+        for data in (b"one", b"two", b"three"):
+            ep.send(data, dest)
+        assert ep.buffered == 3  # the first met a full buffer; the others queue behind it
+        await _until(lambda: len(peer_handler.got) == 3, "the queued datagrams")
+        assert [d for d, _ in peer_handler.got] == [b"one", b"two", b"three"]
+        assert ep.buffered == 0
+        with pytest.raises(ValueError, match="DNS lookup"):
+            ep.send(b"x", ("carrier.example.com", 5060))
+        ep.send(b"", dest)  # nothing to send: no empty datagram
+    finally:
+        await ep.close()
+        await peer.close()
+    ep.send(b"after close", dest)  # ignored, never raises
+
+
+async def test_ipv6_sources_are_host_and_port() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    handler = _Handler()
+    try:
+        ep = await open_udp_endpoint("inside", "::1", 0, handler)  # type: ignore[arg-type]
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    sender = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        sender.sendto(b"v6", ("::1", ep.port))
+        await _until(lambda: handler.got, "the datagram")
+        assert handler.got[0][1] == ("::1", sender.getsockname()[1])
+        ep.send(b"back", handler.got[0][1])
+        sender.settimeout(5)
+        assert sender.recvfrom(100)[0] == b"back"
+    finally:
+        sender.close()
         await ep.close()
