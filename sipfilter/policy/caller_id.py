@@ -136,7 +136,9 @@ def check_caller_id(
         return ""
     if rules.authorised_list is not None:
         return _check(rules, facts, store, out)
-    key = (facts.caller, facts.asserted, facts.privacy)
+    caller = facts.caller
+    # The caller's fields rather than the Number: str hashes are cached, a dataclass hash is a Python call.
+    key = (caller.raw, caller.e164, caller.kind, caller.error, facts.asserted, facts.privacy)
     hit = rules.memo.get(key)
     if hit is None:
         mine: dict[str, Outcome] = {}

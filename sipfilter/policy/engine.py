@@ -69,14 +69,6 @@ def _privacy_tokens(values: Iterable[str]) -> frozenset[str]:
     return frozenset(t.strip().lower() for v in values for t in v.replace(",", ";").split(";") if t.strip())
 
 
-def _header_all(headers: Any, name: str) -> list[str]:
-    get_all = getattr(headers, "get_all", None)
-    if get_all is not None:
-        return [str(v) for v in get_all(name)]
-    value = headers.get(name)
-    return [] if value is None else [str(value)]
-
-
 class PolicyEngine:
     """Holds the compiled rules of one Config; swap the engine with the config on reload."""
 
@@ -84,6 +76,12 @@ class PolicyEngine:
         self.config = config
         self._rules = config.rules
         self._trunks = config.trunks
+        # trunk → its rule pack's number parsers (cached for callers, uncached for callees) and its default
+        # region: read on every INVITE.
+        self._parsers = {
+            name: (rs.normaliser.parse, rs.normaliser.parse_callee, config.trunks[name].region)
+            for name, rs in config.rules.items()
+        }
 
     def rules_for(self, trunk: str) -> RuleSet:
         try:
@@ -145,20 +143,23 @@ class PolicyEngine:
 
         The same facts as `facts()` with these headers, built in one pass (on every INVITE): PAI split once,
         To read only when the Request-URI holds no number."""
-        rs, region = self.rules_for(trunk_name), self.trunk(trunk_name).region
-        parse = rs.normaliser.parse
+        try:
+            parse, parse_callee, region = self._parsers[trunk_name]
+        except KeyError:
+            raise UnknownTrunk(trunk_name) from None
         headers = request.headers
-        to = str(request.uri)
-        callee = parse(to, region) if to else _NO_CALLEE
+        get = headers.get
+        to = request.uri
+        callee = parse_callee(to, region) if to else _NO_CALLEE
         if callee.kind != E164:
-            to_header = addr_spec(str(headers.get("To") or ""))
+            to_header = addr_spec(get("To") or "")
             if to_header:
-                alt = parse(to_header, region)
+                alt = parse_callee(to_header, region)
                 if alt.kind == E164:
                     callee = alt
-        from_ = addr_spec(str(headers.get("From") or ""))
-        pai = _header_all(headers, "P-Asserted-Identity")
-        privacy = _header_all(headers, "Privacy")
+        from_ = addr_spec(get("From") or "")
+        pai = headers.get_all("P-Asserted-Identity")
+        privacy = headers.get_all("Privacy")
         return CallFacts(
             trunk_name,
             now,
@@ -166,7 +167,7 @@ class PolicyEngine:
             tuple([parse(addr_spec(v), region) for v in split_header_values(pai)]) if pai else (),
             _privacy_tokens(privacy) if privacy else _NO_PRIVACY,
             callee,
-            str(headers.get("Call-ID") or ""),
+            get("Call-ID") or "",
         )
 
     # -- decision ------------------------------------------------------------------------------------

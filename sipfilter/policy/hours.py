@@ -121,12 +121,21 @@ class HoursRules:
 
     def zone_for(self, e164: str) -> tuple[ZoneInfo, str | None]:
         """The callee's zone and holiday subdivision, from its number."""
+        # Most numbers are settled by their first 4 characters ("+336…": only "+33" can match), so a tiny
+        # memo answers them; the others (a longer prefix may match: "+262 269…") by their first 8.
+        hit = self._zone_memo.get(e164[:4])
+        if hit is not None:
+            return hit
         key = e164[:8]  # zone and subdivision prefixes are at most 8 characters
         hit = self._zone_memo.get(key)
         if hit is None:
             hit = (self._lookup_zone(e164), _longest(self.subdivisions, self.subdivision_lengths, e164))
             if len(self._zone_memo) < 100_000:
-                self._zone_memo[key] = hit
+                short = e164[:4]
+                settled = len(short) == 4 and not any(
+                    len(p) > 4 and p.startswith(short) for p in (*self.zones, *self.subdivisions)
+                ) and any(short.startswith(p) for p in self.zones)  # else phonenumbers may look further
+                self._zone_memo[short if settled else key] = hit
         return hit
 
     def _lookup_zone(self, e164: str) -> ZoneInfo:

@@ -110,6 +110,11 @@ class Normaliser:
         """Any presented form (URI, name-addr, bare number) → Number; cached."""
         return self._parse_uncached(text, region)
 
+    def parse_callee(self, text: str, region: str = "FR") -> Number:
+        """parse() without the cache: a callee is nearly always seen for the first time (a retry comes days
+        later), so caching it would only evict the caller IDs, which repeat on every call of a campaign."""
+        return self._parse_uncached(text, region)
+
     def number(self, digits: str, region: str = "FR", context: str = "") -> Number:
         """A bare number (separators allowed) → Number; cached."""
         return self._number_uncached(digits, region, context)

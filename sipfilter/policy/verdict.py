@@ -24,7 +24,9 @@ def _quoted(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
-@dataclass(frozen=True, slots=True)
+# Verdict and Decision are not frozen: one of each is built per INVITE, and a frozen dataclass costs ~4× more
+# to construct. They are treated as immutable all the same (the shared ALLOW verdict relies on it).
+@dataclass(slots=True)
 class Verdict:
     action: str  # "allow" | "reject"
     status: int  # SIP status when rejecting (403/603/608); 0 when allowing
@@ -51,7 +53,7 @@ class Outcome:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decision:
     verdict: Verdict
     outcomes: Mapping[str, Outcome]  # rule id → outcome, in evaluation order

@@ -67,3 +67,22 @@ def test_dst_days_are_not_memoised(config: Config) -> None:
     assert rules.local_day(paris, None, dst_day) is None
     day = rules.local_day(paris, None, datetime.fromisoformat("2026-03-30T12:00:00+02:00").timestamp())
     assert day is not None and day.end - day.start == 86400 and day.weekday == 0
+
+
+def test_zone_memo_keeps_longer_prefixes_apart(config: Config) -> None:
+    """A number settled by its first four characters is memoised under them; "+262…" is not (Mayotte's
+    +262 269 / +262 639 share them with Réunion), nor are numbers no configured prefix settles."""
+    rules = _rules(config)
+    expected = {
+        "+262692123456": ("Indian/Reunion", "974"),
+        "+262269612345": ("Indian/Mayotte", "976"),
+        "+262639123456": ("Indian/Mayotte", "976"),
+        "+33612345678": ("Europe/Paris", None),
+        "+596696123456": ("America/Martinique", "972"),
+        "+12125551234": ("America/New_York", None),
+        "+14155551234": ("America/Los_Angeles", None),
+    }
+    for _ in range(2):  # the second round answers from the memo
+        for number, (zone, subdivision) in expected.items():
+            got = rules.zone_for(number)
+            assert (got[0].key, got[1]) == (zone, subdivision), number
