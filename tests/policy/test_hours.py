@@ -129,6 +129,17 @@ async def test_local_overseas_holiday(engine: PolicyEngine, store: MemoryStore) 
     assert await rule_at(engine, store, REUNION, "2027-12-20T08:00:00+01:00") == "time.holiday"
 
 
+async def test_alsace_moselle_holidays(engine: PolicyEngine, store: MemoryStore) -> None:
+    # Good Friday and 26 December are public holidays in Moselle, Bas-Rhin and Haut-Rhin only (L3134-13);
+    # their geographic numbers (03 87 / 03 88 / 03 89) say where the callee is. A mobile cannot.
+    for callee in ("+33387123456", "+33388123456", "+33389123456"):
+        assert await rule_at(engine, store, callee, "2026-04-03T11:00:00+02:00") == "time.holiday", callee
+        assert await rule_at(engine, store, callee, "2025-12-26T11:00:00+01:00") == "time.holiday", callee
+        assert await rule_at(engine, store, callee, "2026-04-02T11:00:00+02:00") == "", callee
+    for callee in ("+33386123456", "+33140000000", METRO):
+        assert await rule_at(engine, store, callee, "2026-04-03T11:00:00+02:00") == "", callee
+
+
 async def test_window_override_per_trunk(
     make_engine: Callable[..., PolicyEngine], store: MemoryStore
 ) -> None:
