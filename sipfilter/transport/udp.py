@@ -43,7 +43,10 @@ class UdpEndpoint(Endpoint):
         self._handler = handler
         self.socket = sock
         self._fd = sock.fileno()
-        self._recvfrom = sock.recvfrom
+        self._recvfrom_into = sock.recvfrom_into
+        # One receive buffer, each datagram copied out at its size: recvfrom(65536) would malloc 64 KiB per
+        # datagram and shrink it, and glibc trimming and regrowing its heap for that cost page faults.
+        self._buf = memoryview(bytearray(RECV_BYTES))
         self._sendto = sock.sendto
         self._loop = asyncio.get_running_loop()
         self._poll_interval = poll_interval
@@ -79,16 +82,18 @@ class UdpEndpoint(Endpoint):
 
     def _read(self) -> int:
         """Hand every waiting datagram (up to MAX_BATCH) to the handler; how many were read."""
-        recvfrom = self._recvfrom
+        recvfrom_into = self._recvfrom_into
+        buf = self._buf
         handler = self._handler
         for n in range(MAX_BATCH):
             try:
-                data, addr = recvfrom(RECV_BYTES)
+                size, addr = recvfrom_into(buf)
             except (BlockingIOError, InterruptedError):
                 return n
             except OSError as exc:  # an ICMP error reported on the socket: consumed by this read
                 log.debug("udp %s: %s", self.side, exc)
                 continue
+            data = buf[:size].tobytes()
             if len(addr) != 2:
                 addr = (addr[0], addr[1])  # IPv6: (host, port, flowinfo, scope_id)
             try:

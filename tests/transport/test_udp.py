@@ -179,3 +179,21 @@ async def test_ipv6_sources_are_host_and_port() -> None:
     finally:
         sender.close()
         await ep.close()
+
+
+async def test_large_and_small_datagrams_arrive_whole_through_the_shared_buffer() -> None:
+    """One receive buffer serves every datagram: each is copied out at its own size, never truncated
+    nor left holding bytes of a previous one."""
+    handler = _Handler()
+    ep = await open_udp_endpoint("inside", "127.0.0.1", 0, handler)  # type: ignore[arg-type]
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    big = bytes(range(256)) * 234  # 59,904 bytes: near the UDP maximum
+    try:
+        for data in (big, b"small", b""):
+            sender.sendto(data, ("127.0.0.1", ep.port))
+        await _until(lambda: len(handler.got) == 3, "three datagrams")
+    finally:
+        sender.close()
+        await ep.close()
+    assert [d for d, _ in handler.got] == [big, b"small", b""]
+    assert all(type(d) is bytes for d, _ in handler.got)
