@@ -22,7 +22,7 @@ from sipfilter.policy.engine import PolicyEngine
 from sipfilter.sip import Limits, ParseError, parse
 from sipfilter.transport.base import Endpoint, install_uvloop
 from sipfilter.transport.stream import open_stream_endpoint, tls_server_context
-from sipfilter.transport.udp import open_udp_endpoint
+from sipfilter.transport.udp import SendBatch, open_udp_endpoint
 
 log = logging.getLogger("sipfilter.app")
 
@@ -54,6 +54,7 @@ class App:
         self._tasks: list[asyncio.Task[Any]] = []
         self._reloading = False
         self._gc_stats: _GcStats | None = None
+        self._udp_batch = SendBatch()  # every UDP listener: answers to a burst leave together
 
     # -- start ---------------------------------------------------------------------------------------
 
@@ -105,7 +106,7 @@ class App:
     async def _listen(self, side: str, listen: Listen, limits: Limits) -> Endpoint:
         assert self.b2b is not None
         if listen.transport == "udp":
-            return await open_udp_endpoint(side, listen.host, listen.port, self.b2b)
+            return await open_udp_endpoint(side, listen.host, listen.port, self.b2b, batch=self._udp_batch)
         tls = None
         if listen.transport == "tls":
             if listen.cert is None or listen.key is None:

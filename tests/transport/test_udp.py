@@ -197,3 +197,48 @@ async def test_large_and_small_datagrams_arrive_whole_through_the_shared_buffer(
         await ep.close()
     assert [d for d, _ in handler.got] == [big, b"small", b""]
     assert all(type(d) is bytes for d, _ in handler.got)
+
+
+class _Relay(_Handler):
+    """Answers every datagram on `via` (another endpoint), as the B2BUA relays between its two sides."""
+
+    def __init__(self, to: tuple[str, int]) -> None:
+        super().__init__()
+        self.via: UdpEndpoint | None = None
+        self.to = to
+        self.sent_during_pass: list[int] = []
+
+    def on_datagram(self, endpoint: Any, data: bytes, addr: tuple[str, int]) -> None:
+        super().on_datagram(endpoint, data, addr)
+        assert self.via is not None
+        self.via.send(b"relayed " + data, self.to)
+        self.sent_during_pass.append(len(self.via._batch.queue) if self.via._batch else -1)
+
+
+async def test_answers_to_a_pass_leave_together_at_its_end_in_order() -> None:
+    """With a shared SendBatch, what a pass of one endpoint makes any endpoint send waits for the end of
+    the pass, then leaves in the order it was sent; without a pass (a timer), a send leaves at once."""
+    batch = udp.SendBatch()
+    peer_handler = _Handler()
+    peer = await open_udp_endpoint("outside", "127.0.0.1", 0, peer_handler)  # type: ignore[arg-type]
+    relay = _Relay(("127.0.0.1", peer.port))
+    inside = await open_udp_endpoint("inside", "127.0.0.1", 0, relay, poll_interval=0.3, batch=batch)  # type: ignore[arg-type]
+    outside = await open_udp_endpoint("outside", "127.0.0.1", 0, _Handler(), batch=batch)  # type: ignore[arg-type]
+    relay.via = outside
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sender.sendto(b"first", ("127.0.0.1", inside.port))
+        await _until(lambda: peer_handler.got, "the first relay")
+        for i in range(5):  # read in one pass at the next tick
+            sender.sendto(b"n%d" % i, ("127.0.0.1", inside.port))
+        await _until(lambda: len(peer_handler.got) == 6, "the relayed burst")
+        assert [d for d, _ in peer_handler.got] == [b"relayed first"] + [b"relayed n%d" % i for i in range(5)]
+        assert relay.sent_during_pass == [1, 1, 2, 3, 4, 5]  # held until the pass ended
+        assert not batch.queue and not batch.depth
+        outside.send(b"from a timer", ("127.0.0.1", peer.port))  # no pass: sent at once
+        assert not batch.queue
+        await _until(lambda: len(peer_handler.got) == 7, "the direct send")
+    finally:
+        sender.close()
+        for ep in (inside, outside, peer):
+            await ep.close()
