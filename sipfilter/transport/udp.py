@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 SOCKET_BUFFER_BYTES = 4 << 20
 # Reading on a tick while traffic lasts (see the module docstring); 0 = one wake-up per readable event.
 POLL_INTERVAL_S = 0.001
-MAX_BATCH = 512  # datagrams read in one pass before the loop gets a turn (timers, other sockets)
+MAX_BATCH = 64  # datagrams per pass: then the loop gets a turn (timers, the other side) and the answers leave
 RECV_BYTES = 65536  # above the largest UDP payload (65,507): a datagram is never truncated
 
 
