@@ -17,7 +17,6 @@ import functools
 import os
 import sqlite3
 import time
-from bisect import bisect_right, insort
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -28,8 +27,10 @@ from sipfilter.stores.embedded_records import (
     Key,
     Records,
     Span,
+    add_time,
     consent_in_force,
     contract_in_force,
+    count_after,
 )
 from sipfilter.stores.importer import SourceInfo
 from sipfilter.stores.numberset import NumberSet
@@ -379,11 +380,10 @@ class EmbeddedStore(LocalLists):
         self._records.refusals[key] = at
         return at
 
-    def _read_attempts(self, key: Key) -> list[float]:
+    def _read_attempts(self, key: Key) -> None:
         q = [float(row[0]) for row in self._read(
             "SELECT at FROM attempts WHERE account=? AND number=? ORDER BY at", key)]
-        self._records.attempts[key] = q
-        return q
+        self._records.attempts.set(key[0], key[1], q)
 
     def _load_all(self) -> None:
         """Read every consent, contract, refusal and attempt into memory (a proxy's open: the call path then
@@ -408,12 +408,10 @@ class EmbeddedStore(LocalLists):
             if self._records.complete:
                 records.attempts = self._records.attempts
             else:
-                attempts: dict[Key, list[float]] = {}
                 # The covering index's order: no sort, and each key's times come ascending.
                 for account, number, at in db.execute("SELECT account, number, at FROM attempts"
                                                       " ORDER BY account, number, at"):
-                    attempts.setdefault((account, number), []).append(at)
-                records.attempts = attempts
+                    records.attempts.add(account, number, at)
         self._records = records
 
     def _change_seq(self) -> int:
@@ -506,24 +504,21 @@ class EmbeddedStore(LocalLists):
         refused_at = records.refusals.get(key)
         if refused_at is None and not records.complete and key not in records.refusals:
             refused_at = self._read_refusal(key)
-        q = records.attempts.get(key)
-        fresh = q is None
-        if q is None:
-            q = [] if records.complete else self._read_attempts(key)
-        n = len(q)  # attempts strictly after now - window (as the SQL `at > ?` counted)
-        if n and q[0] <= now - window_s:
-            n -= bisect_right(q, now - window_s)
+        table = records.attempts.of(account)
+        times = table.get(number)
+        if times is None and not records.complete:
+            self._read_attempts(key)
+            times = table.get(number)
+        n = 0 if times is None else count_after(times, now - window_s)
         allowed = n < cap and (refused_at is None or refused_at <= now - refusal_cooldown_s)
         if allowed:
             if len(self._pending) >= MAX_PENDING:  # writes have failed for a long while: do not record blind
                 raise self.health.failed(sqlite3.OperationalError(
                     f"{len(self._pending)} recorded attempts could not be written"))
-            if not q or q[-1] <= now:
-                q.append(now)
-            else:  # the clock went back: keep the times sorted so the window counts stay exact
-                insort(q, now)
-            if fresh:
-                records.attempts[key] = q
+            if times is None:
+                table[number] = now  # add_time's first case, inlined: nearly every relayed call
+            else:
+                add_time(table, number, now)
             if now > self._latest:
                 self._latest = now
             n += 1

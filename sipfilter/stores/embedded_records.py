@@ -4,8 +4,8 @@ attempts), with the pure lookups of the call path. No SQL, no clock, no asyncio:
 
 from __future__ import annotations
 
-from bisect import bisect_left
-from collections.abc import Iterable
+from bisect import bisect_left, bisect_right, insort
+from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
 from sipfilter.stores.base import ConsentRecord
@@ -29,7 +29,7 @@ class Records:
         self.consents: dict[Key, tuple[ConsentRecord, ...]] = {}
         self.contracts: dict[Key, tuple[Span, ...]] = {}
         self.refusals: dict[Key, float | None] = {}
-        self.attempts: dict[Key, list[float]] = {}
+        self.attempts = Attempts()
 
     def clear_records(self) -> None:
         """Forget consents, contracts and refusals (attempts are only ever written by this process)."""
@@ -73,18 +73,96 @@ class Records:
 
     def prune_attempts(self, keys: Iterable[Key], cutoff: float) -> int:
         """Drop attempts older than `cutoff` (as the SQLite prune does: `at < cutoff`); returns how many."""
+        return self.attempts.prune(keys, cutoff)
+
+
+class Attempts:
+    """Attempt times by account, then number: one float for a callee called once in the window (nearly all of
+    them), a list sorted ascending for more. This table grows with every relayed call for the whole window
+    (30 days): ~130 bytes a callee, where (account, number) tuples to lists cost ~310.
+
+    An incomplete copy (CLI handles) stores [] for a number read from SQLite with no attempts."""
+
+    __slots__ = ("_by_account",)
+
+    def __init__(self) -> None:
+        self._by_account: dict[str, dict[str, float | list[float]]] = {}
+
+    def of(self, account: str) -> dict[str, float | list[float]]:
+        """The account's number → times table (created empty): the call path works on it directly."""
+        table = self._by_account.get(account)
+        if table is None:
+            table = self._by_account[account] = {}
+        return table
+
+    def __getitem__(self, key: Key) -> list[float]:
+        """A copy of the times of (account, number); KeyError when none are known."""
+        value = self._by_account.get(key[0], {})[key[1]]
+        return list(value) if isinstance(value, list) else [value]
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, tuple) and len(key) == 2 and key[1] in self._by_account.get(key[0], {})
+
+    def __len__(self) -> int:
+        return sum(len(table) for table in self._by_account.values())
+
+    def __iter__(self) -> Iterator[Key]:
+        return ((account, number) for account, table in self._by_account.items() for number in table)
+
+    def set(self, account: str, number: str, times: list[float]) -> None:
+        """Replace the times of (account, number) (ascending) with what SQLite holds."""
+        self.of(account)[number] = times[0] if len(times) == 1 else times
+
+    def add(self, account: str, number: str, at: float) -> None:
+        """One more attempt (loading rows in order, or recording one)."""
+        add_time(self.of(account), number, at)
+
+    def prune(self, keys: Iterable[Key], cutoff: float) -> int:
         dropped = 0
-        attempts = self.attempts
-        for key in keys:
-            q = attempts.get(key)
-            if q is None or not q or q[0] >= cutoff:
+        by_account = self._by_account
+        for account, number in keys:
+            table = by_account.get(account)
+            value = None if table is None else table.get(number)
+            if value is None or table is None:
                 continue
-            n = bisect_left(q, cutoff)
-            del q[:n]
+            if not isinstance(value, list):
+                if value < cutoff:
+                    del table[number]
+                    dropped += 1
+                continue
+            if not value or value[0] >= cutoff:
+                continue
+            n = bisect_left(value, cutoff)
+            del value[:n]
             dropped += n
-            if not q:
-                del attempts[key]
+            if not value:
+                del table[number]
+            elif len(value) == 1:
+                table[number] = value[0]
         return dropped
+
+
+def count_after(value: float | list[float], since: float) -> int:
+    """How many of the times are strictly after `since` (as the SQL `at > ?` counts)."""
+    if not isinstance(value, list):
+        return 1 if value > since else 0
+    n = len(value)
+    if n and value[0] <= since:
+        n -= bisect_right(value, since)
+    return n
+
+
+def add_time(table: dict[str, float | list[float]], number: str, at: float) -> None:
+    """Add one time to a number of an account's table, keeping its times sorted (the clock may go back)."""
+    value = table.get(number)
+    if value is None:
+        table[number] = at
+    elif not isinstance(value, list):
+        table[number] = [value, at] if value <= at else [at, value]
+    elif not value or value[-1] <= at:
+        value.append(at)
+    else:
+        insort(value, at)
 
 
 def consent_in_force(rows: tuple[ConsentRecord, ...], at: float) -> ConsentRecord | None:
