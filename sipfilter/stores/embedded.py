@@ -24,6 +24,7 @@ from typing import Any
 
 from sipfilter.stores.base import AttemptDecision, ConsentRecord, ListInfo, StoreUnavailable
 from sipfilter.stores.embedded_records import (
+    Consents,
     Key,
     Records,
     Span,
@@ -284,9 +285,6 @@ class EmbeddedStore(LocalLists):
             if self._records.complete:
                 return None
             rows = self._read_consents((account, number))
-        if len(rows) == 1:  # the usual case, without the loop
-            r = rows[0]
-            return r if r.granted_at <= at and (r.revoked_at is None or r.revoked_at > at) else None
         return consent_in_force(rows, at)
 
     def has_contract(self, account: str, number: str, at: float) -> bool:
@@ -360,7 +358,7 @@ class EmbeddedStore(LocalLists):
             raise self.health.failed(exc) from exc
 
     # --- the in-memory copy: loading and catching up with other processes' writes ----------------------
-    def _read_consents(self, key: Key) -> tuple[ConsentRecord, ...]:
+    def _read_consents(self, key: Key) -> Consents:
         """An incomplete copy's miss: read the key's rows (and keep them until a change to them is seen)."""
         rows = tuple(ConsentRecord(*key, *row) for row in self._read(
             "SELECT granted_at, proof, revoked_at, hours FROM consents WHERE account=? AND number=?"
@@ -393,11 +391,24 @@ class EmbeddedStore(LocalLists):
         records = Records(complete=True)
         with _reading(db):
             self._seen = self._change_seq()
-            consents: dict[Key, list[ConsentRecord]] = {}
-            for row in db.execute("SELECT account, number, granted_at, proof, revoked_at, hours FROM consents"
-                                  " ORDER BY id"):
-                consents.setdefault((row[0], row[1]), []).append(ConsentRecord(*row))
-            records.consents = {k: tuple(v) for k, v in consents.items()}
+            # Millions of rows under the opt-in regime: one record per number, not a tuple of one, and the
+            # account, proof and hours texts shared (SQLite hands out new strings for every row).
+            consents: dict[Key, Consents] = {}
+            shared: dict[str, str] = {}
+            for account, number, granted, proof, revoked, hours in db.execute(
+                    "SELECT account, number, granted_at, proof, revoked_at, hours FROM consents ORDER BY id"):
+                account = shared.setdefault(account, account)
+                proof = shared.setdefault(proof, proof)
+                if hours is not None:
+                    hours = shared.setdefault(hours, hours)
+                key = (account, number)
+                record = ConsentRecord(account, number, granted, proof, revoked, hours)
+                before = consents.get(key)
+                if before is None:
+                    consents[key] = record
+                else:
+                    consents[key] = (*before, record) if isinstance(before, tuple) else (before, record)
+            records.consents = consents
             contracts: dict[Key, list[Span]] = {}
             for account, number, started, ended in db.execute(
                     "SELECT account, number, started_at, ended_at FROM contracts ORDER BY id"):

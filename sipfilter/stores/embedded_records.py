@@ -12,7 +12,9 @@ from sipfilter.stores.base import ConsentRecord
 
 Key = tuple[str, str]  # (account, number)
 Span = tuple[float, "float | None"]  # a contract: (started_at, ended_at)
-T = TypeVar("T")
+# A number's consents: the record itself when there is one (nearly always: no tuple to keep), else a tuple.
+Consents = ConsentRecord | tuple[ConsentRecord, ...]
+V = TypeVar("V")
 
 
 class Records:
@@ -26,7 +28,7 @@ class Records:
 
     def __init__(self, complete: bool):
         self.complete = complete
-        self.consents: dict[Key, tuple[ConsentRecord, ...]] = {}
+        self.consents: dict[Key, Consents] = {}
         self.contracts: dict[Key, tuple[Span, ...]] = {}
         self.refusals: dict[Key, float | None] = {}
         self.attempts = Attempts()
@@ -40,7 +42,7 @@ class Records:
         grouped: dict[Key, list[ConsentRecord]] = {}
         for r in rows:
             grouped.setdefault((r.account, r.number), []).append(r)
-        self._replace(self.consents, keys, {k: tuple(v) for k, v in grouped.items()})
+        self._replace(self.consents, keys, {k: consents_value(v) for k, v in grouped.items()})
 
     def replace_contracts(self, keys: Iterable[Key],
                           rows: Iterable[tuple[str, str, float, float | None]]) -> None:
@@ -59,8 +61,7 @@ class Records:
             elif key in self.refusals:
                 self.refusals[key] = None
 
-    def _replace(self, table: dict[Key, tuple[T, ...]], keys: Iterable[Key], found: dict[Key, tuple[T, ...]]
-                 ) -> None:
+    def _replace(self, table: dict[Key, V | tuple[()]], keys: Iterable[Key], found: dict[Key, V]) -> None:
         for key in keys:
             rows = found.get(key)
             if self.complete:
@@ -165,9 +166,16 @@ def add_time(table: dict[str, float | list[float]], number: str, at: float) -> N
         insort(value, at)
 
 
-def consent_in_force(rows: tuple[ConsentRecord, ...], at: float) -> ConsentRecord | None:
+def consents_value(rows: list[ConsentRecord]) -> Consents:
+    """What the table keeps for a number's rows (in id order)."""
+    return rows[0] if len(rows) == 1 else tuple(rows)
+
+
+def consent_in_force(rows: Consents, at: float) -> ConsentRecord | None:
     """The latest grant at or before `at`, not revoked at `at`; among equal grant times the last recorded (as
     the SQLite query `ORDER BY granted_at DESC` over its index answered)."""
+    if isinstance(rows, ConsentRecord):  # the usual case, without the loop
+        return rows if rows.granted_at <= at and (rows.revoked_at is None or rows.revoked_at > at) else None
     best: ConsentRecord | None = None
     for r in rows:
         if r.granted_at <= at and (r.revoked_at is None or r.revoked_at > at) and (

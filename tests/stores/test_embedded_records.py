@@ -244,3 +244,29 @@ async def test_calls_get_store_errors_once_too_many_attempts_are_unwritten(
         assert await s.attempts(A, N1, T0 + 10, 30 * DAY) == 2  # the refused call recorded nothing
     finally:
         await s.close()
+
+
+async def test_a_reopened_proxy_answers_every_consent_history(tmp_path: Path) -> None:
+    """The load keeps one record per number, a tuple for several: re-grants after a revocation, two grants."""
+    data = tmp_path / "data"
+    s = await EmbeddedStore.open(data, watch=False)
+    await s.add_consents([ConsentRecord(A, N1, T0, "crm"),
+                          ConsentRecord(A, N2, T0, "crm", hours="sat 10:00-12:00")])
+    await s.revoke_consent(A, N1, T0 + DAY)
+    await s.add_consent(ConsentRecord(A, N1, T0 + 3 * DAY, "form-2"))
+    await s.close()
+    proxy = await EmbeddedStore.open(data)
+    try:
+        def proof(at: float) -> str | None:
+            record = proxy.consent_for(A, N1, at)
+            return None if record is None else record.proof
+
+        assert [proof(T0 + 0.5 * DAY), proof(T0 + 2 * DAY), proof(T0 + 4 * DAY)] == ["crm", None, "form-2"]
+        two = proxy.consent_for(A, N2, T0 + 1)
+        assert two is not None and two.hours == "sat 10:00-12:00" and proxy.consent_for(A, N2, T0 - 1) is None
+        assert proxy.consent_for("other", N2, T0 + 1) is None
+        # The texts SQLite returns once per row are shared between rows.
+        one = proxy.consent_for(A, N1, T0 + 0.5 * DAY)
+        assert one is not None and one.account is two.account and one.proof is two.proof
+    finally:
+        await proxy.close()
