@@ -22,7 +22,7 @@ from sipfilter.policy.engine import PolicyEngine
 from sipfilter.sip import Limits, ParseError, parse
 from sipfilter.transport.base import Endpoint, install_uvloop
 from sipfilter.transport.stream import open_stream_endpoint, tls_server_context
-from sipfilter.transport.udp import POLL_INTERVAL_S, SendBatch, open_udp_endpoint
+from sipfilter.transport.udp import POLL_INTERVAL_S, UdpGroup, open_udp_endpoint
 
 log = logging.getLogger("sipfilter.app")
 
@@ -54,11 +54,10 @@ class App:
         self._tasks: list[asyncio.Task[Any]] = []
         self._reloading = False
         self._gc_stats: _GcStats | None = None
-        # Developers comparing UDP strategies (bench/e2e.py): SIPFILTER_UDP_TICK_MS=0 reads each datagram on
-        # its own wake-up, SIPFILTER_UDP_SEND_BATCH=0 sends at once instead of at the end of a read pass.
-        self._udp_tick_s = float(os.environ.get("SIPFILTER_UDP_TICK_MS", POLL_INTERVAL_S * 1000)) / 1000
-        batch = os.environ.get("SIPFILTER_UDP_SEND_BATCH", "1") != "0"
-        self._udp_batch = SendBatch() if batch else None  # shared: a burst's answers leave together
+        # Developers comparing UDP strategies (bench/e2e.py): SIPFILTER_UDP_TICK_MS=0 reads each datagram
+        # on its own wake-up.
+        tick_s = float(os.environ.get("SIPFILTER_UDP_TICK_MS", POLL_INTERVAL_S * 1000)) / 1000
+        self._udp_group = UdpGroup(tick_s)  # every UDP listener: one tick, a pass's answers leave together
 
     # -- start ---------------------------------------------------------------------------------------
 
@@ -110,8 +109,7 @@ class App:
     async def _listen(self, side: str, listen: Listen, limits: Limits) -> Endpoint:
         assert self.b2b is not None
         if listen.transport == "udp":
-            return await open_udp_endpoint(side, listen.host, listen.port, self.b2b,
-                                           poll_interval=self._udp_tick_s, batch=self._udp_batch)  # fmt: skip
+            return await open_udp_endpoint(side, listen.host, listen.port, self.b2b, self._udp_group)
         tls = None
         if listen.transport == "tls":
             if listen.cert is None or listen.key is None:

@@ -7,11 +7,10 @@ iteration and, when the answers go out one by one, a wake-up of the peer for eac
 calls/s that was a large share of a call's CPU. So the socket is read the first time it becomes readable
 (no added latency when traffic is light), then, while traffic keeps coming, on a tick of `poll_interval`
 seconds (every datagram that arrived meanwhile in one pass), and watched again as soon as a tick finds it
-empty. A datagram waits at most one tick (1 ms): nothing next to SIP's T1 (500 ms).
-Endpoints sharing a `SendBatch` also hold what they send while one of them reads a pass, and send it all
-at the end of the pass, in order: a peer is woken once for the burst rather than once per datagram, and
-the kernel does not switch to it in the middle of the pass (each such switch cost a context switch and
-the caches).
+empty. A datagram waits at most one tick (1 ms): nothing next to SIP's T1 (500 ms). The endpoints of a
+`UdpGroup` (all of a process's) share that tick, and what they send while one is read leaves at the end
+of the pass, in order: a peer is woken once for the burst rather than once per datagram, and the kernel
+does not switch to it in the middle of the pass.
 """
 
 from __future__ import annotations
@@ -37,23 +36,81 @@ MAX_BATCH = 64  # datagrams per pass: then the loop gets a turn (timers, the oth
 RECV_BYTES = 65536  # above the largest UDP payload (65,507): a datagram is never truncated
 
 
-class SendBatch:
-    """Shared by the UDP endpoints of one process: datagrams sent while any of them reads a pass wait in
-    `queue` and leave, in order, when the outermost pass ends."""
+class UdpGroup:
+    """The UDP endpoints of one process, read on one tick and sending in bursts.
 
-    __slots__ = ("depth", "queue")
+    An endpoint is watched (woken by its first datagram) until it sees traffic; then it joins `polling`
+    and the group reads every polling endpoint on one timer (a single wake-up per tick for both sides),
+    dropping back to watching an endpoint as soon as a tick finds it empty. Datagrams sent while the
+    group reads a pass wait in `queue` and leave, in order, at the end of the pass."""
 
-    def __init__(self) -> None:
-        self.depth = 0  # passes being read (nested when a handler reads another endpoint: never, in practice)
+    def __init__(self, poll_interval: float = POLL_INTERVAL_S) -> None:
+        self.poll_interval = poll_interval  # 0: no tick, every readable event is read on its own wake-up
+        self.depth = 0  # read passes under way (a handler never reads a socket itself: 0 or 1)
         self.queue: list[tuple[UdpEndpoint, bytes, Addr]] = []
+        self.polling: list[UdpEndpoint] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+
+    def readable(self, ep: UdpEndpoint) -> None:
+        """`ep`'s socket woke the loop: read it now, then on the tick while its traffic lasts."""
+        n = self._pass([ep])[0]
+        if ep.closed or (self.poll_interval <= 0 and n < MAX_BATCH):
+            return
+        ep._unwatch()
+        self.polling.append(ep)
+        self._arm(0 if n >= MAX_BATCH else self.poll_interval)
+
+    def _tick(self) -> None:
+        self._timer = None
+        eps = list(self.polling)
+        counts = self._pass(eps)
+        still: list[UdpEndpoint] = []
+        for ep, n in zip(eps, counts, strict=True):
+            if ep.closed:
+                continue
+            if n:
+                still.append(ep)
+            else:  # quiet: back to waking up on its first datagram (level-triggered: none is missed)
+                ep._watch()
+        self.polling = still
+        if still:
+            full = any(n >= MAX_BATCH for n in counts)
+            self._arm(0 if full or self.poll_interval <= 0 else self.poll_interval)
+
+    def _pass(self, eps: list[UdpEndpoint]) -> list[int]:
+        self.depth += 1
+        try:
+            return [0 if ep.closed else ep._read_pass() for ep in eps]
+        finally:
+            self.depth -= 1
+            if not self.depth and self.queue:
+                self.flush()
+
+    def _arm(self, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        when = loop.time() + delay
+        if self._timer is not None:
+            if self._timer_at <= when:
+                return  # the tick already armed comes first
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = loop.call_at(when, self._tick)
 
     def flush(self) -> None:
         queue, self.queue = self.queue, []
         for ep, data, addr in queue:
             try:
                 ep._send_now(data, addr)
-            except Exception:  # never lose the rest of the burst (nor the endpoint's polling) to one
+            except Exception:  # never lose the rest of the burst (nor the polling) to one
                 log.exception("udp %s: sending to %s failed", ep.side, addr)
+
+    def forget(self, ep: UdpEndpoint) -> None:
+        if ep in self.polling:
+            self.polling.remove(ep)
+        if not self.polling and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class UdpEndpoint(Endpoint):
@@ -61,7 +118,7 @@ class UdpEndpoint(Endpoint):
     reliable = False
 
     def __init__(self, side: str, host: str, port: int, handler: Handler, sock: socket.socket,
-                 poll_interval: float = POLL_INTERVAL_S, batch: SendBatch | None = None) -> None:  # fmt: skip
+                 group: UdpGroup) -> None:  # fmt: skip
         Endpoint.__init__(self, side, host, port)
         self._handler = handler
         self.socket = sock
@@ -72,53 +129,28 @@ class UdpEndpoint(Endpoint):
         self._buf = memoryview(bytearray(RECV_BYTES))
         self._sendto = sock.sendto
         self._loop = asyncio.get_running_loop()
-        self._poll_interval = poll_interval
-        self._batch = batch
-        self._poll_handle: asyncio.Handle | None = None
+        self.group = group
         self._pending: deque[tuple[bytes, Addr]] = deque()  # sends that met a full socket buffer, in order
         self._numeric: set[Addr] = set()  # destinations checked to need no DNS lookup
-        self._closed = False
+        self.closed = False
         self.port = int(sock.getsockname()[1])
-        self._loop.add_reader(self._fd, self._on_readable)
+        self._watch()
 
     # -- receiving -----------------------------------------------------------------------------------
 
-    def _on_readable(self) -> None:
-        n = self._read()
-        if self._closed or (self._poll_interval <= 0 and n < MAX_BATCH):
-            return
-        # Traffic: no more wake-up per datagram; read on a tick until a tick finds nothing.
+    def _watch(self) -> None:
+        self._loop.add_reader(self._fd, self.group.readable, self)
+
+    def _unwatch(self) -> None:
         self._loop.remove_reader(self._fd)
-        self._poll_handle = self._loop.call_later(0 if n >= MAX_BATCH else self._poll_interval, self._poll)
 
-    def _poll(self) -> None:
-        self._poll_handle = None
-        if self._closed:
-            return
-        n = self._read()
-        if self._closed:
-            return
-        if n:
-            delay = 0 if n >= MAX_BATCH or self._poll_interval <= 0 else self._poll_interval
-            self._poll_handle = self._loop.call_later(delay, self._poll)
-        else:  # quiet: back to waking up on the first datagram (level-triggered: none is missed)
-            self._loop.add_reader(self._fd, self._on_readable)
-
-    def _read(self) -> int:
-        """Hand every waiting datagram (up to MAX_BATCH) to the handler; how many were read. What the
-        handler sends meanwhile leaves at the end (with a SendBatch)."""
-        batch = self._batch
-        if batch is None:
-            return self._read_pass()
-        batch.depth += 1
-        try:
-            return self._read_pass()
-        finally:
-            batch.depth -= 1
-            if not batch.depth and batch.queue:
-                batch.flush()
+    @property
+    def polling(self) -> bool:
+        """Read on the group's tick (traffic) rather than woken by each datagram."""
+        return self in self.group.polling
 
     def _read_pass(self) -> int:
+        """Hand every waiting datagram (up to MAX_BATCH) to the handler; how many were read."""
         recvfrom_into = self._recvfrom_into
         buf = self._buf
         handler = self._handler
@@ -137,25 +169,25 @@ class UdpEndpoint(Endpoint):
                 handler.on_datagram(self, data, addr)
             except Exception:  # the handler must not raise; if it does, keep the socket serving
                 log.exception("unhandled error on a %s datagram from %s", self.side, addr)
-            if self._closed:
+            if self.closed:
                 return n + 1
         return MAX_BATCH
 
     # -- sending -------------------------------------------------------------------------------------
 
     def send(self, data: bytes, addr: Addr) -> None:
-        if self._closed or not data:
+        if self.closed or not data:
             return
         if addr not in self._numeric:
             self._check_numeric(addr)
-        batch = self._batch
-        if batch is not None and batch.depth:
-            batch.queue.append((self, data, addr))
+        group = self.group
+        if group.depth:  # during a read pass: leaves with the rest of the burst at its end
+            group.queue.append((self, data, addr))
             return
         self._send_now(data, addr)
 
     def _send_now(self, data: bytes, addr: Addr) -> None:
-        if self._closed:
+        if self.closed:
             return
         if self._pending:
             self._pending.append((data, addr))
@@ -196,12 +228,10 @@ class UdpEndpoint(Endpoint):
         return len(self._pending)
 
     async def close(self) -> None:
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
-        if self._poll_handle is not None:
-            self._poll_handle.cancel()
-            self._poll_handle = None
+        self.closed = True
+        self.group.forget(self)
         self._loop.remove_reader(self._fd)
         self._loop.remove_writer(self._fd)
         self._pending.clear()
@@ -225,8 +255,7 @@ def bind_udp_socket(host: str, port: int) -> socket.socket:
 
 
 async def open_udp_endpoint(side: str, host: str, port: int, handler: Handler,
-                            poll_interval: float = POLL_INTERVAL_S,
-                            batch: SendBatch | None = None) -> UdpEndpoint:  # fmt: skip
-    """Bind a UDP socket on host:port (0 = any free port) and start delivering datagrams; endpoints given
-    the same `batch` send what a pass of any of them produced at the end of that pass."""
-    return UdpEndpoint(side, host, port, handler, bind_udp_socket(host, port), poll_interval, batch)
+                            group: UdpGroup | None = None) -> UdpEndpoint:  # fmt: skip
+    """Bind a UDP socket on host:port (0 = any free port) and start delivering datagrams. Endpoints of one
+    `group` are read on one tick and send in one burst; without one, the endpoint has its own."""
+    return UdpEndpoint(side, host, port, handler, bind_udp_socket(host, port), group or UdpGroup())

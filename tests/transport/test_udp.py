@@ -66,10 +66,6 @@ async def _until(cond: Any, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _polling(ep: UdpEndpoint) -> bool:
-    return ep._poll_handle is not None
-
-
 async def test_bursts_are_read_on_ticks_then_the_socket_is_watched_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -78,12 +74,12 @@ async def test_bursts_are_read_on_ticks_then_the_socket_is_watched_again(
     monkeypatch.setattr(udp, "MAX_BATCH", 8)  # a burst longer than one pass, small enough for any rmem
     handler = _Handler()
     # A long tick, so that the test sees the polling state whatever the machine's speed.
-    ep = await open_udp_endpoint("inside", "127.0.0.1", 0, handler, poll_interval=0.3)  # type: ignore[arg-type]
+    ep = await open_udp_endpoint("inside", "127.0.0.1", 0, handler, udp.UdpGroup(0.3))  # type: ignore[arg-type]
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         sender.sendto(b"first", ("127.0.0.1", ep.port))
         await _until(lambda: handler.got, "the first datagram")
-        assert _polling(ep)  # traffic seen: the next datagrams wait for the tick
+        assert ep.polling  # traffic seen: the next datagrams wait for the tick
         # More than one pass can take, sent while no read can happen (this coroutine holds the loop).
         count = 3 * udp.MAX_BATCH + 5
         for i in range(count):
@@ -91,24 +87,24 @@ async def test_bursts_are_read_on_ticks_then_the_socket_is_watched_again(
         await _until(lambda: len(handler.got) == count + 1, "the burst")
         assert [d for d, _ in handler.got[1:]] == [b"n%d" % i for i in range(count)]
         assert {a for _, a in handler.got} == {("127.0.0.1", sender.getsockname()[1])}
-        await _until(lambda: not _polling(ep), "the quiet tick")
+        await _until(lambda: not ep.polling, "the quiet tick")
         sender.sendto(b"after", ("127.0.0.1", ep.port))  # watched again: read at once
         await _until(lambda: handler.got[-1][0] == b"after", "a datagram after the quiet tick")
     finally:
         sender.close()
         await ep.close()
-    assert not _polling(ep)
+    assert not ep.polling
 
 
 async def test_without_ticks_every_datagram_wakes_the_loop() -> None:
     handler = _Handler()
-    ep = await open_udp_endpoint("inside", "127.0.0.1", 0, handler, poll_interval=0)  # type: ignore[arg-type]
+    ep = await open_udp_endpoint("inside", "127.0.0.1", 0, handler, udp.UdpGroup(0))  # type: ignore[arg-type]
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         for i in range(3):
             sender.sendto(b"d%d" % i, ("127.0.0.1", ep.port))
         await _until(lambda: len(handler.got) == 3, "three datagrams")
-        assert not _polling(ep)
+        assert not ep.polling
     finally:
         sender.close()
         await ep.close()
@@ -206,39 +202,48 @@ class _Relay(_Handler):
         super().__init__()
         self.via: UdpEndpoint | None = None
         self.to = to
-        self.sent_during_pass: list[int] = []
+        self.held_during_pass: list[int] = []
 
     def on_datagram(self, endpoint: Any, data: bytes, addr: tuple[str, int]) -> None:
         super().on_datagram(endpoint, data, addr)
         assert self.via is not None
         self.via.send(b"relayed " + data, self.to)
-        self.sent_during_pass.append(len(self.via._batch.queue) if self.via._batch else -1)
+        self.held_during_pass.append(len(self.via.group.queue))
 
 
-async def test_answers_to_a_pass_leave_together_at_its_end_in_order() -> None:
-    """With a shared SendBatch, what a pass of one endpoint makes any endpoint send waits for the end of
-    the pass, then leaves in the order it was sent; without a pass (a timer), a send leaves at once."""
-    batch = udp.SendBatch()
+async def test_a_group_reads_on_one_tick_and_sends_a_pass_at_its_end_in_order() -> None:
+    """Endpoints of one group: what a pass of one makes another send waits for the end of the pass, then
+    leaves in the order it was sent; both sides with traffic are read on the one tick; without a pass (a
+    timer), a send leaves at once."""
+    group = udp.UdpGroup(0.3)
     peer_handler = _Handler()
     peer = await open_udp_endpoint("outside", "127.0.0.1", 0, peer_handler)  # type: ignore[arg-type]
     relay = _Relay(("127.0.0.1", peer.port))
-    inside = await open_udp_endpoint("inside", "127.0.0.1", 0, relay, poll_interval=0.3, batch=batch)  # type: ignore[arg-type]
-    outside = await open_udp_endpoint("outside", "127.0.0.1", 0, _Handler(), batch=batch)  # type: ignore[arg-type]
+    inside = await open_udp_endpoint("inside", "127.0.0.1", 0, relay, group)  # type: ignore[arg-type]
+    back = _Handler()
+    outside = await open_udp_endpoint("outside", "127.0.0.1", 0, back, group)  # type: ignore[arg-type]
     relay.via = outside
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         sender.sendto(b"first", ("127.0.0.1", inside.port))
-        await _until(lambda: peer_handler.got, "the first relay")
+        sender.sendto(b"answer", ("127.0.0.1", outside.port))
+        await _until(lambda: peer_handler.got and back.got, "the first datagrams")
+        assert inside.polling and outside.polling  # both on the group's one tick
         for i in range(5):  # read in one pass at the next tick
             sender.sendto(b"n%d" % i, ("127.0.0.1", inside.port))
         await _until(lambda: len(peer_handler.got) == 6, "the relayed burst")
         assert [d for d, _ in peer_handler.got] == [b"relayed first"] + [b"relayed n%d" % i for i in range(5)]
-        assert relay.sent_during_pass == [1, 1, 2, 3, 4, 5]  # held until the pass ended
-        assert not batch.queue and not batch.depth
+        assert relay.held_during_pass == [1, 1, 2, 3, 4, 5]  # held until the pass ended
+        assert not group.queue and not group.depth
         outside.send(b"from a timer", ("127.0.0.1", peer.port))  # no pass: sent at once
-        assert not batch.queue
+        assert not group.queue
         await _until(lambda: len(peer_handler.got) == 7, "the direct send")
+        await _until(lambda: not group.polling, "both sides quiet")
+        await inside.close()
+        sender.sendto(b"late", ("127.0.0.1", outside.port))  # the other side still serves
+        await _until(lambda: len(back.got) == 2, "a datagram after the first side closed")
     finally:
         sender.close()
         for ep in (inside, outside, peer):
             await ep.close()
+    assert group._timer is None
