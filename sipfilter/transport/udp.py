@@ -101,7 +101,14 @@ class UdpGroup:
         queue, self.queue = self.queue, []
         for ep, data, addr in queue:
             try:
-                ep._send_now(data, addr)
+                if ep._pending or ep.closed:
+                    ep._send_now(data, addr)
+                else:
+                    ep._sendto(data, addr)  # the common case, without a call per datagram
+            except (BlockingIOError, InterruptedError):
+                ep._send_now(data, addr)  # socket buffer full: queued in order on the endpoint
+            except OSError as exc:
+                log.debug("udp %s: %s", ep.side, exc)
             except Exception:  # never lose the rest of the burst (nor the polling) to one
                 log.exception("udp %s: sending to %s failed", ep.side, addr)
 
