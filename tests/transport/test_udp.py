@@ -247,3 +247,35 @@ async def test_a_group_reads_on_one_tick_and_sends_a_pass_at_its_end_in_order() 
         for ep in (inside, outside, peer):
             await ep.close()
     assert group._timer is None
+
+
+async def test_a_burst_meeting_a_full_buffer_keeps_its_order() -> None:
+    """A pass's burst that fills the socket buffer: the rest waits on the endpoint and leaves in order."""
+    group = udp.UdpGroup()
+    peer_handler = _Handler()
+    peer = await open_udp_endpoint("outside", "127.0.0.1", 0, peer_handler)  # type: ignore[arg-type]
+    ep = await open_udp_endpoint("outside", "127.0.0.1", 0, _Handler(), group)  # type: ignore[arg-type]
+    real = ep._sendto
+    full = {"left": 2}
+
+    def sendto(data: bytes, addr: Any) -> int:
+        if full["left"]:
+            full["left"] -= 1
+            raise BlockingIOError
+        return real(data, addr)
+
+    ep._sendto = sendto  # type: ignore[assignment]
+    try:
+        dest = ("127.0.0.1", peer.port)
+        group.depth += 1  # as during a read pass
+        for data in (b"one", b"two", b"three"):
+            ep.send(data, dest)
+        assert len(group.queue) == 3 and not peer_handler.got
+        group.depth -= 1
+        group.flush()
+        assert ep.buffered == 3  # the first met a full buffer (twice): the others wait behind it
+        await _until(lambda: len(peer_handler.got) == 3, "the burst")
+        assert [d for d, _ in peer_handler.got] == [b"one", b"two", b"three"]
+    finally:
+        await ep.close()
+        await peer.close()
