@@ -74,6 +74,8 @@ def with_tag(name_addr: str, tag: str) -> str:
 
 def safe(value: str) -> str:
     """A header value that cannot inject a header: control characters (CR, LF, NUL…) become spaces."""
+    if value.isascii() and value.isprintable():  # the usual value, checked in C without the regex
+        return value
     return _UNSAFE.sub(" ", value) if _UNSAFE.search(value) else value
 
 
