@@ -64,19 +64,24 @@ class UdpGroup:
     def _tick(self) -> None:
         self._timer = None
         eps = list(self.polling)
-        counts = self._pass(eps)
+        try:
+            counts = self._pass(eps)
+        except Exception:  # never leave an endpoint neither watched nor polled
+            log.exception("udp read pass failed")
+            counts = [1] * len(eps)
+        ticking = self.poll_interval > 0
         still: list[UdpEndpoint] = []
         for ep, n in zip(eps, counts, strict=True):
             if ep.closed:
                 continue
-            if n:
+            if n >= MAX_BATCH or (n and ticking):
                 still.append(ep)
             else:  # quiet: back to waking up on its first datagram (level-triggered: none is missed)
                 ep._watch()
         self.polling = still
         if still:
             full = any(n >= MAX_BATCH for n in counts)
-            self._arm(0 if full or self.poll_interval <= 0 else self.poll_interval)
+            self._arm(0 if full or not ticking else self.poll_interval)
 
     def _pass(self, eps: list[UdpEndpoint]) -> list[int]:
         self.depth += 1

@@ -96,7 +96,10 @@ async def test_bursts_are_read_on_ticks_then_the_socket_is_watched_again(
     assert not ep.polling
 
 
-async def test_without_ticks_every_datagram_wakes_the_loop() -> None:
+async def test_without_ticks_every_datagram_wakes_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tick 0: datagrams are read when the socket wakes the loop; a full pass is continued at once, and the
+    socket watched again after (no polling loop)."""
+    monkeypatch.setattr(udp, "MAX_BATCH", 4)
     handler = _Handler()
     ep = await open_udp_endpoint("inside", "127.0.0.1", 0, handler, udp.UdpGroup(0))  # type: ignore[arg-type]
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -105,6 +108,11 @@ async def test_without_ticks_every_datagram_wakes_the_loop() -> None:
             sender.sendto(b"d%d" % i, ("127.0.0.1", ep.port))
         await _until(lambda: len(handler.got) == 3, "three datagrams")
         assert not ep.polling
+        for i in range(10):  # more than a pass: sent while the loop cannot read
+            sender.sendto(b"e%d" % i, ("127.0.0.1", ep.port))
+        await _until(lambda: len(handler.got) == 13, "ten more")
+        await _until(lambda: not ep.polling, "the socket watched again")
+        assert ep.group._timer is None
     finally:
         sender.close()
         await ep.close()
