@@ -40,6 +40,7 @@ from sipfilter.audit import AuditLog  # noqa: E402
 from sipfilter.b2bua.core import B2BUA, compile_runtime  # noqa: E402
 from sipfilter.b2bua.wheel import TimerWheel  # noqa: E402
 from sipfilter.config import load_config  # noqa: E402
+from sipfilter.metrics import PrometheusObserver  # noqa: E402
 from sipfilter.policy.engine import PolicyEngine  # noqa: E402
 from sipfilter.sip import ParseError, parse  # noqa: E402
 from sipfilter.stores import open_store  # noqa: E402
@@ -149,7 +150,8 @@ def _rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-async def run(calls: int, reject_every: int, profile: bool, report_every: int = 0) -> None:
+async def run(calls: int, reject_every: int, profile: bool, report_every: int = 0, metrics: bool = False
+              ) -> None:  # fmt: skip
     work = Path(tempfile.mkdtemp(prefix="sipfilter-bench-b2bua-"))
     ports = SipfilterPorts(*free_ports(3))
     config_path = write_config(work / "sipfilter.yaml", sipfilter_config(work, ports, [5071]))
@@ -161,7 +163,8 @@ async def run(calls: int, reject_every: int, profile: bool, report_every: int = 
     wheel = TimerWheel(clock)  # type: ignore[arg-type]  # the loop's three methods it uses
     inside, outside = FakeEndpoint("inside", 5060), FakeEndpoint("outside", 5080)
     b2b = B2BUA(compile_runtime(config, PolicyEngine(config), store, audit), parse=parse, parse_error=ParseError,  # noqa: E501
-                endpoints={"inside": [inside], "outside": [outside]}, scheduler=wheel.call_later, clock=clock)  # fmt: skip  # noqa: E501
+                endpoints={"inside": [inside], "outside": [outside]}, scheduler=wheel.call_later, clock=clock,
+                observer=PrometheusObserver() if metrics else None)  # fmt: skip
     caller = "+33162000001"
     # The GC settings of `sipfilter run` (sipfilter/app.py): the default thresholds would bill full
     # collections of the live calls to whatever allocates at that moment.
@@ -264,7 +267,7 @@ def _summary(rows: list[tuple[int, float, float]]) -> None:
     per = 100_000 / (c1 - c0)
     print(f"after warm-up ({c0} → {c1} calls), per 100k calls: RSS {(r1 - r0) * per:+.1f} MiB, of which "
           f"attempts kept for the frequency window {(a1 - a0) * per:+.1f} MiB (data); "
-          f"net {((r1 - a1) - (r0 - a0)) * per:+.1f} MiB")
+          f"net {((r1 - a1) - (r0 - a0)) * per:+.1f} MiB")  # fmt: skip
 
 
 def main() -> None:
@@ -273,8 +276,9 @@ def main() -> None:
     p.add_argument("--reject-every", type=int, default=3, help="every Nth call is rejected (0: none)")
     p.add_argument("--profile", action="store_true")
     p.add_argument("--report-every", type=int, default=0, help="print RSS and live state every N calls")
+    p.add_argument("--metrics", action="store_true", help="count events as `sipfilter run` does (Prometheus)")
     a = p.parse_args()
-    asyncio.run(run(a.calls, a.reject_every, a.profile, a.report_every))
+    asyncio.run(run(a.calls, a.reject_every, a.profile, a.report_every, a.metrics))
 
 
 if __name__ == "__main__":
