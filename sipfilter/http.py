@@ -51,6 +51,7 @@ class ReadinessState:
     config_loaded: Check = _false
     lists_loaded: Check = _false  # every list a trunk checks has been imported
     store_ok: Check = _true  # store reachable, or every trunk has on_store_error: allow
+    audit_ok: Check = _true  # the audit log is writable, or its on_write_error policy keeps relaying
     draining: Check = _false  # SIGTERM received: stop sending new calls here
     extra: dict[str, Check] = field(default_factory=dict)
 
@@ -58,7 +59,7 @@ class ReadinessState:
         out: dict[str, bool] = {}
         for name, check in (("listening", self.listening), ("config_loaded", self.config_loaded),
                             ("lists_loaded", self.lists_loaded), ("store_ok", self.store_ok),
-                            *self.extra.items()):  # fmt: skip
+                            ("audit_ok", self.audit_ok), *self.extra.items()):  # fmt: skip
             try:
                 out[name] = bool(check())
             except Exception:  # a failing check means not ready, never a 500

@@ -120,6 +120,10 @@ def test_full_audit_disk_keeps_enforcing_alerts_and_recovers(
             assert "Retry-After:" in text and "audit log not writable" in text, text
     assert rig.metric("sipfilter_audit_failing") == 1.0
     assert rig.metric("sipfilter_audit_write_errors_total") == 3.0  # one per decision
+    # A load balancer sends calls elsewhere while this instance refuses them all (stop-relaying only).
+    status, body = rig.sipfilter.http_get("/readyz")
+    assert (status, json.loads(body)["checks"]["audit_ok"]) == (
+        (503, False) if policy == "stop-relaying" else (200, True)), body
     # Said once, not once per call (rate-limited), naming the file, the error and the policy.
     failures = [line for line in rig.log().splitlines() if "write failed" in line]
     assert len(failures) == 1, failures
@@ -131,6 +135,7 @@ def test_full_audit_disk_keeps_enforcing_alerts_and_recovers(
     assert [o.code for o in run.outcomes] == [200], run.summary() + rig.log()
     assert rig.metric("sipfilter_audit_failing") == 0.0
     assert rig.metric("sipfilter_audit_write_errors_total") == 3.0
+    assert rig.sipfilter.http_get("/readyz")[0] == 200
     assert "writable again after 3 failed writes" in rig.log()
     records = [json.loads(line) for line in rig.audit_path.read_text().splitlines()]
     assert [(r["to"], r["action"]) for r in records] == [(AFTER.callee, "allow")]
