@@ -458,7 +458,8 @@ class StateCollector(Collector):
             up.add_metric([backend], 1.0)
             return
         up.add_metric([backend], 1.0 if health.up else 0.0)
-        errors.add_metric([backend, "any"], float(health.errors))
+        for operation, count in health.by_operation.items():
+            errors.add_metric([backend, operation], float(count))
 
 
 # (trunk, target) → up, as last reported through PrometheusObserver.target_up.

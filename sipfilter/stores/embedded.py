@@ -191,7 +191,7 @@ class EmbeddedStore(LocalLists):
             self._others_committed()
             await self._catch_up()
         except (sqlite3.Error, OSError) as exc:
-            raise self.health.failed(exc) from exc
+            raise self.health.failed(exc, "sync") from exc
 
     async def _watch(self) -> None:
         while True:
@@ -210,7 +210,7 @@ class EmbeddedStore(LocalLists):
             except StoreUnavailable:
                 pass  # health has it
             except (sqlite3.Error, OSError) as exc:
-                self.health.failed(exc)
+                self.health.failed(exc, "sync")
             except Exception:  # never let the watcher die: lists would silently freeze
                 log.exception("embedded store watcher")
 
@@ -258,7 +258,7 @@ class EmbeddedStore(LocalLists):
                                (name, version, len(numbers), imported_at, source.name, source.size,
                                 source.sha256, file))
         except (sqlite3.Error, OSError) as exc:
-            raise self.health.failed(exc) from exc
+            raise self.health.failed(exc, "list_write") from exc
         if old:
             with contextlib.suppress(FileNotFoundError):
                 (self.data_dir / LISTS_DIR / old).unlink()
@@ -270,7 +270,7 @@ class EmbeddedStore(LocalLists):
         try:
             row = self._db.execute("DELETE FROM lists WHERE name=? RETURNING file", (name,)).fetchone()
         except sqlite3.Error as exc:
-            raise self.health.failed(exc) from exc
+            raise self.health.failed(exc, "list_write") from exc
         if row is None:
             return False
         with contextlib.suppress(FileNotFoundError):
@@ -311,7 +311,7 @@ class EmbeddedStore(LocalLists):
                                    " hours) VALUES(?,?,?,?,?,?)", rows[start : start + 5000])
                 await asyncio.sleep(0)
         except sqlite3.Error as exc:
-            raise self.health.failed(exc) from exc
+            raise self.health.failed(exc, "record_write") from exc
         finally:
             await self._catch_up()
 
@@ -348,14 +348,14 @@ class EmbeddedStore(LocalLists):
         try:
             return self._db.execute(sql, params).rowcount
         except sqlite3.Error as exc:
-            raise self.health.failed(exc) from exc
+            raise self.health.failed(exc, "record_write") from exc
 
     def _read(self, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
         self._flush()  # what another handle or process reads next includes our attempts
         try:
             return self._db.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
-            raise self.health.failed(exc) from exc
+            raise self.health.failed(exc, "read") from exc
 
     # --- the in-memory copy: loading and catching up with other processes' writes ----------------------
     def _read_consents(self, key: Key) -> Consents:
@@ -439,7 +439,7 @@ class EmbeddedStore(LocalLists):
                 try:
                     more = self._catch_up_chunk()
                 except sqlite3.Error as exc:
-                    raise self.health.failed(exc) from exc
+                    raise self.health.failed(exc, "sync") from exc
                 if not more:
                     return
                 await asyncio.sleep(0)
@@ -525,7 +525,7 @@ class EmbeddedStore(LocalLists):
         if allowed:
             if len(self._pending) >= MAX_PENDING:  # writes have failed for a long while: do not record blind
                 raise self.health.failed(sqlite3.OperationalError(
-                    f"{len(self._pending)} recorded attempts could not be written"))
+                    f"{len(self._pending)} recorded attempts could not be written"), "attempt")
             if times is None:
                 table[number] = now  # add_time's first case, inlined: nearly every relayed call
             else:
@@ -587,7 +587,7 @@ class EmbeddedStore(LocalLists):
             log.error("embedded store: writing %d recorded attempts failed (kept in memory, retried): %s",
                       len(rows), exc)
         self._flush_failed = True
-        self.health.failed(exc)
+        self.health.failed(exc, "attempt_write")
 
     def _write_attempts(self, rows: list[tuple[str, str, float]]) -> None:
         """In the writer thread: multi-row INSERTs, so the C code that does the inserts runs without the GIL

@@ -231,11 +231,11 @@ class RedisStore(LocalLists):
             store._watcher = asyncio.get_running_loop().create_task(store._watch())
         return store
 
-    async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, make: Callable[[], Awaitable[T]], operation: str = "other") -> T:
         try:
             result = await make()
         except (TimeoutError, RedisError, OSError) as exc:
-            raise self.health.failed(exc) from exc
+            raise self.health.failed(exc, operation) from exc
         self.health.ok()
         return result
 
@@ -315,8 +315,8 @@ class RedisStore(LocalLists):
                     await r.expire(old_key, OLD_VERSION_GRACE_S)
             return meta
 
-        meta = await self._call(write)
-        await self._call(self._sync_lists)
+        meta = await self._call(write, "list_write")
+        await self._call(self._sync_lists, "sync")
         info = self._infos.get(name)
         if info is None or info.version < meta["version"]:
             raise StoreUnavailable(f"list {name}: version {meta['version']} written but could not be loaded")
@@ -334,8 +334,8 @@ class RedisStore(LocalLists):
             await r.expire(json.loads(old)["key"], OLD_VERSION_GRACE_S)
             return True
 
-        done = await self._call(tombstone)
-        await self._call(self._sync_lists)
+        done = await self._call(tombstone, "list_write")
+        await self._call(self._sync_lists, "sync")
         return done
 
     # --- consents and contracts: local replicas of append-only event logs ---------------------------------
@@ -361,8 +361,9 @@ class RedisStore(LocalLists):
 
     async def _append_event(self, hash_key: str, account: str, number: str, event: list[Any]) -> None:
         await self._call(lambda: self._append(keys=[hash_key, self.k_log],
-                                              args=[account + SEP + number, json.dumps(event), LOG_MAXLEN]))
-        await self._call(self._sync_records)
+                                              args=[account + SEP + number, json.dumps(event), LOG_MAXLEN]),
+                         "record_write")
+        await self._call(self._sync_records, "sync")
 
     async def add_consent(self, record: ConsentRecord) -> None:
         await self._append_event(self.k_consents, record.account, record.number,
@@ -376,14 +377,14 @@ class RedisStore(LocalLists):
             for r in records[start : start + 2000]:
                 args += [r.account + SEP + r.number, json.dumps(["grant", r.granted_at, r.proof, r.hours])]
             keys = [self.k_consents, self.k_log]
-            await self._call(functools.partial(self._append_many, keys=keys, args=args))
+            await self._call(functools.partial(self._append_many, keys=keys, args=args), "record_write")
         for r in records:
             if r.revoked_at is not None:
                 await self.revoke_consent(r.account, r.number, r.revoked_at)
-        await self._call(self._sync_records)
+        await self._call(self._sync_records, "sync")
 
     async def revoke_consent(self, account: str, number: str, at: float) -> int:
-        await self._call(self._sync_records)
+        await self._call(self._sync_records, "sync")
         before = self._consent_history(account, number)
         n = sum(1 for r in before if r.granted_at <= at and (r.revoked_at is None or r.revoked_at > at))
         if n:
@@ -391,7 +392,7 @@ class RedisStore(LocalLists):
         return n
 
     async def consents(self, account: str, number: str) -> tuple[ConsentRecord, ...]:
-        await self._call(self._sync_records)
+        await self._call(self._sync_records, "sync")
         return self._consent_history(account, number)
 
     async def add_contract(self, record: ContractRecord) -> None:
@@ -399,14 +400,14 @@ class RedisStore(LocalLists):
                                  ["start", record.started_at, record.ended_at, record.reference])
 
     async def end_contract(self, account: str, number: str, at: float) -> int:
-        await self._call(self._sync_records)
+        await self._call(self._sync_records, "sync")
         n = sum(1 for r in self._contract_history(account, number) if r.in_force(at))
         if n:
             await self._append_event(self.k_contracts, account, number, ["end", at])
         return n
 
     async def contracts(self, account: str, number: str) -> tuple[ContractRecord, ...]:
-        await self._call(self._sync_records)
+        await self._call(self._sync_records, "sync")
         return self._contract_history(account, number)
 
     def _apply(self, hash_key: bytes, field: bytes, value: bytes | None) -> None:
@@ -452,8 +453,8 @@ class RedisStore(LocalLists):
 
     # --- refresh --------------------------------------------------------------------------------------
     async def refresh(self) -> None:
-        await self._call(self._sync_lists)
-        await self._call(self._sync_records)
+        await self._call(self._sync_lists, "sync")
+        await self._call(self._sync_records, "sync")
 
     async def _watch(self) -> None:
         while True:
@@ -472,20 +473,20 @@ class RedisStore(LocalLists):
         member = f"{now!r}:{os.urandom(6).hex()}"
         res = await self._call(lambda: self._attempt(
             keys=[self._ckey(account, number, "att"), self._ckey(account, number, "ref")],
-            args=[repr(now), cap, repr(float(window_s)), repr(float(refusal_cooldown_s)), member]))
+            args=[repr(now), cap, repr(float(window_s)), repr(float(refusal_cooldown_s)), member]), "attempt")
         refused = float(res[2]) if res[2] is not None else None
         return AttemptDecision(bool(res[0]), int(res[1]), refused)
 
     async def attempts(self, account: str, number: str, now: float, window_s: float) -> int:
         key = self._ckey(account, number, "att")
-        return int(await self._call(lambda: self._redis.zcount(key, f"({now - window_s!r}", "+inf")))
+        return int(await self._call(lambda: self._redis.zcount(key, f"({now - window_s!r}", "+inf"), "read"))
 
     async def record_refusal(self, account: str, number: str, at: float) -> None:
         await self._call(lambda: self._refusal(keys=[self._ckey(account, number, "ref")],
-                                               args=[repr(float(at)), REFUSAL_TTL_S]))
+                                               args=[repr(float(at)), REFUSAL_TTL_S]), "record_write")
 
     async def last_refusal(self, account: str, number: str) -> float | None:
-        v = await self._call(lambda: self._redis.get(self._ckey(account, number, "ref")))
+        v = await self._call(lambda: self._redis.get(self._ckey(account, number, "ref")), "read")
         return float(v) if v is not None else None
 
     async def close(self) -> None:

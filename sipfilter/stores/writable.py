@@ -93,23 +93,39 @@ class WritableStore(Store, Protocol):
     async def contracts(self, account: str, number: str) -> tuple[ContractRecord, ...]: ...
 
 
-class Health:
-    """Logs an outage once when it starts and once when it ends, and counts errors (not once per call)."""
+# The `operation` label of sipfilter_store_errors_total: what was being done when the store failed.
+OPERATIONS = (
+    "attempt",  # the call path's check-and-record of a frequency attempt
+    "attempt_write",  # writing recorded attempts behind (embedded)
+    "sync",  # catching up with lists and records other processes changed (watcher, refresh, Redis sync)
+    "list_write",  # importing or deleting a list
+    "record_write",  # consents, contracts, refusals written through the CLI or the admin API
+    "read",  # counts and histories read for the CLI and the admin API
+    "other",
+)
 
-    __slots__ = ("down_since", "errors", "incidents", "what")
+
+class Health:
+    """Logs an outage once when it starts and once when it ends, and counts errors (not once per call) by
+    operation (OPERATIONS), so the NOC sees whether the call path, the write-behind or a sync is failing."""
+
+    __slots__ = ("by_operation", "down_since", "errors", "incidents", "what")
 
     def __init__(self, what: str):
         self.what = what
         self.down_since: float | None = None
         self.errors = 0
+        self.by_operation: dict[str, int] = dict.fromkeys(OPERATIONS, 0)
         self.incidents = 0
 
-    def failed(self, exc: BaseException) -> StoreUnavailable:
+    def failed(self, exc: BaseException, operation: str = "other") -> StoreUnavailable:
         self.errors += 1
+        self.by_operation[operation] = self.by_operation.get(operation, 0) + 1
         if self.down_since is None:
             self.down_since = time.time()
             self.incidents += 1
-            log.error("%s unavailable: %s (further errors are not logged until it recovers)", self.what, exc)
+            log.error("%s unavailable (%s): %s (further errors are not logged until it recovers)",
+                      self.what, operation, exc)
         return StoreUnavailable(f"{self.what} unavailable: {exc}")
 
     def ok(self) -> None:

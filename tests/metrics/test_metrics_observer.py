@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sipfilter import metrics
 from sipfilter.policy.lists import ListRules
 from sipfilter.stores.base import ListInfo
+from sipfilter.stores.writable import OPERATIONS, Health
 
 
 def value(name: str, **labels: str) -> float | None:
@@ -125,15 +126,10 @@ def _any_label(name: str, label: str) -> str:
 
 
 @dataclass
-class FakeHealth:
-    up: bool = True
-    errors: int = 0
-
-
 class FakeRedisStore:
     def __init__(self, infos: dict[str, ListInfo]) -> None:
         self.infos = infos
-        self.health = FakeHealth()
+        self.health = Health("redis store")
 
     def list_names(self) -> list[str]:
         return sorted(self.infos)
@@ -180,10 +176,15 @@ def test_state_collector_reads_store_config_audit(bound: FakeRedisStore) -> None
     assert value("sipfilter_audit_write_errors_total") == 2
     assert value("sipfilter_audit_failing") == 1
     assert value("sipfilter_ready") == 1
-    bound.health.up = False
-    bound.health.errors = 5
+    # Every operation is exported from the start (at 0), so rate() sees the first error.
+    errors = {op: value("sipfilter_store_errors_total", backend="redis", operation=op) for op in OPERATIONS}
+    assert errors == dict.fromkeys(OPERATIONS, 0)
+    for operation in ("attempt", "attempt", "attempt", "sync", "sync"):
+        bound.health.failed(ConnectionError("refused"), operation)
     assert value("sipfilter_store_up", backend="redis") == 0
-    assert value("sipfilter_store_errors_total", backend="redis", operation="any") == 5
+    assert value("sipfilter_store_errors_total", backend="redis", operation="attempt") == 3
+    assert value("sipfilter_store_errors_total", backend="redis", operation="sync") == 2
+    assert value("sipfilter_store_errors_total", backend="redis", operation="read") == 0
 
 
 def test_state_collector_survives_a_broken_store() -> None:

@@ -16,7 +16,6 @@ import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -29,6 +28,7 @@ from promql_names import dashboard_exprs, referenced_metrics
 from sipfilter import metrics
 from sipfilter.http import AdminServer, ReadinessState
 from sipfilter.stores.base import ListInfo
+from sipfilter.stores.writable import Health
 
 pytestmark = [
     pytest.mark.e2e,
@@ -49,14 +49,8 @@ def free_port() -> int:
         return port
 
 
-@dataclass
-class _Health:
-    up: bool = True
-    errors: int = 0
-
-
 class _Store:
-    health = _Health()
+    health = Health("test store")
 
     def __init__(self) -> None:
         now = time.time()
