@@ -4,6 +4,7 @@ RAM until it does). Each scenario runs with the GC off, on the production timer 
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -205,6 +206,14 @@ def rejected_by_policy(run: Run) -> None:
     run.dialer(_ack(raw, final))
 
 
+def malformed_requests(run: Run) -> None:
+    run.dialer(invite(call_id="c-bad-mf").replace(b"Max-Forwards: 70", b"Max-Forwards: seventy"))
+    run.dialer(invite(call_id="c-bad-cseq").replace(b"CSeq: 10 INVITE", b"CSeq: x INVITE"))
+    run.carrier(b"SIP/2.0 200 OK\r\nVia: nonsense\r\n\r\n")
+    assert [d.split(b" ", 2)[1] for d, _ in run.inside.sent] == [b"400", b"400"]  # they echo what is bad
+    run.inside.sent.clear()
+
+
 def stateless_answers(run: Run) -> None:
     opts = invite(call_id="c-options").replace(b"INVITE sip", b"OPTIONS sip", 1)
     opts = opts.replace(b"10 INVITE", b"10 OPTIONS")
@@ -216,20 +225,31 @@ def stateless_answers(run: Run) -> None:
 SCENARIOS: list[Callable[[Run], None]] = [
     full_call_bye_from_carrier, reinvite_and_info, cancel_while_ringing, cancel_unanswered_by_carrier,
     failover_then_answered, no_answer_timer_b, ring_timeout, carrier_rejects, no_ack_for_2xx, max_duration,
-    rejected_by_policy, stateless_answers,
+    rejected_by_policy, malformed_requests, stateless_answers,
 ]  # fmt: skip
 
 
-@pytest.fixture(name="run")
-def _run(tmp_path: Path) -> Iterator[Run]:
+class SuspendingPolicy(StubPolicy):
+    """Decides after yielding to the event loop once, as with a Redis store: the B2BUA finishes in a Task."""
+
+    async def decide(self, facts: Any, store: Any) -> Any:
+        await asyncio.sleep(0)
+        return await super().decide(facts, store)
+
+
+def _rig(tmp_path: Path, policy: StubPolicy) -> Run:
     loop = FakeLoop()
     wheel = TimerWheel(loop)  # type: ignore[arg-type]  # the production scheduler, on a manual clock
-    policy = StubPolicy()
     inside, outside = FakeEndpoint("inside", 5060), FakeEndpoint("outside", 5080)
     b2b = B2BUA(compile_runtime(load_config(write_config(tmp_path)), policy, store=None), parse=parse,
                 parse_error=ParseError, endpoints={"inside": [inside], "outside": [outside]},
                 scheduler=wheel.call_later, clock=loop.time)  # fmt: skip
-    yield Run(b2b, inside, outside, loop, policy)
+    return Run(b2b, inside, outside, loop, policy)
+
+
+@pytest.fixture(name="run")
+def _run(tmp_path: Path) -> Iterator[Run]:
+    yield _rig(tmp_path, StubPolicy())
 
 
 def _alive() -> dict[str, int]:
@@ -238,6 +258,22 @@ def _alive() -> dict[str, int]:
         if type(o) in KINDS:
             counts[type(o).__name__] += 1
     return counts
+
+
+def _assert_freed(run: Run, before: dict[str, int], what: str) -> None:
+    assert run.b2b.active_calls == 0 and not run.b2b.calls_b
+    assert not run.b2b.server_tx and not run.b2b.client_tx
+    assert run.b2b.admission.active_dialogs() == 0
+    # With the cyclic GC off, whatever is gone was freed by reference counting.
+    assert _alive() == before
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        found = gc.collect()
+        garbage = sorted({type(o).__qualname__ for o in gc.garbage})
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert found == 0, f"reference cycles left by {what}: {garbage}"
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.__name__ for s in SCENARIOS])
@@ -253,18 +289,43 @@ def test_every_ending_frees_the_call_by_reference_counting(run: Run, scenario: C
     try:
         scenario(run)
         run.wait(5000)  # every timer fires: transaction memory, Timer H/I/K, guards
-        assert run.b2b.active_calls == 0 and not run.b2b.calls_b
-        assert not run.b2b.server_tx and not run.b2b.client_tx
-        assert run.b2b.admission.active_dialogs() == 0
-        # With the cyclic GC off, whatever is gone was freed by reference counting.
-        assert _alive() == before
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        try:
-            found = gc.collect()
-            garbage = sorted({type(o).__qualname__ for o in gc.garbage})
-        finally:
-            gc.set_debug(0)
-            gc.garbage.clear()
-        assert found == 0, f"reference cycles left by {scenario.__name__}: {garbage}"
+        _assert_freed(run, before, scenario.__name__)
+    finally:
+        gc.enable()
+
+
+async def test_a_decision_that_suspends_frees_the_call_too(tmp_path: Path) -> None:
+    run = _rig(tmp_path, SuspendingPolicy())
+    run.policy.reject.add("+33612000009")
+
+    async def calls(n: int) -> None:
+        for i in range(n):
+            raw = invite(call_id=f"s-full-{i}", body=b"v=0\r\n")
+            run.dialer(raw)
+            for _ in range(3):  # the Task resumes the decision, then its done-callback relays
+                await asyncio.sleep(0)
+            b_inv = run.to_carrier("INVITE")
+            run.carrier(answer(b_inv, 200, body=b"v=0\r\n"))
+            ok = run.to_dialer()[-1]
+            run.dialer(_dialog(raw, ok, "ACK", 10, f"a{i}"))
+            run.dialer(_dialog(raw, ok, "BYE", 11, f"b{i}"))
+            run.carrier(answer(run.to_carrier("BYE"), 200))
+            rejected = invite("+33612000009", call_id=f"s-rejected-{i}")
+            run.dialer(rejected)
+            for _ in range(3):
+                await asyncio.sleep(0)
+            final = run.to_dialer()[-1]
+            assert final.status == 603
+            run.dialer(_ack(rejected, final))
+        run.wait(5000)
+        assert not run.b2b._tasks  # every decision Task is forgotten once done
+
+    await calls(1)
+    gc.collect()
+    before = _alive()
+    gc.disable()
+    try:
+        await calls(3)
+        _assert_freed(run, before, "decisions finished in a Task")
     finally:
         gc.enable()
