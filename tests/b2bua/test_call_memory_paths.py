@@ -42,7 +42,9 @@ class Run:
         found = [m for m in (parse(d) for d, _ in self.outside.sent) if m.is_request and m.method == method]
         self.outside.sent.clear()
         assert found, f"no {method} sent to the carrier"
-        return found[-1]
+        last = found[-1]
+        assert isinstance(last, Request)
+        return last
 
     def to_dialer(self) -> list[Any]:
         out = [parse(d) for d, _ in self.inside.sent]
