@@ -9,7 +9,7 @@ from pathlib import Path
 from b2bua_rig import CARRIER1, DIALER, answer, invite, make_rig
 
 from sipfilter.b2bua.core import _PassList
-from sipfilter.sip import headers, message, parse, uri
+from sipfilter.sip import Request, headers, message, parse, uri
 
 N = 6000  # more than every memo's cap
 
@@ -29,6 +29,7 @@ def test_parse_memos_stay_bounded_under_per_call_values() -> None:
                      extra=f"X-Header-{i}: v\r\nContact: <sip:agent{i}@{host}>\r\n")  # fmt: skip
         raw = raw.replace(b"10.0.0.9:5999;", f"10.1.{i // 250}.{i % 250}:5999;".encode(), 1)
         msg = parse(raw)
+        assert isinstance(msg, Request)
         # Touch what the B2BUA reads, so each lazy parser (and its memo) runs.
         assert msg.vias and msg.from_ is not None and msg.to is not None and msg.cseq is not None
         assert msg.contacts and msg.request_uri is not None and msg.p_asserted_identities
