@@ -239,19 +239,23 @@ class SuspendingPolicy(StubPolicy):
         return await super().decide(facts, store)
 
 
-def _rig(tmp_path: Path, policy: StubPolicy) -> Run:
+def _rig(tmp_path: Path, policy: StubPolicy, transport: str = "udp") -> Run:
     loop = FakeLoop()
     wheel = TimerWheel(loop)  # type: ignore[arg-type]  # the production scheduler, on a manual clock
-    inside, outside = FakeEndpoint("inside", 5060), FakeEndpoint("outside", 5080)
-    b2b = B2BUA(compile_runtime(load_config(write_config(tmp_path)), policy, store=None), parse=parse,
+    inside, outside = FakeEndpoint("inside", 5060, transport), FakeEndpoint("outside", 5080, transport)
+    targets = [{"uri": f"sip:{host}:{port}", "transport": transport, "priority": n, "weight": 1}
+               for n, (host, port) in enumerate((CARRIER1, CARRIER2), 1)]  # fmt: skip
+    config = load_config(write_config(tmp_path, targets=targets))
+    b2b = B2BUA(compile_runtime(config, policy, store=None), parse=parse,
                 parse_error=ParseError, endpoints={"inside": [inside], "outside": [outside]},
                 scheduler=wheel.call_later, clock=loop.time)  # fmt: skip
     return Run(b2b, inside, outside, loop, policy)
 
 
-@pytest.fixture(name="run")
-def _run(tmp_path: Path) -> Iterator[Run]:
-    yield _rig(tmp_path, StubPolicy())
+@pytest.fixture(name="run", params=["udp", "tcp"])
+def _run(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Run]:
+    # TCP: no retransmissions, and Timer I/K are 0 (a loop call_soon handle, not a wheel timer).
+    yield _rig(tmp_path, StubPolicy(), request.param)
 
 
 def _alive() -> dict[str, int]:
