@@ -145,6 +145,19 @@ def _attempts(store: Any) -> tuple[int, float]:
     return count, _deep_size(table) / 2**20
 
 
+def _sqlite_mib() -> float:
+    """Memory SQLite holds (page caches, statements) across its connections; NaN if it cannot be asked."""
+    try:
+        import _sqlite3
+        import ctypes
+
+        used = ctypes.CDLL(_sqlite3.__file__).sqlite3_memory_used
+    except (ImportError, OSError, AttributeError):
+        return float("nan")
+    used.restype = ctypes.c_int64
+    return float(used()) / 2**20
+
+
 def _rss_mib() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -253,7 +266,8 @@ def _report(i: int, b2b: B2BUA, wheel: TimerWheel, store: Any) -> tuple[int, flo
     count, mib = _attempts(store)
     full = gc.get_stats()[2]["collections"]  # the GC settings make these rare: garbage cycles wait for them
     print(f"{i:>9} calls: RSS {rss:6.1f} MiB, net of attempts {rss - mib:6.1f} MiB | attempts kept {count:>7}"
-          f" ({mib:5.1f} MiB) | Python blocks {sys.getallocatedblocks():>8}, full GCs {full} | calls left "
+          f" ({mib:5.1f} MiB) | SQLite {_sqlite_mib():4.1f} MiB | Python blocks {sys.getallocatedblocks():>8}"
+          f", full GCs {full} | calls left "
           f"{b2b.active_calls}, transactions left {len(b2b.server_tx) + len(b2b.client_tx)}, timers pending "
           f"{len(wheel)}", flush=True)  # fmt: skip
     return i, rss, mib
