@@ -128,7 +128,7 @@ class App:
             lists_loaded=self._lists_loaded,
             store_ok=self._store_ok,
             # stop-relaying answers every allowed call 503 while the audit log fails: send them elsewhere.
-            audit_ok=lambda: self.audit is None or self.audit.should_relay,
+            audit_ok=lambda: self.audit is None or not self.audit.refusing_calls(),
             draining=lambda: self.draining,
         )
         self.admin = AdminServer(state, token=cfg.token, get_store=lambda: self.store,

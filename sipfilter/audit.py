@@ -40,6 +40,7 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=s
 _str = encode_basestring
 _BOOL = {True: "true", False: "false"}
 _second: tuple[int, str] = (-1, "")  # the last whole second formatted and its text (rebound atomically)
+READY_RETRY_S = 30.0  # see AuditLog.refusing_calls
 
 
 def iso_ms(at: float) -> str:
@@ -142,6 +143,7 @@ class AuditLog:
         self.write_errors = 0  # total failed writes (export as a metric)
         self.failing = False  # last write failed (disk full, permissions, …)
         self.last_error = ""
+        self.failed_at = 0.0  # time.monotonic() of the last failed write
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._size = 0
@@ -153,6 +155,13 @@ class AuditLog:
     def should_relay(self) -> bool:
         """False when writes fail and the policy is `stop-relaying` (no call without its audit line)."""
         return not (self.failing and self.on_write_error == "stop-relaying")
+
+    def refusing_calls(self, hold_s: float = READY_RETRY_S) -> bool:
+        """For readiness: stop-relaying refused a call because of a failed write less than `hold_s` ago.
+        Bounded, because only a write notices that the disk recovered: an instance a load balancer took out
+        of rotation for good would never see one (after `hold_s` it takes calls again, and refuses them
+        again for `hold_s` if writes still fail)."""
+        return not self.should_relay and time.monotonic() - self.failed_at < hold_s
 
     def _open(self) -> int:
         if self._fd is None:
@@ -242,7 +251,7 @@ class AuditLog:
             except OSError:
                 pass
             self._fd = None
-        now = time.monotonic()
+        now = self.failed_at = time.monotonic()
         if now - self._last_logged > 10:  # do not flood the log when the disk is full
             self._last_logged = now
             log.error(

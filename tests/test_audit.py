@@ -238,3 +238,19 @@ def test_undecodable_call_id_still_gives_a_valid_line(tmp_path: Path) -> None:
     rec = json.loads((tmp_path / "audit" / "decisions.jsonl").read_bytes())
     assert rec["call_id"] == bad
     assert rec["call_id"].encode("utf-8", "surrogateescape") == b"abc\xff@host"
+
+
+def test_readiness_refuses_only_for_a_while_after_a_failed_write(tmp_path: Path) -> None:
+    """stop-relaying: not ready just after a failed write; ready again after the hold (only a write can see
+    the disk recover, and a load balancer sends none to an unready instance); keep-relaying: always ready."""
+    for policy in ("stop-relaying", "keep-relaying"):
+        where = tmp_path / policy
+        where.mkdir()
+        _audit_path_on_dev_full(where)
+        log = log_for(where, policy=policy)
+        assert not log.refusing_calls()
+        assert log.log_decision(facts("lost"), DECISION, "acme", "enforce") is False
+        assert log.refusing_calls() == (policy == "stop-relaying")
+        log.failed_at -= 31.0  # the hold (READY_RETRY_S, 30 s) is over
+        assert not log.refusing_calls()
+        log.close()
