@@ -7,7 +7,7 @@ call attempts the embedded store keeps for its 30-day frequency window (data tha
 every relayed call: the clock moves only ~0.9 days over a million calls), with RSS net of them.
 
     .venv/bin/python bench/b2bua.py --calls 5000 [--profile]
-    .venv/bin/python bench/b2bua.py --calls 1000000 --report-every 100000   # memory stays flat?
+    .venv/bin/python bench/b2bua.py --calls 1000000 --report-every 100000 [--metrics]   # memory stays flat?
 """
 
 from __future__ import annotations
