@@ -56,7 +56,7 @@ class CallerIdRules:
     authorised_inline: tuple[str, ...] | None
     # (From, PAIs, Privacy) → outcome; caller IDs repeat on every call of a campaign. Only used when the
     # answer cannot change without a config reload (no store-backed allow-list).
-    memo: dict[object, tuple[str, tuple[tuple[str, Outcome], ...]]] = field(
+    memo: dict[object, tuple[str, Mapping[str, Outcome]]] = field(
         default_factory=dict, compare=False
     )
 
@@ -142,11 +142,11 @@ def check_caller_id(
     hit = rules.memo.get(key)
     if hit is None:
         mine: dict[str, Outcome] = {}
-        hit = (_check(rules, facts, store, mine), tuple(mine.items()))
+        hit = (_check(rules, facts, store, mine), mine)
         if len(rules.memo) >= _MEMO_MAX:
             rules.memo.clear()
         rules.memo[key] = hit
-    out.update(hit[1])
+    out.update(hit[1])  # a dict: update() copies it without iterating pairs
     return hit[0]
 
 
