@@ -133,22 +133,27 @@ async def test_a_handler_error_does_not_stop_the_socket(caplog: pytest.LogCaptur
     assert "unhandled error on a inside datagram" in caplog.text
 
 
+def _fill_send_buffer(ep: Any, sends: int) -> None:
+    """The next `sends` sendto() calls of `ep` find the socket buffer full (EAGAIN); later ones go out."""
+    real = ep._sendto
+    full = {"left": sends}
+
+    def sendto(data: bytes, addr: Any) -> int:
+        if full["left"]:
+            full["left"] -= 1
+            raise BlockingIOError
+        return real(data, addr)
+
+    ep._sendto = sendto
+
+
 async def test_send_keeps_order_when_the_buffer_is_full_and_refuses_host_names() -> None:
     handler, peer_handler = _Handler(), _Handler()
     ep = await open_udp_endpoint("outside", "127.0.0.1", 0, handler)  # type: ignore[arg-type]
     peer = await open_udp_endpoint("outside", "127.0.0.1", 0, peer_handler)  # type: ignore[arg-type]
     try:
         dest = ("127.0.0.1", peer.port)
-        real = ep._sendto
-        full = {"left": 1}
-
-        def sendto(data: bytes, addr: Any) -> int:
-            if full["left"]:
-                full["left"] -= 1
-                raise BlockingIOError
-            return real(data, addr)
-
-        ep._sendto = sendto  # type: ignore[assignment]
+        _fill_send_buffer(ep, 1)
         for data in (b"one", b"two", b"three"):
             ep.send(data, dest)
         assert ep.buffered == 3  # the first met a full buffer; the others queue behind it
@@ -263,16 +268,7 @@ async def test_a_burst_meeting_a_full_buffer_keeps_its_order() -> None:
     peer_handler = _Handler()
     peer = await open_udp_endpoint("outside", "127.0.0.1", 0, peer_handler)  # type: ignore[arg-type]
     ep = await open_udp_endpoint("outside", "127.0.0.1", 0, _Handler(), group)  # type: ignore[arg-type]
-    real = ep._sendto
-    full = {"left": 2}
-
-    def sendto(data: bytes, addr: Any) -> int:
-        if full["left"]:
-            full["left"] -= 1
-            raise BlockingIOError
-        return real(data, addr)
-
-    ep._sendto = sendto  # type: ignore[assignment]
+    _fill_send_buffer(ep, 2)
     try:
         dest = ("127.0.0.1", peer.port)
         group.depth += 1  # as during a read pass
