@@ -563,7 +563,8 @@ class EmbeddedStore(LocalLists):
         self._writing, self._pending = self._pending, []
         self._write_done = done = self._writer.submit(self._write_attempts, self._writing)
         loop = asyncio.get_running_loop()
-        done.add_done_callback(lambda _: loop.call_soon_threadsafe(self._written, done))
+        # The callback gets the future as its argument: closing over `done` would make a cycle per batch.
+        done.add_done_callback(lambda d: loop.call_soon_threadsafe(self._written, d))
 
     def _written(self, done: Future[None]) -> None:
         """Back on the event loop: a batch is written, or failed and goes back to the pending ones."""
