@@ -19,6 +19,7 @@ from sipfilter.b2bua.core import B2BUA, Call, ClientTx, Leg, ServerTx, compile_r
 from sipfilter.b2bua.wheel import TimerWheel, WheelTimer
 from sipfilter.config import load_config
 from sipfilter.sip import ParseError, Request, parse
+from sipfilter.stores import open_store
 
 KINDS = (Call, ClientTx, ServerTx, Leg, WheelTimer)
 
@@ -335,3 +336,32 @@ async def test_a_decision_that_suspends_frees_the_call_too(tmp_path: Path) -> No
         _assert_freed(run, before, "decisions finished in a Task")
     finally:
         gc.enable()
+
+
+async def test_the_stores_write_behind_of_attempts_leaves_no_cycle(tmp_path: Path) -> None:
+    """Every relayed call records an attempt, written behind in batches by a thread: a batch's future must
+    not hold itself (its done-callback once closed over it: a cycle per batch, left for a rare full GC)."""
+    store = await open_store(load_config(write_config(tmp_path)), watch=False)
+    try:
+        gc.collect()
+        gc.disable()
+        try:
+            for i in range(3):
+                d = await store.check_and_record_attempt("acme", f"+3361200000{i}", 1000.0 + i, 10, 3600, 0)
+                assert d.allowed
+                for _ in range(200):  # until the batch is written and its future settled on the loop
+                    await asyncio.sleep(0.005)
+                    if store._write_done is None and not store._pending:  # type: ignore[attr-defined]
+                        break
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            try:
+                gc.collect()
+                garbage = sorted({type(o).__qualname__ for o in gc.garbage})
+            finally:
+                gc.set_debug(0)
+                gc.garbage.clear()
+            assert "Future" not in garbage, garbage
+        finally:
+            gc.enable()
+    finally:
+        await store.close()
