@@ -54,8 +54,8 @@ class App:
         self._tasks: list[asyncio.Task[Any]] = []
         self._reloading = False
         self._gc_stats: _GcStats | None = None
-        # Developers comparing UDP strategies (bench/e2e.py): SIPFILTER_UDP_TICK_MS=0 reads each datagram
-        # on its own wake-up.
+        # Developers comparing UDP strategies (bench/e2e.py): SIPFILTER_UDP_TICK_MS=1 reads the sockets on a
+        # 1 ms tick while traffic lasts (off by default: see sipfilter/transport/udp.py).
         tick_s = float(os.environ.get("SIPFILTER_UDP_TICK_MS", POLL_INTERVAL_S * 1000)) / 1000
         self._udp_group = UdpGroup(tick_s)  # every UDP listener: one tick, a pass's answers leave together
 
