@@ -63,6 +63,13 @@ def _ack(raw_invite: bytes, final: Any) -> bytes:
     return ack.replace(f"To: {req.headers.get('To')}".encode(), f"To: {final.headers.get('To')}".encode())
 
 
+def _ack_final(run: Any, raw_invite: bytes, status: int | None = None) -> None:
+    """The dialer ACKs the last non-2xx final answer it got: with `status`, or any error (None)."""
+    final = [m for m in run.to_dialer() if not m.is_request and (
+        m.status == status if status is not None else m.status >= 400)][-1]
+    run.dialer(_ack(raw_invite, final))
+
+
 def _dialog(raw_invite: bytes, ok: Any, method: str, cseq: int, branch: str, body: bytes = b"") -> bytes:
     """An in-dialog request from the dialer on the A-leg that `ok` (our 2xx) established."""
     req = parse(raw_invite)
@@ -128,8 +135,7 @@ def cancel_while_ringing(run: Run) -> None:
     b_cancel = run.to_carrier("CANCEL")
     run.carrier(answer(b_cancel, 200))
     run.carrier(answer(b_inv, 487))
-    final = [m for m in run.to_dialer() if not m.is_request and m.status == 487][-1]
-    run.dialer(_ack(raw, final))
+    _ack_final(run, raw, 487)
 
 
 def cancel_unanswered_by_carrier(run: Run) -> None:
@@ -138,8 +144,7 @@ def cancel_unanswered_by_carrier(run: Run) -> None:
     b_inv = run.to_carrier("INVITE")
     run.carrier(answer(b_inv, 180))
     run.dialer(raw.replace(b"INVITE sip", b"CANCEL sip", 1).replace(b"10 INVITE", b"10 CANCEL"))
-    final = [m for m in run.to_dialer() if not m.is_request and m.status == 487][-1]
-    run.dialer(_ack(raw, final))
+    _ack_final(run, raw, 487)
     run.wait(100)  # the carrier never answers the CANCEL nor the INVITE: 64*T1 guards give up
 
 
@@ -159,8 +164,7 @@ def no_answer_timer_b(run: Run) -> None:
     raw = invite(call_id="c-timer-b")
     run.dialer(raw)
     run.wait(70)  # target 1 times out (64*T1), failover to target 2, which times out too: 408
-    final = [m for m in run.to_dialer() if not m.is_request and m.status >= 400][-1]
-    run.dialer(_ack(raw, final))
+    _ack_final(run, raw)
 
 
 def ring_timeout(run: Run) -> None:
@@ -171,16 +175,14 @@ def ring_timeout(run: Run) -> None:
     run.wait(61)  # ring_timeout_s: 408 to the dialer, CANCEL to the carrier
     run.carrier(answer(run.to_carrier("CANCEL"), 200))
     run.carrier(answer(b_inv, 487))
-    final = [m for m in run.to_dialer() if not m.is_request and m.status == 408][-1]
-    run.dialer(_ack(raw, final))
+    _ack_final(run, raw, 408)
 
 
 def carrier_rejects(run: Run) -> None:
     raw = invite(call_id="c-486")
     run.dialer(raw)
     run.carrier(answer(run.to_carrier("INVITE"), 486))
-    final = [m for m in run.to_dialer() if not m.is_request and m.status == 486][-1]
-    run.dialer(_ack(raw, final))
+    _ack_final(run, raw, 486)
 
 
 def no_ack_for_2xx(run: Run) -> None:
