@@ -148,6 +148,14 @@ class _Hist:
         self.total = 0.0
 
 
+def _observe(hists: dict[str, _Hist], trunk: str, buckets: tuple[float, ...], seconds: float) -> None:
+    hist = hists.get(trunk)
+    if hist is None:
+        hist = hists[trunk] = _Hist(len(buckets))
+    hist.counts[bisect_left(buckets, seconds)] += 1  # the first bound >= seconds: its `le` bucket
+    hist.total += seconds
+
+
 def _les(buckets: tuple[float, ...]) -> list[str]:
     return [floatToGoString(b) for b in buckets] + ["+Inf"]  # type: ignore[no-untyped-call]
 
@@ -286,11 +294,7 @@ class PrometheusObserver(Observer):
         key = (trunk, verdict, rule)
         d = self._decisions
         d[key] = d.get(key, 0) + 1
-        hist = self._decision_s.get(trunk)
-        if hist is None:
-            hist = self._decision_s[trunk] = _Hist(len(DECISION_BUCKETS))
-        hist.counts[bisect_left(DECISION_BUCKETS, seconds)] += 1  # first bound >= seconds: its `le`
-        hist.total += seconds
+        _observe(self._decision_s, trunk, DECISION_BUCKETS, seconds)
         if verdict == "monitor_reject":
             mkey = (trunk, rule)
             m = self._c.monitor
@@ -314,11 +318,7 @@ class PrometheusObserver(Observer):
         d[trunk] = d.get(trunk, 0) + 1
 
     def invite_final(self, trunk: str, seconds: float) -> None:
-        hist = self._final_s.get(trunk)
-        if hist is None:
-            hist = self._final_s[trunk] = _Hist(len(INVITE_FINAL_BUCKETS))
-        hist.counts[bisect_left(INVITE_FINAL_BUCKETS, seconds)] += 1
-        hist.total += seconds
+        _observe(self._final_s, trunk, INVITE_FINAL_BUCKETS, seconds)
 
     def failover(self, trunk: str, target: str) -> None:
         key = (trunk, target or NO_TRUNK)

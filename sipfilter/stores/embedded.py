@@ -224,7 +224,7 @@ class EmbeddedStore(LocalLists):
             await asyncio.wrap_future(self._writer.submit(self._delete_attempts_before, cutoff))
             keys = list(self._records.attempts)
             for start in range(0, len(keys), CATCH_UP_CHUNK):
-                self._records.prune_attempts(keys[start : start + CATCH_UP_CHUNK], cutoff)
+                self._records.attempts.prune(keys[start : start + CATCH_UP_CHUNK], cutoff)
                 await asyncio.sleep(0)
         if self._records.complete:
             async with self._catch_up_lock:

@@ -72,10 +72,6 @@ class Records:
             elif key in table:  # an incomplete copy only refreshes what it has read
                 table[key] = rows or ()
 
-    def prune_attempts(self, keys: Iterable[Key], cutoff: float) -> int:
-        """Drop attempts older than `cutoff` (as the SQLite prune does: `at < cutoff`); returns how many."""
-        return self.attempts.prune(keys, cutoff)
-
 
 class Attempts:
     """Attempt times by account, then number: one float for a callee called once in the window (nearly all of
@@ -119,12 +115,13 @@ class Attempts:
         add_time(self.of(account), number, at)
 
     def prune(self, keys: Iterable[Key], cutoff: float) -> int:
+        """Drop attempts older than `cutoff` (as the SQLite prune does: `at < cutoff`); returns how many."""
         dropped = 0
         by_account = self._by_account
         for account, number in keys:
             table = by_account.get(account)
             value = None if table is None else table.get(number)
-            if value is None or table is None:
+            if table is None or value is None:
                 continue
             if not isinstance(value, list):
                 if value < cutoff:
