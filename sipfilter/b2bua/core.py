@@ -77,50 +77,58 @@ class Timers:
     timer_c: float = 212.0
 
 
+class _NameFilter(dict[str, bool]):
+    """Which header names (as received) cross, memoised: a hit is a C-level dict lookup, so a relay picking
+    headers makes no Python call per line. Bounded: names come from the wire."""
+
+    __slots__ = ("_decide",)
+
+    def __init__(self, decide: Callable[[str], bool]) -> None:
+        super().__init__()
+        self._decide = decide
+
+    def __missing__(self, name: str) -> bool:
+        ok = self._decide(name)
+        if len(self) < 1024:
+            self[name] = ok
+        return ok
+
+
+def _lower_name(name: str) -> str:
+    lname = name.lower()
+    return _COMPACT.get(lname, lname)
+
+
 class _PassList:
     """A trunk's header pass list ("X-*" style prefixes allowed), compiled into three memoised filters:
     what an initial INVITE carries, what in-dialog requests and responses carry, and bodies only."""
 
-    __slots__ = ("_dialog", "_invite", "names", "prefixes")
+    __slots__ = ("dialog", "invite", "names", "prefixes")
 
     def __init__(self, names: tuple[str, ...]) -> None:
         self.names = frozenset(n.lower() for n in names if not n.endswith("*"))
         self.prefixes = tuple(n[:-1].lower() for n in names if n.endswith("*"))
-        self._invite: dict[str, bool] = {}
-        self._dialog: dict[str, bool] = {}
+        # Header `name` crosses on the initial INVITE (PAI is rebuilt, not copied) / inside the dialog.
+        self.invite = _NameFilter(self._on_invite)
+        self.dialog = _NameFilter(self._in_dialog)
 
     def allows(self, lname: str) -> bool:
         return lname in self.names or (bool(self.prefixes) and lname.startswith(self.prefixes))
 
-    def invite(self, name: str) -> bool:
-        """Header `name` (as received) crosses on the initial INVITE (PAI is rebuilt, not copied)."""
-        ok = self._invite.get(name)
-        if ok is None:
-            lname = _COMPACT.get(name.lower(), name.lower())
-            ok = lname in _CONTENT or (self.allows(lname) and lname != "p-asserted-identity")
-            if len(self._invite) < 1024:  # bounded: header names come from the wire
-                self._invite[name] = ok
-        return ok
+    def _on_invite(self, name: str) -> bool:
+        lname = _lower_name(name)
+        return lname in _CONTENT or (self.allows(lname) and lname != "p-asserted-identity")
 
-    def dialog(self, name: str) -> bool:
-        ok = self._dialog.get(name)
-        if ok is None:
-            lname = _COMPACT.get(name.lower(), name.lower())
-            ok = lname in _CONTENT or lname in _IN_DIALOG or self.allows(lname)
-            if len(self._dialog) < 1024:
-                self._dialog[name] = ok
-        return ok
+    def _in_dialog(self, name: str) -> bool:
+        lname = _lower_name(name)
+        return lname in _CONTENT or lname in _IN_DIALOG or self.allows(lname)
 
 
 _NO_PASS = _PassList(())
+_CONTENT_ONLY = _NameFilter(lambda name: _lower_name(name) in _CONTENT)
 
 
-def _content_only(name: str) -> bool:
-    lname = name.lower()
-    return _COMPACT.get(lname, lname) in _CONTENT
-
-
-def _pick_headers(msg: Any, allow: Callable[[str], bool],
+def _pick_headers(msg: Any, allow: Mapping[str, bool],
                   drop: Callable[[str, str], bool] | None = None) -> list[str]:  # fmt: skip
     safe = wire.safe
     picked = msg.headers.select(allow)  # only the values that cross are stripped
@@ -1119,7 +1127,7 @@ class B2BUA:
             self._relay_reinvite_ack(call, INSIDE, msg)
 
     def _pick_content(self, msg: Any) -> list[str]:
-        return _pick_headers(msg, _content_only)
+        return _pick_headers(msg, _CONTENT_ONLY)
 
     def _send_b_ack(self, call: Call, body: bytes, extra: list[str]) -> None:
         b = call.b

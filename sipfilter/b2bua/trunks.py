@@ -151,7 +151,11 @@ class TargetPool:
         """Targets to try for a new call, in order: up ones by priority (weighted shuffle within one
         priority), then, with `include_down` (trunk `on_targets_down: try`), the down ones: a call is then
         never refused only because every probe failed. Empty: nothing to try."""
-        up = [s for s in self.states if s.up]
+        states = self.states
+        if len(states) == 1:  # the usual trunk: one carrier target, nothing to order (no RNG draw)
+            only = states[0]
+            return [only.dest] if only.up or include_down else []
+        up = [s for s in states if s.up]
         if not include_down:
             return self._order(up)
         down = [s for s in self.states if not s.up]

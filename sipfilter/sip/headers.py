@@ -250,14 +250,15 @@ class Headers:
     def items(self) -> list[tuple[str, str]]:
         return list(self._all())
 
-    def select(self, allow: Callable[[str], bool]) -> list[tuple[str, str]]:
-        """(name, value) of the lines whose name as received `allow` accepts, in order. A relay copying a
-        few headers strips only those values, without building the whole (name, value) list."""
+    def select(self, allow: Mapping[str, bool]) -> list[tuple[str, str]]:
+        """(name, value) of the lines whose name as received `allow` maps to True, in order. A relay copying
+        a few headers strips only those values, without building the whole (name, value) list. `allow` is
+        a mapping (a memo whose __missing__ decides new names): a lookup per line, not a call."""
         items = self._items
         if items is not None:
-            return [item for item in items if allow(item[0])]
+            return [item for item in items if allow[item[0]]]
         lines = zip(self._names, self._raw, strict=True)
-        return [(name, raw.strip(" \t")) for name, raw in lines if allow(name)]
+        return [(name, raw.strip(" \t")) for name, raw in lines if allow[name]]
 
     def keyed_items(self) -> list[tuple[str, str, str]]:
         """(canonical key, name as received, value) for every line."""
@@ -860,10 +861,22 @@ class MediaType:
 
 
 def parse_media_type(value: str) -> MediaType:
+    media = _MEDIA_MEMO.get(value)  # "application/sdp" on nearly every INVITE and answer
+    if media is not None:
+        return media
     m = g.MEDIA_TYPE_RE.fullmatch(value)
     if m is None:
         raise ParseError("Malformed Content-Type")
-    return MediaType(m.group("type").lower(), m.group("subtype").lower(), parse_params(m.group("params")))
+    params = MappingProxyType(parse_params(m.group("params")))
+    media = MediaType(m.group("type").lower(), m.group("subtype").lower(), params)
+    if len(_MEDIA_MEMO) >= _MEMO_MAX:
+        _MEDIA_MEMO.clear()
+    _MEDIA_MEMO[value] = media
+    return media
+
+
+# Parsed Content-Type values: immutable (frozen, read-only params), so shared; bounded, emptied when full.
+_MEDIA_MEMO: Final[dict[str, MediaType]] = {}
 
 
 def parse_token_set(values: Iterable[str], sep: str = ",") -> frozenset[str]:

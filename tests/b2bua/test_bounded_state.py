@@ -42,9 +42,9 @@ def test_parse_memos_stay_bounded_under_per_call_values() -> None:
 def test_pass_list_memos_stay_bounded() -> None:
     passes = _PassList(("P-Asserted-Identity", "X-*"))
     for i in range(N):
-        assert passes.invite(f"X-Tag-{i}") and passes.dialog(f"X-Tag-{i}")
-        assert not passes.invite(f"Y-Tag-{i}")
-    assert len(passes._invite) <= 1024 and len(passes._dialog) <= 1024
+        assert passes.invite[f"X-Tag-{i}"] and passes.dialog[f"X-Tag-{i}"]
+        assert not passes.invite[f"Y-Tag-{i}"]
+    assert len(passes.invite) <= 1024 and len(passes.dialog) <= 1024
 
 
 def test_a_spray_of_sources_leaves_bounded_state(tmp_path: Path) -> None:
