@@ -399,6 +399,7 @@ class TargetTls:
     cert: Path | None  # client certificate chain for mutual TLS (with key)
     key: Path | None
     min_version: str  # 1.2 | 1.3
+    crl: Path | None = None  # PEM CRLs the carrier's certificate is checked against (re-read on SIGHUP)
     # Built once per config load from the fields above and shared by every connection to the target.
     context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
 
@@ -714,7 +715,7 @@ def _target_tls(t: Section, transport: str) -> TargetTls | None:
             raise t.error("tls", "tls settings need `transport: tls`")
         return None
     s = t.section("tls", default_empty=True)
-    s.only(["ca", "server_name", "verify", "cert", "key", "min_version"])
+    s.only(["ca", "server_name", "verify", "cert", "key", "min_version", "crl"])
     ca = s.path_("ca") if s.has("ca") else None
     server_name = s.str("server_name", None, nullable=True)
     if server_name is not None:
@@ -731,21 +732,25 @@ def _target_tls(t: Section, transport: str) -> TargetTls | None:
     version = f"{raw_version:.1f}" if isinstance(raw_version, float) else raw_version
     if version not in ("1.2", "1.3"):
         raise s.error("min_version", f"expected 1.2 or 1.3, got {raw_version!r}")
-    for part, path in (("ca", ca), ("cert", cert), ("key", key)):
+    crl = s.path_("crl") if s.has("crl") else None
+    if crl is not None and not verify:
+        raise s.error("crl", "a CRL needs certificate verification (`verify: true`)")
+    for part, path in (("ca", ca), ("cert", cert), ("key", key), ("crl", crl)):
         if path is not None and not path.is_file():
             raise s.error(part, f"no such file: {path}")
     from sipfilter.transport.stream import TlsSetupError, tls_client_context
 
     try:
         context = tls_client_context(ca=str(ca) if ca else None, verify=verify, min_version=version,
-                                     cert=str(cert) if cert else None, key=str(key) if key else None)
+                                     cert=str(cert) if cert else None, key=str(key) if key else None,
+                                     crl=str(crl) if crl else None)  # fmt: skip
     except TlsSetupError as exc:
         raise s.error(exc.part if s.has(exc.part) else "ca", str(exc)) from exc
     if not verify:
         uri = t.data.get("uri")
         log.warning("%s:%s: %s: TLS certificate verification is OFF for %s (tls.verify: false): anyone on "
                     "the path can impersonate this carrier", s.file, s.line, s.path, uri)  # fmt: skip
-    return TargetTls(ca, server_name, verify, cert, key, version, context)
+    return TargetTls(ca, server_name, verify, cert, key, version, crl, context)
 
 
 def _is_ip(host: str) -> bool:

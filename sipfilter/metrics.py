@@ -59,7 +59,7 @@ FOREIGN_DOMAIN = Counter(
 TLS_FAILURES = Counter(
     "sipfilter_tls_handshake_failures_total",
     "TLS connections to a carrier target that failed: unknown-ca|hostname-mismatch|expired|not-yet-valid"
-    "|protocol|timeout|other", ["trunk", "target", "reason"], registry=REGISTRY,
+    "|revoked|crl|untrusted|protocol|timeout", ["trunk", "target", "reason"], registry=REGISTRY,
 )  # fmt: skip
 LOOP_LAG = Gauge(
     "sipfilter_event_loop_lag_seconds", "Last measured asyncio event-loop lag", registry=REGISTRY

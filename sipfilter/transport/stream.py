@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 from dataclasses import dataclass
 from typing import Any, cast
@@ -30,15 +31,20 @@ REASON_UNKNOWN_CA = "unknown-ca"  # chain does not lead to a CA we trust (self-s
 REASON_HOSTNAME = "hostname-mismatch"  # certificate valid, but not for the name we verify
 REASON_EXPIRED = "expired"
 REASON_NOT_YET_VALID = "not-yet-valid"
-REASON_UNTRUSTED = "untrusted"  # any other certificate verification failure (revoked, bad signature…)
+REASON_REVOKED = "revoked"  # on the target's `tls.crl`
+REASON_CRL = "crl"  # with `tls.crl`: no valid CRL from the certificate's issuer (expired, not yet valid, bad)
+REASON_UNTRUSTED = "untrusted"  # any other certificate verification failure (bad signature, purpose…)
 REASON_PROTOCOL = "protocol"  # handshake failed outside certificate checks (version, cipher, peer alert)
 CONNECT_REASONS = (REASON_CONNECT, REASON_TIMEOUT, REASON_UNKNOWN_CA, REASON_HOSTNAME, REASON_EXPIRED,
-                   REASON_NOT_YET_VALID, REASON_UNTRUSTED, REASON_PROTOCOL)  # fmt: skip
+                   REASON_NOT_YET_VALID, REASON_REVOKED, REASON_CRL, REASON_UNTRUSTED,
+                   REASON_PROTOCOL)  # fmt: skip
 # OpenSSL X509_V_ERR_* codes (x509_vfy.h) → reason.
 _VERIFY_REASONS = {
     2: REASON_UNKNOWN_CA, 18: REASON_UNKNOWN_CA, 19: REASON_UNKNOWN_CA, 20: REASON_UNKNOWN_CA,
     21: REASON_UNKNOWN_CA, 9: REASON_NOT_YET_VALID, 10: REASON_EXPIRED, 62: REASON_HOSTNAME,
-    64: REASON_HOSTNAME,
+    64: REASON_HOSTNAME, 23: REASON_REVOKED,
+    3: REASON_CRL, 5: REASON_CRL, 8: REASON_CRL, 11: REASON_CRL, 12: REASON_CRL, 15: REASON_CRL,
+    16: REASON_CRL, 33: REASON_CRL,
 }  # fmt: skip
 TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
@@ -80,14 +86,18 @@ class TlsSetupError(ValueError):
 
 
 def tls_client_context(*, ca: str | None = None, verify: bool = True, cert: str | None = None,
-                       key: str | None = None, min_version: str = "1.2") -> ssl.SSLContext:  # fmt: skip
+                       key: str | None = None, min_version: str = "1.2",
+                       crl: str | None = None) -> ssl.SSLContext:  # fmt: skip
     """A client context for one carrier target: its CA bundle (None: the system's), an optional client
-    certificate for mutual TLS. Raises TlsSetupError on unreadable or invalid files."""
+    certificate for mutual TLS, optional CRLs (PEM) that the carrier's certificate is checked against.
+    Raises TlsSetupError on unreadable or invalid files."""
     try:
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
     except (OSError, ssl.SSLError) as exc:
         raise TlsSetupError("ca", f"cannot load the CA bundle: {_why(exc)}") from exc
     ctx.minimum_version = TLS_VERSIONS[min_version]
+    if crl is not None:
+        _load_crls(ctx, crl)
     if not verify:  # the caller logged it: this is an explicit choice in the config
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
@@ -97,6 +107,29 @@ def tls_client_context(*, ca: str | None = None, verify: bool = True, cert: str 
         except (OSError, ssl.SSLError) as exc:
             raise TlsSetupError("cert", f"cannot load the client certificate and key: {_why(exc)}") from exc
     return ctx
+
+
+def _load_crls(ctx: ssl.SSLContext, path: str) -> None:
+    """Check the peer's certificate against the CRLs in `path` (PEM). Only CRL blocks are accepted: the
+    same OpenSSL call would silently add a certificate found there to the trusted CAs."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            kinds = _PEM_BLOCK_RE.findall(f.read())
+    except OSError as exc:
+        raise TlsSetupError("crl", f"cannot read the CRL file: {_why(exc)}") from exc
+    if not kinds or any(kind != "X509 CRL" for kind in kinds):
+        found = ", ".join(sorted(set(kinds))) or "no PEM block"
+        raise TlsSetupError("crl", f"expected PEM blocks 'X509 CRL' only, found: {found}")
+    try:
+        ctx.load_verify_locations(cafile=path)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsSetupError("crl", f"cannot load the CRLs: {_why(exc)}") from exc
+    # The leaf only: CRLs of the intermediate and root CAs are rarely published to a carrier's peers, and
+    # CRL_CHECK_CHAIN would refuse every handshake without them.
+    ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+
+
+_PEM_BLOCK_RE = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----")
 
 
 def _why(exc: BaseException) -> str:

@@ -10,6 +10,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +26,10 @@ from sipfilter.b2bua.observe import Observer
 from sipfilter.config import ConfigError, load_config
 from sipfilter.sip import ParseError, Response, parse
 from sipfilter.transport.stream import (
+    REASON_CRL,
     REASON_EXPIRED,
     REASON_HOSTNAME,
+    REASON_REVOKED,
     REASON_UNKNOWN_CA,
     StreamEndpoint,
     open_stream_endpoint,
@@ -49,6 +52,9 @@ class Pki:
     rogue: tuple[Path, Path]  # same name, signed by `other_ca`
     expired: tuple[Path, Path]  # signed by `ca`, validity over
     client: tuple[Path, Path]  # our client certificate for mutual TLS, signed by `ca`
+    revoked: tuple[Path, Path]  # signed by `ca`, then revoked
+    crl: Path  # `ca`'s CRL listing `revoked`, valid for a day
+    stale_crl: Path  # the same CRL, past its nextUpdate
 
 
 def _openssl(cwd: Path, *args: str) -> None:
@@ -72,14 +78,29 @@ def _new_leaf(d: Path, name: str, ca: str, days: str = "2", cn: str = NAME) -> t
     return d / f"{name}.pem", d / f"{name}.key"
 
 
+def _revoke_and_publish(d: Path, revoked: Path) -> tuple[Path, Path]:
+    """`ca` revokes the certificate and publishes its CRL: one valid for a day, one already stale."""
+    (d / "ca.cnf").write_text("[ca]\ndefault_ca = d\n[d]\ndatabase = index.txt\ncrlnumber = crlnumber\n"
+                              "default_md = sha256\n")  # fmt: skip
+    (d / "index.txt").write_text("")
+    (d / "crlnumber").write_text("01\n")
+    signer = ("-config", "ca.cnf", "-keyfile", "ca.key", "-cert", "ca.pem")
+    _openssl(d, "ca", *signer, "-revoke", revoked.name)
+    _openssl(d, "ca", *signer, "-gencrl", "-crldays", "1", "-out", "crl.pem")
+    _openssl(d, "ca", *signer, "-gencrl", "-crlsec", "1", "-out", "stale-crl.pem")
+    return d / "crl.pem", d / "stale-crl.pem"
+
+
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     d = tmp_path_factory.mktemp("pki")
     _new_ca(d, "ca")
     _new_ca(d, "other-ca")
+    revoked = _new_leaf(d, "revoked", "ca")
+    crl, stale_crl = _revoke_and_publish(d, revoked[0])
     return Pki(d / "ca.pem", d / "other-ca.pem", _new_leaf(d, "good", "ca"),
                _new_leaf(d, "rogue", "other-ca"), _new_leaf(d, "expired", "ca", days="-1"),
-               _new_leaf(d, "client", "ca", cn="sipfilter.test"))  # fmt: skip
+               _new_leaf(d, "client", "ca", cn="sipfilter.test"), revoked, crl, stale_crl)  # fmt: skip
 
 
 # --- a TLS carrier that answers every INVITE 486 ----------------------------------------------------------
@@ -289,6 +310,42 @@ async def test_mutual_tls_presents_our_client_certificate(pki: Pki, carriers: An
     assert dict(x[0] for x in peer["subject"])["commonName"] == "sipfilter.test"
 
 
+async def test_a_revoked_carrier_certificate_is_a_dead_target(pki: Pki, carriers: Any, make_rig: Any) -> None:
+    revoked, good = await carriers(pki.revoked), await carriers(pki.good)
+    rig = await make_rig(tls_target(revoked.port, 1, ca=pki.ca, server_name=NAME, crl=pki.crl),
+                         tls_target(good.port, 2, ca=pki.ca, server_name=NAME, crl=pki.crl))  # fmt: skip
+    rig.call()
+    assert (await rig.final()).status == 486  # the certificate not on the CRL serves the call
+    assert revoked.invites == [] and len(good.invites) == 1
+    assert rig.obs.failed == [("dialer", f"sip:127.0.0.1:{revoked.port}", "tls", REASON_REVOKED)]
+
+
+async def test_without_its_crl_a_revoked_certificate_still_verifies(
+    pki: Pki, carriers: Any, make_rig: Any
+) -> None:
+    carrier = await carriers(pki.revoked)
+    rig = await make_rig(tls_target(carrier.port, ca=pki.ca, server_name=NAME))
+    rig.call()
+    assert (await rig.final()).status == 486 and len(carrier.invites) == 1
+
+
+async def test_a_stale_crl_fails_closed(pki: Pki, carriers: Any, make_rig: Any) -> None:
+    carrier = await carriers(pki.good)
+    rig = await make_rig(tls_target(carrier.port, ca=pki.ca, server_name=NAME, crl=pki.stale_crl))
+    while _crl_next_update(pki.stale_crl) >= time.time():  # its nextUpdate is one second after issue
+        await asyncio.sleep(0.1)
+    rig.call()
+    assert (await rig.final()).status == 503
+    assert carrier.invites == []
+    assert rig.obs.failed == [("dialer", f"sip:127.0.0.1:{carrier.port}", "tls", REASON_CRL)]
+
+
+def _crl_next_update(crl: Path) -> float:
+    out = subprocess.run(["openssl", "crl", "-in", str(crl), "-noout", "-nextupdate"], check=True,
+                         capture_output=True, text=True, timeout=30).stdout  # fmt: skip
+    return ssl.cert_time_to_seconds(out.strip().partition("=")[2])
+
+
 async def test_contexts_are_built_at_load_and_rebuilt_on_reload(pki: Pki, make_rig: Any) -> None:
     rig = await make_rig(tls_target(5999, ca=pki.ca, server_name=NAME))
     target = rig.b2b.rt.config.trunks["dialer"].targets[0]
@@ -317,6 +374,11 @@ def _load(tmp_path: Path, *targets: dict[str, Any]) -> Any:
         ({"min_version": 1.1}, "tls.min_version", "expected 1.2 or 1.3"),
         ({"server_name": "bad name!"}, "tls.server_name", "host name or IP"),
         ({"verfy": False}, "tls.verfy", "did you mean 'verify'"),
+        ({"crl": "missing.pem"}, "tls.crl", "no such file"),
+        ({"crl": "__not_pem__"}, "tls.crl", "found: no PEM block"),
+        # A certificate where the CRL belongs would otherwise become a trusted CA.
+        ({"crl": "__ca__"}, "tls.crl", "expected PEM blocks 'X509 CRL' only, found: CERTIFICATE"),
+        ({"crl": "__crl__", "verify": False}, "tls.crl", "needs certificate verification"),
     ],
 )
 def test_tls_config_errors_name_file_line_and_field(
@@ -324,7 +386,8 @@ def test_tls_config_errors_name_file_line_and_field(
 ) -> None:
     junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate\n")
-    subst = {"__not_pem__": str(junk), "__client__": str(pki.client[0]), "__ca__": str(pki.ca)}
+    subst = {"__not_pem__": str(junk), "__client__": str(pki.client[0]), "__ca__": str(pki.ca),
+             "__crl__": str(pki.crl)}  # fmt: skip
     tls = {k: subst.get(v, v) if isinstance(v, str) else v for k, v in tls.items()}
     with pytest.raises(ConfigError) as err:
         _load(tmp_path, tls_target(5061, **tls))
