@@ -2,7 +2,7 @@
 """End-to-end benchmark: SIPp dialer → sipfilter → SIPp carrier at stepped call rates, three traffic mixes.
 
 Prints figures (calls, failures, retransmissions, INVITE→final p50/p99 and INVITE→100 p99 in ms from
-SIPp's µs message timestamps, sipfilter CPU per call, SIPp's own CPU);
+SIPp's µs message timestamps, sipfilter CPU per call, SIPp's own CPU, and a calibration figure);
 it asserts nothing and is not part of the test suite. Everything runs on 127.0.0.1 on free ports.
 
 sipfilter's CPU per call is measured over one window per step: from the dialer's start until `--settle`
@@ -11,8 +11,24 @@ their deferred work is counted), minus sipfilter's idle CPU rate (watcher, probe
 seconds before any traffic. Nothing polls sipfilter inside the window (a /metrics scrape costs milliseconds);
 the leftover dialogs are read after it. Each deployment first runs an unreported warm-up (`--warmup`).
 
+`calib µs` is the machine's speed just before each step: the CPU time of `sum(range(1000))` in this process,
+best of 300. This machine's speed drifts by ±30 % over a day, so compare CPU figures of different runs
+through it (or better, alternate the runs being compared).
+
+`--kamailio` measures the anchor instead of sipfilter: Kamailio 5.6 (`kamailio -DD -E`, config template
+bench/kamailio/kamailio.cfg) doing the same filtering — NPV caller-ID prefixes on From and
+P-Asserted-Identity (403 caller-id.npv), do-not-call lookup of the callee in an htable loaded at start-up
+with the same 1M numbers (603 callee.dnc.bloctel), record-route and stateful relay (tm) to the carrier — with
+the same SIPp traffic, calls CSVs, columns and window. Its CPU is that of the whole process tree (main, UDP
+workers, timers, ctl: utime+stime from /proc), idle rate subtracted the same way; `left` is tm's current
+transactions after the window (Kamailio keeps no dialog state). Kamailio checks no consent, writes no audit
+and keeps no call records: the consented callees are simply relayed. `--kamailio-children` UDP workers
+(default 2: see KAMAILIO_CHILDREN). Needs `apt-get install -y kamailio kamailio-sqlite-modules` (Debian 12:
+5.6.3); a benchmark-only tool, never a test or CI dependency.
+
     .venv/bin/python bench/e2e.py                       # mixes rejected, relayed, mixed at 100…1500 calls/s
     .venv/bin/python bench/e2e.py --mix mixed --rates 500,1000 --duration 20
+    .venv/bin/python bench/e2e.py --kamailio --mix mixed --rates 1000  # the anchor, same traffic
     .venv/bin/python bench/e2e.py --mix mixed --rates 400 --settle 6 --profile-dir /tmp/prof  # py-spy
     .venv/bin/python bench/e2e.py --direct --mix relayed # SIPp straight to SIPp: what SIPp alone can do here
     SIPFILTER_GC_STATS=1 .venv/bin/python bench/e2e.py --keep …  # sipfilter.log: GC collections and pauses
@@ -27,19 +43,24 @@ import random
 import re
 import shutil
 import signal
+import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
 
 from sipfilter_provision import Deployment, deploy  # noqa: E402  (the harness is shared with tests/e2e)
 from sipp_harness import (  # noqa: E402
+    LOOPBACK,
     CallCase,
+    HarnessError,
     Sipp,
     SippRun,
     free_ports,
@@ -53,6 +74,11 @@ MIXES = ("rejected", "relayed", "mixed")
 NPV_CALLERS = [f"+33162{n:06d}" for n in range(1, 51)] + [f"+33949{n:06d}" for n in range(1, 51)]
 T1_S, T4_S = 0.5, 5.0  # production timers
 BAD_CALLERS = ["+33612345678", "+33140000000", "0892000000", "+33299000000"]  # mobile, geographic, premium
+KAMAILIO_CFG = REPO / "bench" / "kamailio" / "kamailio.cfg"
+# UDP workers of the Kamailio anchor: 2, one per core of this machine. They never block after start-up (no
+# DB, no DNS), so two keep both cores busy when SIPp leaves them free; more would only add context switches
+# and contention on tm's locks (Kamailio's default of 8 is for workers that wait on databases).
+KAMAILIO_CHILDREN = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +98,7 @@ class Step:
     idle_cpu_rate: float = 0.0  # sipfilter CPU s/s without traffic, subtracted from cpu_s
     dialogs_left: float | None = None  # sipfilter_active_dialogs after the window (0 when all ended)
     sys_share: float | None = None  # kernel (stime) share of sipfilter's CPU in the window: sendto/recvfrom
+    calib_us: float | None = None  # sum(range(1000)) just before the step: the machine's speed at that time
 
     def row(self) -> str:
         def ms(v: float | None) -> str:
@@ -82,14 +109,224 @@ class Step:
         per_call = f"{1e6 * (self.cpu_s or 0) / self.attempted:.0f}" if known else "-"
         return (f"{self.mix:<9}{self.rate:>7.0f}{self.attempted:>10}{self.completed:>10}{self.failed:>8}"
                 f"{self.retransmissions:>9}{ms(self.p50_ms):>8}{ms(self.p99_ms):>8}{ms(self.trying_p99_ms):>9}{cpu:>12}{per_call:>10}"
-                f"{self.sipp_cpu_s:>9.1f}{self.wall_s:>8.1f}{1000 * self.idle_cpu_rate:>9.1f}"
+                f"{self.sipp_cpu_s:>9.1f}{self.wall_s:>8.1f}{1000 * self.idle_cpu_rate:>10.1f}"
                 f"{'-' if self.dialogs_left is None else f'{self.dialogs_left:.0f}':>6}"
-                f"{'-' if self.sys_share is None else f'{100 * self.sys_share:.0f}':>6}")
+                f"{'-' if self.sys_share is None else f'{100 * self.sys_share:.0f}':>6}"
+                f"{'-' if self.calib_us is None else f'{self.calib_us:.1f}':>9}")
 
 
 HEADER = (f"{'mix':<9}{'rate/s':>7}{'attempted':>10}{'completed':>10}{'failed':>8}{'retrans':>9}"
           f"{'p50 ms':>8}{'p99 ms':>8}{'100 p99':>9}{'CPU s/1k':>12}{'µs/call':>10}{'SIPp s':>9}"
-          f"{'wall s':>8}{'idle ms/s':>9}{'left':>6}{'sys%':>6}")
+          f"{'wall s':>8}{'idle ms/s':>10}{'left':>6}{'sys%':>6}{'calib µs':>9}")
+
+
+def calibration_us(repeats: int = 300) -> float:
+    """CPU µs of a fixed pure-Python workload, best of `repeats`: how fast this machine is right now (its
+    speed drifts by ±30 % over a day), printed with each step so runs of different hours compare."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.thread_time_ns()
+        sum(range(1000))
+        best = min(best, time.thread_time_ns() - t0)
+    return best / 1000
+
+
+class Server(Protocol):
+    """What run_step measures: sipfilter (SipfilterServer) or the Kamailio anchor (Kamailio)."""
+
+    def pids(self) -> list[int]: ...
+
+    def cpu_seconds(self) -> float: ...
+
+    def sys_seconds(self) -> float: ...
+
+    def left(self) -> float | None: ...
+
+    def stop(self) -> None: ...
+
+
+@dataclass
+class SipfilterServer:
+    deployment: Deployment
+
+    def pids(self) -> list[int]:
+        proc = self.deployment.sipfilter.proc
+        return [] if proc is None else [proc.pid]
+
+    def cpu_seconds(self) -> float:
+        return float(self.deployment.sipfilter.cpu_seconds())
+
+    def sys_seconds(self) -> float:
+        return sum(_sys_seconds(pid) for pid in self.pids())
+
+    def left(self) -> float | None:
+        """sipfilter_active_dialogs once they have ended (a /metrics scrape: only after the window)."""
+        dialogs = self.deployment.sipfilter.wait_no_dialogs(timeout_s=30)
+        return None if dialogs is None else float(dialogs)
+
+    def stop(self) -> None:
+        self.deployment.sipfilter.stop()
+
+
+@dataclass
+class Kamailio:
+    """`kamailio -DD -E -f <cfg>` (foreground, forking its workers) from bench/kamailio/kamailio.cfg, on a
+    free UDP port of 127.0.0.1, relaying to `carrier_port`, with the DNC list read from `dnc_db`."""
+
+    workdir: Path
+    dnc_db: Path
+    carrier_port: int
+    children: int = KAMAILIO_CHILDREN
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    def start(self, ready_timeout_s: float = 180.0) -> Kamailio:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_ports(1)[0]
+        cfg = KAMAILIO_CFG.read_text()
+        for name, value in {"CHILDREN": str(self.children), "PORT": str(self.port),
+                            "WORKDIR": str(self.workdir), "DNC_DB": str(self.dnc_db),
+                            "CARRIER": f"{LOOPBACK}:{self.carrier_port}"}.items():
+            cfg = cfg.replace(f"@{name}@", value)
+        path = self.workdir / "kamailio.cfg"
+        path.write_text(cfg)
+        exe = shutil.which("kamailio") or "kamailio"
+        # -m: shared memory (MB) for the 1M-entry htable and transactions; -M: private memory per process,
+        # large because db_sqlite hands htable the whole table at once while loading; -Y: ctl socket here.
+        cmd = [exe, "-DD", "-E", "-m", "1024", "-M", "512", "-Y", str(self.workdir), "-f", str(path)]
+        with (self.workdir / "kamailio.log").open("wb") as log:
+            self.proc = subprocess.Popen(cmd, cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            self._wait_ready(ready_timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        """Ready when an OPTIONS to Kamailio itself gets its 200: the htable is loaded, the workers read."""
+        deadline = time.monotonic() + timeout_s
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind((LOOPBACK, 0))
+            sock.settimeout(0.5)
+            local = sock.getsockname()[1]
+            n = 0
+            while time.monotonic() < deadline:
+                if self.proc is None or self.proc.poll() is not None:
+                    raise HarnessError(f"kamailio exited:\n{self.log_tail()}")
+                n += 1
+                sock.sendto(_options(self.port, local, n), (LOOPBACK, self.port))
+                try:
+                    if sock.recv(65535).startswith(b"SIP/2.0 200"):
+                        return
+                except TimeoutError:
+                    continue  # still loading the htable: the datagram waits in the socket's queue
+                except ConnectionRefusedError:  # not bound yet
+                    time.sleep(0.2)
+        raise HarnessError(f"kamailio not ready after {timeout_s}s:\n{self.log_tail()}")
+
+    def pids(self) -> list[int]:
+        return [] if self.proc is None or self.proc.poll() is not None else _process_tree(self.proc.pid)
+
+    def cpu_seconds(self) -> float:
+        """utime + stime of the main process and every worker (Kamailio forks them all at start-up)."""
+        total = 0.0
+        for pid in self.pids():
+            with contextlib.suppress(OSError, ValueError):
+                total += proc_cpu_seconds(pid)
+        return total
+
+    def sys_seconds(self) -> float:
+        total = 0.0
+        for pid in self.pids():
+            with contextlib.suppress(OSError, ValueError):
+                total += _sys_seconds(pid)
+        return total
+
+    def left(self) -> float | None:
+        """tm's transactions still in memory (`kamcmd tm.stats`, "current"): 0 once every call ended."""
+        exe = shutil.which("kamcmd")
+        if exe is None:
+            return None
+        try:
+            out = subprocess.run([exe, "-s", f"unix:{self.workdir / 'kamailio_ctl'}", "tm.stats"],
+                                 capture_output=True, text=True, timeout=10, check=False).stdout
+        except subprocess.TimeoutExpired:
+            return None
+        found = re.search(r"current:\s*(\d+)", out)
+        return float(found.group(1)) if found else None
+
+    def log_tail(self, lines: int = 40) -> str:
+        path = self.workdir / "kamailio.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        """SIGTERM to the whole process group (main and workers), SIGKILL to whatever is left of it."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                pass
+        with contextlib.suppress(ProcessLookupError):  # workers outliving main: still in its group
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
+
+
+def _options(port: int, local_port: int, n: int) -> bytes:
+    """An OPTIONS to the server itself (no user part), the readiness probe of Kamailio."""
+    return (f"OPTIONS sip:{LOOPBACK}:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {LOOPBACK}:{local_port};branch=z9hG4bKready{n}\r\n"
+            f"From: <sip:bench@{LOOPBACK}:{local_port}>;tag=ready{n}\r\n"
+            f"To: <sip:{LOOPBACK}:{port}>\r\nCall-ID: ready-{n}@{LOOPBACK}\r\nCSeq: {n} OPTIONS\r\n"
+            f"Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
+
+
+def _process_tree(root: int) -> list[int]:
+    """`root` and all its descendants, from the parent pids in /proc/<pid>/stat."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = (entry / "stat").read_text()
+            children.setdefault(int(stat[stat.rindex(")") + 2:].split()[1]), []).append(int(entry.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += children.get(pid, [])
+    return tree
+
+
+def write_dnc_sqlite(path: Path, numbers: list[str]) -> Path:
+    """The do-not-call list as the SQLite table Kamailio's htable loads (key_name, key_value)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE TABLE dnc (key_name TEXT PRIMARY KEY, key_value TEXT)")
+        db.executemany("INSERT INTO dnc VALUES (?, '1')", ((n,) for n in numbers))
+        db.commit()
+    return path
+
+
+def kamailio_missing() -> str | None:
+    """None when kamailio and its db_sqlite module are installed; else how to install them."""
+    how = "apt-get install -y kamailio kamailio-sqlite-modules (Debian 12 ships Kamailio 5.6.3)"
+    if shutil.which("kamailio") is None:
+        return f"kamailio is not installed: {how}"
+    dirs = [*Path("/usr/lib").glob("*/kamailio/modules"), *Path("/usr/local/lib").glob("*/kamailio/modules"),
+            Path("/usr/lib/kamailio/modules"), Path("/usr/lib64/kamailio/modules"),
+            Path("/usr/local/lib64/kamailio/modules")]
+    if not any((d / "db_sqlite.so").exists() for d in dirs):
+        return f"Kamailio's db_sqlite module is missing: {how}"
+    return None
 
 
 def make_cases(mix: str, count: int, callees: list[str], dnc_sample: list[str],
@@ -108,7 +345,7 @@ def make_cases(mix: str, count: int, callees: list[str], dnc_sample: list[str],
     return cases
 
 
-def run_step(workdir: Path, target: str, carrier_port: int, deployment: Deployment | None, mix: str,
+def run_step(workdir: Path, target: str, carrier_port: int, server: Server | None, mix: str,
              rate: float, duration_s: float, hold_ms: int, callees: list[str], dnc_sample: list[str],
              settle_s: float = 0.0, idle_rate: float = 0.0, profile_to: Path | None = None,
              native: bool = False, perf_to: Path | None = None) -> Step:
@@ -131,13 +368,13 @@ def run_step(workdir: Path, target: str, carrier_port: int, deployment: Deployme
     try:
         if relayed:
             carrier.start().wait_listening()
-        cpu0 = deployment.sipfilter.cpu_seconds() if deployment else None
-        sys0 = _sys_seconds(deployment)
+        cpu0 = server.cpu_seconds() if server else None
+        sys0 = server.sys_seconds() if server else 0.0
         t0 = time.monotonic()
-        if profile_to is not None and deployment is not None:
-            spy = _py_spy(deployment, profile_to, native)
-        if perf_to is not None and deployment is not None:
-            perfs = _perf(deployment, perf_to)
+        if profile_to is not None and isinstance(server, SipfilterServer):  # py-spy: Python only
+            spy = _py_spy(server.pids(), profile_to, native)
+        if perf_to is not None and server is not None:
+            perfs = _perf(server.pids(), perf_to)
         dialer.start()
         sipp_cpu = _sample_cpu([dialer, carrier], until=t0 + timeout + 15)
         d: SippRun = dialer.wait(timeout_s=15)
@@ -145,11 +382,11 @@ def run_step(workdir: Path, target: str, carrier_port: int, deployment: Deployme
         # The last calls' timers (Timer I/K, transaction memory of 64*T1) fire inside the window.
         time.sleep(settle_s)
         cpu = None
-        if deployment is not None and cpu0 is not None:
+        if server is not None and cpu0 is not None:
             window = time.monotonic() - t0
-            gross = deployment.sipfilter.cpu_seconds() - cpu0
+            gross = server.cpu_seconds() - cpu0
             cpu = max(0.0, gross - idle_rate * window)
-            sys_share = (_sys_seconds(deployment) - sys0) / gross if gross > 0 else None
+            sys_share = (server.sys_seconds() - sys0) / gross if gross > 0 else None
         if spy is not None:
             spy.send_signal(signal.SIGINT)  # py-spy writes its samples on SIGINT
             spy.wait(timeout=30)
@@ -159,8 +396,8 @@ def run_step(workdir: Path, target: str, carrier_port: int, deployment: Deployme
         for proc in perfs:
             proc.wait(timeout=60)
         perfs = []
-        if deployment is not None:  # after the window: a scrape costs sipfilter CPU
-            left = deployment.sipfilter.wait_no_dialogs(timeout_s=30)
+        if server is not None:  # after the window: a scrape costs the server CPU
+            left = server.left()
         c = carrier.finish(grace_s=10) if relayed else None
     finally:
         if spy is not None:
@@ -177,46 +414,45 @@ def run_step(workdir: Path, target: str, carrier_port: int, deployment: Deployme
                 wall, idle_rate, left, sys_share)
 
 
-def _sys_seconds(deployment: Deployment | None) -> float:
-    """Kernel CPU seconds (stime, /proc/<pid>/stat field 15) of sipfilter."""
-    if deployment is None or deployment.sipfilter.proc is None:
-        return 0.0
-    stat = Path(f"/proc/{deployment.sipfilter.proc.pid}/stat").read_text()
+def _sys_seconds(pid: int) -> float:
+    """Kernel CPU seconds (stime, /proc/<pid>/stat field 15) of one process."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
     return int(stat[stat.rindex(")") + 2:].split()[12]) / os.sysconf("SC_CLK_TCK")
 
 
-def _idle_cpu_rate(deployment: Deployment, seconds: float) -> float:
-    """sipfilter's CPU seconds per second with no traffic (store watcher, carrier probes, GC)."""
+def _idle_cpu_rate(server: Server, seconds: float) -> float:
+    """The server's CPU seconds per second with no traffic (sipfilter: store watcher, carrier probes, GC;
+    Kamailio: its timer processes)."""
     if seconds <= 0:
         return 0.0
-    cpu0, t0 = deployment.sipfilter.cpu_seconds(), time.monotonic()
+    cpu0, t0 = server.cpu_seconds(), time.monotonic()
     time.sleep(seconds)
-    return (deployment.sipfilter.cpu_seconds() - cpu0) / (time.monotonic() - t0)
+    return (server.cpu_seconds() - cpu0) / (time.monotonic() - t0)
 
 
-def _py_spy(deployment: Deployment, out: Path, native: bool = False) -> subprocess.Popen[bytes] | None:
+def _py_spy(pids: list[int], out: Path, native: bool = False) -> subprocess.Popen[bytes] | None:
     """py-spy sampling sipfilter into collapsed stacks (`pip install py-spy`: a dev tool, no dependency).
     `native` adds C frames (uvloop, the C parts of the stdlib) but stops the process at each sample."""
     exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not Path(exe).exists() or deployment.sipfilter.proc is None:
+    if not Path(exe).exists() or not pids:
         print("  (py-spy not found: no profile)", file=sys.stderr)
         return None
     out.parent.mkdir(parents=True, exist_ok=True)
     mode = ["--native"] if native else ["--nonblocking"]  # py-spy cannot unwind C frames without a pause
-    return subprocess.Popen([exe, "record", "--pid", str(deployment.sipfilter.proc.pid), "--rate", "200",
+    return subprocess.Popen([exe, "record", "--pid", str(pids[0]), "--rate", "200",
                              "--format", "raw", "--output", str(out), *mode],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _perf(deployment: Deployment, out: Path) -> list[subprocess.Popen[bytes]]:
+def _perf(pids: list[int], out: Path) -> list[subprocess.Popen[bytes]]:
     """`perf stat` (CPU, context switches = event-loop wake-ups) and `perf record` (on-CPU stacks, kernel
-    included) of sipfilter over the step's window; `perf report -i <out>.data` reads the stacks."""
+    included) of the server's processes over the step's window; `perf report -i <out>.data` reads stacks."""
     exe = shutil.which("perf")
-    if exe is None or deployment.sipfilter.proc is None:
+    if exe is None or not pids:
         print("  (perf not found: no perf figures)", file=sys.stderr)
         return []
     out.parent.mkdir(parents=True, exist_ok=True)
-    pid = str(deployment.sipfilter.proc.pid)
+    pid = ",".join(map(str, pids))
     stat = subprocess.Popen([exe, "stat", "-e", "task-clock,context-switches,cpu-migrations,page-faults",
                              "-p", pid, "-o", str(out.with_suffix(".stat"))],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -283,12 +519,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--native", action="store_true", help="py-spy --native (C frames; pauses sipfilter)")
     parser.add_argument("--perf-dir", type=Path, help="perf stat + perf record of each step written here")
     parser.add_argument("--direct", action="store_true", help="no sipfilter: dialer straight to the carrier")
+    parser.add_argument("--kamailio", action="store_true",
+                        help="measure Kamailio 5.6 doing the same filtering, not sipfilter (the anchor)")
+    parser.add_argument("--kamailio-children", type=int, default=KAMAILIO_CHILDREN,
+                        help=f"Kamailio UDP worker processes (default {KAMAILIO_CHILDREN}: one per core)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (SIPp traces, logs)")
     args = parser.parse_args(argv)
     mixes = args.mix or list(MIXES)
     settle = args.settle if args.settle is not None else 64 * T1_S + T4_S + 1
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
-    if not args.direct and (missing := sipfilter_available()):
+    if args.direct and args.kamailio:
+        parser.error("--direct and --kamailio exclude each other")
+    if args.kamailio and (missing := kamailio_missing()):
+        print(f"cannot benchmark Kamailio: {missing}", file=sys.stderr)
+        return 2
+    if not args.direct and not args.kamailio and (missing := sipfilter_available()):
         print(f"cannot benchmark: {missing}", file=sys.stderr)
         return 2
 
@@ -297,44 +542,62 @@ def main(argv: list[str] | None = None) -> int:
     # DNC list: numbers in +33 7 …; a sample of them is called in the rejected share.
     dnc = [f"+337{n:08d}" for n in range(0, args.dnc_size * 3, 3)]
     dnc_sample = random.Random(1).sample(dnc, min(1000, len(dnc)))
-    print(f"sipfilter e2e benchmark — {os.cpu_count()} CPU(s), work dir {workroot}")
+    what = " — DIRECT (no sipfilter)" if args.direct else ""
+    if args.kamailio:
+        what = f" — KAMAILIO anchor ({args.kamailio_children} UDP workers), not sipfilter"
+    print(f"sipfilter e2e benchmark — {os.cpu_count()} CPU(s), work dir {workroot}, "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(f"duration {args.duration:g}s per step, hold {args.hold_ms} ms, {len(callees)} consented callees, "
-          f"{len(dnc)} numbers on bloctel{' — DIRECT (no sipfilter)' if args.direct else ''}")
+          f"{len(dnc)} numbers on bloctel{what}")
+    dnc_db: Path | None = None
+    if args.kamailio:
+        t0 = time.monotonic()
+        dnc_db = write_dnc_sqlite(workroot / "dnc.sqlite", dnc)
+        print(f"  (DNC list written for Kamailio in {time.monotonic() - t0:.1f}s)", file=sys.stderr)
     print(HEADER, flush=True)
     for mix in mixes:
-        deployment: Deployment | None = None
+        server: Server | None = None
         try:
+            t0 = time.monotonic()
             if args.direct:
                 carrier_port = free_ports(1)[0]
-                target = f"127.0.0.1:{carrier_port}"
+                target = f"{LOOPBACK}:{carrier_port}"
+            elif dnc_db is not None:
+                carrier_port = free_ports(1)[0]
+                kamailio = Kamailio(workroot / mix / "kamailio", dnc_db, carrier_port, args.kamailio_children)
+                server = kamailio.start()
+                target = f"{LOOPBACK}:{kamailio.port}"
+                print(f"  (kamailio for {mix} ready in {time.monotonic() - t0:.1f}s, "
+                      f"{len(dnc)} DNC numbers loaded into its htable)", file=sys.stderr)
             else:
-                t0 = time.monotonic()
                 deployment = _deploy(workroot / mix, callees, dnc)
+                server = SipfilterServer(deployment)
                 carrier_port = deployment.carrier_ports[0]
                 target = deployment.inside
                 print(f"  (sipfilter for {mix} ready in {time.monotonic() - t0:.1f}s)", file=sys.stderr)
             # Measured once, before any traffic: after a step, its transactions' timers would count as idle.
-            idle_rate = _idle_cpu_rate(deployment, args.idle) if deployment else 0.0
+            idle_rate = _idle_cpu_rate(server, args.idle) if server else 0.0
             if args.warmup > 0 and rates:  # first-call paths, label children, page faults of the lists
                 warm_rate = min(rates[0], 200.0)
-                warm = run_step(workroot / mix / "warmup", target, carrier_port, deployment, mix, warm_rate,
+                warm = run_step(workroot / mix / "warmup", target, carrier_port, server, mix, warm_rate,
                                 args.warmup, args.hold_ms, callees, dnc_sample, settle_s=T4_S + 1)
                 print(f"  (warm-up: {warm.row().strip()})", file=sys.stderr)
             for rate in rates:
                 profile_to = args.profile_dir / f"{mix}-{rate:g}.txt" if args.profile_dir else None
-                step = run_step(workroot / mix / f"{rate:g}", target, carrier_port, deployment, mix, rate,
+                calib = calibration_us()
+                step = run_step(workroot / mix / f"{rate:g}", target, carrier_port, server, mix, rate,
                                 args.duration, args.hold_ms, callees, dnc_sample, settle_s=settle,
                                 idle_rate=idle_rate, profile_to=profile_to, native=args.native,
                                 perf_to=args.perf_dir / f"{mix}-{rate:g}" if args.perf_dir else None)
-                print(step.row(), flush=True)
+                print(replace(step, calib_us=calib).row(), flush=True)
                 if profile_to is not None and profile_to.exists():
                     print(profile_summary(profile_to), file=sys.stderr, flush=True)
                 stat = args.perf_dir / f"{mix}-{rate:g}.stat" if args.perf_dir else None
                 if stat is not None and stat.exists():
                     print(stat.read_text(), file=sys.stderr, flush=True)
         finally:
-            if deployment is not None:
-                deployment.sipfilter.stop()
+            if server is not None:
+                server.stop()
     if not args.keep:
         shutil.rmtree(workroot, ignore_errors=True)
     return 0
