@@ -49,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -232,17 +233,16 @@ class Kamailio:
 
     def cpu_seconds(self) -> float:
         """utime + stime of the main process and every worker (Kamailio forks them all at start-up)."""
-        total = 0.0
-        for pid in self.pids():
-            with contextlib.suppress(OSError, ValueError):
-                total += proc_cpu_seconds(pid)
-        return total
+        return self._tree_sum(proc_cpu_seconds)
 
     def sys_seconds(self) -> float:
+        return self._tree_sum(_sys_seconds)
+
+    def _tree_sum(self, seconds_of: Callable[[int], float]) -> float:
         total = 0.0
         for pid in self.pids():
-            with contextlib.suppress(OSError, ValueError):
-                total += _sys_seconds(pid)
+            with contextlib.suppress(OSError, ValueError):  # a worker gone meanwhile
+                total += seconds_of(pid)
         return total
 
     def left(self) -> float | None:
