@@ -158,7 +158,7 @@ class TargetPool:
         up = [s for s in states if s.up]
         if not include_down:
             return self._order(up)
-        down = [s for s in self.states if not s.up]
+        down = [s for s in states if not s.up]
         return self._order(up) + self._order(down)
 
     def _order(self, states: list[TargetState]) -> list[Destination]:

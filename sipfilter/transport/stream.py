@@ -118,7 +118,8 @@ def _load_crls(ctx: ssl.SSLContext, path: str) -> None:
     except OSError as exc:
         raise TlsSetupError("crl", f"cannot read the CRL file: {_why(exc)}") from exc
     if not kinds or any(kind != "X509 CRL" for kind in kinds):
-        found = ", ".join(sorted(set(kinds))) or "no PEM block"
+        found = ", ".join(sorted(set(kinds))) or "no PEM block (a DER CRL converts with `openssl crl " \
+            "-inform DER -outform PEM`)"
         raise TlsSetupError("crl", f"expected PEM blocks 'X509 CRL' only, found: {found}")
     try:
         ctx.load_verify_locations(cafile=path)
