@@ -13,7 +13,8 @@ the leftover dialogs are read after it. Each deployment first runs an unreported
 
 `calib µs` is the machine's speed just before each step: the CPU time of `sum(range(1000))` in this process,
 best of 300. This machine's speed drifts by ±30 % over a day, so compare CPU figures of different runs
-through it (or better, alternate the runs being compared).
+through it (or better, alternate the runs being compared). It measures the interpreter too: the header names
+the one that runs sipfilter (Debian's python3 gives about half pyenv's default build's figure).
 
 `--kamailio` measures the anchor instead of sipfilter: Kamailio 5.6 (`kamailio -DD -E`, config template
 bench/kamailio/kamailio.cfg) doing the same filtering — NPV caller-ID prefixes on From and
@@ -39,6 +40,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import platform
 import random
 import re
 import shutil
@@ -547,7 +549,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.kamailio:
         what = f" — KAMAILIO anchor ({args.kamailio_children} UDP workers), not sipfilter"
     print(f"sipfilter e2e benchmark — {os.cpu_count()} CPU(s), work dir {workroot}, "
-          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, python {platform.python_version()} "
+          f"({os.path.realpath(sys.executable)})")
     print(f"duration {args.duration:g}s per step, hold {args.hold_ms} ms, {len(callees)} consented callees, "
           f"{len(dnc)} numbers on bloctel{what}")
     dnc_db: Path | None = None
