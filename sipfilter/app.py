@@ -83,7 +83,8 @@ class App:
                 ep = await self._listen(side, listen, limits)
                 self.b2b.add_endpoint(ep)
                 self.endpoints.append(ep)
-                log.info("listening on %s %s %s", side, ep.transport, ep.hostport)
+                log.info("listening on %s %s %s%s", side, ep.transport, ep.hostport,
+                         f" (peers need a certificate from {listen.client_ca})" if listen.client_ca else "")
         for trunk in config.trunks.values():
             for target in trunk.targets:
                 if self.b2b.endpoint_for(OUTSIDE, target.transport) is None:
@@ -114,7 +115,8 @@ class App:
         if listen.transport == "tls":
             if listen.cert is None or listen.key is None:
                 raise ConfigError(f"sip.{side}: tls needs cert and key")
-            tls = tls_server_context(str(listen.cert), str(listen.key))
+            tls = tls_server_context(str(listen.cert), str(listen.key),
+                                     str(listen.client_ca) if listen.client_ca is not None else None)
         return await open_stream_endpoint(side, listen.host, listen.port, self.b2b, tls=tls, limits=limits)
 
     async def _start_admin(self) -> None:

@@ -311,6 +311,7 @@ class Listen:
     port: int
     cert: Path | None = None  # tls only
     key: Path | None = None  # tls only
+    client_ca: Path | None = None  # tls only: mutual TLS, peers must show a certificate from these CAs
 
 
 @dataclass(frozen=True, slots=True)
@@ -489,7 +490,7 @@ _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
 
 
 def _listen(s: Section) -> Listen:
-    s.only(["transport", "host", "port", "cert", "key"])
+    s.only(["transport", "host", "port", "cert", "key", "client_ca"])
     transport = s.choice("transport", TRANSPORTS)
     host = s.str("host")
     try:
@@ -501,7 +502,21 @@ def _listen(s: Section) -> Listen:
     key = s.path_("key") if s.has("key") else None
     if transport == "tls" and (cert is None or key is None):
         raise s.error("transport", "tls listeners need `cert` and `key`")
-    return Listen(transport, host, port, cert, key)
+    client_ca = None
+    if s.has("client_ca"):
+        if transport != "tls":
+            raise s.error("client_ca", "client certificates need `transport: tls`")
+        client_ca = s.path_("client_ca")
+        _check_client_ca(s, client_ca)
+    return Listen(transport, host, port, cert, key, client_ca)
+
+
+def _check_client_ca(s: Section, path: Path) -> None:
+    """Load the bundle once now, so that `config check` and a reload name a bad file, not the start-up."""
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_verify_locations(cafile=str(path))
+    except (OSError, ssl.SSLError) as exc:
+        raise s.error("client_ca", f"cannot load the CA bundle {str(path)!r}: {exc}") from exc
 
 
 def _sip(s: Section) -> SipConfig:

@@ -306,11 +306,15 @@ class StreamEndpoint(Endpoint):
             await self._server.wait_closed()
 
 
-def tls_server_context(cert: str, key: str) -> ssl.SSLContext:
-    """A TLS 1.2+ server context from a PEM certificate chain and key."""
+def tls_server_context(cert: str, key: str, client_ca: str | None = None) -> ssl.SSLContext:
+    """A TLS 1.2+ server context from a PEM certificate chain and key. With `client_ca` (a PEM CA bundle),
+    mutual TLS: a peer without a certificate issued by one of those CAs fails the handshake, sends nothing."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(cert, key)
+    if client_ca is not None:
+        ctx.load_verify_locations(cafile=client_ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
 

@@ -4,6 +4,7 @@ a small asyncio TLS carrier on loopback, the B2BUA's real TLS endpoint towards i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import shutil
@@ -430,3 +431,117 @@ def test_yaml_round_trip_of_min_version(pki: Pki, tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg))
     tls = load_config(path).trunks["dialer"].targets[0].tls
     assert tls.min_version == "1.3" and tls.context.minimum_version == ssl.TLSVersion.TLSv1_3
+
+
+# --- mutual TLS on our own listener: a peer must show a certificate from `client_ca` ---------------------
+
+OPTIONS = (b"OPTIONS sip:sipfilter.test SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5999;branch=z9hG4bKmtls\r\n"
+           b"Max-Forwards: 70\r\nFrom: <sip:dialer@127.0.0.1>;tag=1\r\nTo: <sip:sipfilter.test>\r\n"
+           b"Call-ID: mtls-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")  # fmt: skip
+
+
+class Received:
+    """A handler that keeps what the listener hands over."""
+
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+
+    def on_datagram(self, endpoint: Any, data: bytes, addr: Any) -> None:
+        raise AssertionError("a stream endpoint hands over parsed messages")
+
+    def on_message(self, endpoint: Any, message: Any, addr: Any) -> None:
+        self.messages.append(message)
+
+
+@pytest.fixture
+async def listener(pki: Pki) -> AsyncIterator[Callable[..., Any]]:
+    endpoints: list[StreamEndpoint] = []
+
+    async def start(client_ca: Path | None = None) -> tuple[StreamEndpoint, Received]:
+        got = Received()
+        ctx = tls_server_context(str(pki.good[0]), str(pki.good[1]), str(client_ca) if client_ca else None)
+        ep = await open_stream_endpoint("inside", "127.0.0.1", 0, got, tls=ctx)
+        endpoints.append(ep)
+        return ep, got
+
+    try:
+        yield start
+    finally:
+        for ep in endpoints:
+            await ep.close()
+
+
+async def _delivered(port: int, pki: Pki, got: Received, cert: tuple[Path, Path] | None) -> bool:
+    """Connect as a peer showing `cert` (or none) and send an OPTIONS: True once the listener handed it over,
+    False when the connection fails or closes first."""
+    before = len(got.messages)
+    ctx = ssl.create_default_context(cafile=str(pki.ca))
+    if cert is not None:
+        ctx.load_cert_chain(str(cert[0]), str(cert[1]))
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname=NAME), 5)
+    except (OSError, TimeoutError):
+        return False  # TLS 1.2 refuses during the handshake
+    reading = asyncio.ensure_future(reader.read(1))  # TLS 1.3: the refusal comes as an alert after it
+    try:
+        writer.write(OPTIONS)
+        await writer.drain()
+        for _ in range(200):
+            if len(got.messages) > before:
+                return True
+            if reading.done():
+                return False
+            await asyncio.sleep(0.025)
+        raise AssertionError("neither delivered nor refused within 5 s")
+    except OSError:
+        return False
+    finally:
+        reading.cancel()
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
+
+
+async def test_a_listener_with_client_ca_takes_only_peers_with_its_certificates(
+    pki: Pki, listener: Any
+) -> None:
+    ep, got = await listener(client_ca=pki.ca)
+    assert not await _delivered(ep.port, pki, got, None)  # no certificate
+    assert not await _delivered(ep.port, pki, got, pki.rogue)  # a certificate from another CA
+    assert await _delivered(ep.port, pki, got, pki.client)  # one from `client_ca`
+    assert [m.call_id for m in got.messages] == ["mtls-1"]
+
+
+async def test_a_listener_without_client_ca_asks_for_no_certificate(pki: Pki, listener: Any) -> None:
+    ep, got = await listener()
+    assert await _delivered(ep.port, pki, got, None)
+
+
+def _with_listener(tmp_path: Path, pki: Pki, **listen: Any) -> Path:
+    path = write_config(tmp_path)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["sip"]["inside"].append({"transport": "tls", "host": "127.0.0.1", "port": 5061,
+                                 "cert": str(pki.good[0]), "key": str(pki.good[1]), **listen})  # fmt: skip
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_client_ca_is_loaded_with_the_config_and_errors_name_the_field(pki: Pki, tmp_path: Path) -> None:
+    config = load_config(_with_listener(tmp_path, pki, client_ca=str(pki.ca)))
+    assert config.sip.inside[-1].client_ca == pki.ca.resolve()
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    for value, fragment in ((str(junk), "cannot load the CA bundle"), (str(tmp_path / "missing.pem"), "")):
+        with pytest.raises(ConfigError) as err:
+            load_config(_with_listener(tmp_path, pki, client_ca=value))
+        text = str(err.value)
+        assert "sip.inside[1].client_ca" in text and fragment in text, text
+        assert re.search(r"sipfilter\.yaml:\d+: ", text), text
+    path = write_config(tmp_path)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["sip"]["inside"][0]["client_ca"] = str(pki.ca)  # a udp listener
+    path.write_text(yaml.safe_dump(cfg))
+    need_tls = r"sip\.inside\[0\]\.client_ca: client certificates need `transport: tls`"
+    with pytest.raises(ConfigError, match=need_tls):
+        load_config(path)

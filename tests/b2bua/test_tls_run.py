@@ -1,5 +1,6 @@
 """TLS to the carrier through a real `sipfilter run`: the app wires the TLS endpoint to the B2BUA's target
-settings, the startup probe finds the untrusted carrier, /metrics and the log say why, calls go elsewhere."""
+settings, the startup probe finds the untrusted carrier, /metrics and the log say why, calls go elsewhere.
+Its own TLS listener, with `client_ca`, answers only carriers showing a certificate from that CA."""
 
 from __future__ import annotations
 
@@ -91,6 +92,7 @@ class Run:
     good: TlsCarrier
     dialer: Listener
     proc: Sipfilter
+    outside_port: int  # UDP, and TLS with `client_ca`: carriers must show a certificate from `pki.ca`
 
 
 @pytest.fixture(scope="module")
@@ -108,13 +110,14 @@ def run(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Run]:  #
                    for i, c in enumerate((rogue, good))]  # fmt: skip
         outside = [{"transport": "udp", "host": "127.0.0.1", "port": ports.outside},
                    {"transport": "tls", "host": "127.0.0.1", "port": ports.outside,
-                    "cert": str(pki.client[0]), "key": str(pki.client[1])}]  # fmt: skip
+                    "cert": str(pki.client[0]), "key": str(pki.client[1]),
+                    "client_ca": str(pki.ca)}]  # fmt: skip
         config = sipfilter_config(workdir, ports, [], trunk={"targets": targets}, sip={"outside": outside})
         config_path = write_config(workdir / "sipfilter.yaml", config)
         provision(config_path, workdir)
         dialer.start()
         proc = Sipfilter(config_path, ports, workdir / "run").start()
-        yield Run(("127.0.0.1", ports.inside), rogue, good, dialer, proc)
+        yield Run(("127.0.0.1", ports.inside), rogue, good, dialer, proc, ports.outside)
     finally:
         if proc is not None:
             proc.stop()
@@ -137,3 +140,31 @@ def test_probe_finds_the_untrusted_carrier_and_calls_go_to_the_trusted_one(run: 
                                   run.dialer.sock.getsockname()), run.inside)  # fmt: skip
     assert _wait_for(lambda: any(d.startswith(b"SIP/2.0 486") for d, _ in run.dialer.received), 10.0), log
     assert len(run.good.invites) == 1 and run.rogue.invites == []
+
+
+OPTIONS = (b"OPTIONS sip:sipfilter.test SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5999;branch=z9hG4bKmtlsrun\r\n"
+           b"Max-Forwards: 70\r\nFrom: <sip:carrier@127.0.0.1>;tag=1\r\nTo: <sip:sipfilter.test>\r\n"
+           b"Call-ID: mtls-run-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")  # fmt: skip
+
+
+def _options_over_tls(port: int, pki: Pki, cert: tuple[Path, Path] | None) -> bytes:  # noqa: F811
+    """One OPTIONS to sipfilter's outside TLS listener from a carrier showing `cert` (or none): the answer, or
+    b"" when the handshake is refused or the connection closed."""
+    ctx = ssl.create_default_context(cafile=str(pki.ca))
+    if cert is not None:
+        ctx.load_cert_chain(str(cert[0]), str(cert[1]))
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                ctx.wrap_socket(raw, server_hostname="sipfilter.test") as conn:  # fmt: skip
+            conn.sendall(OPTIONS)
+            return conn.recv(65536)
+    except OSError:  # ssl.SSLError included: TLS 1.3 reports the refusal on the first read
+        return b""
+
+
+def test_the_tls_listener_with_client_ca_answers_only_carriers_with_its_certificates(
+    run: Run, pki: Pki  # noqa: F811
+) -> None:
+    assert _options_over_tls(run.outside_port, pki, None) == b""
+    assert _options_over_tls(run.outside_port, pki, pki.rogue) == b""
+    assert _options_over_tls(run.outside_port, pki, pki.good).startswith(b"SIP/2.0 200 ")
