@@ -24,6 +24,7 @@ from b2bua_rig import DIALER, FakeEndpoint, StubPolicy, answer, invite, write_co
 from sipfilter import metrics
 from sipfilter.b2bua.core import B2BUA, compile_runtime
 from sipfilter.b2bua.observe import Observer
+from sipfilter.cli import main as cli_main
 from sipfilter.config import ConfigError, load_config
 from sipfilter.sip import ParseError, Response, parse
 from sipfilter.transport.stream import (
@@ -527,9 +528,14 @@ def _with_listener(tmp_path: Path, pki: Pki, **listen: Any) -> Path:
     return path
 
 
-def test_client_ca_is_loaded_with_the_config_and_errors_name_the_field(pki: Pki, tmp_path: Path) -> None:
+def test_client_ca_is_loaded_with_the_config_and_errors_name_the_field(
+    pki: Pki, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = load_config(_with_listener(tmp_path, pki, client_ca=str(pki.ca)))
     assert config.sip.inside[-1].client_ca == pki.ca.resolve()
+    assert cli_main(["config", "check", "--config", str(config.path)]) == 0
+    listening = next(line for line in capsys.readouterr().out.splitlines() if "listening:" in line)
+    assert f"tls 127.0.0.1:5061 (peers need a certificate from {pki.ca.resolve()})" in listening, listening
     junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate\n")
     for value, fragment in ((str(junk), "cannot load the CA bundle"), (str(tmp_path / "missing.pem"), "")):

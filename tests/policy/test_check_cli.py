@@ -209,6 +209,10 @@ def test_bad_config_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -
 def test_config_check(capsys: pytest.CaptureFixture[str], cfg: Path, tmp_path: Path) -> None:
     code, out, _ = run(capsys, "config", "check", "--config", str(cfg))
     assert code == 0 and "OK" in out and "trunk dialer" in out
+    listening = next(line for line in out.splitlines() if line.startswith("  listening: "))
+    data = yaml.safe_load(cfg.read_text())
+    first = data["sip"]["inside"][0]
+    assert f"inside {first['transport']} {first['host']}:{first['port']}" in listening, listening
     bad = tmp_path / "bad.yaml"
     bad.write_text(cfg.read_text().replace("mode: enforce", "mode: loud"))
     code, _, err = run(capsys, "config", "check", "--config", str(bad))
