@@ -21,7 +21,7 @@ from sipfilter.config import Config, ConfigError, Listen, load_config
 from sipfilter.policy.engine import PolicyEngine
 from sipfilter.sip import Limits, ParseError, parse
 from sipfilter.transport.base import Endpoint, install_uvloop
-from sipfilter.transport.stream import open_stream_endpoint, tls_server_context
+from sipfilter.transport.stream import open_stream_endpoint
 from sipfilter.transport.udp import POLL_INTERVAL_S, UdpGroup, open_udp_endpoint
 
 log = logging.getLogger("sipfilter.app")
@@ -83,8 +83,7 @@ class App:
                 ep = await self._listen(side, listen, limits)
                 self.b2b.add_endpoint(ep)
                 self.endpoints.append(ep)
-                log.info("listening on %s %s %s%s", side, ep.transport, ep.hostport,
-                         f" (peers need a certificate from {listen.client_ca})" if listen.client_ca else "")
+                log.info("listening on %s %s", side, listen.describe(ep.port))
         for trunk in config.trunks.values():
             for target in trunk.targets:
                 if self.b2b.endpoint_for(OUTSIDE, target.transport) is None:
@@ -113,10 +112,9 @@ class App:
             return await open_udp_endpoint(side, listen.host, listen.port, self.b2b, self._udp_group)
         tls = None
         if listen.transport == "tls":
-            if listen.cert is None or listen.key is None:
+            if listen.context is None:
                 raise ConfigError(f"sip.{side}: tls needs cert and key")
-            tls = tls_server_context(str(listen.cert), str(listen.key),
-                                     str(listen.client_ca) if listen.client_ca is not None else None)
+            tls = listen.context
         return await open_stream_endpoint(side, listen.host, listen.port, self.b2b, tls=tls, limits=limits)
 
     async def _start_admin(self) -> None:

@@ -312,6 +312,14 @@ class Listen:
     cert: Path | None = None  # tls only
     key: Path | None = None  # tls only
     client_ca: Path | None = None  # tls only: mutual TLS, peers must show a certificate from these CAs
+    # tls only: the server context, built when the config is loaded (file errors are config errors)
+    context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
+
+    def describe(self, port: int | None = None) -> str:
+        """`tls 10.0.0.5:5061 (peers need a certificate from …)`, for the log and `config check`."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        mutual = f" (peers need a certificate from {self.client_ca})" if self.client_ca else ""
+        return f"{self.transport} {host}:{self.port if port is None else port}{mutual}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -502,21 +510,20 @@ def _listen(s: Section) -> Listen:
     key = s.path_("key") if s.has("key") else None
     if transport == "tls" and (cert is None or key is None):
         raise s.error("transport", "tls listeners need `cert` and `key`")
-    client_ca = None
-    if s.has("client_ca"):
-        if transport != "tls":
-            raise s.error("client_ca", "client certificates need `transport: tls`")
-        client_ca = s.path_("client_ca")
-        _check_client_ca(s, client_ca)
-    return Listen(transport, host, port, cert, key, client_ca)
+    client_ca = s.path_("client_ca") if s.has("client_ca") else None
+    if client_ca is not None and transport != "tls":
+        raise s.error("client_ca", "client certificates need `transport: tls`")
+    if transport != "tls":
+        return Listen(transport, host, port, cert, key)
+    assert cert is not None and key is not None
+    from sipfilter.transport.stream import TlsSetupError, tls_server_context
 
-
-def _check_client_ca(s: Section, path: Path) -> None:
-    """Load the bundle once now, so that `config check` and a reload name a bad file, not the start-up."""
+    # Built now, so that `config check` and a reload name a bad file rather than the start-up.
     try:
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_verify_locations(cafile=str(path))
-    except (OSError, ssl.SSLError) as exc:
-        raise s.error("client_ca", f"cannot load the CA bundle {str(path)!r}: {exc}") from exc
+        context = tls_server_context(str(cert), str(key), str(client_ca) if client_ca else None)
+    except TlsSetupError as exc:
+        raise s.error(exc.part, f"{exc} ({client_ca if exc.part == 'client_ca' else cert})") from exc
+    return Listen(transport, host, port, cert, key, client_ca, context)
 
 
 def _sip(s: Section) -> SipConfig:

@@ -13,7 +13,7 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from sipfilter.config import Config, ConfigError, Listen, load_config
+from sipfilter.config import Config, ConfigError, load_config
 
 DEFAULT_CONFIG = os.environ.get("SIPFILTER_CONFIG", "config/sipfilter.yaml")
 
@@ -85,7 +85,7 @@ def check(args: argparse.Namespace) -> int:
     packs = ", ".join(f"{n} (version {p.version}, {p.path})" for n, p in config.rule_packs.items())
     print(f"{config.path}: OK")
     print(f"  rule packs: {packs}")
-    sides = [f"{side} " + ", ".join(_listener(listen) for listen in listens)
+    sides = [f"{side} " + ", ".join(listen.describe() for listen in listens)
              for side, listens in (("inside", config.sip.inside), ("outside", config.sip.outside)) if listens]
     print(f"  listening: {'; '.join(sides)}")
     for t in config.trunks.values():
@@ -99,12 +99,6 @@ def check(args: argparse.Namespace) -> int:
     for w in warnings(config):
         print(f"warning: {w}")
     return 0
-
-
-def _listener(listen: Listen) -> str:
-    host = f"[{listen.host}]" if ":" in listen.host else listen.host
-    mutual = f" (peers need a certificate from {listen.client_ca})" if listen.client_ca else ""
-    return f"{listen.transport} {host}:{listen.port}{mutual}"
 
 
 _SECRET = ("token", "ha1")  # never printed

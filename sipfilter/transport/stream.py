@@ -78,7 +78,7 @@ def failure_reason(exc: BaseException) -> str:
 
 
 class TlsSetupError(ValueError):
-    """A TLS context could not be built; `part` names the file at fault (ca | cert)."""
+    """A TLS context could not be built; `part` names the file at fault (ca | cert | crl | client_ca)."""
 
     def __init__(self, part: str, message: str) -> None:
         super().__init__(message)
@@ -311,9 +311,15 @@ def tls_server_context(cert: str, key: str, client_ca: str | None = None) -> ssl
     mutual TLS: a peer without a certificate issued by one of those CAs fails the handshake, sends nothing."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert, key)
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsSetupError("cert", f"cannot load the certificate and key: {_why(exc)}") from exc
     if client_ca is not None:
-        ctx.load_verify_locations(cafile=client_ca)
+        try:
+            ctx.load_verify_locations(cafile=client_ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise TlsSetupError("client_ca", f"cannot load the CA bundle: {_why(exc)}") from exc
         ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 

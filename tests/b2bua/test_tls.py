@@ -538,11 +538,14 @@ def test_client_ca_is_loaded_with_the_config_and_errors_name_the_field(
     assert f"tls 127.0.0.1:5061 (peers need a certificate from {pki.ca.resolve()})" in listening, listening
     junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate\n")
-    for value, fragment in ((str(junk), "cannot load the CA bundle"), (str(tmp_path / "missing.pem"), "")):
+    bad = (({"client_ca": str(junk)}, "client_ca", "cannot load the CA bundle"),
+           ({"client_ca": str(tmp_path / "missing.pem")}, "client_ca", "missing.pem"),
+           ({"cert": str(junk)}, "cert", "cannot load the certificate and key"))  # fmt: skip
+    for listen, field_, fragment in bad:
         with pytest.raises(ConfigError) as err:
-            load_config(_with_listener(tmp_path, pki, client_ca=value))
+            load_config(_with_listener(tmp_path, pki, **listen))
         text = str(err.value)
-        assert "sip.inside[1].client_ca" in text and fragment in text, text
+        assert f"sip.inside[1].{field_}" in text and fragment in text, text
         assert re.search(r"sipfilter\.yaml:\d+: ", text), text
     path = write_config(tmp_path)
     cfg = yaml.safe_load(path.read_text())
