@@ -162,8 +162,9 @@ class Headers:
 
     @classmethod
     def _trusted(cls, items: list[tuple[str, str]], keys: list[str]) -> Headers:
-        # Lines already validated, keys already canonical.
-        self = cls.__new__(cls)
+        # Lines already validated, keys already canonical. (Headers(), not cls.__new__: mypyc compiles no
+        # __new__ call.)
+        self = Headers()
         self._items = items
         self._keys = keys
         self._cache = {}
@@ -174,7 +175,7 @@ class Headers:
     def _lazy(cls, names: tuple[str, ...], raw: tuple[str, ...], keys: list[str]) -> Headers:
         # Parser fast path: names validated, keys canonical; `raw` values still carry the white space
         # around them. (name, value) tuples are only built when the whole list is asked for (_all).
-        self = cls.__new__(cls)
+        self = Headers()
         self._items = None
         self._keys = keys
         self._cache = {}
@@ -516,6 +517,8 @@ def _parse_via_line(value: str, out: list[Via], match: Callable[[str, int], re.M
         m = match(value, pos)
         if m is None:
             raise ParseError("Malformed Via header")
+        port: str | None  # optional groups are None when absent (mypyc checks what is declared)
+        params_text: str | None
         protocol, version, transport, host, port, params_text = m.groups()
         out.append(
             _new_via(
@@ -608,7 +611,21 @@ _SIMPLE_NAME_ADDR_FULL: Final = re.compile(
 ).fullmatch
 
 
+def _addr_spec(uri_text: str | None, spec: str | None) -> str:
+    # _NAME_ADDR_FULL matches either `<uri>` or a bare addr-spec: exactly one of the two groups is set.
+    if spec is not None:
+        return spec
+    assert uri_text is not None
+    return uri_text
+
+
 def _parse_name_addr(value: str, what: str) -> NameAddr:
+    # Optional groups are None when absent (mypyc checks what is declared); `spec` is the bare addr-spec,
+    # `uri_text` the one in <>: exactly one of the two is set.
+    display: str | None
+    uri_text: str | None
+    spec: str | None
+    params_text: str | None
     if value[:1] == "<" and value[-1:] == ">":
         # Bare "<uri>" (a To without tag): the patterns' `<([^<>\s]+)>`, with str methods only
         # (str.split() and re's \s both use Unicode white space).
@@ -637,7 +654,7 @@ def _parse_name_addr(value: str, what: str) -> NameAddr:
         raise ParseError(f"Malformed {what}")
     display, uri_text, spec, params_text = m.groups()
     try:
-        uri = parse_uri(uri_text if spec is None else spec)
+        uri = parse_uri(_addr_spec(uri_text, spec))
     except ParseError:
         raise ParseError(f"Malformed {what}") from None
     return _new_name_addr(
@@ -654,6 +671,10 @@ _NAME_ADDR_FULL: Final = g.NAME_ADDR_RE.fullmatch
 def parse_name_addrs(values: Iterable[str], *, single: bool = False, what: str = "header") -> list[NameAddr]:
     """name-addr / addr-spec values with header params, from the given lines (comma lists split)."""
     out: list[NameAddr] = []
+    display: str | None  # optional groups: see _parse_name_addr
+    uri_text: str | None
+    spec: str | None
+    params_text: str | None
     match = g.NAME_ADDR_RE.match
     for value in values:
         cached = None if single else _NA_MEMO.get(value)
@@ -669,7 +690,7 @@ def parse_name_addrs(values: Iterable[str], *, single: bool = False, what: str =
                 raise ParseError(f"Malformed {what}")
             display, uri_text, spec, params_text = m.groups()
             try:
-                uri = parse_uri(uri_text if spec is None else spec)
+                uri = parse_uri(_addr_spec(uri_text, spec))
             except ParseError:
                 raise ParseError(f"Malformed {what}") from None
             out.append(
@@ -836,7 +857,7 @@ def parse_retry_after(value: str) -> RetryAfter:
     duration = params.get("duration")
     if duration is not None and (not duration.isdigit() or len(duration) > 10):
         raise ParseError("Malformed Retry-After duration")
-    comment = m.group("comment")
+    comment: str | None = m.group("comment")
     return RetryAfter(
         seconds=int(m.group("seconds")),
         comment=comment[1:-1] if comment else None,

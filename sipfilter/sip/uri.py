@@ -247,6 +247,11 @@ def _parse_uri(text: str) -> Uri:
     if head.startswith("sip"):
         m = _SIP_URI_MATCH(text)
         if m is not None:
+            user: str | None  # optional groups are None when absent (mypyc checks what is declared)
+            password: str | None
+            port_text: str | None
+            params_text: str | None
+            headers_text: str | None
             scheme, user, password, host, port_text, params_text, headers_text = m.groups()
             if "%" in text and g.BAD_ESCAPE_RE.search(text):
                 raise ParseError("Malformed escape in URI")
@@ -293,7 +298,10 @@ def fast_init(cls: type[T]) -> Callable[..., T]:
     result is an ordinary, frozen `cls` instance. The caller passes every field, already validated.
     """
     names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-    twin = type(f"_Mutable{cls.__name__}", (), {"__slots__": cls.__dict__["__slots__"]})
+    slots = cls.__dict__.get("__slots__")
+    if slots is None:  # compiled by mypyc: a native class, whose own __init__ is already plain stores
+        return cls
+    twin = type(f"_Mutable{cls.__name__}", (), {"__slots__": slots})
     object.__new__(twin).__class__ = cls  # type: ignore[assignment]  # TypeError now if layouts differ
     env: dict[str, object] = {"_new": object.__new__, "_cls": cls, "_twin": twin}
     body = "".join(f"    o.{n} = {n}\n" for n in names)

@@ -24,7 +24,6 @@ def _establish(rig: Rig, **kw: Any) -> tuple[Request, Request]:
     """Dialer INVITE → carrier 180 → 200; returns (the B-leg INVITE, the dialer's INVITE)."""
     raw = invite(body=b"v=0\r\n", **kw)
     rig.from_dialer(raw)
-    a_inv = Request.__new__(Request)
     from sipfilter.sip import parse
 
     a_inv = parse(raw)
