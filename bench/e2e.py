@@ -14,7 +14,8 @@ the leftover dialogs are read after it. Each deployment first runs an unreported
 `calib µs` is the machine's speed just before each step: the CPU time of `sum(range(1000))` in this process,
 best of 300. This machine's speed drifts by ±30 % over a day, so compare CPU figures of different runs
 through it (or better, alternate the runs being compared). It measures the interpreter too: the header names
-the one that runs sipfilter (Debian's python3 gives about half pyenv's default build's figure).
+the one that runs sipfilter (Debian's python3 gives about half pyenv's default build's figure), and whether
+its call path is compiled (scripts/compile) or pure Python (SIPFILTER_PURE=1 compares the two).
 
 `--kamailio` measures the anchor instead of sipfilter: Kamailio 5.6 (`kamailio -DD -E`, config template
 bench/kamailio/kamailio.cfg) doing the same filtering — NPV caller-ID prefixes on From and
@@ -72,6 +73,8 @@ from sipp_harness import (  # noqa: E402
     sipfilter_available,
     write_calls_csv,
 )
+
+from sipfilter import compiled  # noqa: E402  (what the sipfilter it starts loads: same venv, same env)
 
 MIXES = ("rejected", "relayed", "mixed")
 NPV_CALLERS = [f"+33162{n:06d}" for n in range(1, 51)] + [f"+33949{n:06d}" for n in range(1, 51)]
@@ -550,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         what = f" — KAMAILIO anchor ({args.kamailio_children} UDP workers), not sipfilter"
     print(f"sipfilter e2e benchmark — {os.cpu_count()} CPU(s), work dir {workroot}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, python {platform.python_version()} "
-          f"({os.path.realpath(sys.executable)})")
+          f"({os.path.realpath(sys.executable)}), call path {compiled.status}")
     print(f"duration {args.duration:g}s per step, hold {args.hold_ms} ms, {len(callees)} consented callees, "
           f"{len(dnc)} numbers on bloctel{what}")
     dnc_db: Path | None = None

@@ -15,7 +15,7 @@ import signal
 import time
 from typing import Any
 
-from sipfilter import metrics
+from sipfilter import compiled, metrics
 from sipfilter.b2bua.core import B2BUA, INSIDE, OUTSIDE, compile_runtime
 from sipfilter.config import Config, ConfigError, Listen, load_config
 from sipfilter.policy.engine import PolicyEngine
@@ -104,7 +104,8 @@ class App:
         if os.environ.get("SIPFILTER_GC_STATS"):  # developers: GC time while serving, logged at close
             self._gc_stats = _GcStats()
         self.ready = True
-        log.info("sipfilter ready: %d trunk(s), store %s", len(config.trunks), config.store.backend)
+        log.info("sipfilter ready: %d trunk(s), store %s, call path %s", len(config.trunks),
+                 config.store.backend, compiled.status)  # fmt: skip
 
     async def _listen(self, side: str, listen: Listen, limits: Limits) -> Endpoint:
         assert self.b2b is not None

@@ -1,0 +1,107 @@
+"""The call path compiled with mypyc: which modules, and whether their compiled form may be used.
+
+`scripts/compile` builds MODULES into C extensions next to their sources (`message.cpython-311-….so`
+beside `message.py`, their shared runtime in `_native__mypyc….so`) and then writes MANIFEST: each
+source's SHA-256. Python imports an extension before a source of the same name, so `use_compiled()` runs
+first, when the package is imported. If SIPFILTER_PURE is set, or a source changed after it was compiled
+(or the build did not finish), every listed module is loaded from its source instead. All of them: compiled
+modules call each other directly, so a fresh source beside a stale extension would still run old code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+# The modules every SIP message goes through, compiled together (mypyc's group: one shared library).
+MODULES: tuple[str, ...] = (
+    "sipfilter.sip.errors",
+    "sipfilter.sip.grammar",
+    "sipfilter.sip.uri",
+    "sipfilter.sip.headers",
+    "sipfilter.sip.message",
+    "sipfilter.b2bua.wire",
+    "sipfilter.b2bua.wheel",
+    "sipfilter.b2bua.core",
+)
+GROUP = "sipfilter._native"  # mypyc names the shared library after it: sipfilter/_native__mypyc….so
+PACKAGE_DIR = Path(__file__).resolve().parent
+MANIFEST = PACKAGE_DIR / "compiled.json"
+
+# What the running process uses, for the start-up log: "compiled (mypyc)" or "pure Python (why)".
+status = "pure Python (not compiled)"
+
+
+def source_path(module: str) -> Path:
+    return PACKAGE_DIR.joinpath(*module.split(".")[1:]).with_suffix(".py")
+
+
+def extension_paths(module: str) -> list[Path]:
+    """The compiled files of `module` present next to its source (none when it was not compiled)."""
+    base = source_path(module).with_suffix("")
+    return [p for suffix in importlib.machinery.EXTENSION_SUFFIXES if (p := Path(f"{base}{suffix}")).exists()]
+
+
+def all_extensions() -> list[Path]:
+    """Every compiled file in the package, listed in MODULES or not (any left by an earlier build)."""
+    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    return [p for p in PACKAGE_DIR.rglob("*.so") if p.name.endswith(suffixes)]
+
+
+def digests() -> dict[str, str]:
+    return {m: hashlib.sha256(source_path(m).read_bytes()).hexdigest() for m in MODULES}
+
+
+def stale_reason() -> str | None:
+    """Why the compiled modules must not be used (None: they are up to date)."""
+    if not all(extension_paths(m) for m in (*MODULES, GROUP + "__mypyc")):
+        return "the build is incomplete: run scripts/compile"
+    try:
+        built = json.loads(MANIFEST.read_text(encoding="utf-8"))["sources"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "the build did not finish: run scripts/compile"
+    if not isinstance(built, dict) or set(built) != set(MODULES):
+        return "the list of compiled modules changed: run scripts/compile"
+    changed = [m for m, digest in digests().items() if built[m] != digest]
+    if changed:
+        return f"{', '.join(changed)} changed since compiled: run scripts/compile"
+    return None
+
+
+class _FromSource(importlib.abc.MetaPathFinder):
+    """Finds the listed modules' .py sources ahead of their compiled extensions."""
+
+    def __init__(self, modules: Sequence[str]) -> None:
+        self.modules = frozenset(modules)
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None,
+                  target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:  # fmt: skip
+        if fullname not in self.modules:
+            return None
+        return importlib.util.spec_from_file_location(fullname, source_path(fullname))
+
+
+def use_compiled() -> None:
+    """Called once, by the package's __init__, before any listed module is imported."""
+    global status
+    if not any(extension_paths(m) for m in (*MODULES, GROUP + "__mypyc")):
+        return  # nothing compiled: plain imports find the sources
+    if os.environ.get("SIPFILTER_PURE"):
+        reason: str | None = "SIPFILTER_PURE is set"
+    else:
+        reason = stale_reason()
+        if reason is not None:
+            print(f"sipfilter: compiled modules not used: {reason}", file=sys.stderr)
+    if reason is None:
+        status = "compiled (mypyc)"
+        return
+    status = f"pure Python ({reason})"
+    sys.meta_path.insert(0, _FromSource(MODULES))

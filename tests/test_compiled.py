@@ -1,0 +1,79 @@
+"""The compiled call path (sipfilter.compiled, scripts/compile): used only when up to date, never mixed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sipfilter import compiled
+
+REPO = Path(__file__).resolve().parents[1]
+PROBE = (
+    "import sipfilter.compiled as c, sipfilter.sip.message as m, sipfilter.b2bua.core as core; "
+    "print(c.status); print(m.__file__); print(core.__file__)"
+)
+
+
+def _probe(**env: str) -> tuple[str, list[str], str]:
+    """(status, files of two compiled modules, stderr) as a fresh interpreter sees them."""
+    clean = {k: v for k, v in os.environ.items() if k != "SIPFILTER_PURE"}
+    done = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, capture_output=True, text=True,
+                          env={**clean, **env}, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    status, *files = done.stdout.splitlines()
+    return status, files, done.stderr
+
+
+def _built() -> bool:
+    return compiled.stale_reason() is None
+
+
+def test_sipfilter_pure_loads_every_listed_module_from_source() -> None:
+    status, files, _ = _probe(SIPFILTER_PURE="1")
+    assert all(f.endswith(".py") for f in files), files
+    if any(compiled.extension_paths(m) for m in compiled.MODULES):
+        assert status == "pure Python (SIPFILTER_PURE is set)"
+
+
+@pytest.mark.skipif(not _built(), reason="the call path is not compiled here (scripts/compile)")
+def test_an_up_to_date_build_is_what_runs() -> None:
+    status, files, stderr = _probe()
+    assert status == "compiled (mypyc)"
+    assert all(not f.endswith(".py") for f in files), files
+    assert stderr == ""
+
+
+def test_the_manifest_decides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    manifest = tmp_path / "compiled.json"
+    monkeypatch.setattr(compiled, "MANIFEST", manifest)
+    monkeypatch.setattr(compiled, "extension_paths", lambda module: [tmp_path / f"{module}.so"])
+    assert compiled.stale_reason() == "the build did not finish: run scripts/compile"
+    manifest.write_text("{not json", encoding="utf-8")
+    assert compiled.stale_reason() == "the build did not finish: run scripts/compile"
+    sources = compiled.digests()
+    manifest.write_text(json.dumps({"sources": sources}), encoding="utf-8")
+    assert compiled.stale_reason() is None
+    sources["sipfilter.sip.message"] = "0" * 64  # as if message.py was edited after the build
+    manifest.write_text(json.dumps({"sources": sources}), encoding="utf-8")
+    assert compiled.stale_reason() == "sipfilter.sip.message changed since compiled: run scripts/compile"
+
+
+def test_from_source_finder_only_takes_the_listed_modules() -> None:
+    finder = compiled._FromSource(compiled.MODULES)
+    spec = finder.find_spec("sipfilter.sip.message", None)
+    assert spec is not None and spec.origin == str(REPO / "sipfilter" / "sip" / "message.py")
+    assert finder.find_spec("sipfilter.policy.engine", None) is None
+    assert all(compiled.source_path(m).is_file() for m in compiled.MODULES)
+
+
+def test_a_build_missing_a_module_is_not_used(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Compiled modules call each other inside their shared library: one of them imported from source
+    # would be a second, different class for the same name.
+    monkeypatch.setattr(compiled, "extension_paths",
+                        lambda module: [] if module.endswith(".uri") else [tmp_path / "x.so"])  # fmt: skip
+    assert compiled.stale_reason() == "the build is incomplete: run scripts/compile"
