@@ -6,7 +6,7 @@ driver's own parsing is left out) and in all. With --report-every: RSS, Python's
 call attempts the embedded store keeps for its 30-day frequency window (data that legitimately grows with
 every relayed call: the clock moves only ~0.9 days over a million calls), with RSS net of them.
 
-    .venv/bin/python bench/b2bua.py --calls 5000 [--profile]
+    .venv/bin/python bench/b2bua.py --calls 5000 [--profile]   # SIPFILTER_PURE=1: cProfile sees the call path
     .venv/bin/python bench/b2bua.py --calls 1000000 --report-every 100000 [--metrics]   # memory stays flat?
 """
 

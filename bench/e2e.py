@@ -443,6 +443,9 @@ def _py_spy(pids: list[int], out: Path, native: bool = False) -> subprocess.Pope
     if not Path(exe).exists() or not pids:
         print("  (py-spy not found: no profile)", file=sys.stderr)
         return None
+    if compiled.status.startswith("compiled"):
+        print("  (compiled call path: py-spy sees no frame in it; SIPFILTER_PURE=1 profiles it)",
+              file=sys.stderr)  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     mode = ["--native"] if native else ["--nonblocking"]  # py-spy cannot unwind C frames without a pause
     return subprocess.Popen([exe, "record", "--pid", str(pids[0]), "--rate", "200",
