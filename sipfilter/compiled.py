@@ -4,7 +4,7 @@
 beside `message.py`, their shared runtime in `_native__mypyc….so`) and then writes MANIFEST: each
 source's SHA-256. Python imports an extension before a source of the same name, so `use_compiled()` runs
 first, when the package is imported. If SIPFILTER_PURE is set, or a source changed after it was compiled
-(or the build did not finish), every listed module is loaded from its source instead. All of them: compiled
+(or the build is incomplete), every listed module is loaded from its source instead. All of them: compiled
 modules call each other directly, so a fresh source beside a stale extension would still run old code.
 """
 

@@ -620,8 +620,7 @@ def _addr_spec(uri_text: str | None, spec: str | None) -> str:
 
 
 def _parse_name_addr(value: str, what: str) -> NameAddr:
-    # Optional groups are None when absent (mypyc checks what is declared); `spec` is the bare addr-spec,
-    # `uri_text` the one in <>: exactly one of the two is set.
+    # Optional groups are None when absent (mypyc checks what is declared).
     display: str | None
     uri_text: str | None
     spec: str | None
