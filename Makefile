@@ -1,5 +1,5 @@
-# The two commands of README.md: `make run` and `make test`.
-.PHONY: run test setup bench
+# The commands of README.md: `make run`, `make test`, `make demo`; `make lock` refreshes uv.lock.
+.PHONY: run test setup lock
 
 run:
 	scripts/run
@@ -9,3 +9,6 @@ test:
 
 setup:
 	scripts/setup --test
+
+lock:
+	scripts/lock

@@ -144,7 +144,7 @@ def _sentinel_master(url: str, service: str, kwargs: dict[str, Any]) -> Any:
     db = int(parts.path.strip("/") or 0)
     conn = {k: v for k, v in kwargs.items() if k != "retry"}
     timeouts = {k: kwargs[k] for k in ("socket_timeout", "socket_connect_timeout")}
-    sentinel = Sentinel(sentinels, sentinel_kwargs=timeouts, **conn)  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(sentinels, sentinel_kwargs=timeouts, **conn)
     return sentinel.master_for(service, db=db, password=password, retry=kwargs["retry"])
 
 
