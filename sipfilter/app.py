@@ -19,6 +19,7 @@ from sipfilter import compiled, metrics
 from sipfilter.b2bua.core import B2BUA, INSIDE, OUTSIDE, compile_runtime
 from sipfilter.config import Config, ConfigError, Listen, load_config
 from sipfilter.policy.engine import PolicyEngine
+from sipfilter.readiness import describe_missing, missing_lists
 from sipfilter.sip import Limits, ParseError, parse
 from sipfilter.transport.base import Endpoint, install_uvloop
 from sipfilter.transport.stream import open_stream_endpoint
@@ -103,6 +104,7 @@ class App:
         gc.set_threshold(*GC_THRESHOLDS)
         if os.environ.get("SIPFILTER_GC_STATS"):  # developers: GC time while serving, logged at close
             self._gc_stats = _GcStats()
+        self._warn_missing_lists()
         self.ready = True
         log.info("sipfilter ready: %d trunk(s), store %s, call path %s", len(config.trunks),
                  config.store.backend, compiled.status)  # fmt: skip
@@ -127,6 +129,7 @@ class App:
             listening=lambda: bool(self.endpoints) and self.ready,
             config_loaded=lambda: self.config is not None,
             lists_loaded=self._lists_loaded,
+            details=lambda: {"missing_lists": sorted(missing_lists(self.config, self.store))},
             store_ok=self._store_ok,
             # stop-relaying answers every allowed call 503 while the audit log fails: send them elsewhere.
             audit_ok=lambda: self.audit is None or not self.audit.refusing_calls(),
@@ -140,12 +143,11 @@ class App:
         await self.admin.start(cfg.host, cfg.port)
 
     def _lists_loaded(self) -> bool:
-        names: set[str] = set()
-        for trunk in self.config.trunks.values():
-            names.update(trunk.lists.dnc)
-            if isinstance(trunk.lists.authorised_caller_ids, str):
-                names.add(trunk.lists.authorised_caller_ids)
-        return self.store is not None and all(self.store.list_info(n) is not None for n in names)
+        return self.store is not None and not missing_lists(self.config, self.store)
+
+    def _warn_missing_lists(self) -> None:
+        for sentence in describe_missing(self.config, missing_lists(self.config, self.store)):
+            log.warning("%s", sentence)
 
     def _store_ok(self) -> bool:
         health = getattr(self.store, "health", None)
@@ -202,6 +204,7 @@ class App:
                 log.warning("list refresh on reload failed (the store keeps polling): %s", exc)
         metrics.record_reload(True)
         log.info("config reloaded from %s", new.path)
+        self._warn_missing_lists()
         return True
 
     # -- stop --------------------------------------------------------------------------------------------

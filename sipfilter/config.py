@@ -255,8 +255,12 @@ class Section:
 
     def list(self, key: builtins.str, default: Any = _REQUIRED) -> builtins.list[Any]:
         value = self.raw(key, default)
-        if value is None and default is None:
+        if value is None and default is not _REQUIRED:
+            value = default  # `key: null` means the default, as leaving the key out does
+        if value is None:
             return []
+        if isinstance(value, tuple) and value is default:  # a default written in this module
+            return list(value)
         if not isinstance(value, list):
             raise self.error(key, f"expected a list, got {value!r}")
         return list(value)

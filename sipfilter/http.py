@@ -54,6 +54,8 @@ class ReadinessState:
     audit_ok: Check = _true  # the audit log is writable, or its on_write_error policy keeps relaying
     draining: Check = _false  # SIGTERM received: stop sending new calls here
     extra: dict[str, Check] = field(default_factory=dict)
+    # What a failing check is about, by name (e.g. {"missing_lists": ["bloctel"]}): added to the /readyz body.
+    details: Callable[[], dict[str, Any]] = dict
 
     def checks(self) -> dict[str, bool]:
         out: dict[str, bool] = {}
@@ -127,7 +129,12 @@ def make_admin_app(
     async def readyz(_req: web.Request) -> web.Response:
         checks = state.checks()
         ok = all(checks.values())
-        return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
+        body: dict[str, Any] = {"ready": ok, "checks": checks}
+        try:
+            body.update(state.details())
+        except Exception:  # the details only explain: never a 500 for them
+            log.exception("readiness details failed")
+        return web.json_response(body, status=200 if ok else 503)
 
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/healthz", healthz)

@@ -1,11 +1,13 @@
 """`sipfilter config check|show`: validate a configuration (and its rule packs) or print what it resolves to.
 
-Reads files only; never opens the store or a socket. Exit 0 valid, 1 invalid, 2 usage error.
+`check` also opens the configured store, read only, to name the lists the trunks check that were never
+imported (`--no-store` skips that); `show` reads files only. Exit 0 valid, 1 invalid, 2 usage error.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sipfilter.config import Config, ConfigError, load_config
+from sipfilter.readiness import describe_missing, missing_lists
 
 DEFAULT_CONFIG = os.environ.get("SIPFILTER_CONFIG", "config/sipfilter.yaml")
 
@@ -28,6 +31,9 @@ def register(subparsers: Any) -> None:
         q = sub.add_parser(name, help=helptext, description=helptext)
         q.add_argument("--config", default=DEFAULT_CONFIG, help="configuration file (default: %(default)s)")
         q.set_defaults(func=func)
+        if name == "check":
+            q.add_argument("--no-store", dest="store", action="store_false",
+                           help="do not open the store to see which lists were imported")
         if name == "show":
             q.add_argument("--trunk", help="show only this trunk and its compiled rule values")
     p.set_defaults(func=lambda args: (p.print_help(sys.stderr), 2)[1])
@@ -96,9 +102,26 @@ def check(args: argparse.Namespace) -> int:
             f"dnc lists {', '.join(t.lists.dnc) or 'none'}, {len(t.targets)} target(s)"
         )
     print(f"  store: {config.store.backend}; audit log: {config.audit.path}")
-    for w in warnings(config):
+    for w in warnings(config) + (store_warnings(config) if args.store else []):
         print(f"warning: {w}")
     return 0
+
+
+def store_warnings(config: Config) -> list[str]:
+    """The lists in use that the store never imported, or why the store could not be asked."""
+    from sipfilter import stores
+
+    async def ask() -> list[str]:
+        store = await stores.open_store(config, watch=False)
+        try:
+            return describe_missing(config, missing_lists(config, store))
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(ask())
+    except (stores.StoreUnavailable, OSError) as exc:
+        return [f"cannot open the {config.store.backend} store to see which lists were imported: {exc}"]
 
 
 _SECRET = ("token", "ha1")  # never printed
