@@ -45,3 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `sipfilter … | head -1`: the reader has what it wanted
+        from sipfilter.commands._store_common import stdout_closed
+
+        stdout_closed()
+        return 0

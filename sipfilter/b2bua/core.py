@@ -382,7 +382,10 @@ class B2BUA:
 
     def _target_changed(self, trunk: str, dest: Destination, up: bool) -> None:
         self.obs.target_up(trunk, dest.name, up)
-        log.warning("carrier target %s of trunk %s is %s", dest.name, trunk, "up" if up else "DOWN")
+        if up:  # back in rotation (or first seen answering): news, not a problem
+            log.info("carrier target %s of trunk %s is up", dest.name, trunk)
+        else:
+            log.warning("carrier target %s of trunk %s is DOWN", dest.name, trunk)
 
     def swap_runtime(self, runtime: Runtime) -> None:
         """Use a reloaded config for new calls; calls in progress keep the trunk they started with."""
@@ -1577,7 +1580,7 @@ def _admission_config(config: Config) -> LimitsConfig:
     limits = config.limits
     if isinstance(limits, LimitsConfig):
         return limits
-    # No `limits:` section: no caps, and unknown sources answered 403 (issue 5), never relayed.
+    # No `limits:` section: no caps, and unknown sources answered 403, never relayed.
     return LimitsConfig(unknown_source="reject", source_rate=1e9, source_burst=1_000_000_000)
 
 

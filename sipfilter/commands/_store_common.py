@@ -19,6 +19,7 @@ from sipfilter.config import Config, ConfigError, load_config
 from sipfilter.policy.numbers import Normaliser
 from sipfilter.stores import StoreError, StoreUnavailable, WritableStore
 from sipfilter.stores.importer import ListFileError
+from sipfilter.times import parse_instant
 
 DEFAULT_CONFIG = os.environ.get("SIPFILTER_CONFIG", "config/sipfilter.yaml")
 
@@ -76,16 +77,9 @@ def parse_time(text: str | None) -> float:
     if text is None:
         return time.time()
     try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        when = datetime.fromisoformat(text)
+        return parse_instant(text)
     except ValueError as exc:
-        raise CliError(f"not an ISO-8601 date-time or epoch seconds: {text!r}") from exc
-    if when.tzinfo is None:
-        raise CliError(f"add a UTC offset to {text!r} (e.g. {text}+02:00)")
-    return when.timestamp()
+        raise CliError(str(exc)) from None
 
 
 def iso(ts: float | None) -> str:
@@ -113,7 +107,26 @@ def run_with_store(args: argparse.Namespace,
         print(f"sipfilter: error: {exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # `lists export | head`
+        stdout_closed()
         return 0
+
+
+def stdout_closed() -> None:
+    """The reader of our standard output went away (`… | head -1`): not an error. Point stdout at /dev/null
+    so that nothing else (the interpreter's flush at exit included) fails on it."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
+
+
+def print_out(text: str) -> None:
+    """Print `text` to standard output; a reader that stopped reading is not an error (stdout_closed)."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        stdout_closed()
 
 
 class ProgressPrinter:

@@ -10,11 +10,11 @@ import asyncio
 import json
 import os
 import sys
-import time
 from datetime import datetime
 from typing import Any
 
 from sipfilter.audit import decision_record
+from sipfilter.commands._store_common import CliError, parse_time, print_out
 from sipfilter.config import Config, ConfigError, load_config
 from sipfilter.policy.engine import PolicyEngine
 from sipfilter.policy.facts import CallFacts
@@ -74,8 +74,9 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--at",
-        metavar="ISO-8601",
-        help="decision time with UTC offset, e.g. 2026-09-14T10:30:00+02:00 (default: now)",
+        metavar="TIME",
+        help="decision time: ISO-8601 with a UTC offset, e.g. 2026-09-14T10:30:00+02:00, or epoch seconds "
+        "(default: now)",
     )
     p.add_argument("--call-id", default="sipfilter-check", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -97,15 +98,11 @@ def register(subparsers: Any) -> None:
 
 
 def parse_at(text: str | None) -> float:
-    if not text:
-        return time.time()
+    """What `refusal add --at` and `consent add --at` accept: ISO-8601 with an offset, or epoch seconds."""
     try:
-        when = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise CheckError(f"--at: not an ISO-8601 date-time: {text!r}") from exc
-    if when.tzinfo is None:
-        raise CheckError(f"--at: add a UTC offset (e.g. {text}+02:00): the callee's time zone matters")
-    return when.timestamp()
+        return parse_time(text)
+    except CliError as exc:
+        raise CheckError(f"--at: {exc}") from None
 
 
 async def open_configured_store(config: Config) -> Store:
@@ -210,7 +207,8 @@ def render_text(
     return "\n".join(lines)
 
 
-async def _check(args: argparse.Namespace) -> int:
+async def _check(args: argparse.Namespace) -> tuple[int, str]:
+    """The exit status (0 allow, 1 reject) and the text to print."""
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -238,7 +236,9 @@ async def _check(args: argparse.Namespace) -> int:
         "from": args.from_,
         "pai": args.pai,
         "to": args.to,
-        "at": args.at or datetime.fromtimestamp(at).astimezone().isoformat(timespec="seconds"),
+        # as given, unless given as epoch seconds (or not at all): then as ISO-8601 with the local offset
+        "at": args.at if args.at and not args.at.strip().replace(".", "", 1).isdigit()
+        else datetime.fromtimestamp(at).astimezone().isoformat(timespec="seconds"),
     }
     if facts.callee.kind == "e164":
         zone, _ = engine.rules_for(args.trunk).hours.zone_for(facts.callee.e164)
@@ -257,15 +257,17 @@ async def _check(args: argparse.Namespace) -> int:
                 "reason_header": decision.verdict.reason_header(),
                 "warning_header": decision.verdict.warning_header(config.sip.hostname),
             }
-        print(json.dumps(out, ensure_ascii=False, indent=2))
+        text = json.dumps(out, ensure_ascii=False, indent=2)
     else:
-        print(render_text(decision, record, config.sip.hostname, raw, words))
-    return 0 if decision.verdict.action == "allow" else 1
+        text = render_text(decision, record, config.sip.hostname, raw, words)
+    return (0 if decision.verdict.action == "allow" else 1), text
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        return asyncio.run(_check(args))
+        status, text = asyncio.run(_check(args))
     except CheckError as exc:
         print(f"sipfilter check: {exc}", file=sys.stderr)
         return 2
+    print_out(text)  # `check … | head -1` keeps the verdict's exit status
+    return status

@@ -58,7 +58,8 @@ def register(subparsers: Any) -> None:
                         "truncated download (default: %(default)s; 1 disables)")
     q.add_argument("--trunk", help="normalise with this trunk's rules (default: the first trunk)")
     q.add_argument("--dry-run", action="store_true", help="read and report, do not switch")
-    q.add_argument("--quiet", action="store_true", help="no progress output")
+    q.add_argument("--quiet", action="store_true",
+                   help="print nothing but errors (a refused import still lists its bad lines)")
     q.set_defaults(func=_import, mode="replace")
 
     q = sub.add_parser("show", help="list the lists, or one list's metadata (and whether it has a number)")
@@ -105,8 +106,11 @@ def _import(args: argparse.Namespace) -> int:
         progress = None if args.quiet else ProgressPrinter(f"reading {args.file}")
         result = read_list(args.file, normaliser(config, args.trunk), fmt=args.format, column=args.column,
                            region=region(config, args.trunk), progress=progress)
-        _report(result, sys.stderr)
+        if not args.quiet:
+            _report(result, sys.stderr)
         if result.bad_share > args.max_bad_share:
+            if args.quiet:
+                _report(result, sys.stderr)
             raise CliError(f"{result.bad} of {result.lines} lines are bad ({result.bad_share:.2%} > "
                            f"--max-bad-share {args.max_bad_share:.2%}): list {args.name!r} left unchanged")
         numbers = result.numbers
@@ -125,6 +129,8 @@ def _import(args: argparse.Namespace) -> int:
             print(f"dry run: list {args.name!r} would hold {len(numbers)} numbers", file=sys.stderr)
             return 0
         info = await store.put_list(args.name, numbers, result.source)
+        if args.quiet:
+            return 0
         print(f"list {info.name}: version {info.version}, {info.count} numbers, from {info.source_name} "
               f"({info.source_size} bytes, sha256 {info.source_sha256[:16]}…) in "
               f"{time.monotonic() - started:.1f}s")

@@ -85,7 +85,7 @@ class RuleSet:
         if hit is None and rule.startswith(lists.DNC_PREFIX):
             hit = self.answers.get("callee.dnc")
         if hit is None:
-            # Defaults of the brief: 403 for caller-ID rules, 603 for callee rules.
+            # Defaults: 403 for caller-ID rules, 603 for callee rules.
             return Answer(403 if rule.startswith("caller-id.") else 603, rule)
         return hit
 

@@ -1,4 +1,4 @@
-"""Issue 7 faults with real processes: the audit log's disk is full (ENOSPC) under a running `sipfilter run`.
+"""Faults with real processes: the audit log's disk is full (ENOSPC) under a running `sipfilter run`.
 
 The audit path is a symlink to /dev/full (every write fails with ENOSPC, on any machine), then replaced by
 a real file: the disk "recovers". For each `audit.on_write_error` policy the dialer (SIPp UAC) must see

@@ -1,4 +1,4 @@
-"""Issue 7 faults with real processes: a carrier that dies (SIPp UAS killed with SIGKILL) during a call.
+"""Faults with real processes: a carrier that dies (SIPp UAS killed with SIGKILL) during a call.
 
 One `sipfilter run` per module on loopback, short SIP timers (T1 = 25 ms: 64*T1 = 1.6 s; ring timeout 3 s).
 What the dialer (SIPp UAC) must see: its BYE answered at once, a re-INVITE answered 408 then a BYE, a call

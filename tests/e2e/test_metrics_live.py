@@ -1,4 +1,4 @@
-"""A real Prometheus scrapes a real `sipfilter run` while SIPp pushes calls through it (issue 6's evidence).
+"""A real Prometheus scrapes a real `sipfilter run` while SIPp pushes calls through it.
 
 Checks that counters agree with what the dialer saw, and that every dashboard and alert expression is valid,
 has data (dashboard) or stays quiet (alerts); it never edits the dashboard, the rules or the harness.
