@@ -11,7 +11,6 @@ import hmac
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from sipfilter.stores import ContractRecord, StoreError, StoreUnavailable, Writa
 from sipfilter.stores.base import ConsentRecord, ListInfo
 from sipfilter.stores.importer import FORMATS, ListFileError, SourceInfo, read_list
 from sipfilter.stores.numberset import NumberSet
+from sipfilter.times import iso_utc, parse_instant
 
 GetStore = Callable[[], WritableStore]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -39,23 +39,28 @@ def _json_error(status: int, message: str) -> web.Response:
 
 
 def _info(info: ListInfo) -> dict[str, Any]:
-    return {name: getattr(info, name) for name in info.__slots__}
+    return _with_iso({name: getattr(info, name) for name in info.__slots__})
+
+
+# Times in answers: epoch seconds under their own name, and ISO-8601 (UTC) beside them under NAME_iso.
+_TIME_FIELDS = frozenset({"at", "imported_at", "granted_at", "revoked_at", "started_at", "ended_at",
+                          "last_refusal"})
+
+
+def _with_iso(data: dict[str, Any]) -> dict[str, Any]:
+    for name in _TIME_FIELDS.intersection(data):
+        data[f"{name}_iso"] = iso_utc(data[name])
+    return data
 
 
 def _time(value: Any, field: str) -> float:
+    """Epoch seconds or ISO-8601 with a UTC offset (as the CLI's --at); absent: now."""
     if value is None:
         return time.time()
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            when = datetime.fromisoformat(value)
-        except ValueError:
-            raise BadRequest(f"{field}: expected epoch seconds or ISO-8601, got {value!r}") from None
-        if when.tzinfo is None:
-            raise BadRequest(f"{field}: add a UTC offset to {value!r}")
-        return when.timestamp()
-    raise BadRequest(f"{field}: expected epoch seconds or ISO-8601, got {value!r}")
+    try:
+        return parse_instant(value)
+    except ValueError as exc:
+        raise BadRequest(f"{field}: {exc}") from None
 
 
 class _Api:
@@ -113,17 +118,16 @@ class _Api:
         account, number = self._who(data)
         at = _time(data.get("at"), "at")
         await self.get_store().record_refusal(account, number, at)
-        return web.json_response({"account": account, "number": number, "at": at}, status=201)
+        return web.json_response(_with_iso({"account": account, "number": number, "at": at}), status=201)
 
     async def get_refusal(self, request: web.Request) -> web.Response:
         data = await self._body(request)
         account, number = self._who(data)
         store = self.get_store()
         window = float(data.get("window_s", DEFAULT_WINDOW_S))
-        return web.json_response({"account": account, "number": number,
-                                  "last_refusal": await store.last_refusal(account, number),
-                                  "attempts": await store.attempts(account, number, time.time(), window),
-                                  "window_s": window})
+        return web.json_response(_with_iso({
+            "account": account, "number": number, "last_refusal": await store.last_refusal(account, number),
+            "attempts": await store.attempts(account, number, time.time(), window), "window_s": window}))
 
     # --- consents ---
     async def post_consent(self, request: web.Request) -> web.Response:
@@ -145,7 +149,7 @@ class _Api:
         account, number = self._who(data)
         at = _time(data.get("at"), "at")
         n = await self.get_store().revoke_consent(account, number, at)
-        return web.json_response({"account": account, "number": number, "at": at, "revoked": n},
+        return web.json_response(_with_iso({"account": account, "number": number, "at": at, "revoked": n}),
                                  status=200 if n else 404)
 
     async def get_consents(self, request: web.Request) -> web.Response:
@@ -171,7 +175,7 @@ class _Api:
         account, number = self._who(data)
         at = _time(data.get("at"), "at")
         n = await self.get_store().end_contract(account, number, at)
-        return web.json_response({"account": account, "number": number, "at": at, "ended": n},
+        return web.json_response(_with_iso({"account": account, "number": number, "at": at, "ended": n}),
                                  status=200 if n else 404)
 
     # --- lists ---
@@ -271,7 +275,7 @@ class _Api:
 
 
 def _record(rec: ConsentRecord | ContractRecord) -> dict[str, Any]:
-    return {name: getattr(rec, name) for name in rec.__slots__}
+    return _with_iso({name: getattr(rec, name) for name in rec.__slots__})
 
 
 def add_admin_routes(app: web.Application, get_store: GetStore, *, normaliser: Normaliser | None = None,
