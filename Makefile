@@ -1,5 +1,8 @@
-# The commands of README.md: `make run`, `make test`, `make demo`; `make lock` refreshes uv.lock.
-.PHONY: run test setup lock
+# The commands of README.md: `make demo`, `make run`, `make test`; `make lock` refreshes uv.lock.
+.PHONY: demo run test setup lock
+
+demo:
+	scripts/demo
 
 run:
 	scripts/run

@@ -1,5 +1,7 @@
 """Drive real SIPp and a real `sipfilter run` as subprocesses on loopback, for tests/e2e and bench/e2e.py.
 
+Ports, CSV and OUTCOME parsing live in sipfilter/lab.py (shared with `sipfilter demo`) and are re-exported.
+
 Picks free ports at run time, writes every trace into a work dir, parses SIPp's files; never asserts
 (callers decide) and never leaves a process behind (every start is paired with a kill in `stop()`).
 """
@@ -12,153 +14,43 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from sipfilter.lab import LAB_OVERRIDES, LabError, port_bound
+from sipfilter.lab import LOOPBACK as LOOPBACK  # re-exported: tests and benchmarks import them from here
+from sipfilter.lab import CallCase as CallCase
+from sipfilter.lab import Outcome as Outcome
+from sipfilter.lab import free_port as free_port
+from sipfilter.lab import free_ports as free_ports
+from sipfilter.lab import parse_outcomes as parse_outcomes
+from sipfilter.lab import read_calls_csv as read_calls_csv
+from sipfilter.lab import write_calls_csv as write_calls_csv
+
 REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = REPO / "sipp"
 SIPP = shutil.which("sipp")
-LOOPBACK = "127.0.0.1"
 
 
-class HarnessError(RuntimeError):
+class HarnessError(LabError):
     """A process of the harness could not be started or did not get ready; the message says which."""
 
 
-# --------------------------------------------------------------------------------------------- ports
-
-
-def free_port() -> int:
-    """A port number free for both UDP and TCP on 127.0.0.1 right now (SIP listens on both)."""
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((LOOPBACK, 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((LOOPBACK, port))
-                except OSError:
-                    continue
-                return port
-    raise HarnessError("no free UDP+TCP port pair on 127.0.0.1")
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct free ports (kept distinct even if the kernel hands the same one back twice)."""
-    ports: list[int] = []
-    while len(ports) < count:
-        port = free_port()
-        if port not in ports:
-            ports.append(port)
-    return ports
-
-
-# --------------------------------------------------------------------------------------------- CSV
-
-
-@dataclass(frozen=True, slots=True)
-class CallCase:
-    """One line of a dialer CSV: who calls whom, and what sipfilter must do with it."""
-
-    caller: str
-    callee: str
-    expected: str  # "relay" | "<code>" | "<code> <rule>", e.g. "403 caller-id"
-
-
-def write_calls_csv(path: Path, cases: Iterable[CallCase]) -> Path:
-    """Write a SIPp -inf file (SEQUENTIAL: line N is call N)."""
-    lines = ["SEQUENTIAL"] + [f"{c.caller};{c.callee};{c.expected};" for c in cases]
-    path.write_text("\n".join(lines) + "\n", encoding="ascii")
-    return path
-
-
-def read_calls_csv(path: Path) -> list[CallCase]:
-    cases: list[CallCase] = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip() or line.startswith(("#", "SEQUENTIAL", "RANDOM", "USER")):
-            continue
-        caller, callee, expected = [*line.split(";"), "", "", ""][:3]
-        cases.append(CallCase(caller, callee, expected))
-    return cases
+# The lab trunk's overrides (hours open, no holidays, cap lifted): shared with `sipfilter demo`.
+ALWAYS_OPEN = LAB_OVERRIDES
+_port_bound = port_bound
 
 
 # --------------------------------------------------------------------------------------------- results
-
-_REASON_TEXT = re.compile(r'text\s*=\s*"([^"]*)"', re.IGNORECASE)
-_WARNING_TEXT = re.compile(r'^\s*\d{3}\s+\S+\s+"([^"]*)"')
-_RULE = re.compile(r"[a-z][a-z0-9_-]*(?:\.[a-z0-9_-]+)+")
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What happened to one call of dialer_uac.xml, from its OUTCOME log line."""
-
-    call_number: int
-    caller: str
-    callee: str
-    expected: str
-    code: int
-    reason: str  # the Reason header value, "" when absent
-    warning: str  # the Warning header value, "" when absent
-    verdict: str  # "match" / "MISMATCH" as judged by SIPp on the code alone
-
-    @property
-    def rule(self) -> str | None:
-        """The rule sipfilter named: a dotted id (e.g. "callee.consent") in Reason's text or Warning."""
-        for header, pattern in ((self.reason, _REASON_TEXT), (self.warning, _WARNING_TEXT)):
-            text = pattern.search(header)
-            found = _RULE.search(text.group(1) if text else header)
-            if found:
-                return found.group(0)
-        return None
-
-    def problem(self) -> str | None:
-        """None when the outcome is what the CSV expects; else a sentence saying how it differs."""
-        want = self.expected.split()
-        if not want:
-            return f"call {self.call_number}: empty expected column"
-        if want[0] == "relay":
-            return None if self.code == 200 else f"call {self.call_number} {self.caller}->{self.callee}: " \
-                f"expected relay, got {self.code} ({self.reason or self.warning})"
-        if str(self.code) != want[0]:
-            return (f"call {self.call_number} {self.caller}->{self.callee}: expected {self.expected}, "
-                    f"got {self.code} ({self.reason or self.warning})")
-        if len(want) > 1:
-            rule = self.rule
-            # "callee.dnc", "callee.dnc.*", "callee.dnc.bloctel" match callee.dnc.bloctel (whole words)
-            family = want[1].removesuffix("*").removesuffix(".")
-            if rule is None or not (rule == family or rule.startswith(family + ".")):
-                return (f"call {self.call_number} {self.caller}->{self.callee}: expected rule {want[1]}, "
-                        f"got {rule!r} (Reason: {self.reason!r}, Warning: {self.warning!r})")
-        return None
-
-
-def parse_outcomes(log_text: str) -> list[Outcome]:
-    """OUTCOME|number|caller|callee|expected|code|Reason|Warning|verdict lines of dialer_uac.xml."""
-    outcomes: list[Outcome] = []
-    for line in log_text.splitlines():
-        if not line.startswith("OUTCOME|"):
-            continue
-        parts = line.split("|")
-        if len(parts) < 9:
-            continue
-        number, caller, callee, expected, code = parts[1:6]
-        # a '|' inside a header value would shift fields: keep the verdict last and rejoin the middle
-        warning, verdict = parts[-2], parts[-1].strip()
-        reason = "|".join(parts[6:-2])
-        outcomes.append(Outcome(int(number), caller, callee, expected, int(code or 0), reason.strip(),
-                                warning.strip(), verdict))
-    return sorted(outcomes, key=lambda o: o.call_number)
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,29 +294,7 @@ def _invite_timings(path: Path | None) -> dict[str, tuple[float, ...]]:
     return {"invite_trying_ms": tuple(trying), "invite_final_ms": tuple(final)}
 
 
-def _port_bound(port: int, *, tcp: bool) -> bool:
-    """True when a socket listens on 127.0.0.1:`port` (or any address), read from /proc/net: probing by
-    binding would race with the process we wait for."""
-    table = Path("/proc/net/tcp" if tcp else "/proc/net/udp")
-    want_state = "0A" if tcp else "07"  # TCP_LISTEN; UDP sockets sit in TCP_CLOSE (07)
-    for line in table.read_text().splitlines()[1:]:
-        fields = line.split()
-        address, _, hex_port = fields[1].partition(":")
-        if int(hex_port, 16) == port and fields[3] == want_state and address in ("0100007F", "00000000"):
-            return True
-    return False
-
-
 # --------------------------------------------------------------------------------------------- sipfilter
-
-
-# Rule-pack overrides that make a test independent of the clock: the D223-9 window open every day all
-# day, no public holidays, and a frequency cap no test reaches. Every other rule stays as in config/rules/.
-ALWAYS_OPEN: dict[str, Any] = {
-    "hours": {"weekly": {day: ["00:00-24:00"] for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}},
-    "holidays": {"source": "none"},
-    "frequency": {"cap": 1_000_000},
-}
 
 
 @dataclass(frozen=True, slots=True)
