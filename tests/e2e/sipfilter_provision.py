@@ -9,11 +9,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sipp_harness import Sipfilter, SipfilterPorts, free_ports, sipfilter_cli, sipfilter_config, write_config
+from sipp_harness import (
+    REPO,
+    Sipfilter,
+    SipfilterPorts,
+    free_ports,
+    sipfilter_cli,
+    sipfilter_config,
+    write_config,
+)
 
 ACCOUNT = "e2e-account"
-CONSENTED = [f"+336120000{n:02d}" for n in range(1, 10)] + ["+33612000100", "+33612000101"]
-LISTS = {"bloctel": ["+33612000100"], "optouts": ["+33612000101"]}
+# The provisioning docs/sipp.md and `sipfilter demo` use, shipped beside the CSV that assumes it.
+SHIPPED = REPO / "sipp" / "csv"
+
+
+def _numbers(path: Path) -> list[str]:
+    """The numbers of a shipped provisioning file (one a line, or a CSV whose first column is `number`)."""
+    lines = [line.split(",")[0].strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    return [n for n in lines if n and not n.startswith("#") and n != "number"]
+
+
+CONSENTED = _numbers(SHIPPED / "consents-test.csv")
+LISTS = {"bloctel": _numbers(SHIPPED / "bloctel-test.txt"), "optouts": _numbers(SHIPPED / "optouts-test.txt")}
 
 
 def provision(config_path: Path, workdir: Path, *, extra_consents: list[str] | None = None,
