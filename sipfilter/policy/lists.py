@@ -5,6 +5,7 @@ Reads the store synchronously (lists are in memory); never writes. A list never 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time
@@ -14,6 +15,7 @@ from sipfilter.config import Section
 from sipfilter.policy.hours import as_date
 from sipfilter.policy.verdict import FAIL, PASS, SKIP, Outcome
 from sipfilter.stores.base import ConsentRecord, Store
+from sipfilter.times import iso_utc
 
 STALE_RULE = "list.stale"
 CONSENT_RULE = "callee.consent"
@@ -215,5 +217,11 @@ def check_consent(rules: ListRules, prospecting: bool, look: Lookups, out: dict[
     if rules.contract_exempts and look.contract():
         out[CONSENT_RULE] = Outcome(PASS, "no consent but a contract is in progress")
         return ""
+    # Refusing anyway: say so when the only consent was granted after the call time (a back-dated check).
+    later = look.store.consent_for(look.account, look.number, math.inf)
+    if later is not None and later.granted_at > look.at:
+        out[CONSENT_RULE] = Outcome(FAIL, f"the consent of {look.number} for account {look.account!r} was "
+                                          f"granted at {iso_utc(later.granted_at)}, after the call time")
+        return CONSENT_RULE
     out[CONSENT_RULE] = Outcome(FAIL, f"no consent recorded for {look.number} by account {look.account!r}")
     return CONSENT_RULE
