@@ -28,6 +28,7 @@ from typing import Any, TextIO
 
 import yaml
 
+from sipfilter import compiled
 from sipfilter.lab import (
     LAB_OVERRIDES,
     LOOPBACK,
@@ -329,8 +330,8 @@ def run_demo(*, out: TextIO = sys.stdout, rate: float = 2.0, workdir: Path | Non
                         carrier)
             _wait_until(lambda: _http_get(lab.admin, "/readyz")[0] == 200, "sipfilter ready (/readyz 200)",
                         READY_TIMEOUT_S, sipfilter)
-            print(f"sipfilter ready on {LOOPBACK}:{lab.inside} (its log: {sipfilter.log}); "
-                  f"SIPp carrier on {LOOPBACK}:{lab.carrier_port}", file=out)
+            print(f"sipfilter ready on {LOOPBACK}:{lab.inside}, call path {compiled.status} (its log: "
+                  f"{sipfilter.log}); SIPp carrier on {LOOPBACK}:{lab.carrier_port}", file=out)
             shown = files.calls.relative_to(CHECKOUT) if files.calls.is_relative_to(CHECKOUT) else files.calls
             print(f"SIPp dialer: {len(cases)} calls from {shown} at {rate:g}/s", file=out, flush=True)
             dialer = lab.start_dialer(len(cases), rate)
