@@ -24,6 +24,7 @@ REASONS: dict[int, str] = {
 }
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+_NOT_USER = re.compile(r"[^0-9A-Za-z+*#._\-]")
 
 
 def reason_phrase(status: int) -> str:
@@ -70,6 +71,12 @@ def with_tag(name_addr: str, tag: str) -> str:
     if ";tag=" in name_addr.lower():
         return name_addr
     return f"{name_addr};tag={tag}"
+
+
+def uri_user(uri: object) -> str:
+    """The user (or tel number) of a URI, reduced to characters that cannot change the URI we build."""
+    user = getattr(uri, "user", None) or getattr(uri, "number", None) or ""
+    return _NOT_USER.sub("", str(user))
 
 
 def safe(value: str) -> str:
