@@ -90,7 +90,7 @@ def _verify(s: Section) -> VerifySettings:
     timeout = s.number("x5u_timeout_s", 2.0, lo=0.1)
     if timeout > 10:
         raise s.error("x5u_timeout_s", f"must be <= 10 (a first call waits up to this long), got {timeout:g}")
-    allowed = tuple(_https_url(s, url, "x5u_allowed") for url in s.str_list("x5u_allowed", ()))
+    allowed = tuple(_https_url(s, url, "x5u_allowed") for url in s.str_list("x5u_allowed", None))
     tls_ca = _file(s, "x5u_tls_ca") if s.has("x5u_tls_ca") else None
     from sipfilter.transport.stream import TlsSetupError, tls_client_context
 

@@ -119,10 +119,10 @@ class X5uCache:
             certs = load_document(data)
         except CredentialError as exc:
             return self._failure(url, now, exc.reason)
-        except (FetchError, aiohttp.ClientError, OSError, ssl.SSLError, ValueError) as exc:
-            return self._failure(url, now, f"cannot fetch x5u {url}: {exc or type(exc).__name__}")
-        except TimeoutError:
+        except TimeoutError:  # aiohttp's timeouts are TimeoutErrors too (and ClientErrors)
             return self._failure(url, now, f"cannot fetch x5u {url}: no answer in time")
+        except (FetchError, aiohttp.ClientError, OSError, ssl.SSLError, ValueError) as exc:
+            return self._failure(url, now, f"cannot fetch x5u {url}: {str(exc) or type(exc).__name__}")
         # Never kept past the leaf's expiry (the chain is checked again at each use anyway).
         expires = certs[0].not_valid_after_utc.timestamp()
         return Document(url, tuple(certs), "", now, min(now + self.ttl_s, expires),
