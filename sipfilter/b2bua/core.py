@@ -1582,8 +1582,8 @@ async def _finish(coro: Coroutine[Any, Any, Any], awaited: Any) -> Any:
         if awaited is None:
             await asyncio.sleep(0)
         else:
-            # The coroutine's own `await` marked the future as taken by a Task (a Task's step clears that mark
-            # when it takes the future); cleared here, as the Task's step would, so that awaiting it is allowed.
+            # The coroutine's own `await` marked the future as taken by a Task (a Task's step clears the mark
+            # when it takes the future): cleared here as that step would, so that awaiting it is allowed.
             if getattr(awaited, "_asyncio_future_blocking", False):
                 awaited._asyncio_future_blocking = False
             try:

@@ -1,5 +1,5 @@
 """STIR/SHAKEN in the B2BUA: the dialer's Identity is never relayed broken (kept, dropped or re-signed), a
-signing trunk signs, a verifying trunk answers RFC 8224's codes, and the carrier's STIR verdicts are counted."""
+signing trunk signs, a verifying trunk answers RFC 8224's codes, the carrier's STIR verdicts are counted."""
 
 from __future__ import annotations
 
@@ -91,14 +91,14 @@ def b_invite(r: Rig) -> Any:
     return inv
 
 
-def dialer_identity(pki: StiPki, orig: str = "33162000001", dest: str = "33612000001", iat: float | None = None,
-                    x5u: str = X5U) -> str:  # fmt: skip
+def dialer_identity(pki: StiPki, orig: str = "33162000001", dest: str = "33612000001",
+                    iat: float | None = None, x5u: str = X5U) -> str:  # fmt: skip
     token = sign(pki.leaf_key, protected_header(x5u), orig, dest, "A", "dialer-origid",
                  int(time.time() if iat is None else iat))  # fmt: skip
     return identity_value(token, x5u)
 
 
-# -- never a broken signature ---------------------------------------------------------------------------------
+# -- never a broken signature --------------------------------------------------------------------------------
 
 
 def test_identity_crosses_untouched_when_its_numbers_do(tmp_path: Path, pki: StiPki) -> None:
@@ -148,7 +148,7 @@ def test_a_pai_that_does_not_cross_may_be_what_was_signed(tmp_path: Path, pki: S
     assert obs.events == [("dropped", "dialer")]
 
 
-# -- signing ---------------------------------------------------------------------------------------------------
+# -- signing -------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -212,7 +212,7 @@ def test_calls_that_cannot_be_signed_are_counted(tmp_path: Path, signing: dict[s
     assert obs.events == [("not-signed", "dialer", "caller-not-e164")]
 
 
-# -- verification ----------------------------------------------------------------------------------------------
+# -- verification --------------------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -253,7 +253,7 @@ async def test_a_verifying_trunk_relays_a_valid_passport_and_answers_438_to_a_ta
         await asyncio.sleep(0.01)
     assert b_invite(r).headers.get_lines("Identity") == [good]
     assert ("verified", "dialer", "passed") in obs.events and ("x5u", "ok") in obs.events
-    head, payload, sig = good.split(";")[0].split(".")
+    head, payload, _ = good.split(";")[0].split(".")
     other = dialer_identity(pki, dest="33612000002", x5u=served.url("sti.pem")).split(".")[1]
     tampered = good.replace(f"{head}.{payload}.", f"{head}.{other}.")
     r.from_dialer(invite("+33612000002", extra=f"Identity: {tampered}\r\n"))
@@ -275,7 +275,7 @@ async def test_no_identity_on_a_trunk_that_requires_one_is_428(
     assert obs.events == [("verified", "dialer", "identity.missing")]
 
 
-# -- the carrier's verdicts -------------------------------------------------------------------------------------
+# -- the carrier's verdicts ----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
