@@ -7,6 +7,7 @@ Only ES256 exists here (no algorithm negotiation, so no algorithm confusion); no
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import re
 from dataclasses import dataclass
@@ -24,10 +25,13 @@ PPT = "shaken"
 TYP = "passport"
 ATTESTATIONS = ("A", "B", "C")
 _ECDSA = ec.ECDSA(SHA256())
-_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+")
+_URL_SAFE = str.maketrans("-_", "+/")
 # RFC 8224 §4.1: signed-identity-digest SEMI ident-info *( SEMI ident-info-params ); a value is a <URI>,
-# a quoted string (seen for ppt) or a token.
-_PARAM = re.compile(r'\s*;\s*([A-Za-z0-9_.!%*+`\'~-]+)\s*(?:=\s*(<[^<>]*>|"[^"]*"|[^;\s"<>]+))?\s*')
+# a quoted string (seen for ppt) or a token. Checked whole by _PARAMS, then read by _PARAM.
+_P = r'\s*;\s*([A-Za-z0-9_.!%*+`\'~-]+)\s*(?:=\s*(<[^<>]*>|"[^"]*"|[^;\s"<>]+))?\s*'
+_PARAM = re.compile(_P)
+_PARAMS = re.compile(f"(?:{_P})*")
 _VISUAL = str.maketrans("", "", " -.()\t")
 _TN = re.compile(r"[0-9*#]{1,32}")
 MAX_TOKEN = 4096  # a SHAKEN token is ~500 characters; bounds the work done on a hostile header
@@ -71,28 +75,24 @@ def parse_identity(value: str) -> IdentityHeader:
     """Split one Identity header value; PassportError(identity.invalid) when it is not one."""
     text = value.strip()
     cut = text.find(";")
-    token = (text if cut < 0 else text[:cut]).strip()
-    if not token or len(token) > MAX_TOKEN or token.count(".") != 2 \
-            or not _B64URL.fullmatch(token.replace(".", "")):  # fmt: skip
+    if cut < 0:
+        cut = len(text)
+    token = text[:cut].strip()
+    if len(token) > MAX_TOKEN or not _JWS.fullmatch(token):
         raise PassportError(INVALID_RULE, "Identity header does not start with a JWS (header.payload.sig)")
+    if _PARAMS.fullmatch(text, cut) is None:
+        raise PassportError(INVALID_RULE, f"malformed Identity header parameters: {text[cut:cut + 60]!r}")
     params: dict[str, str] = {}
-    pos = len(text) if cut < 0 else cut
-    while pos < len(text):
-        m = _PARAM.match(text, pos)
-        if m is None or m.end() == pos:
-            raise PassportError(INVALID_RULE, f"malformed Identity header parameters: {text[pos:pos + 40]!r}")
-        name, raw = m.group(1).lower(), m.group(2) or ""
-        if raw.startswith("<") or raw.startswith('"'):
-            raw = raw[1:-1]
-        params.setdefault(name, raw)
-        pos = m.end()
+    for name, raw in _PARAM.findall(text, cut):
+        params.setdefault(name.lower(), raw[1:-1] if raw.startswith(("<", '"')) else raw)
     return IdentityHeader(token, params.get("info"), params.get("alg"), params.get("ppt"))
 
 
 def _b64decode(part: str, what: str) -> bytes:
-    if len(part) % 4 == 1 or not _B64URL.fullmatch(part):
-        raise PassportError(INVALID_RULE, f"PASSporT {what} is not base64url")
-    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+    try:  # strict: a character outside the alphabet is an error, not skipped
+        return binascii.a2b_base64((part + "=" * (-len(part) % 4)).translate(_URL_SAFE), strict_mode=True)
+    except (binascii.Error, ValueError):
+        raise PassportError(INVALID_RULE, f"PASSporT {what} is not base64url") from None
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -104,9 +104,12 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+_JSON = json.JSONDecoder(object_pairs_hook=_no_duplicates)
+
+
 def _json_object(part: str, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(_b64decode(part, what), object_pairs_hook=_no_duplicates)
+        value = _JSON.decode(_b64decode(part, what).decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise PassportError(INVALID_RULE, f"PASSporT {what} is not JSON: {exc}") from None
     if not isinstance(value, dict):
@@ -125,20 +128,7 @@ def decode(token: str) -> Passport:
         # RFC 8224 compact form: the claims would be rebuilt from the SIP message, which cannot give
         # SHAKEN's attest and origid (RFC 8588 requires the full form).
         raise PassportError(INVALID_RULE, "compact-form PASSporT: SHAKEN needs the full form")
-    header = _json_object(head_b64, "header")
-    alg = header.get("alg")
-    if alg != ALG:
-        raise PassportError(CREDENTIAL_RULE, f"PASSporT alg {alg!r} is not supported (only {ALG})")
-    if header.get("typ") != TYP:
-        raise PassportError(INVALID_RULE, f"Invalid PASSporT: typ {header.get('typ')!r}, not {TYP!r}")
-    ppt = header.get("ppt")
-    if not isinstance(ppt, str):
-        raise PassportError(INVALID_RULE, "Invalid PASSporT: no ppt in its header")
-    x5u = header.get("x5u")
-    if not isinstance(x5u, str) or not x5u:
-        raise PassportError(INVALID_RULE, "Invalid PASSporT: no x5u in its header")
-    if not x5u.lower().startswith("https://"):
-        raise PassportError(BAD_INFO_RULE, f"x5u {x5u[:120]!r} is not an https URL")
+    ppt, x5u = _header(head_b64)
     claims = _json_object(payload_b64, "payload")
     attest = claims.get("attest")
     if attest not in ATTESTATIONS:
@@ -162,6 +152,43 @@ def decode(token: str) -> Passport:
         raise PassportError(INVALID_RULE, f"ES256 signature has {len(signature)} bytes, not 64")
     return Passport(x5u, ppt, attest, orig_tn, tuple(dest_tn), iat, origid,
                     f"{head_b64}.{payload_b64}".encode("ascii"), signature)  # fmt: skip
+
+
+def _check_header(head_b64: str) -> tuple[str, str]:
+    header = _json_object(head_b64, "header")
+    alg = header.get("alg")
+    if alg != ALG:
+        raise PassportError(CREDENTIAL_RULE, f"PASSporT alg {alg!r} is not supported (only {ALG})")
+    if header.get("typ") != TYP:
+        raise PassportError(INVALID_RULE, f"Invalid PASSporT: typ {header.get('typ')!r}, not {TYP!r}")
+    ppt = header.get("ppt")
+    if not isinstance(ppt, str):
+        raise PassportError(INVALID_RULE, "Invalid PASSporT: no ppt in its header")
+    x5u = header.get("x5u")
+    if not isinstance(x5u, str) or not x5u:
+        raise PassportError(INVALID_RULE, "Invalid PASSporT: no x5u in its header")
+    if not x5u.lower().startswith("https://"):
+        raise PassportError(BAD_INFO_RULE, f"x5u {x5u[:120]!r} is not an https URL")
+    return ppt, x5u
+
+
+# A signer's JWS header is the same on every call it signs: (ppt, x5u) by its base64url text, or the error.
+_HEADERS: dict[str, tuple[str, str] | PassportError] = {}
+
+
+def _header(head_b64: str) -> tuple[str, str]:
+    hit = _HEADERS.get(head_b64)
+    if hit is None:
+        try:
+            hit = _check_header(head_b64)
+        except PassportError as exc:
+            hit = exc
+        if len(_HEADERS) >= 256:  # bounded: headers come from the wire
+            _HEADERS.clear()
+        _HEADERS[head_b64] = hit
+    if isinstance(hit, PassportError):
+        raise PassportError(hit.rule, hit.reason)
+    return hit
 
 
 def signature_valid(passport: Passport, key: ec.EllipticCurvePublicKey) -> bool:
