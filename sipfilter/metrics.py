@@ -124,8 +124,8 @@ CARRIER_IDENTITY_WARNINGS = Counter(
     ["trunk", "target", "code"], registry=REGISTRY,
 )  # fmt: skip
 X5U_FETCHES = Counter(
-    "sipfilter_identity_x5u_fetches_total", "x5u certificate fetches (off the call path), result ok|error",
-    ["result"], registry=REGISTRY,
+    "sipfilter_identity_certificate_fetches_total",
+    "x5u certificate fetches (off the call path), result ok|error", ["result"], registry=REGISTRY,
 )  # fmt: skip
 
 

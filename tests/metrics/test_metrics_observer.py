@@ -293,7 +293,7 @@ def test_identity_series_start_at_zero_and_count() -> None:
     assert value("sipfilter_identity_verifications_total", trunk="stir-a", result="identity.invalid") == 0
     assert value("sipfilter_identity_verifications_total", trunk="stir-b", result="passed") is None
     assert value("sipfilter_identity_signed_total", trunk="stir-a", attest="C") == 0
-    assert value("sipfilter_identity_x5u_fetches_total", result="error") == 0
+    assert value("sipfilter_identity_certificate_fetches_total", result="error") == 0
     obs = metrics.PrometheusObserver()
     obs.carrier_identity("stir-b", target.uri, "438", True)
     obs.carrier_identity("stir-b", target.uri, "438", False)
@@ -304,9 +304,10 @@ def test_identity_series_start_at_zero_and_count() -> None:
     obs.identity_dropped("stir-b")
     obs.x5u_fetch("ok")
     assert value(refusals, trunk="stir-b", target=target.uri, code="438") == 1
-    assert value("sipfilter_carrier_identity_warnings_total", trunk="stir-b", target=target.uri, code="438") == 1
+    warnings = "sipfilter_carrier_identity_warnings_total"
+    assert value(warnings, trunk="stir-b", target=target.uri, code="438") == 1
     assert value("sipfilter_identity_verifications_total", trunk="stir-a", result="passed") == 2
     assert value("sipfilter_identity_signed_total", trunk="stir-a", attest="A") == 1
     assert value("sipfilter_identity_sign_failures_total", trunk="stir-a", reason="caller-not-e164") == 1
     assert value("sipfilter_identity_dropped_total", trunk="stir-b") == 1
-    assert value("sipfilter_identity_x5u_fetches_total", result="ok") >= 1
+    assert value("sipfilter_identity_certificate_fetches_total", result="ok") >= 1
