@@ -33,7 +33,7 @@ from sipfilter.sip import ParseError, parse
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "identity"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "policy"))
 from memstore import MemoryStore
-from sti_pki import StiPki, X5uServer, make_pki
+from sti_pki import StiPki, X5uServer, key_pem, make_pki
 
 PASS = ["P-Asserted-Identity", "Privacy", "Identity", "User-Agent", "X-*"]
 OPEN = {
@@ -301,3 +301,16 @@ def test_carrier_stir_verdicts_are_counted_per_trunk_and_target(
     assert obs.events == ([("carrier", "dialer", target, code, refused)] if code else [])
     relayed = [m for m in r.inside.take() if not m.is_request and m.status == status]
     assert relayed and (not extra or f"Reason: {relayed[0].headers.get('Reason')}" == extra)  # relayed too
+
+
+def test_a_reload_signs_with_the_new_key(tmp_path: Path, pki: StiPki, signing: dict[str, Any]) -> None:
+    path = write_config(tmp_path, **signing)
+    r, _ = rig(path)
+    r.from_dialer(invite())
+    _signed_by_us(b_invite(r), pki)
+    new = make_pki(name="renewed")
+    Path(signing["identity"]["sign"]["key"]).write_bytes(key_pem(new.leaf_key))
+    config = load_config(path)  # what SIGHUP does: the config, and so the key file, read again
+    r.b2b.swap_runtime(compile_runtime(config, PolicyEngine(config), store=MemoryStore(), old=r.b2b.rt))
+    r.from_dialer(invite())
+    _signed_by_us(b_invite(r), new)
