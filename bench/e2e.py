@@ -33,6 +33,12 @@ and keeps no call records: the consented callees are simply relayed. `--kamailio
     .venv/bin/python bench/e2e.py --kamailio --mix mixed --rates 1000  # the anchor, same traffic
     .venv/bin/python bench/e2e.py --mix mixed --rates 400 --settle 6 --profile-dir /tmp/prof  # py-spy
     .venv/bin/python bench/e2e.py --direct --mix relayed # SIPp straight to SIPp: what SIPp alone can do here
+    .venv/bin/python bench/e2e.py --mix mixed --rates 1000 --identity sign    # a trunk that signs its B-legs
+    .venv/bin/python bench/e2e.py --mix mixed --rates 1000 --identity verify  # signed dialer, cached x5u
+
+`--identity` (docs/identity.md) measures STIR/SHAKEN: `sign`, the trunk signs every relayed call; `verify`,
+the dialer sends a PASSporT per call (signed before the run with a test STI PKI, its x5u chain served over
+HTTPS from this process and fetched once by sipfilter) and the trunk verifies it. Compare with a run without.
     SIPFILTER_GC_STATS=1 .venv/bin/python bench/e2e.py --keep …  # sipfilter.log: GC collections and pauses
 """
 
@@ -354,17 +360,21 @@ def make_cases(mix: str, count: int, callees: list[str], dnc_sample: list[str],
 def run_step(workdir: Path, target: str, carrier_port: int, server: Server | None, mix: str,
              rate: float, duration_s: float, hold_ms: int, callees: list[str], dnc_sample: list[str],
              settle_s: float = 0.0, idle_rate: float = 0.0, profile_to: Path | None = None,
-             native: bool = False, perf_to: Path | None = None) -> Step:
+             native: bool = False, perf_to: Path | None = None, signed: BenchSti | None = None) -> Step:
     rng = random.Random(f"{mix}-{rate}")
     count = max(1, int(rate * duration_s))
     cases = make_cases(mix, count, callees, dnc_sample, rng)
     workdir.mkdir(parents=True, exist_ok=True)
-    csv_file = write_calls_csv(workdir / "calls.csv", cases)
+    scenario = "dialer_uac.xml"
+    if signed is not None:  # every call carries a PASSporT of its own numbers
+        scenario, csv_file = "dialer_uac_identity.xml", signed.calls_csv(workdir / "calls.csv", cases)
+    else:
+        csv_file = write_calls_csv(workdir / "calls.csv", cases)
     relayed = sum(c.expected == "relay" for c in cases)
     timeout = duration_s * 3 + 30
     carrier = Sipp("carrier_uas.xml", workdir / "carrier", local_port=carrier_port, calls=10**9, pause_ms=0,
                    timeout_s=timeout + settle_s, trace_msg=False, name="carrier")
-    dialer = Sipp("dialer_uac.xml", workdir / "dialer", local_port=free_ports(1)[0], remote=target,
+    dialer = Sipp(scenario, workdir / "dialer", local_port=free_ports(1)[0], remote=target,
                   calls=count, csv_file=csv_file, rate=rate, pause_ms=hold_ms, timeout_s=timeout,
                   trace_msg=False, trace_short=True, limit=max(1000, int(rate * 10)), name="dialer")
     spy: subprocess.Popen[bytes] | None = None
@@ -532,6 +542,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="measure Kamailio 5.6 doing the same filtering, not sipfilter (the anchor)")
     parser.add_argument("--kamailio-children", type=int, default=KAMAILIO_CHILDREN,
                         help=f"Kamailio UDP worker processes (default {KAMAILIO_CHILDREN}: one per core)")
+    parser.add_argument("--identity", choices=("sign", "verify"),
+                        help="STIR/SHAKEN: the trunk signs relayed calls, or verifies the dialer's PASSporTs")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (SIPp traces, logs)")
     args = parser.parse_args(argv)
     mixes = args.mix or list(MIXES)
@@ -539,6 +551,8 @@ def main(argv: list[str] | None = None) -> int:
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
     if args.direct and args.kamailio:
         parser.error("--direct and --kamailio exclude each other")
+    if args.identity and (args.direct or args.kamailio):
+        parser.error("--identity measures sipfilter: not with --direct or --kamailio")
     if args.kamailio and (missing := kamailio_missing()):
         print(f"cannot benchmark Kamailio: {missing}", file=sys.stderr)
         return 2
@@ -558,12 +572,14 @@ def main(argv: list[str] | None = None) -> int:
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, python {platform.python_version()} "
           f"({os.path.realpath(sys.executable)}), call path {compiled.status}")
     print(f"duration {args.duration:g}s per step, hold {args.hold_ms} ms, {len(callees)} consented callees, "
-          f"{len(dnc)} numbers on bloctel{what}")
+          f"{len(dnc)} numbers on bloctel{what}{' — identity: ' + args.identity if args.identity else ''}")
     dnc_db: Path | None = None
     if args.kamailio:
         t0 = time.monotonic()
         dnc_db = write_dnc_sqlite(workroot / "dnc.sqlite", dnc)
         print(f"  (DNC list written for Kamailio in {time.monotonic() - t0:.1f}s)", file=sys.stderr)
+    sti = BenchSti(workroot / "sti") if args.identity else None
+    signed = sti if args.identity == "verify" else None
     print(HEADER, flush=True)
     for mix in mixes:
         server: Server | None = None
@@ -580,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  (kamailio for {mix} ready in {time.monotonic() - t0:.1f}s, "
                       f"{len(dnc)} DNC numbers loaded into its htable)", file=sys.stderr)
             else:
-                deployment = _deploy(workroot / mix, callees, dnc)
+                deployment = _deploy(workroot / mix, callees, dnc, sti.trunk(args.identity) if sti else None)
                 server = SipfilterServer(deployment)
                 carrier_port = deployment.carrier_ports[0]
                 target = deployment.inside
@@ -590,7 +606,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.warmup > 0 and rates:  # first-call paths, label children, page faults of the lists
                 warm_rate = min(rates[0], 200.0)
                 warm = run_step(workroot / mix / "warmup", target, carrier_port, server, mix, warm_rate,
-                                args.warmup, args.hold_ms, callees, dnc_sample, settle_s=T4_S + 1)
+                                args.warmup, args.hold_ms, callees, dnc_sample, settle_s=T4_S + 1,
+                                signed=signed)
                 print(f"  (warm-up: {warm.row().strip()})", file=sys.stderr)
             for rate in rates:
                 profile_to = args.profile_dir / f"{mix}-{rate:g}.txt" if args.profile_dir else None
@@ -598,7 +615,8 @@ def main(argv: list[str] | None = None) -> int:
                 step = run_step(workroot / mix / f"{rate:g}", target, carrier_port, server, mix, rate,
                                 args.duration, args.hold_ms, callees, dnc_sample, settle_s=settle,
                                 idle_rate=idle_rate, profile_to=profile_to, native=args.native,
-                                perf_to=args.perf_dir / f"{mix}-{rate:g}" if args.perf_dir else None)
+                                perf_to=args.perf_dir / f"{mix}-{rate:g}" if args.perf_dir else None,
+                                signed=signed)
                 print(replace(step, calib_us=calib).row(), flush=True)
                 if profile_to is not None and profile_to.exists():
                     print(profile_summary(profile_to), file=sys.stderr, flush=True)
@@ -608,15 +626,53 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if server is not None:
                 server.stop()
+    if sti is not None:
+        sti.server.stop()
     if not args.keep:
         shutil.rmtree(workroot, ignore_errors=True)
     return 0
 
 
-def _deploy(workdir: Path, callees: list[str], dnc: list[str]) -> Deployment:
+def _deploy(workdir: Path, callees: list[str], dnc: list[str],
+            trunk: dict[str, object] | None = None) -> Deployment:  # fmt: skip
     """A sipfilter with production timers, the consents and the 1M-entry bloctel list provisioned."""
-    return deploy(workdir / "sipfilter", extra_consents=callees, extra_lists={"bloctel": dnc},
+    return deploy(workdir / "sipfilter", extra_consents=callees, extra_lists={"bloctel": dnc}, trunk=trunk,
                   sip={"timers": {"t1_ms": int(T1_S * 1000), "t2_ms": 4000, "t4_ms": int(T4_S * 1000)}})
+
+
+class BenchSti:
+    """A test STI PKI (tests/identity/sti_pki.py) and its x5u chain served over HTTPS by this process, for
+    `--identity`: the trunk settings that sign or verify with it, and dialer CSVs whose calls carry a
+    PASSporT of their own numbers (signed before the run: the iat window is widened to the bench's length)."""
+
+    def __init__(self, workdir: Path) -> None:
+        sys.path.insert(0, str(REPO / "tests" / "identity"))
+        from sti_pki import X5uServer, make_pki
+
+        self.pki = make_pki(name="bench")
+        self.files = self.pki.write(workdir)
+        self.server = X5uServer(workdir / "web", {"sti.pem": self.pki.chain_pem}).start()
+        self.x5u = self.server.url("sti.pem")
+
+    def trunk(self, mode: str) -> dict[str, object]:
+        from sipp_harness import ALWAYS_OPEN
+
+        if mode == "sign":
+            return {"identity": {"sign": {"key": str(self.files["key"]), "x5u": self.x5u}}}
+        verify = {"ca": str(self.files["root"]), "x5u_tls_ca": str(self.server.ca_file)}
+        return {"identity": {"verify": verify}, "overrides": {**ALWAYS_OPEN, "identity": {"max_age_s": 3600}}}
+
+    def calls_csv(self, path: Path, cases: list[CallCase]) -> Path:
+        from sipfilter.identity.passport import protected_header, sign
+
+        header, now = protected_header(self.x5u), int(time.time())
+        lines = ["SEQUENTIAL"]
+        for i, c in enumerate(cases):
+            orig, dest = (n.lstrip("+") if n.startswith("+") else "33" + n[1:] for n in (c.caller, c.callee))
+            token = sign(self.pki.leaf_key, header, orig, dest, "A", f"bench-{i}", now)
+            lines.append(f"{c.caller};{c.callee};{c.expected};Identity;{token};{self.x5u};")
+        path.write_text("\n".join(lines) + "\n", encoding="ascii")
+        return path
 
 
 if __name__ == "__main__":

@@ -92,6 +92,7 @@ class App:
                                 "calls to it will be refused 503", trunk.name, target.uri, target.transport,
                                 target.transport)  # fmt: skip
         await self._start_admin()
+        metrics.declare_identity(config)
         metrics.record_reload(True)  # the first load counts: the timestamp says which config runs
         loop = asyncio.get_running_loop()
         for sig, handler in ((signal.SIGHUP, self._on_sighup), (signal.SIGTERM, self._on_sigterm),
@@ -196,6 +197,7 @@ class App:
             log.warning("store settings changed: the running store is kept until restart")
         self.b2b.swap_runtime(runtime)
         self.config = new
+        metrics.declare_identity(new)
         refresh = getattr(self.store, "refresh", None)
         if refresh is not None:  # lists imported since: picked up now rather than at the next poll
             try:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import yaml
 
 if TYPE_CHECKING:
+    from sipfilter.identity.settings import IdentityConfig
     from sipfilter.policy.rulepack import RulePack, RuleSet
 
 T = TypeVar("T")
@@ -454,6 +455,8 @@ class TrunkConfig:
     # When every carrier target is marked down (probes, timeouts): `try` them anyway, last-known-good first
     # (a call is never refused on probe results alone), or `reject` at once with 503 + Retry-After.
     on_targets_down: str = "try"
+    # STIR/SHAKEN `identity: {verify, sign}` (sipfilter/identity/settings.py); None: neither.
+    identity: IdentityConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -638,6 +641,7 @@ _TRUNK_KEYS = (
     "headers",
     "request_uri",
     "on_targets_down",
+    "identity",
 )
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
 
@@ -731,7 +735,17 @@ def _trunk(name: str, s: Section, pack_names: Iterable[str],
         headers=headers,
         request_uri_domains=_request_uri_domains(s),
         on_targets_down=s.choice("on_targets_down", ("try", "reject"), "try"),
+        identity=_identity(s),
     )
+
+
+def _identity(trunk: Section) -> IdentityConfig | None:
+    """`identity:` (STIR/SHAKEN verify and sign), read by its owner; files are read now."""
+    if not trunk.has("identity"):
+        return None
+    from sipfilter.identity.settings import read_identity
+
+    return read_identity(trunk.section("identity"))
 
 
 def _target_tls(t: Section, transport: str) -> TargetTls | None:

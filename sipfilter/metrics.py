@@ -27,6 +27,7 @@ from sipfilter.b2bua.limits import (
     REASON_UNKNOWN_SOURCE,
 )
 from sipfilter.b2bua.observe import Observer
+from sipfilter.policy import identity as identity_rules
 
 log = logging.getLogger("sipfilter.metrics")
 
@@ -90,6 +91,67 @@ DECISION_BUDGET = Gauge(
 )  # fmt: skip
 DECISION_BUDGET.set(DECISION_BUDGET_S)
 
+# STIR/SHAKEN (sipfilter/b2bua/identity.py). Label values known from the config start at 0 (declare_identity).
+STIR_CODES = ("428", "436", "437", "438", "other")
+IDENTITY_RESULTS = ("passed", "absent", *identity_rules.RULES)
+IDENTITY_VERIFICATIONS = Counter(
+    "sipfilter_identity_verifications_total",
+    "STIR/SHAKEN verification of dialer INVITEs: passed, absent (none and none required) or the identity.* "
+    "rule that failed", ["trunk", "result"], registry=REGISTRY,
+)  # fmt: skip
+IDENTITY_SIGNED = Counter(
+    "sipfilter_identity_signed_total", "B-leg INVITEs sipfilter signed (SHAKEN PASSporT), by attestation",
+    ["trunk", "attest"], registry=REGISTRY,
+)  # fmt: skip
+IDENTITY_SIGN_FAILURES = Counter(
+    "sipfilter_identity_sign_failures_total",
+    "INVITEs a signing trunk could not sign: caller-not-e164|callee-not-e164", ["trunk", "reason"],
+    registry=REGISTRY,
+)  # fmt: skip
+IDENTITY_DROPPED = Counter(
+    "sipfilter_identity_dropped_total",
+    "Dialer Identity headers not relayed because a number they sign changes on the B-leg (never sent broken)",
+    ["trunk"], registry=REGISTRY,
+)  # fmt: skip
+CARRIER_IDENTITY_REFUSALS = Counter(
+    "sipfilter_carrier_identity_refusals_total",
+    "Carrier answers refusing a call for STIR/SHAKEN: 428|436|437|438, or Reason: STIR with another cause "
+    "(other)", ["trunk", "target", "code"], registry=REGISTRY,
+)  # fmt: skip
+CARRIER_IDENTITY_WARNINGS = Counter(
+    "sipfilter_carrier_identity_warnings_total",
+    "Carrier answers that let a call go on but carry a Reason: STIR error (RFC 9410)",
+    ["trunk", "target", "code"], registry=REGISTRY,
+)  # fmt: skip
+X5U_FETCHES = Counter(
+    "sipfilter_identity_certificate_fetches_total",
+    "x5u certificate fetches (off the call path), result ok|error", ["result"], registry=REGISTRY,
+)  # fmt: skip
+
+
+def declare_identity(config: Any) -> None:
+    """Start at 0 every STIR/SHAKEN series the config can produce: the carrier's verdicts per trunk and
+    target, and the verify/sign series of trunks with `identity:`."""
+    for result in ("ok", "error"):
+        X5U_FETCHES.labels(result)
+    for name, trunk in getattr(config, "trunks", {}).items():
+        for target in trunk.targets:
+            for code in STIR_CODES:
+                CARRIER_IDENTITY_REFUSALS.labels(name, target.uri, code)
+                CARRIER_IDENTITY_WARNINGS.labels(name, target.uri, code)
+        settings = getattr(trunk, "identity", None)
+        if settings is None:
+            continue
+        IDENTITY_DROPPED.labels(name)
+        if settings.verify is not None:
+            for result in IDENTITY_RESULTS:
+                IDENTITY_VERIFICATIONS.labels(name, result)
+        if settings.sign is not None:
+            for attest in ("A", settings.sign.attest):
+                IDENTITY_SIGNED.labels(name, attest)
+            for reason in ("caller-not-e164", "callee-not-e164"):
+                IDENTITY_SIGN_FAILURES.labels(name, reason)
+
 
 def _build_info() -> None:
     try:
@@ -115,7 +177,9 @@ def record_reload(ok: bool, at: float | None = None) -> None:
 def clear_series() -> None:
     """Forget every labelled series (tests that need a clean registry; never in a running process)."""
     CALLS.clear()
-    for metric in (CONFIG_RELOADS, FOREIGN_DOMAIN, TLS_FAILURES):
+    for metric in (CONFIG_RELOADS, FOREIGN_DOMAIN, TLS_FAILURES, IDENTITY_VERIFICATIONS, IDENTITY_SIGNED,
+                   IDENTITY_SIGN_FAILURES, IDENTITY_DROPPED, CARRIER_IDENTITY_REFUSALS,
+                   CARRIER_IDENTITY_WARNINGS, X5U_FETCHES):  # fmt: skip
         metric.clear()
     LOOP_LAG.set(0)
     CONFIG_LAST_RELOAD_OK.set(1)
@@ -284,6 +348,7 @@ class PrometheusObserver(Observer):
         self._answered = c.answered
         self._decision_s = c.decision_s
         self._final_s = c.final_s
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
 
     def invite(self, trunk: str, transport: str) -> None:
         key = (trunk or NO_TRUNK, transport)
@@ -357,6 +422,33 @@ class PrometheusObserver(Observer):
         # Plain TCP refusals show as failovers and target_up 0; TLS handshake failures get their reason.
         if transport == "tls" and reason != "connect":
             TLS_FAILURES.labels(trunk or NO_TRUNK, target, reason).inc()
+
+    # STIR/SHAKEN: once per call on trunks that verify or sign, so the labelled children are kept.
+    def identity_verified(self, trunk: str, result: str) -> None:
+        self._child(IDENTITY_VERIFICATIONS, trunk, result).inc()
+
+    def identity_signed(self, trunk: str, attest: str) -> None:
+        self._child(IDENTITY_SIGNED, trunk, attest).inc()
+
+    def identity_not_signed(self, trunk: str, reason: str) -> None:
+        IDENTITY_SIGN_FAILURES.labels(trunk, reason).inc()
+
+    def identity_dropped(self, trunk: str) -> None:
+        IDENTITY_DROPPED.labels(trunk).inc()
+
+    def carrier_identity(self, trunk: str, target: str, code: str, refused: bool) -> None:
+        family = CARRIER_IDENTITY_REFUSALS if refused else CARRIER_IDENTITY_WARNINGS
+        family.labels(trunk or NO_TRUNK, target or NO_TRUNK, code).inc()
+
+    def x5u_fetch(self, result: str) -> None:
+        X5U_FETCHES.labels(result).inc()
+
+    def _child(self, family: Counter, *labels: str) -> Any:
+        key = (family, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = family.labels(*labels)
+        return child
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from typing import Any, Protocol
 
 from sipfilter.b2bua import wire
 from sipfilter.b2bua.auth import AuthGate, Passed, compile_gate
+from sipfilter.b2bua.identity import STIR_STATUSES, b_leg_identity, compile_identity, count_carrier_verdict
 from sipfilter.b2bua.limits import Admission, Admit, LimitsConfig, Reject
 from sipfilter.b2bua.observe import Observer
 from sipfilter.b2bua.trunks import (
@@ -103,7 +103,7 @@ class _PassList:
     """A trunk's header pass list ("X-*" style prefixes allowed), compiled into three memoised filters:
     what an initial INVITE carries, what in-dialog requests and responses carry, and bodies only."""
 
-    __slots__ = ("dialog", "invite", "names", "prefixes")
+    __slots__ = ("dialog", "identity", "invite", "invite_sans_identity", "names", "prefixes")
 
     def __init__(self, names: tuple[str, ...]) -> None:
         self.names = frozenset(n.lower() for n in names if not n.endswith("*"))
@@ -111,6 +111,10 @@ class _PassList:
         # Header `name` crosses on the initial INVITE (PAI is rebuilt, not copied) / inside the dialog.
         self.invite = _NameFilter(self._on_invite)
         self.dialog = _NameFilter(self._in_dialog)
+        # The dialer's Identity may cross (sipfilter/b2bua/identity.py decides whether it does, unchanged).
+        self.identity = self.allows("identity")
+        self.invite_sans_identity = _NameFilter(lambda name: _lower_name(name) != "identity"
+                                                and self.invite[name])  # fmt: skip
 
     def allows(self, lname: str) -> bool:
         return lname in self.names or (bool(self.prefixes) and lname.startswith(self.prefixes))
@@ -253,10 +257,12 @@ class Call:
         "auth",
         "b",
         "b_ack",
+        "b_identity",
         "b_invite",
         "cancelled",
         "dest",
         "ended_by",
+        "identity",
         "invite_msg",
         "invite_ruri",
         "passes",
@@ -291,6 +297,8 @@ class Call:
         self.reinvite: dict[str, int] = {}  # side the re-INVITE was sent on -> its CSeq (for the ACK)
         self.invite_msg: Any = None
         self.auth: AuthGate | None = None  # the dialer authenticated: its credentials are not relayed
+        self.identity: Any = None  # the trunk's STIR/SHAKEN verifier and signer (TrunkIdentity), if any
+        self.b_identity: tuple[str, ...] | None = None  # Identity lines of the B-leg (None: as passed)
 
 
 @dataclass
@@ -307,6 +315,7 @@ class Runtime:
     audit: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
     auth: AuthGate | None = None  # digest authentication of the dialer (`auth:`), None when off
+    identity: dict[str, Any] = field(default_factory=dict)  # trunk → TrunkIdentity (`identity:` trunks only)
 
 
 def compile_runtime(config: Config, policy: PolicyPort, store: Any, audit: Any = None,
@@ -325,7 +334,7 @@ def compile_runtime(config: Config, policy: PolicyPort, store: Any, audit: Any =
         pools=pools, passes={n: _PassList(t.headers.pass_) for n, t in config.trunks.items()},
         timers=Timers(t1, s.timers.t2_ms / 1000, s.timers.t4_ms / 1000, s.ring_timeout_s,
                       s.max_call_duration_s, timer_c=max(180.0, s.ring_timeout_s) + 64 * t1),
-        auth=auth,
+        auth=auth, identity=compile_identity(config, old.identity if old is not None else None),
     )  # fmt: skip
 
 
@@ -379,6 +388,8 @@ class B2BUA:
     def _wire_pools(self) -> None:
         for pool in self.rt.pools.values():
             pool.on_change = self._target_changed
+        for trunk_identity in self.rt.identity.values():
+            trunk_identity.observe(self.obs)
 
     def _target_changed(self, trunk: str, dest: Destination, up: bool) -> None:
         self.obs.target_up(trunk, dest.name, up)
@@ -652,6 +663,8 @@ class B2BUA:
         call.passes = rt.passes.get(trunk.name)
         if rt.auth is not None and rt.auth.applies(trunk.name):
             call.auth = rt.auth
+        if rt.identity:
+            call.identity = rt.identity.get(trunk.name)
         stx.call = call
         self.calls_a[stx.call_id] = call
         self.server_tx[stx.branch] = stx
@@ -666,7 +679,11 @@ class B2BUA:
         t0 = time.perf_counter()
         try:
             facts = rt.policy.facts_from_request(call.trunk.name, msg, now)
-            coro = rt.policy.decide(facts, rt.store)
+            verifier = call.identity.verifier if call.identity is not None else None
+            if verifier is None:
+                coro = rt.policy.decide(facts, rt.store)
+            else:  # STIR/SHAKEN first (from memory; an x5u never seen is fetched), then the policy
+                coro = verifier.decide(rt.policy, facts, msg, rt.store, now, self.obs)
         except Exception:
             log.exception("policy facts failed on trunk %s", call.trunk.name)
             self._answer_a(call, 500, "Server Internal Error", [])
@@ -730,12 +747,12 @@ class B2BUA:
             warning = f'Warning: 399 {self.hostname} "every carrier target of trunk {trunk} is down"'
             self._answer_a(call, 503, "Service Unavailable", [f"Retry-After: {retry}", warning])
             return
-        self._start_b_leg(call, msg)
+        self._start_b_leg(call, msg, facts)
         self.obs.relayed(trunk)
 
     # -- B-leg ------------------------------------------------------------------------------------------
 
-    def _start_b_leg(self, call: Call, msg: Any) -> None:
+    def _start_b_leg(self, call: Call, msg: Any, facts: Any = None) -> None:
         ep = None
         while call.plan and ep is None:  # skip targets whose transport we do not listen on
             dest = call.plan.pop(0)
@@ -748,7 +765,7 @@ class B2BUA:
         if call.b is None:
             user = _callee_user(msg)
             display = getattr(msg.from_, "display_name", None)
-            from_user = _user_part(getattr(msg.from_, "uri", None)) or "anonymous"
+            from_user = wire.uri_user(getattr(msg.from_, "uri", None)) or "anonymous"
             from_name = f'"{wire.safe(str(display)).strip(chr(34))}" ' if display else ""
             b_call_id = wire.new_call_id(host)
             local = f"{from_name}<sip:{from_user}@{host}>;tag={wire.new_tag()}"
@@ -757,6 +774,11 @@ class B2BUA:
             call.b = Leg(ep, dest.addr, b_call_id, local, to, call.invite_ruri, 1)
             self.calls_b[b_call_id] = call
             call.invite_msg = msg  # kept for failover to the next target; dropped when answered
+            crossing = call.passes or _NO_PASS
+            if call.identity is not None or (crossing.identity and "Identity" in msg.headers):
+                call.b_identity = b_leg_identity(call.identity, msg, facts, crossing.identity,
+                                                 crossing.allows("p-asserted-identity"), self.rt.store,
+                                                 self._clock(), self.obs, call.trunk.name)  # fmt: skip
         else:
             b = call.b
             b.ep, b.addr = ep, dest.addr
@@ -783,9 +805,13 @@ class B2BUA:
         passes = call.passes
         passes = passes or _NO_PASS
         pai = passes.allows("p-asserted-identity")
-        lines.extend(_pick_headers(msg, passes.invite, call.auth.ours if call.auth is not None else None))
+        identity = call.b_identity
+        allow = passes.invite if identity is None else passes.invite_sans_identity
+        lines.extend(_pick_headers(msg, allow, call.auth.ours if call.auth is not None else None))
         if pai:
             lines.extend(f"P-Asserted-Identity: {v}" for v in _hidden_identities(msg, host))
+        if identity:
+            lines.extend(identity)
         body = msg.body or b""
         data = wire.build_request("INVITE", call.invite_ruri, lines, body)
         ctx = ClientTx(call, OUTSIDE, "INVITE", b.cseq, branch, data, ep, dest.addr, call.a_tx)
@@ -925,6 +951,8 @@ class B2BUA:
     def _b_invite_response(self, call: Call, ctx: ClientTx, msg: Any, status: int) -> None:
         b = call.b
         assert b is not None
+        if not ctx.final and (status in STIR_STATUSES or "Reason" in msg.headers):  # a STIR verdict?
+            count_carrier_verdict(self.obs, call.trunk.name, ctx.dest.name if ctx.dest else "", msg, status)
         if status < 200:
             if ctx.final:
                 return  # a provisional straggling behind the final answer
@@ -1520,15 +1548,6 @@ class B2BUA:
             self._end(call, "shutdown")
 
 
-_NOT_USER = re.compile(r"[^0-9A-Za-z+*#._\-]")
-
-
-def _user_part(uri: Any) -> str:
-    """The user (or tel number) of a URI, reduced to characters that cannot change the URI we build."""
-    user = getattr(uri, "user", None) or getattr(uri, "number", None) or ""
-    return _NOT_USER.sub("", str(user))
-
-
 def _hidden_identities(msg: Any, host: str) -> list[str]:
     """P-Asserted-Identity values with the dialer's hosts replaced by ours (tel: URIs kept as they are)."""
     out: list[str] = []
@@ -1537,7 +1556,7 @@ def _hidden_identities(msg: Any, host: str) -> list[str]:
         if getattr(uri, "scheme", "") == "tel":
             text = f"<{uri}>"
         else:
-            user = _user_part(uri)
+            user = wire.uri_user(uri)
             text = f"<sip:{user}@{host}>" if user else f"<sip:{host}>"
         display = na.display_name
         if display:
@@ -1548,10 +1567,10 @@ def _hidden_identities(msg: Any, host: str) -> list[str]:
 
 def _callee_user(msg: Any) -> str:
     try:
-        user = _user_part(msg.request_uri)
+        user = wire.uri_user(msg.request_uri)
     except Exception:  # an unparsable Request-URI: fall back to To, never to its host
         user = ""
-    return user or _user_part(getattr(msg.to, "uri", None))
+    return user or wire.uri_user(getattr(msg.to, "uri", None))
 
 
 def _local_tag(a: Leg) -> str:
@@ -1566,6 +1585,10 @@ async def _finish(coro: Coroutine[Any, Any, Any], awaited: Any) -> Any:
         if awaited is None:
             await asyncio.sleep(0)
         else:
+            # The coroutine's own `await` marked the future as taken by a Task (a Task's step clears the mark
+            # when it takes the future): cleared here as that step would, so that awaiting it is allowed.
+            if getattr(awaited, "_asyncio_future_blocking", False):
+                awaited._asyncio_future_blocking = False
             try:
                 await awaited
             except Exception:

@@ -16,7 +16,8 @@ REASONS: dict[int, str] = {
     100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued", 183: "Session Progress",
     200: "OK", 202: "Accepted", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
     405: "Method Not Allowed", 408: "Request Timeout", 416: "Unsupported URI Scheme",
-    420: "Bad Extension", 480: "Temporarily Unavailable", 481: "Call/Transaction Does Not Exist",
+    420: "Bad Extension", 428: "Use Identity Header", 436: "Bad Identity Info", 437: "Unsupported Credential",
+    438: "Invalid Identity Header", 480: "Temporarily Unavailable", 481: "Call/Transaction Does Not Exist",
     483: "Too Many Hops", 486: "Busy Here", 487: "Request Terminated", 488: "Not Acceptable Here",
     491: "Request Pending", 500: "Server Internal Error", 501: "Not Implemented", 503: "Service Unavailable",
     505: "Version Not Supported", 513: "Message Too Large", 603: "Decline", 604: "Does Not Exist Anywhere",
@@ -24,6 +25,7 @@ REASONS: dict[int, str] = {
 }
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+_NOT_USER = re.compile(r"[^0-9A-Za-z+*#._\-]")
 
 
 def reason_phrase(status: int) -> str:
@@ -70,6 +72,12 @@ def with_tag(name_addr: str, tag: str) -> str:
     if ";tag=" in name_addr.lower():
         return name_addr
     return f"{name_addr};tag={tag}"
+
+
+def uri_user(uri: object) -> str:
+    """The user (or tel number) of a URI, reduced to characters that cannot change the URI we build."""
+    user = getattr(uri, "user", None) or getattr(uri, "number", None) or ""
+    return _NOT_USER.sub("", str(user))
 
 
 def safe(value: str) -> str:

@@ -111,7 +111,8 @@ def compile_caller_id(s: Section, authorised: str | tuple[str, ...] | None) -> C
     )
 
 
-def _authorised(rules: CallerIdRules, n: Number, store: Store) -> tuple[bool, str]:
+def authorised(rules: CallerIdRules, n: Number, store: Store) -> tuple[bool, str]:
+    """Whether `n` is in the trunk's authorised caller IDs (True when it has no such list), and why not."""
     if rules.authorised_inline is not None:
         for entry in rules.authorised_inline:
             if n.e164.startswith(entry[:-1]) if entry.endswith("*") else n.e164 == entry:
@@ -171,7 +172,7 @@ def _check(rules: CallerIdRules, facts: CallFacts, store: Store, out: dict[str, 
         if not cat.allow:
             failures.setdefault(cat.rule, f"{label} {n.e164} is in category {cat.name!r}")
             continue
-        ok, why = _authorised(rules, n, store)
+        ok, why = authorised(rules, n, store)
         if not ok:
             failures.setdefault(UNAUTHORISED_RULE, f"{label} {why}")
     if (

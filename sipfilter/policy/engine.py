@@ -12,6 +12,8 @@ from typing import Any
 from sipfilter.config import Config, TrunkConfig
 from sipfilter.policy import caller_id, frequency, hours, lists
 from sipfilter.policy.facts import CallFacts
+from sipfilter.policy.identity import RULES as IDENTITY_RULES
+from sipfilter.policy.identity import IdentityFinding, check_identity
 from sipfilter.policy.numbers import E164, Number
 from sipfilter.policy.rulepack import NUMBER_RULE, STORE_RULE, RuleSet
 from sipfilter.policy.verdict import ALLOW, FAIL, PASS, REJECT, SKIP, Decision, Outcome, Verdict
@@ -98,9 +100,11 @@ class PolicyEngine:
     def rule_ids(self, trunk: str) -> tuple[str, ...]:
         """Every rule id this trunk can report, in evaluation order (e.g. to pre-create metric labels)."""
         t = self.trunk(trunk)
+        verifies = t.identity is not None and t.identity.verify is not None
         return (
             NUMBER_RULE,
             *caller_id.RULES,
+            *(IDENTITY_RULES if verifies else ()),
             hours.HOLIDAY_RULE,
             hours.WINDOW_RULE,
             lists.STALE_RULE,
@@ -171,8 +175,10 @@ class PolicyEngine:
         )
 
     # -- decision ------------------------------------------------------------------------------------
-    async def decide(self, facts: CallFacts, store: Store, *, record: bool = True) -> Decision:
+    async def decide(self, facts: CallFacts, store: Store, *, record: bool = True,
+                     identity: IdentityFinding | None = None) -> Decision:  # fmt: skip
         """Evaluate every rule; record the attempt (frequency) when the call will be relayed and `record`.
+        `identity`: what STIR/SHAKEN verification found (trunks with `identity.verify`), an identity.* rule.
 
         Store failures apply the trunk's `on_store_error`; no exception leaves this method. Everything but
         the frequency rules is synchronous (lists and records are in memory): one await, on the store."""
@@ -182,7 +188,7 @@ class PolicyEngine:
         alerts: list[str] = []
         recorded = False
         try:
-            first, frequency_due = self._evaluate(rs, trunk, facts, store, out, alerts)
+            first, frequency_due = self._evaluate(rs, trunk, facts, store, out, alerts, identity)
             if frequency_due:
                 freq, account, callee = rs.frequency, trunk.account, facts.callee.e164
                 if not record:
@@ -232,6 +238,7 @@ class PolicyEngine:
         store: Store,
         out: dict[str, Outcome],
         alerts: list[str],
+        found: IdentityFinding | None = None,
     ) -> tuple[str, bool]:
         """Every rule but the frequency ones; returns (first failing rule or "", frequency rules due)."""
         callee = facts.callee
@@ -246,6 +253,9 @@ class PolicyEngine:
             first = NUMBER_RULE
         r = caller_id.check_caller_id(rs.caller_id, facts, trunk.automated, store, out)
         first = first or r
+        if found is not None:
+            r = check_identity(found, out, alerts)
+            first = first or r
         if callee.kind != E164:
             for rule in (
                 hours.HOLIDAY_RULE,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from sipfilter.config import ConfigError, Section, YamlMap, load_yaml, merge_overrides
-from sipfilter.policy import caller_id, frequency, hours, lists
+from sipfilter.policy import caller_id, frequency, hours, identity, lists
 from sipfilter.policy.numbers import Normaliser
 
 if TYPE_CHECKING:
@@ -34,8 +34,11 @@ ANSWER_RULES = (
     frequency.CAP_RULE,
     frequency.REFUSAL_RULE,
     STORE_RULE,
+    *identity.RULES,
 )
 _STATUS_OK = (403, 404, 480, 486, 488, 600, 603, 607, 608)
+# identity.* rules may also answer with RFC 8224's own codes (their default, see policy/identity.py).
+_IDENTITY_STATUS_OK = (*identity.RFC_STATUSES, *_STATUS_OK)
 _TOP_KEYS = (
     "version",
     "description",
@@ -47,6 +50,7 @@ _TOP_KEYS = (
     "hours",
     "holidays",
     "frequency",
+    "identity",
     "answers",
 )
 
@@ -67,6 +71,9 @@ class RulePack:
     data: YamlMap
 
 
+_DEFAULT_IDENTITY = identity.IdentityRules(identity.DEFAULT_MAX_AGE_S)
+
+
 @dataclass(frozen=True, slots=True)
 class RuleSet:
     """One trunk's rules: its pack with its overrides applied, compiled into fast structures."""
@@ -79,12 +86,16 @@ class RuleSet:
     hours: hours.HoursRules
     frequency: frequency.FrequencyRules
     answers: Mapping[str, Answer]
+    identity: identity.IdentityRules = _DEFAULT_IDENTITY
 
     def answer(self, rule: str) -> Answer:
         hit = self.answers.get(rule)
         if hit is None and rule.startswith(lists.DNC_PREFIX):
             hit = self.answers.get("callee.dnc")
         if hit is None:
+            rfc = identity.RFC_ANSWERS.get(rule)
+            if rfc is not None:  # RFC 8224 §6.2.2's answer to each verification failure
+                return Answer(*rfc)
             # Defaults: 403 for caller-ID rules, 603 for callee rules.
             return Answer(403 if rule.startswith("caller-id.") else 603, rule)
         return hit
@@ -124,8 +135,9 @@ def _answers(s: Section) -> dict[str, Answer]:
         a = s.section(rule)
         a.only(["status", "text"])
         status = a.int("status")
-        if status not in _STATUS_OK:
-            raise a.error("status", f"expected one of {', '.join(map(str, _STATUS_OK))}, got {status}")
+        allowed = _IDENTITY_STATUS_OK if rule in identity.RULES else _STATUS_OK
+        if status not in allowed:
+            raise a.error("status", f"expected one of {', '.join(map(str, allowed))}, got {status}")
         out[rule] = Answer(status, a.str("text", rule))
     return out
 
@@ -151,6 +163,7 @@ def _compile(data: YamlMap, authorised: str | tuple[str, ...] | None, where: str
         hours=hours_rules,
         frequency=frequency.compile_frequency(root.section("frequency")),
         answers=_answers(root.section("answers", default_empty=True)),
+        identity=identity.compile_identity(root.section("identity", default_empty=True)),
     )
 
 

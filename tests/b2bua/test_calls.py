@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from b2bua_rig import CARRIER1, CARRIER2, DIALER, Rig, answer, invite, make_rig
+from b2bua_rig import (
+    CARRIER1,
+    CARRIER2,
+    DIALER,
+    Rig,
+    StubPolicy,
+    answer,
+    invite,
+    make_rig,
+    rig_for,
+    write_config,
+)
 from b2bua_rig import requests_named as _requests
 from b2bua_rig import responses_only as _responses
 
@@ -472,3 +484,26 @@ def test_early_bye_from_dialer_cancels_the_carrier_and_ends_everything(rig: Rig)
     assert _requests(rig.outside.take(), "ACK")
     rig.clock.advance(120)
     _nothing_left(rig)
+
+
+class FuturePolicy(StubPolicy):
+    """Decides after awaiting a future, as a Redis read or a first x5u fetch makes a decision wait."""
+
+    async def decide(self, facts: Any, store: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+        loop.call_later(0.01, ready.set_result, None)
+        await ready
+        return await super().decide(facts, store)
+
+
+async def test_a_decision_that_waits_on_a_future_completes(tmp_path: Path) -> None:
+    r = rig_for(write_config(tmp_path))
+    r.b2b.rt.policy = FuturePolicy()
+    r.from_dialer(invite(body=b"v=0\r\n"))
+    for _ in range(100):
+        if r.outside.sent:
+            break
+        await asyncio.sleep(0.01)
+    assert [m.method for m in r.outside.take() if m.is_request] == ["INVITE"]
+    assert [m.status for m in r.inside.take()] == [100]  # no 500 from a stepped coroutine

@@ -58,6 +58,9 @@ NOT_IN_A_HEALTHY_RUN = {
     "sipfilter_auth_total": "no auth: section, so no digest outcome",
     "sipfilter_request_uri_refused_total": "no request_uri.domains on the trunk",
     "sipfilter_tls_handshake_failures_total": "a UDP carrier: no TLS handshake",
+    "sipfilter_identity_verifications_total": "no identity.verify on the trunk",
+    "sipfilter_identity_signed_total": "no identity.sign on the trunk",
+    "sipfilter_identity_dropped_total": "no identity: section on the trunk (its series start with one)",
 }
 
 

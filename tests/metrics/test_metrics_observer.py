@@ -277,3 +277,37 @@ def test_plain_counters_export_like_prometheus_client_histograms_and_classes() -
     assert value("sipfilter_decisions_total", trunk="own", verdict="allow", rule="") is None  # not CALLS
     counters.clear()
     assert not [s for fam in counters.collect() for s in fam.samples]
+
+
+def test_identity_series_start_at_zero_and_count() -> None:
+    target = SimpleNamespace(uri="sip:carrier.example:5060")
+    sign = SimpleNamespace(attest="C")
+    trunks = {
+        "stir-a": SimpleNamespace(targets=[target], identity=SimpleNamespace(verify=object(), sign=sign)),
+        "stir-b": SimpleNamespace(targets=[target], identity=None),
+    }
+    metrics.declare_identity(SimpleNamespace(trunks=trunks))
+    refusals = "sipfilter_carrier_identity_refusals_total"
+    for code in ("428", "436", "437", "438", "other"):
+        assert value(refusals, trunk="stir-b", target=target.uri, code=code) == 0
+    assert value("sipfilter_identity_verifications_total", trunk="stir-a", result="identity.invalid") == 0
+    assert value("sipfilter_identity_verifications_total", trunk="stir-b", result="passed") is None
+    assert value("sipfilter_identity_signed_total", trunk="stir-a", attest="C") == 0
+    assert value("sipfilter_identity_certificate_fetches_total", result="error") == 0
+    obs = metrics.PrometheusObserver()
+    obs.carrier_identity("stir-b", target.uri, "438", True)
+    obs.carrier_identity("stir-b", target.uri, "438", False)
+    obs.identity_verified("stir-a", "passed")
+    obs.identity_verified("stir-a", "passed")
+    obs.identity_signed("stir-a", "A")
+    obs.identity_not_signed("stir-a", "caller-not-e164")
+    obs.identity_dropped("stir-b")
+    obs.x5u_fetch("ok")
+    assert value(refusals, trunk="stir-b", target=target.uri, code="438") == 1
+    warnings = "sipfilter_carrier_identity_warnings_total"
+    assert value(warnings, trunk="stir-b", target=target.uri, code="438") == 1
+    assert value("sipfilter_identity_verifications_total", trunk="stir-a", result="passed") == 2
+    assert value("sipfilter_identity_signed_total", trunk="stir-a", attest="A") == 1
+    assert value("sipfilter_identity_sign_failures_total", trunk="stir-a", reason="caller-not-e164") == 1
+    assert value("sipfilter_identity_dropped_total", trunk="stir-b") == 1
+    assert value("sipfilter_identity_certificate_fetches_total", result="ok") >= 1

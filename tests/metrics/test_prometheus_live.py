@@ -82,6 +82,9 @@ async def _synthetic_calls(stop: asyncio.Event) -> None:
         obs.target_up(trunk, "carrier-a", True)
         obs.target_up(trunk, "carrier-b", True)
         obs.connect_failed(trunk, "carrier-b", "tls", "timeout")  # once: a blip, below the alert
+        obs.carrier_identity(trunk, "carrier-a", "438", True)  # once: a STIR refusal, below the alert
+        obs.carrier_identity(trunk, "carrier-a", "438", False)  # a call that went on with Reason: STIR
+        obs.identity_dropped(trunk)
     while not stop.is_set():
         for trunk in TRUNKS:
             obs.invite(trunk, "udp")
@@ -99,6 +102,8 @@ async def _synthetic_calls(stop: asyncio.Event) -> None:
                 obs.invite_final(trunk, rnd.uniform(1, 8))
                 obs.response(trunk, "sent", 200)
             obs.dialogs(trunk, -1)
+            obs.identity_verified(trunk, "passed")
+            obs.identity_signed(trunk, "A")
             obs.auth(trunk, "challenged")
             obs.auth(trunk, "passed")
             obs.foreign_domain(trunk)
