@@ -68,7 +68,9 @@ class App:
 
         self.store = await open_store(config)
         self.audit = AuditLog(config.audit)
-        runtime = compile_runtime(config, PolicyEngine(config), self.store, self.audit)
+        engine = PolicyEngine(config)
+        runtime = compile_runtime(config, engine, self.store, self.audit)
+        metrics.expect_series(metrics.known_labels(config, engine.rule_ids))
         lim = config.sip.limits
         limits = Limits(max_message_bytes=lim.max_message_bytes, max_headers=lim.max_headers,
                         max_line_bytes=lim.max_line_bytes)  # fmt: skip
@@ -140,11 +142,7 @@ class App:
         await self.admin.start(cfg.host, cfg.port)
 
     def _lists_loaded(self) -> bool:
-        names: set[str] = set()
-        for trunk in self.config.trunks.values():
-            names.update(trunk.lists.dnc)
-            if isinstance(trunk.lists.authorised_caller_ids, str):
-                names.add(trunk.lists.authorised_caller_ids)
+        names = {name for trunk in self.config.trunks.values() for name in trunk.lists.store_lists}
         return self.store is not None and all(self.store.list_info(n) is not None for n in names)
 
     def _store_ok(self) -> bool:
@@ -194,6 +192,7 @@ class App:
             log.warning("store settings changed: the running store is kept until restart")
         self.b2b.swap_runtime(runtime)
         self.config = new
+        metrics.expect_series(metrics.known_labels(new, engine.rule_ids))
         refresh = getattr(self.store, "refresh", None)
         if refresh is not None:  # lists imported since: picked up now rather than at the next poll
             try:

@@ -83,10 +83,11 @@ def test_labels_are_bounded_and_never_numbers() -> None:
     obs.invite("obs-b", "udp")
     obs.decision("obs-b", "allow", "", 1e-5)
     allowed = {"trunk", "transport", "verdict", "rule", "direction", "status_class", "target", "list",
-               "backend", "operation", "reason", "result", "version", "python", "le"}  # fmt: skip
+               "backend", "operation", "reason", "result", "version", "python", "call_path", "code", "mode",
+               "rule_pack", "rule_pack_version", "on_store_error", "on_stale_list", "le"}  # fmt: skip
     text = generate_latest(metrics.REGISTRY).decode()
     for fam in text_string_to_metric_families(text):
-        assert fam.name.startswith("sipfilter_"), fam.name
+        assert fam.name.startswith(("sipfilter_", "process_")), fam.name
         for sample in fam.samples:
             assert set(sample.labels) <= allowed, (sample.name, sample.labels)
             for v in sample.labels.values():
@@ -106,7 +107,8 @@ def test_names_follow_conventions() -> None:
 
 def test_build_info_and_reload() -> None:
     assert value("sipfilter_build_info", version=_any_label("sipfilter_build_info", "version"),
-                 python=_any_label("sipfilter_build_info", "python")) == 1  # fmt: skip
+                 python=_any_label("sipfilter_build_info", "python"),
+                 call_path=metrics.call_path()) == 1  # fmt: skip
     ok_before = value("sipfilter_config_reloads_total", result="ok") or 0.0
     metrics.record_reload(True, at=1234.0)
     assert value("sipfilter_config_reloads_total", result="ok") == ok_before + 1
