@@ -11,22 +11,18 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import yaml
+from noc_config import TARGET1, TARGET2, noc_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "b2bua"))
-from b2bua_rig import CARRIER1, CARRIER2, Rig, answer, invite, make_rig
+from b2bua_rig import CARRIER2, Rig, answer, invite, make_rig
 from b2bua_rig import requests_named as _requests
-from b2bua_rig import write_config as write_rig_config
 
 from sipfilter import compiled, metrics
 from sipfilter.b2bua.auth import AUTH_RESULTS
 from sipfilter.b2bua.observe import NO_ANSWER, NO_CONNECTION, Observer
-from sipfilter.config import Config, load_config
+from sipfilter.config import Config
 from sipfilter.policy.engine import PolicyEngine
 from sipfilter.stores.base import ListInfo
-
-TARGET1 = f"sip:{CARRIER1[0]}:{CARRIER1[1]}"
-TARGET2 = f"sip:{CARRIER2[0]}:{CARRIER2[1]}"
 
 
 def value(name: str, **labels: str) -> float | None:
@@ -130,26 +126,6 @@ def test_observer_counts_carrier_answers_and_their_latency_per_target() -> None:
 
 
 # -- every series the config names, at 0 from the load ------------------------------------------------------
-
-
-def noc_config(tmp_path: Path, *, extra_trunk: bool = True, limits: bool = True) -> Config:
-    """The rig's config plus a monitor-mode trunk with a named caller-ID list, a TCP listener, and limits."""
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    doc = yaml.safe_load(write_rig_config(tmp_path, lists={"dnc": ["bloctel"], "authorised_caller_ids": None})
-                         .read_text())  # fmt: skip
-    doc["sip"]["inside"].append({"transport": "tcp", "host": "127.0.0.1", "port": 5060})
-    if extra_trunk:
-        other = dict(doc["trunks"]["dialer"])
-        other.update(match={"sources": ["10.9.0.0/16"]}, mode="monitor", on_stale_list="allow-and-alert",
-                     lists={"dnc": ["bloctel", "internal"], "authorised_caller_ids": "our-numbers"},
-                     targets=[{"uri": "sip:192.0.2.7:5061", "transport": "tls", "priority": 1, "weight": 1}])
-        doc["trunks"]["callback"] = other
-    if limits:
-        doc["limits"] = {"max_dialogs": 300, "default_trunk": {"max_dialogs": 120},
-                         "trunks": {"dialer": {"max_dialogs": 200, "max_cps": 25}}}  # fmt: skip
-    path = tmp_path / "noc.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return load_config(path)
 
 
 def test_a_loaded_config_exports_every_labelled_series_at_zero(tmp_path: Path) -> None:
