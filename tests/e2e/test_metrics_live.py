@@ -13,15 +13,10 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +24,7 @@ from typing import Any
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_harness import Prometheus, start_prometheus, stop_process
 from sipfilter_provision import Deployment, provision
 from sipp_harness import (
     CallCase,
@@ -68,36 +64,6 @@ NO_SUCH_EVENT = {"annotation: Restarts": "no restart under load (the fresh-start
 LIMITS = {"max_dialogs": 400, "trunks": {"dialer": {"max_dialogs": 200, "max_cps": 100}}}
 
 
-@dataclass(frozen=True, slots=True)
-class Prometheus:
-    """A running prometheus process and its HTTP API."""
-
-    url: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def get(self, path: str, **params: str) -> Any:
-        query = f"?{urllib.parse.urlencode(params)}" if params else ""
-        try:
-            with urllib.request.urlopen(f"{self.url}{path}{query}", timeout=10) as resp:
-                return json.loads(resp.read())
-        except urllib.error.HTTPError as exc:  # 400 on a bad expression: its body says why
-            return json.loads(exc.read())
-
-    def query(self, expr: str) -> list[Any]:
-        body = self.get("/api/v1/query", query=expr)
-        assert body["status"] == "success", (expr, body)
-        result: list[Any] = body["data"]["result"]
-        return result
-
-    def by_label(self, expr: str, label: str) -> dict[str, float]:
-        return {r["metric"].get(label, ""): float(r["value"][1]) for r in self.query(expr)}
-
-    def scalar(self, expr: str) -> float | None:
-        result = self.query(expr)
-        return float(result[0]["value"][1]) if result else None
-
-
 def poll(check: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
     """Bounded wait: `check` polled every 0.2 s until true, else fail saying `what`."""
     deadline = time.monotonic() + timeout_s
@@ -105,53 +71,6 @@ def poll(check: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"never true within {timeout_s}s: {what}")
         time.sleep(0.2)
-
-
-def start_prometheus(workdir: Path, target: str, token: str | None) -> Prometheus:
-    """prometheus on a free port: scrapes `target` every second, evaluates docker/alerts.yml every second."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    shutil.copy(DOCKER / "alerts.yml", workdir / "alerts.yml")
-    job: dict[str, Any] = {"job_name": "sipfilter", "static_configs": [{"targets": [target]}]}
-    if token:
-        job["authorization"] = {"type": "Bearer", "credentials": token}
-    config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-              "rule_files": ["alerts.yml"], "scrape_configs": [job]}  # fmt: skip
-    (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_ports(1)[0]
-    log = workdir / "prometheus.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            ["prometheus", f"--config.file={workdir / 'prometheus.yml'}",
-             f"--storage.tsdb.path={workdir / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
-             "--log.level=warn"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-    prom = Prometheus(f"http://127.0.0.1:{port}", proc, log)
-
-    def ready() -> bool:
-        assert proc.poll() is None, log.read_text(errors="replace")
-        try:
-            with urllib.request.urlopen(f"{prom.url}/-/ready", timeout=1) as resp:
-                return bool(resp.status == 200)
-        except OSError:
-            return False
-
-    try:
-        poll(ready, "prometheus /-/ready")
-    except BaseException:
-        stop_process(proc)
-        raise
-    return prom
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def deploy_noc(workdir: Path, carrier_ports: list[int], *, monitor_trunk_ports: list[int] | None = None
