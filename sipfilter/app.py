@@ -69,7 +69,9 @@ class App:
 
         self.store = await open_store(config)
         self.audit = AuditLog(config.audit)
-        runtime = compile_runtime(config, PolicyEngine(config), self.store, self.audit)
+        engine = PolicyEngine(config)
+        runtime = compile_runtime(config, engine, self.store, self.audit)
+        metrics.expect_series(metrics.known_labels(config, engine.rule_ids))
         lim = config.sip.limits
         limits = Limits(max_message_bytes=lim.max_message_bytes, max_headers=lim.max_headers,
                         max_line_bytes=lim.max_line_bytes)  # fmt: skip
@@ -92,7 +94,6 @@ class App:
                                 "calls to it will be refused 503", trunk.name, target.uri, target.transport,
                                 target.transport)  # fmt: skip
         await self._start_admin()
-        metrics.declare_identity(config)
         metrics.record_reload(True)  # the first load counts: the timestamp says which config runs
         loop = asyncio.get_running_loop()
         for sig, handler in ((signal.SIGHUP, self._on_sighup), (signal.SIGTERM, self._on_sigterm),
@@ -197,7 +198,7 @@ class App:
             log.warning("store settings changed: the running store is kept until restart")
         self.b2b.swap_runtime(runtime)
         self.config = new
-        metrics.declare_identity(new)
+        metrics.expect_series(metrics.known_labels(new, engine.rule_ids))
         refresh = getattr(self.store, "refresh", None)
         if refresh is not None:  # lists imported since: picked up now rather than at the next poll
             try:

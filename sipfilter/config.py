@@ -402,6 +402,12 @@ class TrunkLists:
     # A store list name, or inline E.164 numbers/prefixes ("+33162*"); None = no restriction.
     authorised_caller_ids: str | tuple[str, ...] | None
 
+    @property
+    def store_lists(self) -> tuple[str, ...]:
+        """Every list the trunk reads from the store: its do-not-call lists and a named caller-ID list."""
+        named = self.authorised_caller_ids
+        return (*self.dnc, named) if isinstance(named, str) else self.dnc
+
 
 @dataclass(frozen=True, slots=True)
 class TargetTls:

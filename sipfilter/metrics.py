@@ -1,6 +1,9 @@
 """Every Prometheus metric sipfilter exports, on its own registry, and the call-path observer feeding them.
 
 Labels are bounded (configured trunk/target/list names, rule ids, fixed enums); never a number or Call-ID.
+Every series whose labels the running config names (trunk, target, rule of the trunk's pack, result, reason)
+is exported at 0 from the config's load (`expect_series`), so that panels show 0 rather than "No data" and
+rate()/increase() see the first event.
 """
 
 from __future__ import annotations
@@ -8,17 +11,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import platform
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from sipfilter import compiled
+from sipfilter.b2bua.auth import AUTH_RESULTS
 from sipfilter.b2bua.limits import (
     REASON_SOURCE_RATE,
     REASON_TOTAL_DIALOGS,
@@ -26,14 +40,22 @@ from sipfilter.b2bua.limits import (
     REASON_TRUNK_RATE,
     REASON_UNKNOWN_SOURCE,
 )
-from sipfilter.b2bua.observe import Observer
+from sipfilter.b2bua.observe import NO_ANSWER, NO_CONNECTION, Observer
+from sipfilter.b2bua.trunks import destination_of
 from sipfilter.policy import identity as identity_rules
+from sipfilter.transport.stream import CONNECT_REASONS, REASON_CONNECT
+
+if TYPE_CHECKING:
+    from sipfilter.config import Config
 
 log = logging.getLogger("sipfilter.metrics")
 
 # `_created` series double the scrape size and no panel or alert reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 REGISTRY = CollectorRegistry(auto_describe=True)
+# process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, process_max_fds and
+# process_start_time_seconds (a restart shows as a new start time), read from /proc at scrape time.
+ProcessCollector(registry=REGISTRY)
 
 # Decision latency: a policy decision must stay well under a millisecond; 5 µs … 10 ms.
 DECISION_BUCKETS = (
@@ -51,6 +73,16 @@ TRANSPORTS = ("udp", "tcp", "tls")
 ADMISSION_REASONS = (REASON_SOURCE_RATE, REASON_TOTAL_DIALOGS, REASON_TRUNK_DIALOGS, REASON_TRUNK_RATE,
                      REASON_UNKNOWN_SOURCE)  # fmt: skip
 OVERLOAD_REASONS = ("draining", *ADMISSION_REASONS)
+# Reasons of sipfilter_tls_handshake_failures_total: a refused TCP connection is no TLS failure.
+TLS_REASONS = tuple(r for r in CONNECT_REASONS if r != REASON_CONNECT)
+DIRECTIONS = ("sent", "received")
+VERDICTS = ("allow", "reject", "monitor_reject")
+# The final answers of a carrier target a NOC tells apart (answered, refused, not found, unreachable callee,
+# busy, cancelled, carrier failure, declined); any other code is counted under its class. `timeout`: no final
+# answer before Timer B; `unreachable`: no connection (TCP refused, TLS handshake failed).
+CARRIER_CODES = (200, 403, 404, 408, 480, 486, 487, 500, 503, 603)
+CARRIER_CODE_LABELS = (*(str(c) for c in CARRIER_CODES), "2xx", "3xx", "4xx", "5xx", "6xx", "timeout",
+                       "unreachable")  # fmt: skip
 
 FOREIGN_DOMAIN = Counter(
     "sipfilter_request_uri_refused_total",
@@ -70,8 +102,10 @@ LOOP_LAG_HIST = Histogram(
     buckets=LOOP_LAG_BUCKETS, registry=REGISTRY,
 )  # fmt: skip
 BUILD_INFO = Gauge(
-    "sipfilter_build_info", "Always 1; labels say which build runs", ["version", "python"], registry=REGISTRY
-)
+    "sipfilter_build_info",
+    "Always 1; labels say which build runs: call_path compiled (mypyc) or pure (Python sources)",
+    ["version", "python", "call_path"], registry=REGISTRY,
+)  # fmt: skip
 CONFIG_RELOADS = Counter(
     "sipfilter_config_reloads_total", "Config reloads, result ok|error", ["result"], registry=REGISTRY
 )
@@ -129,30 +163,6 @@ X5U_FETCHES = Counter(
 )  # fmt: skip
 
 
-def declare_identity(config: Any) -> None:
-    """Start at 0 every STIR/SHAKEN series the config can produce: the carrier's verdicts per trunk and
-    target, and the verify/sign series of trunks with `identity:`."""
-    for result in ("ok", "error"):
-        X5U_FETCHES.labels(result)
-    for name, trunk in getattr(config, "trunks", {}).items():
-        for target in trunk.targets:
-            for code in STIR_CODES:
-                CARRIER_IDENTITY_REFUSALS.labels(name, target.uri, code)
-                CARRIER_IDENTITY_WARNINGS.labels(name, target.uri, code)
-        settings = getattr(trunk, "identity", None)
-        if settings is None:
-            continue
-        IDENTITY_DROPPED.labels(name)
-        if settings.verify is not None:
-            for result in IDENTITY_RESULTS:
-                IDENTITY_VERIFICATIONS.labels(name, result)
-        if settings.sign is not None:
-            for attest in ("A", settings.sign.attest):
-                IDENTITY_SIGNED.labels(name, attest)
-            for reason in ("caller-not-e164", "callee-not-e164"):
-                IDENTITY_SIGN_FAILURES.labels(name, reason)
-
-
 def _build_info() -> None:
     try:
         from importlib.metadata import version
@@ -160,7 +170,12 @@ def _build_info() -> None:
         ver = version("sipfilter")
     except Exception:
         ver = "unknown"
-    BUILD_INFO.labels(ver, platform.python_version()).set(1)
+    BUILD_INFO.labels(ver, platform.python_version(), call_path()).set(1)
+
+
+def call_path() -> str:
+    """`compiled` when the call path runs as mypyc extensions, else `pure` (see sipfilter.compiled)."""
+    return "compiled" if compiled.status.startswith("compiled") else "pure"
 
 
 _build_info()
@@ -181,9 +196,64 @@ def clear_series() -> None:
                    IDENTITY_SIGN_FAILURES, IDENTITY_DROPPED, CARRIER_IDENTITY_REFUSALS,
                    CARRIER_IDENTITY_WARNINGS, X5U_FETCHES):  # fmt: skip
         metric.clear()
+    _expect_results()
     LOOP_LAG.set(0)
     CONFIG_LAST_RELOAD_OK.set(1)
     _TARGETS.clear()
+
+
+def _expect_results() -> None:
+    for result in ("ok", "error"):
+        CONFIG_RELOADS.labels(result)
+
+
+_expect_results()
+
+
+@dataclass(frozen=True, slots=True)
+class KnownLabels:
+    """Label values the running config names: their series are exported, at 0, before the first event."""
+
+    trunks: tuple[str, ...]
+    transports: tuple[str, ...]  # of the dialer-side (inside) listeners
+    rules: Mapping[str, tuple[str, ...]]  # trunk → every rule id its pack can report
+    targets: Mapping[str, tuple[str, ...]]  # trunk → its carrier targets' names (the `target` label)
+
+
+def known_labels(config: Config, rule_ids: Callable[[str], Iterable[str]]) -> KnownLabels:
+    """The label values of a loaded config; `rule_ids` is the policy engine's (PolicyEngine.rule_ids)."""
+    trunks = tuple(config.trunks)
+    return KnownLabels(
+        trunks=trunks,
+        transports=tuple(dict.fromkeys(listen.transport for listen in config.sip.inside)),
+        rules={name: tuple(rule_ids(name)) for name in trunks},
+        targets={name: tuple(destination_of(t).name for t in trunk.targets)
+                 for name, trunk in config.trunks.items()},
+    )  # fmt: skip
+
+
+def expect_series(known: KnownLabels, counters: CallCounters | None = None) -> None:
+    """At each config (re)load: every series `known` names exists from now on (new ones at 0). Series of
+    trunks a reload removed keep their last value: a counter never goes back."""
+    (CALLS if counters is None else counters).expect(known)
+    for result in ("ok", "error"):
+        X5U_FETCHES.labels(result)
+    for trunk in known.trunks:
+        FOREIGN_DOMAIN.labels(trunk)
+        # STIR/SHAKEN on every trunk, `identity:` or not (a reload may add it): a flat 0, not "No data".
+        IDENTITY_DROPPED.labels(trunk)
+        for result in IDENTITY_RESULTS:
+            IDENTITY_VERIFICATIONS.labels(trunk, result)
+        for attest in ("A", "B", "C"):
+            IDENTITY_SIGNED.labels(trunk, attest)
+        for reason in ("caller-not-e164", "callee-not-e164"):
+            IDENTITY_SIGN_FAILURES.labels(trunk, reason)
+        for target in known.targets.get(trunk, ()):
+            for reason in TLS_REASONS:  # a TLS target, or one a reload may switch to TLS
+                TLS_FAILURES.labels(trunk, target, reason)
+            for code in STIR_CODES:
+                CARRIER_IDENTITY_REFUSALS.labels(trunk, target, code)
+                CARRIER_IDENTITY_WARNINGS.labels(trunk, target, code)
 
 
 def status_class(status: int) -> str:
@@ -191,6 +261,24 @@ def status_class(status: int) -> str:
 
 
 _CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx")
+# One status per class: counted at 0 from the start, they make every class's series exist.
+_CLASS_STATUSES = (100, 200, 300, 400, 500, 600)
+
+
+def carrier_code(status: int) -> str:
+    """The `code` label of sipfilter_carrier_responses_total (one of CARRIER_CODE_LABELS, else `other`)."""
+    if status in CARRIER_CODES:
+        return str(status)
+    if status == NO_ANSWER:
+        return "timeout"
+    if status == NO_CONNECTION:
+        return "unreachable"
+    label = status_class(status)
+    return label if label in CARRIER_CODE_LABELS else "other"
+
+
+# Every status a carrier can send, mapped once: the call path does one dict lookup per final answer.
+_CARRIER_LABELS = {status: carrier_code(status) for status in range(NO_CONNECTION, 700)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -212,10 +300,10 @@ class _Hist:
         self.total = 0.0
 
 
-def _observe(hists: dict[str, _Hist], trunk: str, buckets: tuple[float, ...], seconds: float) -> None:
-    hist = hists.get(trunk)
+def _observe(hists: dict[Any, _Hist], key: Hashable, buckets: tuple[float, ...], seconds: float) -> None:
+    hist = hists.get(key)
     if hist is None:
-        hist = hists[trunk] = _Hist(len(buckets))
+        hist = hists[key] = _Hist(len(buckets))
     hist.counts[bisect_left(buckets, seconds)] += 1  # the first bound >= seconds: its `le` bucket
     hist.total += seconds
 
@@ -243,12 +331,44 @@ class CallCounters(Collector):
         self.retrans: dict[str, int] = {}
         self.overload: dict[str, int] = {}
         self.auth: dict[tuple[str, str], int] = {}
+        self.carrier: dict[tuple[str, str, str], int] = {}  # (trunk, target, code label)
+        self.carrier_s: dict[tuple[str, str], _Hist] = {}  # (trunk, target)
 
     def clear(self) -> None:
         for values in (self.invites, self.decisions, self.monitor, self.responses, self.dialogs, self.relayed,
                        self.answered, self.decision_s, self.final_s, self.failovers, self.malformed,
-                       self.unknown, self.retrans, self.overload, self.auth):  # fmt: skip
+                       self.unknown, self.retrans, self.overload, self.auth, self.carrier,
+                       self.carrier_s):  # fmt: skip
             values.clear()
+
+    def expect(self, known: KnownLabels) -> None:
+        """Create at 0 every series `known` names that has no value yet (counts already there are kept)."""
+        nf = len(INVITE_FINAL_BUCKETS)
+        for trunk in known.trunks:
+            for transport in known.transports:
+                self.invites.setdefault((trunk, transport), 0)
+            self.decisions.setdefault((trunk, "allow", ""), 0)
+            for rule in known.rules.get(trunk, ()):
+                for verdict in VERDICTS[1:]:  # a reload may switch the trunk between enforce and monitor
+                    self.decisions.setdefault((trunk, verdict, rule), 0)
+                self.monitor.setdefault((trunk, rule), 0)
+            for direction in DIRECTIONS:
+                for status in _CLASS_STATUSES:
+                    self.responses.setdefault((trunk, direction, status), 0)
+            for single in (self.dialogs, self.relayed, self.answered):
+                single.setdefault(trunk, 0)
+            if trunk not in self.decision_s:
+                self.decision_s[trunk] = _Hist(len(DECISION_BUCKETS))
+            if trunk not in self.final_s:
+                self.final_s[trunk] = _Hist(nf)
+            for result in AUTH_RESULTS:
+                self.auth.setdefault((trunk, result), 0)
+            for target in known.targets.get(trunk, ()):
+                self.failovers.setdefault((trunk, target), 0)
+                for code in CARRIER_CODE_LABELS:
+                    self.carrier.setdefault((trunk, target, code), 0)
+                if (trunk, target) not in self.carrier_s:
+                    self.carrier_s[(trunk, target)] = _Hist(nf)
 
     def describe(self) -> Iterable[Metric]:
         return list(self._families())
@@ -287,15 +407,24 @@ class CallCounters(Collector):
             c("sipfilter_auth",
               "Digest authentication of dialer requests, result passed|challenged|stale|malformed|failed",
               labels=["trunk", "result"]),
+            c("sipfilter_carrier_responses",
+              "Final answers of a carrier target to relayed INVITEs: code 200|403|404|408|480|486|487|500"
+              "|503|603, other codes by class (2xx..6xx), timeout (none before Timer B), unreachable"
+              " (no connection)",
+              labels=["trunk", "target", "code"]),
+            h("sipfilter_carrier_invite_final_duration_seconds",
+              "INVITE sent to a carrier target to its final answer (timeouts and unreachable not included)",
+              labels=["trunk", "target"]),
         )  # fmt: skip
 
     def collect(self) -> Iterator[Metric]:
         fams = self._families()
         (invites, decisions, monitor, responses, dialogs, relayed, answered, decision_s, final_s, failovers,
-         malformed, unknown, retrans, overload, auth) = fams  # fmt: skip
+         malformed, unknown, retrans, overload, auth, carrier, carrier_s) = fams  # fmt: skip
         # Snapshots (list(...)): nothing here may see a dict change size, whatever thread scrapes.
         for simple, fam in ((self.invites, invites), (self.decisions, decisions), (self.monitor, monitor),
-                            (self.failovers, failovers), (self.auth, auth)):  # fmt: skip
+                            (self.failovers, failovers), (self.auth, auth),
+                            (self.carrier, carrier)):  # fmt: skip
             for key, n in list(simple.items()):
                 fam.add_metric(list(key), float(n))
         for single, fam in ((self.dialogs, dialogs), (self.relayed, relayed), (self.answered, answered),
@@ -310,13 +439,14 @@ class CallCounters(Collector):
         for key, n in by_class.items():
             responses.add_metric(list(key), float(n))
         for hists, fam, les in ((self.decision_s, decision_s, _DECISION_LES),
-                                (self.final_s, final_s, _FINAL_LES)):  # fmt: skip
-            for trunk, hist in list(hists.items()):
+                                (self.final_s, final_s, _FINAL_LES),
+                                (self.carrier_s, carrier_s, _FINAL_LES)):  # fmt: skip
+            for hkey, hist in list(hists.items()):
                 acc, cumulative = 0, []
                 for le, n in zip(les, list(hist.counts), strict=True):
                     acc += n
                     cumulative.append((le, float(acc)))
-                fam.add_metric([trunk], cumulative, hist.total)
+                fam.add_metric([hkey] if isinstance(hkey, str) else list(hkey), cumulative, hist.total)
         yield from fams
 
 
@@ -349,6 +479,8 @@ class PrometheusObserver(Observer):
         self._decision_s = c.decision_s
         self._final_s = c.final_s
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+        self._carrier = c.carrier
+        self._carrier_s = c.carrier_s
 
     def invite(self, trunk: str, transport: str) -> None:
         key = (trunk or NO_TRUNK, transport)
@@ -384,6 +516,13 @@ class PrometheusObserver(Observer):
 
     def invite_final(self, trunk: str, seconds: float) -> None:
         _observe(self._final_s, trunk, INVITE_FINAL_BUCKETS, seconds)
+
+    def carrier_final(self, trunk: str, target: str, status: int, seconds: float) -> None:
+        key = (trunk, target, _CARRIER_LABELS.get(status, "other"))
+        d = self._carrier
+        d[key] = d.get(key, 0) + 1
+        if status > 0:
+            _observe(self._carrier_s, (trunk, target), INVITE_FINAL_BUCKETS, seconds)
 
     def failover(self, trunk: str, target: str) -> None:
         key = (trunk, target or NO_TRUNK)
@@ -505,26 +644,42 @@ class StateCollector(Collector):
             g("sipfilter_audit_failing", "1 while the last audit write failed"),
             g("sipfilter_carrier_target_up", "Carrier target answers probes and calls (1) or not (0)",
               labels=["trunk", "target"]),
+            g("sipfilter_list_present",
+              "1 when the store holds a version of the list, 0 when a trunk reads it but none was imported",
+              labels=lst),
+            g("sipfilter_trunk_info",
+              "Always 1; labels say how a trunk runs: mode enforce|monitor, its rule pack and version,"
+              " on_store_error, on_stale_list", labels=TRUNK_INFO_LABELS),
+            g("sipfilter_trunk_max_dialogs", "limits: concurrent dialogs allowed on a trunk (+Inf: no cap)",
+              labels=["trunk"]),
+            g("sipfilter_trunk_max_cps", "limits: new INVITEs per second allowed on a trunk (+Inf: no cap)",
+              labels=["trunk"]),
+            g("sipfilter_max_dialogs", "limits.max_dialogs: concurrent dialogs of all trunks (+Inf: no cap)"),
         )  # fmt: skip
 
     def collect(self) -> Iterator[Metric]:
         fams = self._families()
-        size, age, version, imported, max_age, up, errors, audit_err, audit_failing, targets = fams
+        (size, age, version, imported, max_age, up, errors, audit_err, audit_failing, targets, present,
+         trunk_info, trunk_dialogs, trunk_cps, max_dialogs) = fams  # fmt: skip
         now = self.clock()
-        try:
-            self._lists(size, age, version, imported, max_age, now)
-            self._store(up, errors)
-            for trunk, target, target_up in self.get_targets():
-                targets.add_metric([trunk, target], 1.0 if target_up else 0.0)
-            audit = self.get_audit()
-            if audit is not None:
-                audit_err.add_metric([], float(getattr(audit, "write_errors", 0)))
-                audit_failing.add_metric([], 1.0 if getattr(audit, "failing", False) else 0.0)
-        except Exception:  # a scrape must never take anything down
-            log.exception("metrics state collection failed")
+        config = self.get_config()
+        # Each part on its own: a scrape must never take anything down, nor one failure hide the rest.
+        parts: tuple[Callable[[], None], ...] = (
+            lambda: self._lists(size, age, version, imported, max_age, present, config, now),
+            lambda: self._store(up, errors),
+            lambda: self._targets(targets),
+            lambda: self._audit(audit_err, audit_failing),
+            lambda: _trunks(config, trunk_info, trunk_dialogs, trunk_cps, max_dialogs),
+        )
+        for part in parts:
+            try:
+                part()
+            except Exception:
+                log.exception("metrics state collection failed")
         yield from fams
 
-    def _lists(self, size: Any, age: Any, version: Any, imported: Any, max_age: Any, now: float) -> None:
+    def _lists(self, size: Any, age: Any, version: Any, imported: Any, max_age: Any, present: Any,
+               config: Any, now: float) -> None:  # fmt: skip
         store = self.get_store()
         names: set[str] = set()
         if store is not None:
@@ -537,8 +692,20 @@ class StateCollector(Collector):
                 age.add_metric([name], max(0.0, now - info.imported_at))
                 version.add_metric([name], float(info.version))
                 imported.add_metric([name], float(info.imported_at))
-        for name, limit in list_max_ages(self.get_config()).items():
+        for name, limit in list_max_ages(config).items():
             max_age.add_metric([name], limit)
+        for name in sorted(names | configured_lists(config)):
+            present.add_metric([name], 1.0 if name in names else 0.0)
+
+    def _targets(self, targets: Any) -> None:
+        for trunk, target, target_up in self.get_targets():
+            targets.add_metric([trunk, target], 1.0 if target_up else 0.0)
+
+    def _audit(self, audit_err: Any, audit_failing: Any) -> None:
+        audit = self.get_audit()
+        if audit is not None:
+            audit_err.add_metric([], float(getattr(audit, "write_errors", 0)))
+            audit_failing.add_metric([], 1.0 if getattr(audit, "failing", False) else 0.0)
 
     def _store(self, up: Any, errors: Any) -> None:
         store = self.get_store()
@@ -576,6 +743,35 @@ def pool_targets(b2b: Any) -> list[tuple[str, str, bool]]:
 def _backend(store: Any) -> str:
     name = type(store).__name__.lower()
     return "redis" if "redis" in name else "embedded" if "embedded" in name else name
+
+
+TRUNK_INFO_LABELS = ["trunk", "mode", "rule_pack", "rule_pack_version", "on_store_error", "on_stale_list"]
+
+
+def _trunks(config: Any, info: Any, trunk_dialogs: Any, trunk_cps: Any, max_dialogs: Any) -> None:
+    """Trunk state and capacity, from the running config (a reload shows at the next scrape)."""
+    if config is None:
+        return
+    rules = config.rules
+    limits = config.limits
+    for name, trunk in config.trunks.items():
+        rs = rules.get(name)
+        info.add_metric([name, trunk.mode, trunk.rule_pack, rs.version if rs is not None else "",
+                         trunk.on_store_error, trunk.on_stale_list], 1.0)  # fmt: skip
+        tl = limits.for_trunk(name) if limits is not None else None
+        cap = tl.max_dialogs if tl is not None else None
+        cps = tl.max_cps if tl is not None else None
+        trunk_dialogs.add_metric([name], math.inf if cap is None else float(cap))
+        trunk_cps.add_metric([name], math.inf if cps is None else float(cps))
+    total = limits.max_dialogs if limits is not None else None
+    max_dialogs.add_metric([], math.inf if total is None else float(total))
+
+
+def configured_lists(config: Any) -> set[str]:
+    """Every store list a trunk of `config` reads (do-not-call lists, named caller-ID lists)."""
+    if config is None:
+        return set()
+    return {name for trunk in config.trunks.values() for name in trunk.lists.store_lists}
 
 
 def list_max_ages(config: Any) -> dict[str, float]:

@@ -17,7 +17,7 @@ from sipfilter.b2bua import wire
 from sipfilter.b2bua.auth import AuthGate, Passed, compile_gate
 from sipfilter.b2bua.identity import STIR_STATUSES, b_leg_identity, compile_identity, count_carrier_verdict
 from sipfilter.b2bua.limits import Admission, Admit, LimitsConfig, Reject
-from sipfilter.b2bua.observe import Observer
+from sipfilter.b2bua.observe import NO_ANSWER, NO_CONNECTION, Observer
 from sipfilter.b2bua.trunks import (
     Destination,
     TargetPool,
@@ -222,7 +222,7 @@ class ClientTx:
     """A request we sent: retransmitted on UDP until answered, timed out at 64*T1."""
 
     __slots__ = ("addr", "branch", "call", "cancel", "cseq", "data", "dest", "ep", "final", "interval",
-                 "method", "origin", "provisional", "retrans", "side", "timeout")  # fmt: skip
+                 "method", "origin", "provisional", "retrans", "sent_at", "side", "timeout")  # fmt: skip
 
     def __init__(self, call: Call | None, side: str, method: str, cseq: int, branch: str, data: bytes,
                  ep: Endpoint, addr: Addr, origin: ServerTx | None) -> None:  # fmt: skip
@@ -242,6 +242,7 @@ class ClientTx:
         self.final = 0  # first final status received (INVITE: the transaction is no longer pending)
         self.cancel: ClientTx | None = None  # the CANCEL we sent for it (INVITE)
         self.dest: Destination | None = None
+        self.sent_at = 0.0  # B-leg INVITE: when it left for its carrier target (per-target latency)
 
 
 # Call states
@@ -427,6 +428,7 @@ class B2BUA:
             call = ctx.call
             if call is not None and ctx is call.b_invite and not ctx.provisional:
                 self._stop_client(ctx)
+                self._carrier_final(call, ctx, NO_CONNECTION)
                 self._b_invite_failed(call, ctx, 503)
             else:
                 self._client_timeout(ctx)
@@ -816,6 +818,7 @@ class B2BUA:
         data = wire.build_request("INVITE", call.invite_ruri, lines, body)
         ctx = ClientTx(call, OUTSIDE, "INVITE", b.cseq, branch, data, ep, dest.addr, call.a_tx)
         ctx.dest = dest
+        ctx.sent_at = self._clock()
         call.b_invite = ctx
         call.state = CALLING
         self._send_client(ctx)
@@ -874,6 +877,7 @@ class B2BUA:
         if ctx is call.b_invite:
             if ctx.provisional or ctx.final:
                 return  # ringing: Timer C and the ring timeout govern; answered: nothing to time out
+            self._carrier_final(call, ctx, NO_ANSWER)
             self._b_invite_failed(call, ctx, 408)
             return
         if ctx.origin is not None and ctx.method != "ACK":
@@ -900,6 +904,10 @@ class B2BUA:
             self._start_b_leg(call, None)
             return
         self._answer_a(call, status, "", [])
+
+    def _carrier_final(self, call: Call, ctx: ClientTx, status: int) -> None:
+        if ctx.dest is not None:
+            self.obs.carrier_final(call.trunk.name, ctx.dest.name, status, self._clock() - ctx.sent_at)
 
     # -- responses ---------------------------------------------------------------------------------------
 
@@ -979,6 +987,8 @@ class B2BUA:
         if ctx.retrans is not None:
             ctx.retrans.cancel()
             ctx.retrans = None
+        if not ctx.final:  # the first one; not a 2xx retransmission
+            self._carrier_final(call, ctx, status)
         if status < 300:
             if not ctx.final:
                 ctx.final = status

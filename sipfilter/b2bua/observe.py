@@ -5,6 +5,10 @@ The default does nothing; sipfilter.app plugs in the Prometheus metrics. No metr
 
 from __future__ import annotations
 
+# `status` of Observer.carrier_final when the carrier sent no final answer.
+NO_ANSWER = 0  # nothing final before Timer B (64*T1)
+NO_CONNECTION = -1  # no connection to the target (TCP refused, TLS handshake failed)
+
 
 class Observer:
     """Call-path events. Implementations must be cheap and must never raise."""
@@ -22,6 +26,10 @@ class Observer:
     def answered(self, trunk: str) -> None: ...
 
     def invite_final(self, trunk: str, seconds: float) -> None: ...
+
+    def carrier_final(self, trunk: str, target: str, status: int, seconds: float) -> None:
+        """A relayed INVITE's outcome at one carrier target: its final status (or NO_ANSWER, NO_CONNECTION)
+        and the seconds since that INVITE was sent."""
 
     def failover(self, trunk: str, target: str) -> None: ...
 

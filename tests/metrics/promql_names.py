@@ -65,7 +65,9 @@ def referenced_metrics(expr: str) -> set[str]:
 
 
 # Grafana's variables, replaced by what a query would get with "All" selected.
-GRAFANA_VARS = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "1h", "$trunk": ".*"}
+GRAFANA_VARS = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "1h", "$trunk": ".*",
+                "$instance": ".*", "$worker": ".*"}  # fmt: skip
+_SELECTOR = re.compile(r"([A-Za-z_:][A-Za-z0-9_:]*)\s*(\{[^{}]*\})?")
 
 
 def grafana_to_promql(expr: str) -> str:
@@ -75,8 +77,20 @@ def grafana_to_promql(expr: str) -> str:
     return expr
 
 
+def selectors(expr: str) -> list[tuple[str, str]]:
+    """(metric name, its `{…}` matchers or "") for every series selector of `expr`."""
+    names = referenced_metrics(expr)
+    masked = _STRING.sub(lambda m: '"' + "_" * (len(m.group(0)) - 2) + '"', expr)  # same offsets
+    out: list[tuple[str, str]] = []
+    for m in _SELECTOR.finditer(masked):
+        if m.group(1) in names:
+            out.append((m.group(1), expr[m.start(2) : m.end(2)] if m.group(2) else ""))
+    return out
+
+
 def dashboard_exprs(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
-    """(panel title, PromQL with variables substituted) for every target of every panel, rows included."""
+    """(panel title, PromQL with variables substituted) for every target of every panel, rows included, and
+    for every annotation query ("annotation: <name>")."""
     out: list[tuple[str, str]] = []
     stack = list(dashboard["panels"])
     while stack:
@@ -84,4 +98,7 @@ def dashboard_exprs(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
         stack.extend(panel.get("panels", []))
         for target in panel.get("targets", []):
             out.append((panel["title"], grafana_to_promql(target["expr"])))
+    for annotation in dashboard.get("annotations", {}).get("list", []):
+        if "expr" in annotation:
+            out.append((f"annotation: {annotation['name']}", grafana_to_promql(annotation["expr"])))
     return out

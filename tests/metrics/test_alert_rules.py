@@ -107,3 +107,22 @@ def test_readme_documents_every_alert_and_only_real_metrics() -> None:
     families = {fam.name for fam in metrics.REGISTRY.collect()}
     for name in set(re.findall(r"`(sipfilter_[a-z_]+)", readme)):
         assert name in metrics.metric_names() or name in families, name
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_every_alert_has_a_runbook_in_operations_md() -> None:
+    text = (DOCKER.parent / "docs" / "operations.md").read_text()
+    runbooks = text[text.index("## Runbooks") :]
+    anchors = {_anchor(h) for h in re.findall(r"^#{2,3} (.+)$", text, flags=re.MULTILINE)}
+    linked: dict[str, str] = {}
+    row = re.compile(r"^\| (`Sipfilter.*?) \| \[[^\]]+\]\(#([^)]+)\) \|$", re.MULTILINE)
+    for alerts, anchor in row.findall(runbooks):
+        assert anchor in anchors, anchor
+        for name in re.findall(r"`(Sipfilter\w+)`", alerts):
+            linked[name] = anchor
+    assert {r["alert"] for r in rules() if "alert" in r} == set(linked)

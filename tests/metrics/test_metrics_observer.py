@@ -83,10 +83,12 @@ def test_labels_are_bounded_and_never_numbers() -> None:
     obs.invite("obs-b", "udp")
     obs.decision("obs-b", "allow", "", 1e-5)
     allowed = {"trunk", "transport", "verdict", "rule", "direction", "status_class", "target", "list",
-               "backend", "operation", "reason", "result", "version", "python", "le"}  # fmt: skip
+               "backend", "operation", "reason", "result", "version", "python", "call_path", "code", "mode",
+               "rule_pack", "rule_pack_version", "on_store_error", "on_stale_list",
+               "attest", "le"}  # fmt: skip
     text = generate_latest(metrics.REGISTRY).decode()
     for fam in text_string_to_metric_families(text):
-        assert fam.name.startswith("sipfilter_"), fam.name
+        assert fam.name.startswith(("sipfilter_", "process_")), fam.name
         for sample in fam.samples:
             assert set(sample.labels) <= allowed, (sample.name, sample.labels)
             for v in sample.labels.values():
@@ -106,7 +108,8 @@ def test_names_follow_conventions() -> None:
 
 def test_build_info_and_reload() -> None:
     assert value("sipfilter_build_info", version=_any_label("sipfilter_build_info", "version"),
-                 python=_any_label("sipfilter_build_info", "python")) == 1  # fmt: skip
+                 python=_any_label("sipfilter_build_info", "python"),
+                 call_path=metrics.call_path()) == 1  # fmt: skip
     ok_before = value("sipfilter_config_reloads_total", result="ok") or 0.0
     metrics.record_reload(True, at=1234.0)
     assert value("sipfilter_config_reloads_total", result="ok") == ok_before + 1
@@ -281,17 +284,15 @@ def test_plain_counters_export_like_prometheus_client_histograms_and_classes() -
 
 def test_identity_series_start_at_zero_and_count() -> None:
     target = SimpleNamespace(uri="sip:carrier.example:5060")
-    sign = SimpleNamespace(attest="C")
-    trunks = {
-        "stir-a": SimpleNamespace(targets=[target], identity=SimpleNamespace(verify=object(), sign=sign)),
-        "stir-b": SimpleNamespace(targets=[target], identity=None),
-    }
-    metrics.declare_identity(SimpleNamespace(trunks=trunks))
+    metrics.expect_series(metrics.KnownLabels(
+        trunks=("stir-a", "stir-b"), transports=("udp",), rules={},
+        targets={t: (target.uri,) for t in ("stir-a", "stir-b")},
+    ))  # fmt: skip
     refusals = "sipfilter_carrier_identity_refusals_total"
     for code in ("428", "436", "437", "438", "other"):
         assert value(refusals, trunk="stir-b", target=target.uri, code=code) == 0
     assert value("sipfilter_identity_verifications_total", trunk="stir-a", result="identity.invalid") == 0
-    assert value("sipfilter_identity_verifications_total", trunk="stir-b", result="passed") is None
+    assert value("sipfilter_identity_verifications_total", trunk="stir-b", result="passed") == 0
     assert value("sipfilter_identity_signed_total", trunk="stir-a", attest="C") == 0
     assert value("sipfilter_identity_certificate_fetches_total", result="error") == 0
     obs = metrics.PrometheusObserver()
