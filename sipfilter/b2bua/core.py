@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +15,8 @@ from typing import Any, Protocol
 
 from sipfilter.b2bua import wire
 from sipfilter.b2bua.auth import AuthGate, Passed, compile_gate
+from sipfilter.b2bua.facts import CallIdentities, from_value, pai_values, read_invite, request_user
+from sipfilter.b2bua.in_dialog import ALLOW, IDENTITY_HEADERS, asserted_lines, refusal
 from sipfilter.b2bua.limits import Admission, Admit, LimitsConfig, Reject
 from sipfilter.b2bua.observe import Observer
 from sipfilter.b2bua.trunks import (
@@ -29,6 +30,8 @@ from sipfilter.b2bua.trunks import (
 )
 from sipfilter.b2bua.wheel import TimerWheel
 from sipfilter.config import Config, TrunkConfig
+from sipfilter.policy.facts import CallFacts
+from sipfilter.policy.numbers import NumberReader
 from sipfilter.transport.base import Addr, Endpoint
 
 log = logging.getLogger(__name__)
@@ -38,9 +41,9 @@ INSIDE, OUTSIDE = "inside", "outside"
 # Headers the B2BUA always carries across with a body or a dialog-level meaning (besides the trunk's list).
 _CONTENT = ("content-type", "content-disposition", "content-encoding", "content-language")
 _IN_DIALOG = (
-    "require", "supported", "rseq", "event", "subscription-state", "refer-to", "referred-by", "allow",
-    "allow-events", "session-expires", "min-se", "reason", "retry-after", "unsupported", "warning",
-    "accept", "info-package", "recv-info", "min-expires", "expires",
+    "require", "supported", "rseq", "event", "subscription-state", "allow", "allow-events", "session-expires",
+    "min-se", "reason", "retry-after", "unsupported", "warning", "accept", "info-package", "recv-info",
+    "min-expires", "expires",
 )
 _COMPACT = {
     "c": "content-type", "e": "content-encoding", "k": "supported", "o": "event", "r": "refer-to",
@@ -58,11 +61,13 @@ class Scheduler(Protocol):
 
 
 class PolicyPort(Protocol):
-    """What the B2BUA needs from the policy side (sipfilter.policy.engine.PolicyEngine + store)."""
+    """What the B2BUA needs from the policy side (sipfilter.policy.engine.PolicyEngine): how a trunk reads
+    numbers, and a decision on plain CallFacts (with the store it looks up). The B2BUA builds the facts
+    itself (b2bua/facts.py), from the same parsed values it builds the B-leg from."""
 
-    def facts_from_request(self, trunk_name: str, request: Any, now: float) -> Any: ...
+    def reader(self, trunk: str) -> NumberReader: ...
 
-    def decide(self, facts: Any, store: Any) -> Coroutine[Any, Any, Any]: ...
+    def decide(self, facts: CallFacts, store: Any) -> Coroutine[Any, Any, Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,28 +105,34 @@ def _lower_name(name: str) -> str:
 
 
 class _PassList:
-    """A trunk's header pass list ("X-*" style prefixes allowed), compiled into three memoised filters:
-    what an initial INVITE carries, what in-dialog requests and responses carry, and bodies only."""
+    """A trunk's header pass list ("X-*" style prefixes allowed), compiled into memoised filters: what an
+    initial INVITE carries, what in-dialog requests and responses carry towards the dialer and towards the
+    carrier, and bodies only. Identity headers never cross to the carrier as the dialer wrote them."""
 
-    __slots__ = ("dialog", "invite", "names", "prefixes")
+    __slots__ = ("dialog", "dialog_out", "invite", "names", "prefixes")
 
     def __init__(self, names: tuple[str, ...]) -> None:
         self.names = frozenset(n.lower() for n in names if not n.endswith("*"))
         self.prefixes = tuple(n[:-1].lower() for n in names if n.endswith("*"))
-        # Header `name` crosses on the initial INVITE (PAI is rebuilt, not copied) / inside the dialog.
+        # Header `name` crosses on the initial INVITE (PAI is rebuilt, not copied) / inside the dialog
+        # towards the dialer / inside the dialog towards the carrier (PAI rebuilt there too).
         self.invite = _NameFilter(self._on_invite)
         self.dialog = _NameFilter(self._in_dialog)
+        self.dialog_out = _NameFilter(self._in_dialog_out)
 
     def allows(self, lname: str) -> bool:
         return lname in self.names or (bool(self.prefixes) and lname.startswith(self.prefixes))
 
     def _on_invite(self, name: str) -> bool:
         lname = _lower_name(name)
-        return lname in _CONTENT or (self.allows(lname) and lname != "p-asserted-identity")
+        return lname in _CONTENT or (self.allows(lname) and lname not in IDENTITY_HEADERS)
 
     def _in_dialog(self, name: str) -> bool:
         lname = _lower_name(name)
         return lname in _CONTENT or lname in _IN_DIALOG or self.allows(lname)
+
+    def _in_dialog_out(self, name: str) -> bool:
+        return _lower_name(name) not in IDENTITY_HEADERS and self._in_dialog(name)
 
 
 _NO_PASS = _PassList(())
@@ -257,6 +268,7 @@ class Call:
         "cancelled",
         "dest",
         "ended_by",
+        "ids",
         "invite_msg",
         "invite_ruri",
         "passes",
@@ -291,6 +303,8 @@ class Call:
         self.reinvite: dict[str, int] = {}  # side the re-INVITE was sent on -> its CSeq (for the ACK)
         self.invite_msg: Any = None
         self.auth: AuthGate | None = None  # the dialer authenticated: its credentials are not relayed
+        # The identities the policy decided on, which the B-leg presents (Request-URI user, From, PAI).
+        self.ids: CallIdentities | None = None
 
 
 @dataclass
@@ -521,7 +535,7 @@ class B2BUA:
             self._stateless(ep, addr, msg, 200 if not self.draining else 503, "")
             return
         self._stateless(ep, addr, msg, 405 if method not in ("BYE", "PRACK", "UPDATE", "INFO") else 481, "",
-                        ["Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, PRACK, UPDATE, INFO, NOTIFY, REFER"])
+                        [f"Allow: {ALLOW}"])
 
     def _authenticated(self, ep: Endpoint, msg: Any, addr: Addr, trunk: TrunkConfig, now: float) -> bool:
         """Digest check of an out-of-dialog request on a trunk listed in `auth.trunks`; False when answered
@@ -662,7 +676,18 @@ class B2BUA:
         rt = self.rt
         t0 = time.perf_counter()
         try:
-            facts = rt.policy.facts_from_request(call.trunk.name, msg, now)
+            ids = read_invite(rt.policy.reader(call.trunk.name), call.trunk.name, msg, now)
+        except self._parse_error as exc:  # a malformed P-Asserted-Identity: nothing the policy can read
+            self.obs.malformed(call.a.ep.transport)
+            self._answer_a(call, 400, str(getattr(exc, "reason", "") or "Bad Request"), [])
+            return
+        except Exception:
+            log.exception("policy facts failed on trunk %s", call.trunk.name)
+            self._answer_a(call, 500, "Server Internal Error", [])
+            return
+        call.ids = ids
+        facts = ids.facts
+        try:
             coro = rt.policy.decide(facts, rt.store)
         except Exception:
             log.exception("policy facts failed on trunk %s", call.trunk.name)
@@ -742,25 +767,23 @@ class B2BUA:
             return
         call.dest = dest
         host = self.hostname
+        ids = call.ids
+        assert ids is not None  # set by _decide before any B-leg
+        # The callee's and caller's user parts exactly as the policy read them (b2bua/facts.py).
+        user = request_user(ids)
+        call.invite_ruri = f"sip:{user}@{dest.uri_host}" if user else f"sip:{dest.uri_host}"
+        to = f"<sip:{user}@{dest.uri_host}>" if user else f"<sip:{dest.uri_host}>"
         if call.b is None:
-            user = _callee_user(msg)
-            display = getattr(msg.from_, "display_name", None)
-            from_user = _user_part(getattr(msg.from_, "uri", None)) or "anonymous"
-            from_name = f'"{wire.safe(str(display)).strip(chr(34))}" ' if display else ""
             b_call_id = wire.new_call_id(host)
-            local = f"{from_name}<sip:{from_user}@{host}>;tag={wire.new_tag()}"
-            call.invite_ruri = f"sip:{user}@{dest.uri_host}" if user else f"sip:{dest.uri_host}"
-            to = f"<sip:{user}@{dest.uri_host}>" if user else f"<sip:{dest.uri_host}>"
+            local = from_value(ids, host, wire.new_tag())
             call.b = Leg(ep, dest.addr, b_call_id, local, to, call.invite_ruri, 1)
             self.calls_b[b_call_id] = call
             call.invite_msg = msg  # kept for failover to the next target; dropped when answered
         else:
             b = call.b
             b.ep, b.addr = ep, dest.addr
-            user = call.invite_ruri.split(":", 1)[1].split("@", 1)[0] if "@" in call.invite_ruri else ""
-            call.invite_ruri = f"sip:{user}@{dest.uri_host}" if user else f"sip:{dest.uri_host}"
             b.target = call.invite_ruri
-            b.remote = f"<sip:{user}@{dest.uri_host}>" if user else f"<sip:{dest.uri_host}>"
+            b.remote = to
             b.remote_tag = ""
             b.cseq += 1
             msg = call.invite_msg
@@ -782,7 +805,7 @@ class B2BUA:
         pai = passes.allows("p-asserted-identity")
         lines.extend(_pick_headers(msg, passes.invite, call.auth.ours if call.auth is not None else None))
         if pai:
-            lines.extend(f"P-Asserted-Identity: {v}" for v in _hidden_identities(msg, host))
+            lines.extend(f"P-Asserted-Identity: {v}" for v in pai_values(ids, host))
         body = msg.body or b""
         data = wire.build_request("INVITE", call.invite_ruri, lines, body)
         ctx = ClientTx(call, OUTSIDE, "INVITE", b.cseq, branch, data, ep, dest.addr, call.a_tx)
@@ -1024,9 +1047,16 @@ class B2BUA:
         ep.send(data, a.addr)
         self.obs.response(call.trunk.name, "sent", status)
 
-    def _response_headers(self, call: Call, msg: Any) -> list[str]:
-        passes = call.passes
-        return _pick_headers(msg, (passes or _NO_PASS).dialog)
+    def _response_headers(self, call: Call, msg: Any, outward: bool = False) -> list[str]:
+        """Headers a relayed response carries; `outward`: from the dialer to the carrier (its identity
+        headers replaced by the ones checked on the INVITE)."""
+        passes = call.passes or _NO_PASS
+        if not outward:
+            return _pick_headers(msg, passes.dialog)
+        lines = _pick_headers(msg, passes.dialog_out)
+        if passes.allows("p-asserted-identity"):
+            lines.extend(asserted_lines(msg, call.ids, self.hostname))
+        return lines
 
     def _final_to_a(self, call: Call, status: int, data: bytes) -> None:
         """Send the INVITE's final answer to the dialer; UDP retransmits it until the ACK (Timer G / 2xx)."""
@@ -1277,6 +1307,12 @@ class B2BUA:
             return
         self.server_tx[stx.branch] = stx
         stx.timers = self._later(64 * self.rt.timers.t1, self._forget_server, stx)
+        refused = refusal(method)
+        if refused is not None:  # REFER, MESSAGE, SUBSCRIBE…: answered, never relayed (b2bua/in_dialog.py)
+            status, why = refused
+            log.info("%s from the %s side refused on call %s: %s", method, ep.side, call.a.call_id, why)
+            self._respond(stx, status, "", [f'Warning: 399 {self.hostname} "{why}"'], b"")
+            return
         if method == "BYE":
             call.ended_by = "bye-" + ep.side
             self._cancel_timer(call, "max")
@@ -1316,9 +1352,14 @@ class B2BUA:
                 lines.append(f"RAck: {rack[0]} {call.b_invite.cseq} {rack[2]}")
             elif len(rack) == 3:
                 lines.append(f"RAck: {rack[0]} {call.a_tx.cseq.split()[0]} {rack[2]}")
-        passes = call.passes
+        passes = call.passes or _NO_PASS
         drop = call.auth.ours if call.auth is not None and ep.side == INSIDE else None
-        lines.extend(_pick_headers(msg, (passes or _NO_PASS).dialog, drop))
+        if to_side == OUTSIDE:  # the dialer's identity headers are replaced by the ones checked on the INVITE
+            lines.extend(_pick_headers(msg, passes.dialog_out, drop))
+            if passes.allows("p-asserted-identity"):
+                lines.extend(asserted_lines(msg, call.ids, self.hostname))
+        else:
+            lines.extend(_pick_headers(msg, passes.dialog, drop))
         data = wire.build_request(method, leg.target, lines, msg.body or b"")
         # A BYE cannot fail (§15.1.2): answer it at once, not when the other leg does. A dead carrier would
         # hold the dialer for 64*T1, just when its own Timer F gives up; the B-leg BYE is now our own.
@@ -1358,7 +1399,7 @@ class B2BUA:
         if stx is None:
             return
         status: int = msg.status
-        extra = self._response_headers(call, msg)
+        extra = self._response_headers(call, msg, ctx.side == INSIDE)
         if ctx.method in ("INVITE", "UPDATE", "SUBSCRIBE") and 200 <= status < 300:
             sep = stx.ep
             extra.append(f"Contact: <sip:{self.hostname}@{sep.hostport};transport={sep.transport}>")
@@ -1515,40 +1556,6 @@ class B2BUA:
                 self._answer_a(call, 503, "Service Unavailable", [f"Retry-After: {self.retry_after_s}"])
                 self._cancel_b(call)
             self._end(call, "shutdown")
-
-
-_NOT_USER = re.compile(r"[^0-9A-Za-z+*#._\-]")
-
-
-def _user_part(uri: Any) -> str:
-    """The user (or tel number) of a URI, reduced to characters that cannot change the URI we build."""
-    user = getattr(uri, "user", None) or getattr(uri, "number", None) or ""
-    return _NOT_USER.sub("", str(user))
-
-
-def _hidden_identities(msg: Any, host: str) -> list[str]:
-    """P-Asserted-Identity values with the dialer's hosts replaced by ours (tel: URIs kept as they are)."""
-    out: list[str] = []
-    for na in msg.p_asserted_identities:
-        uri = na.uri
-        if getattr(uri, "scheme", "") == "tel":
-            text = f"<{uri}>"
-        else:
-            user = _user_part(uri)
-            text = f"<sip:{user}@{host}>" if user else f"<sip:{host}>"
-        display = na.display_name
-        if display:
-            text = f'"{wire.safe(display).strip(chr(34))}" {text}'
-        out.append(text)
-    return out
-
-
-def _callee_user(msg: Any) -> str:
-    try:
-        user = _user_part(msg.request_uri)
-    except Exception:  # an unparsable Request-URI: fall back to To, never to its host
-        user = ""
-    return user or _user_part(getattr(msg.to, "uri", None))
 
 
 def _local_tag(a: Leg) -> str:

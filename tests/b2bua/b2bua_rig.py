@@ -14,6 +14,8 @@ import yaml
 
 from sipfilter.b2bua.core import B2BUA, compile_runtime
 from sipfilter.config import load_config
+from sipfilter.policy.facts import CallFacts
+from sipfilter.policy.numbers import Normaliser, NumberReader
 from sipfilter.policy.verdict import ALLOW, REJECT, Decision, Verdict
 from sipfilter.sip import ParseError, Request, Response, parse
 from sipfilter.transport.base import Addr, Endpoint
@@ -83,17 +85,18 @@ class ManualClock:
 
 
 class StubPolicy:
-    """Rejects callees listed in `reject` with 603 callee.dnc.bloctel; allows the rest."""
+    """Rejects callees (Request-URI users) listed in `reject` with 603 callee.dnc.bloctel; allows the rest."""
 
     def __init__(self) -> None:
         self.reject: set[str] = set()
         self.seen: list[str] = []
+        self._reader = NumberReader(Normaliser())
 
-    def facts_from_request(self, trunk_name: str, request: Any, now: float) -> Any:
-        return request
+    def reader(self, trunk: str) -> NumberReader:
+        return self._reader
 
-    async def decide(self, facts: Any, store: Any) -> Decision:
-        user = facts.request_uri.user or ""
+    async def decide(self, facts: CallFacts, store: Any) -> Decision:
+        user = facts.callee.raw
         self.seen.append(user)
         if user in self.reject:
             v = Verdict(REJECT, 603, "callee.dnc.bloctel", "callee is on Bloctel")
