@@ -96,7 +96,8 @@ def read_callee(reader: NumberReader, uri: Uri) -> Identity:
             names = [p.partition("=")[0].strip().lower() for p in user.split(";")[1:]]
             other = [n for n in names if n != "phone-context"]
             if other:
-                why = f"parameter {other[0][:40]!r} in the user part is not accepted"
+                name = other[0][:40]
+                why = f"parameter {name!r} in the user part is refused" if name else "';' ends the user part"
                 return Identity(Number(user, "", INVALID, why), user)
         return Identity(reader.callee(user, uri.host), user)
     if isinstance(uri, TelUri):

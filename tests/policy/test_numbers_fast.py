@@ -81,7 +81,8 @@ _user = st.one_of(_digits, _digits.map(lambda d: "+" + d), _digits.map(lambda d:
                   _digits.map(lambda d: "0" + d), st.text(min_size=0, max_size=14),
                   st.tuples(_digits, st.sampled_from([";isub=1", ";phone-context=+33", ";phone-context=+44",
                                                       ";PHONE-CONTEXT=x.example", ";"])).map("".join))
-_host = st.sampled_from(["carrier.example", "10.0.0.1", "anonymous.invalid", "ANONYMOUS.INVALID", "[::1]", ""])
+_host = st.sampled_from(["carrier.example", "10.0.0.1", "anonymous.invalid", "ANONYMOUS.INVALID", "[::1]",
+                         ""])  # fmt: skip
 _context = st.sampled_from(["", "", "+33", "+44", "+33-1", "example.com"])
 
 
