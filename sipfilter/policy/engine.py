@@ -109,21 +109,30 @@ class PolicyEngine:
             return self._store_error(rs, trunk, out, f"internal error: {type(exc).__name__}: {exc}")
         if not first:
             return Decision(_ALLOWED, out, False, recorded, rs.version, tuple(alerts) if alerts else ())
+        return self._refused(rs, trunk, out, first, recorded, tuple(alerts))
+
+    def _refused(self, rs: RuleSet, trunk: TrunkConfig, out: dict[str, Outcome], first: str, recorded: bool,
+                 alerts: tuple[str, ...]) -> Decision:  # fmt: skip
         answer = rs.answer(first)
         detail = out[first].reason
         reason = f"{answer.text}: {detail}" if detail else answer.text
         if trunk.mode == "monitor":
-            return Decision(Verdict(ALLOW, 0, first, reason), out, True, recorded, rs.version, tuple(alerts))
-        return Decision(
-            Verdict(REJECT, answer.status, first, reason), out, False, recorded, rs.version, tuple(alerts)
-        )
+            return Decision(Verdict(ALLOW, 0, first, reason), out, True, recorded, rs.version, alerts)
+        verdict = Verdict(REJECT, answer.status, first, reason)
+        return Decision(verdict, out, False, recorded, rs.version, alerts)
 
     def _store_error(self, rs: RuleSet, trunk: TrunkConfig, out: dict[str, Outcome], why: str) -> Decision:
         out[STORE_RULE] = Outcome(FAIL, why)
         answer = rs.answer(STORE_RULE)
         reason = f"{answer.text}: {why}"
         if trunk.on_store_error == "allow":
-            return Decision(_ALLOWED, out, False, False, rs.version, (f"{STORE_RULE}: {why}",))
+            alert = (f"{STORE_RULE}: {why}",)
+            # Failing open relays what the store could not check, never a call a rule evaluated before the
+            # failure (number, caller ID, a list already read) refused.
+            failed = next((rule for rule, o in out.items() if o.result == FAIL and rule != STORE_RULE), "")
+            if failed:
+                return self._refused(rs, trunk, out, failed, False, alert)
+            return Decision(_ALLOWED, out, False, False, rs.version, alert)
         if trunk.mode == "monitor":
             return Decision(Verdict(ALLOW, 0, STORE_RULE, reason), out, True, False, rs.version, ())
         return Decision(Verdict(REJECT, answer.status, STORE_RULE, reason), out, False, False, rs.version, ())

@@ -87,6 +87,20 @@ async def test_store_unavailable(
         assert d.alerts
 
 
+@pytest.mark.parametrize(("mode", "action"), [("enforce", "reject"), ("monitor", "allow")])
+async def test_failing_open_never_relays_a_call_a_rule_already_refused(
+    make_engine: Callable[..., PolicyEngine], consent_all: MemoryStore, mode: str, action: str
+) -> None:
+    """`on_store_error: allow` relays what the store could not check, not a mobile caller ID."""
+    engine = make_engine(on_store_error="allow", mode=mode)
+    consent_all.fail = True  # every lookup raises StoreUnavailable, after the caller-ID rules ran
+    d = await engine.decide(call_facts(engine, "dialer", "0612345678", CALLEE, at=OPEN), consent_all)
+    assert (d.verdict.action, d.verdict.rule, d.monitored) == (action, "caller-id.mobile", mode == "monitor")
+    assert d.outcomes["store.unavailable"].result == "fail" and d.alerts
+    d = await engine.decide(call_facts(engine, "dialer", NPV, CALLEE, at=OPEN), consent_all)
+    assert (d.verdict.action, d.verdict.rule) == ("allow", "")  # nothing else failed: fail open, as asked
+
+
 async def test_whole_store_down_and_backend_bug_never_raise(
     engine: PolicyEngine, consent_all: MemoryStore
 ) -> None:
