@@ -15,7 +15,14 @@ from typing import Any, Protocol
 
 from sipfilter.b2bua import wire
 from sipfilter.b2bua.auth import AuthGate, Passed, compile_gate
-from sipfilter.b2bua.facts import CallIdentities, from_value, pai_values, read_invite, request_user
+from sipfilter.b2bua.facts import (
+    CallIdentities,
+    carries_numbers,
+    from_value,
+    pai_values,
+    read_invite,
+    request_user,
+)
 from sipfilter.b2bua.in_dialog import ALLOW, IDENTITY_HEADERS, asserted_lines, refusal
 from sipfilter.b2bua.limits import Admission, Admit, LimitsConfig, Reject
 from sipfilter.b2bua.observe import Observer
@@ -53,7 +60,9 @@ _FINAL_FAILOVER = frozenset({408, 503})
 # Option tags a dialer may Require: relayed end to end, so the carrier's support is what counts.
 SUPPORTED_EXTENSIONS = frozenset({"100rel", "timer", "replaces", "precondition", "norefersub", "histinfo",
                                   "tdialog", "path", "outbound", "gruu", "from-change", "199"})  # fmt: skip
-ACCEPTED_BODIES = ("application/sdp", "multipart/mixed", "multipart/alternative", "application/isup")
+# No ISUP or QSIG, even as a multipart part: those bodies carry their own called and calling numbers, which a
+# gateway may route on, and the policy reads the SIP headers only (b2bua/facts.py, carries_numbers).
+ACCEPTED_BODIES = ("application/sdp", "multipart/mixed", "multipart/alternative")
 
 
 class Scheduler(Protocol):
@@ -577,7 +586,7 @@ class B2BUA:
         if msg.body:
             ctype = msg.content_type
             mime = ctype.mime if ctype is not None else ""
-            if mime not in ACCEPTED_BODIES:
+            if mime not in ACCEPTED_BODIES or (mime != "application/sdp" and carries_numbers(msg.body)):
                 self._stateless(ep, addr, msg, 415, "Unsupported Media Type",
                                 [f"Accept: {', '.join(ACCEPTED_BODIES)}"])  # fmt: skip
                 return True

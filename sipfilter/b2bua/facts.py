@@ -22,6 +22,7 @@ from sipfilter.sip.uri import USER_SAFE, SipUri, TelUri, Uri, escape, parse_uri
 __all__ = [
     "CallIdentities",
     "Identity",
+    "carries_numbers",
     "from_value",
     "identities_from_text",
     "pai_values",
@@ -132,6 +133,17 @@ def privacy_tokens(values: Iterable[str]) -> frozenset[str]:
 
 
 _PRIVACY_SEPARATORS: Final = re.compile(r"[;,\s]+")
+
+
+# A body part of a type that carries its own called and calling party numbers (SIP-I/SIP-T ISUP, QSIG).
+_NUMBERING_PART: Final = re.compile(rb"content-type:[ \t]*application/(?:isup|qsig)\b", re.IGNORECASE)
+
+
+def carries_numbers(body: bytes) -> bool:
+    """True when a (multipart) body holds an ISUP or QSIG part: its called party number is not the one the
+    policy read, and a gateway may route on it. A loose scan (any such Content-Type line anywhere): refusing
+    a body that merely mentions one is the safe error."""
+    return _NUMBERING_PART.search(body) is not None
 
 
 # --- what the B-leg writes ----------------------------------------------------------------------------------

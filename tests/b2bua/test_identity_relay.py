@@ -198,6 +198,43 @@ def test_display_names_cross_requoted_and_as_valid_utf8(rig: Rig) -> None:
     assert [p.display_name for p in b_leg.p_asserted_identities] == ["x\ufffd\ufffdy"]
 
 
+_SDP = b"v=0\r\no=- 1 1 IN IP4 10.0.0.9\r\ns=-\r\nc=IN IP4 10.0.0.9\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
+# An ISUP IAM (SIP-I) whose called party number is not the Request-URI's: a gateway may route on it.
+_IAM = bytes.fromhex("0100600a000207048310601111211207039011000000000a07031310621000000001")
+
+
+def _multipart(*parts: tuple[str, bytes]) -> bytes:
+    out = b""
+    for ctype, body in parts:
+        out += b"--b1\r\nContent-Type: " + ctype.encode() + b"\r\n\r\n" + body + b"\r\n"
+    return out + b"--b1--\r\n"
+
+
+@pytest.mark.parametrize(
+    ("ctype", "body", "relayed"),
+    [
+        ("multipart/mixed;boundary=b1", _multipart(("application/sdp", _SDP)), True),
+        ("multipart/mixed;boundary=b1", _multipart(("application/sdp", _SDP),
+                                                   ("application/ISUP;version=itu-t92+", _IAM)), False),
+        ("multipart/alternative;boundary=b1", _multipart(("application/qsig", _IAM)), False),
+        ("application/isup;version=itu-t92+", _IAM, False),
+    ],
+)  # fmt: skip
+def test_bodies_that_carry_their_own_numbers_are_refused(
+    rig: Rig, ctype: str, body: bytes, relayed: bool
+) -> None:
+    head = build_invite(f"sip:{MOBILE}@127.0.0.1", f"<sip:{NPV}@10.0.0.9>", []).split(b"Content-Length")[0]
+    data = head + f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+    rig.from_dialer(data)
+    b_legs = requests_named(rig.outside.take(), "INVITE")
+    assert bool(b_legs) == relayed
+    if not relayed:
+        (answer,) = [m for m in rig.inside.take() if not m.is_request]
+        assert answer.status == 415 and "isup" not in (answer.headers.get("Accept") or "")
+    else:
+        assert b_legs[0].body == body
+
+
 # --- the property -----------------------------------------------------------------------------------------
 def _escape_some(text: str, picks: list[bool]) -> str:
     chars = zip(text, picks, strict=False)
