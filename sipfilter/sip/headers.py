@@ -410,7 +410,7 @@ def quote(text: str) -> str:
 
 # What qdtext cannot hold (all of it bar HT), and undecodable octets (surrogateescape): see quote().
 _QUOTE_UNSAFE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+_SURROGATE: Final = re.compile(f"[{chr(0xD800)}-{chr(0xDFFF)}]")  # (mypyc takes no surrogate literal)
 
 
 def unquote(text: str) -> str:
