@@ -173,6 +173,16 @@ def test_a_caller_id_in_a_display_name_is_never_the_one_checked(rig: Rig, from_:
     assert audit_records(rig)[call_id]["rule"].startswith("caller-id.")
 
 
+def test_a_malformed_p_asserted_identity_gets_400_and_no_decision(rig: Rig) -> None:
+    data = build_invite(f"sip:{MOBILE}@127.0.0.1", f"<sip:{NPV}@10.0.0.9>", [f"<sip:{NPV}@10.0.0.9"])
+    call_id = parse(data).call_id
+    rig.from_dialer(data)
+    assert requests_named(rig.outside.take(), "INVITE") == []
+    finals = [m.status for m in rig.inside.take() if not m.is_request and m.status >= 200]
+    assert finals == [400]
+    assert call_id not in audit_records(rig)  # nothing the policy could read: no decision to prove
+
+
 def test_a_clean_call_is_relayed_with_the_numbers_it_was_checked_with(rig: Rig) -> None:
     """Control: the property below is not vacuous."""
     data = build_invite(f"sip:{MOBILE}@127.0.0.1;user=phone", f'"Acme" <sip:{NPV}@10.0.0.9>',
