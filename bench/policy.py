@@ -1,5 +1,5 @@
 """Benchmark of the policy engine: decisions/s and p50/p99 latency per decision for a realistic call mix
-(facts_from_request on a parsed-INVITE stand-in + decide, attempts recorded).
+(CallFacts read from a parsed INVITE by sipfilter.b2bua.facts + decide, attempts recorded).
 
 The event loop runs between decisions (`--per-tick` decisions per iteration, 1 by default: the lightest load,
 where write-behind batches least); what it does there (the embedded store's attempt writes, its watcher) is
@@ -26,8 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sipfilter.app import GC_THRESHOLDS  # noqa: E402
+from sipfilter.b2bua.facts import read_invite  # noqa: E402
 from sipfilter.config import load_config  # noqa: E402
 from sipfilter.policy.engine import PolicyEngine  # noqa: E402
+from sipfilter.sip import Request, parse  # noqa: E402
 from sipfilter.stores.base import AttemptDecision, ConsentRecord, ListInfo  # noqa: E402
 
 
@@ -123,48 +125,35 @@ def build(calls: int, dnc_size: int, seed: int = 7):
     return store, mix
 
 
-class _Headers:
-    """Case-insensitive get/get_all, the part of sipfilter.sip's Headers the engine reads."""
-
-    def __init__(self, pairs: dict[str, list[str]]):
-        self.pairs = pairs
-
-    def get(self, name: str) -> str | None:
-        values = self.pairs.get(name.lower())
-        return values[0] if values else None
-
-    def get_all(self, name: str) -> list[str]:
-        return self.pairs.get(name.lower(), [])
-
-
-class _Request:
-    __slots__ = ("headers", "method", "uri")
-
-    def __init__(self, uri: str, headers: _Headers):
-        self.method, self.uri, self.headers = "INVITE", uri, headers
-
-
-def requests(mix: list[tuple[str, str, float]]) -> list[tuple[_Request, float]]:
-    """INVITEs as the B2BUA hands them over: From with a fresh tag each call, PAI on a third of them."""
+def requests(mix: list[tuple[str, str, float]]) -> list[tuple[Request, float]]:
+    """INVITEs as the B2BUA hands them over (parsed and validated by the SIP core): From with a fresh tag
+    each call, PAI on a third of them."""
     out = []
     for i, (caller, callee, at) in enumerate(mix):
         uri = callee if callee.startswith(("sip:", "tel:")) else f"sip:{callee}@sipfilter.local;user=phone"
         ident = caller if caller.startswith("sip:") else f"sip:{caller}@10.0.0.1;user=phone"
-        pairs = {
-            "from": [f'"Acme" <{ident}>;tag={i:x}'],
-            "to": [f"<{uri}>"],
-            "call-id": [f"{i:x}@dialer"],
-        }
+        lines = [
+            f"INVITE {uri} SIP/2.0",
+            f"Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK{i:x}",
+            "Max-Forwards: 70",
+            f'From: "Acme" <{ident}>;tag={i:x}',
+            f"To: <{uri}>",
+            f"Call-ID: {i:x}@dialer",
+            "CSeq: 1 INVITE",
+            "Contact: <sip:dialer@10.0.0.1:5060>",
+        ]
         if i % 3 == 0:
-            pairs["p-asserted-identity"] = [f"<{ident}>"]
-        out.append((_Request(uri, _Headers(pairs)), at))
+            lines.append(f"P-Asserted-Identity: <{ident}>")
+        msg = parse(("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode())
+        assert isinstance(msg, Request)
+        out.append((msg, at))
     return out
 
 
 async def run(
     engine: PolicyEngine,
     store: BenchStore,
-    reqs: list[tuple[_Request, float]],
+    reqs: list[tuple[Request, float]],
     rules: dict[str, int],
     per_tick: int = 1,
     between: list[int] | None = None,
@@ -179,13 +168,13 @@ async def run(
     ticks = between if between is not None else []
     cpus = cpu if cpu is not None else []
     clock, cpu_clock = time.perf_counter_ns, time.thread_time_ns
-    facts_of, decide = engine.facts_from_request, engine.decide
+    reader, decide = engine.reader("dialer"), engine.decide
     n = 0
     start = time.perf_counter()
     for i, (request, at) in enumerate(reqs):
         c0 = cpu_clock()
         t0 = clock()
-        facts = facts_of("dialer", request, at)
+        facts = read_invite(reader, "dialer", request, at).facts
         d = await decide(facts, store)
         t1 = clock()
         cpus.append(cpu_clock() - c0)

@@ -15,7 +15,16 @@ from typing import Any, Protocol
 
 from sipfilter.b2bua import wire
 from sipfilter.b2bua.auth import AuthGate, Passed, compile_gate
+from sipfilter.b2bua.facts import (
+    CallIdentities,
+    carries_numbers,
+    from_value,
+    pai_values,
+    read_invite,
+    request_user,
+)
 from sipfilter.b2bua.identity import STIR_STATUSES, b_leg_identity, compile_identity, count_carrier_verdict
+from sipfilter.b2bua.in_dialog import ALLOW, IDENTITY_HEADERS, asserted_lines, refusal
 from sipfilter.b2bua.limits import Admission, Admit, LimitsConfig, Reject
 from sipfilter.b2bua.observe import NO_ANSWER, NO_CONNECTION, Observer
 from sipfilter.b2bua.trunks import (
@@ -29,6 +38,8 @@ from sipfilter.b2bua.trunks import (
 )
 from sipfilter.b2bua.wheel import TimerWheel
 from sipfilter.config import Config, TrunkConfig
+from sipfilter.policy.facts import CallFacts
+from sipfilter.policy.numbers import NumberReader
 from sipfilter.transport.base import Addr, Endpoint
 
 log = logging.getLogger(__name__)
@@ -38,9 +49,9 @@ INSIDE, OUTSIDE = "inside", "outside"
 # Headers the B2BUA always carries across with a body or a dialog-level meaning (besides the trunk's list).
 _CONTENT = ("content-type", "content-disposition", "content-encoding", "content-language")
 _IN_DIALOG = (
-    "require", "supported", "rseq", "event", "subscription-state", "refer-to", "referred-by", "allow",
-    "allow-events", "session-expires", "min-se", "reason", "retry-after", "unsupported", "warning",
-    "accept", "info-package", "recv-info", "min-expires", "expires",
+    "require", "supported", "rseq", "event", "subscription-state", "allow", "allow-events", "session-expires",
+    "min-se", "reason", "retry-after", "unsupported", "warning", "accept", "info-package", "recv-info",
+    "min-expires", "expires",
 )
 _COMPACT = {
     "c": "content-type", "e": "content-encoding", "k": "supported", "o": "event", "r": "refer-to",
@@ -50,7 +61,9 @@ _FINAL_FAILOVER = frozenset({408, 503})
 # Option tags a dialer may Require: relayed end to end, so the carrier's support is what counts.
 SUPPORTED_EXTENSIONS = frozenset({"100rel", "timer", "replaces", "precondition", "norefersub", "histinfo",
                                   "tdialog", "path", "outbound", "gruu", "from-change", "199"})  # fmt: skip
-ACCEPTED_BODIES = ("application/sdp", "multipart/mixed", "multipart/alternative", "application/isup")
+# No ISUP or QSIG, even as a multipart part: those bodies carry their own called and calling numbers, which a
+# gateway may route on, and the policy reads the SIP headers only (b2bua/facts.py, carries_numbers).
+ACCEPTED_BODIES = ("application/sdp", "multipart/mixed", "multipart/alternative")
 
 
 class Scheduler(Protocol):
@@ -58,11 +71,13 @@ class Scheduler(Protocol):
 
 
 class PolicyPort(Protocol):
-    """What the B2BUA needs from the policy side (sipfilter.policy.engine.PolicyEngine + store)."""
+    """What the B2BUA needs from the policy side (sipfilter.policy.engine.PolicyEngine): how a trunk reads
+    numbers, and a decision on plain CallFacts (with the store it looks up). The B2BUA builds the facts
+    itself (b2bua/facts.py), from the same parsed values it builds the B-leg from."""
 
-    def facts_from_request(self, trunk_name: str, request: Any, now: float) -> Any: ...
+    def reader(self, trunk: str) -> NumberReader: ...
 
-    def decide(self, facts: Any, store: Any) -> Coroutine[Any, Any, Any]: ...
+    def decide(self, facts: CallFacts, store: Any) -> Coroutine[Any, Any, Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,32 +115,38 @@ def _lower_name(name: str) -> str:
 
 
 class _PassList:
-    """A trunk's header pass list ("X-*" style prefixes allowed), compiled into three memoised filters:
-    what an initial INVITE carries, what in-dialog requests and responses carry, and bodies only."""
+    """A trunk's header pass list ("X-*" style prefixes allowed), compiled into memoised filters: what an
+    initial INVITE carries, what in-dialog requests and responses carry towards the dialer and towards the
+    carrier, and bodies only. Identity headers never cross to the carrier as the dialer wrote them."""
 
-    __slots__ = ("dialog", "identity", "invite", "invite_sans_identity", "names", "prefixes")
+    __slots__ = ("dialog", "dialog_out", "identity", "invite", "invite_sans_identity", "names", "prefixes")
 
     def __init__(self, names: tuple[str, ...]) -> None:
         self.names = frozenset(n.lower() for n in names if not n.endswith("*"))
         self.prefixes = tuple(n[:-1].lower() for n in names if n.endswith("*"))
-        # Header `name` crosses on the initial INVITE (PAI is rebuilt, not copied) / inside the dialog.
+        # Header `name` crosses on the initial INVITE (PAI is rebuilt, not copied) / inside the dialog
+        # towards the dialer / inside the dialog towards the carrier (PAI rebuilt there too).
         self.invite = _NameFilter(self._on_invite)
         self.dialog = _NameFilter(self._in_dialog)
         # The dialer's Identity may cross (sipfilter/b2bua/identity.py decides whether it does, unchanged).
         self.identity = self.allows("identity")
         self.invite_sans_identity = _NameFilter(lambda name: _lower_name(name) != "identity"
                                                 and self.invite[name])  # fmt: skip
+        self.dialog_out = _NameFilter(self._in_dialog_out)
 
     def allows(self, lname: str) -> bool:
         return lname in self.names or (bool(self.prefixes) and lname.startswith(self.prefixes))
 
     def _on_invite(self, name: str) -> bool:
         lname = _lower_name(name)
-        return lname in _CONTENT or (self.allows(lname) and lname != "p-asserted-identity")
+        return lname in _CONTENT or (self.allows(lname) and lname not in IDENTITY_HEADERS)
 
     def _in_dialog(self, name: str) -> bool:
         lname = _lower_name(name)
         return lname in _CONTENT or lname in _IN_DIALOG or self.allows(lname)
+
+    def _in_dialog_out(self, name: str) -> bool:
+        return _lower_name(name) not in IDENTITY_HEADERS and self._in_dialog(name)
 
 
 _NO_PASS = _PassList(())
@@ -264,6 +285,7 @@ class Call:
         "dest",
         "ended_by",
         "identity",
+        "ids",
         "invite_msg",
         "invite_ruri",
         "passes",
@@ -300,6 +322,8 @@ class Call:
         self.auth: AuthGate | None = None  # the dialer authenticated: its credentials are not relayed
         self.identity: Any = None  # the trunk's STIR/SHAKEN verifier and signer (TrunkIdentity), if any
         self.b_identity: tuple[str, ...] | None = None  # Identity lines of the B-leg (None: as passed)
+        # The identities the policy decided on, which the B-leg presents (Request-URI user, From, PAI).
+        self.ids: CallIdentities | None = None
 
 
 @dataclass
@@ -537,7 +561,7 @@ class B2BUA:
             self._stateless(ep, addr, msg, 200 if not self.draining else 503, "")
             return
         self._stateless(ep, addr, msg, 405 if method not in ("BYE", "PRACK", "UPDATE", "INFO") else 481, "",
-                        ["Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, PRACK, UPDATE, INFO, NOTIFY, REFER"])
+                        [f"Allow: {ALLOW}"])
 
     def _authenticated(self, ep: Endpoint, msg: Any, addr: Addr, trunk: TrunkConfig, now: float) -> bool:
         """Digest check of an out-of-dialog request on a trunk listed in `auth.trunks`; False when answered
@@ -579,7 +603,7 @@ class B2BUA:
         if msg.body:
             ctype = msg.content_type
             mime = ctype.mime if ctype is not None else ""
-            if mime not in ACCEPTED_BODIES:
+            if mime not in ACCEPTED_BODIES or (mime != "application/sdp" and carries_numbers(msg.body)):
                 self._stateless(ep, addr, msg, 415, "Unsupported Media Type",
                                 [f"Accept: {', '.join(ACCEPTED_BODIES)}"])  # fmt: skip
                 return True
@@ -680,7 +704,18 @@ class B2BUA:
         rt = self.rt
         t0 = time.perf_counter()
         try:
-            facts = rt.policy.facts_from_request(call.trunk.name, msg, now)
+            ids = read_invite(rt.policy.reader(call.trunk.name), call.trunk.name, msg, now)
+        except self._parse_error as exc:  # a malformed P-Asserted-Identity: nothing the policy can read
+            self.obs.malformed(call.a.ep.transport)
+            self._answer_a(call, 400, str(getattr(exc, "reason", "") or "Bad Request"), [])
+            return
+        except Exception:
+            log.exception("policy facts failed on trunk %s", call.trunk.name)
+            self._answer_a(call, 500, "Server Internal Error", [])
+            return
+        call.ids = ids
+        facts = ids.facts
+        try:
             verifier = call.identity.verifier if call.identity is not None else None
             if verifier is None:
                 coro = rt.policy.decide(facts, rt.store)
@@ -749,12 +784,12 @@ class B2BUA:
             warning = f'Warning: 399 {self.hostname} "every carrier target of trunk {trunk} is down"'
             self._answer_a(call, 503, "Service Unavailable", [f"Retry-After: {retry}", warning])
             return
-        self._start_b_leg(call, msg, facts)
+        self._start_b_leg(call, msg)
         self.obs.relayed(trunk)
 
     # -- B-leg ------------------------------------------------------------------------------------------
 
-    def _start_b_leg(self, call: Call, msg: Any, facts: Any = None) -> None:
+    def _start_b_leg(self, call: Call, msg: Any) -> None:
         ep = None
         while call.plan and ep is None:  # skip targets whose transport we do not listen on
             dest = call.plan.pop(0)
@@ -764,30 +799,28 @@ class B2BUA:
             return
         call.dest = dest
         host = self.hostname
+        ids = call.ids
+        assert ids is not None  # set by _decide before any B-leg
+        # The callee's and caller's user parts exactly as the policy read them (b2bua/facts.py).
+        user = request_user(ids)
+        call.invite_ruri = f"sip:{user}@{dest.uri_host}" if user else f"sip:{dest.uri_host}"
+        to = f"<sip:{user}@{dest.uri_host}>" if user else f"<sip:{dest.uri_host}>"
         if call.b is None:
-            user = _callee_user(msg)
-            display = getattr(msg.from_, "display_name", None)
-            from_user = wire.uri_user(getattr(msg.from_, "uri", None)) or "anonymous"
-            from_name = f'"{wire.safe(str(display)).strip(chr(34))}" ' if display else ""
             b_call_id = wire.new_call_id(host)
-            local = f"{from_name}<sip:{from_user}@{host}>;tag={wire.new_tag()}"
-            call.invite_ruri = f"sip:{user}@{dest.uri_host}" if user else f"sip:{dest.uri_host}"
-            to = f"<sip:{user}@{dest.uri_host}>" if user else f"<sip:{dest.uri_host}>"
+            local = from_value(ids, host, wire.new_tag())
             call.b = Leg(ep, dest.addr, b_call_id, local, to, call.invite_ruri, 1)
             self.calls_b[b_call_id] = call
             call.invite_msg = msg  # kept for failover to the next target; dropped when answered
             crossing = call.passes or _NO_PASS
             if call.identity is not None or (crossing.identity and "Identity" in msg.headers):
-                call.b_identity = b_leg_identity(call.identity, msg, facts, crossing.identity,
+                call.b_identity = b_leg_identity(call.identity, msg, ids, crossing.identity,
                                                  crossing.allows("p-asserted-identity"), self.rt.store,
                                                  self._clock(), self.obs, call.trunk.name)  # fmt: skip
         else:
             b = call.b
             b.ep, b.addr = ep, dest.addr
-            user = call.invite_ruri.split(":", 1)[1].split("@", 1)[0] if "@" in call.invite_ruri else ""
-            call.invite_ruri = f"sip:{user}@{dest.uri_host}" if user else f"sip:{dest.uri_host}"
             b.target = call.invite_ruri
-            b.remote = f"<sip:{user}@{dest.uri_host}>" if user else f"<sip:{dest.uri_host}>"
+            b.remote = to
             b.remote_tag = ""
             b.cseq += 1
             msg = call.invite_msg
@@ -811,7 +844,7 @@ class B2BUA:
         allow = passes.invite if identity is None else passes.invite_sans_identity
         lines.extend(_pick_headers(msg, allow, call.auth.ours if call.auth is not None else None))
         if pai:
-            lines.extend(f"P-Asserted-Identity: {v}" for v in _hidden_identities(msg, host))
+            lines.extend(f"P-Asserted-Identity: {v}" for v in pai_values(ids, host))
         if identity:
             lines.extend(identity)
         body = msg.body or b""
@@ -1065,9 +1098,16 @@ class B2BUA:
         ep.send(data, a.addr)
         self.obs.response(call.trunk.name, "sent", status)
 
-    def _response_headers(self, call: Call, msg: Any) -> list[str]:
-        passes = call.passes
-        return _pick_headers(msg, (passes or _NO_PASS).dialog)
+    def _response_headers(self, call: Call, msg: Any, outward: bool = False) -> list[str]:
+        """Headers a relayed response carries; `outward`: from the dialer to the carrier (its identity
+        headers replaced by the ones checked on the INVITE)."""
+        passes = call.passes or _NO_PASS
+        if not outward:
+            return _pick_headers(msg, passes.dialog)
+        lines = _pick_headers(msg, passes.dialog_out)
+        if passes.allows("p-asserted-identity"):
+            lines.extend(asserted_lines(msg, call.ids, self.hostname))
+        return lines
 
     def _final_to_a(self, call: Call, status: int, data: bytes) -> None:
         """Send the INVITE's final answer to the dialer; UDP retransmits it until the ACK (Timer G / 2xx)."""
@@ -1318,6 +1358,12 @@ class B2BUA:
             return
         self.server_tx[stx.branch] = stx
         stx.timers = self._later(64 * self.rt.timers.t1, self._forget_server, stx)
+        refused = refusal(method)
+        if refused is not None:  # REFER, MESSAGE, SUBSCRIBE…: answered, never relayed (b2bua/in_dialog.py)
+            status, why = refused
+            log.info("%s from the %s side refused on call %s: %s", method, ep.side, call.a.call_id, why)
+            self._respond(stx, status, "", [f'Warning: 399 {self.hostname} "{why}"'], b"")
+            return
         if method == "BYE":
             call.ended_by = "bye-" + ep.side
             self._cancel_timer(call, "max")
@@ -1357,9 +1403,14 @@ class B2BUA:
                 lines.append(f"RAck: {rack[0]} {call.b_invite.cseq} {rack[2]}")
             elif len(rack) == 3:
                 lines.append(f"RAck: {rack[0]} {call.a_tx.cseq.split()[0]} {rack[2]}")
-        passes = call.passes
+        passes = call.passes or _NO_PASS
         drop = call.auth.ours if call.auth is not None and ep.side == INSIDE else None
-        lines.extend(_pick_headers(msg, (passes or _NO_PASS).dialog, drop))
+        if to_side == OUTSIDE:  # the dialer's identity headers are replaced by the ones checked on the INVITE
+            lines.extend(_pick_headers(msg, passes.dialog_out, drop))
+            if passes.allows("p-asserted-identity"):
+                lines.extend(asserted_lines(msg, call.ids, self.hostname))
+        else:
+            lines.extend(_pick_headers(msg, passes.dialog, drop))
         data = wire.build_request(method, leg.target, lines, msg.body or b"")
         # A BYE cannot fail (§15.1.2): answer it at once, not when the other leg does. A dead carrier would
         # hold the dialer for 64*T1, just when its own Timer F gives up; the B-leg BYE is now our own.
@@ -1399,7 +1450,7 @@ class B2BUA:
         if stx is None:
             return
         status: int = msg.status
-        extra = self._response_headers(call, msg)
+        extra = self._response_headers(call, msg, ctx.side == INSIDE)
         if ctx.method in ("INVITE", "UPDATE", "SUBSCRIBE") and 200 <= status < 300:
             sep = stx.ep
             extra.append(f"Contact: <sip:{self.hostname}@{sep.hostport};transport={sep.transport}>")
@@ -1556,31 +1607,6 @@ class B2BUA:
                 self._answer_a(call, 503, "Service Unavailable", [f"Retry-After: {self.retry_after_s}"])
                 self._cancel_b(call)
             self._end(call, "shutdown")
-
-
-def _hidden_identities(msg: Any, host: str) -> list[str]:
-    """P-Asserted-Identity values with the dialer's hosts replaced by ours (tel: URIs kept as they are)."""
-    out: list[str] = []
-    for na in msg.p_asserted_identities:
-        uri = na.uri
-        if getattr(uri, "scheme", "") == "tel":
-            text = f"<{uri}>"
-        else:
-            user = wire.uri_user(uri)
-            text = f"<sip:{user}@{host}>" if user else f"<sip:{host}>"
-        display = na.display_name
-        if display:
-            text = f'"{wire.safe(display).strip(chr(34))}" {text}'
-        out.append(text)
-    return out
-
-
-def _callee_user(msg: Any) -> str:
-    try:
-        user = wire.uri_user(msg.request_uri)
-    except Exception:  # an unparsable Request-URI: fall back to To, never to its host
-        user = ""
-    return user or wire.uri_user(getattr(msg.to, "uri", None))
 
 
 def _local_tag(a: Leg) -> str:

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sipfilter.b2bua import wire
+from sipfilter.b2bua.facts import CallIdentities, from_user
 from sipfilter.config import Config
 from sipfilter.identity.sign import Signer, SignError
 from sipfilter.identity.verify import Verifier
@@ -64,39 +64,28 @@ def compile_identity(config: Config,
 # -- the B-leg's Identity ---------------------------------------------------------------------------------
 
 
-def _raw_user(uri: Any) -> str:
-    return str(getattr(uri, "user", None) or getattr(uri, "number", None) or "")
-
-
-def numbers_cross_unchanged(msg: Any, pai_crosses: bool) -> bool:
-    """True when the numbers an Identity of this INVITE binds (From or P-Asserted-Identity for `orig`, To and
-    Request-URI for `dest`) appear on the B-leg exactly as the dialer sent them. The B-leg is built by core.py
-    from wire.uri_user() of each, and its To carries the Request-URI's user."""
-    from_uri = msg.from_.uri
-    from_raw = _raw_user(from_uri)
-    if not from_raw or wire.uri_user(from_uri) != from_raw:
+def numbers_cross_unchanged(msg: Any, ids: CallIdentities, pai_crosses: bool) -> bool:
+    """True when the numbers an Identity of this INVITE binds (From or P-Asserted-Identity for `orig`, To
+    and Request-URI for `dest`) reach the carrier as the dialer sent them. The B-leg writes each from the
+    user part the policy read (b2bua/facts.py); it differs from the dialer's where a caller goes out as
+    anonymous, an identity without a number is left out, or the dialer's To named another user than its
+    Request-URI (the B-leg's To carries the Request-URI's)."""
+    caller = ids.caller
+    if caller.user is None or from_user(ids) != caller.user:
         return False
-    try:
-        ruri = msg.request_uri
-    except Exception:  # an unparsable Request-URI: core falls back to To
-        ruri = None
+    callee = ids.callee.user
     to_uri = msg.to.uri
-    callee_raw = _raw_user(ruri) or _raw_user(to_uri)
-    b_callee = wire.uri_user(ruri) or wire.uri_user(to_uri)
-    if not callee_raw or b_callee != callee_raw or _raw_user(to_uri) != b_callee:
+    if not callee or str(getattr(to_uri, "user", None) or getattr(to_uri, "number", None) or "") != callee:
         return False
-    for na in msg.p_asserted_identities:
-        uri = na.uri
-        if not pai_crosses:
-            if _raw_user(uri) != from_raw:  # `orig` may be this number, and it does not cross
-                return False
-        elif getattr(uri, "scheme", "") != "tel" and wire.uri_user(uri) != _raw_user(uri):
-            return False
+    for asserted in ids.asserted:
+        if asserted.user is None or (not pai_crosses and asserted.user != caller.user):
+            return False  # dropped, or does not cross while `orig` may be its number
     return True
 
 
-def b_leg_identity(ti: TrunkIdentity | None, msg: Any, facts: Any, passes_identity: bool, pai_crosses: bool,
-                   store: Any, now: float, obs: Any, trunk: str) -> tuple[str, ...] | None:  # fmt: skip
+def b_leg_identity(ti: TrunkIdentity | None, msg: Any, ids: CallIdentities, passes_identity: bool,
+                   pai_crosses: bool, store: Any, now: float, obs: Any,
+                   trunk: str) -> tuple[str, ...] | None:  # fmt: skip
     """The Identity lines of the B-leg INVITE, or None when the dialer's cross as the pass list says.
 
     The dialer's signature is never broken: it crosses untouched while the numbers it binds cross unchanged;
@@ -105,15 +94,14 @@ def b_leg_identity(ti: TrunkIdentity | None, msg: Any, facts: Any, passes_identi
     incoming = passes_identity and "Identity" in msg.headers
     signer = ti.signer if ti is not None else None
     if incoming:
-        if numbers_cross_unchanged(msg, pai_crosses):
+        if numbers_cross_unchanged(msg, ids, pai_crosses):
             return None
         if signer is None:
             obs.identity_dropped(trunk)
             return ()
     elif signer is None:
         return None
-    if facts is None:  # never for a new call: the decision's facts are handed in
-        return () if incoming else None
+    facts = ids.facts
     asserted = [n for n in facts.asserted if n.kind == E164] if pai_crosses else []
     orig = asserted[0] if asserted else facts.caller
     try:

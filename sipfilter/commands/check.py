@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from sipfilter.audit import decision_record
+from sipfilter.b2bua.facts import identities_from_text
 from sipfilter.commands._store_common import CliError, parse_time, print_out
 from sipfilter.config import Config, ConfigError, load_config
 from sipfilter.policy.engine import PolicyEngine
@@ -21,6 +22,7 @@ from sipfilter.policy.facts import CallFacts
 from sipfilter.policy.lists import DNC_PREFIX
 from sipfilter.policy.rulepack import RuleSet
 from sipfilter.policy.verdict import FAIL, PASS, SKIP, Decision
+from sipfilter.sip.errors import ParseError
 from sipfilter.stores.base import Store, StoreUnavailable
 
 DEFAULT_CONFIG = os.environ.get("SIPFILTER_CONFIG", "config/sipfilter.yaml")
@@ -55,9 +57,11 @@ def register(subparsers: Any) -> None:
         dest="from_",
         required=True,
         metavar="URI_OR_NUMBER",
-        help="From (presented caller ID): sip:/sips:/tel: URI, name-addr or number",
+        help="From (presented caller ID): sip:/sips:/tel: URI, name-addr (its URI is read, never its "
+        "display name) or number",
     )
-    p.add_argument("--to", required=True, metavar="URI_OR_NUMBER", help="callee: Request-URI or number")
+    p.add_argument("--to", required=True, metavar="URI_OR_NUMBER",
+                   help="callee: Request-URI (its user part is the number) or number")
     p.add_argument(
         "--pai",
         action="append",
@@ -224,9 +228,14 @@ async def _check(args: argparse.Namespace) -> tuple[int, str]:
     trunk = config.trunks[args.trunk]
     store = await open_configured_store(config)
     try:
-        facts = engine.facts(
-            args.trunk, args.from_, args.to, pai=args.pai, privacy=args.privacy, at=at, call_id=args.call_id
-        )
+        try:  # the B2BUA's own readers, on the arguments parsed as the SIP core parses a request
+            ids = identities_from_text(
+                engine.reader(args.trunk), args.trunk, args.from_, args.to,
+                pai=args.pai, privacy=args.privacy, at=at, call_id=args.call_id,
+            )  # fmt: skip
+            facts = ids.facts
+        except ParseError as exc:
+            raise CheckError(str(exc)) from None
         decision = await engine.decide(facts, store, record=args.record)
         words = explain_passes(decision, facts, engine.rules_for(args.trunk), store)
     finally:

@@ -1,20 +1,19 @@
 """The policy engine: one new INVITE's CallFacts + the trunk's compiled rules + store lookups → Decision.
 
-Called once per INVITE by the B2BUA and by `sipfilter check`; never raises out of `decide`, no SIP I/O.
+Called once per INVITE by the B2BUA and by `sipfilter check`, which build the CallFacts with the trunk's
+`reader` (sipfilter.b2bua.facts); never parses SIP, never raises out of `decide`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
-from typing import Any
 
 from sipfilter.config import Config, TrunkConfig
 from sipfilter.policy import caller_id, frequency, hours, lists
 from sipfilter.policy.facts import CallFacts
 from sipfilter.policy.identity import RULES as IDENTITY_RULES
 from sipfilter.policy.identity import IdentityFinding, check_identity
-from sipfilter.policy.numbers import E164, Number
+from sipfilter.policy.numbers import E164, NumberReader
 from sipfilter.policy.rulepack import NUMBER_RULE, STORE_RULE, RuleSet
 from sipfilter.policy.verdict import ALLOW, FAIL, PASS, REJECT, SKIP, Decision, Outcome, Verdict
 from sipfilter.stores.base import Store, StoreUnavailable
@@ -24,51 +23,10 @@ log = logging.getLogger(__name__)
 _PASS = Outcome(PASS, "")
 _ALLOWED = Verdict(ALLOW, 0, "", "")
 _NOT_PROSPECTING = "trunk is not prospecting"
-_NO_PRIVACY: frozenset[str] = frozenset()
-_NO_FROM = Number("", "", "anonymous", "no From")
-_NO_CALLEE = Number("", "", "invalid", "no callee")
 
 
 class UnknownTrunk(KeyError):
     """The trunk name is not in the configuration."""
-
-
-def split_header_values(values: Iterable[str]) -> list[str]:
-    """Split comma-separated header values, respecting quotes and <…> (PAI may list several identities)."""
-    out: list[str] = []
-    for value in values:
-        if "," not in value:
-            if value.strip():
-                out.append(value.strip())
-            continue
-        depth, quoted, start = 0, False, 0
-        for i, ch in enumerate(value):
-            if ch == '"' and (i == 0 or value[i - 1] != "\\"):
-                quoted = not quoted
-            elif not quoted and ch == "<":
-                depth += 1
-            elif not quoted and ch == ">":
-                depth -= 1
-            elif ch == "," and not quoted and depth <= 0:
-                out.append(value[start:i].strip())
-                start = i + 1
-        out.append(value[start:].strip())
-    return [v for v in out if v]
-
-
-def addr_spec(value: str) -> str:
-    """The URI of a From/To/PAI header value, without display name or header parameters (;tag=…), so that the
-    number caches see the same string on every call from one caller ID (RFC 3261 §20: a URI with `;` in an
-    addr-spec header value must be in <>, so without <> the first `;` starts the header parameters)."""
-    start = value.find("<")
-    if start >= 0:
-        end = value.find(">", start)
-        return value[start + 1 : end] if end > 0 else value[start + 1 :]
-    return value.partition(";")[0].strip()
-
-
-def _privacy_tokens(values: Iterable[str]) -> frozenset[str]:
-    return frozenset(t.strip().lower() for v in values for t in v.replace(",", ";").split(";") if t.strip())
 
 
 class PolicyEngine:
@@ -78,16 +36,20 @@ class PolicyEngine:
         self.config = config
         self._rules = config.rules
         self._trunks = config.trunks
-        # trunk → its rule pack's number parsers (cached for callers, uncached for callees) and its default
-        # region: read on every INVITE.
-        self._parsers = {
-            name: (rs.normaliser.parse, rs.normaliser.parse_callee, config.trunks[name].region)
-            for name, rs in config.rules.items()
-        }
+        # trunk → how it reads numbers (its rule pack's normaliser, its default region): on every INVITE.
+        self._readers = {name: NumberReader(rs.normaliser, config.trunks[name].region)
+                         for name, rs in config.rules.items()}  # fmt: skip
 
     def rules_for(self, trunk: str) -> RuleSet:
         try:
             return self._rules[trunk]
+        except KeyError:
+            raise UnknownTrunk(trunk) from None
+
+    def reader(self, trunk: str) -> NumberReader:
+        """How `trunk` reads numbers: what CallFacts are built with (the B2BUA, `sipfilter check`)."""
+        try:
+            return self._readers[trunk]
         except KeyError:
             raise UnknownTrunk(trunk) from None
 
@@ -114,64 +76,6 @@ class PolicyEngine:
             frequency.REFUSAL_RULE,
             frequency.CAP_RULE,
             STORE_RULE,
-        )
-
-    # -- facts ---------------------------------------------------------------------------------------
-    def facts(
-        self,
-        trunk: str,
-        from_: str,
-        to: str,
-        pai: Sequence[str] = (),
-        privacy: Iterable[str] = (),
-        at: float = 0.0,
-        call_id: str = "",
-        to_header: str = "",
-    ) -> CallFacts:
-        """CallFacts from plain strings (URIs, name-addrs or numbers); `to` is the Request-URI or number."""
-        rs, region = self.rules_for(trunk), self.trunk(trunk).region
-        norm = rs.normaliser
-        callee = norm.parse(to, region) if to else _NO_CALLEE
-        if callee.kind != E164 and to_header:
-            alt = norm.parse(to_header, region)
-            if alt.kind == E164:
-                callee = alt
-        tokens = _privacy_tokens(privacy) if privacy else _NO_PRIVACY
-        asserted = tuple(norm.parse(p, region) for p in split_header_values(pai)) if pai else ()
-        caller = norm.parse(from_, region) if from_ else _NO_FROM
-        return CallFacts(trunk, at, caller, asserted, tokens, callee, call_id)
-
-    def facts_from_request(self, trunk_name: str, request: Any, now: float) -> CallFacts:
-        """Extract From, every P-Asserted-Identity, Privacy, Request-URI/To callee and Call-ID from a parsed
-        sipfilter.sip Request (only `request.uri` and `request.headers.get/get_all` are used).
-
-        The same facts as `facts()` with these headers, built in one pass (on every INVITE): PAI split once,
-        To read only when the Request-URI holds no number."""
-        try:
-            parse, parse_callee, region = self._parsers[trunk_name]
-        except KeyError:
-            raise UnknownTrunk(trunk_name) from None
-        headers = request.headers
-        get = headers.get
-        to = request.uri
-        callee = parse_callee(to, region) if to else _NO_CALLEE
-        if callee.kind != E164:
-            to_header = addr_spec(get("To") or "")
-            if to_header:
-                alt = parse_callee(to_header, region)
-                if alt.kind == E164:
-                    callee = alt
-        from_ = addr_spec(get("From") or "")
-        pai = headers.get_all("P-Asserted-Identity")
-        privacy = headers.get_all("Privacy")
-        return CallFacts(
-            trunk_name,
-            now,
-            parse(from_, region) if from_ else _NO_FROM,
-            tuple([parse(addr_spec(v), region) for v in split_header_values(pai)]) if pai else (),
-            _privacy_tokens(privacy) if privacy else _NO_PRIVACY,
-            callee,
-            get("Call-ID") or "",
         )
 
     # -- decision ------------------------------------------------------------------------------------
@@ -211,21 +115,30 @@ class PolicyEngine:
             return self._store_error(rs, trunk, out, f"internal error: {type(exc).__name__}: {exc}")
         if not first:
             return Decision(_ALLOWED, out, False, recorded, rs.version, tuple(alerts) if alerts else ())
+        return self._refused(rs, trunk, out, first, recorded, tuple(alerts))
+
+    def _refused(self, rs: RuleSet, trunk: TrunkConfig, out: dict[str, Outcome], first: str, recorded: bool,
+                 alerts: tuple[str, ...]) -> Decision:  # fmt: skip
         answer = rs.answer(first)
         detail = out[first].reason
         reason = f"{answer.text}: {detail}" if detail else answer.text
         if trunk.mode == "monitor":
-            return Decision(Verdict(ALLOW, 0, first, reason), out, True, recorded, rs.version, tuple(alerts))
-        return Decision(
-            Verdict(REJECT, answer.status, first, reason), out, False, recorded, rs.version, tuple(alerts)
-        )
+            return Decision(Verdict(ALLOW, 0, first, reason), out, True, recorded, rs.version, alerts)
+        verdict = Verdict(REJECT, answer.status, first, reason)
+        return Decision(verdict, out, False, recorded, rs.version, alerts)
 
     def _store_error(self, rs: RuleSet, trunk: TrunkConfig, out: dict[str, Outcome], why: str) -> Decision:
         out[STORE_RULE] = Outcome(FAIL, why)
         answer = rs.answer(STORE_RULE)
         reason = f"{answer.text}: {why}"
         if trunk.on_store_error == "allow":
-            return Decision(_ALLOWED, out, False, False, rs.version, (f"{STORE_RULE}: {why}",))
+            alert = (f"{STORE_RULE}: {why}",)
+            # Failing open relays what the store could not check, never a call a rule evaluated before the
+            # failure (number, caller ID, a list already read) refused.
+            failed = next((rule for rule, o in out.items() if o.result == FAIL and rule != STORE_RULE), "")
+            if failed:
+                return self._refused(rs, trunk, out, failed, False, alert)
+            return Decision(_ALLOWED, out, False, False, rs.version, alert)
         if trunk.mode == "monitor":
             return Decision(Verdict(ALLOW, 0, STORE_RULE, reason), out, True, False, rs.version, ())
         return Decision(Verdict(REJECT, answer.status, STORE_RULE, reason), out, False, False, rs.version, ())

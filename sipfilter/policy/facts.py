@@ -1,6 +1,7 @@
 """CallFacts: the plain data the policy engine decides on (trunk, numbers, time, identity headers).
 
-Built once per INVITE by `PolicyEngine.facts_from_request` (or by `sipfilter check`); no SIP parsing here.
+Built once per INVITE by `sipfilter.b2bua.facts` from the parsed request (and from its arguments by
+`sipfilter check`, through the same code); no SIP parsing here.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from sipfilter.policy.numbers import Number
 class CallFacts:
     trunk: str
     at: float  # epoch seconds of the decision
-    caller: Number  # From
-    asserted: tuple[Number, ...]  # every P-Asserted-Identity value
+    caller: Number  # From's URI (never its display name), as the B-leg presents it
+    asserted: tuple[Number, ...]  # every P-Asserted-Identity value, as the B-leg presents them
     privacy: frozenset[str]  # Privacy header values, lower-case
-    callee: Number  # Request-URI user (To when the Request-URI has no number)
+    callee: Number  # the Request-URI's user part, exactly as the B-leg dials it (never another header)
     call_id: str = ""

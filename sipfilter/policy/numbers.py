@@ -1,5 +1,6 @@
-"""Normalise the numbers sipfilter sees (sip:/sips:/tel: URIs, national, +33, 0033, 33…) to E.164.
+"""Normalise the numbers sipfilter sees (URI user parts, tel numbers, national, +33, 0033, 33…) to E.164.
 
+Reads numbers, never SIP: the B2BUA hands in the user part, host and phone-context the SIP core parsed.
 Fast path for common French digit forms, bounded LRU cache, phonenumbers only for the odd ones; never raises.
 """
 
@@ -9,7 +10,6 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from urllib.parse import unquote
 
 import phonenumbers
 
@@ -20,7 +20,8 @@ ANONYMOUS = "anonymous"  # identity withheld or no user part
 INVALID = "invalid"
 
 _SEPARATORS = str.maketrans("", "", " -.()/\t")
-_DIGITS_RE = re.compile(r"^\+?[0-9]+$")
+# fullmatch, not ^…$: "$" would also match before a trailing newline.
+_DIGITS = re.compile(r"\+?[0-9]+").fullmatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,45 +38,29 @@ class Number:
         return self.kind == E164 or self.kind == SHORT
 
 
-def split_uri_user(text: str) -> tuple[str, str, dict[str, str]] | None:
-    """From a name-addr, addr-spec, tel: URI or bare number, return (user, host, params of the user part).
-
-    Returns None when a URI carries no user part (e.g. `sip:host`). `host` is "" for tel: and bare numbers."""
-    text = text.strip()
-    if "<" in text:
-        start = text.index("<") + 1
-        end = text.find(">", start)
-        text = text[start:] if end < 0 else text[start:end]
-    lower = text[:5].lower()
-    params: dict[str, str] = {}
-    if lower.startswith("tel:"):
-        body = text[4:]
-        number, _, rest = body.partition(";")
-        _parse_params(rest, params)
-        return unquote(number), "", params
-    if lower.startswith(("sip:", "sips:")):
-        body = text[text.index(":") + 1 :]
-        if "@" not in body:
-            return None
-        userinfo, _, hostpart = body.rpartition("@")
-        user, _, uparams = userinfo.partition(";")
-        user = user.partition(":")[0]  # drop a password
-        _parse_params(uparams, params)
-        host = hostpart.partition(";")[0].partition("?")[0].partition(":")[0].lower()
-        if hostpart.startswith("["):
-            host = hostpart[: hostpart.find("]") + 1].lower()
-        return unquote(user), host, params
-    # A bare number, possibly with ;phone-context.
-    number, _, rest = text.partition(";")
-    _parse_params(rest, params)
-    return number, "", params
-
-
 def _parse_params(text: str, into: dict[str, str]) -> None:
     for item in text.split(";"):
         if item:
             key, _, value = item.partition("=")
             into[key.strip().lower()] = value.strip()
+
+
+@dataclass(frozen=True, slots=True)
+class NumberReader:
+    """How one trunk reads the numbers of a call: its rule pack's normaliser and the trunk's default region.
+
+    Handed to whoever turns a call into CallFacts (the B2BUA, `sipfilter check`), which parse the SIP."""
+
+    normaliser: Normaliser
+    region: str = "FR"
+
+    def caller(self, user: str, host: str = "", context: str = "") -> Number:
+        """A caller identity (From, P-Asserted-Identity): cached, they repeat on every call."""
+        return self.normaliser.read(user, host, context, self.region)
+
+    def callee(self, user: str, host: str = "", context: str = "") -> Number:
+        """The callee: uncached, a callee is nearly always new."""
+        return self.normaliser.read_callee(user, host, context, self.region)
 
 
 class Normaliser:
@@ -103,51 +88,69 @@ class Normaliser:
         self._anon_hosts = frozenset(h.lower() for h in anonymous_hosts)
         # Bounded caches: numbers repeat (caller IDs always, callees across retries).
         self.number = lru_cache(maxsize=cache_size)(self._number_uncached)  # type: ignore[method-assign]
-        self.parse = lru_cache(maxsize=cache_size)(self._parse_uncached)  # type: ignore[method-assign]
+        self.read = lru_cache(maxsize=cache_size)(self._read)  # type: ignore[method-assign]
 
     # -- public ------------------------------------------------------------------------------------
-    def parse(self, text: str, region: str = "FR") -> Number:
-        """Any presented form (URI, name-addr, bare number) → Number; cached."""
-        return self._parse_uncached(text, region)
+    def read(self, user: str, host: str = "", context: str = "", region: str = "FR") -> Number:
+        """The number of one URI as the SIP core parsed it; cached (a campaign shows the same caller IDs on
+        every call). `user` is a sip:/sips: user part as unescaped (telephone-subscriber ;parameters
+        included), a tel: URI's number or a bare number; `host` the URI's host ("" for tel: and numbers);
+        `context` a tel: URI's phone-context. Anonymous users and hosts give kind ANONYMOUS.
 
-    def parse_callee(self, text: str, region: str = "FR") -> Number:
-        """parse() without the cache: a callee is nearly always seen for the first time (a retry comes days
+        A phone-context that reads the number differently from the number alone makes it INVALID: the
+        carrier may not honour the context (a tel: Request-URI loses it on the B-leg), so the policy must
+        not decide on a number other than the one dialled. Local numbers of the pack's own country pass."""
+        return self._read(user, host, context, region)
+
+    def read_callee(self, user: str, host: str = "", context: str = "", region: str = "FR") -> Number:
+        """read() without the cache: a callee is nearly always seen for the first time (a retry comes days
         later), so caching it would only evict the caller IDs, which repeat on every call of a campaign."""
-        return self._parse_uncached(text, region)
+        return self._read(user, host, context, region)
 
     def number(self, digits: str, region: str = "FR", context: str = "") -> Number:
         """A bare number (separators allowed) → Number; cached."""
         return self._number_uncached(digits, region, context)
 
     def e164(self, text: str, region: str = "FR") -> str | None:
-        """Convenience for importers: the E.164 string, or None when not a valid full number."""
-        n = self.parse(text, region)
+        """Convenience for importers: the E.164 of a bare number, or None when not a valid full number."""
+        n = self.read(text, "", "", region)
         return n.e164 if n.kind == E164 else None
 
     # -- internals ---------------------------------------------------------------------------------
-    def _parse_uncached(self, text: str, region: str = "FR") -> Number:
-        if region == "FR" and self._cc_digits == "33":
-            fast = self._parse_fast(text)
+    def _read(self, user: str, host: str = "", context: str = "", region: str = "FR") -> Number:
+        if not context and region == "FR" and self._cc_digits == "33":
+            fast = self._parse_fast(user, host)
             if fast is not None:
                 return fast
-        parts = split_uri_user(text)
-        if parts is None:
-            return Number(text, "", ANONYMOUS, "no user part in the URI")
-        user, host, params = parts
-        if host in self._anon_hosts or user.strip().lower() in self._anon_users or not user.strip():
-            return Number(text, "", ANONYMOUS, "anonymous")
+        number, sep, rest = user.partition(";")
+        if sep:
+            params: dict[str, str] = {}
+            _parse_params(rest, params)
+            context = params.get("phone-context", context)
+        bare = number.strip()
+        if not bare or bare.lower() in self._anon_users or host.lower() in self._anon_hosts:
+            return Number(user, "", ANONYMOUS, "anonymous")
         # Not through the `number` cache: a URI miss is almost always a bare-number miss too.
-        return self._number_uncached(user, region, params.get("phone-context", ""), text)
+        n = self._number_uncached(number, region, context, user)
+        if context and not number.lstrip().startswith("+"):
+            alone = self._number_uncached(number, region, "", user)
+            if (alone.kind, alone.e164) != (n.kind, n.e164):
+                return Number(
+                    user, "", INVALID,
+                    f"phone-context {context[:40]!r} makes it {n.e164 or n.kind}, the number alone reads "
+                    f"{alone.e164 or alone.kind}: write the number in global form (+…)",
+                )  # fmt: skip
+        return n
 
     def _number_uncached(self, digits: str, region: str = "FR", context: str = "", raw: str = "") -> Number:
         raw = raw or digits
         digits = digits.translate(_SEPARATORS)
-        if not _DIGITS_RE.match(digits):
+        if not _DIGITS(digits):
             return Number(raw, "", INVALID, "not a telephone number")
         if not digits.startswith("+") and context.startswith("+"):
             # RFC 3966 local number: phone-context names the country (or a longer prefix).
             ctx = context.translate(_SEPARATORS)
-            if _DIGITS_RE.match(ctx):
+            if _DIGITS(ctx):
                 local = digits[1:] if digits.startswith("0") else digits
                 digits = ctx + local
         if self._short_re.match(digits):
@@ -162,24 +165,11 @@ class Normaliser:
                         return Number(raw, digits, E164)
         return self._slow(raw, digits, region)
 
-    def _parse_fast(self, text: str) -> Number | None:
-        """The forms dialers nearly always send (`sip:` or `tel:` URI, or a bare number, whose user part is
-        +33 or 0 and nine digits, nothing else) with a few C string calls; None for anything else, which the
-        general path parses. Callees are mostly first seen (cache misses): this is on most calls.
-        Answers exactly what the general path answers (tests/policy/test_numbers_fast.py checks it)."""
-        if text[:4] == "sip:":
-            at = text.rfind("@")
-            if at < 0 or "<" in text or text[-1:].isspace():
-                return None
-            user = text[4:at]
-            hostpart = text[at + 1 :]
-            host = hostpart.partition(";")[0].partition("?")[0].partition(":")[0].lower()
-            if hostpart.startswith("[") or host in self._anon_hosts:
-                return None
-        elif text[:4] == "tel:":
-            user = text[4:]
-        else:
-            user = text
+    def _parse_fast(self, user: str, host: str = "") -> Number | None:
+        """The numbers dialers nearly always send (+33 or 0 and nine digits, nothing else, no anonymous host)
+        with a few C string calls; None for anything else, which the general path reads. Callees are mostly
+        first seen (cache misses): this is on most calls. Answers exactly what the general path answers
+        (tests/policy/test_numbers_fast.py checks it)."""
         if len(user) == 12:
             if user[:3] != "+33" or user[3] == "0":
                 return None
@@ -190,7 +180,9 @@ class Normaliser:
             return None
         if user in self._anon_users or self._short_re.match(user):
             return None
-        return Number(text, self._apply_overseas(user[-9:]), E164)
+        if host and host.lower() in self._anon_hosts:
+            return None
+        return Number(user, self._apply_overseas(user[-9:]), E164)
 
     def _french_nsn(self, d: str) -> str | None:
         """The 9-digit national significant number of a French number in any common form, or None."""

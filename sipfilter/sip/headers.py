@@ -398,9 +398,19 @@ _QUOTED_FULL: Final = re.compile(g.QUOTED_STRING)
 
 
 def quote(text: str) -> str:
-    """A quoted-string for any text: backslash-escape '\\' and '"'; CR/LF become spaces (never emitted)."""
-    text = _CRLF.sub(" ", text)
+    """A quoted-string (RFC 3261 §25.1) for any text: the one way sipfilter writes display names and quoted
+    parameter values. '\\' and '"' are backslash-escaped; control characters but HT (CR, LF, NUL…) become
+    spaces, so no header can be injected and no C parser downstream meets a NUL; octets that were not UTF-8
+    (kept by the parser as lone surrogates) become U+FFFD, so only valid UTF-8 is ever written."""
+    if not (text.isascii() and text.isprintable()):
+        text = _QUOTE_UNSAFE.sub(" ", text)
+        text = _SURROGATE.sub("\ufffd", text)
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# What qdtext cannot hold (all of it bar HT), and undecodable octets (surrogateescape): see quote().
+_QUOTE_UNSAFE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_SURROGATE: Final = re.compile(f"[{chr(0xD800)}-{chr(0xDFFF)}]")  # (mypyc takes no surrogate literal)
 
 
 def unquote(text: str) -> str:

@@ -4,6 +4,7 @@ a policy stub, and a B2BUA wired to them (no sockets)."""
 from __future__ import annotations
 
 import heapq
+import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,8 +13,12 @@ from typing import Any
 
 import yaml
 
+from sipfilter.audit import AuditLog
 from sipfilter.b2bua.core import B2BUA, compile_runtime
 from sipfilter.config import load_config
+from sipfilter.policy.engine import PolicyEngine
+from sipfilter.policy.facts import CallFacts
+from sipfilter.policy.numbers import Normaliser, NumberReader
 from sipfilter.policy.verdict import ALLOW, REJECT, Decision, Verdict
 from sipfilter.sip import ParseError, Request, Response, parse
 from sipfilter.transport.base import Addr, Endpoint
@@ -83,17 +88,18 @@ class ManualClock:
 
 
 class StubPolicy:
-    """Rejects callees listed in `reject` with 603 callee.dnc.bloctel; allows the rest."""
+    """Rejects callees (Request-URI users) listed in `reject` with 603 callee.dnc.bloctel; allows the rest."""
 
     def __init__(self) -> None:
         self.reject: set[str] = set()
         self.seen: list[str] = []
+        self._reader = NumberReader(Normaliser())
 
-    def facts_from_request(self, trunk_name: str, request: Any, now: float) -> Any:
-        return request
+    def reader(self, trunk: str) -> NumberReader:
+        return self._reader
 
-    async def decide(self, facts: Any, store: Any) -> Decision:
-        user = facts.request_uri.user or ""
+    async def decide(self, facts: CallFacts, store: Any) -> Decision:
+        user = facts.callee.raw
         self.seen.append(user)
         if user in self.reject:
             v = Verdict(REJECT, 603, "callee.dnc.bloctel", "callee is on Bloctel")
@@ -108,8 +114,9 @@ class Rig:
     inside: FakeEndpoint
     outside: FakeEndpoint
     clock: ManualClock
-    policy: StubPolicy
+    policy: Any  # StubPolicy, or the real PolicyEngine (policy_rig)
     calls: list[str] = field(default_factory=list)
+    audit: AuditLog | None = None
 
     def from_dialer(self, data: bytes, addr: Addr = DIALER) -> None:
         self.b2b.on_datagram(self.inside, data, addr)
@@ -164,6 +171,33 @@ def rig_for(config_path: Path) -> Rig:
         scheduler=clock.later, clock=clock,
     )  # fmt: skip
     return Rig(b2b, inside, outside, clock, policy)
+
+
+def policy_rig(tmp_path: Path, store: Any, at: float, **trunk: Any) -> Rig:
+    """The rig with the real policy engine deciding on `store` at time `at`, and the real audit log (its
+    path: `rig.audit.path`): what `sipfilter run` wires, on fake endpoints and a manual clock."""
+    config = load_config(write_config(tmp_path, **trunk))
+    clock = ManualClock()
+    clock.now = at
+    engine = PolicyEngine(config)
+    audit = AuditLog(config.audit)
+    inside, outside = FakeEndpoint("inside", 5060), FakeEndpoint("outside", 5080)
+    b2b = B2BUA(
+        compile_runtime(config, engine, store, audit),
+        parse=parse, parse_error=ParseError,
+        endpoints={"inside": [inside], "outside": [outside]},
+        scheduler=clock.later, clock=clock,
+    )  # fmt: skip
+    return Rig(b2b, inside, outside, clock, engine, audit=audit)
+
+
+def audit_records(rig: Rig) -> dict[str, dict[str, Any]]:
+    """The rig's audit lines by A-leg Call-ID (the last one for a Call-ID seen twice)."""
+    assert rig.audit is not None
+    if not rig.audit.path.exists():
+        return {}
+    lines = rig.audit.path.read_text(encoding="utf-8").splitlines()
+    return {r["call_id"]: r for r in map(json.loads, lines)}
 
 
 def invite(callee: str = "+33612000001", caller: str = "+33162000001", *, call_id: str | None = None,

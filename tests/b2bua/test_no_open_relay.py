@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import re
-import socket
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 from sipp_harness import sipfilter_available
+from udp_peer import Listener
 
 _MISSING = sipfilter_available()
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")]
@@ -29,82 +28,6 @@ LEGIT_SOURCE = "127.0.0.1"
 UNLISTED_SOURCE = "127.0.0.77"  # inside 127/8, outside the trunk's 127.0.0.1/32
 CALLER, CALLEE = "+33162000001", "+33612000001"  # a legal call once provisioned (CONSENTED)
 QUIET_S = 1.5  # how long "nothing arrives" is watched for after the last request
-
-
-@dataclass
-class Listener:
-    """A UDP socket that records every datagram. As a carrier (`answer`) it answers INVITEs 486; as a
-    UAC it ACKs the final error answers it gets, so nothing is retransmitted at it."""
-
-    host: str = "127.0.0.1"
-    answer: bool = False
-    answers_probes: bool = False  # a carrier answers sipfilter's OPTIONS health probes (not recorded)
-    received: list[tuple[bytes, tuple[str, int]]] = field(default_factory=list)
-    sock: socket.socket = field(init=False)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def __post_init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((self.host, 0))
-        self.sock.settimeout(0.05)
-
-    @property
-    def port(self) -> int:
-        return int(self.sock.getsockname()[1])
-
-    def start(self) -> Listener:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data, addr = self.sock.recvfrom(65535)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if self.answers_probes and data.startswith(b"OPTIONS "):
-                self.sock.sendto(_response(data, 200, "OK"), addr)
-                continue
-            self.received.append((data, addr))
-            if self.answer and data.startswith(b"INVITE "):
-                self.sock.sendto(_response(data, 486, "Busy Here"), addr)
-            elif re.match(rb"SIP/2.0 [3-6]\d\d ", data) and re.search(
-                rb"(?im)^cseq\s*:\s*\d+\s+INVITE", data
-            ):
-                self.sock.sendto(_ack(data), addr)
-
-    def requests(self, method: str) -> list[bytes]:
-        return [d for d, _ in list(self.received) if d.startswith(method.encode() + b" ")]
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2)
-        self.sock.close()
-
-
-def _response(request: bytes, code: int, phrase: str) -> bytes:
-    head = request.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace").split("\r\n")
-    keep = [h for h in head[1:] if re.match(r"(?i)(via|v|from|f|to|t|call-id|i|cseq)\s*:", h)]
-    keep = [h + ";tag=carrier" if re.match(r"(?i)(to|t)\s*:", h) and "tag=" not in h else h for h in keep]
-    return (f"SIP/2.0 {code} {phrase}\r\n" + "\r\n".join(keep) + "\r\nContent-Length: 0\r\n\r\n").encode()
-
-
-def _ack(response: bytes) -> bytes:
-    """The ACK of a non-2xx final answer (RFC 3261 §17.1.1.3): same Via, From, To (with tag), Call-ID."""
-    head = response.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace").split("\r\n")
-    get = {m.group(1).lower(): m.group(2) for h in head[1:] if (m := re.match(r"([\w-]+)\s*:\s*(.*)", h))}
-    to_uri = re.search(r"<([^>]+)>", get.get("to", "")) or re.search(r"(sip:\S+)", get.get("to", ""))
-    seq = get.get("cseq", "1").split()[0]
-    return (
-        f"ACK {to_uri.group(1) if to_uri else 'sip:x'} SIP/2.0\r\nVia: {get.get('via', '')}\r\n"
-        f"Max-Forwards: 70\r\nFrom: {get.get('from', '')}\r\nTo: {get.get('to', '')}\r\n"
-        f"Call-ID: {get.get('call-id', '')}\r\nCSeq: {seq} ACK\r\nContent-Length: 0\r\n\r\n"
-    ).encode()
 
 
 def invite(

@@ -29,6 +29,7 @@ with atheris.instrument_imports(include=["sipfilter.sip", "sipfilter.b2bua", "si
     from sipfilter.b2bua import core
     from sipfilter.b2bua.core import B2BUA, compile_runtime
     from sipfilter.config import load_config
+    from sipfilter.policy.numbers import Normaliser, NumberReader
     from sipfilter.policy.verdict import ALLOW, REJECT, Decision, Verdict
     from sipfilter.transport.base import Addr, Endpoint
 
@@ -86,11 +87,14 @@ CONFIG = _config()
 class Policy:
     """Allows every call but callees ending in 9 (603), so both verdicts are exercised."""
 
-    def facts_from_request(self, trunk_name: str, request: Any, now: float) -> Any:
-        return request
+    def __init__(self) -> None:
+        self._reader = NumberReader(Normaliser())
+
+    def reader(self, trunk: str) -> NumberReader:
+        return self._reader
 
     async def decide(self, facts: Any, store: Any) -> Decision:
-        user = str(getattr(facts.request_uri, "user", "") or "")
+        user = facts.callee.raw
         if user.endswith("9"):
             return Decision(
                 Verdict(REJECT, 603, "callee.dnc.bloctel", "callee is on Bloctel"), {}, False, False

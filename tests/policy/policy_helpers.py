@@ -4,11 +4,15 @@ reliably when several test directories have one)."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from sipfilter.b2bua.facts import identities_from_text
+from sipfilter.policy.facts import CallFacts
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "config" / "sipfilter.yaml"
@@ -37,3 +41,10 @@ def write_config(tmp_path: Path, trunk: dict[str, Any] | None = None, **top: Any
     path = tmp_path / "sipfilter.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def call_facts(engine: Any, trunk: str, from_: str, to: str, pai: Sequence[str] = (),
+               privacy: Sequence[str] = (), at: float = 0.0, call_id: str = "") -> CallFacts:  # fmt: skip
+    """CallFacts of a call with these values, built as `sipfilter check` builds them: URIs and name-addrs
+    through the SIP core and the B2BUA's readers (sipfilter.b2bua.facts), bare numbers as user parts."""
+    return identities_from_text(engine.reader(trunk), trunk, from_, to, pai, privacy, at, call_id).facts

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 from memstore import MemoryStore
-from policy_helpers import CALLEE, OPEN
+from policy_helpers import CALLEE, OPEN, call_facts
 
 from sipfilter.policy.engine import PolicyEngine
 from sipfilter.policy.verdict import FAIL, PASS, SKIP
@@ -59,7 +59,7 @@ from sipfilter.policy.verdict import FAIL, PASS, SKIP
     ],
 )
 async def test_from_alone(engine: PolicyEngine, consent_all: MemoryStore, caller: str, rule: str) -> None:
-    d = await engine.decide(engine.facts("dialer", caller, CALLEE, at=OPEN), consent_all)
+    d = await engine.decide(call_facts(engine, "dialer", caller, CALLEE, at=OPEN), consent_all)
     assert d.verdict.rule == rule, d.outcomes
     if rule:
         assert d.verdict.action == "reject"
@@ -90,7 +90,7 @@ async def test_pai_and_privacy(
     engine: PolicyEngine, consent_all: MemoryStore, pai: list[str], privacy: list[str], rule: str
 ) -> None:
     d = await engine.decide(
-        engine.facts("dialer", "0162123456", CALLEE, pai=pai, privacy=privacy, at=OPEN), consent_all
+        call_facts(engine, "dialer", "0162123456", CALLEE, pai=pai, privacy=privacy, at=OPEN), consent_all
     )
     assert d.verdict.rule == rule, d.outcomes
 
@@ -99,7 +99,7 @@ async def test_manual_trunk_skips_caller_id(
     make_engine: Callable[..., PolicyEngine], consent_all: MemoryStore
 ) -> None:
     engine = make_engine(automated=False)
-    d = await engine.decide(engine.facts("dialer", "0612345678", CALLEE, at=OPEN), consent_all)
+    d = await engine.decide(call_facts(engine, "dialer", "0612345678", CALLEE, at=OPEN), consent_all)
     assert d.verdict.action == "allow"
     assert d.outcomes["caller-id.mobile"].result == SKIP
 
@@ -109,7 +109,7 @@ async def test_authorised_list_inline(
 ) -> None:
     engine = make_engine(lists={"dnc": ["bloctel"], "authorised_caller_ids": ["+33162123456", "+33163*"]})
     for caller, rule in (("0162123456", ""), ("0163000001", ""), ("0162123457", "caller-id.unauthorised")):
-        d = await engine.decide(engine.facts("dialer", caller, CALLEE, at=OPEN), consent_all)
+        d = await engine.decide(call_facts(engine, "dialer", caller, CALLEE, at=OPEN), consent_all)
         assert d.verdict.rule == rule
 
 
@@ -117,13 +117,13 @@ async def test_authorised_list_from_store(
     make_engine: Callable[..., PolicyEngine], consent_all: MemoryStore
 ) -> None:
     engine = make_engine(lists={"dnc": ["bloctel"], "authorised_caller_ids": "contract-clis"})
-    d = await engine.decide(engine.facts("dialer", "0162123456", CALLEE, at=OPEN), consent_all)
+    d = await engine.decide(call_facts(engine, "dialer", "0162123456", CALLEE, at=OPEN), consent_all)
     assert d.verdict.rule == "caller-id.unauthorised"
     assert "never been imported" in d.verdict.reason
     consent_all.add_list("contract-clis", ["+33162123456"])
-    d = await engine.decide(engine.facts("dialer", "0162123456", CALLEE, at=OPEN), consent_all)
+    d = await engine.decide(call_facts(engine, "dialer", "0162123456", CALLEE, at=OPEN), consent_all)
     assert d.verdict.action == "allow"
-    d = await engine.decide(engine.facts("dialer", "0162000000", CALLEE, at=OPEN), consent_all)
+    d = await engine.decide(call_facts(engine, "dialer", "0162000000", CALLEE, at=OPEN), consent_all)
     assert d.verdict.rule == "caller-id.unauthorised"
 
 
@@ -131,9 +131,9 @@ async def test_special_rate_can_be_allowed_by_override(
     make_engine: Callable[..., PolicyEngine], consent_all: MemoryStore
 ) -> None:
     engine = make_engine(overrides={"caller_id": {"categories": {"special-rate": {"allow": True}}}})
-    d = await engine.decide(engine.facts("dialer", "0810123456", CALLEE, at=OPEN), consent_all)
+    d = await engine.decide(call_facts(engine, "dialer", "0810123456", CALLEE, at=OPEN), consent_all)
     assert d.verdict.action == "allow"
-    d = await engine.decide(engine.facts("dialer", "0899123456", CALLEE, at=OPEN), consent_all)
+    d = await engine.decide(call_facts(engine, "dialer", "0899123456", CALLEE, at=OPEN), consent_all)
     assert d.verdict.rule == "caller-id.premium"
 
 
@@ -142,10 +142,10 @@ async def test_pai_mismatch_when_enabled(
 ) -> None:
     engine = make_engine(overrides={"caller_id": {"pai_must_match_from": True}})
     d = await engine.decide(
-        engine.facts("dialer", "0162123456", CALLEE, pai=["tel:+33163000000"], at=OPEN), consent_all
+        call_facts(engine, "dialer", "0162123456", CALLEE, pai=["tel:+33163000000"], at=OPEN), consent_all
     )
     assert d.verdict.rule == "caller-id.pai-mismatch"
     d = await engine.decide(
-        engine.facts("dialer", "0162123456", CALLEE, pai=["tel:+33162123456"], at=OPEN), consent_all
+        call_facts(engine, "dialer", "0162123456", CALLEE, pai=["tel:+33162123456"], at=OPEN), consent_all
     )
     assert d.verdict.action == "allow"

@@ -271,3 +271,29 @@ def test_check_uses_the_configured_embedded_store(capsys: pytest.CaptureFixture[
     assert data["outcomes"]["callee.dnc.bloctel"]["result"] == "fail"
     code, out, _ = run(capsys, *base, "--to", "0611223344")  # not listed, but no consent recorded
     assert code == 1 and json.loads(out)["rule"] == "callee.consent"
+
+
+@pytest.mark.parametrize(
+    ("from_", "to", "rule"),
+    [
+        ('"<sip:+33162123456@x>" <sip:+33612345678@pbx>', "0611223344", "caller-id.mobile"),
+        ("0162123456", "sip:0611223344%3B@h", "number.invalid"),
+        ("0162123456", "sip:carrier.example", "number.invalid"),
+    ],
+)
+def test_check_reads_its_arguments_as_the_proxy_reads_a_request(
+    capsys: pytest.CaptureFixture[str], cfg: Path, mem: MemoryStore, from_: str, to: str, rule: str
+) -> None:
+    """A display name is never the caller ID, the callee is the URI's user part: as on the call path."""
+    args = ["check", "--config", str(cfg), "--trunk", "dialer", "--from", from_, "--to", to, "--at", AT]
+    code, out, _ = run(capsys, *args, "--json")
+    assert code == 1
+    assert json.loads(out)["rule"] == rule
+
+
+def test_check_names_an_argument_it_cannot_read(capsys: pytest.CaptureFixture[str], cfg: Path,
+                                                 mem: MemoryStore) -> None:  # fmt: skip
+    args = ["check", "--config", str(cfg), "--trunk", "dialer", "--from", "<sip:0162123456@h"]
+    code, _, err = run(capsys, *args, "--to", "0611223344", "--at", AT)
+    assert code == 2
+    assert "From" in err and "not a URI, name-addr or number" in err

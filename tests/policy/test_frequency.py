@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from memstore import MemoryStore
-from policy_helpers import CALLEE, NPV, ts
+from policy_helpers import CALLEE, NPV, call_facts, ts
 
 from sipfilter.policy.engine import PolicyEngine
 from sipfilter.policy.verdict import SKIP
@@ -21,7 +21,8 @@ def fresh(store: MemoryStore, at: float) -> MemoryStore:
 
 
 async def attempt(engine: PolicyEngine, store: MemoryStore, at: float, record: bool = True):
-    return await engine.decide(engine.facts("dialer", NPV, CALLEE, at=at), fresh(store, at), record=record)
+    facts = call_facts(engine, "dialer", NPV, CALLEE, at=at)
+    return await engine.decide(facts, fresh(store, at), record=record)
 
 
 async def test_fifth_attempt_in_thirty_days_is_refused(engine: PolicyEngine, store: MemoryStore) -> None:
@@ -73,7 +74,8 @@ async def test_dry_run_records_nothing(engine: PolicyEngine, store: MemoryStore)
 
 async def test_rejected_calls_do_not_count(engine: PolicyEngine, store: MemoryStore) -> None:
     for _ in range(6):
-        d = await engine.decide(engine.facts("dialer", "0612345678", CALLEE, at=MONDAY), fresh(store, MONDAY))
+        facts = call_facts(engine, "dialer", "0612345678", CALLEE, at=MONDAY)
+        d = await engine.decide(facts, fresh(store, MONDAY))
         assert d.verdict.rule == "caller-id.mobile"
     assert store.calls == 0
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from memstore import MemoryStore
-from policy_helpers import ts
+from policy_helpers import call_facts, ts
 
 from sipfilter.config import ConfigError
 from sipfilter.policy.engine import PolicyEngine
@@ -36,7 +36,7 @@ def fresh(store: MemoryStore, at: float) -> MemoryStore:
 
 async def rule_at(engine: PolicyEngine, store: MemoryStore, callee: str, when: str) -> str:
     d = await engine.decide(
-        engine.facts("dialer", "0162123456", callee, at=ts(when)), fresh(store, ts(when)), record=False
+        call_facts(engine, "dialer", "0162123456", callee, at=ts(when)), fresh(store, ts(when)), record=False
     )
     return d.verdict.rule
 
@@ -83,7 +83,7 @@ async def test_metropolitan_window(engine: PolicyEngine, store: MemoryStore, whe
 async def test_public_holidays(engine: PolicyEngine, store: MemoryStore, day: str, name: str) -> None:
     at = ts(f"{day}T11:00:00+02:00")
     d = await engine.decide(
-        engine.facts("dialer", "0162123456", METRO, at=at), fresh(store, at), record=False
+        call_facts(engine, "dialer", "0162123456", METRO, at=at), fresh(store, at), record=False
     )
     assert d.verdict.rule == "time.holiday", name
     assert d.verdict.status == 603
@@ -171,7 +171,9 @@ async def test_consent_hours_allow_outside_the_legal_window(
     assert await rule_at(engine, store, METRO, "2026-09-16T21:00:00+02:00") == "time.window"
     assert await rule_at(engine, store, METRO, "2026-09-20T11:00:00+02:00") == "time.window"  # Sunday
     d = await engine.decide(
-        engine.facts("dialer", "0162123456", METRO, at=ts("2026-09-16T21:00:00+02:00")), store, record=False
+        call_facts(engine, "dialer", "0162123456", METRO, at=ts("2026-09-16T21:00:00+02:00")),
+        store,
+        record=False,
     )
     assert "consent hours" in d.verdict.reason
 

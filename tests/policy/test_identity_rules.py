@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from memstore import MemoryStore
-from policy_helpers import CALLEE, NPV, OPEN, write_config
+from policy_helpers import CALLEE, NPV, OPEN, call_facts, write_config
 
 from sipfilter.config import ConfigError, load_config
 from sipfilter.policy.engine import PolicyEngine
@@ -32,7 +32,7 @@ async def test_each_failure_gets_the_rfc_answer(
     engine: PolicyEngine, consent_all: MemoryStore, rule: str, status: int, text: str
 ) -> None:
     found = IdentityFinding(rule, "why it failed", present=rule != "identity.missing")
-    d = await engine.decide(engine.facts("dialer", NPV, CALLEE, at=OPEN), consent_all, identity=found)
+    d = await engine.decide(call_facts(engine, "dialer", NPV, CALLEE, at=OPEN), consent_all, identity=found)
     assert (d.verdict.action, d.verdict.status, d.verdict.rule) == ("reject", status, rule)
     assert d.verdict.reason == f"{text}: why it failed"
     assert d.failed == [rule] and not d.attempt_recorded  # refused: the attempt does not count
@@ -43,14 +43,14 @@ async def test_a_verified_passport_passes_every_identity_rule(
     engine: PolicyEngine, consent_all: MemoryStore
 ) -> None:
     d = await engine.decide(
-        engine.facts("dialer", NPV, CALLEE, at=OPEN),
+        call_facts(engine, "dialer", NPV, CALLEE, at=OPEN),
         consent_all,
         identity=IdentityFinding("", "", attest="A"),
     )
     assert d.verdict.action == "allow" and d.attempt_recorded
     assert all(d.outcomes[rule].result == "pass" for rule in RULES)
     absent = await engine.decide(
-        engine.facts("dialer", NPV, CALLEE, at=OPEN),
+        call_facts(engine, "dialer", NPV, CALLEE, at=OPEN),
         consent_all,
         identity=IdentityFinding("", "", present=False),
     )
@@ -63,7 +63,7 @@ async def test_verify_monitor_mode_relays_and_keeps_an_alert(
     engine: PolicyEngine, consent_all: MemoryStore
 ) -> None:
     found = IdentityFinding("identity.invalid", "signature does not verify", enforce=False)
-    d = await engine.decide(engine.facts("dialer", NPV, CALLEE, at=OPEN), consent_all, identity=found)
+    d = await engine.decide(call_facts(engine, "dialer", NPV, CALLEE, at=OPEN), consent_all, identity=found)
     assert d.verdict.action == "allow" and not d.monitored and d.attempt_recorded
     assert d.failed == ["identity.invalid"]  # audited as a failure all the same
     assert d.alerts == ("identity.invalid: signature does not verify (identity.verify.mode: monitor)",)
@@ -74,7 +74,7 @@ async def test_a_monitor_trunk_relays_identity_failures_like_any_rule(
 ) -> None:
     engine = make_engine(mode="monitor")
     found = IdentityFinding("identity.stale", "iat 300 s old")
-    d = await engine.decide(engine.facts("dialer", NPV, CALLEE, at=OPEN), consent_all, identity=found)
+    d = await engine.decide(call_facts(engine, "dialer", NPV, CALLEE, at=OPEN), consent_all, identity=found)
     assert d.verdict.action == "allow" and d.monitored and d.verdict.rule == "identity.stale"
 
 
@@ -83,7 +83,7 @@ async def test_other_rules_come_first_when_they_fail_earlier(
 ) -> None:
     found = IdentityFinding("identity.invalid", "bad")
     d = await engine.decide(
-        engine.facts("dialer", "0612345678", CALLEE, at=OPEN), consent_all, identity=found
+        call_facts(engine, "dialer", "0612345678", CALLEE, at=OPEN), consent_all, identity=found
     )
     assert d.verdict.rule == "caller-id.mobile" and set(d.failed) == {"caller-id.mobile", "identity.invalid"}
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 from memstore import MemoryStore
-from policy_helpers import BEFORE_OPT_IN, CALLEE, NPV, OPEN, ts
+from policy_helpers import BEFORE_OPT_IN, CALLEE, NPV, OPEN, call_facts, ts
 
 from sipfilter.policy.engine import PolicyEngine
 from sipfilter.policy.verdict import FAIL, PASS, SKIP
@@ -16,7 +16,7 @@ DAY = 86400.0
 
 
 async def decide(engine: PolicyEngine, store: MemoryStore, callee: str = CALLEE, at: float = BEFORE_OPT_IN):
-    return await engine.decide(engine.facts("dialer", NPV, callee, at=at), store, record=False)
+    return await engine.decide(call_facts(engine, "dialer", NPV, callee, at=at), store, record=False)
 
 
 @pytest.mark.parametrize(

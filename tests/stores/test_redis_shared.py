@@ -12,8 +12,10 @@ import pytest
 import yaml
 from redis_server import RedisServer
 
+from sipfilter.b2bua.facts import identities_from_text
 from sipfilter.config import load_config
 from sipfilter.policy.engine import PolicyEngine
+from sipfilter.policy.facts import CallFacts
 from sipfilter.policy.rulepack import STORE_RULE
 from sipfilter.stores.base import ConsentRecord
 from sipfilter.stores.importer import SourceInfo
@@ -26,6 +28,10 @@ NPV = "0162123456"
 CALLEE = "+33611223344"
 ACCOUNT = "acme-energie"
 SRC = SourceInfo("test.txt", 1, "00" * 32)
+
+
+def call_facts(engine: PolicyEngine, trunk: str, from_: str, to: str, at: float) -> CallFacts:
+    return identities_from_text(engine.reader(trunk), trunk, from_, to, at=at).facts
 
 
 def engine_for(tmp_path: Path, url: str, on_store_error: str = "reject") -> PolicyEngine:
@@ -53,7 +59,7 @@ async def test_two_instances_let_exactly_four_attempts_through(
         await provision(stores[0], [CALLEE])
         await stores[1].refresh()
         engines = [engine_for(tmp_path, redis_server.url) for _ in range(2)]
-        facts = [e.facts("dialer", from_=NPV, to=CALLEE, at=OPEN) for e in engines]
+        facts = [call_facts(e, "dialer", from_=NPV, to=CALLEE, at=OPEN) for e in engines]
         calls = [engines[i % 2].decide(facts[i % 2], stores[i % 2]) for i in range(24)]
         decisions = await asyncio.gather(*calls)
         allowed = [d for d in decisions if d.verdict.action == "allow"]
@@ -89,7 +95,7 @@ async def test_redis_killed_and_restarted_under_load(tmp_path: Path, redis_serve
                 callee = callees[(k + 4 * i) % len(callees)]
                 i += 1
                 started_in = phase["name"]
-                d = await engine.decide(engine.facts("dialer", from_=NPV, to=callee, at=OPEN), store)
+                d = await engine.decide(call_facts(engine, "dialer", from_=NPV, to=callee, at=OPEN), store)
                 # A decision in flight across a kill or a restart belongs to no phase.
                 label = started_in if phase["name"] == started_in else "transition"
                 seen[label].append((engine.trunk("dialer").on_store_error, d.verdict.action, d.verdict.rule))
