@@ -29,7 +29,7 @@ async def store(tmp_path: Path) -> AsyncIterator[EmbeddedStore]:
 
 async def _client(store: EmbeddedStore, token: str | None) -> Client:
     app = web.Application()
-    add_admin_routes(app, lambda: store, normaliser=Normaliser(overseas={"692": "+262"}), token=token)
+    add_admin_routes(app, lambda: store, normaliser=Normaliser(), token=token)
     client: Client = TestClient(TestServer(app, host="127.0.0.1"))
     await client.start_server()
     return client

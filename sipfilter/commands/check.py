@@ -16,6 +16,7 @@ from typing import Any
 
 from sipfilter.audit import decision_record
 from sipfilter.config import Config, ConfigError, load_config
+from sipfilter.policy import hours
 from sipfilter.policy.engine import PolicyEngine
 from sipfilter.policy.facts import CallFacts
 from sipfilter.policy.lists import DNC_PREFIX
@@ -76,6 +77,13 @@ def register(subparsers: Any) -> None:
         "--at",
         metavar="ISO-8601",
         help="decision time with UTC offset, e.g. 2026-09-14T10:30:00+02:00 (default: now)",
+    )
+    p.add_argument(
+        "--callee-zone",
+        default="",
+        metavar="IANA_ZONE",
+        help="the callee's own time zone, as a dialer gives it in the trunk's callee_zone_header "
+        "(e.g. Indian/Reunion)",
     )
     p.add_argument("--call-id", default="sipfilter-check", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -227,7 +235,14 @@ async def _check(args: argparse.Namespace) -> int:
     store = await open_configured_store(config)
     try:
         facts = engine.facts(
-            args.trunk, args.from_, args.to, pai=args.pai, privacy=args.privacy, at=at, call_id=args.call_id
+            args.trunk,
+            args.from_,
+            args.to,
+            pai=args.pai,
+            privacy=args.privacy,
+            at=at,
+            call_id=args.call_id,
+            callee_zone=args.callee_zone,
         )
         decision = await engine.decide(facts, store, record=args.record)
         words = explain_passes(decision, facts, engine.rules_for(args.trunk), store)
@@ -240,9 +255,12 @@ async def _check(args: argparse.Namespace) -> int:
         "to": args.to,
         "at": args.at or datetime.fromtimestamp(at).astimezone().isoformat(timespec="seconds"),
     }
+    if args.callee_zone:
+        raw["callee_zone"] = args.callee_zone
     if facts.callee.kind == "e164":
-        zone, _ = engine.rules_for(args.trunk).hours.zone_for(facts.callee.e164)
-        raw["callee_local_time"] = f"{datetime.fromtimestamp(at, zone):%a %Y-%m-%d %H:%M:%S} {zone.key}"
+        given = hours.zone_named(args.callee_zone) if args.callee_zone else None
+        places = engine.rules_for(args.trunk).hours.places_for(facts.callee.e164, (given,) if given else ())
+        raw["callee_local_time"] = hours.describe_places(places, at)
     if args.json:
         out = {
             **record,

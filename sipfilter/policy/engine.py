@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sipfilter.config import Config, TrunkConfig
 from sipfilter.policy import caller_id, frequency, hours, lists
@@ -82,6 +83,8 @@ class PolicyEngine:
             name: (rs.normaliser.parse, rs.normaliser.parse_callee, config.trunks[name].region)
             for name, rs in config.rules.items()
         }
+        # trunk → the header that carries the callee's own time zone (from the dialer's CRM), if any.
+        self._zone_headers = {name: t.callee_zone_header for name, t in config.trunks.items()}
 
     def rules_for(self, trunk: str) -> RuleSet:
         try:
@@ -123,8 +126,10 @@ class PolicyEngine:
         at: float = 0.0,
         call_id: str = "",
         to_header: str = "",
+        callee_zone: str = "",
     ) -> CallFacts:
-        """CallFacts from plain strings (URIs, name-addrs or numbers); `to` is the Request-URI or number."""
+        """CallFacts from plain strings (URIs, name-addrs or numbers); `to` is the Request-URI or number;
+        `callee_zone` the IANA zone the dialer gives for the callee ("" when none)."""
         rs, region = self.rules_for(trunk), self.trunk(trunk).region
         norm = rs.normaliser
         callee = norm.parse(to, region) if to else _NO_CALLEE
@@ -135,7 +140,7 @@ class PolicyEngine:
         tokens = _privacy_tokens(privacy) if privacy else _NO_PRIVACY
         asserted = tuple(norm.parse(p, region) for p in split_header_values(pai)) if pai else ()
         caller = norm.parse(from_, region) if from_ else _NO_FROM
-        return CallFacts(trunk, at, caller, asserted, tokens, callee, call_id)
+        return CallFacts(trunk, at, caller, asserted, tokens, callee, call_id, callee_zone)
 
     def facts_from_request(self, trunk_name: str, request: Any, now: float) -> CallFacts:
         """Extract From, every P-Asserted-Identity, Privacy, Request-URI/To callee and Call-ID from a parsed
@@ -160,6 +165,7 @@ class PolicyEngine:
         from_ = addr_spec(get("From") or "")
         pai = headers.get_all("P-Asserted-Identity")
         privacy = headers.get_all("Privacy")
+        zone_header = self._zone_headers[trunk_name]
         return CallFacts(
             trunk_name,
             now,
@@ -168,6 +174,7 @@ class PolicyEngine:
             _privacy_tokens(privacy) if privacy else _NO_PRIVACY,
             callee,
             get("Call-ID") or "",
+            (get(zone_header) or "") if zone_header else "",
         )
 
     # -- decision ------------------------------------------------------------------------------------
@@ -182,20 +189,23 @@ class PolicyEngine:
         alerts: list[str] = []
         recorded = False
         try:
-            first, frequency_due = self._evaluate(rs, trunk, facts, store, out, alerts)
-            if frequency_due:
-                freq, account, callee = rs.frequency, trunk.account, facts.callee.e164
+            first, zones = self._evaluate(rs, trunk, facts, store, out, alerts)
+            if zones is not None:  # the frequency rules are due
+                freq, account, callee, at = rs.frequency, trunk.account, facts.callee.e164, facts.at
                 if not record:
-                    r = await frequency.check_only(freq, store, account, callee, facts.at, out)
+                    r = await frequency.check_only(freq, store, account, callee, at, out, zones)
                 elif trunk.mode == "monitor":
                     r, recorded = await frequency.check_and_record(
-                        freq, store, account, callee, facts.at, out, True
+                        freq, store, account, callee, at, out, zones, True
                     )
                 else:  # frequency.check_and_record, inlined: one coroutine less on every relayed call
+                    cutoff = freq.cutoff(at, zones)
                     d = await store.check_and_record_attempt(
-                        account, callee, facts.at, freq.cap, freq.window_s, freq.cooldown_s
+                        account, callee, at, freq.cap, freq.window_s, freq.store_cooldown_s(at, cutoff)
                     )
-                    r = frequency.fill(freq, out, facts.at, d.refused_at, d.attempts_in_window, d.allowed)
+                    r = frequency.fill(
+                        freq, out, at, d.refused_at, d.attempts_in_window, d.allowed, cutoff, zones
+                    )
                     recorded = d.allowed
                 first = first or r
         except StoreUnavailable as exc:
@@ -232,8 +242,9 @@ class PolicyEngine:
         store: Store,
         out: dict[str, Outcome],
         alerts: list[str],
-    ) -> tuple[str, bool]:
-        """Every rule but the frequency ones; returns (first failing rule or "", frequency rules due)."""
+    ) -> tuple[str, tuple[ZoneInfo, ...] | None]:
+        """Every rule but the frequency ones; returns (first failing rule or "", the callee's zones when the
+        frequency rules are due, else None)."""
         callee = facts.callee
         first = ""
         if callee.kind == E164:
@@ -257,9 +268,10 @@ class PolicyEngine:
             ):
                 out[rule] = Outcome(SKIP, "callee number is not valid")
             frequency.skip(out, "callee number is not valid")
-            return first, False
-        look = lists.Lookups(store, trunk.account, callee.e164, facts.at)
-        r = hours.check_hours(rs.hours, callee.e164, facts.at, trunk.prospecting, None, out)
+            return first, None
+        look = lists.Lookups(store, trunk.account, callee.e164, facts.at, trunk.purpose)
+        places, zone_problem = self._places(rs, trunk, facts, look)
+        r = hours.check_hours(rs.hours, places, facts.at, trunk.prospecting, None, out)
         if r and (
             out[hours.WINDOW_RULE].result == FAIL
             or (r == hours.HOLIDAY_RULE and rs.hours.consent_lifts_holidays)
@@ -268,7 +280,10 @@ class PolicyEngine:
             # hours). Public holidays still block unless the pack says consent lifts them ([U]).
             record_ = look.consent() if rs.hours.consent_hours_override else None
             if record_ is not None and record_.hours:
-                r = hours.check_hours(rs.hours, callee.e164, facts.at, True, record_.hours, out)
+                r = hours.check_hours(rs.hours, places, facts.at, True, record_.hours, out)
+        if zone_problem:
+            out[hours.WINDOW_RULE] = Outcome(FAIL, zone_problem)
+            r = r or hours.WINDOW_RULE
         first = first or r
         r, missing = lists.check_stale(
             rs.lists, trunk.lists.dnc, store, facts.at, trunk.on_stale_list, out, alerts
@@ -282,8 +297,33 @@ class PolicyEngine:
         first = first or r
         if not trunk.prospecting:
             frequency.skip(out, _NOT_PROSPECTING)
-            return first, False
+            return first, None
         if first and trunk.mode == "enforce":
             frequency.skip(out, f"not reached: rejected by {first}")
-            return first, False
-        return first, True
+            return first, None
+        return first, tuple(dict.fromkeys(p.zone for p in places))
+
+    def _places(
+        self, rs: RuleSet, trunk: TrunkConfig, facts: CallFacts, look: lists.Lookups
+    ) -> tuple[tuple[hours.Place, ...], str]:
+        """Where the callee may be: its number's territories, plus the zones the dialer (`callee_zone`) and
+        its consent record give, when known; and why a given zone cannot be used ("" when none)."""
+        given: list[ZoneInfo] = []
+        problem = ""
+        if facts.callee_zone:
+            zone = hours.zone_named(facts.callee_zone.strip())
+            if zone is None:
+                problem = (f"the callee's time zone {facts.callee_zone.strip()[:64]!r} given by the dialer "
+                           "is not an IANA time zone name")
+            else:
+                given.append(zone)
+        if trunk.prospecting:
+            record_ = look.consent()
+            if record_ is not None and record_.time_zone:
+                zone = hours.zone_named(record_.time_zone)
+                if zone is None:
+                    problem = problem or (f"the consent record's time zone {record_.time_zone[:64]!r} is not "
+                                          "an IANA time zone name")
+                else:
+                    given.append(zone)
+        return rs.hours.places_for(facts.callee.e164, tuple(given)), problem

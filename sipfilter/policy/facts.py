@@ -21,3 +21,6 @@ class CallFacts:
     privacy: frozenset[str]  # Privacy header values, lower-case
     callee: Number  # Request-URI user (To when the Request-URI has no number)
     call_id: str = ""
+    # The callee's own IANA time zone when the dialer's CRM knows it (the trunk's `callee_zone_header`), as
+    # given: the engine validates it. "" when not given.
+    callee_zone: str = ""

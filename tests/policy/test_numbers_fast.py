@@ -6,16 +6,18 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from policy_helpers import EXAMPLE
 
-from sipfilter.config import Config
-from sipfilter.policy.numbers import ANONYMOUS, E164, Normaliser, Number, split_uri_user
+from sipfilter.config import Config, load_config
+from sipfilter.policy.numbers import ANONYMOUS, E164, INVALID, Normaliser, Number, split_uri_user
 
 
 @pytest.fixture(scope="module")
 def norm() -> Normaliser:
-    # The French pack's shape: overseas prefixes served by other country codes, anonymous users and hosts.
-    return Normaliser(overseas={"692": "+262", "639": "+262", "690": "+590", "696": "+596", "694": "+594"},
-                      anonymous_users=("anonymous", "0000000000"), anonymous_hosts=("anonymous.invalid",))
+    # The French pack's numbering plan (overseas territories, blocks), anonymous users and hosts.
+    plan = load_config(EXAMPLE).rules["dialer"].normaliser.plan
+    return Normaliser(plan=plan, anonymous_users=("anonymous", "0000000000"),
+                      anonymous_hosts=("anonymous.invalid",))
 
 
 def general(n: Normaliser, text: str) -> Number:
@@ -46,6 +48,22 @@ def general(n: Normaliser, text: str) -> Number:
 def test_common_forms_take_the_fast_path(norm: Normaliser, text: str) -> None:
     fast = norm._parse_fast(text)
     assert fast is not None and fast.kind == E164
+    assert fast == general(norm, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sip:0712345678@10.0.0.1",  # 07 1x: not assigned
+        "+33700000000",
+        "tel:0596123456",  # Martinique's block, a range no territory lists
+        "0947823456",
+        "sip:+33263900000@carrier.example",  # Réunion's 0263 block, not listed there
+    ],
+)
+def test_the_fast_path_validates(norm: Normaliser, text: str) -> None:
+    fast = norm._parse_fast(text)
+    assert fast is not None and fast.kind == INVALID
     assert fast == general(norm, text)
 
 
