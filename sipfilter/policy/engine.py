@@ -308,6 +308,8 @@ class PolicyEngine:
     ) -> tuple[tuple[hours.Place, ...], str]:
         """Where the callee may be: its number's territories, plus the zones the dialer (`callee_zone`) and
         its consent record give, when known; and why a given zone cannot be used ("" when none)."""
+        if not trunk.prospecting:  # no hours rule, no frequency rule: where the callee is does not matter
+            return rs.hours.places_for(facts.callee.e164), ""
         given: list[ZoneInfo] = []
         problem = ""
         if facts.callee_zone:
@@ -317,13 +319,12 @@ class PolicyEngine:
                            "is not an IANA time zone name")
             else:
                 given.append(zone)
-        if trunk.prospecting:
-            record_ = look.consent()
-            if record_ is not None and record_.time_zone:
-                zone = hours.zone_named(record_.time_zone)
-                if zone is None:
-                    problem = problem or (f"the consent record's time zone {record_.time_zone[:64]!r} is not "
-                                          "an IANA time zone name")
-                else:
-                    given.append(zone)
+        record_ = look.consent()
+        if record_ is not None and record_.time_zone:
+            zone = hours.zone_named(record_.time_zone)
+            if zone is None:
+                problem = problem or (f"the consent record's time zone {record_.time_zone[:64]!r} is not "
+                                      "an IANA time zone name")
+            else:
+                given.append(zone)
         return rs.hours.places_for(facts.callee.e164, tuple(given)), problem
