@@ -220,24 +220,36 @@ async def test_non_prospecting_trunks_ignore_the_zones(
     assert await rule_at(engine, store, "0611223344", "2026-09-16T23:00:00+02:00", "Mars/Olympus") == ""
 
 
-async def test_the_zone_header_reaches_the_facts(make_engine: Callable[..., PolicyEngine]) -> None:
-    """The trunk names the header; the B2BUA's facts carry its value as given (the engine validates it)."""
+def _invite(extra: str = "") -> bytes:
+    return (
+        "INVITE sip:0611223344@sipfilter.local SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK-tz1\r\n"
+        "From: <sip:0162123456@dialer>;tag=1\r\n"
+        "To: <sip:0611223344@sipfilter.local>\r\n"
+        "Call-ID: tz-1\r\n"
+        "CSeq: 1 INVITE\r\n"
+        "Max-Forwards: 70\r\n"
+        f"{extra}"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def test_the_zone_header_reaches_the_facts(make_engine: Callable[..., PolicyEngine]) -> None:
+    """The trunk names the header; the facts of a parsed INVITE carry its value as given (the engine
+    validates it), and nothing when the trunk names no header."""
+    from sipfilter.sip import parse
+
     engine = make_engine(callee_zone_header="X-Callee-TZ")
+    request = parse(_invite("x-callee-tz: Indian/Reunion\r\n"))  # header names are case-insensitive
+    facts = engine.facts_from_request("dialer", request, 0.0)
+    assert (facts.callee.e164, facts.callee_zone) == ("+33611223344", "Indian/Reunion")
+    assert engine.facts_from_request("dialer", parse(_invite()), 0.0).callee_zone == ""
+    assert make_engine().facts_from_request("dialer", request, 0.0).callee_zone == ""
 
-    class Headers:
-        def __init__(self, values: dict[str, str]):
-            self.values = values
 
-        def get(self, name: str) -> str | None:
-            return self.values.get(name)
+def test_the_zone_header_name_is_validated(make_engine: Callable[..., PolicyEngine]) -> None:
+    from sipfilter.config import ConfigError
 
-        def get_all(self, name: str) -> list[str]:
-            return [self.values[name]] if name in self.values else []
-
-    class Request:
-        uri = "sip:0611223344@sipfilter.local"
-        headers = Headers({"From": "<sip:0162123456@dialer>;tag=1", "X-Callee-TZ": "Indian/Reunion"})
-
-    facts = engine.facts_from_request("dialer", Request(), 0.0)
-    assert facts.callee_zone == "Indian/Reunion"
-    assert make_engine().facts_from_request("dialer", Request(), 0.0).callee_zone == ""
+    with pytest.raises(ConfigError) as err:
+        make_engine(callee_zone_header="X Callee TZ")
+    assert "trunks.dialer.callee_zone_header" in str(err.value)
