@@ -301,7 +301,7 @@ class PolicyEngine:
         if first and trunk.mode == "enforce":
             frequency.skip(out, f"not reached: rejected by {first}")
             return first, None
-        return first, tuple(dict.fromkeys(p.zone for p in places))
+        return first, rs.hours.zones(places)
 
     def _places(
         self, rs: RuleSet, trunk: TrunkConfig, facts: CallFacts, look: lists.Lookups

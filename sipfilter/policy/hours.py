@@ -141,6 +141,17 @@ class HoursRules:
         default_factory=dict, compare=False
     )
     _day_memo: dict[Place, LocalDay] = field(default_factory=dict, compare=False)
+    _zones_memo: dict[tuple[Place, ...], tuple[ZoneInfo, ...]] = field(default_factory=dict, compare=False)
+
+    def zones(self, places: tuple[Place, ...]) -> tuple[ZoneInfo, ...]:
+        """The distinct zones of `places` (the refusal cooldown's calendar days are counted in each)."""
+        hit = self._zones_memo.get(places)
+        if hit is None:
+            hit = tuple(dict.fromkeys(p.zone for p in places))
+            if len(self._zones_memo) >= 10_000:
+                self._zones_memo.clear()
+            self._zones_memo[places] = hit
+        return hit
 
     def local_day(self, place: Place, at: float) -> LocalDay | None:
         """The local day holding `at` (memoised per place: calls arrive in time order), or None on a day whose

@@ -419,11 +419,13 @@ def _port_bound(port: int, *, tcp: bool) -> bool:
 
 
 # Rule-pack overrides that make a test independent of the clock: the D223-9 window open every day all
-# day, no public holidays, and a frequency cap no test reaches. Every other rule stays as in config/rules/.
+# day, no public holidays, a frequency cap no test reaches, and Bloctel's 30-day age rule whatever the date
+# (the pack ends it with the service, on 2026-08-10). Every other rule stays as in config/rules/.
 ALWAYS_OPEN: dict[str, Any] = {
     "hours": {"weekly": {day: ["00:00-24:00"] for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}},
     "holidays": {"source": "none"},
     "frequency": {"cap": 1_000_000},
+    "lists": {"bloctel": {"max_age_until": None}},
 }
 
 
