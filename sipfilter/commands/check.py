@@ -259,8 +259,9 @@ async def _check(args: argparse.Namespace) -> int:
         raw["callee_zone"] = args.callee_zone
     if facts.callee.kind == "e164":
         given = hours.zone_named(args.callee_zone) if args.callee_zone else None
-        places = engine.rules_for(args.trunk).hours.places_for(facts.callee.e164, (given,) if given else ())
-        raw["callee_local_time"] = hours.describe_places(places, at)
+        rules = engine.rules_for(args.trunk).hours
+        placement = rules.places_for(facts.callee.e164, (given,) if given else ())
+        raw["callee_local_time"] = hours.describe_places(placement.places, at)
     if args.json:
         out = {
             **record,

@@ -270,7 +270,8 @@ class PolicyEngine:
             frequency.skip(out, "callee number is not valid")
             return first, None
         look = lists.Lookups(store, trunk.account, callee.e164, facts.at, trunk.purpose)
-        places, zone_problem = self._places(rs, trunk, facts, look)
+        placement, zone_problem = self._places(rs, trunk, facts, look)
+        places = placement.places
         r = hours.check_hours(rs.hours, places, facts.at, trunk.prospecting, None, out)
         if r and (
             out[hours.WINDOW_RULE].result == FAIL
@@ -301,11 +302,11 @@ class PolicyEngine:
         if first and trunk.mode == "enforce":
             frequency.skip(out, f"not reached: rejected by {first}")
             return first, None
-        return first, rs.hours.zones(places)
+        return first, placement.zones
 
     def _places(
         self, rs: RuleSet, trunk: TrunkConfig, facts: CallFacts, look: lists.Lookups
-    ) -> tuple[tuple[hours.Place, ...], str]:
+    ) -> tuple[hours.Placement, str]:
         """Where the callee may be: its number's territories, plus the zones the dialer (`callee_zone`) and
         its consent record give, when known; and why a given zone cannot be used ("" when none)."""
         if not trunk.prospecting:  # no hours rule, no frequency rule: where the callee is does not matter

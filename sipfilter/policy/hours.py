@@ -62,6 +62,28 @@ class Place:
     subdivision: str | None
     local_days: frozenset[tuple[int, int]] = frozenset()
     territory: str = ""  # "" when no territory of the pack is known (a foreign number, an unknown zone)
+    # Places key the per-call memos: their hash is computed once, not on every lookup.
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        fields = (self.zone, self.subdivision, self.local_days, self.territory)
+        object.__setattr__(self, "_hash", hash(fields))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Every place a callee may be in, and their distinct zones (the calendar days of the refusal cooldown
+    are counted in each)."""
+
+    places: tuple[Place, ...]
+    zones: tuple[ZoneInfo, ...]
+
+    @classmethod
+    def of(cls, places: tuple[Place, ...]) -> Placement:
+        return cls(places, tuple(dict.fromkeys(p.zone for p in places)))
 
 
 _ZONE_NAMES: frozenset[str] | None = None
@@ -131,27 +153,15 @@ class HoursRules:
     consent_hours_override: bool
     consent_lifts_holidays: bool  # [U] whether consent hours also allow public holidays (default: no)
     holiday_file: Mapping[tuple[date, str | None], str] = field(default_factory=dict)  # source: file
-    place_key_length: int = 16  # characters of an E.164 number of the plan that settle its places
     # Memos (filled lazily, bounded).
-    _places_memo: dict[str, tuple[Place, ...]] = field(default_factory=dict, compare=False)
-    _extra_memo: dict[tuple[tuple[Place, ...], tuple[ZoneInfo, ...]], tuple[Place, ...]] = field(
+    _places_memo: dict[object, Placement] = field(default_factory=dict, compare=False)
+    _extra_memo: dict[tuple[tuple[Place, ...], tuple[ZoneInfo, ...]], Placement] = field(
         default_factory=dict, compare=False
     )
     _holiday_memo: dict[tuple[int, str | None], Mapping[date, str]] = field(
         default_factory=dict, compare=False
     )
     _day_memo: dict[Place, LocalDay] = field(default_factory=dict, compare=False)
-    _zones_memo: dict[tuple[Place, ...], tuple[ZoneInfo, ...]] = field(default_factory=dict, compare=False)
-
-    def zones(self, places: tuple[Place, ...]) -> tuple[ZoneInfo, ...]:
-        """The distinct zones of `places` (the refusal cooldown's calendar days are counted in each)."""
-        hit = self._zones_memo.get(places)
-        if hit is None:
-            hit = tuple(dict.fromkeys(p.zone for p in places))
-            if len(self._zones_memo) >= 10_000:
-                self._zones_memo.clear()
-            self._zones_memo[places] = hit
-        return hit
 
     def local_day(self, place: Place, at: float) -> LocalDay | None:
         """The local day holding `at` (memoised per place: calls arrive in time order), or None on a day whose
@@ -176,16 +186,17 @@ class HoursRules:
         self._day_memo[place] = day
         return day
 
-    def places_for(self, e164: str, zones: tuple[ZoneInfo, ...] = ()) -> tuple[Place, ...]:
+    def places_for(self, e164: str, zones: tuple[ZoneInfo, ...] = ()) -> Placement:
         """Every place the callee of `e164` may be in, plus `zones` (the dialer's, the consent's) if given."""
-        places = self._number_places(e164)
+        placement = self._number_places(e164)
         if not zones:
-            return places
+            return placement
+        places = placement.places
         key = (places, zones)
         hit = self._extra_memo.get(key)
         if hit is None:
             more = [p for p in dict.fromkeys(self.place_of_zone(z) for z in zones) if p not in places]
-            hit = (*places, *more)
+            hit = Placement.of((*places, *more))
             if len(self._extra_memo) >= 10_000:
                 self._extra_memo.clear()
             self._extra_memo[key] = hit
@@ -198,11 +209,13 @@ class HoursRules:
             return Place(zone, None)
         return Place(zone, t.subdivision, t.local_days, t.code)
 
-    def _number_places(self, e164: str) -> tuple[Place, ...]:
-        resolution = self.plan.resolve_e164(e164) if self.plan is not None else None
-        # A number of the plan is settled by its first digits (as many as the plan's table and the subdivision
-        # prefixes use); any other number by itself (phonenumbers' zones; a bounded memo).
-        key = e164[: self.place_key_length] if resolution is not None else e164
+    def _number_places(self, e164: str) -> Placement:
+        # A number of the plan: its territories (a handful of distinct answers) and its local subdivision;
+        # any other number: itself (phonenumbers' zones). Both memos are bounded.
+        plan = self.plan
+        local = _longest(self.subdivisions, self.subdivision_lengths, e164) if self.subdivisions else None
+        resolution = plan.resolve_e164(e164) if plan is not None else None
+        key: object = e164 if resolution is None else (resolution.code, resolution.regions, local)
         hit = self._places_memo.get(key)
         if hit is not None:
             return hit
@@ -213,13 +226,12 @@ class HoursRules:
             region = region_of(e164)
             if region is not None and region in self.territories:
                 regions = (region,)
-        local = _longest(self.subdivisions, self.subdivision_lengths, e164)
         places: list[Place] = []
         for region in regions:
             t = self.territories.get(region)
             if t is None:
                 continue
-            home = self.plan is not None and region == self.plan.home
+            home = plan is not None and region == plan.home
             sub = local if local is not None and home else t.subdivision
             for zone in t.zones:
                 place = Place(zone, sub, t.local_days, t.code)
@@ -228,7 +240,7 @@ class HoursRules:
         if not places:
             zones = [z for z in (zone_named(n) for n in zones_of(e164)) if z is not None]
             places = [Place(z, local) for z in dict.fromkeys(zones or [self.default_zone])]
-        hit = tuple(places)
+        hit = Placement.of(tuple(places))
         if len(self._places_memo) >= 100_000:
             self._places_memo.clear()
         self._places_memo[key] = hit
@@ -388,7 +400,6 @@ def compile_hours(s: Section, h: Section, territories: Section, plan: NumberingP
         ignore_dates=_dates(h, "ignore_dates"),
         consent_hours_override=s.bool("consent_hours_override", True),
         consent_lifts_holidays=s.bool("consent_lifts_holidays", False),
-        place_key_length=max(plan.key_length if plan is not None else 16, *map(len, subs), 0),
     )
 
 

@@ -37,7 +37,7 @@ def _same(rules: HoursRules, callee: str, at: float, consent: str | None,
           zones: tuple[ZoneInfo, ...] = ()) -> None:  # fmt: skip
     fast: dict[str, Outcome] = {}
     slow: dict[str, Outcome] = {}
-    places = rules.places_for(callee, zones)
+    places = rules.places_for(callee, zones).places
     first = check_hours(rules, places, at, True, consent, fast)
     assert first == _check_hours_slow(rules, places, at, consent, slow)
     assert fast == slow
@@ -99,5 +99,5 @@ def test_place_memo_keeps_numbers_apart(config: Config) -> None:
     }
     for _ in range(2):  # the second round answers from the memo
         for number, places in expected.items():
-            got = [(p.zone.key, p.subdivision) for p in rules.places_for(number)]
+            got = [(p.zone.key, p.subdivision) for p in rules.places_for(number).places]
             assert got == places, number
