@@ -206,7 +206,6 @@ class Resolution:
 
 
 _INVALID = Resolution("", ())
-_MEMO_MAX = 50_000  # entries of each lookup memo (a few MB at most)
 
 
 class NumberingPlan:
@@ -288,11 +287,11 @@ class NumberingPlan:
                 }
                 hit["valid"] = Resolution("", tuple(valid))  # every region listing it, in plan order
             self._table[prefix] = hit
-        self._lengths = tuple(sorted({len(p) for p in self._table}))
-        self._depth = self._lengths[-1]
-        # The table's answer by the first `_depth` digits of the numbers seen: one lookup on the call path.
-        self._by_depth: dict[str, dict[str, Resolution]] = {}
-        self._by_e164: dict[str, Resolution] = {}
+        # Most numbers are settled by their first two digits: one lookup answers them (None: look deeper).
+        self._first2: dict[str, dict[str, Resolution] | None] = {
+            a + b: self._table.get(a + b, self._table.get(a)) for a in "0123456789" for b in "0123456789"
+        }
+        self._deeper = tuple(sorted({len(p) for p in self._table if len(p) > 2}))
 
     def _resolve(self, given: str, valid: dict[str, int], flags: Sequence[bool]) -> Resolution:
         """`valid`: the regions listing the number → how specific their range is (see _decide)."""
@@ -332,19 +331,14 @@ class NumberingPlan:
     def resolve(self, nsn: str, given: str = "") -> Resolution:
         """The 9-digit national significant number `nsn` as presented in national form (`given` "") or after a
         country code of this plan (`given` "+262", …). Invalid numbers resolve to code ""."""
-        key = nsn[: self._depth]
-        hit = self._by_depth.get(key)
+        hit = self._first2.get(nsn[:2])
         if hit is None:
-            for length in self._lengths:
+            for length in self._deeper:
                 hit = self._table.get(nsn[:length])
                 if hit is not None:
                     break
             else:
                 return _INVALID
-            if len(key) == self._depth:
-                if len(self._by_depth) >= _MEMO_MAX:
-                    self._by_depth.clear()
-                self._by_depth[key] = hit
         return hit.get(given, _INVALID)
 
     def valid_regions(self, nsn: str) -> tuple[str, ...]:
@@ -355,18 +349,10 @@ class NumberingPlan:
         """An E.164 string of one of this plan's country codes → its Resolution; None for other countries."""
         for code in self.country_codes:
             if e164.startswith(code):
-                end = len(code) + self._depth
-                if len(e164) != len(code) + NSN_LENGTH or not e164.isascii() or not e164[1:].isdigit():
+                nsn = e164[len(code) :]
+                if len(nsn) != NSN_LENGTH or not nsn.isdigit() or not nsn.isascii() or nsn[0] == "0":
                     return _INVALID
-                # The answer by the country code and first digits: one lookup for every later number there.
-                hit = self._by_e164.get(e164[:end])
-                if hit is None:
-                    nsn = e164[len(code) :]
-                    hit = _INVALID if nsn[0] == "0" else self.resolve(nsn, code)
-                    if len(self._by_e164) >= _MEMO_MAX:
-                        self._by_e164.clear()
-                    self._by_e164[e164[:end]] = hit
-                return hit
+                return self.resolve(nsn, code)
         return None
 
     def prefixes(self) -> tuple[str, ...]:
