@@ -102,8 +102,11 @@ class Normaliser:
         self._cc_digits = country_code.lstrip("+")
         if plan is None and country_code == "+33":
             plan = french_plan()
-        self.plan = plan if plan is not None and plan.home_code == country_code else None
+        # The national forms read here are France's (trunk prefix 0, 9-digit numbers): a plan only for +33.
+        self.plan = plan if plan is not None and plan.home_code == country_code == "+33" else None
         self._resolve = self.plan.resolve if self.plan is not None else None
+        # Trunk regions whose national numbers are this plan's (a dialer in Réunion dials 06… as in Paris).
+        self._plan_regions = frozenset(self.plan.regions) if self.plan is not None else frozenset()
         self._short_re = re.compile(short_number_pattern)
         self._anon_users = frozenset(u.lower() for u in anonymous_users)
         self._anon_hosts = frozenset(h.lower() for h in anonymous_hosts)
@@ -132,7 +135,7 @@ class Normaliser:
 
     # -- internals ---------------------------------------------------------------------------------
     def _parse_uncached(self, text: str, region: str = "FR") -> Number:
-        if region == "FR" and self._resolve is not None:
+        if region in self._plan_regions:
             fast = self._parse_fast(text)
             if fast is not None:
                 return fast
@@ -158,12 +161,12 @@ class Normaliser:
                 digits = ctx + local
         if self._short_re.match(digits):
             return Number(raw, digits, SHORT)
-        if region == "FR" and self.plan is not None:
+        if region in self._plan_regions:
             nsn = self._french_nsn(digits)
             if nsn is not None:
                 return self._national(raw, nsn)
             if digits.startswith("+"):
-                res = self.plan.resolve_e164(digits)
+                res = self.plan.resolve_e164(digits) if self.plan is not None else None
                 if res is not None:
                     return Number(raw, digits, E164) if res.code else Number(raw, "", INVALID, _NOT_IN_PLAN)
         return self._slow(raw, digits, region)

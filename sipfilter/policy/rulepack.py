@@ -126,6 +126,8 @@ def _plan(s: Section, cc: str) -> NumberingPlan | None:
         raise s.error(exc.field, str(exc)) from exc
     if plan.home_code != cc:
         raise s.error("home_region", f"{home} numbers have country code {plan.home_code}, not {cc}")
+    if cc != "+33":
+        raise s.error("home_region", "only the French numbering plan (+33, home_region: FR) is supported")
     return plan
 
 

@@ -107,6 +107,15 @@ def test_other_kinds(norm: Normaliser, given: str, kind: str) -> None:
     assert norm.parse(given, "FR").kind == kind
 
 
+@pytest.mark.parametrize("region", ["FR", "RE", "YT", "GP", "MQ"])
+def test_trunks_of_every_territory_read_national_numbers_alike(norm: Normaliser, region: str) -> None:
+    """One national plan: a dialer in Réunion dials 06… for a metropolitan mobile, as one in Paris does."""
+    assert norm.parse("0612345678", region).e164 == "+33612345678"
+    assert norm.parse("0692123456", region).e164 == "+262692123456"
+    assert norm.parse("0596301234", region).e164 == "+596596301234"
+    assert norm.parse("0712345678", region).kind == INVALID
+
+
 def test_cache_returns_same_object(norm: Normaliser) -> None:
     assert norm.parse("0162123456", "FR") is norm.parse("0162123456", "FR")
 
