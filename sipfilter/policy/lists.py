@@ -37,10 +37,14 @@ class ListRule:
     max_age_s: float | None  # an older snapshot is stale (None: no limit)
     age_until: float  # epoch seconds from which the age rule no longer applies (inf: always applies)
     age_until_date: date | None  # its last day, for messages
-    contract_exempts: bool  # a contract in progress lets a listed callee through
+    contract_exempts: bool  # a contract in progress lets a listed callee through…
+    exempts_until: float = float("inf")  # …until this instant (epoch seconds; inf: no end)
 
     def max_age_at(self, at: float) -> float | None:
         return self.max_age_s if at < self.age_until else None
+
+    def exempts_at(self, at: float) -> bool:
+        return self.contract_exempts and at < self.exempts_until
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,19 +69,26 @@ def _midnight_after(day: date, tz: ZoneInfo) -> float:
     return datetime.combine(day + timedelta(days=1), time(0), tz).timestamp()
 
 
+def _last_day(s: Section, key: str) -> date | None:
+    given = s.raw(key, None)
+    day = None if given is None else as_date(given)
+    if given is not None and day is None:
+        raise s.error(key, f"expected an ISO date like 2026-08-10 or null, got {given!r}")
+    return day
+
+
 def _list_rule(lists: Section, key: str, tz: ZoneInfo) -> ListRule:
     sub = lists.section(key)
-    sub.only(["max_age_days", "max_age_until", "contract_exempts"])
+    sub.only(["max_age_days", "max_age_until", "contract_exempts", "contract_exempts_until"])
     days = sub.int("max_age_days", None, lo=1)
-    given = sub.raw("max_age_until", None)
-    until = None if given is None else as_date(given)
-    if given is not None and until is None:
-        raise sub.error("max_age_until", f"expected an ISO date like 2026-08-10 or null, got {given!r}")
+    until = _last_day(sub, "max_age_until")
+    exempts_until = _last_day(sub, "contract_exempts_until")
     return ListRule(
         None if days is None else days * _DAY,
         float("inf") if until is None else _midnight_after(until, tz),
         until,
         sub.bool("contract_exempts", False),
+        float("inf") if exempts_until is None else _midnight_after(exempts_until, tz),
     )
 
 
@@ -219,7 +230,7 @@ def check_dnc(
             continue
         if not hit:
             out[rule] = _PASS
-        elif rules.rule_for(name).contract_exempts and look.contract():
+        elif rules.rule_for(name).exempts_at(look.at) and look.contract():
             out[rule] = Outcome(PASS, f"{look.number} is on {name!r} but has {look.contract_words()}")
         else:
             out[rule] = Outcome(FAIL, f"{look.number} is on do-not-call list {name!r}")

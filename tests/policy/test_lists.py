@@ -248,6 +248,26 @@ async def test_bloctel_s_last_extraction_stops_going_stale(
     assert d.verdict.rule == "callee.dnc.bloctel"
 
 
+@pytest.mark.parametrize(
+    ("at", "rule"),
+    [
+        (ts("2026-08-10T19:59:59+02:00"), ""),  # the service's last day: Bloctel's contract exemption
+        (ts("2026-08-11T10:00:00+02:00"), "callee.dnc.bloctel"),  # then a plain objection, final
+        (ts("2027-03-01T11:00:00+01:00"), "callee.dnc.bloctel"),
+    ],
+)
+async def test_bloctel_s_contract_exemption_ended_with_the_service(
+    engine: PolicyEngine, store: MemoryStore, at: float, rule: str
+) -> None:
+    store.add_list("bloctel", ["+33699999999"], imported_at=LAST_BLOCTEL)
+    store.add_list("optouts", [], imported_at=LAST_BLOCTEL)
+    store.contracts.add(("acme-energie", "+33699999999"))  # exempts from consent, still
+    d = await decide(engine, store, "0699999999", at=at)
+    assert d.verdict.rule == rule
+    if at >= ts("2026-08-11T00:00:00+02:00"):
+        assert d.outcomes["callee.consent"].result == PASS
+
+
 async def test_bloctel_still_goes_stale_before_its_end(engine: PolicyEngine, store: MemoryStore) -> None:
     store.add_list("bloctel", [], imported_at=ts("2026-07-01T09:00:00+02:00"))
     store.add_list("optouts", [], imported_at=ts("2026-07-01T09:00:00+02:00"))
