@@ -159,3 +159,18 @@ def test_pattern_compiler() -> None:
     for bad in (r"7+\d", r"\w{9}", r"(7\d{8}", r"[a-z]\d{8}"):
         with pytest.raises(PatternError):
             boxes(bad)
+
+
+CALLER_ID = load_config(EXAMPLE).rules["dialer"].caller_id
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(nsn=_nsn)
+def test_every_mobile_number_of_the_plan_is_in_the_mobile_category(nsn: str) -> None:
+    """The pack lists mobile ranges by prefix: phonenumbers' mobile ranges of every territory must fall in."""
+    n = NORM.parse("0" + nsn)
+    if n.kind != E164:
+        return
+    kind = phonenumbers.number_type(phonenumbers.parse(n.e164))
+    if kind == phonenumbers.PhoneNumberType.MOBILE:
+        assert CALLER_ID.classify(n).name == "mobile", n.e164
