@@ -247,13 +247,18 @@ class HoursRules:
         return hit
 
     def holiday(self, day: date, place: Place) -> str | None:
+        """The holiday `day` is where `place` is: the source's (package or file), else one of the territory's
+        local days of the pack (which apply with every source, as `extra_dates` do), else None."""
         if day in self.ignore_dates:
             return None
         if day in self.extra_dates:
             return "company closure"
-        if place.local_days and (day.month, day.day) in place.local_days:
-            return f"local holiday of {place.territory or place.zone.key}"
-        subdivision = place.subdivision
+        name = self._source_holiday(day, place.subdivision)
+        if name is None and place.local_days and (day.month, day.day) in place.local_days:
+            name = f"local holiday of {place.territory or place.zone.key}"
+        return name
+
+    def _source_holiday(self, day: date, subdivision: str | None) -> str | None:
         if self.holiday_source == "none":
             return None
         if self.holiday_source == "file":
