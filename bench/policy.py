@@ -56,7 +56,7 @@ class BenchStore:
     def consent_for(self, account: str, number: str, at: float) -> ConsentRecord | None:
         return self.consents.get((account, number))
 
-    def has_contract(self, account: str, number: str, at: float) -> bool:
+    def has_contract(self, account: str, number: str, at: float, purpose: str | None = None) -> bool:
         return (account, number) in self.contracts
 
     async def check_and_record_attempt(

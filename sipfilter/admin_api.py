@@ -16,11 +16,13 @@ from typing import Any
 
 from aiohttp import web
 
+from sipfilter.policy.hours import zone_named
 from sipfilter.policy.numbers import Normaliser
 from sipfilter.stores import ContractRecord, StoreError, StoreUnavailable, WritableStore
 from sipfilter.stores.base import ConsentRecord, ListInfo
 from sipfilter.stores.importer import FORMATS, ListFileError, SourceInfo, read_list
 from sipfilter.stores.numberset import NumberSet
+from sipfilter.stores.writable import parse_scope
 from sipfilter.times import iso_utc, parse_instant
 
 GetStore = Callable[[], WritableStore]
@@ -139,8 +141,11 @@ class _Api:
         hours = data.get("hours")
         if hours is not None and not isinstance(hours, str):
             raise BadRequest("hours: expected text such as 'mon-sat 09:00-21:00'")
+        zone = data.get("time_zone")
+        if zone is not None and (not isinstance(zone, str) or zone_named(zone) is None):
+            raise BadRequest(f"time_zone: {zone!r} is not an IANA time zone name (e.g. Indian/Reunion)")
         granted_at = _time(data.get("granted_at", data.get("at")), "granted_at")
-        rec = ConsentRecord(account, number, granted_at, proof, None, hours)
+        rec = ConsentRecord(account, number, granted_at, proof, None, hours, zone)
         await self.get_store().add_consent(rec)
         return web.json_response(_record(rec), status=201)
 
@@ -166,7 +171,8 @@ class _Api:
         account, number = self._who(data)
         end = data.get("ended_at", data.get("end"))
         rec = ContractRecord(account, number, _time(data.get("started_at", data.get("start")), "started_at"),
-                             None if end is None else _time(end, "ended_at"), str(data.get("reference", "")))
+                             None if end is None else _time(end, "ended_at"), str(data.get("reference", "")),
+                             parse_scope(data.get("scope")))
         await self.get_store().add_contract(rec)
         return web.json_response(_record(rec), status=201)
 

@@ -463,6 +463,11 @@ class TrunkConfig:
     on_targets_down: str = "try"
     # STIR/SHAKEN `identity: {verify, sign}` (sipfilter/identity/settings.py); None: neither.
     identity: IdentityConfig | None = None
+    # What this trunk's calls are about (e.g. energy-supply): a contract in progress exempts its callee (from
+    # consent, Bloctel, a banned sector) only if the contract's scope names it. None: any contract exempts.
+    purpose: str | None = None
+    # A header by which the dialer gives the callee's own IANA time zone (from its CRM); None: not read.
+    callee_zone_header: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -648,8 +653,11 @@ _TRUNK_KEYS = (
     "request_uri",
     "on_targets_down",
     "identity",
+    "purpose",
+    "callee_zone_header",
 )
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+_HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9!%*_+`'~.-]+$")  # RFC 3261 token
 
 
 def _trunk(name: str, s: Section, pack_names: Iterable[str],
@@ -723,6 +731,12 @@ def _trunk(name: str, s: Section, pack_names: Iterable[str],
     hs.only(["pass"])
     headers = HeaderPolicy(hs.str_list("pass", ()))
     sector = s.str("sector", None, nullable=True)
+    purpose = s.str("purpose", None, nullable=True)
+    if purpose is not None and not _TOKEN_RE.match(purpose):
+        raise s.error("purpose", "letters, digits, _ . : - only (the word contract scopes name)")
+    zone_header = s.str("callee_zone_header", None, nullable=True)
+    if zone_header is not None and not _HEADER_NAME_RE.match(zone_header):
+        raise s.error("callee_zone_header", f"not a SIP header name: {zone_header!r}")
     return TrunkConfig(
         name=name,
         match=TrunkMatch(tuple(sources), header, frozenset(ports)),
@@ -742,6 +756,8 @@ def _trunk(name: str, s: Section, pack_names: Iterable[str],
         request_uri_domains=_request_uri_domains(s),
         on_targets_down=s.choice("on_targets_down", ("try", "reject"), "try"),
         identity=_identity(s),
+        purpose=purpose,
+        callee_zone_header=zone_header,
     )
 
 

@@ -17,12 +17,14 @@ from typing import Any
 LOOPBACK = "127.0.0.1"
 
 # Rule-pack overrides of a lab trunk, so that what a test or the demo shows does not depend on the clock:
-# the D223-9 window open every day all day, no public holidays, and a frequency cap nobody reaches. Every
-# other rule stays as the pack says. A lab setting only: a production trunk keeps the law's values.
+# the D223-9 window open every day all day, no public holidays, a frequency cap nobody reaches, and Bloctel's
+# 30-day age rule whatever the date (the pack ends it with the service, on 2026-08-10). Every other rule stays
+# as the pack says. A lab setting only: a production trunk keeps the law's values.
 LAB_OVERRIDES: dict[str, Any] = {
     "hours": {"weekly": {day: ["00:00-24:00"] for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}},
     "holidays": {"source": "none"},
     "frequency": {"cap": 1_000_000},
+    "lists": {"bloctel": {"max_age_until": None}},
 }
 
 

@@ -29,7 +29,7 @@ async def store(tmp_path: Path) -> AsyncIterator[EmbeddedStore]:
 
 async def _client(store: EmbeddedStore, token: str | None) -> Client:
     app = web.Application()
-    add_admin_routes(app, lambda: store, normaliser=Normaliser(overseas={"692": "+262"}), token=token)
+    add_admin_routes(app, lambda: store, normaliser=Normaliser(), token=token)
     client: Client = TestClient(TestServer(app, host="127.0.0.1"))
     await client.start_server()
     return client
@@ -71,7 +71,7 @@ async def test_consent_grant_revoke_history(client: Client, store: EmbeddedStore
     r = await client.post("/api/consents", json=grant)
     assert r.status == 201
     number = (await r.json())["number"]
-    assert number == "+262692123456"  # normalised like the call path (overseas table)
+    assert number == "+262692123456"  # normalised like the call path (the French plan's territories)
     rec = store.consent_for("acme", number, T0 + 1e7)
     assert rec is not None and rec.proof == "form-7" and rec.hours == "mon-fri"
     r = await client.post("/api/consents", json={"account": "acme", "number": number})
@@ -93,6 +93,28 @@ async def test_contracts(client: Client, store: EmbeddedStore) -> None:
     r = await client.delete("/api/contracts", json={"account": "acme", "number": "0612345678", "at": T0 + 10})
     assert (await r.json())["ended"] == 1
     assert not store.has_contract("acme", "+33612345678", T0 + 11)
+
+
+async def test_contract_scope_and_consent_time_zone(client: Client, store: EmbeddedStore) -> None:
+    r = await client.post("/api/contracts", json={"account": "acme", "number": "0612345678", "start": T0,
+                                                  "scope": ["energy-supply", "energy-services"]})
+    assert r.status == 201 and (await r.json())["scope"] == ["energy-supply", "energy-services"]
+    assert store.has_contract("acme", "+33612345678", T0 + 1, "energy-services")
+    assert not store.has_contract("acme", "+33612345678", T0 + 1, "insurance")
+    r = await client.post("/api/contracts", json={"account": "acme", "number": "0612345679", "start": T0,
+                                                  "scope": "energy-supply, insulation"})
+    assert (await r.json())["scope"] == ["energy-supply", "insulation"]
+    bad_scope = {"account": "acme", "number": "0612345679", "scope": ["a b"]}
+    r = await client.post("/api/contracts", json=bad_scope)
+    assert r.status == 400 and "scope" in (await r.json())["error"]
+    grant = {"account": "acme", "number": "0612345678", "proof": "crm-1", "time_zone": "America/Cayenne"}
+    r = await client.post("/api/consents", json=grant)
+    assert r.status == 201 and (await r.json())["time_zone"] == "America/Cayenne"
+    history = await store.consents("acme", "+33612345678")
+    assert [c.time_zone for c in history] == ["America/Cayenne"]
+    for bad in ("Mars/Olympus", "../etc/passwd", 4):
+        r = await client.post("/api/consents", json={**grant, "time_zone": bad})
+        assert r.status == 400 and "time_zone" in (await r.json())["error"], bad
 
 
 async def test_lists_upload_show_export_delete(client: Client, store: EmbeddedStore) -> None:

@@ -35,7 +35,7 @@ def test_example_config_loads() -> None:
     assert t.lists.dnc == ("bloctel", "optouts") and t.lists.authorised_caller_ids is None
     assert t.targets[0].uri == "sip:127.0.0.1:5070"
     assert "X-*" in t.headers.pass_
-    assert c.rule_packs["fr"].version == "fr-2026.11-1"
+    assert c.rule_packs["fr"].version == "fr-2026.12-1"
     assert c.rules["dialer"].frequency.cap == 4
 
 
@@ -171,11 +171,28 @@ def test_rule_pack_errors_point_into_the_pack(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("old", "new", "field"),
     [
-        ("version: fr-2026.11-1\n", "", "version"),
+        ("version: fr-2026.12-1\n", "", "version"),
         ('"+33162", "+33163"', '"+33162", "33163"', "caller_id.categories.npv.prefixes[1]"),
-        ('    "262": "+262"', '    "262": "262"', "numbering.overseas.262"),
+        ('    "262": [RE]', '    "262": [XX]', "numbering.blocks"),
+        ('    "+262692": [RE, YT]', '    "+262692": [RE, GP]', "numbering.also_in"),
+        ("home_region: FR", "home_region: EU", "numbering.shared_plan"),
+        ("[Indian/Reunion]", "[Indian/Atlantis]", "territories.RE.time_zones[0]"),
+        ('local_days: ["12-20"]', 'local_days: ["20-12"]', "territories.RE.local_days[0]"),
+        ('holidays: "974"', 'holidays: "99"', "territories.RE.holidays"),
+        ("  RE: { time_zones", "  XX: { time_zones", "territories.RE"),
+        (
+            'short_prefixes: ["30", "31"]',
+            'short_prefixes: ["+30", "31"]',
+            "caller_id.categories.short-allowed.short_prefixes[0]",
+        ),
+        ("max_age_until: 2026-08-10", "max_age_until: 10/08/2026", "lists.bloctel.max_age_until"),
+        (
+            "professional-training: { contract_exempts: scoped }",
+            "professional-training: { contract_exempts: maybe }",
+            "sectors.banned.professional-training.contract_exempts",
+        ),
         ("default_time_zone: Europe/Paris", "default_time_zone: Europe/Lutece", "hours.default_time_zone"),
-        ('"+262": "974"', '"+262": "99"', "holidays.subdivisions.+262"),
+        ('"+33387": "57"', '"+33387": "99"', "holidays.subdivisions.+33387"),
         ("required_from: 2026-08-11", "required_from: soon", "consent.required_from"),
         (
             'status: 603, text: "callee is on a do-not-call list"',

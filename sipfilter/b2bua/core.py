@@ -704,7 +704,8 @@ class B2BUA:
         rt = self.rt
         t0 = time.perf_counter()
         try:
-            ids = read_invite(rt.policy.reader(call.trunk.name), call.trunk.name, msg, now)
+            trunk = call.trunk
+            ids = read_invite(rt.policy.reader(trunk.name), trunk.name, msg, now, trunk.callee_zone_header)
         except self._parse_error as exc:  # a malformed P-Asserted-Identity: nothing the policy can read
             self.obs.malformed(call.a.ep.transport)
             self._answer_a(call, 400, str(getattr(exc, "reason", "") or "Bad Request"), [])

@@ -63,9 +63,11 @@ _NO_PRIVACY: Final[frozenset[str]] = frozenset()
 _ADDRESS_LIKE: Final = re.compile(r"[<>@]|(?:sips?|tel):", re.IGNORECASE)
 
 
-def read_invite(reader: NumberReader, trunk: str, msg: Request, now: float) -> CallIdentities:
+def read_invite(reader: NumberReader, trunk: str, msg: Request, now: float,
+                zone_header: str | None = None) -> CallIdentities:  # fmt: skip
     """The facts of a validated new INVITE: callee from the Request-URI's user part only, caller from the URIs
-    of From and of every P-Asserted-Identity (never a display name). Raises ParseError for a malformed
+    of From and of every P-Asserted-Identity (never a display name), the callee's own time zone from the
+    trunk's `zone_header` when it has one (the policy validates it). Raises ParseError for a malformed
     P-Asserted-Identity (the request gets 400); an unreadable number is a fact (refused by the policy)."""
     callee = read_callee(reader, msg.request_uri)
     from_ = msg.from_
@@ -81,6 +83,7 @@ def read_invite(reader: NumberReader, trunk: str, msg: Request, now: float) -> C
         privacy_tokens(lines) if lines else _NO_PRIVACY,
         callee.number,
         msg.call_id,
+        (msg.headers.get(zone_header) or "") if zone_header else "",
     )
     return CallIdentities(facts, callee, caller, asserted)
 
@@ -226,11 +229,12 @@ def identities_from_text(
     privacy: Sequence[str] = (),
     at: float = 0.0,
     call_id: str = "",
+    callee_zone: str = "",
 ) -> CallIdentities:
     """The CallIdentities of a new INVITE with these values (`sipfilter check`): see read_address."""
     (callee,) = read_address(reader, to, callee=True, what="callee")
     (caller,) = read_address(reader, from_, what="From")
     asserted = [a for v in pai for a in read_address(reader, v, many=True, what="P-Asserted-Identity")]
     facts = CallFacts(trunk, at, caller.number, tuple(a.number for a in asserted),
-                      privacy_tokens(privacy), callee.number, call_id)  # fmt: skip
+                      privacy_tokens(privacy), callee.number, call_id, callee_zone)  # fmt: skip
     return CallIdentities(facts, callee, caller, tuple(asserted))

@@ -17,6 +17,7 @@ from sipfilter.audit import decision_record
 from sipfilter.b2bua.facts import identities_from_text
 from sipfilter.commands._store_common import CliError, parse_time, print_out
 from sipfilter.config import Config, ConfigError, load_config
+from sipfilter.policy import hours
 from sipfilter.policy.engine import PolicyEngine
 from sipfilter.policy.facts import CallFacts
 from sipfilter.policy.lists import DNC_PREFIX
@@ -81,6 +82,13 @@ def register(subparsers: Any) -> None:
         metavar="TIME",
         help="decision time: ISO-8601 with a UTC offset, e.g. 2026-09-14T10:30:00+02:00, or epoch seconds "
         "(default: now)",
+    )
+    p.add_argument(
+        "--callee-zone",
+        default="",
+        metavar="IANA_ZONE",
+        help="the callee's own time zone, as a dialer gives it in the trunk's callee_zone_header "
+        "(e.g. Indian/Reunion)",
     )
     p.add_argument("--call-id", default="sipfilter-check", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -231,7 +239,7 @@ async def _check(args: argparse.Namespace) -> tuple[int, str]:
         try:  # the B2BUA's own readers, on the arguments parsed as the SIP core parses a request
             ids = identities_from_text(
                 engine.reader(args.trunk), args.trunk, args.from_, args.to,
-                pai=args.pai, privacy=args.privacy, at=at, call_id=args.call_id,
+                pai=args.pai, privacy=args.privacy, at=at, call_id=args.call_id, callee_zone=args.callee_zone,
             )  # fmt: skip
             facts = ids.facts
         except ParseError as exc:
@@ -249,9 +257,13 @@ async def _check(args: argparse.Namespace) -> tuple[int, str]:
         "at": args.at if args.at and not args.at.strip().replace(".", "", 1).isdigit()
         else datetime.fromtimestamp(at).astimezone().isoformat(timespec="seconds"),
     }
+    if args.callee_zone:
+        raw["callee_zone"] = args.callee_zone
     if facts.callee.kind == "e164":
-        zone, _ = engine.rules_for(args.trunk).hours.zone_for(facts.callee.e164)
-        raw["callee_local_time"] = f"{datetime.fromtimestamp(at, zone):%a %Y-%m-%d %H:%M:%S} {zone.key}"
+        given = hours.zone_named(args.callee_zone) if args.callee_zone else None
+        rules = engine.rules_for(args.trunk).hours
+        placement = rules.places_for(facts.callee.e164, (given,) if given else ())
+        raw["callee_local_time"] = hours.describe_places(placement.places, at)
     if args.json:
         out = {
             **record,

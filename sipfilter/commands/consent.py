@@ -27,9 +27,11 @@ from sipfilter.commands._store_common import (
     run_with_store,
 )
 from sipfilter.config import Config
+from sipfilter.policy.hours import zone_named
 from sipfilter.stores import ContractRecord, WritableStore
 from sipfilter.stores.base import ConsentRecord
 from sipfilter.stores.importer import NUMBER_COLUMNS
+from sipfilter.stores.writable import parse_scope
 
 BAD_LINES_SHOWN = 20
 
@@ -51,6 +53,8 @@ def register(subparsers: Any) -> None:
     q.add_argument("--proof", required=True, help="reference of the proof (recording id, form id, …)")
     q.add_argument("--at", help="when it was given (ISO-8601 with offset or epoch; default: now)")
     q.add_argument("--hours", help="hours the consumer agreed to, e.g. 'mon-sat 09:00-21:00'")
+    q.add_argument("--time-zone", help="the consumer's own IANA time zone when known, e.g. Indian/Reunion "
+                                       "(the hours rules then also apply there)")
     q.set_defaults(func=_add)
 
     q = sub.add_parser("revoke", help="record that the consumer withdrew consent")
@@ -64,7 +68,8 @@ def register(subparsers: Any) -> None:
     q.set_defaults(func=_show)
 
     q = sub.add_parser("import", help="record consents from a file (one number per line, or CSV with a "
-                                      "number column and optional granted_at, proof, hours columns)")
+                                      "number column and optional granted_at, proof, hours, time_zone "
+                                      "columns)")
     _common(q, number=False)
     q.add_argument("file")
     q.add_argument("--proof", help="proof reference for rows without one (default: import:FILE:LINE)")
@@ -73,13 +78,17 @@ def register(subparsers: Any) -> None:
                    help="refuse the whole import above this share of bad lines (default: %(default)s)")
     q.set_defaults(func=_import)
 
-    c = sub.add_parser("contract", help="contracts in progress (exempt from the consent rule)")
+    c = sub.add_parser("contract", help="contracts in progress (exempt from the consent rule for the trunks "
+                                        "whose purpose their scope names)")
     csub = c.add_subparsers(dest="contract_command", metavar="ACTION", required=True)
     q = csub.add_parser("add", help="record a contract in progress")
     _common(q)
     q.add_argument("--start", help="start (default: now)")
     q.add_argument("--end", help="end, if already known")
     q.add_argument("--reference", default="", help="contract reference")
+    q.add_argument("--scope", default="",
+                   help="what the contract is about: the purposes of the trunks it exempts, comma-separated "
+                        "(e.g. energy-supply,energy-services); without it, only trunks declaring no purpose")
     q.set_defaults(func=_contract_add)
     q = csub.add_parser("end", help="end the contracts in progress")
     _common(q)
@@ -87,10 +96,18 @@ def register(subparsers: Any) -> None:
     q.set_defaults(func=_contract_end)
 
 
+def _time_zone(text: str | None) -> str | None:
+    if text is None:
+        return None
+    if zone_named(text) is None:
+        raise CliError(f"--time-zone: {text!r} is not an IANA time zone name (e.g. Europe/Paris)")
+    return text
+
+
 def _add(args: argparse.Namespace) -> int:
     async def body(config: Config, store: WritableStore) -> int:
         rec = ConsentRecord(account(config, args.account), e164(config, args.number), parse_time(args.at),
-                            args.proof, None, args.hours)
+                            args.proof, None, args.hours, _time_zone(args.time_zone))
         await store.add_consent(rec)
         print(f"consent recorded: {rec.account} {rec.number} at {iso(rec.granted_at)} (proof {rec.proof})")
         return 0
@@ -120,9 +137,11 @@ def _show(args: argparse.Namespace) -> int:
         print(f"{acct} {number}")
         for c in consents:
             print(f"  consent  granted {iso(c.granted_at)} proof {c.proof!r} revoked {iso(c.revoked_at)}"
-                  + (f" hours {c.hours!r}" if c.hours else ""))
+                  + (f" hours {c.hours!r}" if c.hours else "")
+                  + (f" zone {c.time_zone}" if c.time_zone else ""))
         for k in contracts:
-            print(f"  contract started {iso(k.started_at)} ended {iso(k.ended_at)} ref {k.reference!r}")
+            print(f"  contract started {iso(k.started_at)} ended {iso(k.ended_at)} ref {k.reference!r}"
+                  + (f" scope {','.join(k.scope)}" if k.scope else " (no scope)"))
         if not consents and not contracts:
             print("  no consent, no contract")
         return 0
@@ -167,8 +186,12 @@ def _import(args: argparse.Namespace) -> int:
             except CliError as exc:
                 bad.append((lineno, delim.join(row), str(exc)))
                 continue
+            zone = cell("time_zone")
+            if zone is not None and zone_named(zone) is None:
+                bad.append((lineno, delim.join(row), f"time_zone {zone!r} is not an IANA time zone name"))
+                continue
             proof = cell("proof") or args.proof or f"import:{path.name}:{lineno}"
-            records.append(ConsentRecord(acct, n.e164, at, proof, None, cell("hours")))
+            records.append(ConsentRecord(acct, n.e164, at, proof, None, cell("hours"), zone))
         total = len(records) + len(bad)
         for lineno, line, reason in bad[:BAD_LINES_SHOWN]:
             print(f"  line {lineno}: {line!r}: {reason}", file=sys.stderr)
@@ -185,10 +208,11 @@ def _import(args: argparse.Namespace) -> int:
 def _contract_add(args: argparse.Namespace) -> int:
     async def body(config: Config, store: WritableStore) -> int:
         rec = ContractRecord(account(config, args.account), e164(config, args.number), parse_time(args.start),
-                             parse_time(args.end) if args.end else None, args.reference)
+                             parse_time(args.end) if args.end else None, args.reference,
+                             parse_scope(args.scope))
         await store.add_contract(rec)
         print(f"contract recorded: {rec.account} {rec.number} from {iso(rec.started_at)}"
-              f" to {iso(rec.ended_at)}")
+              f" to {iso(rec.ended_at)}" + (f", scope {','.join(rec.scope)}" if rec.scope else ", no scope"))
         return 0
 
     return run_with_store(args, body)

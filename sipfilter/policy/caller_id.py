@@ -1,4 +1,5 @@
-"""Caller-ID rules for automated trunks (Arcep 2022-1583): NPV/080x/3BPQ only, never anonymous or 06/07/089.
+"""Caller-ID rules: never anonymous, 06/07, 089, 118XYZ or a 3BPQ other than 30PQ/31PQ on any trunk calling
+consumers (L221-17, arrêté of 5 July 2016, Arcep); automated trunks only NPV/080x/30PQ/31PQ (Arcep 2022-1583).
 
 Pure: classifies normalised numbers with the rule pack's prefix table; the only store use is the allow-list.
 """
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from sipfilter.config import Section
 from sipfilter.policy.facts import CallFacts
 from sipfilter.policy.numbers import ANONYMOUS, E164, SHORT, Number
-from sipfilter.policy.verdict import FAIL, PASS, SKIP, Outcome
+from sipfilter.policy.verdict import FAIL, PASS, Outcome
 from sipfilter.stores.base import Store
 
 ANONYMOUS_RULE = "caller-id.anonymous"
@@ -33,7 +34,6 @@ RULES = (
 _CATEGORY_RULES = (MOBILE_RULE, PREMIUM_RULE, NOT_NPV_RULE, INVALID_RULE, UNAUTHORISED_RULE)
 
 _PASS = {rule: Outcome(PASS, "") for rule in RULES}
-_SKIP_NOT_AUTOMATED = {rule: Outcome(SKIP, "trunk is not automated") for rule in RULES}
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,11 +41,15 @@ class Category:
     name: str
     allow: bool
     rule: str  # rule id when refused
+    automated_only: bool = False  # refused only on automated trunks (the NPV requirement)
+
+    def refuses(self, automated: bool) -> bool:
+        return not self.allow and (automated or not self.automated_only)
 
 
 @dataclass(frozen=True, slots=True)
 class CallerIdRules:
-    prefixes: Mapping[str, Category]  # E.164 prefix → category; longest prefix wins
+    prefixes: Mapping[str, Category]  # E.164 prefix (or short-number digits) → category; longest prefix wins
     lengths: tuple[int, ...]  # prefix lengths, longest first
     short: Category
     other: Category
@@ -61,23 +65,22 @@ class CallerIdRules:
     )
 
     def classify(self, n: Number) -> Category:
-        if n.kind == SHORT:
-            return self.short
+        # A short number's `e164` is its digits: only the categories' digit prefixes (no "+") can match it.
         for length in self.lengths:
             cat = self.prefixes.get(n.e164[:length])
             if cat is not None:
                 return cat
-        return self.other
+        return self.short if n.kind == SHORT else self.other
 
 
 def _category(s: Section, name: str, with_prefixes: bool) -> Category:
-    keys = ["allow", "rule", "prefixes"] if with_prefixes else ["allow", "rule"]
-    s.only(keys)
+    keys = ["allow", "rule", "automated_only"]
+    s.only([*keys, "prefixes", "short_prefixes"] if with_prefixes else keys)
     allow = s.bool("allow")
     rule = s.str("rule", NOT_NPV_RULE)
     if rule not in _CATEGORY_RULES:
         raise s.error("rule", f"expected one of {', '.join(_CATEGORY_RULES)}, got {rule!r}")
-    return Category(name, allow, rule)
+    return Category(name, allow, rule, s.bool("automated_only", False))
 
 
 def compile_caller_id(s: Section, authorised: str | tuple[str, ...] | None) -> CallerIdRules:
@@ -87,14 +90,17 @@ def compile_caller_id(s: Section, authorised: str | tuple[str, ...] | None) -> C
     for name in cats.data:
         sec = cats.section(str(name))
         cat = _category(sec, str(name), True)
-        for i, prefix in enumerate(sec.str_list("prefixes")):
-            if not prefix.startswith("+") or not prefix[1:].isdigit():
-                raise sec.item_error("prefixes", i, f"expected an E.164 prefix like +33162, got {prefix!r}")
-            if prefix in prefixes:
-                raise sec.item_error(
-                    "prefixes", i, f"prefix {prefix} is already in {prefixes[prefix].name!r}"
-                )
-            prefixes[prefix] = cat
+        if not sec.has("prefixes") and not sec.has("short_prefixes"):
+            raise sec.error("prefixes", "a category needs `prefixes` (E.164) or `short_prefixes` (digits)")
+        kinds = (("prefixes", "an E.164 prefix like +33162"), ("short_prefixes", "digits like 30"))
+        for key, example in kinds:
+            for i, prefix in enumerate(sec.str_list(key, None)):
+                body = prefix[1:] if key == "prefixes" and prefix.startswith("+") else prefix
+                if not body.isdigit() or not body.isascii() or (key == "prefixes") != (body != prefix):
+                    raise sec.item_error(key, i, f"expected {example}, got {prefix!r}")
+                if prefix in prefixes:
+                    raise sec.item_error(key, i, f"prefix {prefix} is already in {prefixes[prefix].name!r}")
+                prefixes[prefix] = cat
     short = _category(s.section("short_numbers"), "short", False)
     other = _category(s.section("other"), "other", False)
     auth_list = authorised if isinstance(authorised, str) else None
@@ -131,19 +137,19 @@ def authorised(rules: CallerIdRules, n: Number, store: Store) -> tuple[bool, str
 def check_caller_id(
     rules: CallerIdRules, facts: CallFacts, automated: bool, store: Store, out: dict[str, Outcome]
 ) -> str:
-    """Fill `out` with one outcome per caller-ID rule; return the first failing rule id, or ""."""
-    if not automated:
-        out.update(_SKIP_NOT_AUTOMATED)
-        return ""
+    """Fill `out` with one outcome per caller-ID rule; return the first failing rule id, or "".
+
+    Every trunk: anonymous, invalid, the categories refused on every trunk, the allow-list, PAI = From.
+    `automated` trunks also: the categories refused for automated calls only (the NPV requirement)."""
     if rules.authorised_list is not None:
-        return _check(rules, facts, store, out)
+        return _check(rules, facts, automated, store, out)
     caller = facts.caller
     # The caller's fields rather than the Number: str hashes are cached, a dataclass hash is a Python call.
-    key = (caller.raw, caller.e164, caller.kind, caller.error, facts.asserted, facts.privacy)
+    key = (caller.raw, caller.e164, caller.kind, caller.error, facts.asserted, facts.privacy, automated)
     hit = rules.memo.get(key)
     if hit is None:
         mine: dict[str, Outcome] = {}
-        hit = (_check(rules, facts, store, mine), mine)
+        hit = (_check(rules, facts, automated, store, mine), mine)
         if len(rules.memo) >= _MEMO_MAX:
             rules.memo.clear()
         rules.memo[key] = hit
@@ -154,7 +160,9 @@ def check_caller_id(
 _MEMO_MAX = 50_000
 
 
-def _check(rules: CallerIdRules, facts: CallFacts, store: Store, out: dict[str, Outcome]) -> str:
+def _check(
+    rules: CallerIdRules, facts: CallFacts, automated: bool, store: Store, out: dict[str, Outcome]
+) -> str:
     failures: dict[str, str] = {}
     hidden = rules.anonymous_privacy.intersection(facts.privacy)
     if hidden:
@@ -169,7 +177,7 @@ def _check(rules: CallerIdRules, facts: CallFacts, store: Store, out: dict[str, 
             )
             continue
         cat = rules.classify(n)
-        if not cat.allow:
+        if cat.refuses(automated):
             failures.setdefault(cat.rule, f"{label} {n.e164} is in category {cat.name!r}")
             continue
         ok, why = authorised(rules, n, store)

@@ -7,6 +7,7 @@ Called once per INVITE by the B2BUA and by `sipfilter check`, which build the Ca
 from __future__ import annotations
 
 import logging
+from zoneinfo import ZoneInfo
 
 from sipfilter.config import Config, TrunkConfig
 from sipfilter.policy import caller_id, frequency, hours, lists
@@ -92,20 +93,23 @@ class PolicyEngine:
         alerts: list[str] = []
         recorded = False
         try:
-            first, frequency_due = self._evaluate(rs, trunk, facts, store, out, alerts, identity)
-            if frequency_due:
-                freq, account, callee = rs.frequency, trunk.account, facts.callee.e164
+            first, zones = self._evaluate(rs, trunk, facts, store, out, alerts, identity)
+            if zones is not None:  # the frequency rules are due
+                freq, account, callee, at = rs.frequency, trunk.account, facts.callee.e164, facts.at
                 if not record:
-                    r = await frequency.check_only(freq, store, account, callee, facts.at, out)
+                    r = await frequency.check_only(freq, store, account, callee, at, out, zones)
                 elif trunk.mode == "monitor":
                     r, recorded = await frequency.check_and_record(
-                        freq, store, account, callee, facts.at, out, True
+                        freq, store, account, callee, at, out, zones, True
                     )
                 else:  # frequency.check_and_record, inlined: one coroutine less on every relayed call
+                    cutoff = freq.cutoff(at, zones)
                     d = await store.check_and_record_attempt(
-                        account, callee, facts.at, freq.cap, freq.window_s, freq.cooldown_s
+                        account, callee, at, freq.cap, freq.window_s, freq.store_cooldown_s(at, cutoff)
                     )
-                    r = frequency.fill(freq, out, facts.at, d.refused_at, d.attempts_in_window, d.allowed)
+                    r = frequency.fill(
+                        freq, out, at, d.refused_at, d.attempts_in_window, d.allowed, cutoff, zones
+                    )
                     recorded = d.allowed
                 first = first or r
         except StoreUnavailable as exc:
@@ -152,8 +156,9 @@ class PolicyEngine:
         out: dict[str, Outcome],
         alerts: list[str],
         found: IdentityFinding | None = None,
-    ) -> tuple[str, bool]:
-        """Every rule but the frequency ones; returns (first failing rule or "", frequency rules due)."""
+    ) -> tuple[str, tuple[ZoneInfo, ...] | None]:
+        """Every rule but the frequency ones; returns (first failing rule or "", the callee's zones when the
+        frequency rules are due, else None)."""
         callee = facts.callee
         first = ""
         if callee.kind == E164:
@@ -180,9 +185,11 @@ class PolicyEngine:
             ):
                 out[rule] = Outcome(SKIP, "callee number is not valid")
             frequency.skip(out, "callee number is not valid")
-            return first, False
-        look = lists.Lookups(store, trunk.account, callee.e164, facts.at)
-        r = hours.check_hours(rs.hours, callee.e164, facts.at, trunk.prospecting, None, out)
+            return first, None
+        look = lists.Lookups(store, trunk.account, callee.e164, facts.at, trunk.purpose)
+        placement, zone_problem = self._places(rs, trunk, facts, look)
+        places = placement.places
+        r = hours.check_hours(rs.hours, places, facts.at, trunk.prospecting, None, out)
         if r and (
             out[hours.WINDOW_RULE].result == FAIL
             or (r == hours.HOLIDAY_RULE and rs.hours.consent_lifts_holidays)
@@ -191,7 +198,10 @@ class PolicyEngine:
             # hours). Public holidays still block unless the pack says consent lifts them ([U]).
             record_ = look.consent() if rs.hours.consent_hours_override else None
             if record_ is not None and record_.hours:
-                r = hours.check_hours(rs.hours, callee.e164, facts.at, True, record_.hours, out)
+                r = hours.check_hours(rs.hours, places, facts.at, True, record_.hours, out)
+        if zone_problem:
+            out[hours.WINDOW_RULE] = Outcome(FAIL, zone_problem)
+            r = r or hours.WINDOW_RULE
         first = first or r
         r, missing = lists.check_stale(
             rs.lists, trunk.lists.dnc, store, facts.at, trunk.on_stale_list, out, alerts
@@ -205,8 +215,34 @@ class PolicyEngine:
         first = first or r
         if not trunk.prospecting:
             frequency.skip(out, _NOT_PROSPECTING)
-            return first, False
+            return first, None
         if first and trunk.mode == "enforce":
             frequency.skip(out, f"not reached: rejected by {first}")
-            return first, False
-        return first, True
+            return first, None
+        return first, placement.zones
+
+    def _places(
+        self, rs: RuleSet, trunk: TrunkConfig, facts: CallFacts, look: lists.Lookups
+    ) -> tuple[hours.Placement, str]:
+        """Where the callee may be: its number's territories, plus the zones the dialer (`callee_zone`) and
+        its consent record give, when known; and why a given zone cannot be used ("" when none)."""
+        if not trunk.prospecting:  # no hours rule, no frequency rule: where the callee is does not matter
+            return rs.hours.places_for(facts.callee.e164), ""
+        given: list[ZoneInfo] = []
+        problem = ""
+        if facts.callee_zone:
+            zone = hours.zone_named(facts.callee_zone.strip())
+            if zone is None:
+                problem = (f"the callee's time zone {facts.callee_zone.strip()[:64]!r} given by the dialer "
+                           "is not an IANA time zone name")
+            else:
+                given.append(zone)
+        record_ = look.consent()
+        if record_ is not None and record_.time_zone:
+            zone = hours.zone_named(record_.time_zone)
+            if zone is None:
+                problem = problem or (f"the consent record's time zone {record_.time_zone[:64]!r} is not "
+                                      "an IANA time zone name")
+            else:
+                given.append(zone)
+        return rs.hours.places_for(facts.callee.e164, tuple(given)), problem

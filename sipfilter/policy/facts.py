@@ -22,3 +22,6 @@ class CallFacts:
     privacy: frozenset[str]  # Privacy header values, lower-case
     callee: Number  # the Request-URI's user part, exactly as the B-leg dials it (never another header)
     call_id: str = ""
+    # The callee's own IANA time zone when the dialer's CRM knows it (the trunk's `callee_zone_header`), as
+    # given: the engine validates it. "" when not given.
+    callee_zone: str = ""

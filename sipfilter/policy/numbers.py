@@ -1,17 +1,21 @@
 """Normalise the numbers sipfilter sees (URI user parts, tel numbers, national, +33, 0033, 33…) to E.164.
 
 Reads numbers, never SIP: the B2BUA hands in the user part, host and phone-context the SIP core parsed.
-Fast path for common French digit forms, bounded LRU cache, phonenumbers only for the odd ones; never raises.
+Every number is validated: French-plan numbers (metropolitan and overseas) against the prefix table compiled
+from phonenumbers' metadata (territory.py), others with phonenumbers itself. Fast path for common French digit
+forms, bounded LRU cache, phonenumbers only for the odd ones; never raises.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
 import phonenumbers
+
+from sipfilter.policy.territory import NumberingPlan, french_plan
 
 # Kinds of number.
 E164 = "e164"
@@ -20,6 +24,7 @@ ANONYMOUS = "anonymous"  # identity withheld or no user part
 INVALID = "invalid"
 
 _SEPARATORS = str.maketrans("", "", " -.()/\t")
+_NOT_IN_PLAN = "not a valid number: no territory of the numbering plan lists it"
 # fullmatch, not ^…$: "$" would also match before a trailing newline.
 _DIGITS = re.compile(r"\+?[0-9]+").fullmatch
 
@@ -66,23 +71,27 @@ class NumberReader:
 class Normaliser:
     """Turns presented numbers into E.164 strings with one country's national conventions (FR by default).
 
-    `overseas` maps the first digits of a 9-digit national significant number to the E.164 country code that
-    really serves it (0692… is +262 692…, not +33 692…)."""
+    `plan` says which territory of the national numbering plan a national number belongs to (0692… is
+    +262 692…, not +33 692…) and whether it is valid at all; by default phonenumbers' French regions."""
 
     def __init__(
         self,
         country_code: str = "+33",
-        overseas: Mapping[str, str] | None = None,
-        short_number_pattern: str = r"^3[0-9]{3}$",
+        plan: NumberingPlan | None = None,
+        short_number_pattern: str = r"^(?:3[0-9]{3}|118[0-9]{3})$",
         anonymous_users: Iterable[str] = ("anonymous", "restricted", "unavailable", "unknown", "private"),
         anonymous_hosts: Iterable[str] = ("anonymous.invalid",),
         cache_size: int = 32_768,  # ~380 bytes an entry: callers hit, callees mostly do not
     ):
         self.country_code = country_code
         self._cc_digits = country_code.lstrip("+")
-        self._overseas = dict(overseas or {})
-        self._overseas_lengths = sorted({len(k) for k in self._overseas}, reverse=True)
-        self._overseas_codes = tuple(sorted(set(self._overseas.values())))
+        if plan is None and country_code == "+33":
+            plan = french_plan()
+        # The national forms read here are France's (trunk prefix 0, 9-digit numbers): a plan only for +33.
+        self.plan = plan if plan is not None and plan.home_code == country_code == "+33" else None
+        self._resolve = self.plan.resolve if self.plan is not None else None
+        # Trunk regions whose national numbers are this plan's (a dialer in Réunion dials 06… as in Paris).
+        self._plan_regions = frozenset(self.plan.regions) if self.plan is not None else frozenset()
         self._short_re = re.compile(short_number_pattern)
         self._anon_users = frozenset(u.lower() for u in anonymous_users)
         self._anon_hosts = frozenset(h.lower() for h in anonymous_hosts)
@@ -118,7 +127,7 @@ class Normaliser:
 
     # -- internals ---------------------------------------------------------------------------------
     def _read(self, user: str, host: str = "", context: str = "", region: str = "FR") -> Number:
-        if not context and region == "FR" and self._cc_digits == "33":
+        if not context and region in self._plan_regions:
             fast = self._parse_fast(user, host)
             if fast is not None:
                 return fast
@@ -155,15 +164,21 @@ class Normaliser:
                 digits = ctx + local
         if self._short_re.match(digits):
             return Number(raw, digits, SHORT)
-        if region == "FR" and self._cc_digits == "33":
+        if region in self._plan_regions:
             nsn = self._french_nsn(digits)
             if nsn is not None:
-                return Number(raw, self._apply_overseas(nsn), E164)
-            if digits.startswith("+") and self._overseas_codes:
-                for code in self._overseas_codes:
-                    if digits.startswith(code) and len(digits) == len(code) + 9 and digits[len(code)] != "0":
-                        return Number(raw, digits, E164)
+                return self._national(raw, nsn)
+            if digits.startswith("+"):
+                res = self.plan.resolve_e164(digits) if self.plan is not None else None
+                if res is not None:
+                    return Number(raw, digits, E164) if res.code else Number(raw, "", INVALID, _NOT_IN_PLAN)
         return self._slow(raw, digits, region)
+
+    def _national(self, raw: str, nsn: str) -> Number:
+        """A French national number (or +33 form) by its 9 digits: the territory's E.164 form, or invalid."""
+        assert self._resolve is not None
+        code = self._resolve(nsn).code
+        return Number(raw, code + nsn, E164) if code else Number(raw, "", INVALID, _NOT_IN_PLAN)
 
     def _parse_fast(self, user: str, host: str = "") -> Number | None:
         """The numbers dialers nearly always send (+33 or 0 and nine digits, nothing else, no anonymous host)
@@ -182,7 +197,7 @@ class Normaliser:
             return None
         if host and host.lower() in self._anon_hosts:
             return None
-        return Number(user, self._apply_overseas(user[-9:]), E164)
+        return self._national(user, user[-9:])
 
     def _french_nsn(self, d: str) -> str | None:
         """The 9-digit national significant number of a French number in any common form, or None."""
@@ -202,21 +217,21 @@ class Normaliser:
             return None
         return nsn
 
-    def _apply_overseas(self, nsn: str) -> str:
-        for length in self._overseas_lengths:
-            code = self._overseas.get(nsn[:length])
-            if code is not None:
-                return code + nsn
-        return self.country_code + nsn
-
     def _slow(self, raw: str, digits: str, region: str) -> Number:
         try:
             parsed = phonenumbers.parse(digits, region)
         except phonenumbers.NumberParseException as exc:
             return Number(raw, "", INVALID, str(exc))
+        nsn = str(parsed.national_number)
+        if self.plan is not None and len(nsn) == 9 and not parsed.italian_leading_zero:
+            # A number of the plan reached by another form (00262…, 0033…, a trunk with another region): the
+            # plan decides, as for every other form (+33 262… is Réunion's +262 262…).
+            code = f"+{parsed.country_code}"
+            if code == self.country_code:
+                return self._national(raw, nsn)
+            res = self.plan.resolve_e164(code + nsn)
+            if res is not None:
+                return Number(raw, code + nsn, E164) if res.code else Number(raw, "", INVALID, _NOT_IN_PLAN)
         if not phonenumbers.is_valid_number(parsed):
             return Number(raw, "", INVALID, "not a valid number for its country")
-        e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
-        if e164.startswith(self.country_code) and self._cc_digits == "33":
-            e164 = self._apply_overseas(e164[3:])
-        return Number(raw, e164, E164)
+        return Number(raw, phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164), E164)

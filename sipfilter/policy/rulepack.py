@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 from sipfilter.config import ConfigError, Section, YamlMap, load_yaml, merge_overrides
 from sipfilter.policy import caller_id, frequency, hours, identity, lists
 from sipfilter.policy.numbers import Normaliser
+from sipfilter.policy.territory import NumberingPlan, PatternError, PlanError, plan_for
 
 if TYPE_CHECKING:
     from sipfilter.config import Config, TrunkConfig
@@ -43,6 +44,7 @@ _TOP_KEYS = (
     "version",
     "description",
     "numbering",
+    "territories",
     "caller_id",
     "lists",
     "consent",
@@ -101,17 +103,51 @@ class RuleSet:
         return hit
 
 
+_REGION_RE = re.compile(r"^[A-Z]{2}$")
+_NUMBERING_KEYS = ("country_code", "home_region", "shared_plan", "home_first", "blocks", "also_in",
+                   "short_number_pattern", "anonymous_users", "anonymous_hosts")
+
+
+def _regions(s: Section, key: str, value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(r, str) and _REGION_RE.match(r) for r in value):
+        raise s.error(key, f"expected a list of 2-letter region codes like [RE, YT], got {value!r}")
+    return tuple(value)
+
+
+def _plan(s: Section, cc: str) -> NumberingPlan | None:
+    """The national plan the pack describes (home region and the overseas ones sharing its national form)."""
+    if not s.has("home_region"):
+        if cc == "+33":
+            raise s.error("home_region", "the French plan needs `home_region: FR` and `shared_plan`")
+        return None
+    home = s.str("home_region")
+    shared = _regions(s, "shared_plan", s.raw("shared_plan", []))
+    home_first = s.str_list("home_first", ())
+    blocks_s = s.section("blocks", default_empty=True)
+    blocks = tuple((str(k), _regions(blocks_s, str(k), v)) for k, v in blocks_s.data.items())
+    also_s = s.section("also_in", default_empty=True)
+    also = tuple((str(k), _regions(also_s, str(k), v)) for k, v in also_s.data.items())
+    try:
+        plan = plan_for(home, shared, home_first, blocks, also)
+    except PatternError as exc:
+        raise s.error(
+            "shared_plan", f"phonenumbers' metadata uses a pattern sipfilter cannot read: {exc}"
+        ) from exc
+    except PlanError as exc:
+        raise s.error(exc.field, str(exc)) from exc
+    if plan.home_code != cc:
+        raise s.error("home_region", f"{home} numbers have country code {plan.home_code}, not {cc}")
+    if cc != "+33":
+        raise s.error("home_region", "only the French numbering plan (+33, home_region: FR) is supported")
+    return plan
+
+
 def _normaliser(s: Section) -> Normaliser:
-    s.only(["country_code", "overseas", "short_number_pattern", "anonymous_users", "anonymous_hosts"])
+    s.only(_NUMBERING_KEYS)
     cc = s.str("country_code", "+33")
     if not re.fullmatch(r"\+\d{1,3}", cc):
         raise s.error("country_code", f"expected like +33, got {cc!r}")
-    over = s.section("overseas", default_empty=True)
-    table: dict[str, str] = {}
-    for prefix, code in over.data.items():
-        if not re.fullmatch(r"\d{1,8}", str(prefix)) or not re.fullmatch(r"\+\d{1,3}", str(code)):
-            raise over.error(str(prefix), f'expected "<digits>": "+<country code>", got {prefix!r}: {code!r}')
-        table[str(prefix)] = str(code)
+    plan = _plan(s, cc)
     pattern = s.str("short_number_pattern", r"^3[0-9]{3}$")
     try:
         re.compile(pattern)
@@ -119,7 +155,7 @@ def _normaliser(s: Section) -> Normaliser:
         raise s.error("short_number_pattern", f"invalid regular expression: {exc}") from exc
     return Normaliser(
         cc,
-        table,
+        plan,
         pattern,
         s.str_list("anonymous_users", ("anonymous",)),
         s.str_list("anonymous_hosts", ("anonymous.invalid",)),
@@ -148,11 +184,17 @@ def _compile(data: YamlMap, authorised: str | tuple[str, ...] | None, where: str
     version = root.raw("version")
     if not isinstance(version, str | int | float) or isinstance(version, bool) or not str(version).strip():
         raise root.error("version", "the rule pack needs a non-empty `version`")
-    hours_rules = hours.compile_hours(root.section("hours"), root.section("holidays", default_empty=True))
+    normaliser = _normaliser(root.section("numbering", default_empty=True))
+    hours_rules = hours.compile_hours(
+        root.section("hours"),
+        root.section("holidays", default_empty=True),
+        root.section("territories", default_empty=True),
+        normaliser.plan,
+    )
     return RuleSet(
         pack=where,
         version=str(version),
-        normaliser=_normaliser(root.section("numbering", default_empty=True)),
+        normaliser=normaliser,
         caller_id=caller_id.compile_caller_id(root.section("caller_id"), authorised),
         lists=lists.compile_lists(
             root.section("lists", default_empty=True),

@@ -36,6 +36,9 @@ class ConsentRecord:
     # Hours the consumer agreed to be called at, if they differ from the law's default; free text
     # such as "mon-sat 09:00-21:00", interpreted by the policy engine.
     hours: str | None = None
+    # The consumer's own IANA time zone when known (e.g. "Indian/Reunion"): the hours rules then also apply
+    # there, besides the zone(s) of the number.
+    time_zone: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +69,9 @@ class Store(Protocol):
         """The consent in force at `at` (granted before, not revoked before), or None."""
         ...
 
-    def has_contract(self, account: str, number: str, at: float) -> bool:
-        """A contract in progress between `account` and the consumer `number` at `at`."""
+    def has_contract(self, account: str, number: str, at: float, purpose: str | None = None) -> bool:
+        """A contract in progress between `account` and the consumer `number` at `at`; with `purpose`, only
+        one whose scope names it (a contract without a scope then does not count)."""
         ...
 
     # --- counters (shared between instances in the Redis backend): atomic ---

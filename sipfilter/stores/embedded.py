@@ -32,10 +32,19 @@ from sipfilter.stores.embedded_records import (
     consent_in_force,
     contract_in_force,
     count_after,
+    span,
 )
 from sipfilter.stores.importer import SourceInfo
 from sipfilter.stores.numberset import NumberSet
-from sipfilter.stores.writable import ContractRecord, Health, LocalLists, StoreError, check_list_name, log
+from sipfilter.stores.writable import (
+    ContractRecord,
+    Health,
+    LocalLists,
+    StoreError,
+    check_list_name,
+    log,
+    scope_text,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -43,10 +52,10 @@ CREATE TABLE IF NOT EXISTS lists(name TEXT PRIMARY KEY, version INTEGER NOT NULL
     imported_at REAL NOT NULL, source_name TEXT NOT NULL, source_size INTEGER NOT NULL,
     source_sha256 TEXT NOT NULL, file TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS consents(id INTEGER PRIMARY KEY, account TEXT NOT NULL, number TEXT NOT NULL,
-    granted_at REAL NOT NULL, proof TEXT NOT NULL, revoked_at REAL, hours TEXT);
+    granted_at REAL NOT NULL, proof TEXT NOT NULL, revoked_at REAL, hours TEXT, time_zone TEXT);
 CREATE INDEX IF NOT EXISTS consents_by_number ON consents(account, number, granted_at);
 CREATE TABLE IF NOT EXISTS contracts(id INTEGER PRIMARY KEY, account TEXT NOT NULL, number TEXT NOT NULL,
-    started_at REAL NOT NULL, ended_at REAL, reference TEXT NOT NULL);
+    started_at REAL NOT NULL, ended_at REAL, reference TEXT NOT NULL, scope TEXT);
 CREATE INDEX IF NOT EXISTS contracts_by_number ON contracts(account, number, started_at);
 CREATE TABLE IF NOT EXISTS attempts(account TEXT NOT NULL, number TEXT NOT NULL, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS attempts_by_number ON attempts(account, number, at);
@@ -93,6 +102,7 @@ class EmbeddedStore(LocalLists):
             # short: its own writes (admin API) run on the event loop; attempts are written off it.
             self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
             self._db.executescript(_SCHEMA)
+            _add_columns(self._db)
             # Attempts are written by a thread of their own on a connection of its own: the event loop never
             # waits on a lock, an insert or a checkpoint for them (see _hand_off).
             self._writer_db = _connect(self.data_dir / DB_NAME, busy_timeout_ms)
@@ -287,28 +297,29 @@ class EmbeddedStore(LocalLists):
             rows = self._read_consents((account, number))
         return consent_in_force(rows, at)
 
-    def has_contract(self, account: str, number: str, at: float) -> bool:
+    def has_contract(self, account: str, number: str, at: float, purpose: str | None = None) -> bool:
         spans = self._records.contracts.get((account, number))
         if spans is None:
             if self._records.complete:
                 return False
             spans = self._read_contracts((account, number))
-        return contract_in_force(spans, at)
+        return contract_in_force(spans, at, purpose)
 
     async def add_consent(self, record: ConsentRecord) -> None:
-        self._write("INSERT INTO consents(account, number, granted_at, proof, revoked_at, hours)"
-                    " VALUES(?,?,?,?,?,?)", (record.account, record.number, record.granted_at, record.proof,
-                                             record.revoked_at, record.hours))
+        self._write("INSERT INTO consents(account, number, granted_at, proof, revoked_at, hours, time_zone)"
+                    " VALUES(?,?,?,?,?,?,?)", (record.account, record.number, record.granted_at, record.proof,
+                                               record.revoked_at, record.hours, record.time_zone))
         await self._catch_up()
 
     async def add_consents(self, records: Sequence[ConsentRecord]) -> None:
         db = self._db
-        rows = [(r.account, r.number, r.granted_at, r.proof, r.revoked_at, r.hours) for r in records]
+        rows = [(r.account, r.number, r.granted_at, r.proof, r.revoked_at, r.hours, r.time_zone)
+                for r in records]
         try:
             for start in range(0, len(rows), 5000):  # short transactions: the proxy's writes interleave
                 with self._tx():
                     db.executemany("INSERT INTO consents(account, number, granted_at, proof, revoked_at,"
-                                   " hours) VALUES(?,?,?,?,?,?)", rows[start : start + 5000])
+                                   " hours, time_zone) VALUES(?,?,?,?,?,?,?)", rows[start : start + 5000])
                 await asyncio.sleep(0)
         except sqlite3.Error as exc:
             raise self.health.failed(exc, "record_write") from exc
@@ -322,14 +333,15 @@ class EmbeddedStore(LocalLists):
         return n
 
     async def consents(self, account: str, number: str) -> tuple[ConsentRecord, ...]:
-        rows = self._read("SELECT granted_at, proof, revoked_at, hours FROM consents WHERE account=?"
-                          " AND number=? ORDER BY granted_at, id", (account, number))
+        rows = self._read("SELECT granted_at, proof, revoked_at, hours, time_zone FROM consents"
+                          " WHERE account=? AND number=? ORDER BY granted_at, id", (account, number))
         return tuple(ConsentRecord(account, number, *row) for row in rows)
 
     async def add_contract(self, record: ContractRecord) -> None:
-        self._write("INSERT INTO contracts(account, number, started_at, ended_at, reference)"
-                    " VALUES(?,?,?,?,?)",
-                    (record.account, record.number, record.started_at, record.ended_at, record.reference))
+        self._write("INSERT INTO contracts(account, number, started_at, ended_at, reference, scope)"
+                    " VALUES(?,?,?,?,?,?)",
+                    (record.account, record.number, record.started_at, record.ended_at, record.reference,
+                     scope_text(record.scope)))
         await self._catch_up()
 
     async def end_contract(self, account: str, number: str, at: float) -> int:
@@ -339,9 +351,10 @@ class EmbeddedStore(LocalLists):
         return n
 
     async def contracts(self, account: str, number: str) -> tuple[ContractRecord, ...]:
-        rows = self._read("SELECT started_at, ended_at, reference FROM contracts WHERE account=? AND number=?"
-                          " ORDER BY started_at, id", (account, number))
-        return tuple(ContractRecord(account, number, *row) for row in rows)
+        rows = self._read("SELECT started_at, ended_at, reference, scope FROM contracts WHERE account=? AND"
+                          " number=? ORDER BY started_at, id", (account, number))
+        return tuple(ContractRecord(account, number, started, ended, reference, tuple((scope or "").split()))
+                     for started, ended, reference, scope in rows)
 
     def _write(self, sql: str, params: tuple[object, ...]) -> int:
         self._flush()
@@ -361,14 +374,15 @@ class EmbeddedStore(LocalLists):
     def _read_consents(self, key: Key) -> Consents:
         """An incomplete copy's miss: read the key's rows (and keep them until a change to them is seen)."""
         rows = tuple(ConsentRecord(*key, *row) for row in self._read(
-            "SELECT granted_at, proof, revoked_at, hours FROM consents WHERE account=? AND number=?"
-            " ORDER BY id", key))
+            "SELECT granted_at, proof, revoked_at, hours, time_zone FROM consents"
+            " WHERE account=? AND number=? ORDER BY id", key))
         self._records.consents[key] = rows
         return rows
 
     def _read_contracts(self, key: Key) -> tuple[Span, ...]:
-        spans = tuple((row[0], row[1]) for row in self._read(
-            "SELECT started_at, ended_at FROM contracts WHERE account=? AND number=? ORDER BY id", key))
+        spans = tuple(span(*row) for row in self._read(
+            "SELECT started_at, ended_at, scope FROM contracts WHERE account=? AND number=? ORDER BY id",
+            key))
         self._records.contracts[key] = spans
         return spans
 
@@ -395,14 +409,17 @@ class EmbeddedStore(LocalLists):
             # account, proof and hours texts shared (SQLite hands out new strings for every row).
             consents: dict[Key, Consents] = {}
             shared: dict[str, str] = {}
-            for account, number, granted, proof, revoked, hours in db.execute(
-                    "SELECT account, number, granted_at, proof, revoked_at, hours FROM consents ORDER BY id"):
+            for account, number, granted, proof, revoked, hours, zone in db.execute(
+                    "SELECT account, number, granted_at, proof, revoked_at, hours, time_zone FROM consents"
+                    " ORDER BY id"):
                 account = shared.setdefault(account, account)
                 proof = shared.setdefault(proof, proof)
                 if hours is not None:
                     hours = shared.setdefault(hours, hours)
+                if zone is not None:
+                    zone = shared.setdefault(zone, zone)
                 key = (account, number)
-                record = ConsentRecord(account, number, granted, proof, revoked, hours)
+                record = ConsentRecord(account, number, granted, proof, revoked, hours, zone)
                 before = consents.get(key)
                 if before is None:
                     consents[key] = record
@@ -410,9 +427,9 @@ class EmbeddedStore(LocalLists):
                     consents[key] = (*before, record) if isinstance(before, tuple) else (before, record)
             records.consents = consents
             contracts: dict[Key, list[Span]] = {}
-            for account, number, started, ended in db.execute(
-                    "SELECT account, number, started_at, ended_at FROM contracts ORDER BY id"):
-                contracts.setdefault((account, number), []).append((started, ended))
+            for account, number, started, ended, scope in db.execute(
+                    "SELECT account, number, started_at, ended_at, scope FROM contracts ORDER BY id"):
+                contracts.setdefault((account, number), []).append(span(started, ended, scope))
             records.contracts = {k: tuple(v) for k, v in contracts.items()}
             refusals = db.execute("SELECT account, number, at FROM refusals")
             records.refusals = {(account, number): at for account, number, at in refusals}
@@ -476,11 +493,12 @@ class EmbeddedStore(LocalLists):
         named = "(account, number) IN (SELECT account, number FROM changes WHERE kind=? AND seq>? AND seq<=?)"
         if keys["consent"]:
             records.replace_consents(keys["consent"], (ConsentRecord(*row) for row in db.execute(
-                "SELECT account, number, granted_at, proof, revoked_at, hours FROM consents WHERE "
+                "SELECT account, number, granted_at, proof, revoked_at, hours, time_zone FROM consents WHERE "
                 + named + " ORDER BY id", ("consent", lo, hi))))
         if keys["contract"]:
             records.replace_contracts(keys["contract"], db.execute(
-                "SELECT account, number, started_at, ended_at FROM contracts WHERE " + named + " ORDER BY id",
+                "SELECT account, number, started_at, ended_at, scope FROM contracts WHERE " + named
+                + " ORDER BY id",
                 ("contract", lo, hi)))
         if keys["refusal"]:
             records.replace_refusals(keys["refusal"], db.execute(
@@ -668,6 +686,17 @@ _INSERT_CHUNK = 500  # rows per INSERT statement (3 parameters each; SQLite allo
 @functools.lru_cache(maxsize=8)
 def _insert_sql(rows: int) -> str:
     return "INSERT INTO attempts(account, number, at) VALUES" + ",".join(["(?,?,?)"] * rows)
+
+
+# Columns added after the first release: databases created before get them on open (NULL for old rows).
+_ADDED_COLUMNS = (("consents", "time_zone", "TEXT"), ("contracts", "scope", "TEXT"))
+
+
+def _add_columns(db: sqlite3.Connection) -> None:
+    for table, column, kind in _ADDED_COLUMNS:
+        if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+            with contextlib.suppress(sqlite3.OperationalError):  # another process added it meanwhile
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
 def _connect(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:

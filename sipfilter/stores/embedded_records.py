@@ -11,7 +11,7 @@ from typing import TypeVar
 from sipfilter.stores.base import ConsentRecord
 
 Key = tuple[str, str]  # (account, number)
-Span = tuple[float, "float | None"]  # a contract: (started_at, ended_at)
+Span = tuple[float, "float | None", "frozenset[str]"]  # a contract: (started_at, ended_at, scope)
 # A number's consents: the record itself when there is one (nearly always: no tuple to keep), else a tuple.
 Consents = ConsentRecord | tuple[ConsentRecord, ...]
 V = TypeVar("V")
@@ -45,10 +45,10 @@ class Records:
         self._replace(self.consents, keys, {k: consents_value(v) for k, v in grouped.items()})
 
     def replace_contracts(self, keys: Iterable[Key],
-                          rows: Iterable[tuple[str, str, float, float | None]]) -> None:
+                          rows: Iterable[tuple[str, str, float, float | None, str | None]]) -> None:
         grouped: dict[Key, list[Span]] = {}
-        for account, number, started, ended in rows:
-            grouped.setdefault((account, number), []).append((started, ended))
+        for account, number, started, ended, scope in rows:
+            grouped.setdefault((account, number), []).append(span(started, ended, scope))
         self._replace(self.contracts, keys, {k: tuple(v) for k, v in grouped.items()})
 
     def replace_refusals(self, keys: Iterable[Key], rows: Iterable[tuple[str, str, float]]) -> None:
@@ -181,5 +181,17 @@ def consent_in_force(rows: Consents, at: float) -> ConsentRecord | None:
     return best
 
 
-def contract_in_force(spans: tuple[Span, ...], at: float) -> bool:
-    return any(started <= at and (ended is None or ended > at) for started, ended in spans)
+_NO_SCOPE: frozenset[str] = frozenset()
+
+
+def span(started: float, ended: float | None, scope: str | None) -> Span:
+    """A contract row as the call path keeps it (its scope column: purposes separated by spaces)."""
+    return (started, ended, frozenset(scope.split()) if scope else _NO_SCOPE)
+
+
+def contract_in_force(spans: tuple[Span, ...], at: float, purpose: str | None = None) -> bool:
+    """A contract in force at `at`, whose scope names `purpose` when one is given."""
+    return any(
+        started <= at and (ended is None or ended > at) and (purpose is None or purpose in scope)
+        for started, ended, scope in spans
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -32,6 +33,7 @@ from sipfilter.stores.writable import (
     check_list_name,
     consent_in_force,
     log,
+    scope_text,
 )
 
 T = TypeVar("T")
@@ -152,11 +154,12 @@ def _fold_consents(account: str, number: str, events: list[list[Any]]) -> tuple[
     recs: list[ConsentRecord] = []
     for ev in events:
         if ev[0] == "grant":
-            recs.append(ConsentRecord(account, number, ev[1], ev[2], None, ev[3]))
+            zone = ev[4] if len(ev) > 4 else None  # events written before consents had a zone have 4 fields
+            recs.append(ConsentRecord(account, number, ev[1], ev[2], None, ev[3], zone))
         elif ev[0] == "revoke":
             at = ev[1]
             recs = [r if not (r.granted_at <= at and (r.revoked_at is None or r.revoked_at > at))
-                    else ConsentRecord(r.account, r.number, r.granted_at, r.proof, at, r.hours) for r in recs]
+                    else dataclasses.replace(r, revoked_at=at) for r in recs]
     return tuple(recs)
 
 
@@ -164,11 +167,11 @@ def _fold_contracts(account: str, number: str, events: list[list[Any]]) -> tuple
     recs: list[ContractRecord] = []
     for ev in events:
         if ev[0] == "start":
-            recs.append(ContractRecord(account, number, ev[1], ev[2], ev[3]))
+            scope = tuple((ev[4] or "").split()) if len(ev) > 4 else ()
+            recs.append(ContractRecord(account, number, ev[1], ev[2], ev[3], scope))
         elif ev[0] == "end":
             at = ev[1]
-            recs = [ContractRecord(r.account, r.number, r.started_at, at, r.reference)
-                    if r.in_force(at) else r for r in recs]
+            recs = [dataclasses.replace(r, ended_at=at) if r.in_force(at) else r for r in recs]
     return tuple(recs)
 
 
@@ -343,9 +346,10 @@ class RedisStore(LocalLists):
         raw = self._consents.get(f"{account}{SEP}{number}".encode())
         return None if raw is None else consent_in_force(self._consent_history(account, number, raw), at)
 
-    def has_contract(self, account: str, number: str, at: float) -> bool:
+    def has_contract(self, account: str, number: str, at: float, purpose: str | None = None) -> bool:
         raw = self._contracts.get(f"{account}{SEP}{number}".encode())
-        return raw is not None and any(r.in_force(at) for r in self._contract_history(account, number, raw))
+        return raw is not None and any(r.in_force(at) and (purpose is None or purpose in r.scope)
+                                       for r in self._contract_history(account, number, raw))
 
     def _consent_history(self, account: str, number: str,
                          raw: bytes | None = None) -> tuple[ConsentRecord, ...]:
@@ -367,7 +371,7 @@ class RedisStore(LocalLists):
 
     async def add_consent(self, record: ConsentRecord) -> None:
         await self._append_event(self.k_consents, record.account, record.number,
-                                 ["grant", record.granted_at, record.proof, record.hours])
+                                 ["grant", record.granted_at, record.proof, record.hours, record.time_zone])
         if record.revoked_at is not None:
             await self.revoke_consent(record.account, record.number, record.revoked_at)
 
@@ -375,7 +379,8 @@ class RedisStore(LocalLists):
         for start in range(0, len(records), 2000):
             args: list[Any] = [LOG_MAXLEN]
             for r in records[start : start + 2000]:
-                args += [r.account + SEP + r.number, json.dumps(["grant", r.granted_at, r.proof, r.hours])]
+                args += [r.account + SEP + r.number,
+                         json.dumps(["grant", r.granted_at, r.proof, r.hours, r.time_zone])]
             keys = [self.k_consents, self.k_log]
             await self._call(functools.partial(self._append_many, keys=keys, args=args), "record_write")
         for r in records:
@@ -397,7 +402,8 @@ class RedisStore(LocalLists):
 
     async def add_contract(self, record: ContractRecord) -> None:
         await self._append_event(self.k_contracts, record.account, record.number,
-                                 ["start", record.started_at, record.ended_at, record.reference])
+                                 ["start", record.started_at, record.ended_at, record.reference,
+                                  scope_text(record.scope)])
 
     async def end_contract(self, account: str, number: str, at: float) -> int:
         await self._call(self._sync_records, "sync")

@@ -39,9 +39,32 @@ class ContractRecord:
     started_at: float
     ended_at: float | None = None
     reference: str = ""
+    # The contract's object as purposes (e.g. ("energy-supply",)): it exempts calls from trunks whose
+    # `purpose` it names. Empty: unknown object, which exempts only trunks that declare no purpose.
+    scope: tuple[str, ...] = ()
 
     def in_force(self, at: float) -> bool:
         return self.started_at <= at and (self.ended_at is None or self.ended_at > at)
+
+
+_SCOPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+
+
+def parse_scope(value: object) -> tuple[str, ...]:
+    """A contract scope from a list of purposes or a comma/space-separated text; raises StoreError."""
+    items = value if isinstance(value, list | tuple) else str(value or "").replace(",", " ").split()
+    out = []
+    for item in items:
+        if not isinstance(item, str) or not _SCOPE_RE.match(item):
+            raise StoreError(f"bad contract scope item {item!r}: letters, digits, '_', '.', ':', '-' "
+                             "(max 64)")
+        out.append(item)
+    return tuple(dict.fromkeys(out))
+
+
+def scope_text(scope: tuple[str, ...]) -> str | None:
+    """How a scope is stored (SQLite column, Redis event): purposes separated by spaces, None when empty."""
+    return " ".join(scope) or None
 
 
 def consent_in_force(records: tuple[ConsentRecord, ...], at: float) -> ConsentRecord | None:

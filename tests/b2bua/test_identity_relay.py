@@ -321,11 +321,11 @@ def test_the_property_sees_relayed_calls(tmp_path: Path) -> None:
     rig = policy_rig(tmp_path, OpenStore(), OPEN)
     relayed = 0
 
-    @settings(max_examples=150, deadline=None, database=None)
+    @settings(max_examples=300, deadline=None, database=None, derandomize=True)
     @given(ruri=_ruri, from_=_name_addr, pai=_pai_lines)
     def run(ruri: str, from_: str, pai: list[str]) -> None:
         nonlocal relayed
         relayed += check_relayed(rig, build_invite(ruri, from_, pai))
 
     run()
-    assert relayed >= 10
+    assert relayed >= 10, relayed

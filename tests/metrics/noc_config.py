@@ -28,6 +28,9 @@ def noc_config(tmp_path: Path, *, extra_trunk: bool = True, limits: bool = True,
     doc = yaml.safe_load(write_rig_config(tmp_path, lists={"dnc": ["bloctel"], "authorised_caller_ids": None})
                          .read_text())  # fmt: skip
     doc["sip"]["inside"].append({"transport": "tcp", "host": "127.0.0.1", "port": 5060})
+    # A list with a max_age whatever today's date (the pack ends Bloctel's with its service, on 2026-08-10):
+    # the list-age panels and alerts have something to show.
+    doc["trunks"]["dialer"]["overrides"] = {"lists": {"bloctel": {"max_age_until": None}}}
     if extra_trunk:
         other = dict(doc["trunks"]["dialer"])
         other.update(match={"sources": ["10.9.0.0/16"]}, on_stale_list="allow-and-alert",

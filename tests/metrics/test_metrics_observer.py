@@ -12,7 +12,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sipfilter import metrics
-from sipfilter.policy.lists import ListRules
+from sipfilter.policy.lists import ListRule, ListRules
 from sipfilter.stores.base import ListInfo
 from sipfilter.stores.writable import OPERATIONS, Health
 
@@ -141,11 +141,15 @@ class FakeRedisStore:
         return self.infos.get(name)
 
 
+def _age(days: float | None) -> ListRule:
+    return ListRule(None if days is None else days * 86400.0, float("inf"), None, False)
+
+
 def _config() -> Any:
-    rules = ListRules({"bloctel": 15 * 86400.0}, 30 * 86400.0, 0.0, None, True, frozenset())  # type: ignore[arg-type]
+    rules = ListRules({"bloctel": _age(15)}, _age(30), 0.0, None, True, {})  # type: ignore[arg-type]
     trunk = SimpleNamespace(lists=SimpleNamespace(dnc=("bloctel", "internal"), authorised_caller_ids=None))
     other = SimpleNamespace(lists=SimpleNamespace(dnc=("internal",), authorised_caller_ids=None))
-    strict = ListRules({"internal": 86400.0}, None, 0.0, None, True, frozenset())  # type: ignore[arg-type]
+    strict = ListRules({"internal": _age(1)}, _age(None), 0.0, None, True, {})  # type: ignore[arg-type]
     return SimpleNamespace(
         trunks={"a": trunk, "b": other},
         rules={"a": SimpleNamespace(lists=rules), "b": SimpleNamespace(lists=strict)},

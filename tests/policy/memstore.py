@@ -17,6 +17,8 @@ class MemoryStore:
     infos: dict[str, ListInfo] = field(default_factory=dict)
     consents: list[ConsentRecord] = field(default_factory=list)
     contracts: set[tuple[str, str]] = field(default_factory=set)
+    # (account, number) → the purposes its contract names (a contract without an entry has no scope).
+    contract_scopes: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     attempt_log: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     refusals: dict[tuple[str, str], float] = field(default_factory=dict)
     fail: bool = False  # simulate an unreachable store
@@ -63,9 +65,10 @@ class MemoryStore:
                 return c
         return None
 
-    def has_contract(self, account: str, number: str, at: float) -> bool:
+    def has_contract(self, account: str, number: str, at: float, purpose: str | None = None) -> bool:
         self._check()
-        return (account, number) in self.contracts
+        key = (account, number)
+        return key in self.contracts and (purpose is None or purpose in self.contract_scopes.get(key, ()))
 
     async def check_and_record_attempt(
         self, account: str, number: str, now: float, cap: int, window_s: float, refusal_cooldown_s: float

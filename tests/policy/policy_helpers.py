@@ -44,7 +44,9 @@ def write_config(tmp_path: Path, trunk: dict[str, Any] | None = None, **top: Any
 
 
 def call_facts(engine: Any, trunk: str, from_: str, to: str, pai: Sequence[str] = (),
-               privacy: Sequence[str] = (), at: float = 0.0, call_id: str = "") -> CallFacts:  # fmt: skip
+               privacy: Sequence[str] = (), at: float = 0.0, call_id: str = "",
+               callee_zone: str = "") -> CallFacts:  # fmt: skip
     """CallFacts of a call with these values, built as `sipfilter check` builds them: URIs and name-addrs
     through the SIP core and the B2BUA's readers (sipfilter.b2bua.facts), bare numbers as user parts."""
-    return identities_from_text(engine.reader(trunk), trunk, from_, to, pai, privacy, at, call_id).facts
+    reader = engine.reader(trunk)
+    return identities_from_text(reader, trunk, from_, to, pai, privacy, at, call_id, callee_zone).facts

@@ -1,4 +1,5 @@
-"""caller-id.* rules on an automated trunk: which presented/asserted numbers pass, and which rule refuses."""
+"""caller-id.* rules: which presented/asserted numbers pass, and which rule refuses, on automated trunks and
+on trunks with `automated: false` (every ban but the NPV requirement applies to them too)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from memstore import MemoryStore
 from policy_helpers import CALLEE, OPEN, call_facts
 
 from sipfilter.policy.engine import PolicyEngine
-from sipfilter.policy.verdict import FAIL, PASS, SKIP
+from sipfilter.policy.verdict import FAIL, PASS
 
 
 @pytest.mark.parametrize(
@@ -34,15 +35,20 @@ from sipfilter.policy.verdict import FAIL, PASS, SKIP
         ("0809123456", ""),
         ("3010", ""),  # 3BPQ short number
         ("sip:3179@dialer.local", ""),
-        ("3299", "caller-id.invalid"),  # only 30xx/31xx are 3BPQ caller IDs in the pack
+        ("3299", "caller-id.premium"),  # only 30PQ/31PQ are allowed 3BPQ caller IDs (arrêté 5 juillet 2016)
+        ("118218", "caller-id.premium"),  # 118XYZ: banned
+        ("sip:118712@dialer.local", "caller-id.premium"),
         ("0161123456", "caller-id.not-npv"),  # plain geographic
         ("0145123456", "caller-id.not-npv"),
         ("0412345678", "caller-id.not-npv"),
         ("0937123456", "caller-id.not-npv"),  # technical-platform 09 37: not NPV
         ("0912345678", "caller-id.not-npv"),
         ("0262123456", "caller-id.not-npv"),  # Réunion geographic
+        ("0596123456", "caller-id.invalid"),  # Martinique's block, a range no territory lists
         ("0612345678", "caller-id.mobile"),
-        ("0712345678", "caller-id.mobile"),
+        ("0761234567", "caller-id.mobile"),
+        ("0712345678", "caller-id.invalid"),  # 07 1x is not assigned: not a valid number
+        ("0709212345", "caller-id.mobile"),  # Réunion mobile in 07 09 2x
         ("+33612345678", "caller-id.mobile"),
         ("0692123456", "caller-id.mobile"),  # Réunion mobile
         ("0696123456", "caller-id.mobile"),  # Martinique mobile
@@ -95,13 +101,54 @@ async def test_pai_and_privacy(
     assert d.verdict.rule == rule, d.outcomes
 
 
-async def test_manual_trunk_skips_caller_id(
-    make_engine: Callable[..., PolicyEngine], consent_all: MemoryStore
+@pytest.mark.parametrize(
+    ("caller", "privacy", "rule"),
+    [
+        ("0145123456", [], ""),  # geographic: a human agent may present it (NPV is for automated calls)
+        ("0912345678", [], ""),
+        ("0262123456", [], ""),
+        ("0162123456", [], ""),
+        ("0800123456", [], ""),
+        ("3010", [], ""),
+        ("sip:anonymous@anonymous.invalid", [], "caller-id.anonymous"),  # L221-17: never masked
+        ("0145123456", ["id"], "caller-id.anonymous"),
+        ("0899123456", [], "caller-id.premium"),  # 089 (arrêté of 5 July 2016)
+        ("3299", [], "caller-id.premium"),  # a 3BPQ other than 30PQ/31PQ
+        ("3617", [], "caller-id.premium"),
+        ("118218", [], "caller-id.premium"),  # 118XYZ
+        ("0612345678", [], "caller-id.mobile"),  # a call centre may not present a mobile number
+        ("0692123456", [], "caller-id.mobile"),
+        ("sip:alice@example.com", [], "caller-id.invalid"),
+        ("+447911123456", [], "caller-id.not-npv"),  # foreign: no text allows it ([U], conservative)
+    ],
+)
+async def test_manual_trunk_still_refuses_the_bans_on_every_professional(
+    make_engine: Callable[..., PolicyEngine],
+    consent_all: MemoryStore,
+    caller: str,
+    privacy: list[str],
+    rule: str,
 ) -> None:
     engine = make_engine(automated=False)
-    d = await engine.decide(call_facts(engine, "dialer", "0612345678", CALLEE, at=OPEN), consent_all)
+    facts = call_facts(engine, "dialer", caller, CALLEE, privacy=privacy, at=OPEN)
+    d = await engine.decide(facts, consent_all)
+    assert d.verdict.rule == rule, d.outcomes
+    if rule:
+        assert (d.verdict.action, d.verdict.status) == ("reject", 403)
+        assert d.outcomes[rule].result == FAIL
+    else:
+        assert d.verdict.action == "allow"
+        assert all(o.result == PASS for r, o in d.outcomes.items() if r.startswith("caller-id."))
+
+
+async def test_manual_trunk_checks_its_authorised_caller_ids(
+    make_engine: Callable[..., PolicyEngine], consent_all: MemoryStore
+) -> None:
+    engine = make_engine(automated=False, lists={"dnc": ["bloctel"], "authorised_caller_ids": ["+33145*"]})
+    d = await engine.decide(call_facts(engine, "dialer", "0145123456", CALLEE, at=OPEN), consent_all)
     assert d.verdict.action == "allow"
-    assert d.outcomes["caller-id.mobile"].result == SKIP
+    d = await engine.decide(call_facts(engine, "dialer", "0146123456", CALLEE, at=OPEN), consent_all)
+    assert d.verdict.rule == "caller-id.unauthorised"
 
 
 async def test_authorised_list_inline(

@@ -297,3 +297,17 @@ def test_check_names_an_argument_it_cannot_read(capsys: pytest.CaptureFixture[st
     code, _, err = run(capsys, *args, "--to", "0611223344", "--at", AT)
     assert code == 2
     assert "From" in err and "not a URI, name-addr or number" in err
+def test_callee_zone_and_every_candidate_zone(
+    capsys: pytest.CaptureFixture[str], cfg: Path, mem: MemoryStore
+) -> None:
+    base = ["check", "--config", str(cfg), "--trunk", "dialer", "--from", "0162123456", "--at", AT]
+    code, out, _ = run(capsys, *base, "--to", "0611223344", "--callee-zone", "America/Cayenne", "--json")
+    data = json.loads(out)
+    assert (code, data["rule"]) == (1, "time.window")  # 06:00 in Guyane
+    assert data["given"]["callee_zone"] == "America/Cayenne"
+    assert "America/Cayenne" in data["given"]["callee_local_time"]
+    assert "Europe/Paris" in data["given"]["callee_local_time"]
+    code, out, _ = run(capsys, *base, "--to", "0692123456")  # Réunion or Mayotte: both local times shown
+    assert "Indian/Reunion (RE)" in out and "Indian/Mayotte (YT)" in out
+    code, out, _ = run(capsys, *base, "--to", "0611223344", "--callee-zone", "Nowhere", "--json")
+    assert json.loads(out)["outcomes"]["time.window"]["reason"].startswith("the callee's time zone 'Nowhere'")

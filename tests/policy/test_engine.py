@@ -21,7 +21,7 @@ async def test_allowed_call_records_one_attempt(engine: PolicyEngine, consent_al
     d = await engine.decide(call_facts(engine, "dialer", NPV, CALLEE, at=OPEN), consent_all)
     assert d.verdict == Verdict("allow", 0, "", "")
     assert d.attempt_recorded and consent_all.calls == 1
-    assert d.rule_pack_version == "fr-2026.11-1"
+    assert d.rule_pack_version == "fr-2026.12-1"
     assert not d.monitored
 
 
@@ -53,7 +53,7 @@ class FlakyStore(MemoryStore):
 
 
 class BrokenStore(MemoryStore):
-    def has_contract(self, account: str, number: str, at: float) -> bool:
+    def has_contract(self, account: str, number: str, at: float, purpose: str | None = None) -> bool:
         raise RuntimeError("backend bug")
 
 

@@ -1,6 +1,9 @@
-"""frequency.cap and frequency.refusal: the 5th attempt in 30 days, day 59 vs 61 after a refusal, dry runs."""
+"""frequency.cap and frequency.refusal: the 5th attempt in 30 days; the refusal cooldown in calendar days of
+the callee's zone (60 full days after the day of the refusal: midnight edges, DST, overseas); dry runs."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import pytest
 from memstore import MemoryStore
@@ -43,16 +46,20 @@ async def test_fifth_attempt_in_thirty_days_is_refused(engine: PolicyEngine, sto
     assert d.verdict.rule == "frequency.cap"
 
 
-@pytest.mark.parametrize(("days_after", "rule"), [(59, "frequency.refusal"), (60, ""), (61, "")])
+@pytest.mark.parametrize(
+    ("days_after", "rule"), [(59, "frequency.refusal"), (60, "frequency.refusal"), (61, "")]
+)
 async def test_refusal_cooldown(engine: PolicyEngine, store: MemoryStore, days_after: int, rule: str) -> None:
-    """A refusal N days before a weekday call (60 calendar days completed ⇒ allowed again)."""
+    """A refusal N days before a weekday call: the day of the refusal does not count, so 60 × 24 h later the
+    60th full calendar day is not over yet (« 60 jours calendaires révolus à compter de ce refus »)."""
     call = ts("2026-06-01T11:00:00+02:00")  # a Monday
     await store.record_refusal("acme-energie", "+33611223344", call - days_after * DAY)
     d = await attempt(engine, store, call)
     assert d.verdict.rule == rule
     assert d.attempt_recorded == (rule == "")
     if rule:
-        assert "refused 59.0 days ago" in d.verdict.reason
+        assert f"refused {days_after}.0 days ago" in d.verdict.reason
+        assert "no call before 2026-06-0" in d.verdict.reason
         assert d.outcomes["frequency.cap"].result == SKIP
     # The dry run of `sipfilter check` agrees with the recording path.
     dry = await attempt(engine, store, call + 1, record=False)
@@ -107,3 +114,49 @@ async def test_cap_from_rule_pack_override(make_engine, store: MemoryStore) -> N
     assert (await attempt(engine, store, MONDAY)).verdict.action == "allow"
     assert (await attempt(engine, store, MONDAY)).verdict.action == "allow"
     assert (await attempt(engine, store, MONDAY)).verdict.rule == "frequency.cap"
+
+
+# Every day and hour open, no holidays, no opt-in: only the frequency rules decide, at any instant.
+ALWAYS_OPEN = {
+    "hours": {"weekly": {d: ["00:00-24:00"] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}},
+    "holidays": {"source": "none"},
+    "consent": {"required_from": None},
+}
+
+
+@pytest.mark.parametrize(
+    ("callee", "refused", "last_blocked", "first_open"),
+    [
+        # Paris, across the spring DST change: a refusal at 23:59 and one at 00:00 the next day.
+        ("0611223344", "2026-03-01T23:59:00+01:00", "2026-04-30T23:59:59+02:00", "2026-05-01T00:00:00+02:00"),
+        ("0611223344", "2026-03-02T00:00:00+01:00", "2026-05-01T23:59:59+02:00", "2026-05-02T00:00:00+02:00"),
+        ("0611223344", "2026-03-01T00:00:00+01:00", "2026-04-30T23:59:59+02:00", "2026-05-01T00:00:00+02:00"),
+        # Across the autumn change (a 25-hour day in the count).
+        ("0611223344", "2026-09-20T12:00:00+02:00", "2026-11-19T23:59:59+01:00", "2026-11-20T00:00:00+01:00"),
+        # Réunion (UTC+4): its own midnight, not Paris's (23:30 there is still 21:30 in Paris).
+        ("0262123456", "2026-09-01T23:30:00+04:00", "2026-10-31T23:59:59+04:00", "2026-11-01T00:00:00+04:00"),
+        # Martinique (UTC−4): a refusal at 22:00 there is already the next day in Paris.
+        ("0596301234", "2026-09-01T22:00:00-04:00", "2026-10-31T23:59:59-04:00", "2026-11-01T00:00:00-04:00"),
+        # A Réunion mobile may be in Mayotte (UTC+3): the later of the two midnights.
+        ("0692123456", "2026-09-01T21:30:00+03:00", "2026-10-31T23:59:59+03:00", "2026-11-01T00:00:00+03:00"),
+    ],
+)
+async def test_cooldown_ends_at_local_midnight_after_sixty_full_days(
+    make_engine: Callable[..., PolicyEngine],
+    store: MemoryStore,
+    callee: str,
+    refused: str,
+    last_blocked: str,
+    first_open: str,
+) -> None:
+    engine = make_engine(overrides=ALWAYS_OPEN)
+    number = call_facts(engine, "dialer", NPV, callee).callee.e164
+    await store.record_refusal("acme-energie", number, ts(refused))
+    for at, rule in ((ts(last_blocked), "frequency.refusal"), (ts(first_open), "")):
+        for record in (False, True):  # the dry run and the recording path agree
+            facts = call_facts(engine, "dialer", NPV, callee, at=at)
+            d = await engine.decide(facts, fresh(store, at), record=record)
+            assert d.verdict.rule == rule, (record, d.verdict.reason)
+    facts = call_facts(engine, "dialer", NPV, callee, at=ts(last_blocked))
+    d = await engine.decide(facts, store, record=False)
+    assert f"no call before {first_open[:10]} 00:00" in d.verdict.reason

@@ -16,10 +16,10 @@ from sipfilter.stores.base import ConsentRecord
 
 NO_OPT_IN = {"consent": {"required_from": None}}  # isolate the time rules from the consent rule
 METRO = "0611223344"
-REUNION = "0692123456"
+REUNION = "0262123456"  # a Réunion landline (its mobiles may be in Mayotte too: test_territories.py)
 MARTINIQUE = "0696123456"
 GUADELOUPE = "0690123456"
-MAYOTTE = "0639123456"
+MAYOTTE = "0639401234"
 
 
 @pytest.fixture

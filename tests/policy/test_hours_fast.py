@@ -1,5 +1,6 @@
 """check_hours' memoised local-day fast path answers exactly what the datetime path answers: any instant,
-callees in several zones (DST changes, overseas, a zone with another weekend), holidays and their eves."""
+callees in several zones (DST changes, overseas, a zone with another weekend, numbers in two zones, a zone
+given for the callee), holidays and their eves."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sipfilter.config import Config
-from sipfilter.policy.hours import HoursRules, _check_hours_slow, check_hours
+from sipfilter.policy.hours import HoursRules, Place, _check_hours_slow, check_hours
 from sipfilter.policy.verdict import Outcome
 
-CALLEES = ("+33612345678", "+262692123456", "+596696123456", "+12125551234", "+447700900123")
+CALLEES = ("+33612345678", "+262692123456", "+262262123456", "+596696123456", "+590690123456", "+12125551234",
+           "+447700900123")
+GIVEN_ZONES = ((), (ZoneInfo("Indian/Reunion"),), (ZoneInfo("America/New_York"),))
 START = datetime(2025, 1, 1, tzinfo=ZoneInfo("UTC")).timestamp()
 END = datetime(2029, 1, 1, tzinfo=ZoneInfo("UTC")).timestamp()
 # Instants near the edges: windows (10:00, 13:00, 14:00, 20:00), midnights and the DST changes of 2026.
@@ -30,12 +33,13 @@ def _rules(config: Config) -> HoursRules:
     return config.rules["dialer"].hours
 
 
-def _same(rules: HoursRules, callee: str, at: float, consent: str | None) -> None:
+def _same(rules: HoursRules, callee: str, at: float, consent: str | None,
+          zones: tuple[ZoneInfo, ...] = ()) -> None:  # fmt: skip
     fast: dict[str, Outcome] = {}
     slow: dict[str, Outcome] = {}
-    first = check_hours(rules, callee, at, True, consent, fast)
-    zone, subdivision = rules.zone_for(callee)
-    assert first == _check_hours_slow(rules, zone, subdivision, at, consent, slow)
+    places = rules.places_for(callee, zones).places
+    first = check_hours(rules, places, at, True, consent, fast)
+    assert first == _check_hours_slow(rules, places, at, consent, slow)
     assert fast == slow
 
 
@@ -45,12 +49,13 @@ def _same(rules: HoursRules, callee: str, at: float, consent: str | None) -> Non
     times=st.lists(st.one_of(st.floats(START, END), st.sampled_from(EDGES)), min_size=1, max_size=8),
     callee=st.sampled_from(CALLEES),
     consent=st.sampled_from([None, "mon-sat 09:00-21:00"]),
+    zones=st.sampled_from(GIVEN_ZONES),
 )
 def test_fast_path_matches_datetime_path(config: Config, times: list[float], callee: str,
-                                         consent: str | None) -> None:
+                                         consent: str | None, zones: tuple[ZoneInfo, ...]) -> None:
     rules = _rules(config)
     for at in times:  # several instants in a row: the memoised day is reused or replaced
-        _same(rules, callee, at, consent)
+        _same(rules, callee, at, consent, zones)
 
 
 def test_every_edge_in_order(config: Config) -> None:
@@ -64,25 +69,35 @@ def test_dst_days_are_not_memoised(config: Config) -> None:
     rules = _rules(config)
     paris = ZoneInfo("Europe/Paris")
     dst_day = datetime.fromisoformat("2026-03-29T12:00:00+02:00").timestamp()
-    assert rules.local_day(paris, None, dst_day) is None
-    day = rules.local_day(paris, None, datetime.fromisoformat("2026-03-30T12:00:00+02:00").timestamp())
+    assert rules.local_day(Place(paris, None), dst_day) is None
+    day = rules.local_day(Place(paris, None), datetime.fromisoformat("2026-03-30T12:00:00+02:00").timestamp())
     assert day is not None and day.end - day.start == 86400 and day.weekday == 0
 
 
-def test_zone_memo_keeps_longer_prefixes_apart(config: Config) -> None:
-    """A number settled by its first four characters is memoised under them; "+262…" is not (Mayotte's
-    +262 269 / +262 639 share them with Réunion), nor are numbers no configured prefix settles."""
+def test_place_memo_keeps_numbers_apart(config: Config) -> None:
+    """Numbers of the plan are memoised by their first digits, others by themselves: every number still gets
+    its own territories' zones and holidays, the first time and from the memo."""
     rules = _rules(config)
+    reunion = ("Indian/Reunion", "974")
+    mayotte = ("Indian/Mayotte", "976")
+    guadeloupe, barth, martin = ("America/Guadeloupe", "971"), ("America/St_Barthelemy", "BL"), (
+        "America/Marigot", "MF")
     expected = {
-        "+262692123456": ("Indian/Reunion", "974"),
-        "+262269612345": ("Indian/Mayotte", "976"),
-        "+262639123456": ("Indian/Mayotte", "976"),
-        "+33612345678": ("Europe/Paris", None),
-        "+596696123456": ("America/Martinique", "972"),
-        "+12125551234": ("America/New_York", None),
-        "+14155551234": ("America/Los_Angeles", None),
+        "+262692123456": [reunion, mayotte],  # Réunion's mobiles are used in Mayotte too
+        "+262262123456": [reunion],
+        "+262269612345": [mayotte],
+        "+262639401234": [mayotte],
+        "+33612345678": [("Europe/Paris", None)],
+        "+33387123456": [("Europe/Paris", "57")],
+        "+596696123456": [("America/Martinique", "972")],
+        "+590690123456": [guadeloupe, barth, martin],  # one mobile plan for three territories
+        "+590590271234": [barth, martin],
+        "+590590011234": [guadeloupe],
+        "+12125551234": [("America/New_York", None)],
+        "+14155551234": [("America/Los_Angeles", None)],
+        "+508411234": [("America/Miquelon", "PM")],
     }
     for _ in range(2):  # the second round answers from the memo
-        for number, (zone, subdivision) in expected.items():
-            got = rules.zone_for(number)
-            assert (got[0].key, got[1]) == (zone, subdivision), number
+        for number, places in expected.items():
+            got = [(p.zone.key, p.subdivision) for p in rules.places_for(number).places]
+            assert got == places, number

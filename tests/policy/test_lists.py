@@ -150,3 +150,193 @@ async def test_per_rule_answer_override(make_engine: Callable[..., PolicyEngine]
     d = await decide(engine, store, "0699999999")
     assert (d.verdict.status, d.verdict.rule) == (608, "callee.dnc.bloctel")
     assert d.verdict.reason.startswith("Bloctel")
+
+
+# -- a contract in progress: never against an objection, only for its object ---------------------------------
+
+
+async def test_contract_never_exempts_from_the_company_s_own_opt_outs(
+    engine: PolicyEngine, consent_all: MemoryStore
+) -> None:
+    """An objection is final (L221-16, GDPR art. 21(3)): the callee said no to this company."""
+    consent_all.add_list("optouts", ["+33611223344"], imported_at=OPEN - DAY)
+    consent_all.contracts.add(("acme-energie", "+33611223344"))
+    d = await decide(engine, consent_all, at=OPEN)
+    assert d.verdict.rule == "callee.dnc.optouts"
+    assert d.outcomes["callee.dnc.optouts"].result == FAIL
+
+
+async def test_contract_does_not_exempt_from_a_list_the_pack_does_not_name(
+    make_engine: Callable[..., PolicyEngine], consent_all: MemoryStore
+) -> None:
+    engine = make_engine(lists={"dnc": ["bloctel", "optouts", "internal"]})
+    consent_all.add_list("internal", ["+33611223344"], imported_at=OPEN - DAY)
+    consent_all.contracts.add(("acme-energie", "+33611223344"))
+    d = await decide(engine, consent_all, at=OPEN)
+    assert d.verdict.rule == "callee.dnc.internal"
+
+
+@pytest.mark.parametrize(
+    ("purpose", "scope", "rule"),
+    [
+        (None, None, ""),  # no purpose on the trunk: any contract in progress (the documented default)
+        (None, ("insurance",), ""),
+        ("energy-supply", ("energy-supply",), ""),
+        ("energy-supply", ("energy-supply", "energy-services"), ""),
+        ("energy-supply", ("insurance",), "callee.consent"),  # a contract about something else
+        ("energy-supply", None, "callee.consent"),  # a contract whose object is not recorded
+    ],
+)
+async def test_contract_exempts_from_consent_only_for_its_object(
+    make_engine: Callable[..., PolicyEngine],
+    store: MemoryStore,
+    purpose: str | None,
+    scope: tuple[str, ...] | None,
+    rule: str,
+) -> None:
+    engine = make_engine(purpose=purpose)
+    store.contracts.add(("acme-energie", "+33611223344"))
+    if scope is not None:
+        store.contract_scopes[("acme-energie", "+33611223344")] = scope
+    d = await decide(engine, store, at=OPEN)
+    assert d.verdict.rule == rule, d.outcomes["callee.consent"]
+    if not rule and purpose:
+        assert purpose in d.outcomes["callee.consent"].reason
+
+
+@pytest.mark.parametrize(
+    ("scope", "rule"), [(("energy-supply",), ""), (("insurance",), "callee.dnc.bloctel")]
+)
+async def test_contract_exempts_from_bloctel_only_for_its_object(
+    make_engine: Callable[..., PolicyEngine], store: MemoryStore, scope: tuple[str, ...], rule: str
+) -> None:
+    engine = make_engine(purpose="energy-supply")
+    store.add_list("bloctel", ["+33699999999"], imported_at=BEFORE_OPT_IN - DAY)
+    store.contracts.add(("acme-energie", "+33699999999"))
+    store.contract_scopes[("acme-energie", "+33699999999")] = scope
+    d = await decide(engine, store, "0699999999")
+    assert d.verdict.rule == rule
+
+
+# -- Bloctel after the end of its concession (10 August 2026) ----------------------------------------------
+
+LAST_BLOCTEL = ts("2026-08-03T09:00:00+02:00")  # the last extraction an operator could download
+
+
+@pytest.mark.parametrize(
+    ("at", "rule"),
+    [
+        (ts("2026-08-10T11:00:00+02:00"), ""),  # 7 days old: fresh
+        (ts("2026-08-10T19:59:59+02:00"), ""),
+        (ts("2026-08-11T11:00:00+02:00"), ""),  # the service has ended: its age no longer matters
+        (ts("2026-12-01T11:00:00+01:00"), ""),
+        (ts("2027-06-01T11:00:00+02:00"), ""),
+    ],
+)
+async def test_bloctel_s_last_extraction_stops_going_stale(
+    engine: PolicyEngine, consent_all: MemoryStore, at: float, rule: str
+) -> None:
+    consent_all.add_list("bloctel", ["+33699999999"], imported_at=LAST_BLOCTEL)
+    consent_all.add_list("optouts", [], imported_at=LAST_BLOCTEL)
+    consent_all.consents.append(ConsentRecord("acme-energie", "+33699999999", at - 10 * DAY, "f"))
+    d = await decide(engine, consent_all, at=at)
+    assert d.verdict.rule == rule, d.verdict.reason
+    assert d.outcomes["list.stale"].result == PASS
+    # Its oppositions still refuse: an objection the consumer expressed is not withdrawn by the end of the
+    # service, consent or not.
+    d = await decide(engine, consent_all, "0699999999", at=at)
+    assert d.verdict.rule == "callee.dnc.bloctel"
+
+
+@pytest.mark.parametrize(
+    ("at", "rule"),
+    [
+        (ts("2026-08-10T19:59:59+02:00"), ""),  # the service's last day: Bloctel's contract exemption
+        (ts("2026-08-11T10:00:00+02:00"), "callee.dnc.bloctel"),  # then a plain objection, final
+        (ts("2027-03-01T11:00:00+01:00"), "callee.dnc.bloctel"),
+    ],
+)
+async def test_bloctel_s_contract_exemption_ended_with_the_service(
+    engine: PolicyEngine, store: MemoryStore, at: float, rule: str
+) -> None:
+    store.add_list("bloctel", ["+33699999999"], imported_at=LAST_BLOCTEL)
+    store.add_list("optouts", [], imported_at=LAST_BLOCTEL)
+    store.contracts.add(("acme-energie", "+33699999999"))  # exempts from consent, still
+    d = await decide(engine, store, "0699999999", at=at)
+    assert d.verdict.rule == rule
+    if at >= ts("2026-08-11T00:00:00+02:00"):
+        assert d.outcomes["callee.consent"].result == PASS
+
+
+async def test_bloctel_still_goes_stale_before_its_end(engine: PolicyEngine, store: MemoryStore) -> None:
+    store.add_list("bloctel", [], imported_at=ts("2026-07-01T09:00:00+02:00"))
+    store.add_list("optouts", [], imported_at=ts("2026-07-01T09:00:00+02:00"))
+    d = await decide(engine, store, at=ts("2026-08-10T11:00:00+02:00"))  # 40 days old, the service still runs
+    assert d.verdict.rule == "list.stale"
+    d = await decide(engine, store, at=ts("2026-08-10T23:59:59+02:00"))
+    assert d.outcomes["list.stale"].result == FAIL  # the last day the age rule applies, to its end
+    d = await decide(engine, store, at=ts("2026-08-11T00:00:00+02:00"))
+    assert d.outcomes["list.stale"].result == PASS
+
+
+async def test_a_bloctel_list_never_imported_still_refuses(engine: PolicyEngine) -> None:
+    """After the end date too: a trunk that names the list and has none must be told (or drop the list)."""
+    d = await decide(engine, MemoryStore(), at=ts("2026-12-01T11:00:00+01:00"))
+    assert d.verdict.rule == "list.stale" and "never been imported" in d.verdict.reason
+
+
+def test_bloctel_max_age_for_metrics_ends_with_the_service(engine: PolicyEngine) -> None:
+    rules = engine.rules_for("dialer").lists
+    assert rules.max_age_for("bloctel", ts("2026-08-10T23:59:59+02:00")) == 30 * DAY
+    assert rules.max_age_for("bloctel", ts("2026-08-11T00:00:00+02:00")) is None
+    assert rules.max_age_for("optouts", ts("2026-08-01T00:00:00+02:00")) is None
+
+
+def test_list_rules_validate_their_end_date(make_engine: Callable[..., PolicyEngine]) -> None:
+    from sipfilter.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        make_engine(overrides={"lists": {"bloctel": {"max_age_until": "10 August 2026"}}})
+    assert "lists.bloctel.max_age_until" in str(err.value)
+
+
+# -- CPF (professional training accounts) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sector", ["professional-training", "cpf"])
+@pytest.mark.parametrize(
+    ("purpose", "scope", "rule"),
+    [
+        (None, None, "sector.banned"),  # no contract
+        (None, (), "sector.banned"),  # a contract, but the trunk says nothing of its object: not enough
+        ("cpf-training", ("cpf-training",), ""),  # a training in progress directly related to the call
+        ("cpf-training", ("insurance",), "sector.banned"),
+        ("cpf-training", (), "sector.banned"),
+    ],
+)
+async def test_cpf_prospecting_is_banned_except_within_a_related_action_in_progress(
+    make_engine: Callable[..., PolicyEngine],
+    consent_all: MemoryStore,
+    sector: str,
+    purpose: str | None,
+    scope: tuple[str, ...] | None,
+    rule: str,
+) -> None:
+    engine = make_engine(sector=sector, purpose=purpose)
+    if scope is not None:
+        consent_all.contracts.add(("acme-energie", "+33611223344"))
+        consent_all.contract_scopes[("acme-energie", "+33611223344")] = scope
+    d = await decide(engine, consent_all, at=OPEN)  # consent alone does not lift the ban
+    assert d.verdict.rule == rule, d.outcomes["sector.banned"]
+
+
+async def test_energy_renovation_keeps_any_contract_when_the_trunk_has_no_purpose(
+    make_engine: Callable[..., PolicyEngine], consent_all: MemoryStore
+) -> None:
+    engine = make_engine(sector="energy-renovation")
+    consent_all.contracts.add(("acme-energie", "+33611223344"))
+    d = await decide(engine, consent_all, at=OPEN)
+    assert d.verdict.action == "allow"
+    engine = make_engine(sector="energy-renovation", purpose="insulation")
+    d = await decide(engine, consent_all, at=OPEN)
+    assert d.verdict.rule == "sector.banned"

@@ -6,16 +6,18 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from policy_helpers import EXAMPLE
 
-from sipfilter.config import Config
-from sipfilter.policy.numbers import ANONYMOUS, E164, Normaliser, Number
+from sipfilter.config import Config, load_config
+from sipfilter.policy.numbers import ANONYMOUS, E164, INVALID, Normaliser, Number
 
 
 @pytest.fixture(scope="module")
 def norm() -> Normaliser:
-    # The French pack's shape: overseas prefixes served by other country codes, anonymous users and hosts.
-    return Normaliser(overseas={"692": "+262", "639": "+262", "690": "+590", "696": "+596", "694": "+594"},
-                      anonymous_users=("anonymous", "0000000000"), anonymous_hosts=("anonymous.invalid",))
+    # The French pack's numbering plan (overseas territories, blocks), anonymous users and hosts.
+    plan = load_config(EXAMPLE).rules["dialer"].normaliser.plan
+    return Normaliser(plan=plan, anonymous_users=("anonymous", "0000000000"),
+                      anonymous_hosts=("anonymous.invalid",))
 
 
 def general(n: Normaliser, user: str, host: str = "", context: str = "") -> Number:
@@ -74,6 +76,22 @@ def test_common_forms_take_the_fast_path(norm: Normaliser, user: str, host: str)
 def test_other_forms_are_left_to_the_general_path(norm: Normaliser, user: str, host: str) -> None:
     assert norm._parse_fast(user, host) is None
     assert norm.read(user, host) == general(norm, user, host)
+
+
+@pytest.mark.parametrize(
+    ("user", "host"),
+    [
+        ("0712345678", "10.0.0.1"),  # 07 1x: not assigned
+        ("+33700000000", ""),
+        ("0596123456", ""),  # Martinique's block, a range no territory lists
+        ("0947823456", ""),
+        ("+33263900000", "carrier.example"),  # Réunion's 0263 block, not listed there
+    ],
+)
+def test_the_fast_path_validates(norm: Normaliser, user: str, host: str) -> None:
+    fast = norm._parse_fast(user, host)
+    assert fast is not None and fast.kind == INVALID
+    assert fast == general(norm, user, host)
 
 
 _digits = st.text("0123456789", min_size=0, max_size=13)

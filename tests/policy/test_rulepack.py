@@ -41,3 +41,5 @@ def test_normaliser_for_importers(config: Config) -> None:
     n = normaliser_for(config)
     assert n is config.rules["dialer"].normaliser
     assert n.e164("0692123456") == "+262692123456"
+    assert n.e164("0709212345") == "+262709212345"
+    assert n.e164("0712345678") is None

@@ -93,6 +93,22 @@ def test_consent_contract_refusal(config: str, tmp_path: Path, capsys: pytest.Ca
     code, out, _ = run(capsys, "consent", "show", *c, "0612000103", "--json")
     assert json.loads(out)["contracts"][0]["reference"] == "K"
     assert run(capsys, "consent", "contract", "end", *c, "0612000103")[0] == 0
+    scoped = ("0612000106", "--scope", "energy-supply,insulation")
+    assert run(capsys, "consent", "contract", "add", *c, *scoped)[0] == 0
+    code, out, _ = run(capsys, "consent", "show", *c, "0612000106", "--json")
+    assert json.loads(out)["contracts"][0]["scope"] == ["energy-supply", "insulation"]
+    code, _, err = run(capsys, "consent", "contract", "add", *c, "0612000106", "--scope", "energy supply!")
+    assert code == 1 and "scope" in err
+    zoned = ("0612000107", "--proof", "crm-2", "--time-zone", "Indian/Reunion")
+    assert run(capsys, "consent", "add", *c, *zoned)[0] == 0
+    code, out, _ = run(capsys, "consent", "show", *c, "0612000107")
+    assert "zone Indian/Reunion" in out
+    code, _, err = run(capsys, "consent", "add", *c, "0612000107", "--proof", "p", "--time-zone", "Paris")
+    assert code == 1 and "not an IANA time zone" in err
+    zones = tmp_path / "zones.csv"
+    zones.write_text("number;proof;time_zone\n0612000108;z-1;America/Martinique\n0612000109;z-2;Moon/Base\n")
+    code, out, err = run(capsys, "consent", "import", *c, str(zones), "--max-bad-share", "0.5")
+    assert code == 0 and "1 consents" in out and "Moon/Base" in err
     assert run(capsys, "refusal", "add", *c, "0612000104", "--at", "1780000000")[0] == 0
     code, out, _ = run(capsys, "refusal", "show", *c, "0612000104", "--json")
     assert json.loads(out)["last_refusal"] == 1780000000.0

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
+from sipfilter.policy.frequency import FrequencyRules
 from sipfilter.stores.base import ConsentRecord
 from sipfilter.stores.importer import SourceInfo
 from sipfilter.stores.numberset import NumberSet
@@ -117,6 +120,55 @@ async def test_contracts(store: WritableStore, open_other: OpenOther) -> None:
     assert [(c.reference, c.ended_at) for c in await store.contracts(A, N1)] == [("C-1", T0 + DAY)]
 
 
+async def test_contract_scope_names_the_purposes_it_exempts(
+    store: WritableStore, open_other: OpenOther
+) -> None:
+    await store.add_contract(ContractRecord(A, N1, T0, None, "C-1", ("energy-supply", "energy-services")))
+    await store.add_contract(ContractRecord(A, N2, T0, None, "C-2"))  # no scope: its object is unknown
+    for s in (store, await open_other()):
+        assert s.has_contract(A, N1, T0 + 1) and s.has_contract(A, N1, T0 + 1, None)
+        assert s.has_contract(A, N1, T0 + 1, "energy-supply")
+        assert s.has_contract(A, N1, T0 + 1, "energy-services")
+        assert not s.has_contract(A, N1, T0 + 1, "insurance")
+        assert not s.has_contract(A, N1, T0 - 1, "energy-supply")
+        assert s.has_contract(A, N2, T0 + 1) and not s.has_contract(A, N2, T0 + 1, "energy-supply")
+    [c1] = await store.contracts(A, N1)
+    assert c1.scope == ("energy-supply", "energy-services")
+    assert (await store.contracts(A, N2))[0].scope == ()
+    assert await store.end_contract(A, N1, T0 + DAY) == 1
+    assert not store.has_contract(A, N1, T0 + 2 * DAY, "energy-supply")
+    assert (await store.contracts(A, N1))[0].scope == ("energy-supply", "energy-services")  # kept when ended
+
+
+async def test_consent_time_zone(store: WritableStore, open_other: OpenOther) -> None:
+    await store.add_consent(ConsentRecord(A, N1, T0, "crm-7", time_zone="Indian/Reunion"))
+    await store.add_consents([ConsentRecord(A, N2, T0, "import-1", hours="mon-fri 10:00-18:00",
+                                            time_zone="America/Cayenne")])
+    for s in (store, await open_other()):
+        assert s.consent_for(A, N1, T0 + 1) == ConsentRecord(A, N1, T0, "crm-7", time_zone="Indian/Reunion")
+        assert s.consent_for(A, N2, T0 + 1).time_zone == "America/Cayenne"  # type: ignore[union-attr]
+    await store.revoke_consent(A, N1, T0 + DAY)
+    history = await store.consents(A, N1)
+    assert [(r.time_zone, r.revoked_at) for r in history] == [("Indian/Reunion", T0 + DAY)]
+
+
+@pytest.mark.parametrize("zone", ["Europe/Paris", "Indian/Reunion", "America/Martinique"])
+async def test_calendar_cooldown_ends_exactly_at_local_midnight(store: WritableStore, zone: str) -> None:
+    """The engine hands the store a cooldown that ends the refusal exactly at the cutoff the calendar rule
+    gives (refusals at or after it block): a refusal at the very first instant of its day still blocks."""
+    rules = FrequencyRules(4, 30 * DAY, 60)
+    tz = ZoneInfo(zone)
+    refused = datetime(2026, 3, 1, tzinfo=tz).timestamp()  # 00:00:00.000000, local
+    await store.record_refusal(A, N1, refused)
+    for call, allowed in ((datetime(2026, 4, 30, 23, 59, 59, 999999, tzinfo=tz).timestamp(), False),
+                          (datetime(2026, 5, 1, tzinfo=tz).timestamp(), True)):  # fmt: skip
+        cutoff = rules.cutoff(call, (tz,))
+        cooldown_s = rules.store_cooldown_s(call, cutoff)
+        d = await store.check_and_record_attempt(A, N1, call, 4, 30 * DAY, cooldown_s)
+        assert d.allowed is allowed, datetime.fromtimestamp(call, tz)
+        assert (d.refused_at is not None and d.refused_at >= cutoff) is (not allowed)
+
+
 async def test_attempt_cap_in_rolling_window(store: WritableStore) -> None:
     results = [await store.check_and_record_attempt(A, N1, T0 + i, 4, 30 * DAY, 60 * DAY) for i in range(6)]
     assert [r.allowed for r in results] == [True, True, True, True, False, False]
@@ -201,3 +253,33 @@ async def test_embedded_removes_orphan_list_files_at_open(tmp_path: Path) -> Non
         assert s.list_contains("dnc", N1) and s.list_info("dnc") == info
     finally:
         await s.close()
+
+
+async def test_embedded_database_of_an_older_release_gets_the_new_columns(tmp_path: Path) -> None:
+    """A data directory written before consents had a time zone and contracts a scope opens as it was."""
+    import sqlite3
+
+    from sipfilter.stores.embedded import DB_NAME, EmbeddedStore
+
+    (tmp_path / "data").mkdir()
+    db = sqlite3.connect(tmp_path / "data" / DB_NAME)
+    db.executescript("""
+        CREATE TABLE consents(id INTEGER PRIMARY KEY, account TEXT NOT NULL, number TEXT NOT NULL,
+            granted_at REAL NOT NULL, proof TEXT NOT NULL, revoked_at REAL, hours TEXT);
+        CREATE TABLE contracts(id INTEGER PRIMARY KEY, account TEXT NOT NULL, number TEXT NOT NULL,
+            started_at REAL NOT NULL, ended_at REAL, reference TEXT NOT NULL);
+    """)
+    db.execute("INSERT INTO consents(account, number, granted_at, proof) VALUES(?,?,?,?)", (A, N1, T0, "old"))
+    db.execute("INSERT INTO contracts(account, number, started_at, reference) VALUES(?,?,?,?)",
+               (A, N1, T0, "C"))
+    db.commit()
+    db.close()
+    for watch in (False, True):  # the CLI's handle reads on demand; the proxy's loads everything at open
+        s = await EmbeddedStore.open(tmp_path / "data", watch=watch)
+        try:
+            assert s.consent_for(A, N1, T0 + 1) == ConsentRecord(A, N1, T0, "old")
+            assert s.has_contract(A, N1, T0 + 1) and not s.has_contract(A, N1, T0 + 1, "energy-supply")
+            await s.add_contract(ContractRecord(A, N2, T0, None, "C-2", ("energy-supply",)))
+            assert s.has_contract(A, N2, T0 + 1, "energy-supply")
+        finally:
+            await s.close()

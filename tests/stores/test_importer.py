@@ -17,7 +17,7 @@ from sipfilter.stores.importer import ListFileError, detect_format, file_source,
 from sipfilter.stores.numberset import NumberSet, key_number, number_key
 
 ROOT = Path(__file__).resolve().parents[2]
-NORM = Normaliser(overseas={"692": "+262", "693": "+262", "639": "+262", "6960": "+590"})
+NORM = Normaliser()  # the French plan from phonenumbers (0692… is Réunion's +262 692…)
 
 
 def write(tmp_path: Path, text: str, name: str = "list.txt") -> Path:
