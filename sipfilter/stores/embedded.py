@@ -22,20 +22,32 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from sipfilter.stores.base import AttemptDecision, ConsentRecord, ListInfo, StoreUnavailable
+from sipfilter.stores.base import AttemptDecision, ConsentRecord, ContractRecord, ListInfo, StoreUnavailable
 from sipfilter.stores.embedded_records import (
     Consents,
     Key,
     Records,
+    Refusals,
     Span,
     add_time,
     consent_in_force,
+    contract_at,
     contract_in_force,
     count_after,
+    latest_refusal,
+    refusals_value,
+)
+from sipfilter.stores.history import (
+    History,
+    Objection,
+    UndoneConsent,
+    consent_undo_targets,
+    undo_targets,
+    usable,
 )
 from sipfilter.stores.importer import SourceInfo
 from sipfilter.stores.numberset import NumberSet
-from sipfilter.stores.writable import ContractRecord, Health, LocalLists, StoreError, check_list_name, log
+from sipfilter.stores.writable import Health, LocalLists, StoreError, check_list_name, log
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -52,6 +64,15 @@ CREATE TABLE IF NOT EXISTS attempts(account TEXT NOT NULL, number TEXT NOT NULL,
 CREATE INDEX IF NOT EXISTS attempts_by_number ON attempts(account, number, at);
 CREATE TABLE IF NOT EXISTS refusals(account TEXT NOT NULL, number TEXT NOT NULL, at REAL NOT NULL,
     PRIMARY KEY(account, number));
+CREATE TABLE IF NOT EXISTS refusal_log(id INTEGER PRIMARY KEY, account TEXT NOT NULL, number TEXT NOT NULL,
+    at REAL NOT NULL, source TEXT NOT NULL, recorded_at REAL, undone_at REAL, undo_reason TEXT);
+CREATE INDEX IF NOT EXISTS refusal_log_by_number ON refusal_log(account, number, at);
+CREATE TABLE IF NOT EXISTS oppositions(id INTEGER PRIMARY KEY, account TEXT NOT NULL, number TEXT NOT NULL,
+    at REAL NOT NULL, source TEXT NOT NULL, recorded_at REAL, undone_at REAL, undo_reason TEXT);
+CREATE INDEX IF NOT EXISTS oppositions_by_number ON oppositions(account, number, at);
+CREATE TABLE IF NOT EXISTS list_versions(name TEXT NOT NULL, version INTEGER NOT NULL, count INTEGER NOT NULL,
+    imported_at REAL NOT NULL, source_name TEXT NOT NULL, source_size INTEGER NOT NULL,
+    source_sha256 TEXT NOT NULL, PRIMARY KEY(name, version));
 CREATE TABLE IF NOT EXISTS changes(seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL,
     account TEXT NOT NULL, number TEXT NOT NULL);
 """ + "".join(
@@ -65,7 +86,20 @@ CREATE TRIGGER IF NOT EXISTS {table}_updated AFTER UPDATE ON {table}
         ('{kind}', new.account, new.number); END;
 CREATE TRIGGER IF NOT EXISTS {table}_deleted AFTER DELETE ON {table}
     BEGIN INSERT INTO changes(kind, account, number) VALUES('{kind}', old.account, old.number); END;
-""" for table, kind in (("consents", "consent"), ("contracts", "contract"), ("refusals", "refusal")))
+""" for table, kind in (("consents", "consent"), ("contracts", "contract"), ("refusals", "refusal"),
+                        ("refusal_log", "refusal"), ("oppositions", "opposition")))
+
+# Databases written by a sipfilter without the record history: refusals were one row per (account, number),
+# the latest; consents could not be undone. Brought forward once, in one transaction (the proxy and the CLI
+# may open the same database at the same time).
+_MIGRATIONS = (
+    ("consents_undo", ("ALTER TABLE consents ADD COLUMN undone_at REAL",
+                       "ALTER TABLE consents ADD COLUMN undo_reason TEXT")),
+    ("refusal_log", ("INSERT INTO refusal_log(account, number, at, source) SELECT account, number, at,"
+                     " 'migrated' FROM refusals",)),
+    ("list_versions", ("INSERT OR IGNORE INTO list_versions SELECT name, version, count, imported_at,"
+                       " source_name, source_size, source_sha256 FROM lists",)),
+)
 
 DB_NAME = "sipfilter.sqlite"
 LISTS_DIR = "lists"
@@ -93,6 +127,7 @@ class EmbeddedStore(LocalLists):
             # short: its own writes (admin API) run on the event loop; attempts are written off it.
             self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
             self._db.executescript(_SCHEMA)
+            _migrate(self._db)
             # Attempts are written by a thread of their own on a connection of its own: the event loop never
             # waits on a lock, an insert or a checkpoint for them (see _hand_off).
             self._writer_db = _connect(self.data_dir / DB_NAME, busy_timeout_ms)
@@ -257,6 +292,9 @@ class EmbeddedStore(LocalLists):
                     db.execute("INSERT OR REPLACE INTO lists VALUES(?,?,?,?,?,?,?,?)",
                                (name, version, len(numbers), imported_at, source.name, source.size,
                                 source.sha256, file))
+                    db.execute("INSERT OR REPLACE INTO list_versions VALUES(?,?,?,?,?,?,?)",
+                               (name, version, len(numbers), imported_at, source.name, source.size,
+                                source.sha256))
         except (sqlite3.Error, OSError) as exc:
             raise self.health.failed(exc, "list_write") from exc
         if old:
@@ -280,12 +318,17 @@ class EmbeddedStore(LocalLists):
 
     # --- consents and contracts (answered from memory: see _catch_up) -----------------------------------
     def consent_for(self, account: str, number: str, at: float) -> ConsentRecord | None:
-        rows = self._records.consents.get((account, number))
+        key = (account, number)
+        records = self._records
+        rows = records.consents.get(key)
         if rows is None:
-            if self._records.complete:
+            if records.complete:
                 return None
-            rows = self._read_consents((account, number))
-        return consent_in_force(rows, at)
+            rows = self._read_consents(key)
+        found = consent_in_force(rows, at)
+        if found is None:
+            return None
+        return usable(found, self._refusals_of(key), self._opposition_of(key), at)
 
     def has_contract(self, account: str, number: str, at: float) -> bool:
         spans = self._records.contracts.get((account, number))
@@ -294,6 +337,33 @@ class EmbeddedStore(LocalLists):
                 return False
             spans = self._read_contracts((account, number))
         return contract_in_force(spans, at)
+
+    def contract_for(self, account: str, number: str, at: float) -> ContractRecord | None:
+        spans = self._records.contracts.get((account, number))
+        if spans is None:
+            if self._records.complete:
+                return None
+            spans = self._read_contracts((account, number))
+        span = contract_at(spans, at)
+        return None if span is None else ContractRecord(account, number, *span)
+
+    def opposition_for(self, account: str, number: str, at: float) -> float | None:
+        since = self._opposition_of((account, number))
+        return since if since is not None and since <= at else None
+
+    def _refusals_of(self, key: Key) -> Refusals | None:
+        refusals = self._records.refusals
+        value = refusals.get(key)
+        if value is None and not self._records.complete and key not in refusals:
+            value = self._read_refusals(key)
+        return value
+
+    def _opposition_of(self, key: Key) -> float | None:
+        oppositions = self._records.oppositions
+        since = oppositions.get(key)
+        if since is None and not self._records.complete and key not in oppositions:
+            since = self._read_opposition(key)
+        return since
 
     async def add_consent(self, record: ConsentRecord) -> None:
         self._write("INSERT INTO consents(account, number, granted_at, proof, revoked_at, hours)"
@@ -323,8 +393,25 @@ class EmbeddedStore(LocalLists):
 
     async def consents(self, account: str, number: str) -> tuple[ConsentRecord, ...]:
         rows = self._read("SELECT granted_at, proof, revoked_at, hours FROM consents WHERE account=?"
-                          " AND number=? ORDER BY granted_at, id", (account, number))
+                          " AND number=? AND undone_at IS NULL ORDER BY granted_at, id", (account, number))
         return tuple(ConsentRecord(account, number, *row) for row in rows)
+
+    async def undo_consent(self, account: str, number: str, proof: str | None, granted_at: float | None,
+                           reason: str, undone_at: float) -> tuple[ConsentRecord, ...]:
+        db = self._db
+        try:
+            with self._tx():
+                rows = db.execute("SELECT id, granted_at, proof, revoked_at, hours FROM consents WHERE"
+                                  " account=? AND number=? AND undone_at IS NULL ORDER BY granted_at, id",
+                                  (account, number)).fetchall()
+                ids = {ConsentRecord(account, number, *row[1:]): row[0] for row in rows}
+                undone = consent_undo_targets(ids, proof, granted_at)
+                db.executemany("UPDATE consents SET undone_at=?, undo_reason=? WHERE id=?",
+                               [(undone_at, reason, ids[r]) for r in undone])
+        except sqlite3.Error as exc:
+            raise self.health.failed(exc, "record_write") from exc
+        await self._catch_up()
+        return tuple(undone)
 
     async def add_contract(self, record: ContractRecord) -> None:
         self._write("INSERT INTO contracts(account, number, started_at, ended_at, reference)"
@@ -342,6 +429,61 @@ class EmbeddedStore(LocalLists):
         rows = self._read("SELECT started_at, ended_at, reference FROM contracts WHERE account=? AND number=?"
                           " ORDER BY started_at, id", (account, number))
         return tuple(ContractRecord(account, number, *row) for row in rows)
+
+    # --- objections: refusals and oppositions ------------------------------------------------------------
+    async def add_opposition(self, account: str, number: str, at: float, source: str = "") -> None:
+        self._write("INSERT INTO oppositions(account, number, at, source, recorded_at) VALUES(?,?,?,?,?)",
+                    (account, number, at, source, time.time()))
+        await self._catch_up()
+
+    async def undo_refusal(self, account: str, number: str, at: float | None, reason: str,
+                           undone_at: float) -> tuple[Objection, ...]:
+        return await self._undo_objection("refusal_log", account, number, at, reason, undone_at)
+
+    async def undo_opposition(self, account: str, number: str, reason: str,
+                              undone_at: float) -> tuple[Objection, ...]:
+        return await self._undo_objection("oppositions", account, number, None, reason, undone_at,
+                                          every=True)
+
+    async def _undo_objection(self, table: str, account: str, number: str, at: float | None, reason: str,
+                              undone_at: float, every: bool = False) -> tuple[Objection, ...]:
+        db = self._db
+        try:
+            with self._tx():
+                rows = db.execute(f"SELECT id, at, source, recorded_at FROM {table} WHERE account=? AND"
+                                  " number=? AND undone_at IS NULL ORDER BY at, id",
+                                  (account, number)).fetchall()
+                times = set(undo_targets([row[1] for row in rows], at)) if not every else {r[1] for r in rows}
+                chosen = [row for row in rows if row[1] in times]
+                db.executemany(f"UPDATE {table} SET undone_at=?, undo_reason=? WHERE id=?",
+                               [(undone_at, reason, row[0]) for row in chosen])
+        except sqlite3.Error as exc:
+            raise self.health.failed(exc, "record_write") from exc
+        await self._catch_up()
+        return tuple(Objection(account, number, row[1], row[2], row[3], undone_at, reason) for row in chosen)
+
+    async def history(self, account: str, number: str) -> History:
+        key = (account, number)
+        consents, undone = [], []
+        for *row, undone_at, undo_reason in self._read(
+                "SELECT granted_at, proof, revoked_at, hours, undone_at, undo_reason FROM consents"
+                " WHERE account=? AND number=? ORDER BY granted_at, id", key):
+            record = ConsentRecord(account, number, *row)
+            if undone_at is None:
+                consents.append(record)
+            else:
+                undone.append(UndoneConsent(record, undone_at, undo_reason or ""))
+        objections = {table: tuple(Objection(account, number, *row) for row in self._read(
+            f"SELECT at, source, recorded_at, undone_at, coalesce(undo_reason, '') FROM {table}"
+            " WHERE account=? AND number=? ORDER BY at, id", key))
+            for table in ("refusal_log", "oppositions")}
+        return History(account, number, tuple(consents), tuple(undone), await self.contracts(account, number),
+                       objections["refusal_log"], objections["oppositions"])
+
+    async def list_history(self, name: str) -> tuple[ListInfo, ...]:
+        rows = self._read("SELECT name, version, count, imported_at, source_name, source_size, source_sha256"
+                          " FROM list_versions WHERE name=? ORDER BY version", (name,))
+        return tuple(ListInfo(*row) for row in rows)
 
     def _write(self, sql: str, params: tuple[object, ...]) -> int:
         self._flush()
@@ -362,21 +504,30 @@ class EmbeddedStore(LocalLists):
         """An incomplete copy's miss: read the key's rows (and keep them until a change to them is seen)."""
         rows = tuple(ConsentRecord(*key, *row) for row in self._read(
             "SELECT granted_at, proof, revoked_at, hours FROM consents WHERE account=? AND number=?"
-            " ORDER BY id", key))
+            " AND undone_at IS NULL ORDER BY id", key))
         self._records.consents[key] = rows
         return rows
 
     def _read_contracts(self, key: Key) -> tuple[Span, ...]:
-        spans = tuple((row[0], row[1]) for row in self._read(
-            "SELECT started_at, ended_at FROM contracts WHERE account=? AND number=? ORDER BY id", key))
+        spans = tuple((row[0], row[1], row[2]) for row in self._read(
+            "SELECT started_at, ended_at, reference FROM contracts WHERE account=? AND number=? ORDER BY id",
+            key))
         self._records.contracts[key] = spans
         return spans
 
-    def _read_refusal(self, key: Key) -> float | None:
-        rows = self._read("SELECT at FROM refusals WHERE account=? AND number=?", key)
-        at = float(rows[0][0]) if rows else None
-        self._records.refusals[key] = at
-        return at
+    def _read_refusals(self, key: Key) -> Refusals | None:
+        times = [float(row[0]) for row in self._read(
+            "SELECT at FROM refusal_log WHERE account=? AND number=? AND undone_at IS NULL ORDER BY at", key)]
+        value = refusals_value(times) if times else None
+        self._records.refusals[key] = value
+        return value
+
+    def _read_opposition(self, key: Key) -> float | None:
+        rows = self._read("SELECT min(at) FROM oppositions WHERE account=? AND number=?"
+                          " AND undone_at IS NULL", key)
+        since = float(rows[0][0]) if rows and rows[0][0] is not None else None
+        self._records.oppositions[key] = since
+        return since
 
     def _read_attempts(self, key: Key) -> None:
         q = [float(row[0]) for row in self._read(
@@ -396,7 +547,8 @@ class EmbeddedStore(LocalLists):
             consents: dict[Key, Consents] = {}
             shared: dict[str, str] = {}
             for account, number, granted, proof, revoked, hours in db.execute(
-                    "SELECT account, number, granted_at, proof, revoked_at, hours FROM consents ORDER BY id"):
+                    "SELECT account, number, granted_at, proof, revoked_at, hours FROM consents"
+                    " WHERE undone_at IS NULL ORDER BY id"):
                 account = shared.setdefault(account, account)
                 proof = shared.setdefault(proof, proof)
                 if hours is not None:
@@ -410,12 +562,19 @@ class EmbeddedStore(LocalLists):
                     consents[key] = (*before, record) if isinstance(before, tuple) else (before, record)
             records.consents = consents
             contracts: dict[Key, list[Span]] = {}
-            for account, number, started, ended in db.execute(
-                    "SELECT account, number, started_at, ended_at FROM contracts ORDER BY id"):
-                contracts.setdefault((account, number), []).append((started, ended))
+            for account, number, started, ended, reference in db.execute(
+                    "SELECT account, number, started_at, ended_at, reference FROM contracts ORDER BY id"):
+                reference = shared.setdefault(reference, reference)
+                contracts.setdefault((account, number), []).append((started, ended, reference))
             records.contracts = {k: tuple(v) for k, v in contracts.items()}
-            refusals = db.execute("SELECT account, number, at FROM refusals")
-            records.refusals = {(account, number): at for account, number, at in refusals}
+            refusals: dict[Key, list[float]] = {}
+            for account, number, at in db.execute("SELECT account, number, at FROM refusal_log"
+                                                  " WHERE undone_at IS NULL ORDER BY account, number, at"):
+                refusals.setdefault((account, number), []).append(at)
+            records.refusals = {k: refusals_value(v) for k, v in refusals.items()}
+            records.oppositions = {(account, number): at for account, number, at in db.execute(
+                "SELECT account, number, min(at) FROM oppositions WHERE undone_at IS NULL"
+                " GROUP BY account, number")}
             if self._records.complete:
                 records.attempts = self._records.attempts
             else:
@@ -470,21 +629,26 @@ class EmbeddedStore(LocalLists):
         """Re-read, in the current read transaction, the rows of every key the log entries name."""
         db, records = self._db, self._records
         lo, hi = self._seen, log_rows[-1][0]
-        keys: dict[str, set[Key]] = {"consent": set(), "contract": set(), "refusal": set()}
+        keys: dict[str, set[Key]] = {kind: set() for kind in ("consent", "contract", "refusal", "opposition")}
         for _, kind, account, number in log_rows:
             keys.setdefault(kind, set()).add((account, number))
         named = "(account, number) IN (SELECT account, number FROM changes WHERE kind=? AND seq>? AND seq<=?)"
         if keys["consent"]:
             records.replace_consents(keys["consent"], (ConsentRecord(*row) for row in db.execute(
                 "SELECT account, number, granted_at, proof, revoked_at, hours FROM consents WHERE "
-                + named + " ORDER BY id", ("consent", lo, hi))))
+                "undone_at IS NULL AND " + named + " ORDER BY id", ("consent", lo, hi))))
         if keys["contract"]:
             records.replace_contracts(keys["contract"], db.execute(
-                "SELECT account, number, started_at, ended_at FROM contracts WHERE " + named + " ORDER BY id",
-                ("contract", lo, hi)))
+                "SELECT account, number, started_at, ended_at, reference FROM contracts WHERE " + named
+                + " ORDER BY id", ("contract", lo, hi)))
         if keys["refusal"]:
             records.replace_refusals(keys["refusal"], db.execute(
-                "SELECT account, number, at FROM refusals WHERE " + named, ("refusal", lo, hi)))
+                "SELECT account, number, at FROM refusal_log WHERE undone_at IS NULL AND " + named
+                + " ORDER BY at", ("refusal", lo, hi)))
+        if keys["opposition"]:
+            records.replace_oppositions(keys["opposition"], db.execute(
+                "SELECT account, number, min(at) FROM oppositions WHERE undone_at IS NULL AND " + named
+                + " GROUP BY account, number", ("opposition", lo, hi)))
         self._seen = hi
 
     def _others_committed(self) -> bool:
@@ -512,9 +676,10 @@ class EmbeddedStore(LocalLists):
             self._max_window = window_s
         key = (account, number)
         records = self._records
-        refused_at = records.refusals.get(key)
-        if refused_at is None and not records.complete and key not in records.refusals:
-            refused_at = self._read_refusal(key)
+        refused = records.refusals.get(key)
+        if refused is None and not records.complete and key not in records.refusals:
+            refused = self._read_refusals(key)
+        refused_at = latest_refusal(refused)
         table = records.attempts.of(account)
         times = table.get(number)
         if times is None and not records.complete:
@@ -638,14 +803,15 @@ class EmbeddedStore(LocalLists):
                           (account, number, now - window_s))
         return int(rows[0][0])
 
-    async def record_refusal(self, account: str, number: str, at: float) -> None:
-        self._write("INSERT INTO refusals VALUES(?,?,?) ON CONFLICT(account, number)"
-                    " DO UPDATE SET at=max(at, excluded.at)", (account, number, at))
+    async def record_refusal(self, account: str, number: str, at: float, source: str = "") -> None:
+        self._write("INSERT INTO refusal_log(account, number, at, source, recorded_at) VALUES(?,?,?,?,?)",
+                    (account, number, at, source, time.time()))
         await self._catch_up()
 
     async def last_refusal(self, account: str, number: str) -> float | None:
-        rows = self._read("SELECT at FROM refusals WHERE account=? AND number=?", (account, number))
-        return float(rows[0][0]) if rows else None
+        rows = self._read("SELECT max(at) FROM refusal_log WHERE account=? AND number=?"
+                          " AND undone_at IS NULL", (account, number))
+        return float(rows[0][0]) if rows and rows[0][0] is not None else None
 
     async def close(self) -> None:
         if self._watcher is not None:
@@ -668,6 +834,23 @@ _INSERT_CHUNK = 500  # rows per INSERT statement (3 parameters each; SQLite allo
 @functools.lru_cache(maxsize=8)
 def _insert_sql(rows: int) -> str:
     return "INSERT INTO attempts(account, number, at) VALUES" + ",".join(["(?,?,?)"] * rows)
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    done = {row[0] for row in db.execute("SELECT key FROM meta WHERE key LIKE 'migrated:%'")}
+    if all(f"migrated:{name}" in done for name, _ in _MIGRATIONS):
+        return
+    with _immediate(db):
+        done = {row[0] for row in db.execute("SELECT key FROM meta WHERE key LIKE 'migrated:%'")}
+        columns = {row[1] for row in db.execute("PRAGMA table_info(consents)")}
+        for name, statements in _MIGRATIONS:
+            if f"migrated:{name}" in done:
+                continue
+            for sql in statements:
+                if sql.startswith("ALTER") and sql.split()[5] in columns:
+                    continue  # a fresh database: the column is in CREATE TABLE already
+                db.execute(sql)
+            db.execute("INSERT INTO meta VALUES(?, 1)", (f"migrated:{name}",))
 
 
 def _connect(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
