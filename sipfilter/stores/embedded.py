@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import os
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -37,6 +35,16 @@ from sipfilter.stores.embedded_records import (
     latest_refusal,
     refusals_value,
 )
+from sipfilter.stores.embedded_sql import (
+    INSERT_CHUNK,
+    SCHEMA,
+    connect,
+    immediate,
+    insert_attempts_sql,
+    migrate,
+    reading,
+    write_atomically,
+)
 from sipfilter.stores.history import (
     History,
     Objection,
@@ -48,58 +56,6 @@ from sipfilter.stores.history import (
 from sipfilter.stores.importer import SourceInfo
 from sipfilter.stores.numberset import NumberSet
 from sipfilter.stores.writable import Health, LocalLists, StoreError, check_list_name, log
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS lists(name TEXT PRIMARY KEY, version INTEGER NOT NULL, count INTEGER NOT NULL,
-    imported_at REAL NOT NULL, source_name TEXT NOT NULL, source_size INTEGER NOT NULL,
-    source_sha256 TEXT NOT NULL, file TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS consents(id INTEGER PRIMARY KEY, account TEXT NOT NULL, number TEXT NOT NULL,
-    granted_at REAL NOT NULL, proof TEXT NOT NULL, revoked_at REAL, hours TEXT);
-CREATE INDEX IF NOT EXISTS consents_by_number ON consents(account, number, granted_at);
-CREATE TABLE IF NOT EXISTS contracts(id INTEGER PRIMARY KEY, account TEXT NOT NULL, number TEXT NOT NULL,
-    started_at REAL NOT NULL, ended_at REAL, reference TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS contracts_by_number ON contracts(account, number, started_at);
-CREATE TABLE IF NOT EXISTS attempts(account TEXT NOT NULL, number TEXT NOT NULL, at REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS attempts_by_number ON attempts(account, number, at);
-CREATE TABLE IF NOT EXISTS refusals(account TEXT NOT NULL, number TEXT NOT NULL, at REAL NOT NULL,
-    PRIMARY KEY(account, number));
-CREATE TABLE IF NOT EXISTS refusal_log(id INTEGER PRIMARY KEY, account TEXT NOT NULL, number TEXT NOT NULL,
-    at REAL NOT NULL, source TEXT NOT NULL, recorded_at REAL, undone_at REAL, undo_reason TEXT);
-CREATE INDEX IF NOT EXISTS refusal_log_by_number ON refusal_log(account, number, at);
-CREATE TABLE IF NOT EXISTS oppositions(id INTEGER PRIMARY KEY, account TEXT NOT NULL, number TEXT NOT NULL,
-    at REAL NOT NULL, source TEXT NOT NULL, recorded_at REAL, undone_at REAL, undo_reason TEXT);
-CREATE INDEX IF NOT EXISTS oppositions_by_number ON oppositions(account, number, at);
-CREATE TABLE IF NOT EXISTS list_versions(name TEXT NOT NULL, version INTEGER NOT NULL, count INTEGER NOT NULL,
-    imported_at REAL NOT NULL, source_name TEXT NOT NULL, source_size INTEGER NOT NULL,
-    source_sha256 TEXT NOT NULL, PRIMARY KEY(name, version));
-CREATE TABLE IF NOT EXISTS changes(seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL,
-    account TEXT NOT NULL, number TEXT NOT NULL);
-""" + "".join(
-    # Every write to these tables, by any process, names its (account, number) in `changes`: a running proxy
-    # re-reads just those keys. AUTOINCREMENT: sequence numbers are never reused after a prune.
-    f"""
-CREATE TRIGGER IF NOT EXISTS {table}_inserted AFTER INSERT ON {table}
-    BEGIN INSERT INTO changes(kind, account, number) VALUES('{kind}', new.account, new.number); END;
-CREATE TRIGGER IF NOT EXISTS {table}_updated AFTER UPDATE ON {table}
-    BEGIN INSERT INTO changes(kind, account, number) VALUES('{kind}', old.account, old.number),
-        ('{kind}', new.account, new.number); END;
-CREATE TRIGGER IF NOT EXISTS {table}_deleted AFTER DELETE ON {table}
-    BEGIN INSERT INTO changes(kind, account, number) VALUES('{kind}', old.account, old.number); END;
-""" for table, kind in (("consents", "consent"), ("contracts", "contract"), ("refusals", "refusal"),
-                        ("refusal_log", "refusal"), ("oppositions", "opposition")))
-
-# Databases written by a sipfilter without the record history: refusals were one row per (account, number),
-# the latest; consents could not be undone. Brought forward once, in one transaction (the proxy and the CLI
-# may open the same database at the same time).
-_MIGRATIONS = (
-    ("consents_undo", ("ALTER TABLE consents ADD COLUMN undone_at REAL",
-                       "ALTER TABLE consents ADD COLUMN undo_reason TEXT")),
-    ("refusal_log", ("INSERT INTO refusal_log(account, number, at, source) SELECT account, number, at,"
-                     " 'migrated' FROM refusals",)),
-    ("list_versions", ("INSERT OR IGNORE INTO list_versions SELECT name, version, count, imported_at,"
-                       " source_name, source_size, source_sha256 FROM lists",)),
-)
 
 DB_NAME = "sipfilter.sqlite"
 LISTS_DIR = "lists"
@@ -126,11 +82,11 @@ class EmbeddedStore(LocalLists):
             # How long a write waits for another process's lock (the CLI's, briefly). The proxy keeps it
             # short: its own writes (admin API) run on the event loop; attempts are written off it.
             self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-            self._db.executescript(_SCHEMA)
-            _migrate(self._db)
+            self._db.executescript(SCHEMA)
+            migrate(self._db)
             # Attempts are written by a thread of their own on a connection of its own: the event loop never
             # waits on a lock, an insert or a checkpoint for them (see _hand_off).
-            self._writer_db = _connect(self.data_dir / DB_NAME, busy_timeout_ms)
+            self._writer_db = connect(self.data_dir / DB_NAME, busy_timeout_ms)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open {self.data_dir / DB_NAME}: {exc}") from exc
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sipfilter-attempts")
@@ -171,7 +127,7 @@ class EmbeddedStore(LocalLists):
                     with contextlib.suppress(sqlite3.Error):  # the CLI holds the lock: the watcher will
                         store._prune_changes(store._db, store._seen)  # (in memory: its log is not needed)
             else:
-                with _reading(store._db):
+                with reading(store._db):
                     store._seen = store._change_seq()
         except sqlite3.Error as exc:
             store._writer.shutdown()
@@ -282,7 +238,7 @@ class EmbeddedStore(LocalLists):
                            " ON CONFLICT(key) DO UPDATE SET value=value+1")
                 version = int(db.execute("SELECT value FROM meta WHERE key='list_seq'").fetchone()[0])
             file = f"{name}.v{version}.roaring"
-            await asyncio.to_thread(_write_atomically, self.data_dir / LISTS_DIR / file, data)
+            await asyncio.to_thread(write_atomically, self.data_dir / LISTS_DIR / file, data)
             with self._tx():
                 row = db.execute("SELECT file, version FROM lists WHERE name=?", (name,)).fetchone()
                 if row is not None and row[1] > version:
@@ -540,7 +496,7 @@ class EmbeddedStore(LocalLists):
         Attempts already in memory are kept: this process is their only writer, some are not written yet."""
         db = self._db
         records = Records(complete=True)
-        with _reading(db):
+        with reading(db):
             self._seen = self._change_seq()
             # Millions of rows under the opt-in regime: one record per number, not a tuple of one, and the
             # account, proof and hours texts shared (SQLite hands out new strings for every row).
@@ -606,7 +562,7 @@ class EmbeddedStore(LocalLists):
     def _catch_up_chunk(self) -> bool:
         """Up to CATCH_UP_CHUNK log entries in one read transaction. True when there may be more."""
         db, records = self._db, self._records
-        with _reading(db):
+        with reading(db):
             pruned = db.execute("SELECT value FROM meta WHERE key='changes_pruned_to'").fetchone()
             behind = pruned is not None and pruned[0] > self._seen
             if not behind:
@@ -621,7 +577,7 @@ class EmbeddedStore(LocalLists):
             self._load_all()
         else:
             records.clear_records()
-            with _reading(db):
+            with reading(db):
                 self._seen = self._change_seq()
         return False
 
@@ -662,7 +618,7 @@ class EmbeddedStore(LocalLists):
     def _prune_changes(db: sqlite3.Connection, seen: int) -> None:
         """The proxy has applied the log up to `seen`: drop it. A handle that had not read that far (an idle
         CLI handle) sees `changes_pruned_to` above its position and re-reads the tables instead."""
-        with _immediate(db):
+        with immediate(db):
             db.execute("DELETE FROM changes WHERE seq<=?", (seen,))
             db.execute("INSERT INTO meta VALUES('changes_pruned_to', ?) ON CONFLICT(key)"
                        " DO UPDATE SET value=max(value, excluded.value)", (seen,))
@@ -759,10 +715,10 @@ class EmbeddedStore(LocalLists):
         """In the writer thread: multi-row INSERTs, so the C code that does the inserts runs without the GIL
         for a whole chunk (executemany would take the GIL back for every row, behind a busy event loop)."""
         db = self._writer_db
-        with _immediate(db):
-            for start in range(0, len(rows), _INSERT_CHUNK):
-                chunk = rows[start : start + _INSERT_CHUNK]
-                db.execute(_insert_sql(len(chunk)), [value for row in chunk for value in row])
+        with immediate(db):
+            for start in range(0, len(rows), INSERT_CHUNK):
+                chunk = rows[start : start + INSERT_CHUNK]
+                db.execute(insert_attempts_sql(len(chunk)), [value for row in chunk for value in row])
 
     def _delete_attempts_before(self, cutoff: float) -> None:
         self._writer_db.execute("DELETE FROM attempts WHERE at < ?", (cutoff,))
@@ -795,7 +751,7 @@ class EmbeddedStore(LocalLists):
     def _tx(self) -> Iterator[None]:
         """A write transaction of its own (the pending attempts are written first)."""
         self._flush()
-        with _immediate(self._db):
+        with immediate(self._db):
             yield
 
     async def attempts(self, account: str, number: str, now: float, window_s: float) -> int:
@@ -826,78 +782,6 @@ class EmbeddedStore(LocalLists):
         self._writer.shutdown(wait=True)
         self._writer_db.close()
         self._db.close()
-
-
-_INSERT_CHUNK = 500  # rows per INSERT statement (3 parameters each; SQLite allows 32766)
-
-
-@functools.lru_cache(maxsize=8)
-def _insert_sql(rows: int) -> str:
-    return "INSERT INTO attempts(account, number, at) VALUES" + ",".join(["(?,?,?)"] * rows)
-
-
-def _migrate(db: sqlite3.Connection) -> None:
-    done = {row[0] for row in db.execute("SELECT key FROM meta WHERE key LIKE 'migrated:%'")}
-    if all(f"migrated:{name}" in done for name, _ in _MIGRATIONS):
-        return
-    with _immediate(db):
-        done = {row[0] for row in db.execute("SELECT key FROM meta WHERE key LIKE 'migrated:%'")}
-        columns = {row[1] for row in db.execute("PRAGMA table_info(consents)")}
-        for name, statements in _MIGRATIONS:
-            if f"migrated:{name}" in done:
-                continue
-            for sql in statements:
-                if sql.startswith("ALTER") and sql.split()[5] in columns:
-                    continue  # a fresh database: the column is in CREATE TABLE already
-                db.execute(sql)
-            db.execute("INSERT INTO meta VALUES(?, 1)", (f"migrated:{name}",))
-
-
-def _connect(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA synchronous=NORMAL")
-    # Checkpoints (two fsyncs each) every 10 000 WAL pages rather than 1 000: ~20 % less CPU per written
-    # attempt at high rates (a batch dirties hundreds of random index pages); the WAL may reach ~40 MB.
-    db.execute("PRAGMA wal_autocheckpoint=10000")
-    db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-    return db
-
-
-@contextlib.contextmanager
-def _reading(db: sqlite3.Connection) -> Iterator[None]:
-    """A read transaction: every SELECT inside sees the same snapshot."""
-    db.execute("BEGIN")
-    try:
-        yield
-    finally:
-        if db.in_transaction:
-            db.execute("COMMIT")
-
-
-@contextlib.contextmanager
-def _immediate(db: sqlite3.Connection) -> Iterator[None]:
-    """A write transaction that takes the lock up front (no await may happen inside)."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 __all__ = ["EmbeddedStore", "StoreError"]
