@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from sipfilter.app import GC_THRESHOLDS  # noqa: E402
 from sipfilter.config import load_config  # noqa: E402
 from sipfilter.policy.engine import PolicyEngine  # noqa: E402
-from sipfilter.stores.base import AttemptDecision, ConsentRecord, ListInfo  # noqa: E402
+from sipfilter.stores.base import AttemptDecision, ConsentRecord, ContractRecord, ListInfo  # noqa: E402
 
 
 class BenchStore:
@@ -56,6 +56,15 @@ class BenchStore:
 
     def has_contract(self, account: str, number: str, at: float) -> bool:
         return (account, number) in self.contracts
+
+    def contract_for(self, account: str, number: str, at: float) -> ContractRecord | None:
+        return ContractRecord(account, number, 0.0) if (account, number) in self.contracts else None
+
+    def opposition_for(self, account: str, number: str, at: float) -> float | None:
+        return None
+
+    def list_versions(self, names: tuple[str, ...]) -> dict[str, int]:
+        return {n: self.infos[n].version for n in names if n in self.infos}
 
     async def check_and_record_attempt(
         self, account: str, number: str, now: float, cap: int, window_s: float, refusal_cooldown_s: float

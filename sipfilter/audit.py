@@ -21,7 +21,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from json.encoder import encode_basestring
 from pathlib import Path
@@ -64,7 +64,7 @@ def iso_ms(at: float) -> str:
 def decision_record(facts: CallFacts, decision: Decision, account: str, mode: str) -> dict[str, Any]:
     """The audit record of one decision (also what `sipfilter check --json` shows of the numbers)."""
     v = decision.verdict
-    return {
+    record = {
         "time": iso_ms(facts.at),
         "trunk": facts.trunk,
         "account": account,
@@ -84,11 +84,47 @@ def decision_record(facts: CallFacts, decision: Decision, account: str, mode: st
         "failed": {rule: o.reason for rule, o in decision.outcomes.items() if o.result == "fail"},
         "alerts": list(decision.alerts),
         "rule_pack_version": decision.rule_pack_version,
+        # What it rested on: the version of each list consulted, the consent or contract consulted.
+        "lists": dict(decision.lists or {}),
     }
+    c = decision.consent
+    if c is not None:
+        record["consent"] = {"proof": c.proof, "granted_at": iso_ms(c.granted_at)}
+    k = decision.contract
+    if k is not None:
+        record["contract"] = {"reference": k.reference, "started_at": iso_ms(k.started_at)}
+    return record
 
 
 def _strs(values: list[str] | tuple[str, ...]) -> str:
     return "[" + ",".join([_str(v) for v in values]) + "]" if values else "[]"
+
+
+_lists_memo: tuple[object, str] = (None, "{}")  # the last list versions encoded (the same object per version)
+
+
+def _lists(versions: Mapping[str, int] | None) -> str:
+    global _lists_memo
+    if not versions:
+        return "{}"
+    memo = _lists_memo
+    if memo[0] is versions:
+        return memo[1]
+    text = _ENCODER.encode(dict(versions))
+    _lists_memo = (versions, text)
+    return text
+
+
+def _basis(decision: Decision) -> str:
+    """The consent/contract members of the line (with their leading comma), or ""."""
+    out = ""
+    c = decision.consent
+    if c is not None:
+        out = f',"consent":{{"proof":{_str(c.proof)},"granted_at":"{iso_ms(c.granted_at)}"}}'
+    k = decision.contract
+    if k is not None:
+        out += f',"contract":{{"reference":{_str(k.reference)},"started_at":"{iso_ms(k.started_at)}"}}'
+    return out
 
 
 def encode_decision(facts: CallFacts, decision: Decision, account: str, mode: str) -> bytes:
@@ -112,7 +148,8 @@ def encode_decision(facts: CallFacts, decision: Decision, account: str, mode: st
             f'"rule":{_str(v.rule)},"reason":{_str(v.reason)},"mode":{_str(mode)},'
             f'"monitored":{_BOOL[decision.monitored]},"attempt_recorded":{_BOOL[decision.attempt_recorded]},'
             f'"failed":{{{failed}}},"alerts":{_strs(decision.alerts)},'
-            f'"rule_pack_version":{_str(decision.rule_pack_version)}}}\n'
+            f'"rule_pack_version":{_str(decision.rule_pack_version)},"lists":{_lists(decision.lists)}'
+            f"{_basis(decision) if decision.consent is not None or decision.contract is not None else ''}}}\n"
         )
     except (TypeError, KeyError):  # a non-str / non-bool value: the generic encoder (default=str) knows it
         line = _ENCODER.encode(decision_record(facts, decision, account, mode)) + "\n"

@@ -16,6 +16,7 @@ from sipfilter.config import AuditConfig
 from sipfilter.policy.facts import CallFacts
 from sipfilter.policy.numbers import Number
 from sipfilter.policy.verdict import Decision, Outcome, Verdict
+from sipfilter.stores.base import ConsentRecord, ContractRecord
 
 
 def facts(call_id: str = "c1") -> CallFacts:
@@ -69,6 +70,21 @@ def test_one_json_line_per_decision(tmp_path: Path) -> None:
     assert rec["rule_pack_version"] == "fr-2026.11-1"
     assert rec["failed"] == {"callee.dnc.bloctel": "on bloctel"}
     log.close()
+
+
+def test_the_line_carries_what_the_decision_rested_on(tmp_path: Path) -> None:
+    log = log_for(tmp_path)
+    d = Decision(Verdict("allow", 0, "", ""), {}, False, True, "fr-1", (), {"bloctel": 12, "optouts": 3},
+                 ConsentRecord("acme", "+33699999999", 1789574400.5, "crm-4711"),
+                 ContractRecord("acme", "+33699999999", 1789000000.0, None, "K-9"))
+    assert log.log_decision(facts("a"), d, "acme", "enforce")
+    assert log.log_decision(facts("b"), DECISION, "acme", "enforce")
+    log.close()
+    first, second = (json.loads(x) for x in (tmp_path / "audit" / "decisions.jsonl").read_text().splitlines())
+    assert first["lists"] == {"bloctel": 12, "optouts": 3}
+    assert first["consent"] == {"proof": "crm-4711", "granted_at": "2026-09-16T16:00:00.500Z"}
+    assert first["contract"] == {"reference": "K-9", "started_at": "2026-09-10T00:26:40.000Z"}
+    assert second["lists"] == {} and "consent" not in second and "contract" not in second
 
 
 def test_appends_across_restarts(tmp_path: Path) -> None:
@@ -204,17 +220,22 @@ _number = st.builds(Number, raw=_text, e164=st.sampled_from(["", "+33612345678",
     outcomes=st.dictionaries(_text, st.builds(Outcome, st.sampled_from(["pass", "fail", "skip"]), _text),
                              max_size=4),
     alerts=st.lists(_text, max_size=3).map(tuple), version=_text,
+    lists=st.none() | st.dictionaries(_text, st.integers(0, 10**12), max_size=3),
+    consent=st.none() | st.builds(ConsentRecord, _text, _text, st.floats(0, 4e9), _text),
+    contract=st.none() | st.builds(ContractRecord, _text, _text, st.floats(0, 4e9), st.none(), _text),
 )  # fmt: skip
 def test_line_template_matches_the_generic_encoder(
     trunk: str, account: str, mode: str, call_id: str, at: float, caller: Number, callee: Number,
     asserted: tuple[Number, ...], privacy: frozenset[str], action: str, status: int, rule: str,
     reason: str, monitored: bool, recorded: bool, outcomes: dict[str, Outcome], alerts: tuple[str, ...],
-    version: str,
+    version: str, lists: dict[str, int] | None, consent: ConsentRecord | None,
+    contract: ContractRecord | None,
 ) -> None:  # fmt: skip
     """The hot-path line is byte for byte what json (ensure_ascii=False, compact) writes of the record:
     control characters, quotes, backslashes, non-ASCII, empty and multi-valued fields alike."""
     f = CallFacts(trunk, at, caller, asserted, privacy, callee, call_id)
-    d = Decision(Verdict(action, status, rule, reason), outcomes, monitored, recorded, version, alerts)
+    d = Decision(Verdict(action, status, rule, reason), outcomes, monitored, recorded, version, alerts, lists,
+                 consent, contract)
     line = encode_decision(f, d, account, mode)
     assert line == (_GENERIC.encode(decision_record(f, d, account, mode)) + "\n").encode()
     assert json.loads(line) == decision_record(f, d, account, mode)

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sipfilter.config import Config, TrunkConfig
-from sipfilter.policy import caller_id, frequency, hours, lists
+from sipfilter.policy import caller_id, frequency, hours, lists, opposition, proof
 from sipfilter.policy.facts import CallFacts
 from sipfilter.policy.numbers import E164, Number
 from sipfilter.policy.rulepack import NUMBER_RULE, STORE_RULE, RuleSet
@@ -82,6 +82,8 @@ class PolicyEngine:
             name: (rs.normaliser.parse, rs.normaliser.parse_callee, config.trunks[name].region)
             for name, rs in config.rules.items()
         }
+        # trunk → the store lists its rules consult (their versions go on the audit line)
+        self._list_names = {name: _consulted_lists(t) for name, t in config.trunks.items()}
 
     def rules_for(self, trunk: str) -> RuleSet:
         try:
@@ -101,6 +103,7 @@ class PolicyEngine:
         return (
             NUMBER_RULE,
             *caller_id.RULES,
+            opposition.OPPOSITION_RULE,
             hours.HOLIDAY_RULE,
             hours.WINDOW_RULE,
             lists.STALE_RULE,
@@ -178,11 +181,13 @@ class PolicyEngine:
         the frequency rules is synchronous (lists and records are in memory): one await, on the store."""
         rs = self.rules_for(facts.trunk)
         trunk = self._trunks[facts.trunk]
+        look = lists.Lookups(store, trunk.account, facts.callee.e164, facts.at)
+        consulted = self._list_names[facts.trunk]
         out: dict[str, Outcome] = {}
         alerts: list[str] = []
         recorded = False
         try:
-            first, frequency_due = self._evaluate(rs, trunk, facts, store, out, alerts)
+            first, frequency_due = self._evaluate(rs, trunk, facts, store, out, alerts, look)
             if frequency_due:
                 freq, account, callee = rs.frequency, trunk.account, facts.callee.e164
                 if not record:
@@ -199,10 +204,19 @@ class PolicyEngine:
                     recorded = d.allowed
                 first = first or r
         except StoreUnavailable as exc:
-            return self._store_error(rs, trunk, out, f"store unavailable: {exc}")
+            decision = self._store_error(rs, trunk, out, f"store unavailable: {exc}")
         except Exception as exc:  # a store backend bug must not take the call path down
             log.exception("policy evaluation failed on trunk %s", facts.trunk)
-            return self._store_error(rs, trunk, out, f"internal error: {type(exc).__name__}: {exc}")
+            decision = self._store_error(rs, trunk, out, f"internal error: {type(exc).__name__}: {exc}")
+        else:
+            decision = self._verdict(rs, trunk, out, first, recorded, alerts)
+        return proof.attach(decision, look, store, consulted)
+
+    @staticmethod
+    def _verdict(
+        rs: RuleSet, trunk: TrunkConfig, out: dict[str, Outcome], first: str, recorded: bool,
+        alerts: list[str],
+    ) -> Decision:
         if not first:
             return Decision(_ALLOWED, out, False, recorded, rs.version, tuple(alerts) if alerts else ())
         answer = rs.answer(first)
@@ -232,6 +246,7 @@ class PolicyEngine:
         store: Store,
         out: dict[str, Outcome],
         alerts: list[str],
+        look: lists.Lookups,
     ) -> tuple[str, bool]:
         """Every rule but the frequency ones; returns (first failing rule or "", frequency rules due)."""
         callee = facts.callee
@@ -248,6 +263,7 @@ class PolicyEngine:
         first = first or r
         if callee.kind != E164:
             for rule in (
+                opposition.OPPOSITION_RULE,
                 hours.HOLIDAY_RULE,
                 hours.WINDOW_RULE,
                 lists.STALE_RULE,
@@ -258,7 +274,8 @@ class PolicyEngine:
                 out[rule] = Outcome(SKIP, "callee number is not valid")
             frequency.skip(out, "callee number is not valid")
             return first, False
-        look = lists.Lookups(store, trunk.account, callee.e164, facts.at)
+        r = opposition.check_opposition(store, trunk.account, callee.e164, facts.at, out)
+        first = first or r
         r = hours.check_hours(rs.hours, callee.e164, facts.at, trunk.prospecting, None, out)
         if r and (
             out[hours.WINDOW_RULE].result == FAIL
@@ -287,3 +304,8 @@ class PolicyEngine:
             frequency.skip(out, f"not reached: rejected by {first}")
             return first, False
         return first, True
+
+
+def _consulted_lists(trunk: TrunkConfig) -> tuple[str, ...]:
+    auth = trunk.lists.authorised_caller_ids
+    return (*trunk.lists.dnc, *((auth,) if isinstance(auth, str) else ()))

@@ -86,6 +86,14 @@ class Lookups:
             self._consent = self.store.consent_for(self.account, self.number, self.at)
         return self._consent  # type: ignore[return-value]
 
+    def consent_seen(self) -> ConsentRecord | None:
+        """The consent a rule consulted (None when none was asked or found): the audit line's proof."""
+        return None if self._consent is False else self._consent  # type: ignore[return-value]
+
+    def contract_seen(self) -> bool:
+        """Whether a rule consulted the contracts and found one in progress."""
+        return bool(self._contract)
+
 
 def check_stale(
     rules: ListRules,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from sipfilter.config import ConfigError, Section, YamlMap, load_yaml, merge_overrides
-from sipfilter.policy import caller_id, frequency, hours, lists
+from sipfilter.policy import caller_id, frequency, hours, lists, opposition
 from sipfilter.policy.numbers import Normaliser
 
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ NUMBER_RULE = "number.invalid"
 ANSWER_RULES = (
     *caller_id.RULES,
     NUMBER_RULE,
+    opposition.OPPOSITION_RULE,
     "callee.dnc",
     lists.STALE_RULE,
     lists.CONSENT_RULE,

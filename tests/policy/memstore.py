@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from sipfilter.stores.base import AttemptDecision, ConsentRecord, ListInfo, StoreUnavailable
+from sipfilter.stores.base import AttemptDecision, ConsentRecord, ContractRecord, ListInfo, StoreUnavailable
 
 
 @dataclass
@@ -19,6 +19,7 @@ class MemoryStore:
     contracts: set[tuple[str, str]] = field(default_factory=set)
     attempt_log: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     refusals: dict[tuple[str, str], float] = field(default_factory=dict)
+    oppositions: dict[tuple[str, str], float] = field(default_factory=dict)
     fail: bool = False  # simulate an unreachable store
     calls: int = 0  # check_and_record_attempt calls
 
@@ -51,6 +52,10 @@ class MemoryStore:
     def list_names(self) -> list[str]:
         return sorted(self.lists)
 
+    def list_versions(self, names: tuple[str, ...]) -> dict[str, int]:
+        self._check()
+        return {n: self.infos[n].version for n in names if n in self.infos}
+
     def consent_for(self, account: str, number: str, at: float) -> ConsentRecord | None:
         self._check()
         for c in self.consents:
@@ -66,6 +71,17 @@ class MemoryStore:
     def has_contract(self, account: str, number: str, at: float) -> bool:
         self._check()
         return (account, number) in self.contracts
+
+    def contract_for(self, account: str, number: str, at: float) -> ContractRecord | None:
+        self._check()
+        if (account, number) not in self.contracts:
+            return None
+        return ContractRecord(account, number, 0.0, None, "K-test")
+
+    def opposition_for(self, account: str, number: str, at: float) -> float | None:
+        self._check()
+        since = self.oppositions.get((account, number))
+        return since if since is not None and since <= at else None
 
     async def check_and_record_attempt(
         self, account: str, number: str, now: float, cap: int, window_s: float, refusal_cooldown_s: float

@@ -21,7 +21,9 @@ COOL = 60 * DAY
 OpenOther = Callable[[], Awaitable[WritableStore]]
 
 
-async def test_a_refusal_ends_every_consent_given_before_it(store: WritableStore, open_other: OpenOther) -> None:
+async def test_a_refusal_ends_every_consent_given_before_it(
+    store: WritableStore, open_other: OpenOther
+) -> None:
     await store.add_consent(ConsentRecord(A, N1, T0, "form-1"))
     other = await open_other()
     await store.record_refusal(A, N1, T0 + DAY, source="cli")
@@ -72,7 +74,8 @@ async def test_undo_a_mistaken_refusal(store: WritableStore, open_other: OpenOth
     assert (await other.check_and_record_attempt(A, N1, T0 + 6 * DAY, 4, 30 * DAY, COOL)).refused_at is None
     history = await store.history(A, N1)
     assert [(r.at, r.undone_at, r.undo_reason) for r in history.refusals] == [
-        (T0 + DAY, T0 + 5 * DAY, "wrong number too"), (T0 + 3 * DAY, T0 + 4 * DAY, "agent clicked the wrong number")]
+        (T0 + DAY, T0 + 5 * DAY, "wrong number too"),
+        (T0 + 3 * DAY, T0 + 4 * DAY, "agent clicked the wrong number")]
 
 
 async def test_undo_an_older_refusal_keeps_the_cooldown_of_the_latest(store: WritableStore) -> None:
@@ -172,7 +175,8 @@ async def test_embedded_database_of_an_older_sipfilter_is_brought_forward(tmp_pa
             granted_at REAL NOT NULL, proof TEXT NOT NULL, revoked_at REAL, hours TEXT);
         CREATE TABLE refusals(account TEXT NOT NULL, number TEXT NOT NULL, at REAL NOT NULL,
             PRIMARY KEY(account, number));
-        INSERT INTO consents(account, number, granted_at, proof) VALUES('acme', '+33612345678', 1780000000, 'f');
+        INSERT INTO consents(account, number, granted_at, proof)
+            VALUES('acme', '+33612345678', 1780000000, 'f');
         INSERT INTO refusals VALUES('acme', '+33612345678', 1780086400);
         INSERT INTO lists VALUES('dnc', 3, 1, 1780000000, 'dnc.txt', 12, 'ab', 'dnc.v3.roaring');
     """)
