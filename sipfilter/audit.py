@@ -27,6 +27,7 @@ from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any
 
+from sipfilter.audit_files import Rotator, rotated_path
 from sipfilter.config import AuditConfig
 from sipfilter.policy.facts import CallFacts
 from sipfilter.policy.verdict import Decision
@@ -158,15 +159,6 @@ def encode_decision(facts: CallFacts, decision: Decision, account: str, mode: st
     return line.encode("utf-8", "backslashreplace")
 
 
-def _fsync_and_close(fd: int) -> None:
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        log.error("audit log fsync before rotation failed: %s", exc)
-    finally:
-        os.close(fd)
-
-
 class AuditLog:
     """Appends decision records; thread-safe; call `close()` on shutdown."""
 
@@ -175,6 +167,11 @@ class AuditLog:
         self.max_bytes = config.max_bytes
         self.backups = config.backups
         self.fsync = config.fsync
+        # Rotated files: fsynced, gzip-compressed and pruned (audit.retention_days, audit.backups) off the
+        # event loop, one at a time; what a crash left uncompressed is done now, in the background too.
+        self._rotator = Rotator(self.path, fsync=config.fsync != "never", compress=config.compress == "gzip",
+                                backups=config.backups, retention_days=config.retention_days)
+        self._rotator.tidy()
         self.on_write_error = config.on_write_error
         self.on_error = on_error
         self.write_errors = 0  # total failed writes (export as a metric)
@@ -186,7 +183,6 @@ class AuditLog:
         self._size = 0
         self._torn = False  # a partial line may have been written: start the next one on a new line
         self._last_logged = 0.0
-        self._syncing: list[threading.Thread] = []  # background fsyncs of rotated files
 
     @property
     def should_relay(self) -> bool:
@@ -208,26 +204,17 @@ class AuditLog:
         return self._fd
 
     def _rotate(self) -> None:
-        if self._fd is not None:
-            if self.fsync != "never":
-                # Flushing up to max_bytes of dirty pages can take a while: do it off the event loop.
-                t = threading.Thread(
-                    target=_fsync_and_close, args=(self._fd,), name="audit-fsync", daemon=True
-                )
-                t.start()
-                self._syncing = [x for x in self._syncing if x.is_alive()] + [t]
-            else:
-                os.close(self._fd)
-            self._fd = None
+        """Rename the live file aside (`<name>.<UTC time>`, see audit_files) and start a new one; flushing up
+        to max_bytes of dirty pages and compressing take a while, so the Rotator does them off the loop."""
+        fd, self._fd = self._fd, None
         if self.backups == 0:
             self.path.unlink(missing_ok=True)
+            self._rotator.retire(fd, None)
             return
-        for i in range(self.backups - 1, 0, -1):
-            older = self.path.with_name(f"{self.path.name}.{i}")
-            if older.exists():
-                os.replace(older, self.path.with_name(f"{self.path.name}.{i + 1}"))
-        if self.path.exists():
-            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        rotated = rotated_path(self.path, time.time())
+        if self.path.exists() or self.path.is_symlink():
+            os.replace(self.path, rotated)
+        self._rotator.retire(fd, rotated)
 
     def write(self, record: dict[str, Any]) -> bool:
         """Append one record as a JSON line; True when it reached the kernel. Never raises OSError."""
@@ -304,8 +291,7 @@ class AuditLog:
         return self.write_line(encode_decision(facts, decision, account, mode))
 
     def close(self) -> None:
-        for t in self._syncing:
-            t.join(timeout=30)
+        self._rotator.close()
         with self._lock:
             if self._fd is not None:
                 try:

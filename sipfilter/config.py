@@ -367,9 +367,11 @@ class StoreConfig:
 class AuditConfig:
     path: Path
     max_bytes: int
-    backups: int
+    backups: int | None  # rotated files kept at most (None: no count limit; 0: none kept)
     on_write_error: str  # keep-relaying | stop-relaying
     fsync: str = "rotate"  # never | rotate | always (see sipfilter/audit.py)
+    compress: str = "gzip"  # gzip | none: rotated files
+    retention_days: int | None = 1100  # rotated files older than this are removed (None: kept forever)
 
 
 @dataclass(frozen=True, slots=True)
@@ -599,13 +601,17 @@ def _store(s: Section) -> StoreConfig:
 
 
 def _audit(s: Section) -> AuditConfig:
-    s.only(["path", "max_bytes", "backups", "on_write_error", "fsync"])
+    s.only(["path", "max_bytes", "backups", "on_write_error", "fsync", "compress", "retention_days"])
     return AuditConfig(
         s.path_("path", keep_link=True),
         s.int("max_bytes", 100 * 1024 * 1024, lo=4096),
-        s.int("backups", 10, lo=0, hi=1000),
+        s.int("backups", None, lo=0, hi=1_000_000),
         s.choice("on_write_error", ("keep-relaying", "stop-relaying"), "keep-relaying"),
         s.choice("fsync", ("never", "rotate", "always"), "rotate"),
+        s.choice("compress", ("gzip", "none"), "gzip"),
+        # Three years and a margin: the administration's action for a fine under the consumer code lapses
+        # after three full years (L522-2 code de la consommation) unless an act of inquiry interrupts it.
+        s.int("retention_days", 1100, lo=1) if s.raw("retention_days", 1100) is not None else None,
     )
 
 

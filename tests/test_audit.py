@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import errno
+import gzip
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sipfilter import audit_files as audit_files_module
 from sipfilter.audit import AuditLog, decision_record, encode_decision
+from sipfilter.audit_files import append_line, audit_files, compress, read_lines, rotated_path
 from sipfilter.config import AuditConfig
 from sipfilter.policy.facts import CallFacts
 from sipfilter.policy.numbers import Number
@@ -44,12 +48,16 @@ DECISION = Decision(
 
 
 def log_for(tmp_path: Path, **kw: object) -> AuditLog:
+    backups = kw.get("backups", 3)
+    retention = kw.get("retention_days", 1100)
     cfg = AuditConfig(
         path=tmp_path / "audit" / "decisions.jsonl",
-        max_bytes=int(kw.get("max_bytes", 1 << 20)),
-        backups=int(kw.get("backups", 3)),
+        max_bytes=int(kw.get("max_bytes", 1 << 20)),  # type: ignore[call-overload]
+        backups=None if backups is None else int(backups),  # type: ignore[call-overload]
         on_write_error=str(kw.get("policy", "keep-relaying")),
         fsync=str(kw.get("fsync", "rotate")),
+        compress=str(kw.get("compress", "gzip")),
+        retention_days=None if retention is None else int(retention),  # type: ignore[call-overload]
     )
     return AuditLog(cfg)
 
@@ -96,20 +104,89 @@ def test_appends_across_restarts(tmp_path: Path) -> None:
     assert [json.loads(x)["call_id"] for x in lines] == ["0", "1", "2"]
 
 
-def test_rotation_by_size_keeps_backups(tmp_path: Path) -> None:
+def test_rotation_by_size_compresses_and_keeps_backups(tmp_path: Path) -> None:
     log = log_for(tmp_path, max_bytes=4096, backups=2)
     for i in range(60):
         assert log.log_decision(facts(f"call-{i}"), DECISION, "acme", "enforce")
-    log.close()
+    log.close()  # waits for the background compression
     base = tmp_path / "audit" / "decisions.jsonl"
-    files = [base, base.with_name(base.name + ".1"), base.with_name(base.name + ".2")]
-    assert all(f.exists() for f in files)
-    assert not base.with_name(base.name + ".3").exists()
-    assert all(f.stat().st_size <= 4096 for f in files)
-    newest = [json.loads(x)["call_id"] for x in base.read_text().splitlines()]
-    assert newest[-1] == "call-59"
-    previous = [json.loads(x)["call_id"] for x in files[1].read_text().splitlines()]
-    assert int(previous[-1].split("-")[1]) + 1 == int(newest[0].split("-")[1])  # nothing lost at the seam
+    files = audit_files(base)
+    assert [f.path.name.endswith("Z.gz") for f in files] == [True, True, False]  # two rotated, gzip, + live
+    assert [f.compressed for f in files] == [True, True, False]
+    assert files[0].rotated_at < files[1].rotated_at  # type: ignore[operator]
+    assert sorted(p.name for p in base.parent.iterdir()) == sorted(f.path.name for f in files)  # no leftovers
+    assert all(len(gzip.decompress(f.path.read_bytes())) <= 4096 for f in files[:2])
+    calls = [int(json.loads(x)["call_id"].split("-")[1]) for x in read_lines(base)]
+    assert calls[-1] == 59 and calls == list(range(calls[0], 60))  # in order, nothing lost at the seams
+
+
+def test_rotated_files_uncompressed_when_asked_and_none_kept_with_backups_0(tmp_path: Path) -> None:
+    log = log_for(tmp_path, max_bytes=4096, backups=None, compress="none")
+    for i in range(30):
+        log.log_decision(facts(f"call-{i}"), DECISION, "acme", "enforce")
+    log.close()
+    files = audit_files(tmp_path / "audit" / "decisions.jsonl")
+    assert len(files) > 2 and not any(f.compressed for f in files)
+    assert len(list(read_lines(files[-1].path))) == 30
+    other = tmp_path / "b"
+    log = log_for(other, max_bytes=4096, backups=0)
+    for i in range(30):
+        log.log_decision(facts(f"call-{i}"), DECISION, "acme", "enforce")
+    log.close()
+    assert [f.path.name for f in audit_files(other / "audit" / "decisions.jsonl")] == ["decisions.jsonl"]
+
+
+def test_retention_removes_rotated_files_older_than_retention_days(tmp_path: Path) -> None:
+    base = tmp_path / "audit" / "decisions.jsonl"
+    base.parent.mkdir(parents=True)
+    now = time.time()
+    old = rotated_path(base, now - 400 * 86400)
+    recent = rotated_path(base, now - 10 * 86400)
+    for f in (old, recent):
+        f.with_name(f.name + ".gz").write_bytes(gzip.compress(b'{"x":1}\n'))
+    legacy = base.with_name(base.name + ".3")  # an older sipfilter's (or logrotate's) numbered file
+    legacy.write_text('{"legacy":1}\n')
+    os.utime(legacy, (now - 500 * 86400, now - 500 * 86400))
+    left = tmp_path / "audit" / (rotated_path(base, now - 5 * 86400).name)  # a crash before compression
+    left.write_text('{"left":1}\n')
+    log = log_for(tmp_path, retention_days=365, backups=None)  # the start tidies up
+    log.close()
+    names = sorted(f.path.name for f in audit_files(base))
+    assert names == sorted([recent.name + ".gz", left.name + ".gz"])
+    assert [json.loads(x) for x in read_lines(base)] == [{"x": 1}, {"left": 1}]
+
+
+def test_read_lines_skips_files_rotated_before_since_and_filters_bytes(tmp_path: Path) -> None:
+    base = tmp_path / "decisions.jsonl"
+    first = rotated_path(base, 1000.0)
+    first.with_name(first.name + ".gz").write_bytes(gzip.compress(b"a +33611\nb +33622\n"))
+    second = rotated_path(base, 2000.0)
+    second.write_bytes(b"c +33611\n")
+    base.write_bytes(b"d +33611\n")
+    base.with_name(base.name + ".7").write_bytes(b"legacy +33611\n")
+    assert list(read_lines(base)) == [b"legacy +33611\n", b"a +33611\n", b"b +33622\n", b"c +33611\n",
+                                      b"d +33611\n"]
+    assert list(read_lines(base, since=1500.0, contains=b"+33611")) == [b"legacy +33611\n", b"c +33611\n",
+                                                                       b"d +33611\n"]
+
+
+def test_a_line_appended_by_another_process_while_compressing_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rotated = tmp_path / "decisions.jsonl.20261206T101500.000000Z"
+    rotated.write_bytes(b"one\n")
+    real_copy = audit_files_module.shutil.copyfileobj
+    appended = []
+
+    def copy_then_append(src: object, dst: object, length: int = 0) -> None:
+        real_copy(src, dst, length)  # type: ignore[arg-type]
+        if not appended:  # the CLI opened the file just before the rename: its line lands now
+            appended.append(1)
+            append_line(rotated, b"two\n")
+
+    monkeypatch.setattr(audit_files_module.shutil, "copyfileobj", copy_then_append)
+    gz = compress(rotated)
+    assert gzip.decompress(gz.read_bytes()) == b"one\ntwo\n" and not rotated.exists()
 
 
 @pytest.mark.parametrize(("policy", "relay"), [("keep-relaying", True), ("stop-relaying", False)])
