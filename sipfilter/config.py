@@ -452,6 +452,9 @@ class TrunkConfig:
     # When every carrier target is marked down (probes, timeouts): `try` them anyway, last-known-good first
     # (a call is never refused on probe results alone), or `reject` at once with 503 + Retry-After.
     on_targets_down: str = "try"
+    # A header the dialer may put on the BYE ending a call: `refusal` or `opposition` records what the
+    # consumer said for the call's callee (sipfilter/b2bua/objections.py). None: not read.
+    objection_header: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -640,6 +643,7 @@ _TRUNK_KEYS = (
     "headers",
     "request_uri",
     "on_targets_down",
+    "objection_header",
 )
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
 
@@ -733,7 +737,18 @@ def _trunk(name: str, s: Section, pack_names: Iterable[str],
         headers=headers,
         request_uri_domains=_request_uri_domains(s),
         on_targets_down=s.choice("on_targets_down", ("try", "reject"), "try"),
+        objection_header=_header_name(s, "objection_header"),
     )
+
+
+_HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")  # RFC 3261 token
+
+
+def _header_name(s: Section, key: str) -> str | None:
+    name: str | None = s.str(key, None, nullable=True)
+    if name is not None and not _HEADER_NAME_RE.match(name):
+        raise s.error(key, f"expected a SIP header name such as X-Sipfilter-Objection, got {name!r}")
+    return name
 
 
 def _target_tls(t: Section, transport: str) -> TargetTls | None:

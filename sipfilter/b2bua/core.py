@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from sipfilter.b2bua import wire
 from sipfilter.b2bua.auth import AuthGate, Passed, compile_gate
 from sipfilter.b2bua.limits import Admission, Admit, LimitsConfig, Reject
+from sipfilter.b2bua.objections import DialerObjections
 from sipfilter.b2bua.observe import Observer
 from sipfilter.b2bua.trunks import (
     Destination,
@@ -254,6 +255,7 @@ class Call:
         "b",
         "b_ack",
         "b_invite",
+        "callee",
         "cancelled",
         "dest",
         "ended_by",
@@ -291,6 +293,7 @@ class Call:
         self.reinvite: dict[str, int] = {}  # side the re-INVITE was sent on -> its CSeq (for the ACK)
         self.invite_msg: Any = None
         self.auth: AuthGate | None = None  # the dialer authenticated: its credentials are not relayed
+        self.callee = ""  # E.164 of the callee the policy decided on ("" when it was not a valid number)
 
 
 @dataclass
@@ -365,6 +368,7 @@ class B2BUA:
         self.retry_after_s = 5
         self.hostname = runtime.config.sip.hostname
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.objections = DialerObjections()
         self._wire_pools()
 
     # -- plumbing ------------------------------------------------------------------------------------
@@ -696,6 +700,8 @@ class B2BUA:
 
     def _decided(self, call: Call, msg: Any, facts: Any, decision: Any, t0: float) -> None:
         verdict = decision.verdict
+        if call.trunk.objection_header is not None:  # the dialer may report an objection on its BYE
+            call.callee = facts.callee.e164
         trunk = call.trunk.name
         kind = "allow" if verdict.allowed else "reject"
         if decision.monitored:
@@ -1288,6 +1294,9 @@ class B2BUA:
                 call.state = ENDING
             if ep.side == INSIDE and call.state == ANSWERED:
                 self._send_b_ack(call, b"", [])
+            if ep.side == INSIDE and call.trunk.objection_header is not None:
+                self.objections.on_bye(self.rt.store, self.rt.audit, call.trunk, call.callee,
+                                       msg.headers.get(call.trunk.objection_header), self._clock())
         if method == "INVITE" and to_side in call.reinvite:
             self._respond(stx, 491, "Request Pending", [], b"")
             return
