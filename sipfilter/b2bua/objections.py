@@ -30,6 +30,8 @@ class DialerObjections:
         if value is None:
             return
         kind = value.partition(";")[0].strip().lower()
+        if kind in ("", "none"):  # the dialer sends the header on every BYE: nothing was said
+            return
         if kind not in KINDS:
             log.warning("trunk %s: %s: %r is neither refusal nor opposition (not recorded)", trunk.name,
                         trunk.objection_header, value[:80])
