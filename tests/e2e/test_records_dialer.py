@@ -26,7 +26,8 @@ def _dial(sipp: SippFactory, tmp_path: Path, inside: str, name: str,
           rows: list[tuple[str, str, str]]) -> list[Any]:
     """Place one call per (callee, expected, objection) and return the outcomes, in order."""
     path = tmp_path / f"{name}.csv"
-    path.write_text("SEQUENTIAL\n" + "".join(f"{CALLER};{c};{e};{o};\n" for c, e, o in rows), encoding="ascii")
+    lines = "".join(f"{CALLER};{callee};{expected};{objection};\n" for callee, expected, objection in rows)
+    path.write_text("SEQUENTIAL\n" + lines, encoding="ascii")
     dialer = sipp("dialer_uac_objection.xml", name=name, local_port=free_ports(1)[0], remote=inside,
                   calls=len(rows), csv_file=path, pause_ms=100, timeout_s=30, rate=20).start()
     run = dialer.wait()
@@ -46,8 +47,8 @@ def test_objections_on_the_dialers_bye_are_recorded_enforced_and_proven(sipp: Si
     config = str(deployment.sipfilter.config_path)
     audit = tmp_path / "sipfilter" / "audit" / "decisions.jsonl"
     try:
-        carrier = sipp("carrier_uas.xml", local_port=deployment.carrier_ports[0], calls=1_000_000, pause_ms=50,
-                       timeout_s=60).start()
+        carrier = sipp("carrier_uas.xml", local_port=deployment.carrier_ports[0], calls=1_000_000,
+                       pause_ms=50, timeout_s=60).start()
         carrier.wait_listening()
         _dial(sipp, tmp_path, deployment.inside, "first",
               [(OPPOSED, "relay", "opposition"), (REFUSED, "relay", "refusal"), (QUIET, "relay", "none")])
@@ -70,7 +71,8 @@ def test_objections_on_the_dialers_bye_are_recorded_enforced_and_proven(sipp: Si
     assert [(d["action"], d["rule"]) for d in report["decisions"]] == [("allow", ""),
                                                                        ("reject", "callee.opposition")]
     first = report["decisions"][0]
-    assert first["consent"]["proof"].startswith("import:consents.csv:") and first["consent"]["from"] == "audit"
+    assert first["consent"]["proof"].startswith("import:consents.csv:")
+    assert first["consent"]["from"] == "audit"
     assert set(first["lists"]) == {"bloctel", "optouts"}
     assert [o["source"] for o in report["oppositions"]] == ["dialer:dialer"]
     assert report["consents"][0]["ended_by"] == "opposition"
