@@ -63,6 +63,10 @@ def _time(value: Any, field: str) -> float:
         return float(value)
     if isinstance(value, str):
         try:
+            return float(value)  # epoch seconds in a query string
+        except ValueError:
+            pass
+        try:
             when = datetime.fromisoformat(value)
         except ValueError:
             raise BadRequest(f"{field}: expected epoch seconds or ISO-8601, got {value!r}") from None

@@ -20,6 +20,7 @@ from sipfilter.stores.writable import StoreError, WritableStore
 # A refusal or an opposition is said now or in the past; this much ahead covers clocks that disagree.
 CLOCK_SKEW_S = 300.0
 MAX_REASON = 500
+LAST_TIME = 253402300800.0  # 10000-01-01T00:00:00Z: what ISO-8601 and the audit log can write
 
 Event = dict[str, Any]
 
@@ -45,6 +46,8 @@ def check_time(at: float, what: str, now: float | None = None, *, past_only: boo
     recorded after they are said."""
     if not isinstance(at, int | float) or isinstance(at, bool) or not math.isfinite(at):
         raise RecordError(f"{what}: expected a finite time, got {at!r}")
+    if not 0 <= at < LAST_TIME:
+        raise RecordError(f"{what}: {at!r} is not a time between 1970 and 9999")
     now = time.time() if now is None else now
     if past_only and at > now + CLOCK_SKEW_S:
         raise RecordError(f"{what}: {iso_ms(at)} is in the future (now {iso_ms(now)})")
