@@ -95,6 +95,11 @@ class _NameFilter(dict[str, bool]):
         return ok
 
 
+def _never_relayed(trunk: TrunkConfig) -> tuple[str, ...]:
+    """Headers meant for sipfilter alone: the dialer's objection header never reaches the carrier."""
+    return (trunk.objection_header,) if trunk.objection_header is not None else ()
+
+
 def _lower_name(name: str) -> str:
     lname = name.lower()
     return _COMPACT.get(lname, lname)
@@ -104,17 +109,19 @@ class _PassList:
     """A trunk's header pass list ("X-*" style prefixes allowed), compiled into three memoised filters:
     what an initial INVITE carries, what in-dialog requests and responses carry, and bodies only."""
 
-    __slots__ = ("dialog", "invite", "names", "prefixes")
+    __slots__ = ("dialog", "invite", "names", "never", "prefixes")
 
-    def __init__(self, names: tuple[str, ...]) -> None:
+    def __init__(self, names: tuple[str, ...], never: tuple[str, ...] = ()) -> None:
         self.names = frozenset(n.lower() for n in names if not n.endswith("*"))
         self.prefixes = tuple(n[:-1].lower() for n in names if n.endswith("*"))
+        self.never = frozenset(n.lower() for n in never)  # ours, whatever the list says (objection_header)
         # Header `name` crosses on the initial INVITE (PAI is rebuilt, not copied) / inside the dialog.
         self.invite = _NameFilter(self._on_invite)
         self.dialog = _NameFilter(self._in_dialog)
 
     def allows(self, lname: str) -> bool:
-        return lname in self.names or (bool(self.prefixes) and lname.startswith(self.prefixes))
+        return (lname in self.names or (bool(self.prefixes) and lname.startswith(self.prefixes))) and (
+            lname not in self.never)
 
     def _on_invite(self, name: str) -> bool:
         lname = _lower_name(name)
@@ -325,7 +332,8 @@ def compile_runtime(config: Config, policy: PolicyPort, store: Any, audit: Any =
     auth = compile_gate(config.auth, old.auth if old is not None else None)
     return Runtime(
         config=config, policy=policy, store=store, audit=audit, matcher=TrunkMatcher(config.trunks),
-        pools=pools, passes={n: _PassList(t.headers.pass_) for n, t in config.trunks.items()},
+        pools=pools,
+        passes={n: _PassList(t.headers.pass_, _never_relayed(t)) for n, t in config.trunks.items()},
         timers=Timers(t1, s.timers.t2_ms / 1000, s.timers.t4_ms / 1000, s.ring_timeout_s,
                       s.max_call_duration_s, timer_c=max(180.0, s.ring_timeout_s) + 64 * t1),
         auth=auth,

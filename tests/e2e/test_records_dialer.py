@@ -63,9 +63,12 @@ def test_objections_on_the_dialers_bye_are_recorded_enforced_and_proven(sipp: Si
         _dial(sipp, tmp_path, deployment.inside, "second",
               [(OPPOSED, "603 callee.opposition", "none"), (REFUSED, "603 callee.consent", "none"),
                (QUIET, "relay", "none")])
-        carrier.finish(grace_s=15)
+        carrier_run = carrier.finish(grace_s=15)
     finally:
         deployment.sipfilter.stop()
+    # The header is for sipfilter alone: never relayed, although the trunk passes X-* headers.
+    carrier_log = next(carrier_run.workdir.glob("*_messages.log")).read_text(errors="replace")
+    assert "BYE sip:" in carrier_log and "X-Sipfilter-Objection" not in carrier_log
 
     report = json.loads(sipfilter_cli(["audit", "--config", config, OPPOSED]).stdout)
     assert [(d["action"], d["rule"]) for d in report["decisions"]] == [("allow", ""),
