@@ -42,11 +42,13 @@ _str = encode_basestring
 _BOOL = {True: "true", False: "false"}
 _second: tuple[int, str] = (-1, "")  # the last whole second formatted and its text (rebound atomically)
 READY_RETRY_S = 30.0  # see AuditLog.refusing_calls
+_YEAR_10000 = 253402300800
 
 
-def iso_ms(at: float) -> str:
+def iso_ms(at: float, *, remember: bool = True) -> str:
     """`at` as ISO 8601 UTC with milliseconds and a Z, exactly as datetime.isoformat(timespec="milliseconds")
-    writes it (µs rounded half-even, then truncated); the date part is formatted once per second."""
+    writes it (µs rounded half-even, then truncated); the date part is formatted once per second.
+    `remember=False`: a time from elsewhere (a consent's grant) that must not evict the current second."""
     frac, whole = math.modf(at)
     if at < 0 or not math.isfinite(at):
         return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -57,8 +59,13 @@ def iso_ms(at: float) -> str:
     global _second
     cached_sec, text = _second
     if cached_sec != sec:
-        text = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        _second = (sec, text)
+        if sec >= _YEAR_10000:
+            return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        t = time.gmtime(sec)
+        text = (f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:"
+                f"{t.tm_sec:02d}")
+        if remember:
+            _second = (sec, text)
     return f"{text}.{us // 1000:03d}Z"
 
 
@@ -121,10 +128,11 @@ def _basis(decision: Decision) -> str:
     out = ""
     c = decision.consent
     if c is not None:
-        out = f',"consent":{{"proof":{_str(c.proof)},"granted_at":"{iso_ms(c.granted_at)}"}}'
+        out = f',"consent":{{"proof":{_str(c.proof)},"granted_at":"{iso_ms(c.granted_at, remember=False)}"}}'
     k = decision.contract
     if k is not None:
-        out += f',"contract":{{"reference":{_str(k.reference)},"started_at":"{iso_ms(k.started_at)}"}}'
+        out += (f',"contract":{{"reference":{_str(k.reference)},'
+                f'"started_at":"{iso_ms(k.started_at, remember=False)}"}}')
     return out
 
 

@@ -230,7 +230,8 @@ def test_unwritable_directory(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "at",
-    [0.0, 1789574400.0, 1789574400.0005, 1789574400.9994999, 1789574400.9999996, 1e9 - 1e-7, 2.5e9 + 0.1234],
+    [0.0, 1789574400.0, 1789574400.0005, 1789574400.9994999, 1789574400.9999996, 1e9 - 1e-7, 2.5e9 + 0.1234,
+     253402300799.9994],
 )
 def test_time_field_matches_datetime_isoformat(at: float) -> None:
     from datetime import UTC, datetime
@@ -238,6 +239,7 @@ def test_time_field_matches_datetime_isoformat(at: float) -> None:
     from sipfilter.audit import iso_ms
 
     expected = datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert iso_ms(at, remember=False) == expected  # a grant time: formatted without the cache
     assert iso_ms(at) == expected
     assert iso_ms(at) == expected  # the cached second gives the same text
 
