@@ -551,7 +551,9 @@ class RedisStore(LocalLists):
                             key=lambda i: i.version))
 
     def _apply(self, hash_key: bytes, field: bytes, value: bytes | None) -> None:
-        replica = self._replicas()[hash_key.decode()]
+        replica = self._replicas().get(hash_key.decode())
+        if replica is None:
+            return  # a records hash this version does not replicate
         if value is None:
             replica.pop(field, None)
         else:
