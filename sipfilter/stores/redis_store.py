@@ -251,6 +251,7 @@ class RedisStore(LocalLists):
         self._oppositions: dict[bytes, bytes] = {}
         self._log_id: str | None = None  # last change-log entry applied to the replicas
         self._watcher: asyncio.Task[None] | None = None
+        self._migration: asyncio.Task[None] | None = None
         self._missing_warned: set[str] = set()
         # One sync at a time: a slower sync must never swap in a snapshot older than a faster one's.
         self._lists_lock = asyncio.Lock()
@@ -268,7 +269,39 @@ class RedisStore(LocalLists):
             raise
         if watch:
             store._watcher = asyncio.get_running_loop().create_task(store._watch())
+            store._migration = asyncio.get_running_loop().create_task(store._migrate_refusals())
         return store
+
+    async def _migrate_refusals(self) -> None:
+        """Once per Redis, by one instance: the refusals recorded before the record history (only their
+        counters) become refusal records, so they end the consents given before them as new ones do. Until
+        it is done they only hold the cooldown, as they did. In the background: one SCAN of the keyspace."""
+        r, done = self._bulk, self.prefix + "migrated:refusal_log"
+        try:
+            if await r.exists(done) or not await r.set(done + ":lock", os.getpid(), nx=True, ex=3600):
+                return
+            escaped = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in self.prefix)
+            start, moved = f"{self.prefix}c:{{", 0
+            async for key in r.scan_iter(match=escaped + "c:{*}:ref", count=1000):
+                account, _, number = key.decode()[len(start):-len("}:ref")].partition(SEP)
+                value = await r.get(key)
+                known = {o.at for o in self._objections(self._refusals, account, number)}
+                if value is None or not number or float(value) in known:
+                    continue
+                event = json.dumps(["at", float(value), "migrated", None])
+                await self._append(keys=[self.k_refusals, self.k_log], args=[account + SEP + number, event,
+                                                                               LOG_MAXLEN])
+                moved += 1
+            await r.set(done, moved)
+            await self._call(self._sync_records, "sync")
+            if moved:
+                log.info("redis store: %d refusal(s) recorded before the record history brought forward",
+                         moved)
+        except (TimeoutError, RedisError, OSError, StoreUnavailable) as exc:
+            log.error("redis store: bringing earlier refusals forward failed (retried at the next start): %s",
+                      exc)
+            with contextlib.suppress(TimeoutError, RedisError, OSError):
+                await r.delete(done + ":lock")
 
     async def _call(self, make: Callable[[], Awaitable[T]], operation: str = "other") -> T:
         try:
@@ -634,11 +667,14 @@ class RedisStore(LocalLists):
         return float(v) if v is not None else None
 
     async def close(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-            self._watcher = None
+        for task in (self._watcher, self._migration):
+            if task is not None:
+                # Cancelled again until done: a cancellation that lands inside redis-py's connection code
+                # can be swallowed there, and the watcher would then sleep on as if nothing happened.
+                while not task.done():
+                    task.cancel()
+                    await asyncio.wait({task}, timeout=0.1)
+        self._watcher = self._migration = None
         await self._close_clients()
 
     async def _close_clients(self) -> None:

@@ -213,3 +213,32 @@ async def test_redis_undo_never_loses_a_refusal_recorded_meanwhile(
     assert [r.at for r in await store.undo_refusal(A, N1, None, "mistake", T0 + 2 * DAY)] == [T0 + DAY]
     d = await store.check_and_record_attempt(A, N1, T0 + 2 * DAY, 4, 30 * DAY, COOL)
     assert (d.allowed, d.refused_at) == (False, T0 + DAY / 2)
+
+
+@pytest.mark.parametrize("backend", ["redis"])
+async def test_redis_refusals_from_before_the_history_are_brought_forward(
+    store: WritableStore, request: pytest.FixtureRequest
+) -> None:
+    """A Redis written by an older sipfilter holds refusals only as cooldown counters: the first watching
+    instance turns them into records, once, so they end the consents given before them."""
+    import asyncio
+
+    from sipfilter.stores.redis_store import RedisStore
+
+    await store.add_consent(ConsentRecord(A, N1, T0, "form-1"))
+    raw = store._redis  # type: ignore[attr-defined]
+    await raw.set(store._ckey(A, N1, "ref"), repr(T0 + DAY))  # type: ignore[attr-defined]
+    assert store.consent_for(A, N1, T0 + 100 * DAY) is not None  # what an older sipfilter believed
+    url = request.getfixturevalue("redis_server").url
+    for _ in range(2):  # the second start finds the work done and adds nothing
+        proxy = await RedisStore.open(url, poll_interval=0.05)
+        try:
+            for _ in range(200):
+                if proxy.consent_for(A, N1, T0 + 100 * DAY) is None:
+                    break
+                await asyncio.sleep(0.05)
+            assert proxy.consent_for(A, N1, T0 + 100 * DAY) is None
+            history = await proxy.history(A, N1)
+            assert [(r.at, r.source) for r in history.refusals] == [(T0 + DAY, "migrated")]
+        finally:
+            await proxy.close()
