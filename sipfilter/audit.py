@@ -97,10 +97,10 @@ def decision_record(facts: CallFacts, decision: Decision, account: str, mode: st
     }
     c = decision.consent
     if c is not None:
-        record["consent"] = {"proof": c.proof, "granted_at": iso_ms(c.granted_at)}
+        record["consent"] = {"proof": c.proof, "granted_at": iso_ms(c.granted_at, remember=False)}
     k = decision.contract
     if k is not None:
-        record["contract"] = {"reference": k.reference, "started_at": iso_ms(k.started_at)}
+        record["contract"] = {"reference": k.reference, "started_at": iso_ms(k.started_at, remember=False)}
     return record
 
 
