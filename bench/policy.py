@@ -30,7 +30,7 @@ from sipfilter.b2bua.facts import read_invite  # noqa: E402
 from sipfilter.config import load_config  # noqa: E402
 from sipfilter.policy.engine import PolicyEngine  # noqa: E402
 from sipfilter.sip import Request, parse  # noqa: E402
-from sipfilter.stores.base import AttemptDecision, ConsentRecord, ListInfo  # noqa: E402
+from sipfilter.stores.base import AttemptDecision, ConsentRecord, ContractRecord, ListInfo  # noqa: E402
 
 
 class BenchStore:
@@ -58,6 +58,16 @@ class BenchStore:
 
     def has_contract(self, account: str, number: str, at: float, purpose: str | None = None) -> bool:
         return (account, number) in self.contracts
+
+    def contract_for(self, account: str, number: str, at: float,
+                     purpose: str | None = None) -> ContractRecord | None:  # fmt: skip
+        return ContractRecord(account, number, 0.0) if (account, number) in self.contracts else None
+
+    def opposition_for(self, account: str, number: str, at: float) -> float | None:
+        return None
+
+    def list_versions(self, names: tuple[str, ...]) -> dict[str, int]:
+        return {n: self.infos[n].version for n in names if n in self.infos}
 
     async def check_and_record_attempt(
         self, account: str, number: str, now: float, cap: int, window_s: float, refusal_cooldown_s: float

@@ -123,8 +123,10 @@ class App:
         return await open_stream_endpoint(side, listen.host, listen.port, self.b2b, tls=tls, limits=limits)
 
     async def _start_admin(self) -> None:
+        from sipfilter.admin_api import RecordsContext
         from sipfilter.http import AdminServer, ReadinessState
         from sipfilter.policy.rulepack import normaliser_for  # API numbers normalised like the call path
+        from sipfilter.records import accounts_of
 
         cfg = self.config.admin
         state = ReadinessState(
@@ -137,8 +139,9 @@ class App:
             audit_ok=lambda: self.audit is None or not self.audit.refusing_calls(),
             draining=lambda: self.draining,
         )
+        records = RecordsContext(accounts=lambda: accounts_of(self.config), audit_log=lambda: self.audit)
         self.admin = AdminServer(state, token=cfg.token, get_store=lambda: self.store,
-                                 normaliser=normaliser_for(self.config))  # fmt: skip
+                                 normaliser=normaliser_for(self.config), records=records)  # fmt: skip
         metrics.STATE.bind(store=lambda: self.store, config=lambda: self.config,
                            audit=lambda: self.audit, ready=state.ready,
                            targets=lambda: metrics.pool_targets(self.b2b))  # fmt: skip

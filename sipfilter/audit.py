@@ -21,12 +21,13 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any
 
+from sipfilter.audit_files import Rotator, rotated_path
 from sipfilter.config import AuditConfig
 from sipfilter.policy.facts import CallFacts
 from sipfilter.policy.verdict import Decision
@@ -41,11 +42,13 @@ _str = encode_basestring
 _BOOL = {True: "true", False: "false"}
 _second: tuple[int, str] = (-1, "")  # the last whole second formatted and its text (rebound atomically)
 READY_RETRY_S = 30.0  # see AuditLog.refusing_calls
+_YEAR_10000 = 253402300800
 
 
-def iso_ms(at: float) -> str:
+def iso_ms(at: float, *, remember: bool = True) -> str:
     """`at` as ISO 8601 UTC with milliseconds and a Z, exactly as datetime.isoformat(timespec="milliseconds")
-    writes it (µs rounded half-even, then truncated); the date part is formatted once per second."""
+    writes it (µs rounded half-even, then truncated); the date part is formatted once per second.
+    `remember=False`: a time from elsewhere (a consent's grant) that must not evict the current second."""
     frac, whole = math.modf(at)
     if at < 0 or not math.isfinite(at):
         return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -56,15 +59,20 @@ def iso_ms(at: float) -> str:
     global _second
     cached_sec, text = _second
     if cached_sec != sec:
-        text = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        _second = (sec, text)
+        if sec >= _YEAR_10000:
+            return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        t = time.gmtime(sec)
+        text = (f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:"
+                f"{t.tm_sec:02d}")
+        if remember:
+            _second = (sec, text)
     return f"{text}.{us // 1000:03d}Z"
 
 
 def decision_record(facts: CallFacts, decision: Decision, account: str, mode: str) -> dict[str, Any]:
     """The audit record of one decision (also what `sipfilter check --json` shows of the numbers)."""
     v = decision.verdict
-    return {
+    record = {
         "time": iso_ms(facts.at),
         "trunk": facts.trunk,
         "account": account,
@@ -84,11 +92,48 @@ def decision_record(facts: CallFacts, decision: Decision, account: str, mode: st
         "failed": {rule: o.reason for rule, o in decision.outcomes.items() if o.result == "fail"},
         "alerts": list(decision.alerts),
         "rule_pack_version": decision.rule_pack_version,
+        # What it rested on: the version of each list consulted, the consent or contract consulted.
+        "lists": dict(decision.lists or {}),
     }
+    c = decision.consent
+    if c is not None:
+        record["consent"] = {"proof": c.proof, "granted_at": iso_ms(c.granted_at, remember=False)}
+    k = decision.contract
+    if k is not None:
+        record["contract"] = {"reference": k.reference, "started_at": iso_ms(k.started_at, remember=False)}
+    return record
 
 
 def _strs(values: list[str] | tuple[str, ...]) -> str:
     return "[" + ",".join([_str(v) for v in values]) + "]" if values else "[]"
+
+
+_lists_memo: tuple[object, str] = (None, "{}")  # the last list versions encoded (the same object per version)
+
+
+def _lists(versions: Mapping[str, int] | None) -> str:
+    global _lists_memo
+    if not versions:
+        return "{}"
+    memo = _lists_memo
+    if memo[0] is versions:
+        return memo[1]
+    text = _ENCODER.encode(dict(versions))
+    _lists_memo = (versions, text)
+    return text
+
+
+def _basis(decision: Decision) -> str:
+    """The consent/contract members of the line (with their leading comma), or ""."""
+    out = ""
+    c = decision.consent
+    if c is not None:
+        out = f',"consent":{{"proof":{_str(c.proof)},"granted_at":"{iso_ms(c.granted_at, remember=False)}"}}'
+    k = decision.contract
+    if k is not None:
+        out += (f',"contract":{{"reference":{_str(k.reference)},'
+                f'"started_at":"{iso_ms(k.started_at, remember=False)}"}}')
+    return out
 
 
 def encode_decision(facts: CallFacts, decision: Decision, account: str, mode: str) -> bytes:
@@ -112,22 +157,14 @@ def encode_decision(facts: CallFacts, decision: Decision, account: str, mode: st
             f'"rule":{_str(v.rule)},"reason":{_str(v.reason)},"mode":{_str(mode)},'
             f'"monitored":{_BOOL[decision.monitored]},"attempt_recorded":{_BOOL[decision.attempt_recorded]},'
             f'"failed":{{{failed}}},"alerts":{_strs(decision.alerts)},'
-            f'"rule_pack_version":{_str(decision.rule_pack_version)}}}\n'
+            f'"rule_pack_version":{_str(decision.rule_pack_version)},"lists":{_lists(decision.lists)}'
+            f"{_basis(decision) if decision.consent is not None or decision.contract is not None else ''}}}\n"
         )
     except (TypeError, KeyError):  # a non-str / non-bool value: the generic encoder (default=str) knows it
         line = _ENCODER.encode(decision_record(facts, decision, account, mode)) + "\n"
     # A Call-ID with bytes that are not UTF-8 reaches us as lone surrogates (surrogateescape): written as
     # their JSON \udcXX escapes rather than failing the line.
     return line.encode("utf-8", "backslashreplace")
-
-
-def _fsync_and_close(fd: int) -> None:
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        log.error("audit log fsync before rotation failed: %s", exc)
-    finally:
-        os.close(fd)
 
 
 class AuditLog:
@@ -138,6 +175,11 @@ class AuditLog:
         self.max_bytes = config.max_bytes
         self.backups = config.backups
         self.fsync = config.fsync
+        # Rotated files: fsynced, gzip-compressed and pruned (audit.retention_days, audit.backups) off the
+        # event loop, one at a time; what a crash left uncompressed is done now, in the background too.
+        self._rotator = Rotator(self.path, fsync=config.fsync != "never", compress=config.compress == "gzip",
+                                backups=config.backups, retention_days=config.retention_days)
+        self._rotator.tidy()
         self.on_write_error = config.on_write_error
         self.on_error = on_error
         self.write_errors = 0  # total failed writes (export as a metric)
@@ -149,7 +191,6 @@ class AuditLog:
         self._size = 0
         self._torn = False  # a partial line may have been written: start the next one on a new line
         self._last_logged = 0.0
-        self._syncing: list[threading.Thread] = []  # background fsyncs of rotated files
 
     @property
     def should_relay(self) -> bool:
@@ -171,26 +212,17 @@ class AuditLog:
         return self._fd
 
     def _rotate(self) -> None:
-        if self._fd is not None:
-            if self.fsync != "never":
-                # Flushing up to max_bytes of dirty pages can take a while: do it off the event loop.
-                t = threading.Thread(
-                    target=_fsync_and_close, args=(self._fd,), name="audit-fsync", daemon=True
-                )
-                t.start()
-                self._syncing = [x for x in self._syncing if x.is_alive()] + [t]
-            else:
-                os.close(self._fd)
-            self._fd = None
+        """Rename the live file aside (`<name>.<UTC time>`, see audit_files) and start a new one; flushing up
+        to max_bytes of dirty pages and compressing take a while, so the Rotator does them off the loop."""
+        fd, self._fd = self._fd, None
         if self.backups == 0:
             self.path.unlink(missing_ok=True)
+            self._rotator.retire(fd, None)
             return
-        for i in range(self.backups - 1, 0, -1):
-            older = self.path.with_name(f"{self.path.name}.{i}")
-            if older.exists():
-                os.replace(older, self.path.with_name(f"{self.path.name}.{i + 1}"))
-        if self.path.exists():
-            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        rotated = rotated_path(self.path, time.time())
+        if self.path.exists() or self.path.is_symlink():
+            os.replace(self.path, rotated)
+        self._rotator.retire(fd, rotated)
 
     def write(self, record: dict[str, Any]) -> bool:
         """Append one record as a JSON line; True when it reached the kernel. Never raises OSError."""
@@ -267,8 +299,7 @@ class AuditLog:
         return self.write_line(encode_decision(facts, decision, account, mode))
 
     def close(self) -> None:
-        for t in self._syncing:
-            t.join(timeout=30)
+        self._rotator.close()
         with self._lock:
             if self._fd is not None:
                 try:

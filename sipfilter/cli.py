@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from sipfilter import __version__
 
 # Sub-command modules, in the order `--help` lists them.
-COMMAND_MODULES = ("run", "check", "lists", "consent", "refusal", "config", "demo")
+COMMAND_MODULES = ("run", "check", "lists", "consent", "refusal", "opposition", "audit", "config", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -372,9 +372,11 @@ class StoreConfig:
 class AuditConfig:
     path: Path
     max_bytes: int
-    backups: int
+    backups: int | None  # rotated files kept at most (None: no count limit; 0: none kept)
     on_write_error: str  # keep-relaying | stop-relaying
     fsync: str = "rotate"  # never | rotate | always (see sipfilter/audit.py)
+    compress: str = "gzip"  # gzip | none: rotated files
+    retention_days: int | None = 1100  # rotated files older than this are removed (None: kept forever)
 
 
 @dataclass(frozen=True, slots=True)
@@ -468,6 +470,9 @@ class TrunkConfig:
     purpose: str | None = None
     # A header by which the dialer gives the callee's own IANA time zone (from its CRM); None: not read.
     callee_zone_header: str | None = None
+    # A header the dialer may put on the BYE ending a call: `refusal` or `opposition` records what the
+    # consumer said for the call's callee (sipfilter/b2bua/objections.py). None: not read.
+    objection_header: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -617,13 +622,17 @@ def _store(s: Section) -> StoreConfig:
 
 
 def _audit(s: Section) -> AuditConfig:
-    s.only(["path", "max_bytes", "backups", "on_write_error", "fsync"])
+    s.only(["path", "max_bytes", "backups", "on_write_error", "fsync", "compress", "retention_days"])
     return AuditConfig(
         s.path_("path", keep_link=True),
         s.int("max_bytes", 100 * 1024 * 1024, lo=4096),
-        s.int("backups", 10, lo=0, hi=1000),
+        s.int("backups", None, lo=0, hi=1_000_000),
         s.choice("on_write_error", ("keep-relaying", "stop-relaying"), "keep-relaying"),
         s.choice("fsync", ("never", "rotate", "always"), "rotate"),
+        s.choice("compress", ("gzip", "none"), "gzip"),
+        # Three years and a margin: the administration's action for a fine under the consumer code lapses
+        # after three full years (L522-2 code de la consommation) unless an act of inquiry interrupts it.
+        s.int("retention_days", 1100, lo=1) if s.raw("retention_days", 1100) is not None else None,
     )
 
 
@@ -655,9 +664,9 @@ _TRUNK_KEYS = (
     "identity",
     "purpose",
     "callee_zone_header",
+    "objection_header",
 )
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
-_HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9!%*_+`'~.-]+$")  # RFC 3261 token
 
 
 def _trunk(name: str, s: Section, pack_names: Iterable[str],
@@ -734,9 +743,6 @@ def _trunk(name: str, s: Section, pack_names: Iterable[str],
     purpose = s.str("purpose", None, nullable=True)
     if purpose is not None and not _TOKEN_RE.match(purpose):
         raise s.error("purpose", "letters, digits, _ . : - only (the word contract scopes name)")
-    zone_header = s.str("callee_zone_header", None, nullable=True)
-    if zone_header is not None and not _HEADER_NAME_RE.match(zone_header):
-        raise s.error("callee_zone_header", f"not a SIP header name: {zone_header!r}")
     return TrunkConfig(
         name=name,
         match=TrunkMatch(tuple(sources), header, frozenset(ports)),
@@ -757,7 +763,8 @@ def _trunk(name: str, s: Section, pack_names: Iterable[str],
         on_targets_down=s.choice("on_targets_down", ("try", "reject"), "try"),
         identity=_identity(s),
         purpose=purpose,
-        callee_zone_header=zone_header,
+        callee_zone_header=_header_name(s, "callee_zone_header"),
+        objection_header=_header_name(s, "objection_header"),
     )
 
 
@@ -768,6 +775,16 @@ def _identity(trunk: Section) -> IdentityConfig | None:
     from sipfilter.identity.settings import read_identity
 
     return read_identity(trunk.section("identity"))
+
+
+_HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")  # RFC 3261 token
+
+
+def _header_name(s: Section, key: str) -> str | None:
+    name: str | None = s.str(key, None, nullable=True)
+    if name is not None and not _HEADER_NAME_RE.match(name):
+        raise s.error(key, f"expected a SIP header name such as X-Sipfilter-Objection, got {name!r}")
+    return name
 
 
 def _target_tls(t: Section, transport: str) -> TargetTls | None:

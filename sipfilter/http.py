@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from sipfilter import metrics
-from sipfilter.admin_api import add_admin_routes
+from sipfilter.admin_api import RecordsContext, add_admin_routes
 
 log = logging.getLogger("sipfilter.http")
 
@@ -114,6 +114,7 @@ def make_admin_app(
     get_store: Callable[[], Any] | None = None,
     normaliser: Any = None,
     region: str = "FR",
+    records: RecordsContext | None = None,
 ) -> web.Application:
     """/metrics, /healthz, /readyz (+ /api/… from admin_api when `get_store` is given); token-guarded."""
     app = web.Application(middlewares=[token_middleware(token)] if token else [])
@@ -141,7 +142,7 @@ def make_admin_app(
     app.router.add_get("/readyz", readyz)
     if get_store is not None:
         # The middleware already checks the token: the API need not check it twice.
-        add_admin_routes(app, get_store, normaliser=normaliser, region=region, token=None)
+        add_admin_routes(app, get_store, normaliser=normaliser, region=region, token=None, context=records)
     return app
 
 
@@ -158,11 +159,13 @@ class AdminServer:
         region: str = "FR",
         registry: CollectorRegistry = metrics.REGISTRY,
         lag_monitor: bool = True,
+        records: RecordsContext | None = None,
     ) -> None:
         self.state = state if state is not None else ReadinessState()
         self.token = token or None
         self._app_args: dict[str, Any] = dict(
-            token=self.token, registry=registry, get_store=get_store, normaliser=normaliser, region=region
+            token=self.token, registry=registry, get_store=get_store, normaliser=normaliser, region=region,
+            records=records,
         )
         self._lag_monitor = lag_monitor
         self._runner: web.AppRunner | None = None

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import errno
+import gzip
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sipfilter import audit_files as audit_files_module
 from sipfilter.audit import AuditLog, decision_record, encode_decision
+from sipfilter.audit_files import append_line, audit_files, compress, read_lines, rotated_path
 from sipfilter.config import AuditConfig
 from sipfilter.policy.facts import CallFacts
 from sipfilter.policy.numbers import Number
 from sipfilter.policy.verdict import Decision, Outcome, Verdict
+from sipfilter.stores.base import ConsentRecord, ContractRecord
 
 
 def facts(call_id: str = "c1") -> CallFacts:
@@ -43,12 +48,16 @@ DECISION = Decision(
 
 
 def log_for(tmp_path: Path, **kw: object) -> AuditLog:
+    backups = kw.get("backups", 3)
+    retention = kw.get("retention_days", 1100)
     cfg = AuditConfig(
         path=tmp_path / "audit" / "decisions.jsonl",
-        max_bytes=int(kw.get("max_bytes", 1 << 20)),
-        backups=int(kw.get("backups", 3)),
+        max_bytes=int(kw.get("max_bytes", 1 << 20)),  # type: ignore[call-overload]
+        backups=None if backups is None else int(backups),  # type: ignore[call-overload]
         on_write_error=str(kw.get("policy", "keep-relaying")),
         fsync=str(kw.get("fsync", "rotate")),
+        compress=str(kw.get("compress", "gzip")),
+        retention_days=None if retention is None else int(retention),  # type: ignore[call-overload]
     )
     return AuditLog(cfg)
 
@@ -71,6 +80,21 @@ def test_one_json_line_per_decision(tmp_path: Path) -> None:
     log.close()
 
 
+def test_the_line_carries_what_the_decision_rested_on(tmp_path: Path) -> None:
+    log = log_for(tmp_path)
+    d = Decision(Verdict("allow", 0, "", ""), {}, False, True, "fr-1", (), {"bloctel": 12, "optouts": 3},
+                 ConsentRecord("acme", "+33699999999", 1789574400.5, "crm-4711"),
+                 ContractRecord("acme", "+33699999999", 1789000000.0, None, "K-9"))
+    assert log.log_decision(facts("a"), d, "acme", "enforce")
+    assert log.log_decision(facts("b"), DECISION, "acme", "enforce")
+    log.close()
+    first, second = (json.loads(x) for x in (tmp_path / "audit" / "decisions.jsonl").read_text().splitlines())
+    assert first["lists"] == {"bloctel": 12, "optouts": 3}
+    assert first["consent"] == {"proof": "crm-4711", "granted_at": "2026-09-16T16:00:00.500Z"}
+    assert first["contract"] == {"reference": "K-9", "started_at": "2026-09-10T00:26:40.000Z"}
+    assert second["lists"] == {} and "consent" not in second and "contract" not in second
+
+
 def test_appends_across_restarts(tmp_path: Path) -> None:
     for i in range(3):
         log = log_for(tmp_path)
@@ -80,20 +104,89 @@ def test_appends_across_restarts(tmp_path: Path) -> None:
     assert [json.loads(x)["call_id"] for x in lines] == ["0", "1", "2"]
 
 
-def test_rotation_by_size_keeps_backups(tmp_path: Path) -> None:
+def test_rotation_by_size_compresses_and_keeps_backups(tmp_path: Path) -> None:
     log = log_for(tmp_path, max_bytes=4096, backups=2)
     for i in range(60):
         assert log.log_decision(facts(f"call-{i}"), DECISION, "acme", "enforce")
-    log.close()
+    log.close()  # waits for the background compression
     base = tmp_path / "audit" / "decisions.jsonl"
-    files = [base, base.with_name(base.name + ".1"), base.with_name(base.name + ".2")]
-    assert all(f.exists() for f in files)
-    assert not base.with_name(base.name + ".3").exists()
-    assert all(f.stat().st_size <= 4096 for f in files)
-    newest = [json.loads(x)["call_id"] for x in base.read_text().splitlines()]
-    assert newest[-1] == "call-59"
-    previous = [json.loads(x)["call_id"] for x in files[1].read_text().splitlines()]
-    assert int(previous[-1].split("-")[1]) + 1 == int(newest[0].split("-")[1])  # nothing lost at the seam
+    files = audit_files(base)
+    assert [f.path.name.endswith("Z.gz") for f in files] == [True, True, False]  # two rotated, gzip, + live
+    assert [f.compressed for f in files] == [True, True, False]
+    assert files[0].rotated_at < files[1].rotated_at  # type: ignore[operator]
+    assert sorted(p.name for p in base.parent.iterdir()) == sorted(f.path.name for f in files)  # no leftovers
+    assert all(len(gzip.decompress(f.path.read_bytes())) <= 4096 for f in files[:2])
+    calls = [int(json.loads(x)["call_id"].split("-")[1]) for x in read_lines(base)]
+    assert calls[-1] == 59 and calls == list(range(calls[0], 60))  # in order, nothing lost at the seams
+
+
+def test_rotated_files_uncompressed_when_asked_and_none_kept_with_backups_0(tmp_path: Path) -> None:
+    log = log_for(tmp_path, max_bytes=4096, backups=None, compress="none")
+    for i in range(30):
+        log.log_decision(facts(f"call-{i}"), DECISION, "acme", "enforce")
+    log.close()
+    files = audit_files(tmp_path / "audit" / "decisions.jsonl")
+    assert len(files) > 2 and not any(f.compressed for f in files)
+    assert len(list(read_lines(files[-1].path))) == 30
+    other = tmp_path / "b"
+    log = log_for(other, max_bytes=4096, backups=0)
+    for i in range(30):
+        log.log_decision(facts(f"call-{i}"), DECISION, "acme", "enforce")
+    log.close()
+    assert [f.path.name for f in audit_files(other / "audit" / "decisions.jsonl")] == ["decisions.jsonl"]
+
+
+def test_retention_removes_rotated_files_older_than_retention_days(tmp_path: Path) -> None:
+    base = tmp_path / "audit" / "decisions.jsonl"
+    base.parent.mkdir(parents=True)
+    now = time.time()
+    old = rotated_path(base, now - 400 * 86400)
+    recent = rotated_path(base, now - 10 * 86400)
+    for f in (old, recent):
+        f.with_name(f.name + ".gz").write_bytes(gzip.compress(b'{"x":1}\n'))
+    legacy = base.with_name(base.name + ".3")  # an older sipfilter's (or logrotate's) numbered file
+    legacy.write_text('{"legacy":1}\n')
+    os.utime(legacy, (now - 500 * 86400, now - 500 * 86400))
+    left = tmp_path / "audit" / (rotated_path(base, now - 5 * 86400).name)  # a crash before compression
+    left.write_text('{"left":1}\n')
+    log = log_for(tmp_path, retention_days=365, backups=None)  # the start tidies up
+    log.close()
+    names = sorted(f.path.name for f in audit_files(base))
+    assert names == sorted([recent.name + ".gz", left.name + ".gz"])
+    assert [json.loads(x) for x in read_lines(base)] == [{"x": 1}, {"left": 1}]
+
+
+def test_read_lines_skips_files_rotated_before_since_and_filters_bytes(tmp_path: Path) -> None:
+    base = tmp_path / "decisions.jsonl"
+    first = rotated_path(base, 1000.0)
+    first.with_name(first.name + ".gz").write_bytes(gzip.compress(b"a +33611\nb +33622\n"))
+    second = rotated_path(base, 2000.0)
+    second.write_bytes(b"c +33611\n")
+    base.write_bytes(b"d +33611\n")
+    base.with_name(base.name + ".7").write_bytes(b"legacy +33611\n")
+    assert list(read_lines(base)) == [b"legacy +33611\n", b"a +33611\n", b"b +33622\n", b"c +33611\n",
+                                      b"d +33611\n"]
+    assert list(read_lines(base, since=1500.0, contains=b"+33611")) == [b"legacy +33611\n", b"c +33611\n",
+                                                                       b"d +33611\n"]
+
+
+def test_a_line_appended_by_another_process_while_compressing_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rotated = tmp_path / "decisions.jsonl.20261206T101500.000000Z"
+    rotated.write_bytes(b"one\n")
+    real_copy = audit_files_module.shutil.copyfileobj
+    appended = []
+
+    def copy_then_append(src: object, dst: object, length: int = 0) -> None:
+        real_copy(src, dst, length)  # type: ignore[arg-type]
+        if not appended:  # the CLI opened the file just before the rename: its line lands now
+            appended.append(1)
+            append_line(rotated, b"two\n")
+
+    monkeypatch.setattr(audit_files_module.shutil, "copyfileobj", copy_then_append)
+    gz = compress(rotated)
+    assert gzip.decompress(gz.read_bytes()) == b"one\ntwo\n" and not rotated.exists()
 
 
 @pytest.mark.parametrize(("policy", "relay"), [("keep-relaying", True), ("stop-relaying", False)])
@@ -137,7 +230,8 @@ def test_unwritable_directory(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "at",
-    [0.0, 1789574400.0, 1789574400.0005, 1789574400.9994999, 1789574400.9999996, 1e9 - 1e-7, 2.5e9 + 0.1234],
+    [0.0, 1789574400.0, 1789574400.0005, 1789574400.9994999, 1789574400.9999996, 1e9 - 1e-7, 2.5e9 + 0.1234,
+     253402300799.9994],
 )
 def test_time_field_matches_datetime_isoformat(at: float) -> None:
     from datetime import UTC, datetime
@@ -145,6 +239,7 @@ def test_time_field_matches_datetime_isoformat(at: float) -> None:
     from sipfilter.audit import iso_ms
 
     expected = datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert iso_ms(at, remember=False) == expected  # a grant time: formatted without the cache
     assert iso_ms(at) == expected
     assert iso_ms(at) == expected  # the cached second gives the same text
 
@@ -204,17 +299,22 @@ _number = st.builds(Number, raw=_text, e164=st.sampled_from(["", "+33612345678",
     outcomes=st.dictionaries(_text, st.builds(Outcome, st.sampled_from(["pass", "fail", "skip"]), _text),
                              max_size=4),
     alerts=st.lists(_text, max_size=3).map(tuple), version=_text,
+    lists=st.none() | st.dictionaries(_text, st.integers(0, 10**12), max_size=3),
+    consent=st.none() | st.builds(ConsentRecord, _text, _text, st.floats(0, 4e9), _text),
+    contract=st.none() | st.builds(ContractRecord, _text, _text, st.floats(0, 4e9), st.none(), _text),
 )  # fmt: skip
 def test_line_template_matches_the_generic_encoder(
     trunk: str, account: str, mode: str, call_id: str, at: float, caller: Number, callee: Number,
     asserted: tuple[Number, ...], privacy: frozenset[str], action: str, status: int, rule: str,
     reason: str, monitored: bool, recorded: bool, outcomes: dict[str, Outcome], alerts: tuple[str, ...],
-    version: str,
+    version: str, lists: dict[str, int] | None, consent: ConsentRecord | None,
+    contract: ContractRecord | None,
 ) -> None:  # fmt: skip
     """The hot-path line is byte for byte what json (ensure_ascii=False, compact) writes of the record:
     control characters, quotes, backslashes, non-ASCII, empty and multi-valued fields alike."""
     f = CallFacts(trunk, at, caller, asserted, privacy, callee, call_id)
-    d = Decision(Verdict(action, status, rule, reason), outcomes, monitored, recorded, version, alerts)
+    d = Decision(Verdict(action, status, rule, reason), outcomes, monitored, recorded, version, alerts, lists,
+                 consent, contract)
     line = encode_decision(f, d, account, mode)
     assert line == (_GENERIC.encode(decision_record(f, d, account, mode)) + "\n").encode()
     assert json.loads(line) == decision_record(f, d, account, mode)

@@ -26,6 +26,7 @@ from sipfilter.b2bua.facts import (
 from sipfilter.b2bua.identity import STIR_STATUSES, b_leg_identity, compile_identity, count_carrier_verdict
 from sipfilter.b2bua.in_dialog import ALLOW, IDENTITY_HEADERS, asserted_lines, refusal
 from sipfilter.b2bua.limits import Admission, Admit, LimitsConfig, Reject
+from sipfilter.b2bua.objections import DialerObjections
 from sipfilter.b2bua.observe import NO_ANSWER, NO_CONNECTION, Observer
 from sipfilter.b2bua.trunks import (
     Destination,
@@ -109,6 +110,11 @@ class _NameFilter(dict[str, bool]):
         return ok
 
 
+def _never_relayed(trunk: TrunkConfig) -> tuple[str, ...]:
+    """Headers meant for sipfilter alone: the dialer's objection header never reaches the carrier."""
+    return (trunk.objection_header,) if trunk.objection_header is not None else ()
+
+
 def _lower_name(name: str) -> str:
     lname = name.lower()
     return _COMPACT.get(lname, lname)
@@ -119,11 +125,13 @@ class _PassList:
     initial INVITE carries, what in-dialog requests and responses carry towards the dialer and towards the
     carrier, and bodies only. Identity headers never cross to the carrier as the dialer wrote them."""
 
-    __slots__ = ("dialog", "dialog_out", "identity", "invite", "invite_sans_identity", "names", "prefixes")
+    __slots__ = ("dialog", "dialog_out", "identity", "invite", "invite_sans_identity", "names", "never",
+                 "prefixes")  # fmt: skip
 
-    def __init__(self, names: tuple[str, ...]) -> None:
+    def __init__(self, names: tuple[str, ...], never: tuple[str, ...] = ()) -> None:
         self.names = frozenset(n.lower() for n in names if not n.endswith("*"))
         self.prefixes = tuple(n[:-1].lower() for n in names if n.endswith("*"))
+        self.never = frozenset(n.lower() for n in never)  # ours, whatever the list says (objection_header)
         # Header `name` crosses on the initial INVITE (PAI is rebuilt, not copied) / inside the dialog
         # towards the dialer / inside the dialog towards the carrier (PAI rebuilt there too).
         self.invite = _NameFilter(self._on_invite)
@@ -135,7 +143,8 @@ class _PassList:
         self.dialog_out = _NameFilter(self._in_dialog_out)
 
     def allows(self, lname: str) -> bool:
-        return lname in self.names or (bool(self.prefixes) and lname.startswith(self.prefixes))
+        return (lname in self.names or (bool(self.prefixes) and lname.startswith(self.prefixes))) and (
+            lname not in self.never)
 
     def _on_invite(self, name: str) -> bool:
         lname = _lower_name(name)
@@ -281,6 +290,7 @@ class Call:
         "b_ack",
         "b_identity",
         "b_invite",
+        "callee",
         "cancelled",
         "dest",
         "ended_by",
@@ -324,6 +334,7 @@ class Call:
         self.b_identity: tuple[str, ...] | None = None  # Identity lines of the B-leg (None: as passed)
         # The identities the policy decided on, which the B-leg presents (Request-URI user, From, PAI).
         self.ids: CallIdentities | None = None
+        self.callee = ""  # E.164 of the callee the policy decided on ("" when it was not a valid number)
 
 
 @dataclass
@@ -356,7 +367,8 @@ def compile_runtime(config: Config, policy: PolicyPort, store: Any, audit: Any =
     auth = compile_gate(config.auth, old.auth if old is not None else None)
     return Runtime(
         config=config, policy=policy, store=store, audit=audit, matcher=TrunkMatcher(config.trunks),
-        pools=pools, passes={n: _PassList(t.headers.pass_) for n, t in config.trunks.items()},
+        pools=pools,
+        passes={n: _PassList(t.headers.pass_, _never_relayed(t)) for n, t in config.trunks.items()},
         timers=Timers(t1, s.timers.t2_ms / 1000, s.timers.t4_ms / 1000, s.ring_timeout_s,
                       s.max_call_duration_s, timer_c=max(180.0, s.ring_timeout_s) + 64 * t1),
         auth=auth, identity=compile_identity(config, old.identity if old is not None else None),
@@ -399,6 +411,7 @@ class B2BUA:
         self.retry_after_s = 5
         self.hostname = runtime.config.sip.hostname
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.objections = DialerObjections()
         self._wire_pools()
 
     # -- plumbing ------------------------------------------------------------------------------------
@@ -754,6 +767,8 @@ class B2BUA:
 
     def _decided(self, call: Call, msg: Any, facts: Any, decision: Any, t0: float) -> None:
         verdict = decision.verdict
+        if call.trunk.objection_header is not None:  # the dialer may report an objection on its BYE
+            call.callee = facts.callee.e164
         trunk = call.trunk.name
         kind = "allow" if verdict.allowed else "reject"
         if decision.monitored:
@@ -1376,6 +1391,9 @@ class B2BUA:
                 call.state = ENDING
             if ep.side == INSIDE and call.state == ANSWERED:
                 self._send_b_ack(call, b"", [])
+            if ep.side == INSIDE and call.trunk.objection_header is not None:
+                self.objections.on_bye(self.rt.store, self.rt.audit, call.trunk, call.callee,
+                                       msg.headers.get(call.trunk.objection_header), self._clock())
         if method == "INVITE" and to_side in call.reinvite:
             self._respond(stx, 491, "Request Pending", [], b"")
             return

@@ -1,4 +1,5 @@
-"""Shared plumbing of the store commands (`lists`, `consent`, `refusal`): config, store, times, progress.
+"""Shared plumbing of the store commands (`lists`, `consent`, `refusal`, `opposition`, `audit`): config,
+store, accounts, times, audit lines, progress.
 
 Thin: opens the configured store, runs one coroutine, prints errors as one line; no store logic here.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import time
@@ -15,8 +17,10 @@ from datetime import datetime
 from typing import Any, TextIO
 
 from sipfilter import stores
+from sipfilter.audit_files import append_line
 from sipfilter.config import Config, ConfigError, load_config
 from sipfilter.policy.numbers import Normaliser
+from sipfilter.records import accounts_of, check_account
 from sipfilter.stores import StoreError, StoreUnavailable, WritableStore
 from sipfilter.stores.importer import ListFileError
 from sipfilter.times import parse_instant
@@ -63,13 +67,37 @@ def e164(config: Config, text: str, trunk: str | None = None) -> str:
     return n.e164
 
 
-def account(config: Config, given: str | None) -> str:
+def account(config: Config, given: str | None, *, known_only: bool = True) -> str:
+    """The professional account: `--account`, or the config's only one. An account no trunk uses is refused
+    (a record for it would block nothing), unless `known_only` is False (reading past records): a warning."""
+    accounts = accounts_of(config)
     if given:
+        if given not in accounts:
+            if known_only:
+                check_account(given, accounts)
+            print(f"sipfilter: warning: no trunk uses account {given!r} (accounts: {', '.join(accounts)})",
+                  file=sys.stderr)
         return given
-    accounts = sorted({t.account for t in config.trunks.values()})
     if len(accounts) == 1:
         return accounts[0]
     raise CliError(f"--account is required (accounts in the config: {', '.join(accounts) or 'none'})")
+
+
+AUDIT_NOT_WRITTEN = 4  # exit status: recorded in the store, but its audit line could not be written
+
+
+def log_event(config: Config, event: dict[str, Any] | None) -> int:
+    """Append a record's audit line to the configured audit log; 0, or AUDIT_NOT_WRITTEN (said on stderr)."""
+    if event is None:
+        return 0
+    try:
+        append_line(config.audit.path, (json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n")
+                    .encode("utf-8", "backslashreplace"))
+    except OSError as exc:
+        print(f"sipfilter: error: recorded, but the audit log {config.audit.path} could not be written: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return AUDIT_NOT_WRITTEN
+    return 0
 
 
 def parse_time(text: str | None) -> float:

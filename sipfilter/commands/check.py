@@ -155,6 +155,8 @@ def explain_passes(decision: Decision, facts: CallFacts, rules: RuleSet, store: 
             words[rule] = cats
         elif rule == "number.invalid":
             words[rule] = f"callee {facts.callee.e164}"
+        elif rule == "callee.opposition":
+            words[rule] = "no permanent opposition recorded for this callee"
         elif rule.startswith(DNC_PREFIX):
             name = rule[len(DNC_PREFIX) :]
             try:

@@ -1,7 +1,8 @@
-"""`sipfilter consent add|revoke|show|import` and `sipfilter consent contract add|end|show`.
+"""`sipfilter consent add|revoke|undo|show|import` and `sipfilter consent contract add|end`.
 
 Records, per professional account, the consumer's consent (with its proof) and contracts in progress; thin
-over the store's write side, on either backend. Never decides whether a call passes (the policy engine does).
+over sipfilter.records, on either backend, each record with its audit line. Never decides whether a call
+passes (the policy engine does).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sipfilter import records
 from sipfilter.commands._store_common import (
     CliError,
     account,
@@ -21,6 +23,7 @@ from sipfilter.commands._store_common import (
     as_dict,
     e164,
     iso,
+    log_event,
     normaliser,
     parse_time,
     region,
@@ -61,6 +64,13 @@ def register(subparsers: Any) -> None:
     _common(q)
     q.add_argument("--at", help="when (default: now)")
     q.set_defaults(func=_revoke)
+
+    q = sub.add_parser("undo", help="undo a consent recorded by mistake (it never counted; unlike revoke)")
+    _common(q)
+    q.add_argument("--proof", help="the consent's proof reference (default: the latest consent)")
+    q.add_argument("--granted-at", help="the consent's grant time, to the second")
+    q.add_argument("--reason", required=True, help="why the consent was a mistake (audit log)")
+    q.set_defaults(func=_undo)
 
     q = sub.add_parser("show", help="consent and contract history of one number")
     _common(q)
@@ -108,9 +118,12 @@ def _add(args: argparse.Namespace) -> int:
     async def body(config: Config, store: WritableStore) -> int:
         rec = ConsentRecord(account(config, args.account), e164(config, args.number), parse_time(args.at),
                             args.proof, None, args.hours, _time_zone(args.time_zone))
-        await store.add_consent(rec)
+        event = await records.add_consent(store, rec, "cli")
         print(f"consent recorded: {rec.account} {rec.number} at {iso(rec.granted_at)} (proof {rec.proof})")
-        return 0
+        last = await store.last_refusal(rec.account, rec.number)
+        if last is not None and rec.granted_at <= last:
+            print(f"note: a refusal recorded at {iso(last)} ends this consent (given before it)")
+        return log_event(config, event)
 
     return run_with_store(args, body)
 
@@ -118,31 +131,58 @@ def _add(args: argparse.Namespace) -> int:
 def _revoke(args: argparse.Namespace) -> int:
     async def body(config: Config, store: WritableStore) -> int:
         acct, number, at = account(config, args.account), e164(config, args.number), parse_time(args.at)
-        n = await store.revoke_consent(acct, number, at)
+        n, event = await records.revoke_consent(store, acct, number, at, "cli")
         print(f"{n} consent(s) revoked for {acct} {number} at {iso(at)}")
-        return 0 if n else 3
+        return log_event(config, event) if n else 3
+
+    return run_with_store(args, body)
+
+
+def _undo(args: argparse.Namespace) -> int:
+    async def body(config: Config, store: WritableStore) -> int:
+        acct, number = account(config, args.account), e164(config, args.number)
+        granted_at = parse_time(args.granted_at) if args.granted_at else None
+        undone, event = await records.undo_consent(store, acct, number, args.proof, granted_at, args.reason,
+                                                   "cli")
+        if not undone:
+            print(f"no consent to undo for {acct} {number}")
+            return 3
+        for c in undone:
+            print(f"consent undone: {acct} {number} granted {iso(c.granted_at)} (proof {c.proof!r})")
+        return log_event(config, event)
 
     return run_with_store(args, body)
 
 
 def _show(args: argparse.Namespace) -> int:
     async def body(config: Config, store: WritableStore) -> int:
-        acct, number = account(config, args.account), e164(config, args.number)
-        consents = await store.consents(acct, number)
-        contracts = await store.contracts(acct, number)
+        acct, number = account(config, args.account, known_only=False), e164(config, args.number)
+        history = await store.history(acct, number)
+        consents, contracts = history.consents, history.contracts
         if args.json:
-            print(json.dumps({"account": acct, "number": number, "consents": [as_dict(c) for c in consents],
+            shown = []
+            for c in consents:
+                ended_at, ended_by = history.consent_end(c) or (None, None)
+                shown.append({**as_dict(c), "ended_at": ended_at, "ended_by": ended_by})
+            print(json.dumps({"account": acct, "number": number, "consents": shown,
+                              "undone_consents": [{**as_dict(u.consent), "undone_at": u.undone_at,
+                                                   "undo_reason": u.reason} for u in history.undone_consents],
                               "contracts": [as_dict(c) for c in contracts]}, indent=2))
             return 0
         print(f"{acct} {number}")
         for c in consents:
-            print(f"  consent  granted {iso(c.granted_at)} proof {c.proof!r} revoked {iso(c.revoked_at)}"
+            end = history.consent_end(c)
+            print(f"  consent  granted {iso(c.granted_at)} proof {c.proof!r}"
+                  + (f" ended {iso(end[0])} ({end[1]})" if end else " in force")
                   + (f" hours {c.hours!r}" if c.hours else "")
                   + (f" zone {c.time_zone}" if c.time_zone else ""))
+        for u in history.undone_consents:
+            print(f"  consent  granted {iso(u.consent.granted_at)} proof {u.consent.proof!r} UNDONE"
+                  f" {iso(u.undone_at)} ({u.reason})")
         for k in contracts:
             print(f"  contract started {iso(k.started_at)} ended {iso(k.ended_at)} ref {k.reference!r}"
                   + (f" scope {','.join(k.scope)}" if k.scope else " (no scope)"))
-        if not consents and not contracts:
+        if not consents and not contracts and not history.undone_consents:
             print("  no consent, no contract")
         return 0
 
@@ -166,7 +206,7 @@ def _import(args: argparse.Namespace) -> int:
         has_header = any(h in NUMBER_COLUMNS for h in header)
         col = {name: header.index(name) for name in header} if has_header else {}
         num_i = next((col[n] for n in NUMBER_COLUMNS if n in col), 0)
-        records: list[ConsentRecord] = []
+        found: list[ConsentRecord] = []
         bad: list[tuple[int, str, str]] = []
         rows = csv.reader(io.StringIO(text), delimiter=delim)
         for lineno, row in enumerate(rows, 1):
@@ -191,16 +231,16 @@ def _import(args: argparse.Namespace) -> int:
                 bad.append((lineno, delim.join(row), f"time_zone {zone!r} is not an IANA time zone name"))
                 continue
             proof = cell("proof") or args.proof or f"import:{path.name}:{lineno}"
-            records.append(ConsentRecord(acct, n.e164, at, proof, None, cell("hours"), zone))
-        total = len(records) + len(bad)
+            found.append(ConsentRecord(acct, n.e164, at, proof, None, cell("hours"), zone))
+        total = len(found) + len(bad)
         for lineno, line, reason in bad[:BAD_LINES_SHOWN]:
             print(f"  line {lineno}: {line!r}: {reason}", file=sys.stderr)
         if total and len(bad) / total > args.max_bad_share:
             raise CliError(f"{len(bad)} of {total} lines are bad: nothing recorded (--max-bad-share "
                            f"{args.max_bad_share})")
-        await store.add_consents(records)
-        print(f"{len(records)} consents recorded for {acct} from {path.name} ({len(bad)} bad lines skipped)")
-        return 0
+        await store.add_consents(found)
+        print(f"{len(found)} consents recorded for {acct} from {path.name} ({len(bad)} bad lines skipped)")
+        return log_event(config, records.import_event(acct, "cli", path.name, len(found), len(bad)))
 
     return run_with_store(args, body)
 
@@ -210,10 +250,10 @@ def _contract_add(args: argparse.Namespace) -> int:
         rec = ContractRecord(account(config, args.account), e164(config, args.number), parse_time(args.start),
                              parse_time(args.end) if args.end else None, args.reference,
                              parse_scope(args.scope))
-        await store.add_contract(rec)
+        event = await records.add_contract(store, rec, "cli")
         print(f"contract recorded: {rec.account} {rec.number} from {iso(rec.started_at)}"
               f" to {iso(rec.ended_at)}" + (f", scope {','.join(rec.scope)}" if rec.scope else ", no scope"))
-        return 0
+        return log_event(config, event)
 
     return run_with_store(args, body)
 
@@ -221,8 +261,8 @@ def _contract_add(args: argparse.Namespace) -> int:
 def _contract_end(args: argparse.Namespace) -> int:
     async def body(config: Config, store: WritableStore) -> int:
         acct, number, at = account(config, args.account), e164(config, args.number), parse_time(args.at)
-        n = await store.end_contract(acct, number, at)
+        n, event = await records.end_contract(store, acct, number, at, "cli")
         print(f"{n} contract(s) ended for {acct} {number} at {iso(at)}")
-        return 0 if n else 3
+        return log_event(config, event) if n else 3
 
     return run_with_store(args, body)

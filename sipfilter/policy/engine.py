@@ -10,7 +10,7 @@ import logging
 from zoneinfo import ZoneInfo
 
 from sipfilter.config import Config, TrunkConfig
-from sipfilter.policy import caller_id, frequency, hours, lists
+from sipfilter.policy import caller_id, frequency, hours, lists, opposition, proof
 from sipfilter.policy.facts import CallFacts
 from sipfilter.policy.identity import RULES as IDENTITY_RULES
 from sipfilter.policy.identity import IdentityFinding, check_identity
@@ -40,6 +40,8 @@ class PolicyEngine:
         # trunk → how it reads numbers (its rule pack's normaliser, its default region): on every INVITE.
         self._readers = {name: NumberReader(rs.normaliser, config.trunks[name].region)
                          for name, rs in config.rules.items()}  # fmt: skip
+        # trunk → the store lists its rules consult (their versions go on the audit line)
+        self._list_names = {name: _consulted_lists(t) for name, t in config.trunks.items()}
 
     def rules_for(self, trunk: str) -> RuleSet:
         try:
@@ -68,6 +70,7 @@ class PolicyEngine:
             NUMBER_RULE,
             *caller_id.RULES,
             *(IDENTITY_RULES if verifies else ()),
+            opposition.OPPOSITION_RULE,
             hours.HOLIDAY_RULE,
             hours.WINDOW_RULE,
             lists.STALE_RULE,
@@ -89,11 +92,13 @@ class PolicyEngine:
         the frequency rules is synchronous (lists and records are in memory): one await, on the store."""
         rs = self.rules_for(facts.trunk)
         trunk = self._trunks[facts.trunk]
+        look = lists.Lookups(store, trunk.account, facts.callee.e164, facts.at, trunk.purpose)
+        consulted = self._list_names[facts.trunk]
         out: dict[str, Outcome] = {}
         alerts: list[str] = []
         recorded = False
         try:
-            first, zones = self._evaluate(rs, trunk, facts, store, out, alerts, identity)
+            first, zones = self._evaluate(rs, trunk, facts, store, out, alerts, look, identity)
             if zones is not None:  # the frequency rules are due
                 freq, account, callee, at = rs.frequency, trunk.account, facts.callee.e164, facts.at
                 if not record:
@@ -113,10 +118,19 @@ class PolicyEngine:
                     recorded = d.allowed
                 first = first or r
         except StoreUnavailable as exc:
-            return self._store_error(rs, trunk, out, f"store unavailable: {exc}")
+            decision = self._store_error(rs, trunk, out, f"store unavailable: {exc}")
         except Exception as exc:  # a store backend bug must not take the call path down
             log.exception("policy evaluation failed on trunk %s", facts.trunk)
-            return self._store_error(rs, trunk, out, f"internal error: {type(exc).__name__}: {exc}")
+            decision = self._store_error(rs, trunk, out, f"internal error: {type(exc).__name__}: {exc}")
+        else:
+            decision = self._verdict(rs, trunk, out, first, recorded, alerts)
+        return proof.attach(decision, look, store, consulted)
+
+    def _verdict(
+        self,
+        rs: RuleSet, trunk: TrunkConfig, out: dict[str, Outcome], first: str, recorded: bool,
+        alerts: list[str],
+    ) -> Decision:
         if not first:
             return Decision(_ALLOWED, out, False, recorded, rs.version, tuple(alerts) if alerts else ())
         return self._refused(rs, trunk, out, first, recorded, tuple(alerts))
@@ -155,6 +169,7 @@ class PolicyEngine:
         store: Store,
         out: dict[str, Outcome],
         alerts: list[str],
+        look: lists.Lookups,
         found: IdentityFinding | None = None,
     ) -> tuple[str, tuple[ZoneInfo, ...] | None]:
         """Every rule but the frequency ones; returns (first failing rule or "", the callee's zones when the
@@ -176,6 +191,7 @@ class PolicyEngine:
             first = first or r
         if callee.kind != E164:
             for rule in (
+                opposition.OPPOSITION_RULE,
                 hours.HOLIDAY_RULE,
                 hours.WINDOW_RULE,
                 lists.STALE_RULE,
@@ -186,7 +202,8 @@ class PolicyEngine:
                 out[rule] = Outcome(SKIP, "callee number is not valid")
             frequency.skip(out, "callee number is not valid")
             return first, None
-        look = lists.Lookups(store, trunk.account, callee.e164, facts.at, trunk.purpose)
+        r = opposition.check_opposition(store, trunk.account, callee.e164, facts.at, out)
+        first = first or r
         placement, zone_problem = self._places(rs, trunk, facts, look)
         places = placement.places
         r = hours.check_hours(rs.hours, places, facts.at, trunk.prospecting, None, out)
@@ -246,3 +263,8 @@ class PolicyEngine:
             else:
                 given.append(zone)
         return rs.hours.places_for(facts.callee.e164, tuple(given)), problem
+
+
+def _consulted_lists(trunk: TrunkConfig) -> tuple[str, ...]:
+    auth = trunk.lists.authorised_caller_ids
+    return (*trunk.lists.dnc, *((auth,) if isinstance(auth, str) else ()))

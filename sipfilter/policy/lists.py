@@ -159,6 +159,13 @@ class Lookups:
 
     def contract_words(self) -> str:
         return f"a contract in progress for {self.purpose!r}" if self.purpose else "a contract in progress"
+    def consent_seen(self) -> ConsentRecord | None:
+        """The consent a rule consulted (None when none was asked or found): the audit line's proof."""
+        return None if self._consent is False else self._consent  # type: ignore[return-value]
+
+    def contract_seen(self) -> bool:
+        """Whether a rule consulted the contracts and found one in progress."""
+        return bool(self._contract)
 
 
 def check_stale(

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from sipfilter.config import ConfigError, Section, YamlMap, load_yaml, merge_overrides
-from sipfilter.policy import caller_id, frequency, hours, identity, lists
+from sipfilter.policy import caller_id, frequency, hours, identity, lists, opposition
 from sipfilter.policy.numbers import Normaliser
 from sipfilter.policy.territory import NumberingPlan, PatternError, PlanError, plan_for
 
@@ -26,6 +26,7 @@ NUMBER_RULE = "number.invalid"
 ANSWER_RULES = (
     *caller_id.RULES,
     NUMBER_RULE,
+    opposition.OPPOSITION_RULE,
     "callee.dnc",
     lists.STALE_RULE,
     lists.CONSENT_RULE,

@@ -9,6 +9,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from sipfilter.stores.base import ConsentRecord, ContractRecord
+
 ALLOW = "allow"
 REJECT = "reject"
 PASS = "pass"
@@ -61,6 +63,10 @@ class Decision:
     attempt_recorded: bool  # the frequency counter recorded this call attempt
     rule_pack_version: str = ""
     alerts: tuple[str, ...] = ()  # non-blocking problems (stale list with allow-and-alert, …)
+    # What the decision rested on (policy/proof.py): list versions in force, the consent or contract used.
+    lists: Mapping[str, int] | None = None
+    consent: ConsentRecord | None = None
+    contract: ContractRecord | None = None
 
     @property
     def failed(self) -> list[str]:

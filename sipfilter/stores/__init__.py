@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sipfilter.stores.base import StoreUnavailable
-from sipfilter.stores.writable import ContractRecord, StoreError, WritableStore
+from sipfilter.stores.base import ContractRecord, StoreUnavailable
+from sipfilter.stores.writable import StoreError, WritableStore
 
 if TYPE_CHECKING:
     from sipfilter.config import Config, StoreConfig

@@ -5,6 +5,7 @@ Numbers cross this interface as E.164 strings ("+33612345678"). Nothing here doe
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -42,6 +43,21 @@ class ConsentRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class ContractRecord:
+    account: str
+    number: str  # E.164
+    started_at: float
+    ended_at: float | None = None
+    reference: str = ""
+    # The contract's object as purposes (e.g. ("energy-supply",)): it exempts calls from trunks whose
+    # `purpose` it names. Empty: unknown object, which exempts only trunks that declare no purpose.
+    scope: tuple[str, ...] = ()
+
+    def in_force(self, at: float) -> bool:
+        return self.started_at <= at and (self.ended_at is None or self.ended_at > at)
+
+
+@dataclass(frozen=True, slots=True)
 class AttemptDecision:
     """Outcome of an atomic check-and-record of one call attempt."""
 
@@ -64,14 +80,31 @@ class Store(Protocol):
 
     def list_names(self) -> list[str]: ...
 
-    # --- consent and contracts (per professional account) ---
+    def list_versions(self, names: tuple[str, ...]) -> Mapping[str, int]:
+        """The current version of each imported list of `names` (for the audit line): a mapping to treat as
+        read-only, the same object until a list changes."""
+        ...
+
+    # --- consent, contracts and objections (per professional account) ---
     def consent_for(self, account: str, number: str, at: float) -> ConsentRecord | None:
-        """The consent in force at `at` (granted before, not revoked before), or None."""
+        """The consent in force at `at`: granted before, not revoked, undone, or ended by a refusal or an
+        opposition recorded at or after its grant and before `at`; or None."""
         ...
 
     def has_contract(self, account: str, number: str, at: float, purpose: str | None = None) -> bool:
         """A contract in progress between `account` and the consumer `number` at `at`; with `purpose`, only
         one whose scope names it (a contract without a scope then does not count)."""
+        ...
+
+    def contract_for(self, account: str, number: str, at: float,
+                     purpose: str | None = None) -> ContractRecord | None:  # fmt: skip
+        """The contract in progress at `at` (the latest started; with `purpose`, among those whose scope names
+        it), or None: the proof of a contract basis."""
+        ...
+
+    def opposition_for(self, account: str, number: str, at: float) -> float | None:
+        """When the consumer opposed every call from `account` ("never call me again"), if that opposition
+        is in force at `at` (recorded for a time at or before `at`, not undone); else None."""
         ...
 
     # --- counters (shared between instances in the Redis backend): atomic ---

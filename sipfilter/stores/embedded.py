@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import os
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -22,59 +20,43 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from sipfilter.stores.base import AttemptDecision, ConsentRecord, ListInfo, StoreUnavailable
+from sipfilter.stores.base import AttemptDecision, ConsentRecord, ContractRecord, ListInfo, StoreUnavailable
 from sipfilter.stores.embedded_records import (
     Consents,
     Key,
     Records,
+    Refusals,
     Span,
     add_time,
     consent_in_force,
+    contract_at,
     contract_in_force,
     count_after,
+    latest_refusal,
+    refusals_value,
     span,
+)
+from sipfilter.stores.embedded_sql import (
+    INSERT_CHUNK,
+    SCHEMA,
+    connect,
+    immediate,
+    insert_attempts_sql,
+    migrate,
+    reading,
+    write_atomically,
+)
+from sipfilter.stores.history import (
+    History,
+    Objection,
+    UndoneConsent,
+    consent_undo_targets,
+    undo_targets,
+    usable,
 )
 from sipfilter.stores.importer import SourceInfo
 from sipfilter.stores.numberset import NumberSet
-from sipfilter.stores.writable import (
-    ContractRecord,
-    Health,
-    LocalLists,
-    StoreError,
-    check_list_name,
-    log,
-    scope_text,
-)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS lists(name TEXT PRIMARY KEY, version INTEGER NOT NULL, count INTEGER NOT NULL,
-    imported_at REAL NOT NULL, source_name TEXT NOT NULL, source_size INTEGER NOT NULL,
-    source_sha256 TEXT NOT NULL, file TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS consents(id INTEGER PRIMARY KEY, account TEXT NOT NULL, number TEXT NOT NULL,
-    granted_at REAL NOT NULL, proof TEXT NOT NULL, revoked_at REAL, hours TEXT, time_zone TEXT);
-CREATE INDEX IF NOT EXISTS consents_by_number ON consents(account, number, granted_at);
-CREATE TABLE IF NOT EXISTS contracts(id INTEGER PRIMARY KEY, account TEXT NOT NULL, number TEXT NOT NULL,
-    started_at REAL NOT NULL, ended_at REAL, reference TEXT NOT NULL, scope TEXT);
-CREATE INDEX IF NOT EXISTS contracts_by_number ON contracts(account, number, started_at);
-CREATE TABLE IF NOT EXISTS attempts(account TEXT NOT NULL, number TEXT NOT NULL, at REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS attempts_by_number ON attempts(account, number, at);
-CREATE TABLE IF NOT EXISTS refusals(account TEXT NOT NULL, number TEXT NOT NULL, at REAL NOT NULL,
-    PRIMARY KEY(account, number));
-CREATE TABLE IF NOT EXISTS changes(seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL,
-    account TEXT NOT NULL, number TEXT NOT NULL);
-""" + "".join(
-    # Every write to these tables, by any process, names its (account, number) in `changes`: a running proxy
-    # re-reads just those keys. AUTOINCREMENT: sequence numbers are never reused after a prune.
-    f"""
-CREATE TRIGGER IF NOT EXISTS {table}_inserted AFTER INSERT ON {table}
-    BEGIN INSERT INTO changes(kind, account, number) VALUES('{kind}', new.account, new.number); END;
-CREATE TRIGGER IF NOT EXISTS {table}_updated AFTER UPDATE ON {table}
-    BEGIN INSERT INTO changes(kind, account, number) VALUES('{kind}', old.account, old.number),
-        ('{kind}', new.account, new.number); END;
-CREATE TRIGGER IF NOT EXISTS {table}_deleted AFTER DELETE ON {table}
-    BEGIN INSERT INTO changes(kind, account, number) VALUES('{kind}', old.account, old.number); END;
-""" for table, kind in (("consents", "consent"), ("contracts", "contract"), ("refusals", "refusal")))
+from sipfilter.stores.writable import Health, LocalLists, StoreError, check_list_name, log, scope_text
 
 DB_NAME = "sipfilter.sqlite"
 LISTS_DIR = "lists"
@@ -101,11 +83,11 @@ class EmbeddedStore(LocalLists):
             # How long a write waits for another process's lock (the CLI's, briefly). The proxy keeps it
             # short: its own writes (admin API) run on the event loop; attempts are written off it.
             self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-            self._db.executescript(_SCHEMA)
-            _add_columns(self._db)
+            self._db.executescript(SCHEMA)
+            migrate(self._db)
             # Attempts are written by a thread of their own on a connection of its own: the event loop never
             # waits on a lock, an insert or a checkpoint for them (see _hand_off).
-            self._writer_db = _connect(self.data_dir / DB_NAME, busy_timeout_ms)
+            self._writer_db = connect(self.data_dir / DB_NAME, busy_timeout_ms)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open {self.data_dir / DB_NAME}: {exc}") from exc
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sipfilter-attempts")
@@ -146,7 +128,7 @@ class EmbeddedStore(LocalLists):
                     with contextlib.suppress(sqlite3.Error):  # the CLI holds the lock: the watcher will
                         store._prune_changes(store._db, store._seen)  # (in memory: its log is not needed)
             else:
-                with _reading(store._db):
+                with reading(store._db):
                     store._seen = store._change_seq()
         except sqlite3.Error as exc:
             store._writer.shutdown()
@@ -257,7 +239,7 @@ class EmbeddedStore(LocalLists):
                            " ON CONFLICT(key) DO UPDATE SET value=value+1")
                 version = int(db.execute("SELECT value FROM meta WHERE key='list_seq'").fetchone()[0])
             file = f"{name}.v{version}.roaring"
-            await asyncio.to_thread(_write_atomically, self.data_dir / LISTS_DIR / file, data)
+            await asyncio.to_thread(write_atomically, self.data_dir / LISTS_DIR / file, data)
             with self._tx():
                 row = db.execute("SELECT file, version FROM lists WHERE name=?", (name,)).fetchone()
                 if row is not None and row[1] > version:
@@ -267,6 +249,9 @@ class EmbeddedStore(LocalLists):
                     db.execute("INSERT OR REPLACE INTO lists VALUES(?,?,?,?,?,?,?,?)",
                                (name, version, len(numbers), imported_at, source.name, source.size,
                                 source.sha256, file))
+                    db.execute("INSERT OR REPLACE INTO list_versions VALUES(?,?,?,?,?,?,?)",
+                               (name, version, len(numbers), imported_at, source.name, source.size,
+                                source.sha256))
         except (sqlite3.Error, OSError) as exc:
             raise self.health.failed(exc, "list_write") from exc
         if old:
@@ -290,12 +275,17 @@ class EmbeddedStore(LocalLists):
 
     # --- consents and contracts (answered from memory: see _catch_up) -----------------------------------
     def consent_for(self, account: str, number: str, at: float) -> ConsentRecord | None:
-        rows = self._records.consents.get((account, number))
+        key = (account, number)
+        records = self._records
+        rows = records.consents.get(key)
         if rows is None:
-            if self._records.complete:
+            if records.complete:
                 return None
-            rows = self._read_consents((account, number))
-        return consent_in_force(rows, at)
+            rows = self._read_consents(key)
+        found = consent_in_force(rows, at)
+        if found is None:
+            return None
+        return usable(found, self._refusals_of(key), self._opposition_of(key), at)
 
     def has_contract(self, account: str, number: str, at: float, purpose: str | None = None) -> bool:
         spans = self._records.contracts.get((account, number))
@@ -304,6 +294,37 @@ class EmbeddedStore(LocalLists):
                 return False
             spans = self._read_contracts((account, number))
         return contract_in_force(spans, at, purpose)
+
+    def contract_for(self, account: str, number: str, at: float,
+                     purpose: str | None = None) -> ContractRecord | None:  # fmt: skip
+        spans = self._records.contracts.get((account, number))
+        if spans is None:
+            if self._records.complete:
+                return None
+            spans = self._read_contracts((account, number))
+        found = contract_at(spans, at, purpose)
+        if found is None:
+            return None
+        started, ended, scope, reference = found
+        return ContractRecord(account, number, started, ended, reference, tuple(sorted(scope)))
+
+    def opposition_for(self, account: str, number: str, at: float) -> float | None:
+        since = self._opposition_of((account, number))
+        return since if since is not None and since <= at else None
+
+    def _refusals_of(self, key: Key) -> Refusals | None:
+        refusals = self._records.refusals
+        value = refusals.get(key)
+        if value is None and not self._records.complete and key not in refusals:
+            value = self._read_refusals(key)
+        return value
+
+    def _opposition_of(self, key: Key) -> float | None:
+        oppositions = self._records.oppositions
+        since = oppositions.get(key)
+        if since is None and not self._records.complete and key not in oppositions:
+            since = self._read_opposition(key)
+        return since
 
     async def add_consent(self, record: ConsentRecord) -> None:
         self._write("INSERT INTO consents(account, number, granted_at, proof, revoked_at, hours, time_zone)"
@@ -334,8 +355,27 @@ class EmbeddedStore(LocalLists):
 
     async def consents(self, account: str, number: str) -> tuple[ConsentRecord, ...]:
         rows = self._read("SELECT granted_at, proof, revoked_at, hours, time_zone FROM consents"
-                          " WHERE account=? AND number=? ORDER BY granted_at, id", (account, number))
+                          " WHERE account=? AND number=? AND undone_at IS NULL ORDER BY granted_at, id",
+                          (account, number))  # fmt: skip
         return tuple(ConsentRecord(account, number, *row) for row in rows)
+
+    async def undo_consent(self, account: str, number: str, proof: str | None, granted_at: float | None,
+                           reason: str, undone_at: float) -> tuple[ConsentRecord, ...]:
+        db = self._db
+        try:
+            with self._tx():
+                rows = db.execute("SELECT id, granted_at, proof, revoked_at, hours, time_zone FROM consents"
+                                  " WHERE"
+                                  " account=? AND number=? AND undone_at IS NULL ORDER BY granted_at, id",
+                                  (account, number)).fetchall()
+                ids = {ConsentRecord(account, number, *row[1:]): row[0] for row in rows}
+                undone = consent_undo_targets(ids, proof, granted_at)
+                db.executemany("UPDATE consents SET undone_at=?, undo_reason=? WHERE id=?",
+                               [(undone_at, reason, ids[r]) for r in undone])
+        except sqlite3.Error as exc:
+            raise self.health.failed(exc, "record_write") from exc
+        await self._catch_up()
+        return tuple(undone)
 
     async def add_contract(self, record: ContractRecord) -> None:
         self._write("INSERT INTO contracts(account, number, started_at, ended_at, reference, scope)"
@@ -356,6 +396,61 @@ class EmbeddedStore(LocalLists):
         return tuple(ContractRecord(account, number, started, ended, reference, tuple((scope or "").split()))
                      for started, ended, reference, scope in rows)
 
+    # --- objections: refusals and oppositions ------------------------------------------------------------
+    async def add_opposition(self, account: str, number: str, at: float, source: str = "") -> None:
+        self._write("INSERT INTO oppositions(account, number, at, source, recorded_at) VALUES(?,?,?,?,?)",
+                    (account, number, at, source, time.time()))
+        await self._catch_up()
+
+    async def undo_refusal(self, account: str, number: str, at: float | None, reason: str,
+                           undone_at: float) -> tuple[Objection, ...]:
+        return await self._undo_objection("refusal_log", account, number, at, reason, undone_at)
+
+    async def undo_opposition(self, account: str, number: str, reason: str,
+                              undone_at: float) -> tuple[Objection, ...]:
+        return await self._undo_objection("oppositions", account, number, None, reason, undone_at,
+                                          every=True)
+
+    async def _undo_objection(self, table: str, account: str, number: str, at: float | None, reason: str,
+                              undone_at: float, every: bool = False) -> tuple[Objection, ...]:
+        db = self._db
+        try:
+            with self._tx():
+                rows = db.execute(f"SELECT id, at, source, recorded_at FROM {table} WHERE account=? AND"
+                                  " number=? AND undone_at IS NULL ORDER BY at, id",
+                                  (account, number)).fetchall()
+                times = set(undo_targets([row[1] for row in rows], at)) if not every else {r[1] for r in rows}
+                chosen = [row for row in rows if row[1] in times]
+                db.executemany(f"UPDATE {table} SET undone_at=?, undo_reason=? WHERE id=?",
+                               [(undone_at, reason, row[0]) for row in chosen])
+        except sqlite3.Error as exc:
+            raise self.health.failed(exc, "record_write") from exc
+        await self._catch_up()
+        return tuple(Objection(account, number, row[1], row[2], row[3], undone_at, reason) for row in chosen)
+
+    async def history(self, account: str, number: str) -> History:
+        key = (account, number)
+        consents, undone = [], []
+        for *row, undone_at, undo_reason in self._read(
+                "SELECT granted_at, proof, revoked_at, hours, time_zone, undone_at, undo_reason FROM consents"
+                " WHERE account=? AND number=? ORDER BY granted_at, id", key):
+            record = ConsentRecord(account, number, *row)
+            if undone_at is None:
+                consents.append(record)
+            else:
+                undone.append(UndoneConsent(record, undone_at, undo_reason or ""))
+        objections = {table: tuple(Objection(account, number, *row) for row in self._read(
+            f"SELECT at, source, recorded_at, undone_at, coalesce(undo_reason, '') FROM {table}"
+            " WHERE account=? AND number=? ORDER BY at, id", key))
+            for table in ("refusal_log", "oppositions")}
+        return History(account, number, tuple(consents), tuple(undone), await self.contracts(account, number),
+                       objections["refusal_log"], objections["oppositions"])
+
+    async def list_history(self, name: str) -> tuple[ListInfo, ...]:
+        rows = self._read("SELECT name, version, count, imported_at, source_name, source_size, source_sha256"
+                          " FROM list_versions WHERE name=? ORDER BY version", (name,))
+        return tuple(ListInfo(*row) for row in rows)
+
     def _write(self, sql: str, params: tuple[object, ...]) -> int:
         self._flush()
         try:
@@ -374,23 +469,32 @@ class EmbeddedStore(LocalLists):
     def _read_consents(self, key: Key) -> Consents:
         """An incomplete copy's miss: read the key's rows (and keep them until a change to them is seen)."""
         rows = tuple(ConsentRecord(*key, *row) for row in self._read(
-            "SELECT granted_at, proof, revoked_at, hours, time_zone FROM consents"
-            " WHERE account=? AND number=? ORDER BY id", key))
+            "SELECT granted_at, proof, revoked_at, hours, time_zone FROM consents WHERE account=?"
+            " AND number=? AND undone_at IS NULL ORDER BY id", key))
         self._records.consents[key] = rows
         return rows
 
     def _read_contracts(self, key: Key) -> tuple[Span, ...]:
         spans = tuple(span(*row) for row in self._read(
-            "SELECT started_at, ended_at, scope FROM contracts WHERE account=? AND number=? ORDER BY id",
+            "SELECT started_at, ended_at, scope, reference FROM contracts WHERE account=? AND number=?"
+            " ORDER BY id",
             key))
         self._records.contracts[key] = spans
         return spans
 
-    def _read_refusal(self, key: Key) -> float | None:
-        rows = self._read("SELECT at FROM refusals WHERE account=? AND number=?", key)
-        at = float(rows[0][0]) if rows else None
-        self._records.refusals[key] = at
-        return at
+    def _read_refusals(self, key: Key) -> Refusals | None:
+        times = [float(row[0]) for row in self._read(
+            "SELECT at FROM refusal_log WHERE account=? AND number=? AND undone_at IS NULL ORDER BY at", key)]
+        value = refusals_value(times) if times else None
+        self._records.refusals[key] = value
+        return value
+
+    def _read_opposition(self, key: Key) -> float | None:
+        rows = self._read("SELECT min(at) FROM oppositions WHERE account=? AND number=?"
+                          " AND undone_at IS NULL", key)
+        since = float(rows[0][0]) if rows and rows[0][0] is not None else None
+        self._records.oppositions[key] = since
+        return since
 
     def _read_attempts(self, key: Key) -> None:
         q = [float(row[0]) for row in self._read(
@@ -403,7 +507,7 @@ class EmbeddedStore(LocalLists):
         Attempts already in memory are kept: this process is their only writer, some are not written yet."""
         db = self._db
         records = Records(complete=True)
-        with _reading(db):
+        with reading(db):
             self._seen = self._change_seq()
             # Millions of rows under the opt-in regime: one record per number, not a tuple of one, and the
             # account, proof and hours texts shared (SQLite hands out new strings for every row).
@@ -411,7 +515,7 @@ class EmbeddedStore(LocalLists):
             shared: dict[str, str] = {}
             for account, number, granted, proof, revoked, hours, zone in db.execute(
                     "SELECT account, number, granted_at, proof, revoked_at, hours, time_zone FROM consents"
-                    " ORDER BY id"):
+                    " WHERE undone_at IS NULL ORDER BY id"):
                 account = shared.setdefault(account, account)
                 proof = shared.setdefault(proof, proof)
                 if hours is not None:
@@ -427,12 +531,20 @@ class EmbeddedStore(LocalLists):
                     consents[key] = (*before, record) if isinstance(before, tuple) else (before, record)
             records.consents = consents
             contracts: dict[Key, list[Span]] = {}
-            for account, number, started, ended, scope in db.execute(
-                    "SELECT account, number, started_at, ended_at, scope FROM contracts ORDER BY id"):
-                contracts.setdefault((account, number), []).append(span(started, ended, scope))
+            for account, number, started, ended, scope, reference in db.execute(
+                    "SELECT account, number, started_at, ended_at, scope, reference FROM contracts"
+                    " ORDER BY id"):
+                reference = shared.setdefault(reference, reference)
+                contracts.setdefault((account, number), []).append(span(started, ended, scope, reference))
             records.contracts = {k: tuple(v) for k, v in contracts.items()}
-            refusals = db.execute("SELECT account, number, at FROM refusals")
-            records.refusals = {(account, number): at for account, number, at in refusals}
+            refusals: dict[Key, list[float]] = {}
+            for account, number, at in db.execute("SELECT account, number, at FROM refusal_log"
+                                                  " WHERE undone_at IS NULL ORDER BY account, number, at"):
+                refusals.setdefault((account, number), []).append(at)
+            records.refusals = {k: refusals_value(v) for k, v in refusals.items()}
+            records.oppositions = {(account, number): at for account, number, at in db.execute(
+                "SELECT account, number, min(at) FROM oppositions WHERE undone_at IS NULL"
+                " GROUP BY account, number")}
             if self._records.complete:
                 records.attempts = self._records.attempts
             else:
@@ -464,7 +576,7 @@ class EmbeddedStore(LocalLists):
     def _catch_up_chunk(self) -> bool:
         """Up to CATCH_UP_CHUNK log entries in one read transaction. True when there may be more."""
         db, records = self._db, self._records
-        with _reading(db):
+        with reading(db):
             pruned = db.execute("SELECT value FROM meta WHERE key='changes_pruned_to'").fetchone()
             behind = pruned is not None and pruned[0] > self._seen
             if not behind:
@@ -479,7 +591,7 @@ class EmbeddedStore(LocalLists):
             self._load_all()
         else:
             records.clear_records()
-            with _reading(db):
+            with reading(db):
                 self._seen = self._change_seq()
         return False
 
@@ -487,22 +599,26 @@ class EmbeddedStore(LocalLists):
         """Re-read, in the current read transaction, the rows of every key the log entries name."""
         db, records = self._db, self._records
         lo, hi = self._seen, log_rows[-1][0]
-        keys: dict[str, set[Key]] = {"consent": set(), "contract": set(), "refusal": set()}
+        keys: dict[str, set[Key]] = {kind: set() for kind in ("consent", "contract", "refusal", "opposition")}
         for _, kind, account, number in log_rows:
             keys.setdefault(kind, set()).add((account, number))
         named = "(account, number) IN (SELECT account, number FROM changes WHERE kind=? AND seq>? AND seq<=?)"
         if keys["consent"]:
             records.replace_consents(keys["consent"], (ConsentRecord(*row) for row in db.execute(
                 "SELECT account, number, granted_at, proof, revoked_at, hours, time_zone FROM consents WHERE "
-                + named + " ORDER BY id", ("consent", lo, hi))))
+                "undone_at IS NULL AND " + named + " ORDER BY id", ("consent", lo, hi))))
         if keys["contract"]:
             records.replace_contracts(keys["contract"], db.execute(
-                "SELECT account, number, started_at, ended_at, scope FROM contracts WHERE " + named
-                + " ORDER BY id",
-                ("contract", lo, hi)))
+                "SELECT account, number, started_at, ended_at, scope, reference FROM contracts WHERE " + named
+                + " ORDER BY id", ("contract", lo, hi)))
         if keys["refusal"]:
             records.replace_refusals(keys["refusal"], db.execute(
-                "SELECT account, number, at FROM refusals WHERE " + named, ("refusal", lo, hi)))
+                "SELECT account, number, at FROM refusal_log WHERE undone_at IS NULL AND " + named
+                + " ORDER BY at", ("refusal", lo, hi)))
+        if keys["opposition"]:
+            records.replace_oppositions(keys["opposition"], db.execute(
+                "SELECT account, number, min(at) FROM oppositions WHERE undone_at IS NULL AND " + named
+                + " GROUP BY account, number", ("opposition", lo, hi)))
         self._seen = hi
 
     def _others_committed(self) -> bool:
@@ -516,7 +632,7 @@ class EmbeddedStore(LocalLists):
     def _prune_changes(db: sqlite3.Connection, seen: int) -> None:
         """The proxy has applied the log up to `seen`: drop it. A handle that had not read that far (an idle
         CLI handle) sees `changes_pruned_to` above its position and re-reads the tables instead."""
-        with _immediate(db):
+        with immediate(db):
             db.execute("DELETE FROM changes WHERE seq<=?", (seen,))
             db.execute("INSERT INTO meta VALUES('changes_pruned_to', ?) ON CONFLICT(key)"
                        " DO UPDATE SET value=max(value, excluded.value)", (seen,))
@@ -530,9 +646,10 @@ class EmbeddedStore(LocalLists):
             self._max_window = window_s
         key = (account, number)
         records = self._records
-        refused_at = records.refusals.get(key)
-        if refused_at is None and not records.complete and key not in records.refusals:
-            refused_at = self._read_refusal(key)
+        refused = records.refusals.get(key)
+        if refused is None and not records.complete and key not in records.refusals:
+            refused = self._read_refusals(key)
+        refused_at = latest_refusal(refused)
         table = records.attempts.of(account)
         times = table.get(number)
         if times is None and not records.complete:
@@ -612,10 +729,10 @@ class EmbeddedStore(LocalLists):
         """In the writer thread: multi-row INSERTs, so the C code that does the inserts runs without the GIL
         for a whole chunk (executemany would take the GIL back for every row, behind a busy event loop)."""
         db = self._writer_db
-        with _immediate(db):
-            for start in range(0, len(rows), _INSERT_CHUNK):
-                chunk = rows[start : start + _INSERT_CHUNK]
-                db.execute(_insert_sql(len(chunk)), [value for row in chunk for value in row])
+        with immediate(db):
+            for start in range(0, len(rows), INSERT_CHUNK):
+                chunk = rows[start : start + INSERT_CHUNK]
+                db.execute(insert_attempts_sql(len(chunk)), [value for row in chunk for value in row])
 
     def _delete_attempts_before(self, cutoff: float) -> None:
         self._writer_db.execute("DELETE FROM attempts WHERE at < ?", (cutoff,))
@@ -648,7 +765,7 @@ class EmbeddedStore(LocalLists):
     def _tx(self) -> Iterator[None]:
         """A write transaction of its own (the pending attempts are written first)."""
         self._flush()
-        with _immediate(self._db):
+        with immediate(self._db):
             yield
 
     async def attempts(self, account: str, number: str, now: float, window_s: float) -> int:
@@ -656,14 +773,15 @@ class EmbeddedStore(LocalLists):
                           (account, number, now - window_s))
         return int(rows[0][0])
 
-    async def record_refusal(self, account: str, number: str, at: float) -> None:
-        self._write("INSERT INTO refusals VALUES(?,?,?) ON CONFLICT(account, number)"
-                    " DO UPDATE SET at=max(at, excluded.at)", (account, number, at))
+    async def record_refusal(self, account: str, number: str, at: float, source: str = "") -> None:
+        self._write("INSERT INTO refusal_log(account, number, at, source, recorded_at) VALUES(?,?,?,?,?)",
+                    (account, number, at, source, time.time()))
         await self._catch_up()
 
     async def last_refusal(self, account: str, number: str) -> float | None:
-        rows = self._read("SELECT at FROM refusals WHERE account=? AND number=?", (account, number))
-        return float(rows[0][0]) if rows else None
+        rows = self._read("SELECT max(at) FROM refusal_log WHERE account=? AND number=?"
+                          " AND undone_at IS NULL", (account, number))
+        return float(rows[0][0]) if rows and rows[0][0] is not None else None
 
     async def close(self) -> None:
         if self._watcher is not None:
@@ -678,72 +796,6 @@ class EmbeddedStore(LocalLists):
         self._writer.shutdown(wait=True)
         self._writer_db.close()
         self._db.close()
-
-
-_INSERT_CHUNK = 500  # rows per INSERT statement (3 parameters each; SQLite allows 32766)
-
-
-@functools.lru_cache(maxsize=8)
-def _insert_sql(rows: int) -> str:
-    return "INSERT INTO attempts(account, number, at) VALUES" + ",".join(["(?,?,?)"] * rows)
-
-
-# Columns added after the first release: databases created before get them on open (NULL for old rows).
-_ADDED_COLUMNS = (("consents", "time_zone", "TEXT"), ("contracts", "scope", "TEXT"))
-
-
-def _add_columns(db: sqlite3.Connection) -> None:
-    for table, column, kind in _ADDED_COLUMNS:
-        if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
-            with contextlib.suppress(sqlite3.OperationalError):  # another process added it meanwhile
-                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-
-
-def _connect(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA synchronous=NORMAL")
-    # Checkpoints (two fsyncs each) every 10 000 WAL pages rather than 1 000: ~20 % less CPU per written
-    # attempt at high rates (a batch dirties hundreds of random index pages); the WAL may reach ~40 MB.
-    db.execute("PRAGMA wal_autocheckpoint=10000")
-    db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-    return db
-
-
-@contextlib.contextmanager
-def _reading(db: sqlite3.Connection) -> Iterator[None]:
-    """A read transaction: every SELECT inside sees the same snapshot."""
-    db.execute("BEGIN")
-    try:
-        yield
-    finally:
-        if db.in_transaction:
-            db.execute("COMMIT")
-
-
-@contextlib.contextmanager
-def _immediate(db: sqlite3.Connection) -> Iterator[None]:
-    """A write transaction that takes the lock up front (no await may happen inside)."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 __all__ = ["EmbeddedStore", "StoreError"]

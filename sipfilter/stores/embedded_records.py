@@ -1,5 +1,6 @@
 """The embedded store's in-memory copy of its per-(account, number) rows (consents, contracts, refusals,
-attempts), with the pure lookups of the call path. No SQL, no clock, no asyncio: embedded.py fills it.
+oppositions, attempts), with the pure lookups of the call path. No SQL, no clock, no asyncio: embedded.py
+fills it.
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ from typing import TypeVar
 from sipfilter.stores.base import ConsentRecord
 
 Key = tuple[str, str]  # (account, number)
-Span = tuple[float, "float | None", "frozenset[str]"]  # a contract: (started_at, ended_at, scope)
+# A contract: (started_at, ended_at, scope, reference).
+Span = tuple[float, "float | None", "frozenset[str]", str]
 # A number's consents: the record itself when there is one (nearly always: no tuple to keep), else a tuple.
 Consents = ConsentRecord | tuple[ConsentRecord, ...]
+# A number's refusals in force (not undone): one time, or ascending times when there are several.
+Refusals = float | tuple[float, ...]
 V = TypeVar("V")
 
 
@@ -22,20 +26,22 @@ class Records:
 
     `complete`: every row of the tables is here, so a missing key means "no rows". Otherwise (the CLI's
     short-lived handles) a missing key means "not read yet" and the store reads it from SQLite on demand.
-    A known refusal-free key of an incomplete copy is stored as None."""
+    A known refusal-free (opposition-free) key of an incomplete copy is stored as None. Undone records are
+    not kept: they never count."""
 
-    __slots__ = ("attempts", "complete", "consents", "contracts", "refusals")
+    __slots__ = ("attempts", "complete", "consents", "contracts", "oppositions", "refusals")
 
     def __init__(self, complete: bool):
         self.complete = complete
         self.consents: dict[Key, Consents] = {}
         self.contracts: dict[Key, tuple[Span, ...]] = {}
-        self.refusals: dict[Key, float | None] = {}
+        self.refusals: dict[Key, Refusals | None] = {}
+        self.oppositions: dict[Key, float | None] = {}  # the earliest opposition in force
         self.attempts = Attempts()
 
     def clear_records(self) -> None:
-        """Forget consents, contracts and refusals (attempts are only ever written by this process)."""
-        self.consents, self.contracts, self.refusals = {}, {}, {}
+        """Forget consents, contracts and objections (attempts are only ever written by this process)."""
+        self.consents, self.contracts, self.refusals, self.oppositions = {}, {}, {}, {}
 
     def replace_consents(self, keys: Iterable[Key], rows: Iterable[ConsentRecord]) -> None:
         """The current rows of `keys` (rows in id order); keys without rows are known to have none."""
@@ -45,21 +51,31 @@ class Records:
         self._replace(self.consents, keys, {k: consents_value(v) for k, v in grouped.items()})
 
     def replace_contracts(self, keys: Iterable[Key],
-                          rows: Iterable[tuple[str, str, float, float | None, str | None]]) -> None:
+                          rows: Iterable[tuple[str, str, float, float | None, str | None, str]]) -> None:
         grouped: dict[Key, list[Span]] = {}
-        for account, number, started, ended, scope in rows:
-            grouped.setdefault((account, number), []).append(span(started, ended, scope))
+        for account, number, started, ended, scope, reference in rows:
+            grouped.setdefault((account, number), []).append(span(started, ended, scope, reference))
         self._replace(self.contracts, keys, {k: tuple(v) for k, v in grouped.items()})
 
     def replace_refusals(self, keys: Iterable[Key], rows: Iterable[tuple[str, str, float]]) -> None:
-        found = {(account, number): at for account, number, at in rows}
+        """The refusals in force of `keys`, from rows in ascending time order."""
+        grouped: dict[Key, list[float]] = {}
+        for account, number, at in rows:
+            grouped.setdefault((account, number), []).append(at)
+        self._replace_times(self.refusals, keys, {k: refusals_value(v) for k, v in grouped.items()})
+
+    def replace_oppositions(self, keys: Iterable[Key], rows: Iterable[tuple[str, str, float]]) -> None:
+        """The earliest opposition in force of `keys` (rows: account, number, min(at))."""
+        self._replace_times(self.oppositions, keys, {(a, n): at for a, n, at in rows})
+
+    def _replace_times(self, table: dict[Key, V | None], keys: Iterable[Key], found: dict[Key, V]) -> None:
         for key in keys:
             if key in found:
-                self.refusals[key] = found[key]
+                table[key] = found[key]
             elif self.complete:
-                self.refusals.pop(key, None)
-            elif key in self.refusals:
-                self.refusals[key] = None
+                table.pop(key, None)
+            elif key in table:
+                table[key] = None
 
     def _replace(self, table: dict[Key, V | tuple[()]], keys: Iterable[Key], found: dict[Key, V]) -> None:
         for key in keys:
@@ -184,14 +200,34 @@ def consent_in_force(rows: Consents, at: float) -> ConsentRecord | None:
 _NO_SCOPE: frozenset[str] = frozenset()
 
 
-def span(started: float, ended: float | None, scope: str | None) -> Span:
+def span(started: float, ended: float | None, scope: str | None, reference: str) -> Span:
     """A contract row as the call path keeps it (its scope column: purposes separated by spaces)."""
-    return (started, ended, frozenset(scope.split()) if scope else _NO_SCOPE)
+    return (started, ended, frozenset(scope.split()) if scope else _NO_SCOPE, reference)
 
 
 def contract_in_force(spans: tuple[Span, ...], at: float, purpose: str | None = None) -> bool:
     """A contract in force at `at`, whose scope names `purpose` when one is given."""
     return any(
         started <= at and (ended is None or ended > at) and (purpose is None or purpose in scope)
-        for started, ended, scope in spans
+        for started, ended, scope, _ in spans
     )
+
+
+def contract_at(spans: tuple[Span, ...], at: float, purpose: str | None = None) -> Span | None:
+    """The contract in force at `at` (whose scope names `purpose` when one is given) that started last."""
+    best: Span | None = None
+    for found in spans:
+        started, ended, scope, _ = found
+        if started <= at and (ended is None or ended > at) and (purpose is None or purpose in scope) and (
+                best is None or started >= best[0]):  # fmt: skip
+            best = found
+    return best
+
+
+def refusals_value(times: list[float]) -> Refusals:
+    """What the table keeps for a number's refusal times (ascending)."""
+    return times[0] if len(times) == 1 else tuple(times)
+
+
+def latest_refusal(value: Refusals | None) -> float | None:
+    return value[-1] if isinstance(value, tuple) else value

@@ -23,18 +23,19 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from sipfilter.stores.base import AttemptDecision, ConsentRecord, ListInfo, StoreUnavailable
+from sipfilter.stores.base import AttemptDecision, ConsentRecord, ContractRecord, ListInfo, StoreUnavailable
+from sipfilter.stores.history import (
+    History,
+    Objection,
+    UndoneConsent,
+    consent_undo_targets,
+    latest_contract,
+    undo_targets,
+    usable,
+)
 from sipfilter.stores.importer import SourceInfo
 from sipfilter.stores.numberset import NumberSet
-from sipfilter.stores.writable import (
-    ContractRecord,
-    Health,
-    LocalLists,
-    check_list_name,
-    consent_in_force,
-    log,
-    scope_text,
-)
+from sipfilter.stores.writable import Health, LocalLists, check_list_name, consent_in_force, log, scope_text
 
 T = TypeVar("T")
 
@@ -67,6 +68,16 @@ _REFUSAL_LUA = """
 local cur = redis.call('GET', KEYS[1])
 if (not cur) or tonumber(cur) < tonumber(ARGV[1]) then
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+end
+return 1
+"""
+
+# KEYS: refusal key.  ARGV: the refusal time undone, the latest refusal left ('' for none), ttl_s. Moves the
+# counter only when it holds the refusal undone: a newer refusal recorded meanwhile stays.
+_UNDO_REFUSAL_LUA = """
+local cur = redis.call('GET', KEYS[1])
+if cur and tonumber(cur) == tonumber(ARGV[1]) then
+  if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) end
 end
 return 1
 """
@@ -150,8 +161,11 @@ def _sentinel_master(url: str, service: str, kwargs: dict[str, Any]) -> Any:
     return sentinel.master_for(service, db=db, password=password, retry=kwargs["retry"])
 
 
-def _fold_consents(account: str, number: str, events: list[list[Any]]) -> tuple[ConsentRecord, ...]:
+def _fold_consents(account: str, number: str,
+                   events: list[list[Any]]) -> tuple[tuple[ConsentRecord, ...], tuple[UndoneConsent, ...]]:
+    """(the consents in effect, those undone) from a number's event log, in grant order."""
     recs: list[ConsentRecord] = []
+    undone: list[UndoneConsent] = []
     for ev in events:
         if ev[0] == "grant":
             zone = ev[4] if len(ev) > 4 else None  # events written before consents had a zone have 4 fields
@@ -160,7 +174,25 @@ def _fold_consents(account: str, number: str, events: list[list[Any]]) -> tuple[
             at = ev[1]
             recs = [r if not (r.granted_at <= at and (r.revoked_at is None or r.revoked_at > at))
                     else dataclasses.replace(r, revoked_at=at) for r in recs]
-    return tuple(recs)
+        elif ev[0] == "undo":  # ["undo", granted_at, proof, undone_at, reason]
+            named = [r for r in recs if r.granted_at == ev[1] and r.proof == ev[2]]
+            recs = [r for r in recs if r not in named]
+            undone += [UndoneConsent(r, ev[3], ev[4]) for r in named]
+    return (tuple(sorted(recs, key=lambda r: r.granted_at)),
+            tuple(sorted(undone, key=lambda u: u.consent.granted_at)))
+
+
+def _fold_objections(account: str, number: str, events: list[list[Any]]) -> tuple[Objection, ...]:
+    """A number's refusals or oppositions: ["at", at, source, recorded_at] events, then
+    ["undo", at, undone_at, reason] marking those at that time undone. Ordered by time."""
+    recs: list[Objection] = []
+    for ev in events:
+        if ev[0] == "at":
+            recs.append(Objection(account, number, ev[1], ev[2], ev[3]))
+        elif ev[0] == "undo":
+            recs = [Objection(r.account, r.number, r.at, r.source, r.recorded_at, ev[2], ev[3])
+                    if r.active and r.at == ev[1] else r for r in recs]
+    return tuple(sorted(recs, key=lambda r: r.at))
 
 
 def _fold_contracts(account: str, number: str, events: list[list[Any]]) -> tuple[ContractRecord, ...]:
@@ -202,9 +234,13 @@ class RedisStore(LocalLists):
         # One hash tag for records: the append script touches a hash and the log in one slot (Cluster).
         self.k_consents = p + "{rec}:consents"
         self.k_contracts = p + "{rec}:contracts"
+        self.k_refusals = p + "{rec}:refusals"
+        self.k_oppositions = p + "{rec}:oppositions"
         self.k_log = p + "{rec}:log"
+        self.k_list_history = p + "lists:history"
         self._attempt = self._redis.register_script(_ATTEMPT_LUA)  # EVALSHA, EVAL when the cache is empty
         self._refusal = self._redis.register_script(_REFUSAL_LUA)
+        self._undo_refusal = self._redis.register_script(_UNDO_REFUSAL_LUA)
         self._append = self._bulk.register_script(_APPEND_LUA)
         self._append_many = self._bulk.register_script(_APPEND_MANY_LUA)
         self._sets: dict[str, NumberSet] = {}
@@ -213,8 +249,11 @@ class RedisStore(LocalLists):
         # bytes a record instead of ~500, and a full reload is a plain copy.
         self._consents: dict[bytes, bytes] = {}
         self._contracts: dict[bytes, bytes] = {}
+        self._refusals: dict[bytes, bytes] = {}
+        self._oppositions: dict[bytes, bytes] = {}
         self._log_id: str | None = None  # last change-log entry applied to the replicas
         self._watcher: asyncio.Task[None] | None = None
+        self._migration: asyncio.Task[None] | None = None
         self._missing_warned: set[str] = set()
         # One sync at a time: a slower sync must never swap in a snapshot older than a faster one's.
         self._lists_lock = asyncio.Lock()
@@ -232,7 +271,39 @@ class RedisStore(LocalLists):
             raise
         if watch:
             store._watcher = asyncio.get_running_loop().create_task(store._watch())
+            store._migration = asyncio.get_running_loop().create_task(store._migrate_refusals())
         return store
+
+    async def _migrate_refusals(self) -> None:
+        """Once per Redis, by one instance: the refusals recorded before the record history (only their
+        counters) become refusal records, so they end the consents given before them as new ones do. Until
+        it is done they only hold the cooldown, as they did. In the background: one SCAN of the keyspace."""
+        r, done = self._bulk, self.prefix + "migrated:refusal_log"
+        try:
+            if await r.exists(done) or not await r.set(done + ":lock", os.getpid(), nx=True, ex=3600):
+                return
+            escaped = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in self.prefix)
+            start, moved = f"{self.prefix}c:{{", 0
+            async for key in r.scan_iter(match=escaped + "c:{*}:ref", count=1000):
+                account, _, number = key.decode()[len(start):-len("}:ref")].partition(SEP)
+                value = await r.get(key)
+                known = {o.at for o in self._objections(self._refusals, account, number)}
+                if value is None or not number or float(value) in known:
+                    continue
+                event = json.dumps(["at", float(value), "migrated", None])
+                await self._append(keys=[self.k_refusals, self.k_log], args=[account + SEP + number, event,
+                                                                               LOG_MAXLEN])
+                moved += 1
+            await r.set(done, moved)
+            await self._call(self._sync_records, "sync")
+            if moved:
+                log.info("redis store: %d refusal(s) recorded before the record history brought forward",
+                         moved)
+        except (TimeoutError, RedisError, OSError, StoreUnavailable) as exc:
+            log.error("redis store: bringing earlier refusals forward failed (retried at the next start): %s",
+                      exc)
+            with contextlib.suppress(TimeoutError, RedisError, OSError):
+                await r.delete(done + ":lock")
 
     async def _call(self, make: Callable[[], Awaitable[T]], operation: str = "other") -> T:
         try:
@@ -311,6 +382,7 @@ class RedisStore(LocalLists):
                     "key": key}
             old = await r.hget(self.k_lists, name)
             await r.persist(key)
+            await r.hset(self.k_list_history, f"{name}{SEP}{version}", json.dumps(meta))
             await r.hset(self.k_lists, name, json.dumps(meta))  # the atomic switch
             if old:
                 old_key = json.loads(old).get("key")
@@ -343,19 +415,50 @@ class RedisStore(LocalLists):
 
     # --- consents and contracts: local replicas of append-only event logs ---------------------------------
     def consent_for(self, account: str, number: str, at: float) -> ConsentRecord | None:
-        raw = self._consents.get(f"{account}{SEP}{number}".encode())
-        return None if raw is None else consent_in_force(self._consent_history(account, number, raw), at)
+        field = f"{account}{SEP}{number}".encode()
+        raw = self._consents.get(field)
+        if raw is None:
+            return None
+        found = consent_in_force(self._consent_history(account, number, raw), at)
+        if found is None:
+            return None
+        refusals = self._refusals.get(field)
+        times = None if refusals is None else sorted(
+            r.at for r in _fold_objections(account, number, json.loads(refusals)) if r.active)
+        return usable(found, times, self._opposed_since(account, number, field), at)
 
     def has_contract(self, account: str, number: str, at: float, purpose: str | None = None) -> bool:
         raw = self._contracts.get(f"{account}{SEP}{number}".encode())
         return raw is not None and any(r.in_force(at) and (purpose is None or purpose in r.scope)
                                        for r in self._contract_history(account, number, raw))
 
+    def contract_for(self, account: str, number: str, at: float,
+                     purpose: str | None = None) -> ContractRecord | None:  # fmt: skip
+        raw = self._contracts.get(f"{account}{SEP}{number}".encode())
+        if raw is None:
+            return None
+        return latest_contract(self._contract_history(account, number, raw), at, purpose)
+
+    def opposition_for(self, account: str, number: str, at: float) -> float | None:
+        since = self._opposed_since(account, number, f"{account}{SEP}{number}".encode())
+        return since if since is not None and since <= at else None
+
+    def _opposed_since(self, account: str, number: str, field: bytes) -> float | None:
+        raw = self._oppositions.get(field)
+        if raw is None:
+            return None
+        opposed = _fold_objections(account, number, json.loads(raw))
+        return min((o.at for o in opposed if o.active), default=None)
+
     def _consent_history(self, account: str, number: str,
                          raw: bytes | None = None) -> tuple[ConsentRecord, ...]:
         if raw is None:
             raw = self._consents.get(f"{account}{SEP}{number}".encode())
-        return _fold_consents(account, number, json.loads(raw)) if raw else ()
+        return _fold_consents(account, number, json.loads(raw))[0] if raw else ()
+
+    def _objections(self, replica: dict[bytes, bytes], account: str, number: str) -> tuple[Objection, ...]:
+        raw = replica.get(f"{account}{SEP}{number}".encode())
+        return _fold_objections(account, number, json.loads(raw)) if raw else ()
 
     def _contract_history(self, account: str, number: str,
                           raw: bytes | None = None) -> tuple[ContractRecord, ...]:
@@ -416,8 +519,82 @@ class RedisStore(LocalLists):
         await self._call(self._sync_records, "sync")
         return self._contract_history(account, number)
 
+    async def undo_consent(self, account: str, number: str, proof: str | None, granted_at: float | None,
+                           reason: str, undone_at: float) -> tuple[ConsentRecord, ...]:
+        await self._call(self._sync_records, "sync")
+        undone = consent_undo_targets(self._consent_history(account, number), proof, granted_at)
+        for r in {(r.granted_at, r.proof) for r in undone}:
+            await self._append_event(self.k_consents, account, number, ["undo", *r, undone_at, reason])
+        return tuple(undone)
+
+    # --- objections: refusals and oppositions --------------------------------------------------------------
+    async def record_refusal(self, account: str, number: str, at: float, source: str = "") -> None:
+        # The event log first: it ends the consents and is the proof; then the counter the attempt script
+        # reads. Should the second write fail, the caller sees the error and retries (a repeated event is
+        # harmless).
+        await self._append_event(self.k_refusals, account, number, ["at", at, source, time.time()])
+        await self._call(lambda: self._refusal(keys=[self._ckey(account, number, "ref")],
+                                               args=[repr(float(at)), REFUSAL_TTL_S]), "record_write")
+
+    async def undo_refusal(self, account: str, number: str, at: float | None, reason: str,
+                           undone_at: float) -> tuple[Objection, ...]:
+        await self._call(self._sync_records, "sync")
+        active = [r for r in self._objections(self._refusals, account, number) if r.active]
+        times = undo_targets([r.at for r in active], at)
+        for t in times:
+            await self._append_event(self.k_refusals, account, number, ["undo", t, undone_at, reason])
+        if times:
+            key = self._ckey(account, number, "ref")
+            left = [r.at for r in self._objections(self._refusals, account, number) if r.active]
+            await self._call(lambda: self._undo_refusal(
+                keys=[key], args=[repr(float(max(times))), repr(float(max(left))) if left else "",
+                                  REFUSAL_TTL_S]), "record_write")
+            # A refusal recorded by another instance meanwhile may have been missed by `left`: raise the
+            # counter to the latest one the log now holds (the refusal script only ever raises it).
+            await self._call(self._sync_records, "sync")
+            left = [r.at for r in self._objections(self._refusals, account, number) if r.active]
+            if left:
+                latest = repr(float(max(left)))
+                await self._call(lambda: self._refusal(keys=[key], args=[latest, REFUSAL_TTL_S]),
+                                 "record_write")
+        return tuple(Objection(r.account, r.number, r.at, r.source, r.recorded_at, undone_at, reason)
+                     for r in active if r.at in times)
+
+    async def add_opposition(self, account: str, number: str, at: float, source: str = "") -> None:
+        await self._append_event(self.k_oppositions, account, number, ["at", at, source, time.time()])
+
+    async def undo_opposition(self, account: str, number: str, reason: str,
+                              undone_at: float) -> tuple[Objection, ...]:
+        await self._call(self._sync_records, "sync")
+        active = [o for o in self._objections(self._oppositions, account, number) if o.active]
+        for t in sorted({o.at for o in active}):
+            await self._append_event(self.k_oppositions, account, number, ["undo", t, undone_at, reason])
+        return tuple(Objection(o.account, o.number, o.at, o.source, o.recorded_at, undone_at, reason)
+                     for o in active)
+
+    async def history(self, account: str, number: str) -> History:
+        await self._call(self._sync_records, "sync")
+        raw = self._consents.get(f"{account}{SEP}{number}".encode())
+        consents, undone = _fold_consents(account, number, json.loads(raw)) if raw else ((), ())
+        return History(account, number, consents, undone, self._contract_history(account, number),
+                       self._objections(self._refusals, account, number),
+                       self._objections(self._oppositions, account, number))
+
+    async def list_history(self, name: str) -> tuple[ListInfo, ...]:
+        async def read() -> list[bytes]:
+            # List names have no glob characters (check_list_name).
+            return [v async for _, v in self._bulk.hscan_iter(self.k_list_history, match=f"{name}{SEP}*",
+                                                               count=1000)]
+
+        metas = [json.loads(v) for v in await self._call(read, "read")]
+        return tuple(sorted((ListInfo(name, m["version"], m["count"], m["imported_at"], m["source_name"],
+                                      m["source_size"], m["source_sha256"]) for m in metas),
+                            key=lambda i: i.version))
+
     def _apply(self, hash_key: bytes, field: bytes, value: bytes | None) -> None:
-        replica = self._consents if hash_key.decode() == self.k_consents else self._contracts
+        replica = self._replicas().get(hash_key.decode())
+        if replica is None:
+            return  # a records hash this version does not replicate
         if value is None:
             replica.pop(field, None)
         else:
@@ -449,13 +626,19 @@ class RedisStore(LocalLists):
             # else: the log was trimmed past our position, or a bulk import: reload everything below.
         last = await r.xrevrange(self.k_log, "+", "-", count=1)
         log_id = last[0][0].decode() if last else "0-0"
-        consents: dict[bytes, bytes] = {}
-        contracts: dict[bytes, bytes] = {}
-        async for f, v in r.hscan_iter(self.k_consents, count=1000):
-            consents[f] = v
-        async for f, v in r.hscan_iter(self.k_contracts, count=1000):
-            contracts[f] = v
-        self._consents, self._contracts, self._log_id = consents, contracts, log_id
+        loaded: dict[str, dict[bytes, bytes]] = {}
+        for hash_key in self._replicas():
+            loaded[hash_key] = replica = {}
+            async for f, v in r.hscan_iter(hash_key, count=1000):
+                replica[f] = v
+        self._consents, self._contracts = loaded[self.k_consents], loaded[self.k_contracts]
+        self._refusals, self._oppositions = loaded[self.k_refusals], loaded[self.k_oppositions]
+        self._log_id = log_id
+
+    def _replicas(self) -> dict[str, dict[bytes, bytes]]:
+        """Records hash → its local replica (field "account\x1fnumber" → JSON event log)."""
+        return {self.k_consents: self._consents, self.k_contracts: self._contracts,
+                self.k_refusals: self._refusals, self.k_oppositions: self._oppositions}
 
     # --- refresh --------------------------------------------------------------------------------------
     async def refresh(self) -> None:
@@ -487,20 +670,19 @@ class RedisStore(LocalLists):
         key = self._ckey(account, number, "att")
         return int(await self._call(lambda: self._redis.zcount(key, f"({now - window_s!r}", "+inf"), "read"))
 
-    async def record_refusal(self, account: str, number: str, at: float) -> None:
-        await self._call(lambda: self._refusal(keys=[self._ckey(account, number, "ref")],
-                                               args=[repr(float(at)), REFUSAL_TTL_S]), "record_write")
-
     async def last_refusal(self, account: str, number: str) -> float | None:
         v = await self._call(lambda: self._redis.get(self._ckey(account, number, "ref")), "read")
         return float(v) if v is not None else None
 
     async def close(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-            self._watcher = None
+        for task in (self._watcher, self._migration):
+            if task is not None:
+                # Cancelled again until done: a cancellation that lands inside redis-py's connection code
+                # can be swallowed there, and the watcher would then sleep on as if nothing happened.
+                while not task.done():
+                    task.cancel()
+                    await asyncio.wait({task}, timeout=0.1)
+        self._watcher = self._migration = None
         await self._close_clients()
 
     async def _close_clients(self) -> None:

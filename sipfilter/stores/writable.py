@@ -8,11 +8,12 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Protocol
 
-from sipfilter.stores.base import ConsentRecord, ListInfo, Store, StoreUnavailable
+from sipfilter.stores.base import ConsentRecord, ContractRecord, ListInfo, Store, StoreUnavailable
+from sipfilter.stores.history import History, Objection
 from sipfilter.stores.importer import SourceInfo
 from sipfilter.stores.numberset import NumberSet
 
@@ -30,21 +31,6 @@ def check_list_name(name: str) -> str:
         raise StoreError(f"bad list name {name!r}: letters, digits, '_', '.', '-' (max 64), not starting with"
                          " a punctuation mark")
     return name
-
-
-@dataclass(frozen=True, slots=True)
-class ContractRecord:
-    account: str
-    number: str  # E.164
-    started_at: float
-    ended_at: float | None = None
-    reference: str = ""
-    # The contract's object as purposes (e.g. ("energy-supply",)): it exempts calls from trunks whose
-    # `purpose` it names. Empty: unknown object, which exempts only trunks that declare no purpose.
-    scope: tuple[str, ...] = ()
-
-    def in_force(self, at: float) -> bool:
-        return self.started_at <= at and (self.ended_at is None or self.ended_at > at)
 
 
 _SCOPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
@@ -115,6 +101,41 @@ class WritableStore(Store, Protocol):
 
     async def contracts(self, account: str, number: str) -> tuple[ContractRecord, ...]: ...
 
+    # --- objections: refusals and oppositions, and undoing mistaken records ---
+    async def record_refusal(self, account: str, number: str, at: float, source: str = "") -> None:
+        """The consumer refused during a call: the cooldown starts, and every consent given at or before
+        `at` stops counting (a new consent is needed)."""
+        ...
+
+    async def undo_refusal(self, account: str, number: str, at: float | None, reason: str,
+                           undone_at: float) -> tuple[Objection, ...]:
+        """Undo a mistaken refusal (the one at `at`, to the second, or the latest): it stops counting, its
+        record stays with the undo. Returns the refusals undone (none: nothing matched)."""
+        ...
+
+    async def add_opposition(self, account: str, number: str, at: float, source: str = "") -> None:
+        """The consumer opposed every call from `account`, forever ("never call me again")."""
+        ...
+
+    async def undo_opposition(self, account: str, number: str, reason: str,
+                              undone_at: float) -> tuple[Objection, ...]:
+        """Undo the oppositions in force (a mistaken record). Returns those undone."""
+        ...
+
+    async def undo_consent(self, account: str, number: str, proof: str | None, granted_at: float | None,
+                           reason: str, undone_at: float) -> tuple[ConsentRecord, ...]:
+        """Undo consents recorded by mistake (see history.consent_undo_targets): they never count again,
+        unlike a revocation, which ends a consent that was real. Returns those undone."""
+        ...
+
+    async def history(self, account: str, number: str) -> History:
+        """Everything recorded for (account, number), undone records included (compliance proof)."""
+        ...
+
+    async def list_history(self, name: str) -> tuple[ListInfo, ...]:
+        """Every version of list `name` ever imported (deleted lists included), oldest first."""
+        ...
+
 
 # The `operation` label of sipfilter_store_errors_total: what was being done when the store failed.
 OPERATIONS = (
@@ -170,6 +191,7 @@ class LocalLists:
 
     _sets: dict[str, NumberSet]
     _infos: dict[str, ListInfo]
+    _versions_memo: tuple[dict[str, ListInfo], dict[tuple[str, ...], Mapping[str, int]]] | None = None
 
     def list_contains(self, list_name: str, number: str) -> bool:
         return number in self._sets[list_name]
@@ -182,3 +204,15 @@ class LocalLists:
 
     def list_numbers(self, name: str) -> NumberSet:
         return self._sets[name]
+
+    def list_versions(self, names: tuple[str, ...]) -> Mapping[str, int]:
+        # On every call's audit line: memoised per `names` until the next swap of `_infos`.
+        infos = self._infos
+        memo = self._versions_memo
+        if memo is None or memo[0] is not infos:
+            memo = self._versions_memo = (infos, {})
+        versions = memo[1].get(names)
+        if versions is None:
+            versions = memo[1][names] = MappingProxyType(
+                {n: infos[n].version for n in names if n in infos})
+        return versions

@@ -55,9 +55,10 @@ class Rig:
         config["audit"]["on_write_error"] = policy
         self.audit_path = Path(config["audit"]["path"])
         self.audit_path.parent.mkdir(parents=True)
-        self.audit_path.symlink_to("/dev/full")  # every write: ENOSPC
         self.config_path = write_config(workdir / "sipfilter.yaml", config)
-        provision(self.config_path, workdir)
+        provision(self.config_path, workdir)  # records go to the audit log too: before the disk is full
+        self.audit_path.unlink(missing_ok=True)
+        self.audit_path.symlink_to("/dev/full")  # every write: ENOSPC
         self.sipfilter = Sipfilter(self.config_path, self.ports, workdir / "run")
 
     def metric(self, name: str) -> float | None:

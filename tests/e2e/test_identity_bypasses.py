@@ -116,7 +116,7 @@ def audit_record(d: Deployment, call_id: str) -> dict[str, object] | None:
         return None
     for line in d.audit.read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
-        if record["call_id"] == call_id:
+        if record.get("call_id") == call_id:  # record lines (consent.import…) have none
             return dict(record)
     return None
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from sipfilter.stores.base import AttemptDecision, ConsentRecord, ListInfo, StoreUnavailable
+from sipfilter.stores.base import AttemptDecision, ConsentRecord, ContractRecord, ListInfo, StoreUnavailable
 
 
 @dataclass
@@ -21,6 +21,7 @@ class MemoryStore:
     contract_scopes: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     attempt_log: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     refusals: dict[tuple[str, str], float] = field(default_factory=dict)
+    oppositions: dict[tuple[str, str], float] = field(default_factory=dict)
     fail: bool = False  # simulate an unreachable store
     calls: int = 0  # check_and_record_attempt calls
 
@@ -53,6 +54,10 @@ class MemoryStore:
     def list_names(self) -> list[str]:
         return sorted(self.lists)
 
+    def list_versions(self, names: tuple[str, ...]) -> dict[str, int]:
+        self._check()
+        return {n: self.infos[n].version for n in names if n in self.infos}
+
     def consent_for(self, account: str, number: str, at: float) -> ConsentRecord | None:
         self._check()
         for c in self.consents:
@@ -69,6 +74,18 @@ class MemoryStore:
         self._check()
         key = (account, number)
         return key in self.contracts and (purpose is None or purpose in self.contract_scopes.get(key, ()))
+
+    def contract_for(self, account: str, number: str, at: float,
+                     purpose: str | None = None) -> ContractRecord | None:  # fmt: skip
+        self._check()
+        if not self.has_contract(account, number, at, purpose):
+            return None
+        return ContractRecord(account, number, 0.0, None, "K-test")
+
+    def opposition_for(self, account: str, number: str, at: float) -> float | None:
+        self._check()
+        since = self.oppositions.get((account, number))
+        return since if since is not None and since <= at else None
 
     async def check_and_record_attempt(
         self, account: str, number: str, now: float, cap: int, window_s: float, refusal_cooldown_s: float

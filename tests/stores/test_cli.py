@@ -136,3 +136,107 @@ def test_progress_bar_on_a_terminal_plain_lines_otherwise() -> None:
     assert tty.getvalue().endswith("\n")
     lines = plain.getvalue().splitlines()
     assert "\r" not in plain.getvalue() and len(lines) == 5 and lines[-1].startswith("reading x: 100%")
+
+
+def _events(config: str) -> list[dict[str, Any]]:
+    audit = Path(yaml.safe_load(Path(config).read_text())["audit"]["path"])
+    return [r for r in map(json.loads, audit.read_text().splitlines()) if "event" in r]
+
+
+def test_an_account_no_trunk_uses_is_refused(config: str, capsys: pytest.CaptureFixture[str]) -> None:
+    c = ("--config", config)
+    for argv in (("refusal", "add"), ("opposition", "add"), ("consent", "add", "--proof", "p"),
+                 ("consent", "contract", "add"), ("refusal", "undo", "--reason", "r")):
+        code, _, err = run(capsys, *argv, *c, "--account", "acme-energei", "0612000100")
+        assert code == 1 and "unknown account 'acme-energei'" in err and "acme-energie" in err, (argv, err)
+    code, out, err = run(capsys, "refusal", "show", *c, "--account", "acme-energei", "0612000100", "--json")
+    assert code == 0 and json.loads(out)["refusals"] == []  # reads answer (past accounts), with a warning
+    assert "no trunk uses account 'acme-energei'" in err
+
+
+def test_refusal_and_opposition_undo_with_audit_lines(
+    config: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    c = ("--config", config)
+    assert run(capsys, "consent", "add", *c, "0612000200", "--proof", "form-1",
+               "--at", "2026-01-01T10:00:00+01:00")[0] == 0
+    code, out, _ = run(capsys, "refusal", "add", *c, "0612000200", "--at", "2026-02-01T10:00:00+01:00")
+    assert code == 0 and "no longer count" in out
+    code, out, _ = run(capsys, "consent", "show", *c, "0612000200", "--json")
+    assert json.loads(out)["consents"][0]["ended_by"] == "refusal"
+    code, _, err = run(capsys, "refusal", "add", *c, "0612000200", "--at", "2999-01-01T00:00:00+00:00")
+    assert code == 1 and "in the future" in err
+    with pytest.raises(SystemExit):  # --reason is required
+        run(capsys, "refusal", "undo", *c, "0612000200")
+    assert "--reason" in capsys.readouterr().err
+    code, out, _ = run(capsys, "refusal", "undo", *c, "0612000200", "--at", "2026-02-01T10:00:00+01:00",
+                       "--reason", "wrong customer")
+    assert code == 0 and "refusal undone" in out
+    assert run(capsys, "refusal", "undo", *c, "0612000200", "--reason", "again")[0] == 3
+    code, out, _ = run(capsys, "consent", "show", *c, "0612000200", "--json")
+    assert json.loads(out)["consents"][0]["ended_by"] is None  # the undone refusal no longer ends it
+    code, out, _ = run(capsys, "refusal", "show", *c, "0612000200", "--json")
+    shown = json.loads(out)
+    assert shown["last_refusal"] is None and shown["refusals"][0]["undo_reason"] == "wrong customer"
+    assert run(capsys, "opposition", "add", *c, "0612000200")[0] == 0
+    code, out, _ = run(capsys, "opposition", "show", *c, "0612000200")
+    assert code == 0 and "opposed since" in out
+    code, out, _ = run(capsys, "opposition", "undo", *c, "0612000200", "--reason", "other customer")
+    assert code == 0 and "opposition undone" in out
+    assert run(capsys, "opposition", "undo", *c, "0612000200", "--reason", "again")[0] == 3
+    code, _, _ = run(capsys, "consent", "undo", *c, "0612000200", "--proof", "form-1", "--reason", "test")
+    assert code == 0
+    assert run(capsys, "consent", "undo", *c, "0612000200", "--reason", "nothing left")[0] == 3
+    events = _events(config)
+    assert [e["event"] for e in events] == ["consent", "refusal", "refusal.undo", "opposition",
+                                            "opposition.undo", "consent.undo"]
+    assert all(e["source"] == "cli" and e["to"] == "+33612000200" for e in events)
+    assert events[2]["reason"] == "wrong customer" and events[5]["consents"][0]["proof"] == "form-1"
+
+
+def test_an_audit_log_that_cannot_be_written_is_said(config: str, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    data = yaml.safe_load(Path(config).read_text())
+    (tmp_path / "not-a-directory").write_text("")
+    data["audit"]["path"] = str(tmp_path / "not-a-directory" / "audit.jsonl")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(yaml.safe_dump(data, sort_keys=False))
+    code, out, err = run(capsys, "refusal", "add", "--config", str(broken), "0612000300")
+    assert code == 4 and "refusal recorded" in out and "could not be written" in err
+
+
+def test_audit_report_from_the_cli(config: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sipfilter.audit import AuditLog
+    from sipfilter.config import load_config
+    from sipfilter.policy.facts import CallFacts
+    from sipfilter.policy.numbers import Number
+    from sipfilter.policy.verdict import Decision, Verdict
+    from sipfilter.stores.base import ConsentRecord
+
+    c = ("--config", config)
+    assert run(capsys, "consent", "add", *c, "0612000400", "--proof", "crm-77",
+               "--at", "2026-01-01T10:00:00+01:00")[0] == 0
+    log = AuditLog(load_config(config).audit)
+    at = 1_780_000_000.0
+    facts = CallFacts("dialer", at, Number("", "+33162000001", "e164"), (), frozenset(),
+                      Number("", "+33612000400", "e164"), "call-1")
+    consent = ConsentRecord("acme-energie", "+33612000400", 1767258000.0, "crm-77")
+    log.log_decision(facts, Decision(Verdict("allow", 0, "", ""), {}, False, True, "fr", (), {"bloctel": 1},
+                                     consent), "acme-energie", "enforce")
+    log.close()
+    code, out, _ = run(capsys, "audit", *c, "06 12 00 04 00")
+    report = json.loads(out)
+    assert code == 0 and report["number"] == "+33612000400" and report["account"] == "acme-energie"
+    assert [d["consent"]["proof"] for d in report["decisions"]] == ["crm-77"]
+    assert report["summary"]["relayed_with_consent"] == 1
+    assert [e["event"] for e in report["events"]] == ["consent"]
+    code, out, _ = run(capsys, "audit", *c, "0612000400", "--from", "2026-06-01T00:00:00+00:00")
+    assert json.loads(out)["decisions"] == []  # the call was on 2026-05-28
+    target = tmp_path / "report.csv"
+    code, _, err = run(capsys, "audit", *c, "0612000400", "--format", "csv", "--output", str(target))
+    assert code == 0 and "1 decisions" in err
+    header, *rows = target.read_text().splitlines()
+    assert header.startswith("time,kind,call_id") and any(",decision,call-1," in r for r in rows)
+    code, _, err = run(capsys, "audit", *c, "0612000400", "--from", "2026-06-01T00:00:00+00:00",
+                       "--to", "2026-05-01T00:00:00+00:00")
+    assert code == 1 and "before --from" in err

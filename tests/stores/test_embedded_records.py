@@ -94,9 +94,9 @@ async def test_the_proxys_own_writes_answer_at_once(proxy: EmbeddedStore, cli: E
     assert proxy.has_contract(A, N2, T0 + 1)
     await proxy.record_refusal(A, N2, T0)
     assert (await proxy.check_and_record_attempt(A, N2, T0 + 1, 4, 30 * DAY, 60 * DAY)).allowed is False
-    # The CLI's copy, read before the change, catches up on refresh.
-    await cli.add_consents([ConsentRecord(A, N2, T0, "bulk")])
-    assert cli.consent_for(A, N1, T0 + 2) is None and cli.consent_for(A, N2, T0 + 1) is not None
+    # The CLI's copy, read before the change, catches up on refresh (a consent given after the refusal).
+    await cli.add_consents([ConsentRecord(A, N2, T0 + 1, "bulk")])
+    assert cli.consent_for(A, N1, T0 + 2) is None and cli.consent_for(A, N2, T0 + 2) is not None
 
 
 async def test_a_bulk_import_is_applied_in_chunks(
