@@ -27,6 +27,7 @@ from sipfilter.b2bua.limits import (
     REASON_UNKNOWN_SOURCE,
 )
 from sipfilter.b2bua.observe import Observer
+from sipfilter.transport.stream import CLOSED_IDLE, REFUSED_PER_SOURCE, REFUSED_TOTAL, REFUSED_UNKNOWN_SOURCE
 
 log = logging.getLogger("sipfilter.metrics")
 
@@ -50,11 +51,27 @@ TRANSPORTS = ("udp", "tcp", "tls")
 ADMISSION_REASONS = (REASON_SOURCE_RATE, REASON_TOTAL_DIALOGS, REASON_TRUNK_DIALOGS, REASON_TRUNK_RATE,
                      REASON_UNKNOWN_SOURCE)  # fmt: skip
 OVERLOAD_REASONS = ("draining", *ADMISSION_REASONS)
+CONNECTION_CLOSE_REASONS = (REFUSED_UNKNOWN_SOURCE, REFUSED_PER_SOURCE, REFUSED_TOTAL, CLOSED_IDLE)
 
 FOREIGN_DOMAIN = Counter(
     "sipfilter_request_uri_refused_total",
     "New INVITEs refused 403 because the Request-URI host is not in the trunk's request_uri.domains",
     ["trunk"], registry=REGISTRY,
+)  # fmt: skip
+CONNECTIONS_CLOSED = Counter(
+    "sipfilter_connections_closed_total",
+    "Inbound TCP/TLS connections refused when opened (unknown-source, per-source or total cap) or closed"
+    " idle (idle)", ["transport", "reason"], registry=REGISTRY,
+)  # fmt: skip
+LARGE_REQUESTS = Counter(
+    "sipfilter_large_requests_total",
+    "Requests over 1300 bytes (RFC 3261 §18.1.1) by the transport that carried them: tcp (moved off UDP to"
+    " the target's TCP twin) or udp (no TCP path: sent over UDP anyway)", ["transport"], registry=REGISTRY,
+)  # fmt: skip
+CONFIG_RESTART_REQUIRED = Gauge(
+    "sipfilter_config_restart_required",
+    "1 for a config key changed in the file since start that applies only after a restart",
+    ["key"], registry=REGISTRY,
 )  # fmt: skip
 TLS_FAILURES = Counter(
     "sipfilter_tls_handshake_failures_total",
@@ -104,6 +121,15 @@ def _build_info() -> None:
 _build_info()
 
 
+def record_restart_required(keys: Iterable[str]) -> None:
+    """The keys whose change waits for a restart (every other series of the gauge back to 0)."""
+    from sipfilter.config import RESTART_KEYS
+
+    pending = set(keys)
+    for key in RESTART_KEYS:
+        CONFIG_RESTART_REQUIRED.labels(key).set(1 if key in pending else 0)
+
+
 def record_reload(ok: bool, at: float | None = None) -> None:
     """Count a config (re)load and remember when and whether it succeeded."""
     CONFIG_RELOADS.labels("ok" if ok else "error").inc()
@@ -115,7 +141,8 @@ def record_reload(ok: bool, at: float | None = None) -> None:
 def clear_series() -> None:
     """Forget every labelled series (tests that need a clean registry; never in a running process)."""
     CALLS.clear()
-    for metric in (CONFIG_RELOADS, FOREIGN_DOMAIN, TLS_FAILURES):
+    for metric in (CONFIG_RELOADS, FOREIGN_DOMAIN, TLS_FAILURES, CONNECTIONS_CLOSED, LARGE_REQUESTS,
+                   CONFIG_RESTART_REQUIRED):  # fmt: skip
         metric.clear()
     LOOP_LAG.set(0)
     CONFIG_LAST_RELOAD_OK.set(1)
@@ -275,6 +302,11 @@ class PrometheusObserver(Observer):
             c.unknown.setdefault(transport, 0)
         for reason in OVERLOAD_REASONS:
             c.overload.setdefault(reason, 0)
+        for transport in ("tcp", "tls"):
+            for reason in CONNECTION_CLOSE_REASONS:
+                CONNECTIONS_CLOSED.labels(transport, reason)
+        for transport in ("tcp", "udp"):
+            LARGE_REQUESTS.labels(transport)
         # Bound once: each event is then one dict update.
         self._invites = c.invites
         self._decisions = c.decisions
@@ -352,6 +384,12 @@ class PrometheusObserver(Observer):
 
     def foreign_domain(self, trunk: str) -> None:
         FOREIGN_DOMAIN.labels(trunk or NO_TRUNK).inc()  # rare (a misconfigured dialer): no cache
+
+    def connection_closed(self, transport: str, reason: str) -> None:
+        CONNECTIONS_CLOSED.labels(transport, reason).inc()  # rare (a refused or idle connection): no cache
+
+    def large_request(self, transport: str) -> None:
+        LARGE_REQUESTS.labels(transport).inc()
 
     def connect_failed(self, trunk: str, target: str, transport: str, reason: str) -> None:
         # Plain TCP refusals show as failovers and target_up 0; TLS handshake failures get their reason.

@@ -3,14 +3,20 @@
 Frames with the SIP core's StreamFramer and hands whole messages to the handler; never interprets them.
 Outbound TLS uses the context the handler names for that peer (built once per config load, never here per
 connection), and a connection that cannot be opened is reported to the handler, which decides what fails.
+Inbound connections are admitted before anything is read from them (and before a TLS handshake): the
+handler's ACL (`accept_connection`), then caps per source address and in total (ConnectionTable); one idle
+for `idle_timeout_s` is closed unless the handler says a call still needs it (`peers_in_use`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
+import resource
 import ssl
+import time
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -47,6 +53,75 @@ _VERIFY_REASONS = {
     16: REASON_CRL, 33: REASON_CRL,
 }  # fmt: skip
 TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+# A peer that has not finished its TLS handshake by then is dropped (it holds a connection slot meanwhile).
+HANDSHAKE_TIMEOUT_S = 10.0
+# Why an inbound connection was refused or closed: the `reason` reported to the handler (and the metric).
+REFUSED_UNKNOWN_SOURCE = "unknown-source"
+REFUSED_PER_SOURCE = "per-source"
+REFUSED_TOTAL = "total"
+CLOSED_IDLE = "idle"
+FD_RESERVE = 256  # descriptors kept for everything but inbound connections (UDP, carriers, admin, store)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """Caps on inbound TCP/TLS connections (`limits.connections` in the config)."""
+
+    max_total: int = 1000  # every stream listener of the process together
+    max_per_source: int = 64  # from one source address
+    idle_timeout_s: float = 300.0  # no message received for this long (and no call on it): closed
+
+
+class ConnectionTable:
+    """The inbound connections of a process's stream listeners, counted per source address and in total.
+    Shared by the listeners; `limits` may be replaced at any time (a reload): it applies to new
+    connections, and the idle timeout to the next sweep."""
+
+    def __init__(self, limits: ConnectionLimits | None = None) -> None:
+        self.limits = limits or ConnectionLimits()
+        self.total = 0
+        self._by_source: dict[str, int] = {}
+
+    def admit(self, ip: str) -> str | None:
+        """Take a slot for a connection from `ip`; None when admitted, else the refusal reason."""
+        limits = self.limits
+        if self.total >= limits.max_total:
+            return REFUSED_TOTAL
+        held = self._by_source.get(ip, 0)
+        if held >= limits.max_per_source:
+            return REFUSED_PER_SOURCE
+        self._by_source[ip] = held + 1
+        self.total += 1
+        return None
+
+    def release(self, ip: str) -> None:
+        held = self._by_source.get(ip, 0)
+        if held <= 0:
+            return
+        self.total -= 1
+        if held == 1:
+            del self._by_source[ip]
+        else:
+            self._by_source[ip] = held - 1
+
+    def from_source(self, ip: str) -> int:
+        return self._by_source.get(ip, 0)
+
+
+def fd_headroom(max_total: int) -> int:
+    """Make room for `max_total` inbound connections plus FD_RESERVE descriptors: raise the soft
+    RLIMIT_NOFILE towards the hard one if needed. Returns how many inbound connections fit (max_total, or
+    fewer when the hard limit is too low: the caller logs it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = max_total + FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return max_total
+    return max(0, soft - FD_RESERVE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,23 +219,72 @@ def _new_framer(limits: Any) -> StreamFramer:
 
 
 class _Connection(asyncio.Protocol):
-    """One TCP/TLS connection: frames bytes into messages, answers RFC 5626 CRLF pings."""
+    """One TCP/TLS connection: frames bytes into messages, answers RFC 5626 CRLF pings. An inbound one is
+    admitted (ACL, caps) in `connection_made` before a byte is read, and upgraded to TLS only then."""
 
-    def __init__(self, endpoint: StreamEndpoint) -> None:
+    def __init__(self, endpoint: StreamEndpoint, inbound: bool = False) -> None:
         self.endpoint = endpoint
         self.framer = _new_framer(endpoint.limits)
         self.transport: asyncio.Transport | None = None
         self.peer: Addr = ("", 0)
+        self.inbound = inbound
+        self.slot = False  # holds a ConnectionTable slot (released once, when the connection goes)
+        self.last_active = time.monotonic()  # last complete message or keep-alive received
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
         peer = transport.get_extra_info("peername")
         self.peer = (str(peer[0]), int(peer[1])) if peer else ("", 0)
+        endpoint = self.endpoint
+        if not self.inbound:
+            endpoint._connections[self.peer] = self
+            return
+        refused = endpoint._admit(self.peer)
+        if refused is not None:
+            self.transport.abort()  # no SIP answer: a scanner or a flood learns nothing, and no fd lingers
+            endpoint._report(self.peer, refused)
+            return
+        self.slot = True
+        if endpoint._tls is None:
+            endpoint._connections[self.peer] = self
+            return
+        self.transport.pause_reading()  # nothing is read before the handshake (start_tls resumes)
+        task = asyncio.get_running_loop().create_task(self._handshake(endpoint._tls))
+        endpoint._tasks.add(task)
+        task.add_done_callback(endpoint._tasks.discard)
+
+    async def _handshake(self, context: ssl.SSLContext) -> None:
+        raw = self.transport
+        assert raw is not None
+        loop = asyncio.get_running_loop()
+        try:
+            secured = await loop.start_tls(raw, self, context, server_side=True,
+                                           ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S)  # fmt: skip
+        except (OSError, TimeoutError, ConnectionError, asyncio.CancelledError) as exc:
+            why = getattr(exc, "reason", None) or exc or type(exc).__name__
+            log.info("%s: tls handshake from %s:%s failed: %s", self.endpoint.side, *self.peer, why)
+            raw.abort()
+            self._gone()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        if secured is None:  # closed during the handshake
+            self._gone()
+            return
+        self.transport = secured
+        self.last_active = time.monotonic()
         self.endpoint._connections[self.peer] = self
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.endpoint._connections.get(self.peer) is self:
-            del self.endpoint._connections[self.peer]
+        self._gone()
+
+    def _gone(self) -> None:
+        endpoint = self.endpoint
+        if endpoint._connections.get(self.peer) is self:
+            del endpoint._connections[self.peer]
+        if self.slot:
+            self.slot = False
+            endpoint.table.release(self.peer[0])
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -170,6 +294,9 @@ class _Connection(asyncio.Protocol):
                         self.peer, exc)
             self.close()
             return
+        if not items:
+            return
+        self.last_active = time.monotonic()
         handler, endpoint, peer = self.endpoint.handler, self.endpoint, self.peer
         for item in items:
             if isinstance(item, KeepAlive):
@@ -181,7 +308,7 @@ class _Connection(asyncio.Protocol):
             except Exception:
                 log.exception("unhandled error on a %s message from %s", endpoint.transport, peer)
             if getattr(item, "fatal", False):  # framing lost: RFC 3261 §18.3, close the connection
-                self.close()
+                self.close()  # after what the handler answered (513, 400): close() flushes it first
                 return
 
     def write(self, data: bytes) -> None:
@@ -208,30 +335,91 @@ class StreamEndpoint(Endpoint):
         tls: ssl.SSLContext | None = None,
         client_tls: ssl.SSLContext | None = None,
         limits: Any = None,
+        connections: ConnectionTable | None = None,
     ) -> None:
         super().__init__(side, host, port)
         self.transport = "tls" if tls is not None else "tcp"
         self.handler = handler
-        self.limits = limits
+        self.limits = limits  # message size limits of the framers of new connections
+        self.table = connections if connections is not None else ConnectionTable()
         self._tls = tls
         self._client_tls = client_tls
         self._server: asyncio.AbstractServer | None = None
         self._connections: dict[Addr, _Connection] = {}
         self._connecting: dict[Addr, list[bytes]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        # TLS is started per connection once it is admitted (_Connection._handshake), not by the server.
         self._server = await loop.create_server(
-            lambda: _Connection(self), self.host, self.port, ssl=self._tls, reuse_address=True
+            lambda: _Connection(self, inbound=True), self.host, self.port, reuse_address=True
         )
         sockets = self._server.sockets
         if sockets:
             self.port = int(sockets[0].getsockname()[1])
+        self._sweeper = loop.create_task(self._sweep_idle())
+
+    @property
+    def tls_context(self) -> ssl.SSLContext | None:
+        return self._tls
+
+    @tls_context.setter
+    def tls_context(self, context: ssl.SSLContext) -> None:
+        """A new server context (reloaded certificate, key or client_ca): used from the next connection."""
+        if self._tls is None:
+            raise ValueError("a TCP listener cannot become a TLS one without a restart")
+        self._tls = context
 
     @property
     def connection_count(self) -> int:
         return len(self._connections)
+
+    def _admit(self, peer: Addr) -> str | None:
+        """Whether an inbound connection from `peer` may stay: the handler's ACL, then the caps."""
+        accept = getattr(self.handler, "accept_connection", None)
+        try:
+            if accept is not None and not accept(self, peer):
+                return REFUSED_UNKNOWN_SOURCE
+        except Exception:
+            log.exception("connection ACL failed for %s:%s: refused", peer[0], peer[1])
+            return REFUSED_UNKNOWN_SOURCE
+        return self.table.admit(peer[0])
+
+    def _report(self, peer: Addr, reason: str) -> None:
+        hook = getattr(self.handler, "connection_refused", None)
+        if hook is None:
+            return
+        try:
+            hook(self, peer, reason)
+        except Exception:
+            log.exception("reporting a refused %s connection from %s:%s", self.transport, peer[0], peer[1])
+
+    async def _sweep_idle(self) -> None:
+        """Close inbound connections idle for `idle_timeout_s`, except those a call still needs (the handler
+        would have no way back to a dialer behind NAT, or would send its BYE to a port nobody listens on)."""
+        while True:
+            timeout = self.table.limits.idle_timeout_s
+            await asyncio.sleep(max(0.05, min(timeout / 4, 10.0)))
+            try:
+                self._close_idle(self.table.limits.idle_timeout_s)
+            except Exception:
+                log.exception("%s %s: idle connection sweep failed", self.side, self.transport)
+
+    def _close_idle(self, timeout: float) -> None:
+        cutoff = time.monotonic() - timeout
+        idle = [c for c in self._connections.values() if c.inbound and c.last_active < cutoff]
+        if not idle:
+            return
+        in_use = getattr(self.handler, "peers_in_use", None)
+        keep = in_use(self) if in_use is not None else set()
+        for conn in idle:
+            if conn.peer in keep:
+                continue
+            log.debug("%s %s: closing idle connection from %s:%s", self.side, self.transport, *conn.peer)
+            conn.close()
+            self._report(conn.peer, CLOSED_IDLE)
 
     def send(self, data: bytes, addr: Addr) -> None:
         conn = self._connections.get(addr)
@@ -296,6 +484,9 @@ class StreamEndpoint(Endpoint):
             log.exception("handling a failed %s connection to %s:%s", self.transport, addr[0], addr[1])
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if self._server is not None:
             self._server.close()
         for conn in list(self._connections.values()):
@@ -332,8 +523,10 @@ async def open_stream_endpoint(
     *,
     tls: ssl.SSLContext | None = None,
     limits: Any = None,
+    connections: ConnectionTable | None = None,
 ) -> StreamEndpoint:
-    """Listen for TCP (or TLS when `tls` is given) on host:port (0 = any free port)."""
-    endpoint = StreamEndpoint(side, host, port, handler, tls=tls, limits=limits)
+    """Listen for TCP (or TLS when `tls` is given) on host:port (0 = any free port). `connections`: the
+    process's table of inbound connections (shared caps); by default one of this endpoint's own."""
+    endpoint = StreamEndpoint(side, host, port, handler, tls=tls, limits=limits, connections=connections)
     await endpoint.start()
     return endpoint
