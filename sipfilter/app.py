@@ -107,6 +107,7 @@ class App:
                                 target.transport)  # fmt: skip
         await self._start_admin()
         metrics.record_reload(True)  # the first load counts: the timestamp says which config runs
+        metrics.record_restart_required(())
         loop = asyncio.get_running_loop()
         for sig, handler in ((signal.SIGHUP, self._on_sighup), (signal.SIGTERM, self._on_sigterm),
                              (signal.SIGINT, self._on_sigterm)):  # fmt: skip
