@@ -76,7 +76,10 @@ def _time(value: Any, field: str) -> float:
                 raise BadRequest(f"{field}: expected epoch seconds or ISO-8601, got {value!r}") from None
             if when.tzinfo is None:
                 raise BadRequest(f"{field}: add a UTC offset to {value!r}") from None
-            at = when.timestamp()
+            try:
+                at = when.timestamp()
+            except (OverflowError, ValueError):
+                at = math.inf
     if at is None:
         raise BadRequest(f"{field}: expected epoch seconds or ISO-8601, got {_shown(value)}")
     if not (math.isfinite(at) and 0 <= at < LATEST_TIME):

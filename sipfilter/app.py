@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 from sipfilter import compiled, metrics
@@ -208,16 +209,14 @@ class App:
         address that cannot be bound) the running config stays. Calls are never dropped. Keys that only a
         restart applies (config.RESTART_KEYS) are named in the log and in a metric."""
         from sipfilter.audit import AuditLog
-        from sipfilter.http import admin_token
 
         loop = asyncio.get_running_loop()
         old = self.config
         assert self.b2b is not None
         try:
-            new = await loop.run_in_executor(None, load_config, old.path)
+            new, token = await loop.run_in_executor(None, _read_config, old.path)
             engine = PolicyEngine(new)
             runtime = compile_runtime(new, engine, self.store, self.audit, old=self.b2b.rt)
-            token = admin_token(new.admin)
             if self.admin is not None:  # the only step with an effect that may fail: last, and all or nothing
                 await self.admin.reconfigure(new.admin.host, new.admin.port, token, new.admin.allowed_hosts)
         except (ConfigError, OSError, ValueError) as exc:
@@ -336,6 +335,14 @@ class App:
             with contextlib.suppress(Exception):
                 self.audit.close()
         log.info("sipfilter stopped")
+
+
+def _read_config(path: Path) -> tuple[Config, str | None]:
+    """The config file and its admin token (its token file created if missing): file work, off the loop."""
+    from sipfilter.http import admin_token
+
+    config = load_config(path)
+    return config, admin_token(config.admin)
 
 
 def _parse_limits(lim: SipLimits) -> Limits:

@@ -834,9 +834,9 @@ class B2BUA:
         twin = tcp_twin(self.rt.pools.get(call.trunk.name), dest)
         if tcp is None or twin is None:
             return ep, dest, data
-        host = self.hostname
+        # The Via and the Contact name the transport and our address on it (both built by _start_b_leg).
         for old, new in ((f"SIP/2.0/UDP {ep.hostport};", f"SIP/2.0/TCP {tcp.hostport};"),
-                         (f"<sip:{host}@{ep.hostport};transport=udp>", f"<sip:{host}@{tcp.hostport};transport=tcp>")):  # noqa: E501  # fmt: skip
+                         (f"@{ep.hostport};transport=udp>", f"@{tcp.hostport};transport=tcp>")):  # fmt: skip
             data = data.replace(old.encode(), new.encode(), 1)
         call.dest = twin
         self.obs.large_request("tcp")

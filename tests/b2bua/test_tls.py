@@ -554,3 +554,38 @@ def test_client_ca_is_loaded_with_the_config_and_errors_name_the_field(
     need_tls = r"sip\.inside\[0\]\.client_ca: client certificates need `transport: tls`"
     with pytest.raises(ConfigError, match=need_tls):
         load_config(path)
+
+
+class Gatekeeper(Received):
+    """A handler whose ACL admits 127.0.0.2 only (as the B2BUA admits a trunk's sources)."""
+
+    def accept_connection(self, endpoint: Any, addr: Any) -> bool:
+        return bool(addr[0] == "127.0.0.2")
+
+
+async def test_a_stranger_is_reset_before_any_tls_handshake(pki: Pki) -> None:
+    """The ACL runs when the TCP connection is accepted: a stranger costs no handshake and holds nothing."""
+    got = Gatekeeper()
+    ctx = tls_server_context(str(pki.good[0]), str(pki.good[1]))
+    ep = await open_stream_endpoint("inside", "127.0.0.1", 0, got, tls=ctx)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", ep.port, local_addr=("127.0.0.1", 0))
+        try:
+            assert await asyncio.wait_for(reader.read(100), 3) == b""  # no ServerHello: closed first
+        except ConnectionResetError:
+            pass
+        writer.close()
+        assert ep.table.total == 0 and ep.connection_count == 0
+        client = ssl.create_default_context(cafile=str(pki.ca))
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(
+            "127.0.0.1", ep.port, ssl=client, server_hostname=NAME, local_addr=("127.0.0.2", 0)), 5)
+        writer.write(OPTIONS)
+        await writer.drain()
+        for _ in range(200):
+            if got.messages:
+                break
+            await asyncio.sleep(0.025)
+        assert [m.call_id for m in got.messages] == ["mtls-1"] and ep.table.total == 1
+        writer.close()
+    finally:
+        await ep.close()
