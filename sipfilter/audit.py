@@ -174,6 +174,7 @@ class AuditLog:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
             self._size = os.fstat(self._fd).st_size
+            self._path_checked = time.monotonic()  # just opened: the path names it
         return self._fd
 
     def _rotate(self) -> None:
