@@ -230,6 +230,9 @@ class _Connection(asyncio.Protocol):
         self.inbound = inbound
         self.slot = False  # holds a ConnectionTable slot (released once, when the connection goes)
         self.last_active = time.monotonic()  # last complete message or keep-alive received
+        # Inbound TLS: what the peer sent right behind its handshake, before start_tls() handed us the secure
+        # transport (answers could not be sent yet): handled as soon as it has.
+        self._early: list[bytes] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
@@ -249,6 +252,7 @@ class _Connection(asyncio.Protocol):
             endpoint._connections[self.peer] = self
             return
         self.transport.pause_reading()  # nothing is read before the handshake (start_tls resumes)
+        self._early = []
         task = asyncio.get_running_loop().create_task(self._handshake(endpoint._tls))
         endpoint._tasks.add(task)
         task.add_done_callback(endpoint._tasks.discard)
@@ -264,16 +268,21 @@ class _Connection(asyncio.Protocol):
             why = getattr(exc, "reason", None) or exc or type(exc).__name__
             log.info("%s: tls handshake from %s:%s failed: %s", self.endpoint.side, *self.peer, why)
             raw.abort()
+            self._early = None
             self._gone()
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
         if secured is None:  # closed during the handshake
+            self._early = None
             self._gone()
             return
         self.transport = secured
         self.last_active = time.monotonic()
         self.endpoint._connections[self.peer] = self
+        early, self._early = self._early, None
+        if early:
+            self.data_received(b"".join(early))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._gone()
@@ -287,6 +296,9 @@ class _Connection(asyncio.Protocol):
             endpoint.table.release(self.peer[0])
 
     def data_received(self, data: bytes) -> None:
+        if self._early is not None:
+            self._early.append(data)
+            return
         try:
             items = self.framer.feed(data)
         except Exception as exc:  # a framer bug must close this connection, not the process
