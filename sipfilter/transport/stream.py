@@ -3,9 +3,10 @@
 Frames with the SIP core's StreamFramer and hands whole messages to the handler; never interprets them.
 Outbound TLS uses the context the handler names for that peer (built once per config load, never here per
 connection), and a connection that cannot be opened is reported to the handler, which decides what fails.
-Inbound connections are admitted before anything is read from them (and before a TLS handshake): the
-handler's ACL (`accept_connection`), then caps per source address and in total (ConnectionTable); one idle
-for `idle_timeout_s` is closed unless the handler says a call still needs it (`peers_in_use`).
+Inbound connections are admitted as they are accepted, before anything is read from them or any TLS
+handshake: the handler's ACL (`accept_connection`), then caps per source address and in total
+(ConnectionTable); one idle for `idle_timeout_s` is closed unless the handler says a call still needs it
+(`peers_in_use`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import contextlib
 import logging
 import re
 import resource
+import socket
 import ssl
+import struct
 import time
 from dataclasses import dataclass
 from typing import Any, cast
@@ -55,6 +58,7 @@ _VERIFY_REASONS = {
 TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 # A peer that has not finished its TLS handshake by then is dropped (it holds a connection slot meanwhile).
 HANDSHAKE_TIMEOUT_S = 10.0
+ACCEPT_BACKLOG = 512  # connections the kernel queues while the accept loop catches up (capped by somaxconn)
 # Why an inbound connection was refused or closed: the `reason` reported to the handler (and the metric).
 REFUSED_UNKNOWN_SOURCE = "unknown-source"
 REFUSED_PER_SOURCE = "per-source"
@@ -219,75 +223,32 @@ def _new_framer(limits: Any) -> StreamFramer:
 
 
 class _Connection(asyncio.Protocol):
-    """One TCP/TLS connection: frames bytes into messages, answers RFC 5626 CRLF pings. An inbound one is
-    admitted (ACL, caps) in `connection_made` before a byte is read, and upgraded to TLS only then."""
+    """One TCP/TLS connection: frames bytes into messages, answers RFC 5626 CRLF pings. An inbound one was
+    admitted (ACL, caps) by StreamEndpoint._accept_loop before its handshake and holds a ConnectionTable slot
+    until it goes."""
 
-    def __init__(self, endpoint: StreamEndpoint, inbound: bool = False) -> None:
+    def __init__(self, endpoint: StreamEndpoint, peer: Addr | None = None) -> None:
         self.endpoint = endpoint
         self.framer = _new_framer(endpoint.limits)
         self.transport: asyncio.Transport | None = None
-        self.peer: Addr = ("", 0)
-        self.inbound = inbound
-        self.slot = False  # holds a ConnectionTable slot (released once, when the connection goes)
+        self.inbound = peer is not None
+        self.peer: Addr = peer if peer is not None else ("", 0)
+        self.slot = self.inbound  # inbound: holds a ConnectionTable slot, released once when it goes
         self.last_active = time.monotonic()  # last complete message or keep-alive received
-        # Inbound TLS: what the peer sent right behind its handshake, before start_tls() handed us the secure
-        # transport (answers could not be sent yet): handled as soon as it has.
-        self._early: list[bytes] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
-        peer = transport.get_extra_info("peername")
-        self.peer = (str(peer[0]), int(peer[1])) if peer else ("", 0)
-        endpoint = self.endpoint
         if not self.inbound:
-            endpoint._connections[self.peer] = self
-            return
-        refused = endpoint._admit(self.peer)
-        if refused is not None:
-            self.transport.abort()  # no SIP answer: a scanner or a flood learns nothing, and no fd lingers
-            endpoint._report(self.peer, refused)
-            return
-        self.slot = True
-        if endpoint._tls is None:
-            endpoint._connections[self.peer] = self
-            return
-        self.transport.pause_reading()  # nothing is read before the handshake (start_tls resumes)
-        self._early = []
-        task = asyncio.get_running_loop().create_task(self._handshake(endpoint._tls))
-        endpoint._tasks.add(task)
-        task.add_done_callback(endpoint._tasks.discard)
-
-    async def _handshake(self, context: ssl.SSLContext) -> None:
-        raw = self.transport
-        assert raw is not None
-        loop = asyncio.get_running_loop()
-        try:
-            secured = await loop.start_tls(raw, self, context, server_side=True,
-                                           ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S)  # fmt: skip
-        except (OSError, TimeoutError, ConnectionError, asyncio.CancelledError) as exc:
-            why = getattr(exc, "reason", None) or exc or type(exc).__name__
-            log.info("%s: tls handshake from %s:%s failed: %s", self.endpoint.side, *self.peer, why)
-            raw.abort()
-            self._early = None
-            self._gone()
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            return
-        if secured is None:  # closed during the handshake
-            self._early = None
-            self._gone()
-            return
-        self.transport = secured
+            peer = transport.get_extra_info("peername")
+            self.peer = (str(peer[0]), int(peer[1])) if peer else ("", 0)
         self.last_active = time.monotonic()
         self.endpoint._connections[self.peer] = self
-        early, self._early = self._early, None
-        if early:
-            self.data_received(b"".join(early))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._gone()
+        self.gone()
 
-    def _gone(self) -> None:
+    def gone(self) -> None:
+        """Forget the connection and give its slot back (idempotent: a failed handshake may call it too)."""
         endpoint = self.endpoint
         if endpoint._connections.get(self.peer) is self:
             del endpoint._connections[self.peer]
@@ -296,9 +257,6 @@ class _Connection(asyncio.Protocol):
             endpoint.table.release(self.peer[0])
 
     def data_received(self, data: bytes) -> None:
-        if self._early is not None:
-            self._early.append(data)
-            return
         try:
             items = self.framer.feed(data)
         except Exception as exc:  # a framer bug must close this connection, not the process
@@ -356,7 +314,8 @@ class StreamEndpoint(Endpoint):
         self.table = connections if connections is not None else ConnectionTable()
         self._tls = tls
         self._client_tls = client_tls
-        self._server: asyncio.AbstractServer | None = None
+        self._listener: socket.socket | None = None
+        self._acceptor: asyncio.Task[None] | None = None
         self._connections: dict[Addr, _Connection] = {}
         self._connecting: dict[Addr, list[bytes]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -364,14 +323,61 @@ class StreamEndpoint(Endpoint):
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        # TLS is started per connection once it is admitted (_Connection._handshake), not by the server.
-        self._server = await loop.create_server(
-            lambda: _Connection(self, inbound=True), self.host, self.port, reuse_address=True
-        )
-        sockets = self._server.sockets
-        if sockets:
-            self.port = int(sockets[0].getsockname()[1])
+        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self.port))
+            sock.listen(ACCEPT_BACKLOG)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        self._listener = sock
+        self.port = int(sock.getsockname()[1])
+        self._acceptor = loop.create_task(self._accept_loop(sock))
         self._sweeper = loop.create_task(self._sweep_idle())
+
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        """Accept connections one by one and admit them before anything else happens on them (no byte read,
+        no TLS handshake): the handler's ACL, then the caps. A refused one is reset at once."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, address = await loop.sock_accept(listener)
+            except asyncio.CancelledError:
+                raise
+            except OSError as exc:  # EMFILE and the like: say so, breathe, go on
+                log.warning("%s %s: accept failed: %s", self.side, self.transport, exc)
+                await asyncio.sleep(0.1)
+                continue
+            peer: Addr = (str(address[0]), int(address[1]))
+            refused = self._admit(peer)
+            if refused is not None:
+                with contextlib.suppress(OSError):  # RST rather than FIN: nothing lingers on either side
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()
+                self._report(peer, refused)
+                continue
+            task = loop.create_task(self._serve(sock, peer))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, sock: socket.socket, peer: Addr) -> None:
+        """Hand an admitted socket to the loop (TLS: the handshake first, within HANDSHAKE_TIMEOUT_S)."""
+        conn = _Connection(self, peer)
+        try:
+            if self._tls is None:
+                await asyncio.get_running_loop().connect_accepted_socket(lambda: conn, sock)
+            else:
+                await asyncio.get_running_loop().connect_accepted_socket(
+                    lambda: conn, sock, ssl=self._tls, ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S)
+        except (OSError, TimeoutError, ConnectionError) as exc:  # the loop has closed the socket
+            why = getattr(exc, "reason", None) or exc or type(exc).__name__
+            log.info("%s: %s connection from %s:%s failed: %s", self.side, self.transport, *peer, why)
+            conn.gone()
+        except BaseException:  # cancelled (the endpoint closes): the loop closes the socket too
+            conn.gone()
+            raise
 
     @property
     def tls_context(self) -> ssl.SSLContext | None:
@@ -496,17 +502,19 @@ class StreamEndpoint(Endpoint):
             log.exception("handling a failed %s connection to %s:%s", self.transport, addr[0], addr[1])
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
-        if self._server is not None:
-            self._server.close()
+        for task in (self._sweeper, self._acceptor):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._sweeper = self._acceptor = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         for conn in list(self._connections.values()):
             conn.close()
         for task in list(self._tasks):
             task.cancel()
-        if self._server is not None:
-            await self._server.wait_closed()
 
 
 def tls_server_context(cert: str, key: str, client_ca: str | None = None) -> ssl.SSLContext:
