@@ -9,8 +9,9 @@ refusal the moment the consumer says no.
 from __future__ import annotations
 
 import asyncio
-import hmac
+import json
 import math
+import re
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Collection
@@ -21,13 +22,14 @@ from typing import Any
 from aiohttp import web
 
 from sipfilter import audit_report, records
+from sipfilter.admin_guard import AdminGuard, accepts
 from sipfilter.policy.hours import zone_named
 from sipfilter.policy.numbers import Normaliser
 from sipfilter.stores import ContractRecord, StoreError, StoreUnavailable, WritableStore
 from sipfilter.stores.base import ConsentRecord, ListInfo
 from sipfilter.stores.importer import FORMATS, ListFileError, SourceInfo, read_list
 from sipfilter.stores.numberset import NumberSet
-from sipfilter.stores.writable import parse_scope
+from sipfilter.stores.writable import check_list_name, parse_scope
 from sipfilter.times import iso_utc, parse_instant
 
 GetStore = Callable[[], WritableStore]
@@ -42,7 +44,15 @@ class RecordsContext:
     audit_log: Callable[[], Any]  # the running AuditLog (its `.path` and `.write`), or None
 
 MAX_LIST_UPLOAD = 2 << 30  # bytes: a 20 M-number Bloctel file is ~250 MB
+MAX_JSON_BODY = 64 << 10  # bytes: a record is a few hundred
 DEFAULT_WINDOW_S = 30 * 86400.0
+MAX_WINDOW_S = 3660 * 86400.0  # ten years: beyond, a typo
+LATEST_TIME = 4102444800.0  # 2100-01-01T00:00:00Z: a later date is a typo (or milliseconds)
+# Body types of a list upload: the file as it is (CSV, Bloctel extract, one number a line).
+LIST_TYPES = ("text/csv", "application/octet-stream")
+_ACCOUNT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")  # as trunks' `account` in config.py
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_FILE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,199}$")
 
 
 class BadRequest(Exception):
@@ -69,32 +79,77 @@ def _with_iso(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _time(value: Any, field: str) -> float:
-    """Epoch seconds or ISO-8601 with a UTC offset (as the CLI's --at); absent: now."""
+    """Epoch seconds (a JSON number, or a numeric query string) or ISO-8601 with an offset, as the CLI's --at;
+    now when absent. Finite and between 1970 and 2100: NaN or a date in milliseconds never reaches a store."""
     if value is None:
         return time.time()
+    if isinstance(value, str) and len(value) > 64:
+        raise BadRequest(f"{field}: expected epoch seconds or ISO-8601, got {_shown(value)}")
     try:
-        return parse_instant(value)
+        at = parse_instant(value)
+    except OverflowError:  # an integer beyond any float, a year beyond datetime's
+        at = math.inf
     except ValueError as exc:
         raise BadRequest(f"{field}: {exc}") from None
+    if not (math.isfinite(at) and 0 <= at < LATEST_TIME):
+        raise BadRequest(f"{field}: {_shown(value)} is not a time between 1970 and 2100 (epoch seconds)")
+    return at
 
 
-def _number(value: Any, field: str) -> float:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise BadRequest(f"{field}: expected a number, got {value!r}") from None
-    if not math.isfinite(out) or out <= 0:
-        raise BadRequest(f"{field}: expected a positive number, got {value!r}")
-    return out
+def _number(value: Any, field: str, default: float, lo: float, hi: float) -> float:
+    """A finite number in [lo, hi] (a JSON number or a query string); `default` when absent."""
+    if value is None:
+        return default
+    number: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+    elif isinstance(value, str) and len(value) <= 64:
+        try:
+            number = float(value.strip())
+        except ValueError:
+            number = None
+    if number is None or not (math.isfinite(number) and lo <= number <= hi):
+        raise BadRequest(f"{field}: expected a number from {lo:g} to {hi:g}, got {_shown(value)}")
+    return number
+
+
+def _text(data: dict[str, Any], field: str, *, required: str = "", max_len: int = 1024) -> str | None:
+    """An optional (or, with `required` saying what it is, mandatory) one-line text field."""
+    value = data.get(field)
+    if value is None or value == "":
+        if required:
+            raise BadRequest(f"{field}: required ({required})")
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"{field}: expected text, got {_shown(value)}")
+    if len(value) > max_len or _CONTROL_RE.search(value):
+        raise BadRequest(f"{field}: at most {max_len} characters, no control characters")
+    return value
+
+
+def _shown(value: Any) -> str:
+    """A value for an error message: short, whatever was sent."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _list_name(request: web.Request) -> str:
+    return check_list_name(request.match_info["name"])
 
 
 class _Api:
-    def __init__(self, get_store: GetStore, normaliser: Normaliser, region: str, token: str | None,
-                 context: RecordsContext | None):
+    def __init__(self, get_store: GetStore, normaliser: Normaliser, region: str,
+                 context: RecordsContext | None) -> None:
         self.get_store = get_store
         self.normaliser = normaliser
         self.region = region
-        self.token = token
         self.context = context
 
     def normalise(self, number: str) -> str | None:
@@ -103,10 +158,6 @@ class _Api:
 
     def wrap(self, handler: Handler) -> Handler:
         async def wrapped(request: web.Request) -> web.StreamResponse:
-            if self.token is not None:
-                auth = request.headers.get("Authorization", "")
-                if not hmac.compare_digest(auth.encode(), f"Bearer {self.token}".encode()):
-                    return _json_error(401, "missing or wrong bearer token")
             try:
                 return await handler(request)
             except (BadRequest, StoreError, ListFileError) as exc:
@@ -117,12 +168,17 @@ class _Api:
         return wrapped
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
+        """Query parameters, then the JSON object of the body (its fields win)."""
         data: dict[str, Any] = dict(request.query)
-        if request.can_read_body:
+        if request.body_exists:
+            raw = await request.read()  # aiohttp answers 413 beyond its client_max_size (1 MiB)
+            if len(raw) > MAX_JSON_BODY:
+                raise BadRequest(f"the body is over {MAX_JSON_BODY} bytes")
             try:
-                body = await request.json()
-            except ValueError:
-                raise BadRequest("the body is not JSON") from None
+                body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+            except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+                why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+                raise BadRequest(f"the body is not JSON: {why}") from None
             if not isinstance(body, dict):
                 raise BadRequest("the body must be a JSON object")
             data.update(body)
@@ -134,13 +190,15 @@ class _Api:
         account, number = data.get("account"), data.get("number")
         if not isinstance(account, str) or not account:
             raise BadRequest("account: required (the professional account, as in the trunk config)")
+        if not _ACCOUNT_RE.match(account):
+            raise BadRequest(f"account: letters, digits, _ . : - (max 128), got {_shown(account)}")
         if not isinstance(number, str) or not number:
             raise BadRequest("number: required")
         if write and self.context is not None:
             records.check_account(account, self.context.accounts())
-        e164 = self.normalise(number)
+        e164 = self.normalise(number) if len(number) <= 64 else None
         if e164 is None:
-            raise BadRequest(f"number: {number!r} is not a telephone number")
+            raise BadRequest(f"number: {_shown(number)} is not a telephone number")
         return account, e164
 
     def _warning(self, account: str) -> dict[str, str]:
@@ -168,7 +226,7 @@ class _Api:
         data = await self._body(request)
         account, number = self._who(data, write=False)
         store = self.get_store()
-        window = _number(data.get("window_s", DEFAULT_WINDOW_S), "window_s")
+        window = _number(data.get("window_s"), "window_s", DEFAULT_WINDOW_S, 1.0, MAX_WINDOW_S)
         history = await store.history(account, number)
         return web.json_response(_with_iso({"account": account, "number": number,
                                   "last_refusal": await store.last_refusal(account, number),
@@ -220,14 +278,11 @@ class _Api:
     async def post_consent(self, request: web.Request) -> web.Response:
         data = await self._body(request)
         account, number = self._who(data)
-        proof = data.get("proof")
-        if not isinstance(proof, str) or not proof:
-            raise BadRequest("proof: required (recording id, form id, …)")
-        hours = data.get("hours")
-        if hours is not None and not isinstance(hours, str):
-            raise BadRequest("hours: expected text such as 'mon-sat 09:00-21:00'")
-        zone = data.get("time_zone")
-        if zone is not None and (not isinstance(zone, str) or zone_named(zone) is None):
+        proof = _text(data, "proof", required="recording id, form id, …")
+        assert proof is not None
+        hours = _text(data, "hours", max_len=200)  # free text, as from the CLI (unreadable: D223-9 hours)
+        zone = _text(data, "time_zone", max_len=64)
+        if zone is not None and zone_named(zone) is None:
             raise BadRequest(f"time_zone: {zone!r} is not an IANA time zone name (e.g. Indian/Reunion)")
         granted_at = _time(data.get("granted_at", data.get("at")), "granted_at")
         rec = ConsentRecord(account, number, granted_at, proof, None, hours, zone)
@@ -277,8 +332,8 @@ class _Api:
         account, number = self._who(data)
         end = data.get("ended_at", data.get("end"))
         rec = ContractRecord(account, number, _time(data.get("started_at", data.get("start")), "started_at"),
-                             None if end is None else _time(end, "ended_at"), str(data.get("reference", "")),
-                             parse_scope(data.get("scope")))
+                             None if end is None else _time(end, "ended_at"),
+                             _text(data, "reference", max_len=200) or "", parse_scope(data.get("scope")))
         event = await records.add_contract(self.get_store(), rec, "api")
         return web.json_response({**_record(rec), **self._log(event)}, status=201)
 
@@ -318,24 +373,24 @@ class _Api:
         return web.json_response([_info(i) for i in infos if i is not None])
 
     async def get_list(self, request: web.Request) -> web.Response:
+        name = _list_name(request)
         store = self.get_store()
-        name = request.match_info["name"]
         info = store.list_info(name)
         if info is None:
             return _json_error(404, f"no list named {name!r}")
         out = _info(info)
         number = request.query.get("number")
         if number is not None:
-            e164 = self.normalise(number)
+            e164 = self.normalise(number) if len(number) <= 64 else None
             if e164 is None:
-                raise BadRequest(f"number: {number!r} is not a telephone number")
+                raise BadRequest(f"number: {_shown(number)} is not a telephone number")
             out["number"] = e164
             out["contains"] = store.list_contains(name, e164)
         return web.json_response(out)
 
     async def get_list_numbers(self, request: web.Request) -> web.StreamResponse:
+        name = _list_name(request)
         store = self.get_store()
-        name = request.match_info["name"]
         try:
             numbers = store.list_numbers(name)
         except KeyError:
@@ -356,18 +411,20 @@ class _Api:
     async def put_list(self, request: web.Request) -> web.Response:
         """Body: the list file. Query: format, column, mode (replace|add|remove), max_bad_share (0.01),
         max_shrink (0.5), source_name (recorded as the list's source file name)."""
-        name = request.match_info["name"]
+        name = _list_name(request)
         q = request.query
         fmt, mode = q.get("format", "auto"), q.get("mode", "replace")
         if fmt not in FORMATS or mode not in ("replace", "add", "remove"):
             raise BadRequest(f"format: one of {FORMATS}; mode: replace, add or remove")
-        try:
-            max_bad = float(q.get("max_bad_share", "0.01"))
-            max_shrink = float(q.get("max_shrink", "0.5"))
-        except ValueError:
-            raise BadRequest("max_bad_share, max_shrink: expected numbers") from None
+        # A NaN share would pass every comparison: a truncated file would then empty a do-not-call list.
+        max_bad = _number(q.get("max_bad_share"), "max_bad_share", 0.01, 0.0, 1.0)
+        max_shrink = _number(q.get("max_shrink"), "max_shrink", 0.5, 0.0, 1.0)
+        column = _text(dict(q), "column", max_len=100)
+        source_name = q.get("source_name", f"{name}.upload")
+        if not _FILE_NAME_RE.match(source_name):
+            raise BadRequest("source_name: a file name (letters, digits, _ . + -, at most 200)")
         with tempfile.TemporaryDirectory(prefix="sipfilter-upload-") as tmp:
-            path = Path(tmp) / Path(q.get("source_name", f"{name}.upload")).name
+            path = Path(tmp) / source_name
             size = 0
             with open(path, "wb") as f:
                 async for chunk in request.content.iter_chunked(1 << 20):
@@ -377,8 +434,7 @@ class _Api:
                     f.write(chunk)
             # Parsing 20 M lines takes a while: off the event loop, calls keep flowing meanwhile.
             result = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: read_list(path, self.normaliser, fmt=fmt, column=q.get("column"),
-                                        region=self.region))
+                None, lambda: read_list(path, self.normaliser, fmt=fmt, column=column, region=self.region))
         bad = [{"line": b.line, "text": b.text, "reason": b.reason} for b in result.bad_lines]
         if result.bad_share > max_bad:
             error = f"{result.bad} of {result.lines} lines are bad: list unchanged"
@@ -401,7 +457,7 @@ class _Api:
                                   "duplicates": result.duplicates, "bad_lines": bad}, status=201)
 
     async def delete_list(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
+        name = _list_name(request)
         if not await self.get_store().delete_list(name):
             return _json_error(404, f"no list named {name!r}")
         return web.json_response({"deleted": name})
@@ -419,11 +475,14 @@ def add_admin_routes(
 
     `get_store` returns the running store (called per request, so a reload can swap it).
     `normaliser` and `region`: pass the call path's (`rulepack.normaliser_for(config)`, the trunk's region)
-    so that records match what the policy engine looks up. `token`: when set, every route requires
-    `Authorization: Bearer <token>` (http.py may instead check it in a middleware and pass None).
+    so that records match what the policy engine looks up. Access is checked by the app's AdminGuard
+    middleware (sipfilter/http.py adds it to every admin app); `token`, for an app built without one, adds
+    that guard for this token on a loopback bind. A route's body is JSON unless `accepts()` says otherwise.
     `context`: the accounts records may name and the audit log their lines go to (the running process's;
     without it any account is taken and nothing is logged: library and test use only)."""
-    api = _Api(get_store, normaliser or Normaliser(), region, token, context)
+    if token is not None:
+        app.middlewares.append(AdminGuard(token, "127.0.0.1").middleware)
+    api = _Api(get_store, normaliser or Normaliser(), region, context)
     w = api.wrap
     app.router.add_post("/api/refusals", w(api.post_refusal))
     app.router.add_get("/api/refusals", w(api.get_refusal))
@@ -441,5 +500,5 @@ def add_admin_routes(
     app.router.add_get("/api/lists", w(api.get_lists))
     app.router.add_get("/api/lists/{name}", w(api.get_list))
     app.router.add_get("/api/lists/{name}/numbers", w(api.get_list_numbers))
-    app.router.add_put("/api/lists/{name}", w(api.put_list))
+    app.router.add_put("/api/lists/{name}", accepts(*LIST_TYPES)(w(api.put_list)))
     app.router.add_delete("/api/lists/{name}", w(api.delete_list))

@@ -7,27 +7,39 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import gc
 import logging
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 from sipfilter import compiled, metrics
 from sipfilter.b2bua.core import B2BUA, INSIDE, OUTSIDE, compile_runtime
-from sipfilter.config import Config, ConfigError, Listen, load_config
+from sipfilter.b2bua.limits import LimitsConfig
+from sipfilter.config import Config, ConfigError, Listen, SipLimits, load_config, restart_required
 from sipfilter.policy.engine import PolicyEngine
 from sipfilter.readiness import describe_missing, missing_lists
 from sipfilter.sip import Limits, ParseError, parse
 from sipfilter.transport.base import Endpoint, install_uvloop
-from sipfilter.transport.stream import open_stream_endpoint
+from sipfilter.transport.stream import (
+    ConnectionLimits,
+    ConnectionTable,
+    StreamEndpoint,
+    fd_headroom,
+    open_stream_endpoint,
+)
 from sipfilter.transport.udp import POLL_INTERVAL_S, UdpGroup, open_udp_endpoint
 
 log = logging.getLogger("sipfilter.app")
 
 DRAIN_POLL_S = 0.1
+# After hanging up at shutdown: how long the BYEs and CANCELs may take to be answered (UDP retransmits them
+# at T1, 2*T1…) before the process exits.
+HANG_UP_WAIT_S = 2.0
 # Cyclic GC: calls and transactions live for seconds (Timer J/K/M keep them ~32 s), so under load the default
 # (700, 10, 10) rescans tens of thousands of live objects many times a second. A young collection's cost
 # grows faster than its size (20,000 objects: ~19 ms; 2,000: under 2 ms, cache-friendly), and a pause of
@@ -52,8 +64,12 @@ class App:
         self.ready = False
         self.draining = False
         self._stop = asyncio.Event()
+        self._hurry = asyncio.Event()  # a second SIGTERM/SIGINT while draining: hang up every call now
         self._tasks: list[asyncio.Task[Any]] = []
         self._reloading = False
+        self.connections = ConnectionTable(_connection_limits(config))
+        self._started_config = config  # what the listeners and the store were opened from
+        self._listeners: list[tuple[Endpoint, str, Listen]] = []  # each endpoint, its side and its config
         self._gc_stats: _GcStats | None = None
         # Developers comparing UDP strategies (bench/e2e.py): SIPFILTER_UDP_TICK_MS=1 reads the sockets on a
         # 1 ms tick while traffic lasts (off by default: see sipfilter/transport/udp.py).
@@ -72,20 +88,20 @@ class App:
         engine = PolicyEngine(config)
         runtime = compile_runtime(config, engine, self.store, self.audit)
         metrics.expect_series(metrics.known_labels(config, engine.rule_ids))
-        lim = config.sip.limits
-        limits = Limits(max_message_bytes=lim.max_message_bytes, max_headers=lim.max_headers,
-                        max_line_bytes=lim.max_line_bytes)  # fmt: skip
+        limits = _parse_limits(config.sip.limits)
         self.b2b = B2BUA(
             runtime,
             parse=functools.partial(parse, limits=limits),
             parse_error=ParseError,
             observer=metrics.PrometheusObserver(),
         )
+        self._size_connections(self.connections.limits)
         for side, listens in ((INSIDE, config.sip.inside), (OUTSIDE, config.sip.outside)):
             for listen in listens:
                 ep = await self._listen(side, listen, limits)
                 self.b2b.add_endpoint(ep)
                 self.endpoints.append(ep)
+                self._listeners.append((ep, side, listen))
                 log.info("listening on %s %s", side, listen.describe(ep.port))
         for trunk in config.trunks.values():
             for target in trunk.targets:
@@ -95,6 +111,7 @@ class App:
                                 target.transport)  # fmt: skip
         await self._start_admin()
         metrics.record_reload(True)  # the first load counts: the timestamp says which config runs
+        metrics.record_restart_required(())
         loop = asyncio.get_running_loop()
         for sig, handler in ((signal.SIGHUP, self._on_sighup), (signal.SIGTERM, self._on_sigterm),
                              (signal.SIGINT, self._on_sigterm)):  # fmt: skip
@@ -120,11 +137,22 @@ class App:
             if listen.context is None:
                 raise ConfigError(f"sip.{side}: tls needs cert and key")
             tls = listen.context
-        return await open_stream_endpoint(side, listen.host, listen.port, self.b2b, tls=tls, limits=limits)
+        return await open_stream_endpoint(side, listen.host, listen.port, self.b2b, tls=tls, limits=limits,
+                                          connections=self.connections)  # fmt: skip
+
+    def _size_connections(self, limits: ConnectionLimits) -> None:
+        """Use `limits` for inbound connections, within what the descriptor limit allows."""
+        fits = fd_headroom(limits.max_total)
+        if fits < limits.max_total:
+            log.warning("limits.connections.max_total %d does not fit the open-file limit (ulimit -n): %d "
+                        "inbound connections at most", limits.max_total, fits)  # fmt: skip
+            limits = dataclasses.replace(limits, max_total=max(1, fits),
+                                         max_per_source=min(limits.max_per_source, max(1, fits)))  # fmt: skip
+        self.connections.limits = limits
 
     async def _start_admin(self) -> None:
         from sipfilter.admin_api import RecordsContext
-        from sipfilter.http import AdminServer, ReadinessState
+        from sipfilter.http import AdminServer, ReadinessState, admin_token
         from sipfilter.policy.rulepack import normaliser_for  # API numbers normalised like the call path
         from sipfilter.records import accounts_of
 
@@ -140,8 +168,9 @@ class App:
             draining=lambda: self.draining,
         )
         records = RecordsContext(accounts=lambda: accounts_of(self.config), audit_log=lambda: self.audit)
-        self.admin = AdminServer(state, token=cfg.token, get_store=lambda: self.store,
-                                 normaliser=normaliser_for(self.config), records=records)  # fmt: skip
+        self.admin = AdminServer(state, token=admin_token(cfg), allowed_hosts=cfg.allowed_hosts,
+                                 get_store=lambda: self.store, normaliser=normaliser_for(self.config),
+                                 records=records)  # fmt: skip
         metrics.STATE.bind(store=lambda: self.store, config=lambda: self.config,
                            audit=lambda: self.audit, ready=state.ready,
                            targets=lambda: metrics.pool_targets(self.b2b))  # fmt: skip
@@ -183,25 +212,46 @@ class App:
         task.add_done_callback(lambda _t: setattr(self, "_reloading", False))
 
     async def reload(self) -> bool:
-        """Re-read the config file; on any error keep running with the old one. Calls are never dropped."""
+        """Re-read the config file and apply all of it, or none of it: on any error (a bad file, a new admin
+        address that cannot be bound) the running config stays. Calls are never dropped. Keys that only a
+        restart applies (config.RESTART_KEYS) are named in the log and in a metric."""
+        from sipfilter.audit import AuditLog
+
         loop = asyncio.get_running_loop()
         old = self.config
+        assert self.b2b is not None
         try:
-            new = await loop.run_in_executor(None, load_config, old.path)
+            new, token = await loop.run_in_executor(None, _read_config, old.path)
             engine = PolicyEngine(new)
-            assert self.b2b is not None
             runtime = compile_runtime(new, engine, self.store, self.audit, old=self.b2b.rt)
+            if self.admin is not None:  # the only step with an effect that may fail: last, and all or nothing
+                await self.admin.reconfigure(new.admin.host, new.admin.port, token, new.admin.allowed_hosts)
         except (ConfigError, OSError, ValueError) as exc:
             log.error("config reload refused, keeping the running config: %s", exc)
             metrics.record_reload(False)
             return False
-        if (new.sip.inside, new.sip.outside) != (old.sip.inside, old.sip.outside):
-            log.warning("sip.inside/outside changed: listeners are kept until restart")
-        if new.store != old.store:
-            log.warning("store settings changed: the running store is kept until restart")
-        self.b2b.swap_runtime(runtime)
+        pending = restart_required(self._started_config, new)
+        for key in restart_required(old, new):
+            log.warning("%s changed: it takes effect at the next restart (the running value is kept)", key)
+        metrics.record_restart_required(pending)
+        old_audit = self.audit
+        if new.audit != old.audit:
+            self.audit = runtime.audit = AuditLog(new.audit)
+            log.info("audit log: now %s (on_write_error %s)", new.audit.path, new.audit.on_write_error)
+        limits = _parse_limits(new.sip.limits)
+        self.b2b.swap_runtime(runtime, parse=functools.partial(parse, limits=limits))
+        self._apply_to_endpoints(new, limits)
+        if new.logging != old.logging:
+            from sipfilter.logging import setup_logging
+
+            setup_logging(new.logging.format, new.logging.level)
         self.config = new
         metrics.expect_series(metrics.known_labels(new, engine.rule_ids))
+        if old_audit is not self.audit:
+            with contextlib.suppress(Exception):
+                old_audit.close()
+        elif old_audit is not None:
+            old_audit.reopen()  # SIGHUP after an external rotation: the path names a new file
         refresh = getattr(self.store, "refresh", None)
         if refresh is not None:  # lists imported since: picked up now rather than at the next poll
             try:
@@ -213,30 +263,62 @@ class App:
         self._warn_missing_lists()
         return True
 
+    def _apply_to_endpoints(self, new: Config, limits: Limits) -> None:
+        """Message size limits and connection caps for new connections, and the reloaded certificate (key,
+        client_ca) of a TLS listener whose address did not change."""
+        self._size_connections(_connection_limits(new))
+        listens = {(side, x.transport, x.host, x.port): x
+                   for side, group in ((INSIDE, new.sip.inside), (OUTSIDE, new.sip.outside)) for x in group}
+        for ep, side, was in self._listeners:
+            if not isinstance(ep, StreamEndpoint):
+                continue
+            ep.limits = limits
+            now = listens.get((side, was.transport, was.host, was.port))
+            if now is not None and now.context is not None and ep.tls_context is not None:
+                ep.tls_context = now.context
+
     # -- stop --------------------------------------------------------------------------------------------
 
     def _on_sigterm(self) -> None:
+        if self._hurry.is_set():
+            self._stop.set()  # a third signal: exit now, whatever is still unanswered
+            return
         if self.draining:
-            self._stop.set()  # a second signal: stop now
+            self._hurry.set()  # a second signal: hang up every call now (never leave a carrier leg up)
             return
         self.draining = True
         self._tasks.append(asyncio.get_running_loop().create_task(self.drain()))
 
     async def drain(self) -> None:
-        """Refuse new INVITEs (503 + Retry-After), let calls finish up to the drain timeout, then stop."""
+        """Refuse new INVITEs (503 + Retry-After), let calls finish up to the drain timeout (or a second
+        signal), hang up what is left on both legs, then stop."""
         assert self.b2b is not None
         timeout = self.config.sip.drain_timeout_s
         self.ready = False
         self.b2b.start_draining(max(1, round(timeout)))
         log.info("draining: %d call(s) in progress, up to %.0f s", self.b2b.active_calls, timeout)
         deadline = time.monotonic() + timeout
-        while self.b2b.active_calls and time.monotonic() < deadline and not self._stop.is_set():
-            await asyncio.sleep(DRAIN_POLL_S)
+        while self.b2b.active_calls and time.monotonic() < deadline and not self._hurry.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._hurry.wait(), DRAIN_POLL_S)
         if self.b2b.active_calls:
-            log.warning("drain timeout: hanging up %d call(s)", self.b2b.active_calls)
+            why = "second signal" if self._hurry.is_set() else "drain timeout"
+            log.warning("%s: hanging up %d call(s)", why, self.b2b.active_calls)
             self.b2b.hang_up_all()
-            await asyncio.sleep(0.2)  # let the BYEs and answers leave
+            await self._hang_ups_answered()
         self._stop.set()
+
+    async def _hang_ups_answered(self) -> None:
+        """Wait (up to HANG_UP_WAIT_S) until the BYEs and CANCELs sent at shutdown are answered or given up:
+        UDP retransmits them meanwhile, so one lost datagram does not leave a carrier leg up."""
+        assert self.b2b is not None
+        deadline = time.monotonic() + HANG_UP_WAIT_S
+        await asyncio.sleep(0.05)  # what is sent now leaves, even on a reliable transport
+        while time.monotonic() < deadline and not (self._stop.is_set() and self._hurry.is_set()):
+            if not any(tx.method in ("BYE", "CANCEL") and tx.retrans is not None
+                       for tx in self.b2b.client_tx.values()):  # fmt: skip
+                return
+            await asyncio.sleep(DRAIN_POLL_S)
 
     async def run(self) -> int:
         await self.start()
@@ -264,6 +346,24 @@ class App:
         log.info("sipfilter stopped")
 
 
+def _read_config(path: Path) -> tuple[Config, str | None]:
+    """The config file and its admin token (its token file created if missing): file work, off the loop."""
+    from sipfilter.http import admin_token
+
+    config = load_config(path)
+    return config, admin_token(config.admin)
+
+
+def _parse_limits(lim: SipLimits) -> Limits:
+    return Limits(max_message_bytes=lim.max_message_bytes, max_headers=lim.max_headers,
+                  max_line_bytes=lim.max_line_bytes)  # fmt: skip
+
+
+def _connection_limits(config: Config) -> ConnectionLimits:
+    limits = config.limits if isinstance(config.limits, LimitsConfig) else LimitsConfig()
+    return limits.connections
+
+
 def run(config_path: str) -> int:
     """Entry point of `sipfilter run`: load, start, serve until SIGTERM/SIGINT (then drain)."""
     from sipfilter.logging import setup_logging
@@ -287,7 +387,7 @@ def run(config_path: str) -> int:
         profiler.enable()
     try:
         return asyncio.run(app.run())
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # a port in use, an unreadable or unwritable admin token file…
         log.error("cannot start: %s", exc)
         return 1
     finally:

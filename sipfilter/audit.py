@@ -10,6 +10,9 @@ Write errors (disk full, …) never raise into the call path: they set `failing`
 trunk-independent `on_write_error` policy tells the B2BUA whether to keep relaying (`should_relay`). Every
 later write retries, on the same descriptor after ENOSPC/EDQUOT (space freed) or on a fresh one when the path
 now names another file (the full file moved away, a new volume mounted, a symlink repointed).
+External rotation (logrotate): at most once a second a write checks that the path still names the open file
+and reopens it when it does not (moved away, or removed), so lines go to the new file within a second;
+`reopen()` (SIGHUP) does it at once. A file truncated in place (copytruncate) is noticed by the same check.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ _BOOL = {True: "true", False: "false"}
 _second: tuple[int, str] = (-1, "")  # the last whole second formatted and its text (rebound atomically)
 READY_RETRY_S = 30.0  # see AuditLog.refusing_calls
 _YEAR_10000 = 253402300800
+PATH_CHECK_S = 1.0  # how often a write checks that the path still names the open file (one stat)
 
 
 def iso_ms(at: float, *, remember: bool = True) -> str:
@@ -191,6 +195,9 @@ class AuditLog:
         self._size = 0
         self._torn = False  # a partial line may have been written: start the next one on a new line
         self._last_logged = 0.0
+        self._syncing: list[threading.Thread] = []  # background fsyncs of rotated files
+        self._path_checked = 0.0  # time.monotonic() of the last check that the path names our file
+        self.path_check_s = PATH_CHECK_S
 
     @property
     def should_relay(self) -> bool:
@@ -209,6 +216,7 @@ class AuditLog:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
             self._size = os.fstat(self._fd).st_size
+            self._path_checked = time.monotonic()  # just opened: the path names it
         return self._fd
 
     def _rotate(self) -> None:
@@ -232,11 +240,8 @@ class AuditLog:
         """Append one encoded line (ending in a newline); True when it reached the kernel."""
         with self._lock:
             try:
-                if self.failing and self._fd is not None and not self._still_our_file():
-                    # The operator moved the full file away or pointed the path at another disk: follow it.
-                    os.close(self._fd)
-                    self._fd = None
-                    self._torn = False  # a torn line stays in the old file
+                if self._fd is not None and (self.failing or self._path_check_due()):
+                    self._follow_path()
                 fd = self._open()
                 if self._size and self._size + len(data) > self.max_bytes:
                     self._rotate()
@@ -262,8 +267,41 @@ class AuditLog:
             self.failing = False
             return True
 
+    def _path_check_due(self) -> bool:
+        now = time.monotonic()
+        if now - self._path_checked < self.path_check_s:
+            return False
+        self._path_checked = now
+        return True
+
+    def _follow_path(self) -> None:
+        """The operator (or logrotate) moved the file away or pointed the path at another disk: write to
+        what the path names now. A file truncated in place restarts the size count."""
+        assert self._fd is not None
+        if self._still_our_file():
+            self._size = os.fstat(self._fd).st_size
+            return
+        os.close(self._fd)
+        self._fd = None
+        self._torn = False  # a torn line stays in the old file
+        log.info("audit log %s: the path names another file now (rotated away?): reopened", self.path)
+
+    def reopen(self) -> None:
+        """Close the file now; the next line opens whatever the path names then (SIGHUP after a rotation)."""
+        with self._lock:
+            if self._fd is not None:
+                try:
+                    if self.fsync != "never":
+                        os.fsync(self._fd)
+                except OSError as exc:
+                    log.error("audit log %s fsync before reopening failed: %s", self.path, exc)
+                finally:
+                    os.close(self._fd)
+                    self._fd = None
+                    self._torn = False
+
     def _still_our_file(self) -> bool:
-        """Whether the path still names the open file (checked only while failing: one stat per write)."""
+        """Whether the path still names the open file (one stat; per write while failing, else per second)."""
         assert self._fd is not None
         try:
             st = os.stat(self.path)

@@ -358,7 +358,11 @@ class SipConfig:
 class AdminConfig:
     host: str
     port: int  # 0 = pick a free port (tests)
-    token: str | None
+    token: str | None  # from `token`, or read from `token_file` when that file exists
+    # `token_file`: where the token lives; `sipfilter run` creates it (random, mode 0600) when it is missing.
+    token_file: Path | None = None
+    # Host header names the admin port answers besides its bind address (a reverse proxy's, a service name).
+    allowed_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -599,17 +603,67 @@ def _sip(s: Section) -> SipConfig:
     )
 
 
+ADMIN_TOKEN_MIN_BYTES = 32
+# RFC 6750 b64token: what a `Bearer` credential may hold, so the token always fits in the header.
+_ADMIN_TOKEN_RE = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")
+
+
+def admin_token_problem(token: str) -> str | None:
+    """Why `token` cannot be the admin token (too short, characters a Bearer header cannot carry); None if
+    it can. Shared by the config loader and by whatever writes a token file."""
+    if len(token.encode()) < ADMIN_TOKEN_MIN_BYTES:
+        return f"the admin token must be at least {ADMIN_TOKEN_MIN_BYTES} bytes, got {len(token.encode())}"
+    if not _ADMIN_TOKEN_RE.match(token):
+        return "the admin token may hold letters, digits and - . _ ~ + / (then = padding) only"
+    return None
+
+
+def read_token_file(path: Path) -> str | None:
+    """The token in `path` (first line, surrounding blanks stripped); None when the file does not exist.
+    Raises ValueError naming the problem when it cannot be read or holds no usable token."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from exc
+    lines = text.strip().splitlines()
+    token = lines[0].strip() if lines else ""
+    problem = admin_token_problem(token)
+    if problem is not None:
+        raise ValueError(f"{path}: {problem}")
+    return token
+
+
 def _admin(s: Section) -> AdminConfig:
-    s.only(["host", "port", "token"])
+    s.only(["host", "port", "token", "token_file", "allowed_hosts"])
     host = s.str("host", "127.0.0.1")
     try:
         addr = ipaddress.ip_address(host)
     except ValueError as exc:
         raise s.error("host", f"expected an IP address to bind, got {host!r}") from exc
     token = s.str("token", None, nullable=True)
-    if not addr.is_loopback and not token:
-        raise s.error("token", f"a non-loopback admin bind ({host}) requires a token")
-    return AdminConfig(host, s.int("port", 9090, lo=0, hi=65535), token)
+    token_file = s.path_("token_file") if s.has("token_file") else None
+    if token is not None and token_file is not None:
+        raise s.error("token", "set `token` or `token_file`, not both")
+    if token is not None:
+        problem = admin_token_problem(token)
+        if problem is not None:
+            raise s.error("token", f"{problem} (e.g. `openssl rand -hex 32`)")
+    elif token_file is not None:
+        try:
+            token = read_token_file(token_file)
+        except ValueError as exc:
+            raise s.error("token_file", str(exc)) from exc
+    if not addr.is_loopback and token is None and token_file is None:
+        raise s.error("token", f"a non-loopback admin bind ({host}) requires a token (`token_file`)")
+    allowed = []
+    for i, name in enumerate(s.str_list("allowed_hosts", None)):
+        key = name.strip().lower().rstrip(".")
+        if not _HOSTNAME_RE.match(key):
+            raise s.item_error("allowed_hosts", i, f"expected a host name, got {name!r}")
+        allowed.append(key)
+    return AdminConfig(host, s.int("port", 9090, lo=0, hi=65535), token, token_file, tuple(allowed))
 
 
 def _store(s: Section) -> StoreConfig:
@@ -992,6 +1046,29 @@ def load_config(path: str | Path) -> Config:
         limits=_limits(root, trunks),
         auth=_auth(root.section("auth"), trunks) if root.has("auth") else None,
     )
+
+
+# What a running process applies only when it starts again; every other key takes effect on SIGHUP.
+RESTART_KEYS = ("sip.inside", "sip.outside", "store.backend", "store.data_dir", "store.redis_url")
+
+
+def listen_addresses(listens: Iterable[Listen]) -> tuple[tuple[str, str, int], ...]:
+    """(transport, host, port) of each listener: what binding a socket depends on (a TLS listener's
+    certificate, key and client_ca are not: a reload hands new connections a new context)."""
+    return tuple((x.transport, x.host, x.port) for x in listens)
+
+
+def restart_required(old: Config, new: Config) -> list[str]:
+    """The keys of RESTART_KEYS whose value differs between the running config and a reloaded one."""
+    changed = []
+    if listen_addresses(old.sip.inside) != listen_addresses(new.sip.inside):
+        changed.append("sip.inside")
+    if listen_addresses(old.sip.outside) != listen_addresses(new.sip.outside):
+        changed.append("sip.outside")
+    for key in ("backend", "data_dir", "redis_url"):
+        if getattr(old.store, key) != getattr(new.store, key):
+            changed.append(f"store.{key}")
+    return changed
 
 
 def reload_config(current: Config) -> Config:

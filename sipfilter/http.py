@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
-import ipaddress
 import logging
-from collections.abc import Awaitable, Callable
+import os
+import secrets
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,18 +20,39 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from sipfilter import metrics
 from sipfilter.admin_api import RecordsContext, add_admin_routes
+from sipfilter.admin_guard import OPEN_PATHS, AdminGuard, is_loopback
+from sipfilter.config import AdminConfig, read_token_file
 
 log = logging.getLogger("sipfilter.http")
 
 Check = Callable[[], bool]
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-# Probes carry no secret and reveal only "up/ready": orchestrators and Docker HEALTHCHECK call them bare.
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+__all__ = ["OPEN_PATHS", "AdminConfigError", "AdminServer", "ReadinessState", "is_loopback", "make_admin_app"]
 
 
 class AdminConfigError(ValueError):
     """The admin server cannot start as configured (e.g. a non-loopback bind without a token)."""
+
+
+def admin_token(cfg: AdminConfig) -> str | None:
+    """The admin token of `cfg`: inline, from `token_file`, or, when that file does not exist, a new random
+    one written there (mode 0600, its directory 0700 if created). Raises ValueError (a token file that
+    cannot be read or holds no usable token) or OSError (the file cannot be created)."""
+    path = cfg.token_file
+    if cfg.token is not None or path is None:
+        return cfg.token
+    token = read_token_file(path)  # again: the file may have appeared or changed since the config was read
+    if token is not None:
+        return token
+    token = secrets.token_urlsafe(32)  # 256 random bits, 43 characters
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:  # written meanwhile by someone else: theirs wins
+        return read_token_file(path)
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(token + "\n")
+    log.warning("admin token: %s did not exist, a new random token was written there (mode 0600)", path)
+    return token
 
 
 def _false() -> bool:
@@ -77,47 +97,21 @@ class ReadinessState:
         return all(self.checks().values())
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a name we cannot vouch for: treat as exposed
-
-
-def token_middleware(token: str) -> Any:
-    """Require `Authorization: Bearer <token>` on every path but the probes (constant-time compare)."""
-    # Digests of equal length: the comparison time says nothing about the token, not even its length.
-    expected = hashlib.sha256(f"Bearer {token}".encode()).digest()
-
-    @web.middleware
-    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in OPEN_PATHS:
-            header = request.headers.get("Authorization", "")
-            given = hashlib.sha256(header.encode("utf-8", "replace")).digest()
-            if not hmac.compare_digest(given, expected):
-                return web.json_response(
-                    {"error": "missing or wrong bearer token"}, status=401,
-                    headers={"WWW-Authenticate": 'Bearer realm="sipfilter-admin"'},
-                )  # fmt: skip
-        return await handler(request)
-
-    return guard
-
-
 def make_admin_app(
     state: ReadinessState,
     *,
     token: str | None = None,
+    guard: AdminGuard | None = None,
     registry: CollectorRegistry = metrics.REGISTRY,
     get_store: Callable[[], Any] | None = None,
     normaliser: Any = None,
     region: str = "FR",
     records: RecordsContext | None = None,
 ) -> web.Application:
-    """/metrics, /healthz, /readyz (+ /api/… from admin_api when `get_store` is given); token-guarded."""
-    app = web.Application(middlewares=[token_middleware(token)] if token else [])
+    """/metrics, /healthz, /readyz (+ /api/… from admin_api when `get_store` is given), behind `guard` (by
+    default one for `token` on a loopback bind: the API needs the token, /metrics and the probes do not)."""
+    guard = guard if guard is not None else AdminGuard(token, "127.0.0.1")
+    app = web.Application(middlewares=[guard.middleware])
 
     async def metrics_handler(_req: web.Request) -> web.Response:
         # In-memory reads only, so it stays on the loop. 0.0.4: what Prometheus 2.x parses, as generated.
@@ -141,19 +135,21 @@ def make_admin_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     if get_store is not None:
-        # The middleware already checks the token: the API need not check it twice.
-        add_admin_routes(app, get_store, normaliser=normaliser, region=region, token=None, context=records)
+        add_admin_routes(app, get_store, normaliser=normaliser, region=region, context=records)
     return app
 
 
 class AdminServer:
-    """Runs the admin app on host:port (port 0 picks a free one, see `.port`) and the loop-lag monitor."""
+    """Runs the admin app on host:port (port 0 picks a free one, see `.port`) and the loop-lag monitor.
+    `reconfigure()` applies a reloaded `admin:` section: new token and Host names at once, a new address by
+    binding it before the old one is closed (a bind that fails leaves everything as it was)."""
 
     def __init__(
         self,
         state: ReadinessState | None = None,
         *,
         token: str | None = None,
+        allowed_hosts: Iterable[str] = (),
         get_store: Callable[[], Any] | None = None,
         normaliser: Any = None,
         region: str = "FR",
@@ -163,35 +159,72 @@ class AdminServer:
     ) -> None:
         self.state = state if state is not None else ReadinessState()
         self.token = token or None
+        self.allowed_hosts = tuple(allowed_hosts)
+        self.guard = AdminGuard(self.token, "127.0.0.1", self.allowed_hosts)
         self._app_args: dict[str, Any] = dict(
-            token=self.token, registry=registry, get_store=get_store, normaliser=normaliser, region=region,
+            guard=self.guard, registry=registry, get_store=get_store, normaliser=normaliser, region=region,
             records=records,
         )
         self._lag_monitor = lag_monitor
         self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
         self._lag_task: asyncio.Task[None] | None = None
         self.host = ""
         self.port = 0
+        self._asked_port = 0
+
+    @staticmethod
+    def _check(host: str, token: str | None) -> None:
+        if not is_loopback(host) and not token:
+            raise AdminConfigError(f"admin HTTP bound to {host} (not loopback) requires a token")
 
     async def start(self, host: str, port: int) -> None:
-        if not is_loopback(host) and not self.token:
-            raise AdminConfigError(f"admin HTTP bound to {host} (not loopback) requires a token")
+        self._check(host, self.token)
+        self.guard.configure(self.token, host, self.allowed_hosts)
         app = make_admin_app(self.state, **self._app_args)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
         try:
-            await site.start()
+            self._site = await self._bind(runner, host, port)
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
-        self.host = host
-        addresses = runner.addresses  # the bound (host, port, …): port 0 asked for a free one
-        self.port = int(addresses[0][1]) if addresses else port
+        self.host, self._asked_port = host, port
+        self.port = self._bound_port(port)
         if self._lag_monitor:
             self._lag_task = asyncio.get_running_loop().create_task(metrics.loop_lag_monitor())
         log.info("admin HTTP on %s:%d%s", host, self.port, " (token required)" if self.token else "")
+
+    @staticmethod
+    async def _bind(runner: web.AppRunner, host: str, port: int) -> web.TCPSite:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        return site
+
+    def _bound_port(self, asked: int) -> int:
+        addresses = self._runner.addresses if self._runner is not None else []
+        return int(addresses[0][1]) if addresses else asked  # port 0 asked for a free one
+
+    async def reconfigure(self, host: str, port: int, token: str | None,
+                          allowed_hosts: Iterable[str] = ()) -> None:  # fmt: skip
+        """Apply a reloaded `admin:` section. Raises (AdminConfigError, OSError) with nothing changed when the
+        new address cannot be bound."""
+        token = token or None
+        self._check(host, token)
+        allowed = tuple(allowed_hosts)
+        if self._runner is not None and (host, port) != (self.host, self._asked_port):
+            new_site = await self._bind(self._runner, host, port)  # raises: the old site still serves
+            old, self._site = self._site, new_site
+            if old is not None:
+                await old.stop()
+            self.host, self._asked_port = host, port
+            self.port = self._bound_port(port)
+            log.info("admin HTTP moved to %s:%d", host, self.port)
+        if token != self.token:
+            log.info("admin token replaced: the previous one no longer opens the API")
+        self.token, self.allowed_hosts = token, allowed
+        self.guard.configure(token, self.host or host, allowed)
 
     async def stop(self) -> None:
         if self._lag_task is not None:

@@ -43,7 +43,14 @@ from sipfilter.b2bua.limits import (
 from sipfilter.b2bua.observe import NO_ANSWER, NO_CONNECTION, Observer
 from sipfilter.b2bua.trunks import destination_of
 from sipfilter.policy import identity as identity_rules
-from sipfilter.transport.stream import CONNECT_REASONS, REASON_CONNECT
+from sipfilter.transport.stream import (
+    CLOSED_IDLE,
+    CONNECT_REASONS,
+    REASON_CONNECT,
+    REFUSED_PER_SOURCE,
+    REFUSED_TOTAL,
+    REFUSED_UNKNOWN_SOURCE,
+)
 
 if TYPE_CHECKING:
     from sipfilter.config import Config
@@ -83,11 +90,27 @@ VERDICTS = ("allow", "reject", "monitor_reject")
 CARRIER_CODES = (200, 403, 404, 408, 480, 486, 487, 500, 503, 603)
 CARRIER_CODE_LABELS = (*(str(c) for c in CARRIER_CODES), "2xx", "3xx", "4xx", "5xx", "6xx", "timeout",
                        "unreachable")  # fmt: skip
+CONNECTION_CLOSE_REASONS = (REFUSED_UNKNOWN_SOURCE, REFUSED_PER_SOURCE, REFUSED_TOTAL, CLOSED_IDLE)
 
 FOREIGN_DOMAIN = Counter(
     "sipfilter_request_uri_refused_total",
     "New INVITEs refused 403 because the Request-URI host is not in the trunk's request_uri.domains",
     ["trunk"], registry=REGISTRY,
+)  # fmt: skip
+CONNECTIONS_CLOSED = Counter(
+    "sipfilter_connections_closed_total",
+    "Inbound TCP/TLS connections refused when opened (unknown-source, per-source or total cap) or closed"
+    " idle (idle)", ["transport", "reason"], registry=REGISTRY,
+)  # fmt: skip
+LARGE_REQUESTS = Counter(
+    "sipfilter_large_requests_total",
+    "Requests over 1300 bytes (RFC 3261 §18.1.1) by the transport that carried them: tcp (moved off UDP to"
+    " the target's TCP twin) or udp (no TCP path: sent over UDP anyway)", ["transport"], registry=REGISTRY,
+)  # fmt: skip
+CONFIG_RESTART_REQUIRED = Gauge(
+    "sipfilter_config_restart_required",
+    "1 for a config key changed in the file since start that applies only after a restart",
+    ["key"], registry=REGISTRY,
 )  # fmt: skip
 TLS_FAILURES = Counter(
     "sipfilter_tls_handshake_failures_total",
@@ -181,6 +204,15 @@ def call_path() -> str:
 _build_info()
 
 
+def record_restart_required(keys: Iterable[str]) -> None:
+    """The keys whose change waits for a restart (every other series of the gauge back to 0)."""
+    from sipfilter.config import RESTART_KEYS
+
+    pending = set(keys)
+    for key in RESTART_KEYS:
+        CONFIG_RESTART_REQUIRED.labels(key).set(1 if key in pending else 0)
+
+
 def record_reload(ok: bool, at: float | None = None) -> None:
     """Count a config (re)load and remember when and whether it succeeded."""
     CONFIG_RELOADS.labels("ok" if ok else "error").inc()
@@ -194,7 +226,8 @@ def clear_series() -> None:
     CALLS.clear()
     for metric in (CONFIG_RELOADS, FOREIGN_DOMAIN, TLS_FAILURES, IDENTITY_VERIFICATIONS, IDENTITY_SIGNED,
                    IDENTITY_SIGN_FAILURES, IDENTITY_DROPPED, CARRIER_IDENTITY_REFUSALS,
-                   CARRIER_IDENTITY_WARNINGS, X5U_FETCHES):  # fmt: skip
+                   CARRIER_IDENTITY_WARNINGS, X5U_FETCHES, CONNECTIONS_CLOSED, LARGE_REQUESTS,
+                   CONFIG_RESTART_REQUIRED):  # fmt: skip
         metric.clear()
     _expect_results()
     LOOP_LAG.set(0)
@@ -235,9 +268,13 @@ def known_labels(config: Config, rule_ids: Callable[[str], Iterable[str]]) -> Kn
 def expect_series(known: KnownLabels, counters: CallCounters | None = None) -> None:
     """At each config (re)load: every series `known` names exists from now on (new ones at 0). Series of
     trunks a reload removed keep their last value: a counter never goes back."""
+    from sipfilter.config import RESTART_KEYS
+
     (CALLS if counters is None else counters).expect(known)
     for result in ("ok", "error"):
         X5U_FETCHES.labels(result)
+    for key in RESTART_KEYS:  # 0 until a reload finds one changed (record_restart_required)
+        CONFIG_RESTART_REQUIRED.labels(key)
     for trunk in known.trunks:
         FOREIGN_DOMAIN.labels(trunk)
         # STIR/SHAKEN on every trunk, `identity:` or not (a reload may add it): a flat 0, not "No data".
@@ -469,6 +506,11 @@ class PrometheusObserver(Observer):
             c.unknown.setdefault(transport, 0)
         for reason in OVERLOAD_REASONS:
             c.overload.setdefault(reason, 0)
+        for transport in ("tcp", "tls"):
+            for reason in CONNECTION_CLOSE_REASONS:
+                CONNECTIONS_CLOSED.labels(transport, reason)
+        for transport in ("tcp", "udp"):
+            LARGE_REQUESTS.labels(transport)
         # Bound once: each event is then one dict update.
         self._invites = c.invites
         self._decisions = c.decisions
@@ -556,6 +598,12 @@ class PrometheusObserver(Observer):
 
     def foreign_domain(self, trunk: str) -> None:
         FOREIGN_DOMAIN.labels(trunk or NO_TRUNK).inc()  # rare (a misconfigured dialer): no cache
+
+    def connection_closed(self, transport: str, reason: str) -> None:
+        CONNECTIONS_CLOSED.labels(transport, reason).inc()  # rare (a refused or idle connection): no cache
+
+    def large_request(self, transport: str) -> None:
+        LARGE_REQUESTS.labels(transport).inc()
 
     def connect_failed(self, trunk: str, target: str, transport: str, reason: str) -> None:
         # Plain TCP refusals show as failovers and target_up 0; TLS handshake failures get their reason.

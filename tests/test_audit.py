@@ -354,3 +354,54 @@ def test_readiness_refuses_only_for_a_while_after_a_failed_write(tmp_path: Path)
         log.failed_at -= 31.0  # the hold (READY_RETRY_S, 30 s) is over
         assert not log.refusing_calls()
         log.close()
+
+
+def _lines(path: Path) -> list[str]:
+    return [json.loads(line)["call_id"] for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("how", ["create", "remove"])
+def test_a_file_moved_away_by_logrotate_is_followed_within_a_second(tmp_path: Path, how: str) -> None:
+    """logrotate's default (`create`): the file is renamed and a new one created; the next lines must land in
+    the new file, not in the renamed one (which logrotate may compress or delete)."""
+    log = log_for(tmp_path)
+    path = log.path
+    assert log.log_decision(facts("before"), DECISION, "acme", "enforce")
+    os.replace(path, path.with_name("decisions.jsonl-20261206"))
+    if how == "create":
+        path.write_text("")
+        os.chmod(path, 0o640)
+    log._path_checked -= 2 * log.path_check_s  # a second has gone by (no sleep in the test)
+    assert log.log_decision(facts("after"), DECISION, "acme", "enforce")
+    assert _lines(path) == ["after"]
+    assert _lines(path.with_name("decisions.jsonl-20261206")) == ["before"]
+    log.close()
+
+
+def test_within_the_second_a_move_is_not_checked_and_reopen_follows_at_once(tmp_path: Path) -> None:
+    log = log_for(tmp_path)
+    path = log.path
+    log.path_check_s = 3600.0
+    assert log.log_decision(facts("a"), DECISION, "acme", "enforce")
+    os.replace(path, path.with_name("old"))
+    assert log.log_decision(facts("b"), DECISION, "acme", "enforce")  # one stat a second at most: not yet
+    assert _lines(path.with_name("old")) == ["a", "b"]
+    log.reopen()  # SIGHUP (postrotate) does this
+    assert log.log_decision(facts("c"), DECISION, "acme", "enforce")
+    assert _lines(path) == ["c"]
+    log.close()
+
+
+def test_copytruncate_restarts_the_size_count(tmp_path: Path) -> None:
+    log = log_for(tmp_path, max_bytes=4096, backups=2)
+    path = log.path
+    log.log_decision(facts("x"), DECISION, "acme", "enforce")
+    while path.stat().st_size < 3000:
+        log.log_decision(facts("x"), DECISION, "acme", "enforce")
+    os.truncate(path, 0)  # logrotate copytruncate
+    log._path_checked -= 2 * log.path_check_s
+    for _ in range(3):
+        log.log_decision(facts("y"), DECISION, "acme", "enforce")
+    assert not path.with_name("decisions.jsonl.1").exists()  # no rotation of a nearly empty file
+    assert _lines(path)[-3:] == ["y", "y", "y"]
+    log.close()

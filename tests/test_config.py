@@ -19,7 +19,7 @@ def test_example_config_loads() -> None:
     assert c.sip.hostname == "sipfilter.local"
     assert [(x.transport, x.port) for x in c.sip.inside] == [("udp", 5060), ("tcp", 5060)]
     assert c.sip.limits.max_headers == 256 and c.sip.timers.t1_ms == 500
-    assert c.admin.host == "127.0.0.1" and c.admin.token is None
+    assert c.admin.host == "127.0.0.1" and c.admin.token_file == ROOT / "var" / "secrets" / "admin.token"
     assert c.store.backend == "embedded" and c.store.data_dir == (ROOT / "var" / "data").resolve()
     assert c.audit.path == (ROOT / "var" / "audit" / "decisions.jsonl").resolve()
     assert c.audit.on_write_error == "keep-relaying"
@@ -108,7 +108,9 @@ def test_errors_name_file_line_and_field(tmp_path: Path, old: str, new: str, fie
 
 
 def test_public_admin_bind_needs_a_token(tmp_path: Path) -> None:
-    path, _ = example_with(tmp_path, "host: 127.0.0.1\n  port: 9090", "host: 0.0.0.0\n  port: 9090")
+    text = EXAMPLE.read_text().replace("rules/fr.yaml", str(PACK))
+    text = text.replace("token_file: ../var/secrets/admin.token", "token: null")
+    path = write(tmp_path, text.replace("host: 127.0.0.1\n  port: 9090", "host: 0.0.0.0\n  port: 9090"))
     with pytest.raises(ConfigError, match="requires a token") as err:
         load_config(path)
     assert err.value.field == "admin.token"
@@ -296,3 +298,56 @@ def test_match_ports_narrow_a_trunk(tmp_path: Path) -> None:
     path, _ = example_with(tmp_path, "# header: { name: X-Trunk, value: dialer }", "ports: [5062]")
     trunk = load_config(path).trunks["dialer"]
     assert trunk.match.ports == frozenset({5062})
+
+
+def test_admin_token_is_at_least_32_bytes(tmp_path: Path) -> None:
+    short = "s3cret-but-short-31-bytes-long!"[:31]
+    path, line = example_with(tmp_path, "token_file: ../var/secrets/admin.token", f"token: {short}")
+    with pytest.raises(ConfigError, match="at least 32 bytes, got 31") as err:
+        load_config(path)
+    assert (err.value.file, err.value.line, err.value.field) == (str(path), line, "admin.token")
+    path, _ = example_with(tmp_path, "token_file: ../var/secrets/admin.token", "token: " + "k" * 32)
+    assert load_config(path).admin.token == "k" * 32
+    spaced = 'token: "has space ' + "k" * 32 + '"'
+    path, _ = example_with(tmp_path, "token_file: ../var/secrets/admin.token", spaced)
+    with pytest.raises(ConfigError, match="letters, digits"):
+        load_config(path)
+
+
+def test_admin_token_file_is_read_and_checked(tmp_path: Path) -> None:
+    secret = tmp_path / "admin.token"
+    path, line = example_with(tmp_path, "token_file: ../var/secrets/admin.token", f"token_file: {secret}")
+    assert load_config(path).admin.token is None  # not there yet: `sipfilter run` creates it
+    secret.write_text("t" * 40 + "\n")
+    config = load_config(path)
+    assert config.admin.token == "t" * 40 and config.admin.token_file == secret
+    secret.write_text("too-short\n")
+    with pytest.raises(ConfigError, match=f"{secret}: the admin token must be at least 32 bytes") as err:
+        load_config(path)
+    assert (err.value.line, err.value.field) == (line, "admin.token_file")
+    both, _ = example_with(tmp_path, "token_file: ../var/secrets/admin.token",
+                           f"token_file: {secret}\n  token: {'k' * 32}")
+    with pytest.raises(ConfigError, match="not both"):
+        load_config(both)
+
+
+def test_admin_allowed_hosts(tmp_path: Path) -> None:
+    path, _ = example_with(tmp_path, "allowed_hosts: []", "allowed_hosts: [Admin.Example., sipfilter]")
+    assert load_config(path).admin.allowed_hosts == ("admin.example", "sipfilter")
+    path, line = example_with(tmp_path, "allowed_hosts: []", 'allowed_hosts: ["evil/path"]')
+    with pytest.raises(ConfigError, match="expected a host name") as err:
+        load_config(path)
+    assert (err.value.line, err.value.field) == (line, "admin.allowed_hosts[0]")
+
+
+def test_restart_required_names_the_keys(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from sipfilter.config import RESTART_KEYS, restart_required
+
+    config = load_config(EXAMPLE)
+    assert restart_required(config, config) == []
+    moved = replace(config, sip=replace(config.sip, inside=config.sip.inside[:1]),
+                    store=replace(config.store, backend="redis"))  # fmt: skip
+    assert restart_required(config, moved) == ["sip.inside", "store.backend"]
+    assert set(restart_required(config, moved)) <= set(RESTART_KEYS)

@@ -25,7 +25,7 @@ from sipfilter.b2bua.facts import (
 )
 from sipfilter.b2bua.identity import STIR_STATUSES, b_leg_identity, compile_identity, count_carrier_verdict
 from sipfilter.b2bua.in_dialog import ALLOW, IDENTITY_HEADERS, asserted_lines, refusal
-from sipfilter.b2bua.limits import Admission, Admit, LimitsConfig, Reject
+from sipfilter.b2bua.limits import REASON_UNKNOWN_SOURCE, Admission, Admit, LimitsConfig, Reject
 from sipfilter.b2bua.objections import DialerObjections
 from sipfilter.b2bua.observe import NO_ANSWER, NO_CONNECTION, Observer
 from sipfilter.b2bua.trunks import (
@@ -35,6 +35,7 @@ from sipfilter.b2bua.trunks import (
     foreign_host,
     foreign_warning,
     targets_at,
+    tcp_twin,
     tls_client_at,
 )
 from sipfilter.b2bua.wheel import TimerWheel
@@ -65,6 +66,9 @@ SUPPORTED_EXTENSIONS = frozenset({"100rel", "timer", "replaces", "precondition",
 # No ISUP or QSIG, even as a multipart part: those bodies carry their own called and calling numbers, which a
 # gateway may route on, and the policy reads the SIP headers only (b2bua/facts.py, carries_numbers).
 ACCEPTED_BODIES = ("application/sdp", "multipart/mixed", "multipart/alternative")
+# RFC 3261 §18.1.1: a request larger than this (path MTU unknown) goes over a congestion-controlled transport.
+UDP_MAX_REQUEST = 1300
+MAX_FORKS = 16  # extra dialogs of one INVITE we ACK and BYE; beyond, a carrier bug or an attack
 
 
 class Scheduler(Protocol):
@@ -294,6 +298,7 @@ class Call:
         "cancelled",
         "dest",
         "ended_by",
+        "forks",
         "identity",
         "ids",
         "invite_msg",
@@ -326,6 +331,7 @@ class Call:
         self.ended_by = ""
         self.timers: dict[str, Any] = {}
         self.invite_ruri = ""
+        self.forks: dict[str, bytes] | None = None  # To tag of another fork's 2xx -> our ACK for it
         self.passes: _PassList | None = None
         self.reinvite: dict[str, int] = {}  # side the re-INVITE was sent on -> its CSeq (for the ACK)
         self.invite_msg: Any = None
@@ -436,9 +442,12 @@ class B2BUA:
         else:
             log.warning("carrier target %s of trunk %s is DOWN", dest.name, trunk)
 
-    def swap_runtime(self, runtime: Runtime) -> None:
-        """Use a reloaded config for new calls; calls in progress keep the trunk they started with."""
+    def swap_runtime(self, runtime: Runtime, parse: Callable[..., Any] | None = None) -> None:
+        """Use a reloaded config for new calls (and `parse`, the SIP parser with its reloaded size limits,
+        for new messages); calls in progress keep the trunk they started with."""
         self.rt = runtime
+        if parse is not None:
+            self._parse = parse
         self.hostname = runtime.config.sip.hostname
         self.admission.reconfigure(_admission_config(runtime.config))
         self._wire_pools()
@@ -469,6 +478,24 @@ class B2BUA:
                 self._b_invite_failed(call, ctx, 503)
             else:
                 self._client_timeout(ctx)
+
+    def accept_connection(self, ep: Endpoint, addr: Addr) -> bool:
+        """Asked by a stream endpoint before it reads from an inbound connection: a source address of some
+        trunk (inside) or a carrier target (outside). Anyone else gets no connection, as no answer on UDP."""
+        ok = bool(self.rt.matcher.candidates(addr[0])) if ep.side == INSIDE else self._known_carrier(addr)
+        if not ok:
+            self.obs.unknown_source(ep.transport)
+        return ok
+
+    def connection_refused(self, ep: Endpoint, addr: Addr, reason: str) -> None:
+        """A stream endpoint refused (ACL, caps) or closed (idle) an inbound connection."""
+        self.obs.connection_closed(ep.transport, reason)
+
+    def peers_in_use(self, ep: Endpoint) -> set[Addr]:
+        """Peers of `ep` that calls in progress send to: their connections are in use, however quiet."""
+        peers = {call.a.addr for call in self.calls_a.values() if call.a.ep is ep}
+        peers.update(call.b.addr for call in self.calls_b.values() if call.b is not None and call.b.ep is ep)
+        return peers
 
     @property
     def active_calls(self) -> int:
@@ -632,6 +659,7 @@ class B2BUA:
         # Carriers may only talk inside dialogs we created; an OPTIONS ping from a target gets 200.
         if not self._known_carrier(addr):
             self.obs.unknown_source(ep.transport)
+            self.obs.overload(REASON_UNKNOWN_SOURCE)
             return
         if not self._admitted(ep, msg, addr, self.admission.admit_peer(addr[0], self._clock())):
             return  # a carrier's address is capped like a dialer's
@@ -643,6 +671,8 @@ class B2BUA:
     def _unknown_source(self, ep: Endpoint, msg: Any, addr: Addr) -> None:
         self.obs.unknown_source(ep.transport)
         decision = self.admission.admit_request(addr[0], None, self._clock())
+        if not isinstance(decision, Admit):
+            self.obs.overload(decision.reason)
         if isinstance(decision, Reject):
             self._stateless(ep, addr, msg, 403, "Forbidden")
 
@@ -865,6 +895,9 @@ class B2BUA:
             lines.extend(identity)
         body = msg.body or b""
         data = wire.build_request("INVITE", call.invite_ruri, lines, body)
+        if not ep.reliable and len(data) > UDP_MAX_REQUEST:
+            ep, dest, data = self._large_invite(call, ep, dest, data)
+            b.ep = ep
         ctx = ClientTx(call, OUTSIDE, "INVITE", b.cseq, branch, data, ep, dest.addr, call.a_tx)
         ctx.dest = dest
         ctx.sent_at = self._clock()
@@ -872,8 +905,28 @@ class B2BUA:
         call.state = CALLING
         self._send_client(ctx)
 
+    def _large_invite(self, call: Call, ep: Endpoint, dest: Destination,
+                      data: bytes) -> tuple[Endpoint, Destination, bytes]:  # fmt: skip
+        """RFC 3261 §18.1.1: a request over 1300 bytes (path MTU unknown) goes over a congestion-controlled
+        transport. When the trunk lists the same carrier address over TCP and we have a TCP listener outside,
+        the INVITE (and so the dialog) moves there, its Via and Contact saying so; else it stays on UDP (and
+        is counted by _send_client): the carrier offers no other way."""
+        tcp = self.endpoint_for(OUTSIDE, "tcp")
+        twin = tcp_twin(self.rt.pools.get(call.trunk.name), dest)
+        if tcp is None or twin is None:
+            return ep, dest, data
+        # The Via and the Contact name the transport and our address on it (both built by _start_b_leg).
+        for old, new in ((f"SIP/2.0/UDP {ep.hostport};", f"SIP/2.0/TCP {tcp.hostport};"),
+                         (f"@{ep.hostport};transport=udp>", f"@{tcp.hostport};transport=tcp>")):  # fmt: skip
+            data = data.replace(old.encode(), new.encode(), 1)
+        call.dest = twin
+        self.obs.large_request("tcp")
+        return tcp, twin, data
+
     def _send_client(self, ctx: ClientTx) -> None:
         self.client_tx[ctx.branch] = ctx
+        if not ctx.ep.reliable and len(ctx.data) > UDP_MAX_REQUEST:
+            self.obs.large_request("udp")  # no TCP path to this peer: sent anyway (IP fragments it)
         ctx.ep.send(ctx.data, ctx.addr)
         t = self.rt.timers
         if not ctx.ep.reliable:
@@ -1074,6 +1127,10 @@ class B2BUA:
     def _b_2xx(self, call: Call, ctx: ClientTx, msg: Any) -> None:
         b = call.b
         assert b is not None
+        tag = _tag(msg.to)
+        if tag and b.remote_tag and tag != b.remote_tag and (call.state >= ANSWERED or call.cancelled):
+            self._end_fork(call, ctx, msg, tag)
+            return
         if call.state in (ANSWERED, CONFIRMED, ENDING, ENDED) or call.cancelled:
             if call.b_ack:  # 2xx retransmission: our ACK was lost
                 b.ep.send(call.b_ack, b.addr)
@@ -1096,6 +1153,27 @@ class B2BUA:
         self.obs.answered(call.trunk.name)
         self._relay_invite_response(call, msg, msg.status)
         call.timers["max"] = self._later(self.rt.timers.max_duration, self._max_duration, call)
+
+    def _end_fork(self, call: Call, ctx: ClientTx, msg: Any, tag: str) -> None:
+        """A 2xx from another fork than the one the call went on (a second dialog, RFC 3261 §13.2.2.4):
+        acknowledged, then hung up at once; a retransmission of it gets the same ACK again."""
+        b = call.b
+        assert b is not None
+        forks = call.forks if call.forks is not None else {}
+        call.forks = forks
+        ack = forks.get(tag)
+        if ack is not None:
+            b.ep.send(ack, b.addr)
+            return
+        if len(forks) >= MAX_FORKS:
+            return  # a carrier answering from ever more forks: the rest time out at its end
+        fork = Leg(b.ep, b.addr, b.call_id, b.local, wire.with_tag(b.remote.split(";tag=")[0], tag), b.target,
+                   ctx.cseq)  # fmt: skip
+        self._learn_b_dialog(fork, msg)
+        log.info("call %s: 2xx from a second fork of the carrier (tag %s): ACK and BYE", call.a.call_id,
+                 wire.safe(tag)[:40])  # fmt: skip
+        forks[tag] = self._send_b_ack(call, b"", [], fork)
+        self._send_bye(call, OUTSIDE, fork)
 
     def _relay_invite_response(self, call: Call, msg: Any, status: int) -> None:
         a = call.a
@@ -1226,10 +1304,11 @@ class B2BUA:
     def _pick_content(self, msg: Any) -> list[str]:
         return _pick_headers(msg, _CONTENT_ONLY)
 
-    def _send_b_ack(self, call: Call, body: bytes, extra: list[str]) -> None:
-        b = call.b
+    def _send_b_ack(self, call: Call, body: bytes, extra: list[str], fork: Leg | None = None) -> bytes:
+        """ACK the carrier's 2xx on the call's B-leg (or on `fork`, another dialog of the INVITE)."""
+        b = call.b if fork is None else fork
         if b is None or not b.remote_tag:
-            return
+            return b""
         ep = b.ep
         lines = [
             f"Via: SIP/2.0/{ep.transport.upper()} {ep.hostport};branch={wire.new_branch()};rport",
@@ -1241,8 +1320,11 @@ class B2BUA:
             f"CSeq: {call.b_invite.cseq if call.b_invite else b.cseq} ACK",
             *extra,
         ]
-        call.b_ack = wire.build_request("ACK", b.target, lines, body)
-        ep.send(call.b_ack, b.addr)
+        ack = wire.build_request("ACK", b.target, lines, body)
+        if fork is None:
+            call.b_ack = ack
+        ep.send(ack, b.addr)
+        return ack
 
     def _relay_reinvite_ack(self, call: Call, to_side: str, msg: Any) -> None:
         cseq = call.reinvite.pop(to_side)
@@ -1507,8 +1589,8 @@ class B2BUA:
             self._send_bye(call, INSIDE)
             self._end_soon(call)
 
-    def _send_bye(self, call: Call, side: str) -> None:
-        leg = call.b if side == OUTSIDE else call.a
+    def _send_bye(self, call: Call, side: str, fork: Leg | None = None) -> None:
+        leg = fork if fork is not None else call.b if side == OUTSIDE else call.a
         if leg is None or (side == OUTSIDE and not leg.remote_tag):
             return
         leg.cseq += 1

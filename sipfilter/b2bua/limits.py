@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from sipfilter.transport.stream import ConnectionLimits
+
 # Reasons carried by Reject/Drop; stable strings, used as the `reason` label of the limits metrics.
 REASON_UNKNOWN_SOURCE: Final = "unknown-source"
 REASON_SOURCE_RATE: Final = "source-rate"
@@ -37,6 +39,15 @@ class TrunkLimits:
     max_dialogs: int | None = None  # concurrent dialogs (calls set up or being set up)
     max_cps: float | None = None  # new INVITEs per second, averaged by a token bucket
     cps_burst: int | None = None  # bucket size; defaults to max(1, ceil(max_cps))
+    # Budget of each source address on this trunk; None: the global `source_rate` / `source_burst`.
+    source_rate: float | None = None
+    source_burst: int | None = None
+
+    def burst(self) -> float | None:
+        """The call-rate bucket's size (None: no call-rate limit)."""
+        if self.max_cps is None:
+            return None
+        return float(self.cps_burst if self.cps_burst is not None else max(1, math.ceil(self.max_cps)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +66,8 @@ class LimitsConfig:
     retry_after_s: int = 5
     # Unknown sources are never answered (a scanner learns nothing); `reject` answers them 403 instead.
     unknown_source: str = "drop"  # drop | reject
+    # Inbound TCP/TLS connections (sipfilter/transport/stream.py): caps and idle timeout.
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)
 
     def __post_init__(self) -> None:
         if not (self.source_rate > 0 and math.isfinite(self.source_rate)):
@@ -71,17 +84,59 @@ class LimitsConfig:
             raise LimitsConfigError(
                 f"limits.unknown_source must be drop or reject, got {self.unknown_source!r}"
             )
-        for name, tl in {"default": self.default_trunk, **self.trunks}.items():
-            where = f"limits.trunks.{name}"
+        every: list[tuple[str | None, TrunkLimits]] = [(None, self.default_trunk), *self.trunks.items()]
+        for name, tl in every:
+            where = f"limits.trunks.{name}" if name is not None else "limits.default_trunk"
             if tl.max_dialogs is not None and tl.max_dialogs < 0:
                 raise LimitsConfigError(f"{where}.max_dialogs must be >= 0, got {tl.max_dialogs!r}")
             if tl.max_cps is not None and not (tl.max_cps > 0 and math.isfinite(tl.max_cps)):
                 raise LimitsConfigError(f"{where}.max_cps must be a positive number, got {tl.max_cps!r}")
             if tl.cps_burst is not None and tl.cps_burst < 1:
                 raise LimitsConfigError(f"{where}.cps_burst must be >= 1, got {tl.cps_burst!r}")
+            rate = tl.source_rate
+            if rate is not None and not (rate > 0 and math.isfinite(rate)):
+                raise LimitsConfigError(f"{where}.source_rate must be a positive number, got {rate!r}")
+            if tl.source_burst is not None and tl.source_burst < 1:
+                raise LimitsConfigError(f"{where}.source_burst must be >= 1, got {tl.source_burst!r}")
+            self._source_below_trunk(name, tl)
+        c = self.connections
+        if c.max_total < 1 or c.max_per_source < 1 or c.max_per_source > c.max_total:
+            raise LimitsConfigError("limits.connections: max_total and max_per_source must be >= 1, and "
+                                    f"max_per_source <= max_total (got {c.max_total}, {c.max_per_source})")
+        if not (c.idle_timeout_s > 0 and math.isfinite(c.idle_timeout_s)):
+            raise LimitsConfigError(
+                f"limits.connections.idle_timeout_s must be a positive number, got {c.idle_timeout_s!r}")
+
+    def _source_below_trunk(self, name: str | None, tl: TrunkLimits) -> None:
+        """One source address must not be able to spend a whole trunk's call rate: another host of the same
+        trunk (the real dialer) would then get nothing but 503 while it floods."""
+        burst = tl.burst()
+        if tl.max_cps is None or burst is None:
+            return
+        rate, source_burst = self.source_budget(name)
+        where = f"limits.trunks.{name}" if name is not None else "limits.default_trunk"
+        own = tl.source_rate is not None or tl.source_burst is not None
+        field_ = f"{where}.source_rate" if own else "limits.source_rate"
+        if rate >= tl.max_cps:
+            raise LimitsConfigError(
+                f"{field_} ({rate:g}/s) must be below {where}.max_cps ({tl.max_cps:g}/s): one host could take"
+                " the whole trunk's call rate and starve its other dialers")
+        if source_burst >= burst:
+            field_ = field_.replace("source_rate", "source_burst")
+            raise LimitsConfigError(
+                f"{field_} ({source_burst:g}) must be below {where}.cps_burst ({burst:g}): one host's burst"
+                " could empty the trunk's call-rate bucket")
 
     def for_trunk(self, trunk: str) -> TrunkLimits:
         return self.trunks.get(trunk, self.default_trunk)
+
+    def source_budget(self, trunk: str | None) -> tuple[float, float]:
+        """(rate, burst) of one source address on `trunk` (None: a trunk without limits of its own): the
+        trunk's own budget, else the global one."""
+        tl = self.default_trunk if trunk is None else self.for_trunk(trunk)
+        rate = tl.source_rate if tl.source_rate is not None else self.source_rate
+        burst = tl.source_burst if tl.source_burst is not None else self.source_burst
+        return rate, float(burst)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None) -> LimitsConfig:
@@ -92,7 +147,7 @@ class LimitsConfig:
             raise LimitsConfigError("limits must be a mapping")
         known = {
             "source_rate", "source_burst", "max_sources", "max_dialogs", "default_trunk", "trunks",
-            "retry_after_s", "unknown_source",
+            "retry_after_s", "unknown_source", "connections",
         }  # fmt: skip
         unknown = sorted(set(data) - known)
         if unknown:
@@ -110,6 +165,8 @@ class LimitsConfig:
             kwargs["unknown_source"] = str(data["unknown_source"])
         if "default_trunk" in data:
             kwargs["default_trunk"] = _trunk_limits(data["default_trunk"], "limits.default_trunk")
+        if "connections" in data:
+            kwargs["connections"] = _connection_limits(data["connections"])
         trunks = data.get("trunks") or {}
         if not isinstance(trunks, Mapping):
             raise LimitsConfigError("limits.trunks must be a mapping of trunk name to limits")
@@ -138,14 +195,33 @@ def _trunk_limits(value: Any, where: str) -> TrunkLimits:
         return TrunkLimits()
     if not isinstance(value, Mapping):
         raise LimitsConfigError(f"{where} must be a mapping")
-    unknown = sorted(set(value) - {"max_dialogs", "max_cps", "cps_burst"})
+    unknown = sorted(set(value) - {"max_dialogs", "max_cps", "cps_burst", "source_rate", "source_burst"})
     if unknown:
         raise LimitsConfigError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}")
-    cps = value.get("max_cps")
+    cps, source_rate = value.get("max_cps"), value.get("source_rate")
     return TrunkLimits(
         max_dialogs=_optional_integer(value.get("max_dialogs"), f"{where}.max_dialogs"),
         max_cps=None if cps is None else _number(cps, f"{where}.max_cps"),
         cps_burst=_optional_integer(value.get("cps_burst"), f"{where}.cps_burst"),
+        source_rate=None if source_rate is None else _number(source_rate, f"{where}.source_rate"),
+        source_burst=_optional_integer(value.get("source_burst"), f"{where}.source_burst"),
+    )
+
+
+def _connection_limits(value: Any) -> ConnectionLimits:
+    where = "limits.connections"
+    if value is None:
+        return ConnectionLimits()
+    if not isinstance(value, Mapping):
+        raise LimitsConfigError(f"{where} must be a mapping")
+    unknown = sorted(set(value) - {"max_total", "max_per_source", "idle_timeout_s"})
+    if unknown:
+        raise LimitsConfigError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}")
+    d = ConnectionLimits()
+    return ConnectionLimits(
+        max_total=_integer(value.get("max_total", d.max_total), f"{where}.max_total"),
+        max_per_source=_integer(value.get("max_per_source", d.max_per_source), f"{where}.max_per_source"),
+        idle_timeout_s=_number(value.get("idle_timeout_s", d.idle_timeout_s), f"{where}.idle_timeout_s"),
     )
 
 
@@ -216,6 +292,15 @@ def _retry_after(wait_s: float) -> int:
     return max(1, math.ceil(wait_s))
 
 
+def _budgets(config: LimitsConfig) -> tuple[dict[str, tuple[float, float]], float]:
+    """Per-source (rate, burst) of each trunk with its own budget, and the longest time a source bucket
+    takes to refill (after which it is forgotten)."""
+    budgets = {name: config.source_budget(name) for name, tl in config.trunks.items()
+               if tl.source_rate is not None or tl.source_burst is not None}  # fmt: skip
+    every = [*budgets.values(), config.source_budget(None), (config.source_rate, float(config.source_burst))]
+    return budgets, max(burst / rate for rate, burst in every)
+
+
 # --- admission ---------------------------------------------------------------------------------------
 
 _PEER: Final = "<peer>"  # stands for "a known source" in _check_source, which only needs a trunk to be named
@@ -231,6 +316,7 @@ class Admission:
 
     def __init__(self, config: LimitsConfig) -> None:
         self._config = config
+        self._budgets, self._full_after = _budgets(config)
         # LRU order: least recently seen source first, so expiry and eviction pop from the front.
         self._sources: OrderedDict[str, _Bucket] = OrderedDict()
         self._trunk_buckets: dict[str, _Bucket] = {}
@@ -247,6 +333,7 @@ class Admission:
     def reconfigure(self, config: LimitsConfig) -> None:
         """Swap limits on reload. Live dialogs keep their slots; a lowered cap only stops new calls."""
         self._config = config
+        self._budgets, self._full_after = _budgets(config)
         self._trunk_buckets.clear()  # a new max_cps starts from a full bucket
         while len(self._sources) > config.max_sources:
             self._sources.popitem(last=False)
@@ -340,7 +427,7 @@ class Admission:
                 return self._refuse(Reject(403, None, REASON_UNKNOWN_SOURCE))
             return self._refuse(Drop(REASON_UNKNOWN_SOURCE))
         sources = self._sources
-        rate, burst = cfg.source_rate, float(cfg.source_burst)
+        rate, burst = self._budgets.get(trunk) or (cfg.source_rate, float(cfg.source_burst))
         self._expire(now)
         bucket = sources.get(source_ip)
         if bucket is None:
@@ -357,7 +444,7 @@ class Admission:
 
     def _expire(self, now: float) -> None:
         """Forget buckets that have refilled completely: they equal a fresh one, so this loses nothing."""
-        full_after = self._config.source_burst / self._config.source_rate
+        full_after = self._full_after
         sources = self._sources
         # Amortised O(1): the front is the least recently seen; stop at the first one still refilling.
         while sources:

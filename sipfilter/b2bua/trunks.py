@@ -229,3 +229,14 @@ def tls_client_at(pools: Mapping[str, TargetPool], addr: Addr) -> ClientTls | No
 def targets_at(pools: Mapping[str, TargetPool], addr: Addr) -> list[tuple[str, Destination]]:
     """(trunk, target) of every configured target at `addr` (several trunks may share a carrier)."""
     return [(pool.trunk, s.dest) for pool in pools.values() for s in pool.states if s.dest.addr == addr]
+
+
+def tcp_twin(pool: TargetPool | None, dest: Destination) -> Destination | None:
+    """The trunk's TCP target at the same address as the UDP target `dest` (where a request too large for
+    UDP can go instead), or None."""
+    if pool is None:
+        return None
+    for s in pool.states:
+        if s.dest.transport == "tcp" and s.dest.addr == dest.addr:
+            return s.dest
+    return None

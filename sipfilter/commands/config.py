@@ -15,7 +15,7 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from sipfilter.config import Config, ConfigError, load_config
+from sipfilter.config import RESTART_KEYS, Config, ConfigError, load_config
 from sipfilter.readiness import describe_missing, missing_lists
 
 DEFAULT_CONFIG = os.environ.get("SIPFILTER_CONFIG", "config/sipfilter.yaml")
@@ -61,6 +61,9 @@ def warnings(config: Config) -> list[str]:
                 )
             ):
                 out.append(f"trunks {a.name} and {b.name}: overlapping match.sources and no match.header")
+    token_file = config.admin.token_file
+    if token_file is not None and token_file.exists() and token_file.stat().st_mode & 0o077:
+        out.append(f"admin.token_file {token_file} is readable by others than its owner (chmod 600 it)")
     for t in trunks:
         rules = config.rules[t.name]
         where = f"trunk {t.name}"
@@ -102,6 +105,13 @@ def check(args: argparse.Namespace) -> int:
             f"dnc lists {', '.join(t.lists.dnc) or 'none'}, {len(t.targets)} target(s)"
         )
     print(f"  store: {config.store.backend}; audit log: {config.audit.path}")
+    admin = config.admin
+    if admin.token_file is not None:
+        token = f"token from {admin.token_file}" + ("" if admin.token else " (created at the first start)")
+    else:
+        token = "token inline" if admin.token else "no token: the admin API is closed"
+    print(f"  admin: {admin.host}:{admin.port}, {token}")
+    print(f"  on SIGHUP everything applies but {', '.join(RESTART_KEYS)} (a restart applies those)")
     for w in warnings(config) + (store_warnings(config) if args.store else []):
         print(f"warning: {w}")
     return 0

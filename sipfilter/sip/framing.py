@@ -88,7 +88,10 @@ class StreamFramer:
             if end < 0:
                 self._scan = max(0, len(buf) - 3)
                 if len(buf) > limits.max_message_bytes:
-                    out.append(self._fatal("Message Too Large", 513))
+                    # The header lines received so far (up to the last whole one) still name the Via,
+                    # Call-ID and CSeq that a 513 needs.
+                    head_part = bytes(buf[: buf.rfind(b"\r\n", 0, limits.max_message_bytes) + 1])
+                    out.append(self._fatal("Message Too Large", 513, head_part))
                 break
             head = bytes(buf[:end])
             if b"\r\n " in head or b"\r\n\t" in head:
@@ -96,18 +99,18 @@ class StreamFramer:
             body_start = end + 4
             cls = _CL_RE.findall(head)
             if not cls:
-                out.append(self._fatal("Missing Content-Length on stream", is_request=_is_req(head)))
+                out.append(self._fatal("Missing Content-Length on stream", head=head))
                 break
             if len(cls) > 1:
-                out.append(self._fatal("Multiple Content-Length headers", is_request=_is_req(head)))
+                out.append(self._fatal("Multiple Content-Length headers", head=head))
                 break
             cl_text: bytes = cls[0]
             if not cl_text.isdigit() or len(cl_text.lstrip(b"0")) > 10:
-                out.append(self._fatal("Invalid Content-Length", is_request=_is_req(head)))
+                out.append(self._fatal("Invalid Content-Length", head=head))
                 break
             total = body_start + int(cl_text)
             if total > limits.max_message_bytes:
-                out.append(self._fatal("Message Too Large", 513, is_request=_is_req(head)))
+                out.append(self._fatal("Message Too Large", 513, head))
                 break
             if len(buf) < total:
                 self._scan = end  # header end already known; wait for the body
@@ -122,10 +125,15 @@ class StreamFramer:
                 out.append(exc)
         return out
 
-    def _fatal(self, reason: str, status: int = 400, *, is_request: bool | None = None) -> ParseError:
+    def _fatal(self, reason: str, status: int = 400, head: bytes = b"") -> ParseError:
+        """Framing is lost. The error carries the header lines read (`raw`), so that the transport's handler
+        can answer a request 400 or 513 (RFC 3261 §18.3, §21.5.14) before the connection is closed."""
         self._failed = True
         self._buf.clear()
-        return ParseError(reason, status, is_request=is_request, fatal=True)
+        exc = ParseError(reason, status, is_request=_is_req(head) if head else None, fatal=True)
+        if head:
+            setattr(exc, "raw", head + _HEADER_END)  # noqa: B010 (as for a message that failed to parse)
+        return exc
 
 
 def _is_req(head: bytes) -> bool:

@@ -139,23 +139,22 @@ def test_default_trunk_limits_apply_to_unlisted_trunks() -> None:
 
 
 def test_trunk_cps_bucket() -> None:
-    adm = Admission(LimitsConfig(source_burst=1000, trunks={"t": TrunkLimits(max_cps=2.0)}))
+    adm = Admission(LimitsConfig(source_rate=1.0, source_burst=1, trunks={"t": TrunkLimits(max_cps=2.0)}))
     assert isinstance(adm.admit_invite("10.0.0.1", "t", 0.0), Admit)
     assert isinstance(adm.admit_invite("10.0.0.2", "t", 0.0), Admit)
     assert adm.admit_invite("10.0.0.3", "t", 0.0) == Reject(503, 1, "trunk-rate")
-    assert isinstance(adm.admit_invite("10.0.0.3", "t", 0.5), Admit)
+    assert isinstance(adm.admit_invite("10.0.0.4", "t", 0.5), Admit)
 
 
 def test_calls_refused_by_a_cap_do_not_use_the_trunk_call_rate() -> None:
-    adm = Admission(
-        LimitsConfig(source_burst=1000, trunks={"t": TrunkLimits(max_dialogs=1, max_cps=1.0, cps_burst=2)})
-    )
+    adm = Admission(LimitsConfig(source_rate=0.5, source_burst=1,
+                                 trunks={"t": TrunkLimits(max_dialogs=1, max_cps=1.0, cps_burst=2)}))
     first = adm.admit_invite("10.0.0.1", "t", 0.0)
     assert isinstance(first, Admit)
-    for _ in range(10):
-        assert adm.admit_invite("10.0.0.1", "t", 0.0) == Reject(503, 5, "trunk-dialogs")
+    for i in range(10):
+        assert adm.admit_invite(f"10.0.1.{i}", "t", 0.0) == Reject(503, 5, "trunk-dialogs")
     adm.release(first.slot)
-    assert isinstance(adm.admit_invite("10.0.0.1", "t", 0.0), Admit)
+    assert isinstance(adm.admit_invite("10.0.0.2", "t", 0.0), Admit)
 
 
 def test_admit_request_takes_no_slot() -> None:
@@ -192,8 +191,8 @@ def test_reconfigure_keeps_live_dialogs_and_shrinks_table() -> None:
 )
 def test_invariants_under_random_traffic(ops: list[tuple[str, int, str | None, float]]) -> None:
     cfg = LimitsConfig(
-        source_rate=5.0,
-        source_burst=3,
+        source_rate=2.0,
+        source_burst=2,
         max_sources=4,
         max_dialogs=6,
         trunks={"a": TrunkLimits(max_dialogs=4, max_cps=3.0)},
@@ -229,8 +228,8 @@ def test_invariants_under_random_traffic(ops: list[tuple[str, int, str | None, f
 def test_from_mapping_parses_the_yaml_section() -> None:
     cfg = LimitsConfig.from_mapping(
         {
-            "source_rate": 20,
-            "source_burst": 40,
+            "source_rate": 10,
+            "source_burst": 20,
             "max_sources": 1000,
             "max_dialogs": 500,
             "retry_after_s": 3,
@@ -239,7 +238,7 @@ def test_from_mapping_parses_the_yaml_section() -> None:
             "trunks": {"dialer": {"max_dialogs": 200, "max_cps": 15, "cps_burst": 30}},
         }
     )
-    assert cfg.source_rate == 20.0 and cfg.max_dialogs == 500
+    assert cfg.source_rate == 10.0 and cfg.max_dialogs == 500
     assert cfg.for_trunk("dialer") == TrunkLimits(200, 15.0, 30)
     assert cfg.for_trunk("other") == TrunkLimits(max_dialogs=100)
     assert LimitsConfig.from_mapping(None) == LimitsConfig()
@@ -319,3 +318,63 @@ def test_options_within_the_rate_are_all_answered(tmp_path: Path) -> None:
     for n in range(20):
         rig.from_dialer(_options(n))
     assert [r.status for r in rig.inside.take()] == [200] * 20
+
+
+# --- one host of a trunk flooding must not starve the trunk's other dialers -----------------------------
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "sipfilter.yaml"
+
+
+def _dialer_refusals(limits: LimitsConfig, trunk: str = "dialer", every_ms: int = 200) -> int:
+    """A second host inside the trunk's ACL sends INVITEs at 200/s, far over any budget; the real dialer
+    places 20 calls meanwhile, one every `every_ms`. How many of the dialer's calls are refused?"""
+    adm = Admission(limits)
+    refused = sent = 0
+    for ms in range(20 * every_ms):
+        now = ms / 1000
+        if ms % 5 == 0:
+            adm.admit_invite("10.0.0.66", trunk, now)
+        if ms % every_ms == 0 and sent < 20:
+            sent += 1
+            refused += not isinstance(adm.admit_invite("10.0.0.10", trunk, now), Admit)
+    assert sent == 20
+    return refused
+
+
+def test_with_the_example_limits_a_flooding_host_leaves_the_dialer_its_calls() -> None:
+    config = load_config(EXAMPLE)
+    assert isinstance(config.limits, LimitsConfig), "the example config enables limits"
+    assert _dialer_refusals(config.limits) == 0
+
+
+def test_a_per_source_budget_at_or_above_the_trunk_rate_is_refused_with_its_line(tmp_path: Path) -> None:
+    """What the probe ran with (source 50/s, burst 100; trunk 30/s, burst 60): 16 of 20 calls refused 503."""
+    starving = LimitsConfig(source_rate=20, source_burst=40, max_dialogs=2000,
+                            trunks={"dialer": TrunkLimits(500, 30.0, 60)})
+    object.__setattr__(starving, "source_rate", 50.0)  # the old proposal, past the check, to measure it
+    object.__setattr__(starving, "source_burst", 100)
+    assert _dialer_refusals(starving) >= 10
+    text = EXAMPLE.read_text().replace("rules/fr.yaml", str(EXAMPLE.parent / "rules" / "fr.yaml"))
+    for old, new, field in (("source_rate: 20 ", "source_rate: 50 ", "limits.source_rate"),
+                            ("source_burst: 40", "source_burst: 60", "limits.source_burst")):  # fmt: skip
+        bad = text.replace(old, new)
+        path = tmp_path / "sipfilter.yaml"
+        path.write_text(bad)
+        with pytest.raises(Exception, match=r"must be below limits\.trunks\.dialer") as err:
+            load_config(path)
+        assert getattr(err.value, "field", None) == field
+        assert err.value.line == bad.splitlines().index(next(x for x in bad.splitlines() if new in x)) + 1  # type: ignore[attr-defined]
+
+
+def test_a_trunk_may_set_its_own_per_source_budget() -> None:
+    cfg = LimitsConfig.from_mapping({"source_rate": 100, "source_burst": 200,
+                                     "trunks": {"small": {"max_cps": 5, "cps_burst": 10, "source_rate": 2,
+                                                          "source_burst": 4},
+                                                "big": {"max_cps": 500}}})  # fmt: skip
+    assert cfg.source_budget("small") == (2.0, 4.0) and cfg.source_budget("big") == (100.0, 200.0)
+    assert _dialer_refusals(cfg, "small", every_ms=1000) == 0
+    adm = Admission(cfg)
+    admitted = [isinstance(adm.admit_request("10.0.0.1", "small", 0.0), Admit) for _ in range(5)]
+    assert admitted == [True] * 4 + [False]
+    with pytest.raises(LimitsConfigError, match=r"limits\.trunks\.small\.source_rate \(5/s\) must be below"):
+        LimitsConfig.from_mapping({"trunks": {"small": {"max_cps": 5, "source_rate": 5, "source_burst": 1}}})

@@ -124,3 +124,28 @@ def test_reload_and_drain(running: tuple[object, Path, Udp, Udp]) -> None:
     dialer.wait_for(b"SIP/2.0 200")
     proc.proc.wait(timeout=10)  # type: ignore[attr-defined]
     assert proc.proc.returncode == 0, proc.log_tail()  # type: ignore[attr-defined]
+
+
+def test_a_second_sigterm_hangs_up_both_legs_before_exiting(running: tuple[object, Path, Udp, Udp]) -> None:
+    """An operator who cannot wait for the drain sends SIGTERM again: no carrier leg may stay up (billed)
+    after the process is gone, so both legs get a BYE first."""
+    proc, _, carrier, dialer = running
+    inside = ("127.0.0.1", proc.ports.inside)  # type: ignore[attr-defined]
+    dialer.sock.sendto(_invite(dialer, inside[1], "call-kept"), inside)
+    b_invite, b_addr = carrier.wait_for(b"INVITE ")
+    carrier.sock.sendto(_reply(b_invite, "200 OK", contact=f"sip:gw@127.0.0.1:{carrier.port}"), b_addr)
+    dialer.wait_for(b"SIP/2.0 200")
+    pid = proc.proc.pid  # type: ignore[attr-defined]
+    os.kill(pid, signal.SIGTERM)  # drain: up to drain_timeout_s (30 s) for the call to end
+    time.sleep(0.5)
+    assert proc.alive()  # type: ignore[attr-defined]
+    os.kill(pid, signal.SIGTERM)  # again: now
+    b_bye, b_addr = carrier.wait_for(b"BYE ", timeout_s=3.0)
+    assert b"Call-ID: call-kept" not in b_bye  # the B-leg's own Call-ID (topology hiding)
+    carrier.sock.sendto(_reply(b_bye, "200 OK", to_tag=""), b_addr)
+    a_bye, a_addr = dialer.wait_for(b"BYE ", timeout_s=3.0)
+    assert b"Call-ID: call-kept" in a_bye
+    dialer.sock.sendto(_reply(a_bye, "200 OK", to_tag=""), a_addr)
+    proc.proc.wait(timeout=10)  # type: ignore[attr-defined]
+    assert proc.proc.returncode == 0, proc.log_tail()  # type: ignore[attr-defined]
+    assert "second signal: hanging up 1 call(s)" in proc.log_tail()  # type: ignore[attr-defined]

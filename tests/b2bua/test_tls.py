@@ -554,3 +554,90 @@ def test_client_ca_is_loaded_with_the_config_and_errors_name_the_field(
     need_tls = r"sip\.inside\[0\]\.client_ca: client certificates need `transport: tls`"
     with pytest.raises(ConfigError, match=need_tls):
         load_config(path)
+
+
+class Gatekeeper(Received):
+    """A handler whose ACL admits 127.0.0.2 only (as the B2BUA admits a trunk's sources)."""
+
+    def accept_connection(self, endpoint: Any, addr: Any) -> bool:
+        return bool(addr[0] == "127.0.0.2")
+
+
+async def test_a_stranger_is_reset_before_any_tls_handshake(pki: Pki) -> None:
+    """The ACL runs when the TCP connection is accepted: a stranger costs no handshake and holds nothing."""
+    got = Gatekeeper()
+    ctx = tls_server_context(str(pki.good[0]), str(pki.good[1]))
+    ep = await open_stream_endpoint("inside", "127.0.0.1", 0, got, tls=ctx)
+    try:
+        try:  # reset at once: the connect itself may already see it
+            reader, writer = await asyncio.open_connection("127.0.0.1", ep.port, local_addr=("127.0.0.1", 0))
+            assert await asyncio.wait_for(reader.read(100), 3) == b""  # no ServerHello: closed first
+            writer.close()
+        except ConnectionResetError:
+            pass
+        assert ep.table.total == 0 and ep.connection_count == 0
+        client = ssl.create_default_context(cafile=str(pki.ca))
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(
+            "127.0.0.1", ep.port, ssl=client, server_hostname=NAME, local_addr=("127.0.0.2", 0)), 5)
+        writer.write(OPTIONS)
+        await writer.drain()
+        for _ in range(200):
+            if got.messages:
+                break
+            await asyncio.sleep(0.025)
+        assert [m.call_id for m in got.messages] == ["mtls-1"] and ep.table.total == 1
+        writer.close()
+    finally:
+        await ep.close()
+
+
+class Answering(Gatekeeper):
+    """Answers every message on the connection it came on (as the B2BUA answers an OPTIONS)."""
+
+    def on_message(self, endpoint: Any, message: Any, addr: Any) -> None:
+        super().on_message(endpoint, message, addr)
+        endpoint.send(b"SIP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n", addr)
+
+
+def _finished_and_request_in_one_segment(port: int, pki: Pki, request: bytes) -> bytes:
+    """A TLS 1.3 client that sends its Finished and its first request in one TCP segment (as a busy client
+    does): the server decrypts the request right as its handshake completes. Returns the answer (or b"")."""
+    ctx = ssl.create_default_context(cafile=str(pki.ca))
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=NAME)
+    with socket.create_connection(("127.0.0.1", port), timeout=5, source_address=("127.0.0.2", 0)) as raw:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                raw.sendall(outgoing.read())
+                incoming.write(raw.recv(65536))
+        tls.write(request)
+        raw.sendall(outgoing.read())  # Finished + the request
+        answer = b""
+        try:
+            while not answer.endswith(b"\r\n\r\n"):
+                data = raw.recv(65536)
+                if not data:
+                    break
+                incoming.write(data)
+                try:
+                    answer += tls.read(65536)
+                except ssl.SSLWantReadError:
+                    continue
+        except TimeoutError:
+            pass
+        return answer
+
+
+async def test_a_request_right_behind_the_handshake_is_answered(pki: Pki) -> None:
+    got = Answering()
+    ctx = tls_server_context(str(pki.good[0]), str(pki.good[1]))
+    ep = await open_stream_endpoint("inside", "127.0.0.1", 0, got, tls=ctx)
+    try:
+        answer = await asyncio.to_thread(_finished_and_request_in_one_segment, ep.port, pki, OPTIONS)
+        assert answer.startswith(b"SIP/2.0 200 OK"), answer
+        assert [m.call_id for m in got.messages] == ["mtls-1"]
+    finally:
+        await ep.close()

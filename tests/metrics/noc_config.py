@@ -41,7 +41,8 @@ def noc_config(tmp_path: Path, *, extra_trunk: bool = True, limits: bool = True,
                          lists={"dnc": ["bloctel", "internal"], "authorised_caller_ids": "our-numbers"})
         doc["trunks"]["callback"] = other
     if limits:
-        doc["limits"] = {"max_dialogs": 300, "default_trunk": {"max_dialogs": 120},
+        doc["limits"] = {"source_rate": 10, "source_burst": 20, "max_dialogs": 300,
+                         "default_trunk": {"max_dialogs": 120},
                          "trunks": {"dialer": {"max_dialogs": 200, "max_cps": 25}}}  # fmt: skip
     path = tmp_path / "noc.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))

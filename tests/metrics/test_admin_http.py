@@ -13,11 +13,12 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
 
 from sipfilter import metrics
+from sipfilter.admin_guard import AdminGuard
 from sipfilter.http import AdminConfigError, AdminServer, ReadinessState, is_loopback, make_admin_app
 from sipfilter.stores.embedded import EmbeddedStore
 
 Client = TestClient[web.Request, web.Application]
-TOKEN = "n0c-t0ken"
+TOKEN = "n0c-t0ken-n0c-t0ken-n0c-t0ken-n0c-t0ken"
 
 
 async def _client(app: web.Application) -> Client:
@@ -102,9 +103,11 @@ async def test_readyz_default_state_is_not_ready_and_a_raising_check_is_not_read
 
 
 async def test_token_guards_metrics_and_api_but_not_probes(tmp_path: Path) -> None:
+    """Bound to every interface: /metrics needs the token as the API does; the probes never do."""
     store = await EmbeddedStore.open(tmp_path / "data", watch=False)
     state = ReadinessState(lambda: True, lambda: True, lambda: True)
-    client = await _client(make_admin_app(state, token=TOKEN, get_store=lambda: store))
+    guard = AdminGuard(TOKEN, "0.0.0.0")
+    client = await _client(make_admin_app(state, guard=guard, get_store=lambda: store))
     try:
         for path in ("/metrics", "/api/lists"):
             assert (await client.get(path)).status == 401
@@ -120,8 +123,25 @@ async def test_token_guards_metrics_and_api_but_not_probes(tmp_path: Path) -> No
         await store.close()
 
 
-async def test_api_routes_are_absent_without_a_store(open_client: Client) -> None:
-    assert (await open_client.get("/api/lists")).status == 404
+async def test_on_loopback_metrics_are_open_and_the_api_is_not(tmp_path: Path) -> None:
+    store = await EmbeddedStore.open(tmp_path / "data", watch=False)
+    state = ReadinessState(lambda: True, lambda: True, lambda: True)
+    client = await _client(make_admin_app(state, token=TOKEN, get_store=lambda: store))
+    try:
+        assert (await client.get("/metrics")).status == 200
+        assert (await client.get("/api/lists")).status == 401
+        assert (await client.get("/api/lists", headers={"Authorization": f"Bearer {TOKEN}"})).status == 200
+    finally:
+        await client.close()
+        await store.close()
+
+
+async def test_api_routes_are_absent_without_a_store() -> None:
+    client = await _client(make_admin_app(ReadinessState(), token=TOKEN))
+    try:
+        assert (await client.get("/api/lists", headers={"Authorization": f"Bearer {TOKEN}"})).status == 404
+    finally:
+        await client.close()
 
 
 def test_is_loopback() -> None:

@@ -85,7 +85,7 @@ def test_labels_are_bounded_and_never_numbers() -> None:
     allowed = {"trunk", "transport", "verdict", "rule", "direction", "status_class", "target", "list",
                "backend", "operation", "reason", "result", "version", "python", "call_path", "code", "mode",
                "rule_pack", "rule_pack_version", "on_store_error", "on_stale_list",
-               "attest", "le"}  # fmt: skip
+               "attest", "le", "key"}  # fmt: skip  # key: config.RESTART_KEYS
     text = generate_latest(metrics.REGISTRY).decode()
     for fam in text_string_to_metric_families(text):
         assert fam.name.startswith(("sipfilter_", "process_")), fam.name

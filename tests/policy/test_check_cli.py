@@ -230,7 +230,10 @@ def test_config_check(capsys: pytest.CaptureFixture[str], cfg: Path, tmp_path: P
     code, out, _ = run(capsys, "config", "check", "--config", str(risky))
     assert code == 0 and "trunks dialer and second: overlapping match.sources" in out
     secret = tmp_path / "secret.yaml"
-    secret.write_text(cfg.read_text().replace("token: null", "token: s3cr3t-t0ken"))
+    text = cfg.read_text()
+    assert "token_file: ../var/secrets/admin.token" in text
+    token = "token: s3cr3t-t0ken-s3cr3t-t0ken-s3cr3t"
+    secret.write_text(text.replace("token_file: ../var/secrets/admin.token", token))
     code, out, _ = run(capsys, "config", "show", "--config", str(secret))
     assert code == 0 and "s3cr3t" not in out and json.loads(out)["admin"]["token"] == "<redacted>"
     code, out, _ = run(capsys, "config", "show", "--config", str(cfg), "--trunk", "dialer")
