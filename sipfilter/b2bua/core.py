@@ -1563,6 +1563,9 @@ async def _finish(coro: Coroutine[Any, Any, Any], awaited: Any) -> Any:
         if awaited is None:
             await asyncio.sleep(0)
         else:
+            # The coroutine's own `await` marked the future as awaited; a second await of a pending future
+            # so marked fails ("await wasn't used with future"). Task.__step clears the mark the same way.
+            awaited._asyncio_future_blocking = False
             try:
                 await awaited
             except Exception:

@@ -1,7 +1,8 @@
 """The Redis store: lists, records and counters shared by several sipfilter instances through one Redis.
 
 Lists, consents and contracts are replicated into local memory (polled version keys) so the call path never
-waits on the network; counters are atomic Lua scripts. Never blocks long: short socket timeouts, no retries.
+waits on the network; counters are atomic Lua scripts, sent in one pipeline per event-loop pass (redis_batch).
+Never blocks long: short socket timeouts, one immediate retry on a broken connection only.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -25,6 +26,9 @@ from redis.exceptions import RedisError
 from sipfilter.stores.base import AttemptDecision, ConsentRecord, ListInfo, StoreUnavailable
 from sipfilter.stores.importer import SourceInfo
 from sipfilter.stores.numberset import NumberSet
+from sipfilter.stores.redis_batch import AttemptBatcher
+from sipfilter.stores.redis_url import DEFAULT_TIMEOUT_S, redis_options
+from sipfilter.stores.redis_url import split_url as _split_url
 from sipfilter.stores.writable import (
     ContractRecord,
     Health,
@@ -36,7 +40,6 @@ from sipfilter.stores.writable import (
 
 T = TypeVar("T")
 
-DEFAULT_TIMEOUT_S = 0.3  # call-path commands (counters): fail fast, on_store_error decides
 BULK_TIMEOUT_S = 10.0  # replica loads and imports move megabytes: their own connections, a longer timeout
 CHUNK = 4 << 20  # list payloads travel in 4 MiB pieces: no single command outlives the socket timeout
 ORPHAN_TTL_S = 86400  # a list written but never switched to (crashed import) expires after this
@@ -45,13 +48,18 @@ REFUSAL_TTL_S = 2 * 366 * 86400  # refusals outlive any cooldown a rule pack may
 LOG_MAXLEN = 1_000_000  # change-log entries kept; an instance further behind reloads everything
 SEP = "\x1f"
 
-# KEYS: attempts zset, refusal key.  ARGV: now, cap, window_s, cooldown_s, member.
+# KEYS: attempts zset, refusal key.  ARGV: now, cap, window_s, cooldown_s, member (unique per attempt).
+# A member already present is a resend of the same attempt (a pipeline retried on a broken connection after
+# Redis ran it): answered as allowed, counted once.
 _ATTEMPT_LUA = """
 local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 local n = redis.call('ZCARD', KEYS[1])
 local r = redis.call('GET', KEYS[2])
+if redis.call('ZSCORE', KEYS[1], ARGV[5]) then
+  return {1, n, r}
+end
 if (r and tonumber(r) > now - tonumber(ARGV[4])) or n >= tonumber(ARGV[2]) then
   return {0, n, r}
 end
@@ -93,18 +101,6 @@ end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'h', KEYS[1], 'f', '')
 return 1
 """
-
-
-def _split_url(url: str) -> tuple[str, dict[str, str]]:
-    """Our query parameters (prefix, cluster, sentinel, socket_timeout) out of the URL; redis-py's stay."""
-    base, _, query = url.partition("?")  # not urlunsplit: it would turn unix:///path into unix:/path
-    ours, theirs = {}, []
-    for k, v in parse_qsl(query, keep_blank_values=True):
-        if k in ("prefix", "cluster", "sentinel", "socket_timeout"):
-            ours[k] = v
-        else:
-            theirs.append((k, v))
-    return (base + "?" + urlencode(theirs) if theirs else base), ours
 
 
 def _client(redis_url: str, ours: dict[str, str], timeout_s: float) -> Any:
@@ -182,15 +178,18 @@ class RedisStore(LocalLists):
 
     URL: redis://, rediss:// or unix:// as redis-py reads it, plus `socket_timeout=` (seconds, call-path
     commands; default 0.3), `prefix=` (key prefix, default "sipfilter:"), `cluster=1` (Redis Cluster: any
-    node's URL) or `sentinel=SERVICE` (Sentinel: redis://[:password@]sentinel1:26379,sentinel2:26379/DB?sentinel=mymaster)."""
+    node's URL) or `sentinel=SERVICE` (Sentinel: redis://[:password@]sentinel1:26379,sentinel2:26379/DB?sentinel=mymaster),
+    `replicas=N` (each batch of attempts waits for N replicas: WAIT, see redis_batch). ValueError when one of
+    them is malformed (the config loader checks them first)."""
 
     def __init__(self, url: str, *, poll_interval: float = 1.0, timeout_s: float = DEFAULT_TIMEOUT_S):
+        options = redis_options(url)
         redis_url, ours = _split_url(url)
-        self.prefix = ours.get("prefix", "sipfilter:")
+        self.prefix = options.prefix
         self.poll_interval = poll_interval
         self.health = Health(f"redis {_describe(url)}")
-        if "socket_timeout" in ours:
-            timeout_s = float(ours["socket_timeout"])
+        if options.socket_timeout is not None:
+            timeout_s = options.socket_timeout
         self._redis = _client(redis_url, ours, timeout_s)  # counters: short timeout
         self._bulk = _client(redis_url, ours, max(timeout_s, BULK_TIMEOUT_S))  # replicas, imports
         p = self.prefix
@@ -200,7 +199,9 @@ class RedisStore(LocalLists):
         self.k_consents = p + "{rec}:consents"
         self.k_contracts = p + "{rec}:contracts"
         self.k_log = p + "{rec}:log"
-        self._attempt = self._redis.register_script(_ATTEMPT_LUA)  # EVALSHA, EVAL when the cache is empty
+        # Call path: one pipeline per event-loop pass; WAIT (replicas=) gives up at half the socket timeout.
+        self._attempts = AttemptBatcher(self._redis, _ATTEMPT_LUA, replicas=options.replicas,
+                                        wait_ms=max(1, int(timeout_s * 500)))
         self._refusal = self._redis.register_script(_REFUSAL_LUA)
         self._append = self._bulk.register_script(_APPEND_LUA)
         self._append_many = self._bulk.register_script(_APPEND_MANY_LUA)
@@ -232,6 +233,9 @@ class RedisStore(LocalLists):
         return store
 
     async def _call(self, make: Callable[[], Awaitable[T]], operation: str = "other") -> T:
+        if asyncio.current_task() is None:
+            # Stepped by hand outside any Task (the B2BUA decides inline): redis-py's timeouts need one.
+            return await asyncio.get_running_loop().create_task(self._call(make, operation))
         try:
             result = await make()
         except (TimeoutError, RedisError, OSError) as exc:
@@ -471,9 +475,15 @@ class RedisStore(LocalLists):
         self, account: str, number: str, now: float, cap: int, window_s: float, refusal_cooldown_s: float
     ) -> AttemptDecision:
         member = f"{now!r}:{os.urandom(6).hex()}"
-        res = await self._call(lambda: self._attempt(
-            keys=[self._ckey(account, number, "att"), self._ckey(account, number, "ref")],
-            args=[repr(now), cap, repr(float(window_s)), repr(float(refusal_cooldown_s)), member]), "attempt")
+        # A plain future, no Task: this runs inside the B2BUA's hand-stepped decision (see redis_batch).
+        pending = self._attempts.submit(
+            (self._ckey(account, number, "att"), self._ckey(account, number, "ref")),
+            (repr(now), cap, repr(float(window_s)), repr(float(refusal_cooldown_s)), member))
+        try:
+            res = await pending
+        except (TimeoutError, RedisError, OSError) as exc:
+            raise self.health.failed(exc, "attempt") from exc
+        self.health.ok()
         refused = float(res[2]) if res[2] is not None else None
         return AttemptDecision(bool(res[0]), int(res[1]), refused)
 
@@ -495,6 +505,7 @@ class RedisStore(LocalLists):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
             self._watcher = None
+        await self._attempts.close()
         await self._close_clients()
 
     async def _close_clients(self) -> None:

@@ -1,0 +1,125 @@
+"""The Redis store's call path: the attempts decided in one event-loop pass go to Redis in one pipeline.
+
+The B2BUA steps each decision's coroutine by hand, outside any asyncio Task (most decisions never suspend,
+and a Task per call costs), so nothing a decision awaits may need a Task of its own. redis-py's socket
+timeouts do. A decision therefore awaits a plain future from `AttemptBatcher.submit`; one flusher Task per
+burst sends every queued check-and-record script (EVALSHA: the script is loaded once per Redis server)
+in one pipeline — one round trip however many decisions are waiting — and resolves the futures. While a
+pipeline is in flight the next decisions queue up, so batches grow with the load by themselves and the call
+path holds one Redis connection.
+
+With `replicas=N` the pipeline ends with `WAIT N <ms>`: a call is relayed only once its attempt is on N
+replicas, so a Sentinel failover (the primary killed) loses no counted attempt. Without it Redis replicates
+asynchronously and the last attempts before a crash can be lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+from redis.exceptions import NoScriptError, RedisError
+
+MAX_BATCH = 256  # commands in one pipeline: bounds the reply a single read waits for
+
+
+class ReplicasBehind(RedisError):
+    """WAIT returned fewer acknowledgements than `replicas=`: the attempts may not survive a failover."""
+
+
+class AttemptBatcher:
+    """Queues script calls (keys, args) and runs them through `client` in pipelines, one in flight at a time.
+
+    `submit` never awaits and needs no Task: the caller awaits the future it returns, whose result is the
+    script's reply, or whose exception is the RedisError/TimeoutError/OSError the round trip raised."""
+
+    def __init__(self, client: Any, script: str, *, replicas: int = 0, wait_ms: int = 100,
+                 max_batch: int = MAX_BATCH) -> None:
+        self._client = client
+        self._script = script
+        self._sha = hashlib.sha1(script.encode()).hexdigest()
+        self._replicas = replicas
+        self._wait_ms = wait_ms
+        self._max_batch = max_batch
+        self._queue: list[tuple[Sequence[str], Sequence[Any], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._in_flight: list[tuple[Sequence[str], Sequence[Any], asyncio.Future[Any]]] = []
+        self.round_trips = 0  # exchanges with Redis: pipelines, and the SCRIPT LOAD after a NOSCRIPT
+        self.calls = 0  # script calls answered, successfully or not
+
+    def submit(self, keys: Sequence[str], args: Sequence[Any]) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.append((keys, args, future))
+        if self._flusher is None:
+            # Runs after the current pass: every decision of this pass is queued by then.
+            self._flusher = loop.create_task(self._flush())
+        return future
+
+    async def _flush(self) -> None:
+        try:
+            while self._queue:
+                batch = self._in_flight = self._queue[: self._max_batch]
+                del self._queue[: self._max_batch]
+                try:
+                    replies = await self._run(batch)
+                except (TimeoutError, RedisError, OSError) as exc:
+                    replies = [exc] * len(batch)
+                self.calls += len(batch)
+                for (_, _, future), reply in zip(batch, replies, strict=True):
+                    if future.done():  # the caller went away (cancelled): nothing to tell
+                        continue
+                    if isinstance(reply, BaseException):
+                        future.set_exception(reply)
+                    else:
+                        future.set_result(reply)
+        finally:
+            self._flusher = None
+            self._in_flight = []
+
+    async def _run(self, batch: list[tuple[Sequence[str], Sequence[Any], asyncio.Future[Any]]]) -> list[Any]:
+        replies = await self._pipeline(batch)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            # This Redis has not seen the script yet (restarted, failed over, SCRIPT FLUSH): load it once and
+            # resend only those calls. SCRIPT LOAD goes to every primary of a Cluster.
+            self.round_trips += 1
+            await self._client.script_load(self._script)
+            again = await self._pipeline([batch[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        return replies
+
+    async def _pipeline(self, batch: list[tuple[Sequence[str], Sequence[Any], asyncio.Future[Any]]]
+                        ) -> list[Any]:  # fmt: skip
+        pipe = self._client.pipeline(transaction=False)
+        for keys, args, _ in batch:
+            pipe.evalsha(self._sha, len(keys), *keys, *args)
+        if self._replicas:
+            pipe.wait(self._replicas, self._wait_ms)
+        self.round_trips += 1
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        if self._replicas:
+            acked = replies.pop()
+            if isinstance(acked, BaseException):
+                raise acked
+            if int(acked) < self._replicas:
+                raise ReplicasBehind(f"WAIT: {acked} of {self._replicas} replica(s) acknowledged the "
+                                     f"attempts within {self._wait_ms} ms")
+        return replies
+
+    async def close(self) -> None:
+        """Stop the flusher; the calls in flight or still queued fail with a RedisError."""
+        flusher, self._flusher = self._flusher, None
+        waiting = self._in_flight + self._queue
+        self._queue = []
+        if flusher is not None:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+        for _, _, future in waiting:
+            if not future.done():
+                future.set_exception(RedisError("store closed"))
