@@ -409,6 +409,10 @@ class StateCollector(Collector):
             g("sipfilter_store_up", "Store answers (1) or is in an outage (0)", labels=["backend"]),
             c("sipfilter_store_errors", "Failed store operations (I/O, timeout, Redis error)",
               labels=["backend", "operation"]),
+            c("sipfilter_store_attempt_checks", "Attempt check-and-records sent to a remote store (Redis)",
+              labels=["backend"]),
+            c("sipfilter_store_round_trips", "Call-path exchanges with a remote store: one pipeline carries"
+              " every attempt check of an event-loop pass", labels=["backend"]),
             c("sipfilter_audit_write_errors", "Audit log writes that failed"),
             g("sipfilter_audit_failing", "1 while the last audit write failed"),
             g("sipfilter_carrier_target_up", "Carrier target answers probes and calls (1) or not (0)",
@@ -417,11 +421,12 @@ class StateCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         fams = self._families()
-        size, age, version, imported, max_age, up, errors, audit_err, audit_failing, targets = fams
+        size, age, version, imported, max_age, up, errors, checks, trips, audit_err, audit_failing = fams[:-1]
+        targets = fams[-1]
         now = self.clock()
         try:
             self._lists(size, age, version, imported, max_age, now)
-            self._store(up, errors)
+            self._store(up, errors, checks, trips)
             for trunk, target, target_up in self.get_targets():
                 targets.add_metric([trunk, target], 1.0 if target_up else 0.0)
             audit = self.get_audit()
@@ -448,11 +453,14 @@ class StateCollector(Collector):
         for name, limit in list_max_ages(self.get_config()).items():
             max_age.add_metric([name], limit)
 
-    def _store(self, up: Any, errors: Any) -> None:
+    def _store(self, up: Any, errors: Any, checks: Any, trips: Any) -> None:
         store = self.get_store()
         if store is None:
             return
         backend = _backend(store)
+        if hasattr(store, "round_trips"):  # a networked store (Redis): how well its call path batches
+            checks.add_metric([backend], float(store.attempt_checks))
+            trips.add_metric([backend], float(store.round_trips))
         health = getattr(store, "health", None)
         if health is None:
             up.add_metric([backend], 1.0)

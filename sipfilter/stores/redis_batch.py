@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeout
 
 MAX_BATCH = 256  # commands in one pipeline: bounds the reply a single read waits for
 
@@ -31,18 +32,20 @@ class ReplicasBehind(RedisError):
 
 
 class AttemptBatcher:
-    """Queues script calls (keys, args) and runs them through `client` in pipelines, one in flight at a time.
+    """Queues script calls (keys, args) and runs them through `client` in pipelines, one in flight at a time,
+    each within `timeout_s` (connecting, sending, reading: the client itself needs no socket timeout).
 
     `submit` never awaits and needs no Task: the caller awaits the future it returns, whose result is the
-    script's reply, or whose exception is the RedisError/TimeoutError/OSError the round trip raised."""
+    script's reply, or whose exception is the RedisError/OSError the round trip raised."""
 
-    def __init__(self, client: Any, script: str, *, replicas: int = 0, wait_ms: int = 100,
+    def __init__(self, client: Any, script: str, timeout_s: float, *, replicas: int = 0,
                  max_batch: int = MAX_BATCH) -> None:
         self._client = client
         self._script = script
         self._sha = hashlib.sha1(script.encode()).hexdigest()
+        self._timeout_s = timeout_s
         self._replicas = replicas
-        self._wait_ms = wait_ms
+        self._wait_ms = max(1, int(timeout_s * 500))  # WAIT gives up at half the deadline: its answer fits
         self._max_batch = max_batch
         self._queue: list[tuple[Sequence[str], Sequence[Any], asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -65,8 +68,11 @@ class AttemptBatcher:
                 batch = self._in_flight = self._queue[: self._max_batch]
                 del self._queue[: self._max_batch]
                 try:
-                    replies = await self._run(batch)
-                except (TimeoutError, RedisError, OSError) as exc:
+                    async with asyncio.timeout(self._timeout_s):
+                        replies = await self._run(batch)
+                except TimeoutError:  # redis-py drops a connection cut off mid-exchange: no stale reply
+                    replies = [RedisTimeout(f"no answer within {self._timeout_s:g} s")] * len(batch)
+                except (RedisError, OSError) as exc:
                     replies = [exc] * len(batch)
                 self.calls += len(batch)
                 for (_, _, future), reply in zip(batch, replies, strict=True):

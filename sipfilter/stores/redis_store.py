@@ -103,9 +103,11 @@ return 1
 """
 
 
-def _client(redis_url: str, ours: dict[str, str], timeout_s: float) -> Any:
-    """A redis-py asyncio client for a plain URL, a Cluster (`cluster=1`) or a Sentinel service."""
-    kwargs: dict[str, Any] = {"socket_timeout": timeout_s, "socket_connect_timeout": min(timeout_s, 1.0),
+def _client(redis_url: str, ours: dict[str, str], timeout_s: float, *, socket_timeout: bool = True) -> Any:
+    """A redis-py asyncio client for a plain URL, a Cluster (`cluster=1`) or a Sentinel service.
+    `socket_timeout=False`: no timeout per socket operation, the caller bounds each exchange itself."""
+    kwargs: dict[str, Any] = {"socket_timeout": timeout_s if socket_timeout else None,
+                              "socket_connect_timeout": min(timeout_s, 1.0),
                               # One immediate retry on a broken connection (a pooled socket from before a
                               # Redis restart), none on a timeout: a dead Redis still fails within timeout_s.
                               "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
@@ -190,8 +192,11 @@ class RedisStore(LocalLists):
         self.health = Health(f"redis {_describe(url)}")
         if options.socket_timeout is not None:
             timeout_s = options.socket_timeout
-        self._redis = _client(redis_url, ours, timeout_s)  # counters: short timeout
+        self._redis = _client(redis_url, ours, timeout_s)  # counters read and written off the call path
         self._bulk = _client(redis_url, ours, max(timeout_s, BULK_TIMEOUT_S))  # replicas, imports
+        # The call path's own client: one deadline per pipeline (AttemptBatcher) rather than redis-py's
+        # timeout on every socket operation, which costs a Task per command on Python 3.11.
+        self._calls = _client(redis_url, ours, timeout_s, socket_timeout=False)
         p = self.prefix
         self.k_lists = p + "lists"
         self.k_list_seq = p + "list:seq"
@@ -199,9 +204,7 @@ class RedisStore(LocalLists):
         self.k_consents = p + "{rec}:consents"
         self.k_contracts = p + "{rec}:contracts"
         self.k_log = p + "{rec}:log"
-        # Call path: one pipeline per event-loop pass; WAIT (replicas=) gives up at half the socket timeout.
-        self._attempts = AttemptBatcher(self._redis, _ATTEMPT_LUA, replicas=options.replicas,
-                                        wait_ms=max(1, int(timeout_s * 500)))
+        self._attempts = AttemptBatcher(self._calls, _ATTEMPT_LUA, timeout_s, replicas=options.replicas)
         self._refusal = self._redis.register_script(_REFUSAL_LUA)
         self._append = self._bulk.register_script(_APPEND_LUA)
         self._append_many = self._bulk.register_script(_APPEND_MANY_LUA)
@@ -242,6 +245,16 @@ class RedisStore(LocalLists):
             raise self.health.failed(exc, operation) from exc
         self.health.ok()
         return result
+
+    @property
+    def round_trips(self) -> int:
+        """Call-path exchanges with Redis so far (pipelines of attempt checks, script loads)."""
+        return self._attempts.round_trips
+
+    @property
+    def attempt_checks(self) -> int:
+        """Attempt checks answered (or failed) so far: round_trips / attempt_checks is the batching."""
+        return self._attempts.calls
 
     def _ckey(self, account: str, number: str, kind: str) -> str:
         # Hash tag on (account, number): the attempts and the refusal share a Cluster slot for the script.
@@ -509,6 +522,6 @@ class RedisStore(LocalLists):
         await self._close_clients()
 
     async def _close_clients(self) -> None:
-        for client in (self._redis, self._bulk):
+        for client in (self._calls, self._redis, self._bulk):
             with contextlib.suppress(RedisError, OSError):
                 await client.aclose()

@@ -69,7 +69,7 @@ class RedisProcess:
                     return self
             time.sleep(0.02)
         self.kill()
-        raise HarnessError(f"redis-server on {self.port} not ready after {ready_timeout_s}s:\n{self.log_tail()}")
+        raise HarnessError(f"redis-server on {self.port} not ready in {ready_timeout_s}s:\n{self.log_tail()}")
 
     def client(self) -> redis.Redis:
         return redis.Redis(host=LOOPBACK, port=self.port, socket_timeout=5)
@@ -109,28 +109,32 @@ def wait_until(what: str, check: object, timeout_s: float, interval_s: float = 0
 
 @dataclass
 class SentinelGroup:
-    """A primary, its replica and `sentinels` Sentinels (quorum: a majority) that fail it over after
+    """A primary, `replicas` replicas and `sentinels` Sentinels (quorum: a majority) that fail it over after
     `down_after_ms` of silence. `url` is what sipfilter's store.redis_url is set to."""
 
     workdir: Path
+    replicas: int = 1
     sentinels: int = 3
     down_after_ms: int = 500
     failover_timeout_ms: int = 5000
     primary: RedisProcess = field(init=False)
-    replica: RedisProcess = field(init=False)
+    nodes: list[RedisProcess] = field(default_factory=list, init=False)  # the primary first, then replicas
     watchers: list[RedisProcess] = field(default_factory=list, init=False)
 
     def start(self) -> SentinelGroup:
-        ports = free_ports(2 + self.sentinels)
-        # Fast replica reconnection and fast promotion: the tests measure a failover, not a timeout.
-        node = ["repl-ping-replica-period 1", "repl-timeout 5"]
-        self.primary = RedisProcess(ports[0], self.workdir / "node-a", node).start()
-        self.replica = RedisProcess(ports[1], self.workdir / "node-b",
-                                    [*node, f"replicaof {LOOPBACK} {ports[0]}"]).start()
-        wait_until("replica in sync", lambda: self.replica.client().info("replication").get(
-            "master_link_status") == "up", 15)
+        ports = free_ports(1 + self.replicas + self.sentinels)
+        # Fast replica reconnection, full syncs without waiting for more replicas: the tests measure a
+        # failover, not Redis's default delays.
+        node = ["repl-ping-replica-period 1", "repl-timeout 5", "repl-diskless-sync-delay 0"]
+        self.primary = RedisProcess(ports[0], self.workdir / "node-0", node).start()
+        self.nodes = [self.primary]
+        for i, port in enumerate(ports[1 : 1 + self.replicas], 1):
+            settings = [*node, f"replicaof {LOOPBACK} {ports[0]}"]
+            self.nodes.append(RedisProcess(port, self.workdir / f"node-{i}", settings).start())
+        wait_until("replicas in sync", lambda: all(n.client().info("replication").get(
+            "master_link_status") == "up" for n in self.nodes[1:]), 15)
         quorum = self.sentinels // 2 + 1
-        for i, port in enumerate(ports[2:]):
+        for i, port in enumerate(ports[1 + self.replicas :]):
             self.watchers.append(RedisProcess(port, self.workdir / f"sentinel-{i}", [
                 f"sentinel monitor {SERVICE} {LOOPBACK} {ports[0]} {quorum}",
                 f"sentinel down-after-milliseconds {SERVICE} {self.down_after_ms}",
@@ -146,7 +150,8 @@ class SentinelGroup:
         client = watcher.client()
         try:
             master = client.sentinel_master(SERVICE)
-            return int(master["num-other-sentinels"]) == self.sentinels - 1 and int(master["num-slaves"]) >= 1
+            return (int(master["num-other-sentinels"]) == self.sentinels - 1
+                    and int(master["num-slaves"]) == self.replicas)
         finally:
             client.close()
 
@@ -171,12 +176,21 @@ class SentinelGroup:
         raise HarnessError("no Sentinel answers")
 
     def node(self, port: int) -> RedisProcess:
-        return next(n for n in (self.primary, self.replica) if n.port == port)
+        return next(n for n in self.nodes if n.port == port)
+
+    def online_replicas(self, port: int) -> int:
+        """Replicas the node on `port` sees in sync (INFO replication)."""
+        client = self.node(port).client()
+        try:
+            info = client.info("replication")
+        finally:
+            client.close()
+        return sum(1 for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)
+                   and v.get("state") == "online")
 
     def stop(self) -> None:
-        for proc in [*self.watchers, getattr(self, "replica", None), getattr(self, "primary", None)]:
-            if proc is not None:
-                proc.kill()
+        for proc in [*self.watchers, *self.nodes]:
+            proc.kill()
 
 
 @dataclass
@@ -191,8 +205,8 @@ class RedisCluster:
         if REDIS_CLI is None:
             raise HarnessError("redis-cli is not installed")
         for port in _cluster_ports(self.primaries):
-            self.nodes.append(RedisProcess(port, self.workdir / f"node-{port}", [
-                "cluster-enabled yes", "cluster-config-file nodes.conf", "cluster-node-timeout 2000"]).start())
+            settings = ["cluster-enabled yes", "cluster-config-file nodes.conf", "cluster-node-timeout 2000"]
+            self.nodes.append(RedisProcess(port, self.workdir / f"node-{port}", settings).start())
         subprocess.run([REDIS_CLI, "--cluster", "create", *[f"{LOOPBACK}:{n.port}" for n in self.nodes],
                         "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True,
                        timeout=60)  # fmt: skip

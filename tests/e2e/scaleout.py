@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import time
 import urllib.error
@@ -48,6 +50,8 @@ TRUNK_KINDS: dict[str, tuple[str, dict[str, Any]]] = {
     "prospect-monitor": ("127.0.0.12", {"mode": "monitor", "prospecting": True}),
     "customer": ("127.0.0.13", {"mode": "enforce", "prospecting": False}),
     "customer-monitor": ("127.0.0.14", {"mode": "monitor", "prospecting": False}),
+    # fails open: relays (uncounted) while the store cannot answer
+    "prospect-open": ("127.0.0.15", {"mode": "enforce", "prospecting": True, "on_store_error": "allow"}),
 }
 
 
@@ -142,9 +146,21 @@ class Deployment:
             raise
         return self
 
+    def kill(self, instance: Instance) -> None:
+        """SIGKILL: a crash or a lost machine, no drain."""
+        proc = instance.sipfilter.proc
+        assert proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
     def restart(self, instance: Instance) -> None:
-        """Start a stopped (or killed) instance again with the same config, ports and audit log."""
+        """Start a stopped (or killed) instance again with the same config, ports and audit log (its log
+        of the previous run is kept as sipfilter.log.1)."""
         instance.sipfilter.stop()
+        log = instance.sipfilter.workdir / "sipfilter.log"
+        if log.exists():
+            log.replace(log.with_name("sipfilter.log.1"))
         instance.sipfilter.start()
 
     def stop(self) -> None:
@@ -161,14 +177,17 @@ def carrier(workdir: Path, port: int, timeout_s: float = 120) -> Sipp:
 
 
 def dialer(workdir: Path, instance: Instance, kind: str, cases: Sequence[CallCase], *, rate: float = 20,
-           limit: int | None = None, timeout_s: float = 60, trace_short: bool = False) -> Sipp:
-    """A SIPp dialer of trunk `kind` (its source address) playing `cases` to `instance`; started."""
+           limit: int | None = None, timeout_s: float = 60, trace_short: bool = False,
+           no_answer_ms: int | None = None) -> Sipp:
+    """A SIPp dialer of trunk `kind` (its source address) playing `cases` to `instance`; started.
+    `no_answer_ms`: a call without any answer for that long is given up (failed), as a dialer does to
+    leave a dead proxy for another; a live sipfilter answers 100 Trying at once."""
     workdir.mkdir(parents=True, exist_ok=True)
     csv_file = write_calls_csv(workdir / "calls.csv", cases)
     return Sipp("dialer_uac.xml", workdir / "sipp", local_port=free_ports(1)[0], remote=instance.inside,
                 calls=len(cases), csv_file=csv_file, rate=rate, limit=limit, pause_ms=0, timeout_s=timeout_s,
                 trace_msg=False, trace_short=trace_short, local_ip=TRUNK_KINDS[kind][0],
-                name=workdir.name).start()
+                extra=["-recv_timeout", str(no_answer_ms)] if no_answer_ms else [], name=workdir.name).start()
 
 
 def outcomes_by_callee(runs: Iterable[SippRun]) -> dict[str, list[int]]:
@@ -204,16 +223,17 @@ class Prometheus:
         with (self.workdir / "prometheus.log").open("wb") as log:
             self.proc = subprocess.Popen(
                 [exe, f"--config.file={self.workdir / 'prometheus.yml'}",
-                 f"--storage.tsdb.path={self.workdir / 'tsdb'}", f"--web.listen-address={LOOPBACK}:{self.port}",
-                 "--log.level=warn"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                 f"--storage.tsdb.path={self.workdir / 'tsdb'}",
+                 f"--web.listen-address={LOOPBACK}:{self.port}", "--log.level=warn"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
         deadline = time.monotonic() + ready_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise HarnessError(f"prometheus exited:\n{(self.workdir / 'prometheus.log').read_text()}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"http://{LOOPBACK}:{self.port}/-/ready", timeout=1) as resp:
-                    if resp.status == 200:
-                        return self
+            ready = f"http://{LOOPBACK}:{self.port}/-/ready"
+            with contextlib.suppress(OSError), urllib.request.urlopen(ready, timeout=1) as resp:
+                if resp.status == 200:
+                    return self
             time.sleep(0.1)
         self.stop()
         raise HarnessError("prometheus not ready")

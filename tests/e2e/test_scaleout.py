@@ -37,15 +37,15 @@ class Pair:
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     workdir = tmp_path_factory.mktemp("scaleout")
     redis = RedisProcess(free_ports(1)[0], workdir / "redis").start()
-    deployment = Deployment(workdir, {"backend": "redis", "redis_url": redis.url}, kinds=("prospect", "customer"),
-                            consents=LOAD_CALLEES)
+    store = {"backend": "redis", "redis_url": redis.url}
+    deployment = Deployment(workdir, store, kinds=("prospect", "customer"), consents=LOAD_CALLEES)
     prometheus = None
     try:
         deployment.start()
         a, b = deployment.instances
         try:
             prometheus = Prometheus(workdir / "prometheus", {a.name: a.admin, b.name: b.admin}).start()
-        except Exception as exc:  # noqa: BLE001  (a Prometheus that cannot start only skips its test)
+        except Exception as exc:  # a Prometheus that cannot start only skips its test
             print(f"no prometheus: {exc}")
         yield Pair(redis, deployment, prometheus)
     finally:
@@ -99,14 +99,15 @@ def test_the_cap_is_exact_across_two_instances_under_concurrent_load(pair: Pair,
         assert instance.sipfilter.wait_no_dialogs() == 0
 
 
-def _call(pair: Pair, workdir: Path, instance: int, callee: str, kind: str = "prospect") -> tuple[int, str | None]:
+def _call(pair: Pair, workdir: Path, instance: int, callee: str, kind: str = "prospect"
+          ) -> tuple[int, str | None]:  # fmt: skip
     runs, _ = _run(pair, workdir, {instance: [CallCase(CALLER, callee, "relay")]}, kind=kind)
     (outcome,) = runs[0].outcomes
     return outcome.code, outcome.rule
 
 
 def test_writes_through_one_instance_reach_the_other(pair: Pair, tmp_path: Path) -> None:
-    a, b = pair.deployment.instances
+    a = pair.deployment.instances[0]
     consented, listed, refused = "+33613100001", "+33613100002", "+33613100003"
     for n, callee in enumerate((consented, listed, refused)):
         assert _call(pair, tmp_path / f"before-{n}", 1, callee)[1] == "callee.consent"
@@ -116,7 +117,8 @@ def test_writes_through_one_instance_reach_the_other(pair: Pair, tmp_path: Path)
     status, _ = a.api("POST", "/api/consents", {"account": ACCOUNT, "number": consented, "proof": "e2e-form"})
     assert status == 201
     written = time.monotonic()
-    status, body = a.api("PUT", "/api/lists/bloctel", f"{listed}\n".encode(), {"mode": "add", "format": "lines"})
+    query = {"mode": "add", "format": "lines"}
+    status, body = a.api("PUT", "/api/lists/bloctel", f"{listed}\n".encode(), query)
     assert status == 201, body
     for callee in (listed, refused):
         assert a.api("POST", "/api/consents", {"account": ACCOUNT, "number": callee, "proof": "f"})[0] == 201
@@ -133,8 +135,10 @@ def test_each_instance_metrics_and_their_sum_in_prometheus(pair: Pair, tmp_path:
         pytest.skip("prometheus did not start (Debian package prometheus)")
     a, b = pair.deployment.instances
     callees = [f"+336132{n:05d}" for n in range(10)]  # not consented: refused by callee.consent
-    plan_a = [CallCase(CALLER, c, "relay") for c in callees] + [CallCase(CALLER, LOAD_CALLEES[0], "relay")] * 2
+    capped = [CallCase(CALLER, LOAD_CALLEES[0], "relay")] * 2  # at its cap since the load test, or not
+    plan_a = [CallCase(CALLER, c, "relay") for c in callees] + capped
     plan_b = [CallCase(CALLER, c, "relay") for c in callees[:4]]
+    refused_by_consent = {a.name: len(callees), b.name: 4}
     runs, _ = _run(pair, tmp_path, {0: plan_a, 1: plan_b})
     per_instance = []
     for instance, run in zip((a, b), runs, strict=True):
@@ -146,7 +150,7 @@ def test_each_instance_metrics_and_their_sum_in_prometheus(pair: Pair, tmp_path:
         assert decided == invites  # every INVITE decided once
         assert metric_sum(text, "sipfilter_store_up", backend="redis") == 1.0
         per_instance.append((instance.name, decided, consent, invites))
-        assert sum(o.rule == "callee.consent" for o in run.outcomes) == len(callees if instance is a else callees[:4])
+        assert sum(o.rule == "callee.consent" for o in run.outcomes) == refused_by_consent[instance.name]
     # Prometheus sees the same numbers per instance, and their sum, once it scraped after the load.
     total = sum(d for _, d, _, _ in per_instance)
     expr = 'sum(sipfilter_decisions_total{job="sipfilter",trunk="prospect"})'
@@ -157,6 +161,49 @@ def test_each_instance_metrics_and_their_sum_in_prometheus(pair: Pair, tmp_path:
     for name, decided, consent, _ in per_instance:
         sel = f'job="sipfilter",sipfilter="{name}",trunk="prospect"'
         assert pair.prometheus.value(f"sum(sipfilter_decisions_total{{{sel}}})") == decided
-        assert pair.prometheus.value(f'sum(sipfilter_decisions_total{{{sel},rule="callee.consent"}})') == consent
-    by_instance = pair.prometheus.query('sum by (sipfilter) (sipfilter_store_up{job="sipfilter"})')
-    assert sorted((r["metric"]["sipfilter"], r["value"][1]) for r in by_instance) == [(a.name, "1"), (b.name, "1")]
+        by_rule = f'sum(sipfilter_decisions_total{{{sel},rule="callee.consent"}})'
+        assert pair.prometheus.value(by_rule) == consent
+    up = pair.prometheus.query('sum by (sipfilter) (sipfilter_store_up{job="sipfilter"})')
+    assert sorted((r["metric"]["sipfilter"], r["value"][1]) for r in up) == [(a.name, "1"), (b.name, "1")]
+
+
+def test_at_most_one_redis_round_trip_per_decision(pair: Pair, tmp_path: Path) -> None:
+    """Each prospecting decision is one EVALSHA (no EVAL, no SCRIPT EXISTS), and the decisions of one
+    event-loop pass share a pipeline: round trips per decision, as /metrics counts them, at most 1."""
+    a, b = pair.deployment.instances
+    callees = [f"+336133{n:05d}" for n in range(150)]
+    for callee in callees:
+        assert a.api("POST", "/api/consents", {"account": ACCOUNT, "number": callee, "proof": "f"})[0] == 201
+    time.sleep(PROPAGATION_S + 0.5)  # B has them too
+    for i in (0, 1):  # the script is loaded in Redis once, by whichever instance needs it first
+        assert _call(pair, tmp_path / f"warm-{i}", i, callees[i])[0] == 200
+
+    def counters() -> list[tuple[float, float]]:
+        out = []
+        for instance in (a, b):
+            text = instance.sipfilter.metrics()
+            out.append((metric_sum(text, "sipfilter_store_attempt_checks_total", backend="redis") or 0.0,
+                        metric_sum(text, "sipfilter_store_round_trips_total", backend="redis") or 0.0))
+        return out
+
+    client = pair.redis.client()
+    try:
+        before, stats_before = counters(), client.info("commandstats")
+        cases = [CallCase(CALLER, c, "relay") for c in callees[2:]]
+        runs, _ = _run(pair, tmp_path, {0: cases, 1: cases[::-1]}, rate=75)
+        after, stats_after = counters(), client.info("commandstats")
+    finally:
+        client.close()
+    assert [o.code for run in runs for o in run.outcomes] == [200] * (2 * len(cases))
+    checks = [c1 - c0 for (c0, _), (c1, _) in zip(before, after, strict=True)]
+    trips = [t1 - t0 for (_, t0), (_, t1) in zip(before, after, strict=True)]
+    assert checks == [len(cases)] * 2  # every relayed prospecting call checked once, on its own instance
+    assert all(0 < t <= c for t, c in zip(trips, checks, strict=True))
+    print(f"round trips per decision: {[round(t / c, 3) for t, c in zip(trips, checks, strict=True)]}")
+
+    def calls(stats: dict[str, dict[str, int]], name: str) -> int:
+        return int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+
+    assert calls(stats_after, "evalsha") - calls(stats_before, "evalsha") == sum(checks)
+    for name in ("eval", "script|exists", "script|load"):  # the script travels once, not per call
+        assert calls(stats_after, name) == calls(stats_before, name), name

@@ -77,7 +77,8 @@ def test_every_trunk_kind_through_sipfilter_run(deployment: Deployment, tmp_path
     log = instance.sipfilter.log_tail()
     for kind, run in runs.items():
         problems = [p for o in run.outcomes if (p := o.problem())]
-        assert not problems and len(run.outcomes) == len(PLAN[kind]), f"{kind}: {problems}\n{run.summary()}\n{log}"
+        assert not problems, f"{kind}: {problems}\n{run.summary()}\n{log}"
+        assert len(run.outcomes) == len(PLAN[kind]), run.summary()
     relayed = sum(c.expected == "relay" for cases in PLAN.values() for c in cases)
     assert carrier_run.invites == relayed, carrier_run.summary()
 
@@ -107,8 +108,8 @@ def test_every_trunk_kind_through_sipfilter_run(deployment: Deployment, tmp_path
     for callee, trunk, rule in ((CONSENTED[0], "prospect", "frequency.cap"),
                                 (CONSENTED[1], "prospect-monitor", "frequency.cap"),
                                 (CONSENTED[2], "prospect", "")):  # fmt: skip
-        check = sipfilter_cli(["check", "--config", str(instance.config_path), "--trunk", trunk, "--from", CALLER,
-                               "--to", callee, "--json"], ok_codes=(0, 1))  # fmt: skip
+        check = sipfilter_cli(["check", "--config", str(instance.config_path), "--trunk", trunk,
+                               "--from", CALLER, "--to", callee, "--json"], ok_codes=(0, 1))  # fmt: skip
         verdict = json.loads(check.stdout)
         assert verdict["rule"] == rule, (callee, verdict)
 
@@ -117,7 +118,8 @@ def test_every_trunk_kind_through_sipfilter_run(deployment: Deployment, tmp_path
         decided = metric_sum(metrics, "sipfilter_decisions_total", trunk=kind)
         assert decided == len(cases), (kind, decided)
         refused = sum(not c.expected.startswith("relay") for c in cases)
-        assert (metric_sum(metrics, "sipfilter_decisions_total", trunk=kind, verdict="reject") or 0) == refused
+        rejected = metric_sum(metrics, "sipfilter_decisions_total", trunk=kind, verdict="reject") or 0
+        assert rejected == refused, kind
     backend = "redis" if "redis_url" in deployment.store else "embedded"
     assert metric_sum(metrics, "sipfilter_store_up", backend=backend) == 1.0
     assert metric_sum(metrics, "sipfilter_store_errors_total") == 0.0, log

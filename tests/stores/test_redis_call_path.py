@@ -4,6 +4,8 @@ pass, the script loaded once, WAIT for replicas, resends counted once, URL optio
 from __future__ import annotations
 
 import asyncio
+import signal
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -121,6 +123,28 @@ async def test_the_script_is_loaded_again_after_redis_forgets_it(redis_server: R
         assert store._attempts.round_trips - trips == 3  # NOSCRIPT, SCRIPT LOAD, resend
         assert _stats(redis_server) == {"evalsha": 2, "script|load": 1}
         assert store.health.errors == 0
+    finally:
+        await store.close()
+
+
+async def test_a_stalled_redis_fails_within_the_deadline_and_leaves_no_stale_reply(
+        redis_server: RedisServer) -> None:
+    store = await RedisStore.open(redis_server.url + "?socket_timeout=0.2", watch=False)
+    try:
+        assert (await store.check_and_record_attempt("acme", "+33612345678", 1.0, 4, DAY, DAY)).allowed
+        assert redis_server.proc is not None
+        redis_server.proc.send_signal(signal.SIGSTOP)  # alive but silent: a hung or swapping Redis
+        try:
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable, match=r"no answer within 0\.2 s"):
+                await store.check_and_record_attempt("acme", "+33612345678", 2.0, 4, DAY, DAY)
+            assert time.monotonic() - started < 1.0
+        finally:
+            redis_server.proc.send_signal(signal.SIGCONT)
+        # The cut-off exchange's connection was dropped: its late reply ({1, 2}) never reaches this call.
+        d = await store.check_and_record_attempt("acme", "+33687654321", 3.0, 4, DAY, DAY)
+        assert d == AttemptDecision(True, 1, None)
+        assert store.health.up
     finally:
         await store.close()
 
