@@ -175,6 +175,45 @@ class SentinelGroup:
                 client.close()
         raise HarnessError("no Sentinel answers")
 
+    def settled(self) -> bool:
+        """Every live Sentinel names the same primary, a live node that is a primary, and every other live
+        node replicates it, in sync."""
+        ports = set()
+        for watcher in self.watchers:
+            if watcher.alive():
+                ports.add(self.master_port_of(watcher))
+        if len(ports) != 1:
+            return False
+        (port,) = ports
+        if port not in {n.port for n in self.nodes}:
+            return False
+        for node in self.nodes:
+            if not node.alive():
+                continue
+            client = node.client()
+            try:
+                info = client.info("replication")
+            finally:
+                client.close()
+            if node.port == port:
+                if info.get("role") != "master":
+                    return False
+            elif info.get("role") != "slave" or info.get("master_port") != port or (
+                    info.get("master_link_status") != "up"):
+                return False
+        return self.node(port).alive() and self.online_replicas(port) == sum(
+            1 for n in self.nodes if n.alive() and n.port != port)
+
+    def master_port_of(self, watcher: RedisProcess) -> int | None:
+        client = watcher.client()
+        try:
+            found = client.sentinel_get_master_addr_by_name(SERVICE)
+            return int(found[1]) if found else None
+        except (redis.RedisError, OSError):
+            return None
+        finally:
+            client.close()
+
     def node(self, port: int) -> RedisProcess:
         return next(n for n in self.nodes if n.port == port)
 
