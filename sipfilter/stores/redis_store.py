@@ -228,10 +228,17 @@ class RedisStore(LocalLists):
         store = cls(url, poll_interval=poll_interval, timeout_s=timeout_s)
         try:
             await store.refresh()
+            if watch:  # the proxy: its first calls find the script in Redis (every primary of a Cluster)
+                await store._call(lambda: store._redis.script_load(_ATTEMPT_LUA), "sync")
         except StoreUnavailable:
             await store._close_clients()
             raise
         if watch:
+            options = redis_options(url)
+            if options.sentinel and not options.replicas:
+                log.warning("store.redis_url: Sentinel without replicas=: attempts counted just before a "
+                            "failover can be lost with the old primary (asynchronous replication); "
+                            "replicas=1 makes each wait for a replica")
             store._watcher = asyncio.get_running_loop().create_task(store._watch())
         return store
 
