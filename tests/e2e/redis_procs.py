@@ -122,6 +122,13 @@ class SentinelGroup:
     watchers: list[RedisProcess] = field(default_factory=list, init=False)
 
     def start(self) -> SentinelGroup:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> SentinelGroup:
         ports = free_ports(1 + self.replicas + self.sentinels)
         # Fast replica reconnection, full syncs without waiting for more replicas: the tests measure a
         # failover, not Redis's default delays.
@@ -241,6 +248,13 @@ class RedisCluster:
     nodes: list[RedisProcess] = field(default_factory=list, init=False)
 
     def start(self) -> RedisCluster:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> RedisCluster:
         if REDIS_CLI is None:
             raise HarnessError("redis-cli is not installed")
         for port in _cluster_ports(self.primaries):
