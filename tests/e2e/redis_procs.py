@@ -211,6 +211,22 @@ class SentinelGroup:
         return self.node(port).alive() and self.online_replicas(port) == sum(
             1 for n in self.nodes if n.alive() and n.port != port)
 
+    def describe(self) -> str:
+        """Who the Sentinels name and what each node says it is, for assertion messages."""
+        lines = [f"sentinel {w.port}: primary {self.master_port_of(w)}" for w in self.watchers if w.alive()]
+        for node in self.nodes:
+            if not node.alive():
+                lines.append(f"node {node.port}: dead")
+                continue
+            client = node.client()
+            try:
+                info = client.info("replication")
+            finally:
+                client.close()
+            lines.append(f"node {node.port}: {info.get('role')} of {info.get('master_port', '-')}, "
+                         f"{info.get('connected_slaves', 0)} replica(s)")
+        return "\n".join(lines)
+
     def master_port_of(self, watcher: RedisProcess) -> int | None:
         client = watcher.client()
         try:

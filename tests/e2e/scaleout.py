@@ -43,6 +43,7 @@ from sipp_harness import (
 # The legal hours open all day (ALWAYS_OPEN) but the rule pack's own frequency rules: 4 attempts in 30 days.
 LAW_CAP = {key: value for key, value in ALWAYS_OPEN.items() if key != "frequency"}
 CAP = 4
+PRODUCTION_TIMERS = {"t1_ms": 500, "t2_ms": 4000, "t4_ms": 5000}
 
 # Trunk kinds: name → (dialer source address, trunk settings). Every kind of campaign the law tells apart.
 TRUNK_KINDS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -114,7 +115,9 @@ class Deployment:
     kinds: Sequence[str] = tuple(TRUNK_KINDS)
     count: int = 2
     trunk: Mapping[str, Any] = field(default_factory=dict)  # settings for every trunk (on_store_error, …)
-    sip: Mapping[str, Any] = field(default_factory=dict)
+    # Production timers, not the harness's short T1: on a busy machine a carrier answering late must not turn
+    # into a 408 (Timer B) that reads like a refusal.
+    sip: Mapping[str, Any] = field(default_factory=lambda: {"timers": PRODUCTION_TIMERS})
     consents: Sequence[str] = ()  # consented callees besides sipfilter_provision's
     lists: Mapping[str, list[str]] = field(default_factory=dict)  # numbers besides sipfilter_provision's
     carrier_port: int = 0

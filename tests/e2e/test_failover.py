@@ -26,6 +26,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.skipif(_MISSING is not None, reason=_
 CALLER = "+33162000001"
 RATE = 30.0  # calls/s of each dialer
 NO_ANSWER = 1000  # a dialer leaves a silent proxy after this (SIPp -recv_timeout)
+STABLE_S = 5.0  # a topology that held this long is settled: a slower Sentinel's failover ends within its
+# failover-timeout (SentinelGroup: 5 s)
 
 
 def _callees(prefix: str, count: int) -> list[str]:
@@ -91,9 +93,8 @@ def test_sentinel_failover_under_load(sentinel: SentinelGroup, tmp_path: Path) -
             time.sleep(2.0)  # under load
             killer.start()
             run_a, run_b = (d.wait(timeout_s=60) for d in dialers)
-            killer.join(timeout=90)
+            killer.join(timeout=150)
             assert "settled" in failover, failover
-            time.sleep(1.5)  # the instances' next calls find the new primary; the watcher polls each second
             dialers = [dialer(tmp_path / "after-a", a, "prospect", after["prospect"], rate=RATE),
                        dialer(tmp_path / "after-b", b, "prospect-open", after["prospect-open"], rate=RATE)]
             after_a, after_b = (d.wait(timeout_s=60) for d in dialers)
@@ -112,7 +113,9 @@ def test_sentinel_failover_under_load(sentinel: SentinelGroup, tmp_path: Path) -
         assert all(o.code == 200 for o in run_a.outcomes if o.call_number < first_refused)
         assert all(o.code == 200 for o in run_b.outcomes)
         # After: both relay again, counted.
-        assert [o.code for o in after_a.outcomes + after_b.outcomes] == [200] * (2 * len(after["prospect"]))
+        codes = [(o.code, o.rule) for o in after_a.outcomes + after_b.outcomes]
+        assert codes == [(200, None)] * (2 * len(after["prospect"])), (
+            f"{sorted(set(codes))}\n{sentinel.describe()}\n{a.sipfilter.log_tail(20)}")
         open_lines = [line for line in b.audit() if line["trunk"] == "prospect-open"]
         uncounted = [line for line in open_lines if not line["attempt_recorded"]]
         assert uncounted  # relayed during the gap, each with a store.unavailable alert
@@ -144,15 +147,26 @@ def test_sentinel_failover_under_load(sentinel: SentinelGroup, tmp_path: Path) -
 
 
 def _fail_over(sentinel: SentinelGroup, out: dict[str, float]) -> None:
-    """Kill the primary, wait for Sentinel's promotion, then for the Sentinels to settle (on a loaded machine
-    two of them may promote different replicas before they agree): `out` gets the seconds each step took."""
+    """Kill the primary, wait for Sentinel's promotion, then for the Sentinels to settle: one primary, the
+    other node its replica, for STABLE_S in a row (on a loaded machine a Sentinel late with its own failover
+    can promote the other replica too; the Sentinels then turn it back into a replica, within about 10 s).
+    `out` gets the seconds each step took."""
     old = sentinel.primary
     t0 = time.monotonic()
     old.kill()
     wait_until("Sentinel promotes a replica", lambda: sentinel.master_port() != old.port, 30)
     out["promoted"] = time.monotonic() - t0
-    wait_until("the Sentinels settle on one primary with a replica", sentinel.settled, 60)
-    out["settled"] = time.monotonic() - t0
+    stable_since: list[float] = []
+
+    def stable() -> bool:
+        if not sentinel.settled():
+            stable_since.clear()
+            return False
+        stable_since[:] = stable_since or [time.monotonic()]
+        return time.monotonic() - stable_since[0] >= STABLE_S
+
+    wait_until("the Sentinels settle on one primary with a replica", stable, 90, interval_s=0.25)
+    out["settled"] = time.monotonic() - t0 - STABLE_S
 
 
 # --------------------------------------------------------------------------------------------- instance
