@@ -6,9 +6,10 @@ timeouts do. A decision therefore awaits a plain future from `AttemptBatcher.sub
 burst sends every queued check-and-record script (EVALSHA: the script is loaded once per Redis server)
 in one pipeline — one round trip however many decisions are waiting — and resolves the futures. While a
 pipeline is in flight the next decisions queue up, so batches grow with the load by themselves and the call
-path holds one Redis connection. That connection is used directly (packed commands written, replies read),
-not through redis-py's Pipeline, which costs about twice the Python time a round trip; a Cluster still goes
-through its ClusterPipeline, which routes each script to the shard of its keys.
+path holds one Redis connection. That connection is used directly (packed commands written, replies read):
+redis-py's Pipeline adds per-round-trip work of its own (an object, the pool, a retry wrapper) that showed
+in the call path's CPU; a Cluster still goes through its ClusterPipeline, which routes each script to the
+shard of its keys.
 
 With `replicas=N` the pipeline ends with `WAIT N <ms>`: a call is relayed only once its attempt is on N
 replicas, so a Sentinel failover (the primary killed) loses no counted attempt. Without it Redis replicates
@@ -75,7 +76,7 @@ class AttemptBatcher:
                 try:
                     async with asyncio.timeout(self._timeout_s):
                         replies = await self._run(batch)
-                except TimeoutError:  # redis-py drops a connection cut off mid-exchange: no stale reply
+                except TimeoutError:  # the connection cut off mid-exchange is dropped: no stale reply later
                     replies = [RedisTimeout(f"no answer within {self._timeout_s:g} s")] * len(batch)
                 except (RedisError, OSError) as exc:
                     replies = [exc] * len(batch)
