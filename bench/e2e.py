@@ -17,6 +17,11 @@ through it (or better, alternate the runs being compared). It measures the inter
 the one that runs sipfilter (Debian's python3 gives about half pyenv's default build's figure), and whether
 its call path is compiled (scripts/compile) or pure Python (SIPFILTER_PURE=1 compares the two).
 
+`--store redis` runs sipfilter on a Redis store: the bench starts its own redis-server (AOF, fsync every
+second, on a free loopback port) and provisions it through the CLI as for the embedded store. Several stores
+(`--store embedded,redis`) are deployed side by side and alternated step by step (each rate runs on one,
+then the other), so their figures share the machine's state; the `store` column says which.
+
 `--kamailio` measures the anchor instead of sipfilter: Kamailio 5.6 (`kamailio -DD -E`, config template
 bench/kamailio/kamailio.cfg) doing the same filtering — NPV caller-ID prefixes on From and
 P-Asserted-Identity (403 caller-id.npv), do-not-call lookup of the callee in an htable loaded at start-up
@@ -35,11 +40,12 @@ and keeps no call records: the consented callees are simply relayed. `--kamailio
     .venv/bin/python bench/e2e.py --direct --mix relayed # SIPp straight to SIPp: what SIPp alone can do here
     .venv/bin/python bench/e2e.py --mix mixed --rates 1000 --identity sign    # a trunk that signs its B-legs
     .venv/bin/python bench/e2e.py --mix mixed --rates 1000 --identity verify  # signed dialer, cached x5u
+    .venv/bin/python bench/e2e.py --store embedded,redis --mix mixed --rates 1000  # both stores, alternated
+    SIPFILTER_GC_STATS=1 .venv/bin/python bench/e2e.py --keep …  # sipfilter.log: GC collections and pauses
 
 `--identity` (docs/identity.md) measures STIR/SHAKEN: `sign`, the trunk signs every relayed call; `verify`,
 the dialer sends a PASSporT per call (signed before the run with a test STI PKI, its x5u chain served over
 HTTPS from this process and fetched once by sipfilter) and the trunk verifies it. Compare with a run without.
-    SIPFILTER_GC_STATS=1 .venv/bin/python bench/e2e.py --keep …  # sipfilter.log: GC collections and pauses
 """
 
 from __future__ import annotations
@@ -66,7 +72,8 @@ from typing import Protocol
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
 
-from sipfilter_provision import Deployment, deploy  # noqa: E402  (the harness is shared with tests/e2e)
+from redis_procs import RedisProcess, redis_missing  # noqa: E402  (the harness is shared with tests/e2e)
+from sipfilter_provision import Deployment, deploy  # noqa: E402
 from sipp_harness import (  # noqa: E402
     LOOPBACK,
     CallCase,
@@ -83,6 +90,7 @@ from sipp_harness import (  # noqa: E402
 from sipfilter import compiled  # noqa: E402  (what the sipfilter it starts loads: same venv, same env)
 
 MIXES = ("rejected", "relayed", "mixed")
+STORES = ("embedded", "redis")
 NPV_CALLERS = [f"+33162{n:06d}" for n in range(1, 51)] + [f"+33949{n:06d}" for n in range(1, 51)]
 T1_S, T4_S = 0.5, 5.0  # production timers
 BAD_CALLERS = ["+33612345678", "+33140000000", "0892000000", "+33299000000"]  # mobile, geographic, premium
@@ -112,6 +120,7 @@ class Step:
     dialogs_left: float | None = None  # sipfilter_active_dialogs after the window (0 when all ended)
     sys_share: float | None = None  # kernel (stime) share of sipfilter's CPU in the window: sendto/recvfrom
     calib_us: float | None = None  # sum(range(1000)) just before the step: the machine's speed at that time
+    store: str = "-"  # the sipfilter store backend (embedded, redis), "-" for Kamailio or --direct
 
     def row(self) -> str:
         def ms(v: float | None) -> str:
@@ -125,12 +134,12 @@ class Step:
                 f"{self.sipp_cpu_s:>9.1f}{self.wall_s:>8.1f}{1000 * self.idle_cpu_rate:>10.1f}"
                 f"{'-' if self.dialogs_left is None else f'{self.dialogs_left:.0f}':>6}"
                 f"{'-' if self.sys_share is None else f'{100 * self.sys_share:.0f}':>6}"
-                f"{'-' if self.calib_us is None else f'{self.calib_us:.1f}':>9}")
+                f"{'-' if self.calib_us is None else f'{self.calib_us:.1f}':>9}  {self.store}")
 
 
 HEADER = (f"{'mix':<9}{'rate/s':>7}{'attempted':>10}{'completed':>10}{'failed':>8}{'retrans':>9}"
           f"{'p50 ms':>8}{'p99 ms':>8}{'100 p99':>9}{'CPU s/1k':>12}{'µs/call':>10}{'SIPp s':>9}"
-          f"{'wall s':>8}{'idle ms/s':>10}{'left':>6}{'sys%':>6}{'calib µs':>9}")
+          f"{'wall s':>8}{'idle ms/s':>10}{'left':>6}{'sys%':>6}{'calib µs':>9}  store")
 
 
 def calibration_us(repeats: int = 300) -> float:
@@ -161,6 +170,7 @@ class Server(Protocol):
 @dataclass
 class SipfilterServer:
     deployment: Deployment
+    redis: RedisProcess | None = None  # the Redis store the bench started for it
 
     def pids(self) -> list[int]:
         proc = self.deployment.sipfilter.proc
@@ -179,6 +189,8 @@ class SipfilterServer:
 
     def stop(self) -> None:
         self.deployment.sipfilter.stop()
+        if self.redis is not None:
+            self.redis.kill()
 
 
 @dataclass
@@ -544,8 +556,14 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"Kamailio UDP worker processes (default {KAMAILIO_CHILDREN}: one per core)")
     parser.add_argument("--identity", choices=("sign", "verify"),
                         help="STIR/SHAKEN: the trunk signs relayed calls, or verifies the dialer's PASSporTs")
+    parser.add_argument("--store", default="embedded",
+                        help="sipfilter's store: embedded, redis (a redis-server started by the bench) or "
+                             "both, comma-separated (alternated step by step)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (SIPp traces, logs)")
     args = parser.parse_args(argv)
+    stores = [name.strip() for name in args.store.split(",") if name.strip()]
+    if not stores or any(name not in STORES for name in stores) or len(set(stores)) != len(stores):
+        parser.error(f"--store: one or more of {', '.join(STORES)}, comma-separated")
     mixes = args.mix or list(MIXES)
     settle = args.settle if args.settle is not None else 64 * T1_S + T4_S + 1
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
@@ -559,6 +577,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.direct and not args.kamailio and (missing := sipfilter_available()):
         print(f"cannot benchmark: {missing}", file=sys.stderr)
         return 2
+    if "redis" in stores and not args.direct and not args.kamailio and (missing := redis_missing()):
+        print(f"cannot benchmark the Redis store: {missing}", file=sys.stderr)
+        return 2
 
     workroot = Path(tempfile.mkdtemp(prefix="sipfilter-bench-"))
     callees = [f"+3361{n:07d}" for n in range(args.callees)]
@@ -571,8 +592,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sipfilter e2e benchmark — {os.cpu_count()} CPU(s), work dir {workroot}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, python {platform.python_version()} "
           f"({os.path.realpath(sys.executable)}), call path {compiled.status}")
+    on = "" if args.direct or args.kamailio else f", store {' and '.join(stores)}"
+    on += f" — identity: {args.identity}" if args.identity else ""
     print(f"duration {args.duration:g}s per step, hold {args.hold_ms} ms, {len(callees)} consented callees, "
-          f"{len(dnc)} numbers on bloctel{what}{' — identity: ' + args.identity if args.identity else ''}")
+          f"{len(dnc)} numbers on bloctel{what}{on}")
     dnc_db: Path | None = None
     if args.kamailio:
         t0 = time.monotonic()
@@ -582,50 +605,55 @@ def main(argv: list[str] | None = None) -> int:
     signed = sti if args.identity == "verify" else None
     print(HEADER, flush=True)
     for mix in mixes:
-        server: Server | None = None
+        targets: list[Target] = []
         try:
-            t0 = time.monotonic()
             if args.direct:
                 carrier_port = free_ports(1)[0]
-                target = f"{LOOPBACK}:{carrier_port}"
+                targets.append(Target("-", None, f"{LOOPBACK}:{carrier_port}", carrier_port))
             elif dnc_db is not None:
+                t0 = time.monotonic()
                 carrier_port = free_ports(1)[0]
                 kamailio = Kamailio(workroot / mix / "kamailio", dnc_db, carrier_port, args.kamailio_children)
-                server = kamailio.start()
-                target = f"{LOOPBACK}:{kamailio.port}"
+                targets.append(Target("-", kamailio.start(), f"{LOOPBACK}:{kamailio.port}", carrier_port))
                 print(f"  (kamailio for {mix} ready in {time.monotonic() - t0:.1f}s, "
                       f"{len(dnc)} DNC numbers loaded into its htable)", file=sys.stderr)
             else:
-                deployment = _deploy(workroot / mix, callees, dnc, sti.trunk(args.identity) if sti else None)
-                server = SipfilterServer(deployment)
-                carrier_port = deployment.carrier_ports[0]
-                target = deployment.inside
-                print(f"  (sipfilter for {mix} ready in {time.monotonic() - t0:.1f}s)", file=sys.stderr)
-            # Measured once, before any traffic: after a step, its transactions' timers would count as idle.
-            idle_rate = _idle_cpu_rate(server, args.idle) if server else 0.0
-            if args.warmup > 0 and rates:  # first-call paths, label children, page faults of the lists
-                warm_rate = min(rates[0], 200.0)
-                warm = run_step(workroot / mix / "warmup", target, carrier_port, server, mix, warm_rate,
-                                args.warmup, args.hold_ms, callees, dnc_sample, settle_s=T4_S + 1,
-                                signed=signed)
-                print(f"  (warm-up: {warm.row().strip()})", file=sys.stderr)
+                for store in stores:
+                    t0 = time.monotonic()
+                    server = _deploy(workroot / mix / store, store, callees, dnc,
+                                     sti.trunk(args.identity) if sti else None)
+                    deployment = server.deployment
+                    targets.append(Target(store, server, deployment.inside, deployment.carrier_ports[0]))
+                    ready = time.monotonic() - t0
+                    print(f"  (sipfilter, {store} store, for {mix} ready in {ready:.1f}s)", file=sys.stderr)
+            for t in targets:
+                # Measured once, before any traffic: after a step, its transactions' timers count as idle.
+                t.idle_rate = _idle_cpu_rate(t.server, args.idle) if t.server else 0.0
+                if args.warmup > 0 and rates:  # first-call paths, label children, page faults of the lists
+                    warm = run_step(workroot / mix / t.store / "warmup", t.target, t.carrier_port, t.server,
+                                    mix, min(rates[0], 200.0), args.warmup, args.hold_ms, callees, dnc_sample,
+                                    settle_s=T4_S + 1, signed=signed)  # fmt: skip
+                    print(f"  (warm-up: {replace(warm, store=t.store).row().strip()})", file=sys.stderr)
             for rate in rates:
-                profile_to = args.profile_dir / f"{mix}-{rate:g}.txt" if args.profile_dir else None
-                calib = calibration_us()
-                step = run_step(workroot / mix / f"{rate:g}", target, carrier_port, server, mix, rate,
-                                args.duration, args.hold_ms, callees, dnc_sample, settle_s=settle,
-                                idle_rate=idle_rate, profile_to=profile_to, native=args.native,
-                                perf_to=args.perf_dir / f"{mix}-{rate:g}" if args.perf_dir else None,
-                                signed=signed)
-                print(replace(step, calib_us=calib).row(), flush=True)
-                if profile_to is not None and profile_to.exists():
-                    print(profile_summary(profile_to), file=sys.stderr, flush=True)
-                stat = args.perf_dir / f"{mix}-{rate:g}.stat" if args.perf_dir else None
-                if stat is not None and stat.exists():
-                    print(stat.read_text(), file=sys.stderr, flush=True)
+                for t in targets:  # several stores: alternated at each rate
+                    name = f"{mix}-{rate:g}" + (f"-{t.store}" if len(targets) > 1 else "")
+                    profile_to = args.profile_dir / f"{name}.txt" if args.profile_dir else None
+                    perf_to = args.perf_dir / name if args.perf_dir else None
+                    calib = calibration_us()
+                    step = run_step(workroot / mix / t.store / f"{rate:g}", t.target, t.carrier_port,
+                                    t.server, mix, rate, args.duration, args.hold_ms, callees, dnc_sample,
+                                    settle_s=settle, idle_rate=t.idle_rate, profile_to=profile_to,
+                                    native=args.native, perf_to=perf_to, signed=signed)
+                    print(replace(step, calib_us=calib, store=t.store).row(), flush=True)
+                    if profile_to is not None and profile_to.exists():
+                        print(profile_summary(profile_to), file=sys.stderr, flush=True)
+                    stat = args.perf_dir / f"{name}.stat" if args.perf_dir else None
+                    if stat is not None and stat.exists():
+                        print(stat.read_text(), file=sys.stderr, flush=True)
         finally:
-            if server is not None:
-                server.stop()
+            for t in targets:
+                if t.server is not None:
+                    t.server.stop()
     if sti is not None:
         sti.server.stop()
     if not args.keep:
@@ -633,11 +661,35 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _deploy(workdir: Path, callees: list[str], dnc: list[str],
-            trunk: dict[str, object] | None = None) -> Deployment:  # fmt: skip
-    """A sipfilter with production timers, the consents and the 1M-entry bloctel list provisioned."""
-    return deploy(workdir / "sipfilter", extra_consents=callees, extra_lists={"bloctel": dnc}, trunk=trunk,
-                  sip={"timers": {"t1_ms": int(T1_S * 1000), "t2_ms": 4000, "t4_ms": int(T4_S * 1000)}})
+@dataclass
+class Target:
+    """Where one series of steps sends its calls: a sipfilter on one store, Kamailio, or the carrier."""
+
+    store: str
+    server: Server | None
+    target: str  # host:port the dialer calls
+    carrier_port: int
+    idle_rate: float = 0.0
+
+
+def _deploy(workdir: Path, store: str, callees: list[str], dnc: list[str],
+            trunk: dict[str, object] | None = None) -> SipfilterServer:  # fmt: skip
+    """A sipfilter with production timers, the consents and the 1M-entry bloctel list provisioned, on the
+    embedded store or on a redis-server started for it."""
+    redis = None
+    section: dict[str, str] = {}
+    if store == "redis":
+        redis = RedisProcess(free_ports(1)[0], workdir / "redis").start()
+        section = {"backend": "redis", "redis_url": redis.url}
+    try:
+        timers = {"t1_ms": int(T1_S * 1000), "t2_ms": 4000, "t4_ms": int(T4_S * 1000)}
+        deployment = deploy(workdir / "sipfilter", extra_consents=callees, extra_lists={"bloctel": dnc},
+                            sip={"timers": timers}, store=section, trunk=trunk)
+    except BaseException:
+        if redis is not None:
+            redis.kill()
+        raise
+    return SipfilterServer(deployment, redis)
 
 
 class BenchSti:

@@ -672,6 +672,12 @@ def _store(s: Section) -> StoreConfig:
     redis_url = s.str("redis_url", "redis://127.0.0.1:6379/0")
     if not redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise s.error("redis_url", f"expected redis://, rediss:// or unix:// URL, got {redis_url!r}")
+    from sipfilter.stores.redis_url import redis_options  # not at the top: the stores package imports config
+
+    try:
+        redis_options(redis_url)
+    except ValueError as exc:
+        raise s.error("redis_url", str(exc)) from None
     return StoreConfig(backend, s.path_("data_dir", "var/data"), redis_url)
 
 

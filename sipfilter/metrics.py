@@ -688,6 +688,10 @@ class StateCollector(Collector):
             g("sipfilter_store_up", "Store answers (1) or is in an outage (0)", labels=["backend"]),
             c("sipfilter_store_errors", "Failed store operations (I/O, timeout, Redis error)",
               labels=["backend", "operation"]),
+            c("sipfilter_store_attempt_checks", "Attempt check-and-records sent to a remote store (Redis)",
+              labels=["backend"]),
+            c("sipfilter_store_round_trips", "Call-path exchanges with a remote store: one pipeline carries"
+              " every attempt check of an event-loop pass", labels=["backend"]),
             c("sipfilter_audit_write_errors", "Audit log writes that failed"),
             g("sipfilter_audit_failing", "1 while the last audit write failed"),
             g("sipfilter_carrier_target_up", "Carrier target answers probes and calls (1) or not (0)",
@@ -707,14 +711,14 @@ class StateCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         fams = self._families()
-        (size, age, version, imported, max_age, up, errors, audit_err, audit_failing, targets, present,
-         trunk_info, trunk_dialogs, trunk_cps, max_dialogs) = fams  # fmt: skip
+        (size, age, version, imported, max_age, up, errors, checks, trips, audit_err, audit_failing, targets,
+         present, trunk_info, trunk_dialogs, trunk_cps, max_dialogs) = fams  # fmt: skip
         now = self.clock()
         config = self.get_config()
         # Each part on its own: a scrape must never take anything down, nor one failure hide the rest.
         parts: tuple[Callable[[], None], ...] = (
             lambda: self._lists(size, age, version, imported, max_age, present, config, now),
-            lambda: self._store(up, errors),
+            lambda: self._store(up, errors, checks, trips),
             lambda: self._targets(targets),
             lambda: self._audit(audit_err, audit_failing),
             lambda: _trunks(config, trunk_info, trunk_dialogs, trunk_cps, max_dialogs),
@@ -755,11 +759,14 @@ class StateCollector(Collector):
             audit_err.add_metric([], float(getattr(audit, "write_errors", 0)))
             audit_failing.add_metric([], 1.0 if getattr(audit, "failing", False) else 0.0)
 
-    def _store(self, up: Any, errors: Any) -> None:
+    def _store(self, up: Any, errors: Any, checks: Any, trips: Any) -> None:
         store = self.get_store()
         if store is None:
             return
         backend = _backend(store)
+        if hasattr(store, "round_trips"):  # a networked store (Redis): how well its call path batches
+            checks.add_metric([backend], float(store.attempt_checks))
+            trips.add_metric([backend], float(store.round_trips))
         health = getattr(store, "health", None)
         if health is None:
             up.add_metric([backend], 1.0)

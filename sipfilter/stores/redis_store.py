@@ -1,7 +1,8 @@
 """The Redis store: lists, records and counters shared by several sipfilter instances through one Redis.
 
 Lists, consents and contracts are replicated into local memory (polled version keys) so the call path never
-waits on the network; counters are atomic Lua scripts. Never blocks long: short socket timeouts, no retries.
+waits on the network; counters are atomic Lua scripts, sent in one pipeline per event-loop pass (redis_batch).
+Never blocks long: short socket timeouts, one immediate retry on a broken connection only.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -35,11 +36,13 @@ from sipfilter.stores.history import (
 )
 from sipfilter.stores.importer import SourceInfo
 from sipfilter.stores.numberset import NumberSet
+from sipfilter.stores.redis_batch import AttemptBatcher
+from sipfilter.stores.redis_url import DEFAULT_TIMEOUT_S, redis_options
+from sipfilter.stores.redis_url import split_url as _split_url
 from sipfilter.stores.writable import Health, LocalLists, check_list_name, consent_in_force, log, scope_text
 
 T = TypeVar("T")
 
-DEFAULT_TIMEOUT_S = 0.3  # call-path commands (counters): fail fast, on_store_error decides
 BULK_TIMEOUT_S = 10.0  # replica loads and imports move megabytes: their own connections, a longer timeout
 CHUNK = 4 << 20  # list payloads travel in 4 MiB pieces: no single command outlives the socket timeout
 ORPHAN_TTL_S = 86400  # a list written but never switched to (crashed import) expires after this
@@ -48,13 +51,18 @@ REFUSAL_TTL_S = 2 * 366 * 86400  # refusals outlive any cooldown a rule pack may
 LOG_MAXLEN = 1_000_000  # change-log entries kept; an instance further behind reloads everything
 SEP = "\x1f"
 
-# KEYS: attempts zset, refusal key.  ARGV: now, cap, window_s, cooldown_s, member.
+# KEYS: attempts zset, refusal key.  ARGV: now, cap, window_s, cooldown_s, member (unique per attempt).
+# A member already present is a resend of the same attempt (a pipeline retried on a broken connection after
+# Redis ran it): answered as allowed, counted once.
 _ATTEMPT_LUA = """
 local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 local n = redis.call('ZCARD', KEYS[1])
 local r = redis.call('GET', KEYS[2])
+if redis.call('ZSCORE', KEYS[1], ARGV[5]) then
+  return {1, n, r}
+end
 if (r and tonumber(r) > now - tonumber(ARGV[4])) or n >= tonumber(ARGV[2]) then
   return {0, n, r}
 end
@@ -108,21 +116,11 @@ return 1
 """
 
 
-def _split_url(url: str) -> tuple[str, dict[str, str]]:
-    """Our query parameters (prefix, cluster, sentinel, socket_timeout) out of the URL; redis-py's stay."""
-    base, _, query = url.partition("?")  # not urlunsplit: it would turn unix:///path into unix:/path
-    ours, theirs = {}, []
-    for k, v in parse_qsl(query, keep_blank_values=True):
-        if k in ("prefix", "cluster", "sentinel", "socket_timeout"):
-            ours[k] = v
-        else:
-            theirs.append((k, v))
-    return (base + "?" + urlencode(theirs) if theirs else base), ours
-
-
-def _client(redis_url: str, ours: dict[str, str], timeout_s: float) -> Any:
-    """A redis-py asyncio client for a plain URL, a Cluster (`cluster=1`) or a Sentinel service."""
-    kwargs: dict[str, Any] = {"socket_timeout": timeout_s, "socket_connect_timeout": min(timeout_s, 1.0),
+def _client(redis_url: str, ours: dict[str, str], timeout_s: float, *, socket_timeout: bool = True) -> Any:
+    """A redis-py asyncio client for a plain URL, a Cluster (`cluster=1`) or a Sentinel service.
+    `socket_timeout=False`: no timeout per socket operation, the caller bounds each exchange itself."""
+    kwargs: dict[str, Any] = {"socket_timeout": timeout_s if socket_timeout else None,
+                              "socket_connect_timeout": min(timeout_s, 1.0),
                               # One immediate retry on a broken connection (a pooled socket from before a
                               # Redis restart), none on a timeout: a dead Redis still fails within timeout_s.
                               "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
@@ -217,17 +215,23 @@ class RedisStore(LocalLists):
 
     URL: redis://, rediss:// or unix:// as redis-py reads it, plus `socket_timeout=` (seconds, call-path
     commands; default 0.3), `prefix=` (key prefix, default "sipfilter:"), `cluster=1` (Redis Cluster: any
-    node's URL) or `sentinel=SERVICE` (Sentinel: redis://[:password@]sentinel1:26379,sentinel2:26379/DB?sentinel=mymaster)."""
+    node's URL) or `sentinel=SERVICE` (Sentinel: redis://[:password@]sentinel1:26379,sentinel2:26379/DB?sentinel=mymaster),
+    `replicas=N` (each batch of attempts waits for N replicas: WAIT, see redis_batch). ValueError when one of
+    them is malformed (the config loader checks them first)."""
 
     def __init__(self, url: str, *, poll_interval: float = 1.0, timeout_s: float = DEFAULT_TIMEOUT_S):
+        options = redis_options(url)
         redis_url, ours = _split_url(url)
-        self.prefix = ours.get("prefix", "sipfilter:")
+        self.prefix = options.prefix
         self.poll_interval = poll_interval
         self.health = Health(f"redis {_describe(url)}")
-        if "socket_timeout" in ours:
-            timeout_s = float(ours["socket_timeout"])
-        self._redis = _client(redis_url, ours, timeout_s)  # counters: short timeout
+        if options.socket_timeout is not None:
+            timeout_s = options.socket_timeout
+        self._redis = _client(redis_url, ours, timeout_s)  # counters read and written off the call path
         self._bulk = _client(redis_url, ours, max(timeout_s, BULK_TIMEOUT_S))  # replicas, imports
+        # The call path's own client: one deadline per pipeline (AttemptBatcher) rather than redis-py's
+        # timeout on every socket operation, which costs a Task per command on Python 3.11.
+        self._calls = _client(redis_url, ours, timeout_s, socket_timeout=False)
         p = self.prefix
         self.k_lists = p + "lists"
         self.k_list_seq = p + "list:seq"
@@ -238,7 +242,7 @@ class RedisStore(LocalLists):
         self.k_oppositions = p + "{rec}:oppositions"
         self.k_log = p + "{rec}:log"
         self.k_list_history = p + "lists:history"
-        self._attempt = self._redis.register_script(_ATTEMPT_LUA)  # EVALSHA, EVAL when the cache is empty
+        self._attempts = AttemptBatcher(self._calls, _ATTEMPT_LUA, timeout_s, replicas=options.replicas)
         self._refusal = self._redis.register_script(_REFUSAL_LUA)
         self._undo_refusal = self._redis.register_script(_UNDO_REFUSAL_LUA)
         self._append = self._bulk.register_script(_APPEND_LUA)
@@ -266,10 +270,17 @@ class RedisStore(LocalLists):
         store = cls(url, poll_interval=poll_interval, timeout_s=timeout_s)
         try:
             await store.refresh()
+            if watch:  # the proxy: its first calls find the script in Redis (every primary of a Cluster)
+                await store._call(lambda: store._redis.script_load(_ATTEMPT_LUA), "sync")
         except StoreUnavailable:
             await store._close_clients()
             raise
         if watch:
+            options = redis_options(url)
+            if options.sentinel and not options.replicas:
+                log.warning("store.redis_url: Sentinel without replicas=: attempts counted just before a "
+                            "failover can be lost with the old primary (asynchronous replication); "
+                            "replicas=1 makes each wait for a replica")
             store._watcher = asyncio.get_running_loop().create_task(store._watch())
             store._migration = asyncio.get_running_loop().create_task(store._migrate_refusals())
         return store
@@ -306,12 +317,25 @@ class RedisStore(LocalLists):
                 await r.delete(done + ":lock")
 
     async def _call(self, make: Callable[[], Awaitable[T]], operation: str = "other") -> T:
+        if asyncio.current_task() is None:
+            # Stepped by hand outside any Task (the B2BUA decides inline): redis-py's timeouts need one.
+            return await asyncio.get_running_loop().create_task(self._call(make, operation))
         try:
             result = await make()
         except (TimeoutError, RedisError, OSError) as exc:
             raise self.health.failed(exc, operation) from exc
         self.health.ok()
         return result
+
+    @property
+    def round_trips(self) -> int:
+        """Call-path exchanges with Redis so far (pipelines of attempt checks, script loads)."""
+        return self._attempts.round_trips
+
+    @property
+    def attempt_checks(self) -> int:
+        """Attempt checks answered (or failed) so far: round_trips / attempt_checks is the batching."""
+        return self._attempts.calls
 
     def _ckey(self, account: str, number: str, kind: str) -> str:
         # Hash tag on (account, number): the attempts and the refusal share a Cluster slot for the script.
@@ -660,9 +684,15 @@ class RedisStore(LocalLists):
         self, account: str, number: str, now: float, cap: int, window_s: float, refusal_cooldown_s: float
     ) -> AttemptDecision:
         member = f"{now!r}:{os.urandom(6).hex()}"
-        res = await self._call(lambda: self._attempt(
-            keys=[self._ckey(account, number, "att"), self._ckey(account, number, "ref")],
-            args=[repr(now), cap, repr(float(window_s)), repr(float(refusal_cooldown_s)), member]), "attempt")
+        # A plain future, no Task: this runs inside the B2BUA's hand-stepped decision (see redis_batch).
+        pending = self._attempts.submit(
+            (self._ckey(account, number, "att"), self._ckey(account, number, "ref")),
+            (repr(now), cap, repr(float(window_s)), repr(float(refusal_cooldown_s)), member))
+        try:
+            res = await pending
+        except (TimeoutError, RedisError, OSError) as exc:
+            raise self.health.failed(exc, "attempt") from exc
+        self.health.ok()
         refused = float(res[2]) if res[2] is not None else None
         return AttemptDecision(bool(res[0]), int(res[1]), refused)
 
@@ -683,9 +713,10 @@ class RedisStore(LocalLists):
                     task.cancel()
                     await asyncio.wait({task}, timeout=0.1)
         self._watcher = self._migration = None
+        await self._attempts.close()
         await self._close_clients()
 
     async def _close_clients(self) -> None:
-        for client in (self._redis, self._bulk):
+        for client in (self._calls, self._redis, self._bulk):
             with contextlib.suppress(RedisError, OSError):
                 await client.aclose()

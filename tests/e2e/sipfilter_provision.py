@@ -66,12 +66,15 @@ class Deployment:
 
 def deploy(workdir: Path, carriers: int = 1, trunk: dict[str, Any] | None = None,
            sip: dict[str, Any] | None = None, extra_consents: list[str] | None = None,
-           extra_lists: dict[str, list[str]] | None = None) -> Deployment:
+           extra_lists: dict[str, list[str]] | None = None,
+           store: dict[str, Any] | None = None) -> Deployment:
     """Config on free ports, lists and consents provisioned, `sipfilter run` started and ready.
+    `store` replaces keys of the store section (e.g. a Redis backend and URL).
     The caller stops it (`deployment.sipfilter.stop()`, in a finally or a fixture teardown)."""
     numbers = free_ports(3 + carriers)  # all distinct
     ports, carrier_ports = SipfilterPorts(*numbers[:3]), numbers[3:]
     config = sipfilter_config(workdir, ports, carrier_ports, trunk=trunk, sip=sip)
+    config["store"].update(store or {})
     config_path = write_config(workdir / "sipfilter.yaml", config)
     provision(config_path, workdir, extra_consents=extra_consents, extra_lists=extra_lists)
     return Deployment(Sipfilter(config_path, ports, workdir / "run").start(), carrier_ports)
