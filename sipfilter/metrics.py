@@ -688,7 +688,8 @@ class StateCollector(Collector):
             g("sipfilter_store_up", "Store answers (1) or is in an outage (0)", labels=["backend"]),
             c("sipfilter_store_errors", "Failed store operations (I/O, timeout, Redis error)",
               labels=["backend", "operation"]),
-            c("sipfilter_store_attempt_checks", "Attempt check-and-records sent to a remote store (Redis)",
+            c("sipfilter_store_attempt_checks",
+              "Attempt check-and-records sent to a remote store (Redis; 0 on the embedded store)",
               labels=["backend"]),
             c("sipfilter_store_round_trips", "Call-path exchanges with a remote store: one pipeline carries"
               " every attempt check of an event-loop pass", labels=["backend"]),
@@ -764,9 +765,10 @@ class StateCollector(Collector):
         if store is None:
             return
         backend = _backend(store)
-        if hasattr(store, "round_trips"):  # a networked store (Redis): how well its call path batches
-            checks.add_metric([backend], float(store.attempt_checks))
-            trips.add_metric([backend], float(store.round_trips))
+        # A networked store (Redis): how well its call path batches. The embedded store sends nothing: 0, so
+        # that the panel reads 0 (or NaN), not "No data", and the series exist before a backend switch.
+        checks.add_metric([backend], float(getattr(store, "attempt_checks", 0)))
+        trips.add_metric([backend], float(getattr(store, "round_trips", 0)))
         health = getattr(store, "health", None)
         if health is None:
             up.add_metric([backend], 1.0)

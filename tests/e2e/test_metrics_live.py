@@ -61,7 +61,8 @@ ROUNDS = 4  # policy_mix.csv (11 calls: 4 relayed, 7 refused by 7 different rule
 # Dashboard expressions that may be empty: an annotation marks an event, and this run has none of its kind.
 NO_SUCH_EVENT = {"annotation: Restarts": "no restart under load (the fresh-start test restarts sipfilter)"}
 # Limits well above the load (20 calls/s, 44 calls): the capacity panels have values, no call is refused.
-LIMITS = {"max_dialogs": 400, "trunks": {"dialer": {"max_dialogs": 200, "max_cps": 100}}}
+LIMITS = {"source_rate": 50, "source_burst": 90, "max_dialogs": 400,
+          "trunks": {"dialer": {"max_dialogs": 200, "max_cps": 100}}}
 
 
 def poll(check: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:

@@ -48,9 +48,7 @@ TARGETS = tuple(noc_config.TARGETS[trunk][0] for trunk in TRUNKS)  # the first t
 EVENTS: list[Callable[[], None]] = []
 
 # An in-process server cannot restart: the restart annotation is evaluated (valid PromQL), never non-empty.
-# Panels with no series in this process: a restart, and the Redis store's exchanges (this one is embedded;
-# tests/e2e/test_scaleout.py queries them from a real Prometheus over two instances on Redis).
-NO_EVENT_IN_PROCESS = {"annotation: Restarts", "Redis round trips per prospecting decision"}
+NO_EVENT_IN_PROCESS = {"annotation: Restarts"}
 EXTERNAL = os.environ.get("SIPFILTER_METRICS_TARGET")
 
 
