@@ -42,7 +42,7 @@ class FuturePolicy(StubPolicy):
         try:
             await future
         except OSError:
-            self.reject.add(facts.request_uri.user or "")
+            self.reject.add(facts.callee.raw)
         await asyncio.sleep(0)  # and once more on nothing at all
         return await super().decide(facts, store)
 

@@ -44,6 +44,7 @@ from sipp_harness import (
 LAW_CAP = {key: value for key, value in ALWAYS_OPEN.items() if key != "frequency"}
 CAP = 4
 PRODUCTION_TIMERS = {"t1_ms": 500, "t2_ms": 4000, "t4_ms": 5000}
+ADMIN_TOKEN = "scaleout-test-admin-token-0123456789abcdef"  # the admin API always needs one (>= 32 bytes)
 
 # Trunk kinds: name → (dialer source address, trunk settings). Every kind of campaign the law tells apart.
 TRUNK_KINDS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -90,15 +91,17 @@ class Instance:
         lines: list[dict[str, Any]] = []
         for file in sorted(path.parent.glob(path.name + "*"), reverse=True):
             lines += [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
-        return lines
+        return [line for line in lines if "call_id" in line]  # not the record events (consent.import, …)
 
     def api(self, method: str, path: str, body: Mapping[str, Any] | bytes | None = None,
             query: Mapping[str, str] | None = None) -> tuple[int, Any]:
         """One admin API request; (status, parsed JSON body)."""
         url = f"http://{self.admin}{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
         data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+        kind = "text/csv" if isinstance(body, bytes) else "application/json"  # list files: bytes
         request = urllib.request.Request(url, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
+                                         headers={"Content-Type": kind,
+                                                  "Authorization": f"Bearer {ADMIN_TOKEN}"})
         try:
             with urllib.request.urlopen(request, timeout=10) as resp:
                 return int(resp.status), json.loads(resp.read() or b"null")
@@ -127,6 +130,7 @@ class Deployment:
         ports = SipfilterPorts(*free_ports(3))
         workdir = self.workdir / name
         config = sipfilter_config(workdir, ports, [self.carrier_port], sip=self.sip)
+        config["admin"]["token"] = ADMIN_TOKEN
         config["store"] = {**config["store"], **self.store}
         config["trunks"] = trunks_config(config["trunks"]["dialer"], self.kinds, **self.trunk)
         return write_config(workdir / "sipfilter.yaml", config)
