@@ -583,8 +583,9 @@ def main(argv: list[str] | None = None) -> int:
 
     workroot = Path(tempfile.mkdtemp(prefix="sipfilter-bench-"))
     callees = [f"+3361{n:07d}" for n in range(args.callees)]
-    # DNC list: numbers in +33 7 …; a sample of them is called in the rejected share.
-    dnc = [f"+337{n:08d}" for n in range(0, args.dnc_size * 3, 3)]
+    # DNC list: mobiles in +33 75 … (a range the numbering plan lists, up to 3.3 M numbers); a sample of them
+    # is called in the rejected share.
+    dnc = [f"+3375{n:07d}" for n in range(0, args.dnc_size * 3, 3)]
     dnc_sample = random.Random(1).sample(dnc, min(1000, len(dnc)))
     what = " — DIRECT (no sipfilter)" if args.direct else ""
     if args.kamailio:
