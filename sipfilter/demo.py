@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import shutil
 import signal
@@ -299,8 +300,10 @@ class Lab:
                    for line in f.read_text(errors="replace").splitlines())  # fmt: skip
 
     def decisions(self) -> int:
+        """Decision lines of the audit log (its record events, consent.import and the like, have no call)."""
         audit = self.work / "audit" / "decisions.jsonl"
-        return len(audit.read_text().splitlines()) if audit.exists() else 0
+        lines = audit.read_text().splitlines() if audit.exists() else []
+        return sum(1 for line in lines if line.strip() and "call_id" in json.loads(line))
 
 
 def run_demo(*, out: TextIO = sys.stdout, rate: float = 2.0, workdir: Path | None = None, keep: bool = False,

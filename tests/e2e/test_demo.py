@@ -48,6 +48,7 @@ def test_demo_relays_and_refuses_then_stops_everything(tmp_path: Path) -> None:
     lines = [json.loads(line) for line in (workdir / "audit" / "decisions.jsonl").read_text().splitlines()]
     decisions = [line for line in lines if "call_id" in line]  # record events (imports) share the log
     assert len(decisions) == len(relayed) + len(refused)
+    assert f"audit log: {len(decisions)} decision(s) recorded" in out
 
 
 def test_demo_without_sipp_says_what_to_install(tmp_path: Path) -> None:
