@@ -49,6 +49,11 @@ _YEAR_10000 = 253402300800
 PATH_CHECK_S = 1.0  # how often a write checks that the path still names the open file (one stat)
 
 
+def is_decision(line: dict[str, Any]) -> bool:
+    """A call's decision, not a record event (consent.import, refusal.add, …: those carry `event`)."""
+    return "event" not in line
+
+
 def iso_ms(at: float, *, remember: bool = True) -> str:
     """`at` as ISO 8601 UTC with milliseconds and a Z, exactly as datetime.isoformat(timespec="milliseconds")
     writes it (µs rounded half-even, then truncated); the date part is formatted once per second.

@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sipfilter.audit import iso_ms
+from sipfilter.audit import is_decision, iso_ms
 from sipfilter.audit_files import audit_files, read_lines
 from sipfilter.stores.history import History
 from sipfilter.stores.writable import WritableStore
@@ -55,7 +55,7 @@ def scan(audit_path: Path, account: str, number: str, start: float, end: float) 
         when = rec.get("time")
         if not isinstance(when, str) or not lo <= when <= hi:
             continue
-        (out.events if "event" in rec else out.decisions).append(rec)
+        (out.decisions if is_decision(rec) else out.events).append(rec)
     out.decisions.sort(key=lambda r: r["time"])
     out.events.sort(key=lambda r: r["time"])
     return out

@@ -30,6 +30,7 @@ from typing import Any, TextIO
 import yaml
 
 from sipfilter import compiled
+from sipfilter.audit import is_decision
 from sipfilter.lab import (
     LAB_OVERRIDES,
     LOOPBACK,
@@ -300,10 +301,9 @@ class Lab:
                    for line in f.read_text(errors="replace").splitlines())  # fmt: skip
 
     def decisions(self) -> int:
-        """Decision lines of the audit log (its record events, consent.import and the like, have no call)."""
         audit = self.work / "audit" / "decisions.jsonl"
         lines = audit.read_text().splitlines() if audit.exists() else []
-        return sum(1 for line in lines if line.strip() and "call_id" in json.loads(line))
+        return sum(1 for line in lines if line.strip() and is_decision(json.loads(line)))
 
 
 def run_demo(*, out: TextIO = sys.stdout, rate: float = 2.0, workdir: Path | None = None, keep: bool = False,

@@ -148,7 +148,7 @@ DECISION_BUDGET = Gauge(
 )  # fmt: skip
 DECISION_BUDGET.set(DECISION_BUDGET_S)
 
-# STIR/SHAKEN (sipfilter/b2bua/identity.py). Label values known from the config start at 0 (declare_identity).
+# STIR/SHAKEN (sipfilter/b2bua/identity.py). Label values known from the config start at 0 (expect_series).
 STIR_CODES = ("428", "436", "437", "438", "other")
 IDENTITY_RESULTS = ("passed", "absent", *identity_rules.RULES)
 IDENTITY_VERIFICATIONS = Counter(

@@ -40,6 +40,8 @@ from sipp_harness import (
     write_config,
 )
 
+from sipfilter.audit import is_decision
+
 # The legal hours open all day (ALWAYS_OPEN) but the rule pack's own frequency rules: 4 attempts in 30 days.
 LAW_CAP = {key: value for key, value in ALWAYS_OPEN.items() if key != "frequency"}
 CAP = 4
@@ -91,7 +93,7 @@ class Instance:
         lines: list[dict[str, Any]] = []
         for file in sorted(path.parent.glob(path.name + "*"), reverse=True):
             lines += [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
-        return [line for line in lines if "call_id" in line]  # not the record events (consent.import, …)
+        return [line for line in lines if is_decision(line)]
 
     def api(self, method: str, path: str, body: Mapping[str, Any] | bytes | None = None,
             query: Mapping[str, str] | None = None) -> tuple[int, Any]:

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from sipp_harness import REPO, SIPP
 
+from sipfilter.audit import is_decision
+
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(SIPP is None, reason="sipp is not installed")]
 
 
@@ -46,7 +48,7 @@ def test_demo_relays_and_refuses_then_stops_everything(tmp_path: Path) -> None:
     assert f"the carrier received {len(relayed)} INVITE(s)" in out
     assert _processes_inside(workdir) == []
     lines = [json.loads(line) for line in (workdir / "audit" / "decisions.jsonl").read_text().splitlines()]
-    decisions = [line for line in lines if "call_id" in line]  # record events (imports) share the log
+    decisions = [line for line in lines if is_decision(line)]  # record events (imports) share the log
     assert len(decisions) == len(relayed) + len(refused)
     assert f"audit log: {len(decisions)} decision(s) recorded" in out
 
