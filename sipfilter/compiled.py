@@ -25,6 +25,7 @@ from types import ModuleType
 MODULES: tuple[str, ...] = (
     "sipfilter.sip.errors",
     "sipfilter.sip.grammar",
+    "sipfilter.sip.status",
     "sipfilter.sip.uri",
     "sipfilter.sip.headers",
     "sipfilter.sip.message",

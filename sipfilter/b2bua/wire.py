@@ -11,25 +11,10 @@ import re
 from collections.abc import Iterable
 
 from sipfilter.policy.verdict import Verdict
-
-REASONS: dict[int, str] = {
-    100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued", 183: "Session Progress",
-    200: "OK", 202: "Accepted", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
-    405: "Method Not Allowed", 408: "Request Timeout", 416: "Unsupported URI Scheme",
-    420: "Bad Extension", 428: "Use Identity Header", 436: "Bad Identity Info", 437: "Unsupported Credential",
-    438: "Invalid Identity Header", 480: "Temporarily Unavailable", 481: "Call/Transaction Does Not Exist",
-    483: "Too Many Hops", 486: "Busy Here", 487: "Request Terminated", 488: "Not Acceptable Here",
-    491: "Request Pending", 500: "Server Internal Error", 501: "Not Implemented", 503: "Service Unavailable",
-    505: "Version Not Supported", 513: "Message Too Large", 603: "Decline", 604: "Does Not Exist Anywhere",
-    606: "Not Acceptable", 607: "Unwanted", 608: "Rejected",
-}
+from sipfilter.sip.status import reason_phrase
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 _NOT_USER = re.compile(r"[^0-9A-Za-z+*#._\-]")
-
-
-def reason_phrase(status: int) -> str:
-    return REASONS.get(status, "Unknown")
 
 
 class _RandomPool:

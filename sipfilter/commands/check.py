@@ -24,20 +24,10 @@ from sipfilter.policy.lists import DNC_PREFIX
 from sipfilter.policy.rulepack import RuleSet
 from sipfilter.policy.verdict import FAIL, PASS, SKIP, Decision
 from sipfilter.sip.errors import ParseError
+from sipfilter.sip.status import REASON_PHRASES
 from sipfilter.stores.base import Store, StoreUnavailable
 
 DEFAULT_CONFIG = os.environ.get("SIPFILTER_CONFIG", "config/sipfilter.yaml")
-_REASONS = {
-    403: "Forbidden",
-    404: "Not Found",
-    480: "Temporarily Unavailable",
-    486: "Busy Here",
-    488: "Not Acceptable Here",
-    600: "Busy Everywhere",
-    603: "Decline",
-    607: "Unwanted",
-    608: "Rejected",
-}
 
 
 class CheckError(Exception):
@@ -186,7 +176,7 @@ def render_text(
     v = decision.verdict
     lines = []
     if v.action == "reject":
-        lines.append(f"REJECT {v.status} {_REASONS.get(v.status, '')} — rule {v.rule}")
+        lines.append(f"REJECT {v.status} {REASON_PHRASES.get(v.status, '')} — rule {v.rule}")
         lines.append(f"  {v.reason}")
     elif decision.monitored:
         lines.append(f"ALLOW (monitor mode: would reject with rule {v.rule})")
@@ -214,7 +204,7 @@ def render_text(
         lines.append(f"alert: {alert}")
     if v.action == "reject":
         lines.append("SIP answer:")
-        lines.append(f"  SIP/2.0 {v.status} {_REASONS.get(v.status, '')}")
+        lines.append(f"  SIP/2.0 {v.status} {REASON_PHRASES.get(v.status, '')}")
         lines.append(f"  Reason: {v.reason_header()}")
         lines.append(f"  Warning: {v.warning_header(host)}")
     lines.append("attempt recorded" if decision.attempt_recorded else "dry run: no attempt recorded")

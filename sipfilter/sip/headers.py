@@ -13,7 +13,7 @@ from itertools import repeat
 from types import MappingProxyType
 from typing import Any, Final, TypeVar
 
-from sipfilter.sip import grammar as g
+import sipfilter.sip.grammar as g
 from sipfilter.sip.errors import ParseError
 from sipfilter.sip.uri import Uri, fast_init, parse_uri
 

@@ -12,7 +12,7 @@ from types import MappingProxyType
 from typing import Final, TypeVar
 from urllib.parse import unquote
 
-from sipfilter.sip import grammar as g
+import sipfilter.sip.grammar as g
 from sipfilter.sip.errors import ParseError
 
 __all__ = [
