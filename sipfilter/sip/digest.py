@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+import sipfilter.sip.grammar as g
+
 # --- algorithms (RFC 8760 §2, RFC 7616 §3.2) ---------------------------------------------------------
 
 
@@ -79,28 +81,21 @@ class UnsupportedScheme(AuthorizationParseError):
 
 # --- parsing -----------------------------------------------------------------------------------------
 
-# RFC 3261 §25.1: token, LWS, quoted-string with quoted-pair. Header folding is undone by the SIP parser,
-# but tolerate CRLF+WSP here too so this parser is safe on raw values.
-_TOKEN_RE: Final = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
-_LWS_RE: Final = re.compile(r"(?:[ \t]*\r\n)?[ \t]+")
-_CTL_RE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-
-
+# Token, LWS and quoted-string are the shared grammar's. Header folding is undone by the SIP parser, but
+# LWS is matched with its line fold here too so this parser is safe on raw values.
 def _skip_lws(s: str, i: int) -> int:
-    m = _LWS_RE.match(s, i)
+    m = g.FOLDED_LWS_RE.match(s, i)
     return m.end() if m else i
-
-
-_QUOTED_RE: Final = re.compile(r'"((?:[^"\\\r\n\x00]|\\[^\r\n\x00])*)"')
-_QUOTED_PAIR_RE: Final = re.compile(r"\\(.)", re.DOTALL)
 
 
 def _parse_quoted(s: str, i: int) -> tuple[str, int]:
     """`s[i]` is the opening quote. Returns the unescaped content and the index after the closing quote."""
-    m = _QUOTED_RE.match(s, i)
-    if m:  # fast path; the loop below only runs to say precisely what is wrong
-        body = m.group(1)
-        return (_QUOTED_PAIR_RE.sub(r"\1", body) if "\\" in body else body), m.end()
+    m = g.QUOTED_STRING_RE.match(s, i)
+    # Fast path. The loop below runs to say precisely what is wrong, and for what the grammar's
+    # quoted-string refuses but credentials may carry (control characters, escaped non-ASCII) or the
+    # reverse (an escaped NUL, refused here).
+    if m is not None and "\x00" not in (body := m.group()[1:-1]):
+        return (g.QUOTED_PAIR_RE.sub(r"\1", body) if "\\" in body else body), m.end()
     out: list[str] = []
     i += 1
     n = len(s)
@@ -134,7 +129,7 @@ def parse_auth_params(value: str) -> tuple[str, dict[str, str], frozenset[str]]:
         raise AuthorizationParseError(f"credentials longer than {MAX_HEADER_CHARS} characters")
     s = value
     i = _skip_lws(s, 0)
-    m = _TOKEN_RE.match(s, i)
+    m = g.TOKEN_RE.match(s, i)
     if not m:
         raise AuthorizationParseError("missing authentication scheme")
     scheme = m.group()
@@ -153,7 +148,7 @@ def parse_auth_params(value: str) -> tuple[str, dict[str, str], frozenset[str]]:
             continue
         if not expect_param:
             raise AuthorizationParseError(f"expected ',' at offset {i}")
-        m = _TOKEN_RE.match(s, i)
+        m = g.TOKEN_RE.match(s, i)
         if not m:
             raise AuthorizationParseError(f"expected a parameter name at offset {i}")
         name = m.group().lower()
@@ -165,7 +160,7 @@ def parse_auth_params(value: str) -> tuple[str, dict[str, str], frozenset[str]]:
             val, i = _parse_quoted(s, i)
             quoted.add(name)
         else:
-            m = _TOKEN_RE.match(s, i)
+            m = g.TOKEN_RE.match(s, i)
             if not m:
                 raise AuthorizationParseError(f"parameter {name!r} has an invalid value")
             val, i = m.group(), m.end()
@@ -209,7 +204,7 @@ def parse_authorization(value: str) -> Credentials:
     if missing:
         raise AuthorizationParseError(f"missing parameter(s): {', '.join(missing)}")
     for name in ("username", "realm", "nonce", "uri", "cnonce", "opaque"):
-        if name in p and _CTL_RE.search(p[name]):
+        if name in p and g.CTL_RE.search(p[name]):
             raise AuthorizationParseError(f"control character in {name}")
     algorithm = canonical_algorithm(p.get("algorithm"))
     if algorithm is None:
@@ -308,7 +303,7 @@ def compute_response(
 
 def quote(value: str) -> str:
     """A quoted-string for a header; refuses CR, LF and NUL so nothing can be injected."""
-    if _CTL_RE.search(value):
+    if g.CTL_RE.search(value):
         raise ValueError("control characters cannot be placed in a SIP header")
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 

@@ -20,11 +20,18 @@ SWS: Final = r"[ \t]*"
 TOKEN_CHARS: Final = r"\-!%*_+`'~.A-Za-z0-9"
 TOKEN: Final = rf"[{TOKEN_CHARS}]+"
 WORD: Final = r"[\-!%*_+`'~.A-Za-z0-9()<>:\\\"/\[\]?{}]+"
+# The control characters but HTAB: what qdtext cannot hold and no header value may carry.
+CTL_BUT_HTAB: Final = r"\x00-\x08\x0a-\x1f\x7f"
 # qdtext allows any UTF-8 beyond ASCII; quoted-pair escapes any octet but CR and LF.
-QDTEXT: Final = r"[^\"\\\x00-\x08\x0a-\x1f\x7f]"
+QDTEXT: Final = rf"[^\"\\{CTL_BUT_HTAB}]"
 QUOTED_PAIR: Final = r"\\[\x00-\x09\x0b\x0c\x0e-\x7f]"
 # Runs of qdtext are matched at once; possessive quantifiers keep an unterminated quote linear-time.
 QUOTED_STRING: Final = rf"\"(?:{QDTEXT}++|{QUOTED_PAIR})*+\""
+QUOTED_STRING_RE: Final = re.compile(QUOTED_STRING)
+QUOTED_PAIR_RE: Final = re.compile(r"\\(.)", re.DOTALL)  # unescapes: sub(r"\1", inner text)
+CTL_RE: Final = re.compile(f"[{CTL_BUT_HTAB}]")
+# LWS as RFC 3261 §25.1 writes it, line fold included: for values read before the parser unfolds them.
+FOLDED_LWS_RE: Final = re.compile(rf"(?:{SWS}\r\n)?{LWS}")
 
 # --- hosts (RFC 3261 §25.1 hostport; labels are taken liberally: '_' is common in the field) --------
 # Labels are matched without the no-leading/trailing-hyphen rule so the pattern stays linear-time.

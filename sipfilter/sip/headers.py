@@ -403,13 +403,12 @@ def quote(text: str) -> str:
     spaces, so no header can be injected and no C parser downstream meets a NUL; octets that were not UTF-8
     (kept by the parser as lone surrogates) become U+FFFD, so only valid UTF-8 is ever written."""
     if not (text.isascii() and text.isprintable()):
-        text = _QUOTE_UNSAFE.sub(" ", text)
+        text = g.CTL_RE.sub(" ", text)
         text = _SURROGATE.sub("\ufffd", text)
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-# What qdtext cannot hold (all of it bar HT), and undecodable octets (surrogateescape): see quote().
-_QUOTE_UNSAFE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# Undecodable octets (surrogateescape): see quote().
 _SURROGATE: Final = re.compile(f"[{chr(0xD800)}-{chr(0xDFFF)}]")  # (mypyc takes no surrogate literal)
 
 
@@ -419,7 +418,7 @@ def unquote(text: str) -> str:
         inner = text[1:-1]
         if "\\" not in inner:
             return inner
-        return re.sub(r"\\(.)", r"\1", inner, flags=re.S)
+        return g.QUOTED_PAIR_RE.sub(r"\1", inner)
     return text
 
 
