@@ -27,6 +27,7 @@ MODULES: tuple[str, ...] = (
     "sipfilter.sip.grammar",
     "sipfilter.sip.status",
     "sipfilter.sip.uri",
+    "sipfilter.sip.header_values",
     "sipfilter.sip.headers",
     "sipfilter.sip.message",
     "sipfilter.b2bua.wire",

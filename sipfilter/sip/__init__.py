@@ -17,10 +17,9 @@ a ParseError with .fatal means: close the connection.
 from __future__ import annotations
 
 from sipfilter.sip.errors import ParseError
-from sipfilter.sip.headers import (
+from sipfilter.sip.header_values import (
     BRANCH_COOKIE,
     CSeq,
-    Headers,
     MediaType,
     NameAddr,
     Reason,
@@ -28,10 +27,10 @@ from sipfilter.sip.headers import (
     Via,
     WarningValue,
 )
+from sipfilter.sip.headers import Headers
 from sipfilter.sip.message import (
     DEFAULT_LIMITS,
     KNOWN_METHODS,
-    REASON_PHRASES,
     Limits,
     Message,
     Request,
@@ -40,6 +39,7 @@ from sipfilter.sip.message import (
     validate_request,
     validate_response,
 )
+from sipfilter.sip.status import REASON_PHRASES
 from sipfilter.sip.uri import AbsoluteUri, SipUri, TelUri, Uri, parse_uri, uri_equal
 
 __all__ = [

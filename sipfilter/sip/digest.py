@@ -81,6 +81,7 @@ class UnsupportedScheme(AuthorizationParseError):
 
 # --- parsing -----------------------------------------------------------------------------------------
 
+
 # Token, LWS and quoted-string are the shared grammar's. Header folding is undone by the SIP parser, but
 # LWS is matched with its line fold here too so this parser is safe on raw values.
 def _skip_lws(s: str, i: int) -> int:

@@ -13,16 +13,14 @@ from typing import Final
 
 import sipfilter.sip.grammar as g
 from sipfilter.sip.errors import ParseError
-from sipfilter.sip.headers import (
+from sipfilter.sip.header_values import (
     CSeq,
-    Headers,
     MediaType,
     NameAddr,
     Reason,
     RetryAfter,
     Via,
     WarningValue,
-    canonical_name,
     parse_cseq,
     parse_media_type,
     parse_name_addr,
@@ -33,13 +31,13 @@ from sipfilter.sip.headers import (
     parse_vias,
     parse_warnings,
 )
+from sipfilter.sip.headers import Headers, canonical_name
 from sipfilter.sip.status import REASON_PHRASES
 from sipfilter.sip.uri import SipUri, TelUri, Uri, parse_uri
 
 __all__ = [
     "DEFAULT_LIMITS",
     "KNOWN_METHODS",
-    "REASON_PHRASES",
     "Limits",
     "Message",
     "Request",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from sipfilter import compiled
-from sipfilter.sip import headers as h
+from sipfilter.sip import header_values as h
 from sipfilter.sip import uri as u
 from sipfilter.sip.errors import ParseError
 from sipfilter.sip.headers import parse_name_addr, parse_vias
