@@ -29,6 +29,7 @@ MODULES: tuple[str, ...] = (
     "sipfilter.sip.uri",
     "sipfilter.sip.header_values",
     "sipfilter.sip.headers",
+    "sipfilter.sip.typed_headers",
     "sipfilter.sip.message",
     "sipfilter.b2bua.wire",
     "sipfilter.b2bua.wheel",

@@ -8,9 +8,9 @@ and never reads bytes or touches the network.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from itertools import repeat
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import sipfilter.sip.grammar as g
 from sipfilter.sip.header_values import (
@@ -65,7 +65,6 @@ __all__ = [
     "unquote",
 ]
 
-T = TypeVar("T")
 
 # RFC 3261 §7.3.3 and later RFCs (IANA "Header Fields" registry, compact forms).
 COMPACT_FORMS: Final[Mapping[str, str]] = {
@@ -125,7 +124,7 @@ class Headers:
     """Ordered header lines (name as received, raw value). Lookup is case-insensitive, compact-aware.
 
     Values never contain CR or LF (folding is removed at parse time; set/add refuse them). Typed values
-    parsed from these lines are cached here and dropped on any change. Parsed messages keep the raw
+    parsed from these lines (typed_headers.py) are cached here and dropped on any change. Parsed messages keep the raw
     values until the (name, value) list is asked for: single lookups strip just the line they read.
     """
 
@@ -328,14 +327,3 @@ class Headers:
         for i in reversed(idx):
             del items[i], self._keys[i]
         return len(idx)
-
-    # --- typed values (cached until the next change) ---------------------------------------------------
-    def typed(self, key: str, parser: Callable[[Headers], T]) -> T:
-        """Parse once and cache: `parser(self)` under `key`. ParseError propagates (and is not cached)."""
-        cache = self._cache
-        if key in cache:
-            cached: T = cache[key]
-            return cached
-        value = parser(self)
-        cache[key] = value
-        return value

@@ -15,24 +15,20 @@ import sipfilter.sip.grammar as g
 from sipfilter.sip.errors import ParseError
 from sipfilter.sip.header_values import (
     CSeq,
-    MediaType,
-    NameAddr,
-    Reason,
-    RetryAfter,
-    Via,
-    WarningValue,
-    parse_cseq,
-    parse_media_type,
-    parse_name_addr,
-    parse_name_addrs,
-    parse_reasons,
-    parse_retry_after,
-    parse_token_set,
-    parse_vias,
-    parse_warnings,
 )
 from sipfilter.sip.headers import Headers, canonical_name
 from sipfilter.sip.status import REASON_PHRASES
+from sipfilter.sip.typed_headers import (
+    CONTENT_LENGTH,
+    TypedHeaders,
+    _call_id,
+    _contacts,
+    _cseq,
+    _from,
+    _max_forwards,
+    _to,
+    _vias,
+)
 from sipfilter.sip.uri import SipUri, TelUri, Uri, parse_uri
 
 __all__ = [
@@ -64,148 +60,17 @@ KNOWN_METHODS: Final = frozenset(
      "INFO", "REFER", "MESSAGE", "UPDATE"}
 )  # fmt: skip
 
-_CL: Final = "content-length"
+_CL: Final = CONTENT_LENGTH
 
 
-# --- typed header parsers, module level so Headers.typed() can cache them without closures ------------
-def _single(h: Headers, key: str, what: str) -> str:
-    keys = h._keys
-    n = keys.count(key)
-    if n != 1:
-        raise ParseError(f"Missing {what} header" if n == 0 else f"Multiple {what} headers")
-    items = h._items  # Headers._value(), inlined: hot path
-    return h._raw[keys.index(key)].strip(" \t") if items is None else items[keys.index(key)][1]
-
-
-def _vias(h: Headers) -> list[Via]:
-    return parse_vias(h.lines_of("via"))
-
-
-def _from(h: Headers) -> NameAddr:
-    return parse_name_addr(_single(h, "from", "From"), "From header")
-
-
-def _to(h: Headers) -> NameAddr:
-    return parse_name_addr(_single(h, "to", "To"), "To header")
-
-
-def _call_id(h: Headers) -> str:
-    value = _single(h, "call-id", "Call-ID")
-    if not g.CALL_ID_RE.fullmatch(value):
-        raise ParseError("Malformed Call-ID")
-    return value
-
-
-def _cseq(h: Headers) -> CSeq:
-    return parse_cseq(_single(h, "cseq", "CSeq"))
-
-
-def _contacts(h: Headers) -> list[NameAddr]:
-    lines = h.lines_of("contact")
-    if len(lines) == 1 and lines[0] == "*":
-        return []
-    return parse_name_addrs(lines, what="Contact header")
-
-
-def _contact_star(h: Headers) -> bool:
-    lines = h.lines_of("contact")
-    if "*" in lines and len(lines) > 1:
-        raise ParseError("Contact * mixed with other contacts")
-    return lines == ["*"]
-
-
-def _routes(h: Headers) -> list[NameAddr]:
-    return parse_name_addrs(h.lines_of("route"), what="Route header")
-
-
-def _record_routes(h: Headers) -> list[NameAddr]:
-    return parse_name_addrs(h.lines_of("record-route"), what="Record-Route header")
-
-
-def _pais(h: Headers) -> list[NameAddr]:
-    return parse_name_addrs(h.lines_of("p-asserted-identity"), what="P-Asserted-Identity header")
-
-
-def _ppis(h: Headers) -> list[NameAddr]:
-    return parse_name_addrs(h.lines_of("p-preferred-identity"), what="P-Preferred-Identity header")
-
-
-def _int_header(h: Headers, key: str, what: str) -> int | None:
-    lines = h.lines_of(key)
-    if not lines:
-        return None
-    if len(lines) > 1:
-        raise ParseError(f"Multiple {what} headers")
-    value = lines[0]
-    if not (value.isdigit() and value.isascii()) or len(value.lstrip("0")) > 10:
-        raise ParseError(f"Malformed {what}")
-    return int(value)
-
-
-def _max_forwards(h: Headers) -> int | None:
-    keys = h._keys
-    if keys.count("max-forwards") == 1:
-        i = keys.index("max-forwards")
-        items = h._items
-        small = _SMALL_INTS.get(h._raw[i].strip(" \t") if items is None else items[i][1])
-        if small is not None:
-            return small  # "70": what _int_header gives, without its checks
-    return _int_header(h, "max-forwards", "Max-Forwards")
-
-
-_SMALL_INTS: Final = {str(i): i for i in range(256)}
-
-
-def _expires(h: Headers) -> int | None:
-    return _int_header(h, "expires", "Expires")
-
-
-def _content_length(h: Headers) -> int | None:
-    return _int_header(h, _CL, "Content-Length")
-
-
-def _content_type(h: Headers) -> MediaType | None:
-    value = h.get("content-type")
-    return None if value is None else parse_media_type(value)
-
-
-def _privacy(h: Headers) -> frozenset[str]:
-    return parse_token_set(h.lines_of("privacy"), sep=";")
-
-
-def _reasons(h: Headers) -> list[Reason]:
-    return parse_reasons(h.lines_of("reason"))
-
-
-def _warnings(h: Headers) -> list[WarningValue]:
-    return parse_warnings(h.lines_of("warning"))
-
-
-def _retry_after(h: Headers) -> RetryAfter | None:
-    value = h.get("retry-after")
-    return None if value is None else parse_retry_after(value)
-
-
-def _require(h: Headers) -> frozenset[str]:
-    return parse_token_set(h.lines_of("require"))
-
-
-def _proxy_require(h: Headers) -> frozenset[str]:
-    return parse_token_set(h.lines_of("proxy-require"))
-
-
-def _supported(h: Headers) -> frozenset[str]:
-    return parse_token_set(h.lines_of("supported"))
-
-
-class Message:
+class Message(TypedHeaders):
     """What requests and responses share: headers, body and the lazily parsed, cached typed accessors.
 
     Accessors parse on first use and raise ParseError on malformed values; the cache lives in `headers`
     and is dropped whenever a header is changed.
     """
 
-    __slots__ = ("body", "headers")
+    __slots__ = ("body",)
 
     def __init__(self, headers: Headers | Iterable[tuple[str, str]] | None, body: bytes) -> None:
         if headers is None:
@@ -244,146 +109,6 @@ class Message:
         # Content-Length is framing, recomputed on output: equality ignores it.
         h = self.headers
         return [item for k, item in zip(h._keys, h._all(), strict=True) if k != _CL]
-
-    # --- typed accessors -----------------------------------------------------------------------------
-    @property
-    def vias(self) -> list[Via]:
-        h = self.headers
-        value: list[Via] | None = h._cache.get("via")  # inlined Headers.typed(): hot path
-        if value is None:
-            value = h._cache["via"] = _vias(h)
-        return value
-
-    @property
-    def from_(self) -> NameAddr:
-        h = self.headers
-        value: NameAddr | None = h._cache.get("from")  # inlined Headers.typed(): hot path
-        if value is None:
-            value = h._cache["from"] = _from(h)
-        return value
-
-    @property
-    def to(self) -> NameAddr:
-        h = self.headers
-        value: NameAddr | None = h._cache.get("to")  # inlined Headers.typed(): hot path
-        if value is None:
-            value = h._cache["to"] = _to(h)
-        return value
-
-    @property
-    def call_id(self) -> str:
-        h = self.headers
-        value: str | None = h._cache.get("call-id")  # inlined Headers.typed(): hot path
-        if value is None:
-            value = h._cache["call-id"] = _call_id(h)
-        return value
-
-    @property
-    def cseq(self) -> CSeq:
-        h = self.headers
-        value: CSeq | None = h._cache.get("cseq")  # inlined Headers.typed(): hot path
-        if value is None:
-            value = h._cache["cseq"] = _cseq(h)
-        return value
-
-    @property
-    def contacts(self) -> list[NameAddr]:
-        """Contact values; `Contact: *` gives [] and `contact_star` True."""
-        h = self.headers
-        value: list[NameAddr] | None = h._cache.get("contact")  # inlined Headers.typed(): hot path
-        if value is None:
-            value = h._cache["contact"] = _contacts(h)
-        return value
-
-    @property
-    def contact_star(self) -> bool:
-        return self.headers.typed("contact*", _contact_star)
-
-    @property
-    def routes(self) -> list[NameAddr]:
-        h = self.headers
-        value: list[NameAddr] | None = h._cache.get("route")  # inlined Headers.typed(): hot path
-        if value is None:
-            value = h._cache["route"] = _routes(h)
-        return value
-
-    @property
-    def record_routes(self) -> list[NameAddr]:
-        h = self.headers
-        value: list[NameAddr] | None = h._cache.get("record-route")  # inlined Headers.typed(): hot path
-        if value is None:
-            value = h._cache["record-route"] = _record_routes(h)
-        return value
-
-    @property
-    def max_forwards(self) -> int | None:
-        cache = self.headers._cache  # inlined Headers.typed(): hot path
-        if "max-forwards" in cache:
-            value: int | None = cache["max-forwards"]
-            return value
-        value = cache["max-forwards"] = _max_forwards(self.headers)
-        return value
-
-    @property
-    def expires(self) -> int | None:
-        return self.headers.typed("expires", _expires)
-
-    @property
-    def content_length(self) -> int | None:
-        """The Content-Length header as received (None if absent); serialize() recomputes it."""
-        return self.headers.typed(_CL, _content_length)
-
-    @property
-    def content_type(self) -> MediaType | None:
-        return self.headers.typed("content-type", _content_type)
-
-    @property
-    def p_asserted_identities(self) -> list[NameAddr]:
-        h = self.headers
-        value: list[NameAddr] | None = h._cache.get(
-            "p-asserted-identity"
-        )  # inlined Headers.typed(): hot path
-        if value is None:
-            value = h._cache["p-asserted-identity"] = _pais(h)
-        return value
-
-    @property
-    def p_preferred_identities(self) -> list[NameAddr]:
-        return self.headers.typed("p-preferred-identity", _ppis)
-
-    @property
-    def privacy(self) -> frozenset[str]:
-        """Privacy values (RFC 3323), lower-cased: e.g. {"id"}, {"none"}."""
-        return self.headers.typed("privacy", _privacy)
-
-    @property
-    def reasons(self) -> list[Reason]:
-        return self.headers.typed("reason", _reasons)
-
-    @property
-    def warnings(self) -> list[WarningValue]:
-        return self.headers.typed("warning", _warnings)
-
-    @property
-    def identity(self) -> str | None:
-        """The first Identity header (RFC 8224), opaque."""
-        return self.headers.get("identity")
-
-    @property
-    def retry_after(self) -> RetryAfter | None:
-        return self.headers.typed("retry-after", _retry_after)
-
-    @property
-    def require(self) -> frozenset[str]:
-        return self.headers.typed("require", _require)
-
-    @property
-    def proxy_require(self) -> frozenset[str]:
-        return self.headers.typed("proxy-require", _proxy_require)
-
-    @property
-    def supported(self) -> frozenset[str]:
-        return self.headers.typed("supported", _supported)
 
 
 class Request(Message):

@@ -9,15 +9,16 @@ from pathlib import Path
 from b2bua_rig import CARRIER1, DIALER, answer, invite, make_rig
 
 from sipfilter.b2bua.core import _PassList
-from sipfilter.sip import Request, headers, message, parse, uri
+from sipfilter.sip import Request, message, parse, uri
+from sipfilter.sip import header_values as values
 
 N = 6000  # more than every memo's cap
 
 
 def _memo_sizes() -> dict[str, int]:
     return {
-        "via": len(headers._VIA_MEMO), "tagless": len(headers._TAGLESS_MEMO),
-        "name-addr": len(headers._NA_MEMO), "cseq": len(headers._CSEQ_MEMO), "uri": len(uri._MEMO),
+        "via": len(values._VIA_MEMO), "tagless": len(values._TAGLESS_MEMO),
+        "name-addr": len(values._NA_MEMO), "cseq": len(values._CSEQ_MEMO), "uri": len(uri._MEMO),
         "uri-host": len(uri._HOST_PART_MEMO), "header-names": len(message._KEYS),
     }  # fmt: skip
 

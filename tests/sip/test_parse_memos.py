@@ -154,7 +154,7 @@ def test_fast_init_builds_ordinary_frozen_instances() -> None:
 
 @pytest.mark.parametrize("value", ["70", "0", "255", "007", "256", "4294967295", "70 ", "+1", "x"])
 def test_max_forwards_table_matches_general_check(value: str) -> None:
-    from sipfilter.sip import message as m
+    from sipfilter.sip import typed_headers as m
 
     heads = m.Headers([("Max-Forwards", value.strip())])
     try:
