@@ -97,8 +97,8 @@ BAD_CALLERS = ["+33612345678", "+33140000000", "0892000000", "+33299000000"]  # 
 KAMAILIO_CFG = REPO / "bench" / "kamailio" / "kamailio.cfg"
 # UDP workers of the Kamailio anchor: 2, one per core of this machine. They never block after start-up (no
 # DB, no DNS), so two keep both cores busy when SIPp leaves them free; more only add context switches and
-# contention on tm's locks (Kamailio's default of 8 is for workers that wait on databases). Mixed 1000/s,
-# 2026-11-29: 1 worker 238 µs a call, 2 workers 244, 4 workers 282.
+# contention on tm's locks (Kamailio's default of 8 is for workers that wait on databases); measured in
+# docs/performance.md.
 KAMAILIO_CHILDREN = 2
 
 

@@ -42,12 +42,12 @@ DRAIN_POLL_S = 0.1
 HANG_UP_WAIT_S = 2.0
 # Cyclic GC: calls and transactions live for seconds (Timer J/K/M keep them ~32 s), so under load the default
 # (700, 10, 10) rescans tens of thousands of live objects many times a second. A young collection's cost
-# grows faster than its size (20,000 objects: ~19 ms; 2,000: under 2 ms, cache-friendly), and a pause of
-# 20-30 ms every second set the INVITE p99 at 1,000 calls/s: many small young collections. Ended calls are
-# freed by reference counting (no call <-> transaction cycle is left, see B2BUA._forget_client), so the
-# middle generation holds live calls, not garbage: collecting it rescans every live call (160-210 ms at
-# 800 calls/s, the p99 again, and datagrams dropped before the socket buffers grew), once per 1,000 young
-# collections (minutes under load) instead of 20.
+# grows faster than its size (a small generation stays in the CPU caches), and its pauses set the INVITE p99
+# under load: many small young collections. Ended calls are freed by reference counting (no call <->
+# transaction cycle is left, see B2BUA._forget_client), so the middle generation holds live calls, not
+# garbage: collecting it rescans every live call (a pause that was the p99 again, and datagrams dropped
+# before the socket buffers grew), once per 1,000 young collections (minutes under load) instead of 20.
+# The pauses measured are in docs/performance.md.
 GC_THRESHOLDS = (2_000, 1_000, 50)
 
 

@@ -124,8 +124,9 @@ class Headers:
     """Ordered header lines (name as received, raw value). Lookup is case-insensitive, compact-aware.
 
     Values never contain CR or LF (folding is removed at parse time; set/add refuse them). Typed values
-    parsed from these lines (typed_headers.py) are cached here and dropped on any change. Parsed messages keep the raw
-    values until the (name, value) list is asked for: single lookups strip just the line they read.
+    parsed from these lines (typed_headers.py) are cached here and dropped on any change. Parsed messages
+    keep the raw values until the (name, value) list is asked for: single lookups strip just the line they
+    read.
     """
 
     __slots__ = ("_cache", "_items", "_keys", "_names", "_raw")

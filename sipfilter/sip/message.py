@@ -234,7 +234,7 @@ class Response(Message):
 
 def _new_request(method: str, uri: str, headers: Headers, body: bytes) -> Request:
     # The parser's constructor (inputs already checked). Not Request.__new__ plus stores, which mypyc cannot
-    # compile: as plain Python this costs ~0.2 µs more a message (bench/parse.py).
+    # compile: as plain Python that costs more a message than this call (bench/parse.py).
     return Request(method, uri, headers, body)
 
 

@@ -3,8 +3,8 @@
 Never parses and never blocks: sendto errors (ICMP unreachable, full buffers) are logged at debug and dropped.
 
 Wake-ups are coalesced under load. An event-loop wake-up costs the process a context switch, the loop's own
-iteration and, when the answers go out one by one, a wake-up of the peer for each datagram sent; at 1,000
-calls/s that was a large share of a call's CPU. So the socket is read the first time it becomes readable
+iteration and, when the answers go out one by one, a wake-up of the peer for each datagram sent; under load
+that is a large share of a call's CPU. So the socket is read the first time it becomes readable
 (no added latency when traffic is light), then, while traffic keeps coming, on a tick of `poll_interval`
 seconds (every datagram that arrived meanwhile in one pass), and watched again as soon as a tick finds it
 empty. A datagram waits at most one tick (1 ms): nothing next to SIP's T1 (500 ms). The endpoints of a
@@ -13,9 +13,9 @@ of the pass, in order: a peer is woken once for the burst rather than once per d
 does not switch to it in the middle of the pass.
 
 The tick is off by default (`poll_interval` 0: each readable event is read at once, up to MAX_BATCH
-datagrams a pass, the pass's answers still leaving together). bench/e2e.py, mixed calls at 1,000/s, runs
-alternated on a quiet machine: tick 0 = 508/524/585 µs CPU a call, INVITE p99 9.8/9.5/10.2 ms; 1 ms tick
-= 525/540/598 µs, p99 13.2/13.4/14.0 ms. `SIPFILTER_UDP_TICK_MS` turns it on to compare again.
+datagrams a pass, the pass's answers still leaving together): measured with bench/e2e.py, a 1 ms tick cost
+slightly more CPU a call and a higher INVITE p99 (docs/performance.md). `SIPFILTER_UDP_TICK_MS` turns it on
+to compare again.
 """
 
 from __future__ import annotations
