@@ -84,7 +84,7 @@ def http_get(url: str, token: str | None, timeout_s: float = 5.0) -> tuple[int, 
 
 
 def loop_lag_ms(metrics: str, previous: dict[str, float]) -> float | None:
-    """The event-loop lag metric, whatever sipfilter/metrics.py calls it (a name containing "loop_lag"):
+    """The event-loop lag metric, whatever sipfilter/metrics/ calls it (a name containing "loop_lag"):
     a gauge is read as is; a histogram/summary as the mean over the last interval (from _sum/_count)."""
     values: dict[str, float] = {}
     for line in metrics.splitlines():

@@ -1,6 +1,6 @@
 """The admin HTTP server (aiohttp): /metrics, /healthz, /readyz, the bearer-token guard, and the /api routes.
 
-Serves and guards only: /api handlers live in sipfilter/admin_api.py, metric objects in sipfilter/metrics.py.
+Serves and guards only: /api handlers live in sipfilter/admin_api.py, metric objects in sipfilter/metrics/.
 """
 
 from __future__ import annotations
