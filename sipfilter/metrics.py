@@ -42,6 +42,7 @@ from sipfilter.b2bua.limits import (
 )
 from sipfilter.b2bua.observe import NO_ANSWER, NO_CONNECTION, Observer
 from sipfilter.b2bua.trunks import destination_of
+from sipfilter.config import RESTART_KEYS
 from sipfilter.policy import identity as identity_rules
 from sipfilter.transport.stream import (
     CLOSED_IDLE,
@@ -206,8 +207,6 @@ _build_info()
 
 def record_restart_required(keys: Iterable[str]) -> None:
     """The keys whose change waits for a restart (every other series of the gauge back to 0)."""
-    from sipfilter.config import RESTART_KEYS
-
     pending = set(keys)
     for key in RESTART_KEYS:
         CONFIG_RESTART_REQUIRED.labels(key).set(1 if key in pending else 0)
@@ -268,8 +267,6 @@ def known_labels(config: Config, rule_ids: Callable[[str], Iterable[str]]) -> Kn
 def expect_series(known: KnownLabels, counters: CallCounters | None = None) -> None:
     """At each config (re)load: every series `known` names exists from now on (new ones at 0). Series of
     trunks a reload removed keep their last value: a counter never goes back."""
-    from sipfilter.config import RESTART_KEYS
-
     (CALLS if counters is None else counters).expect(known)
     for result in ("ok", "error"):
         X5U_FETCHES.labels(result)
