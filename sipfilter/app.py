@@ -31,7 +31,7 @@ from sipfilter.policy.rulepack import normaliser_for  # API numbers normalised l
 from sipfilter.readiness import describe_missing, missing_lists
 from sipfilter.records import accounts_of
 from sipfilter.sip import Limits, ParseError, parse
-from sipfilter.stores import open_store
+from sipfilter.stores import WritableStore, open_store
 from sipfilter.transport.base import Endpoint, install_uvloop
 from sipfilter.transport.stream import (
     ConnectionLimits,
@@ -65,10 +65,10 @@ class App:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.b2b: B2BUA | None = None
-        self.store: Any = None
-        self.audit: Any = None
+        self.store: WritableStore | None = None
+        self.audit: AuditLog | None = None
         self.endpoints: list[Endpoint] = []
-        self.admin: Any = None
+        self.admin: AdminServer | None = None
         self.ready = False
         self.draining = False
         self._stop = asyncio.Event()
@@ -243,7 +243,7 @@ class App:
             setup_logging(new.logging.format, new.logging.level)
         self.config = new
         metrics.expect_series(metrics.known_labels(new, engine.rule_ids))
-        if old_audit is not self.audit:
+        if old_audit is not None and old_audit is not self.audit:
             with contextlib.suppress(Exception):
                 old_audit.close()
         elif old_audit is not None:

@@ -12,7 +12,7 @@ import builtins
 import difflib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import yaml
 
@@ -141,6 +141,7 @@ def merge_overrides(base: YamlMap, overrides: Mapping[Any, Any]) -> YamlMap:
 # --------------------------------------------------------------------------------------------------
 # Typed reading of one section: every accessor names the field and line when it refuses a value.
 
+# "No default: the key is required". Typed Any so that it can stand as the default of every typed accessor.
 _REQUIRED: Any = object()
 
 
@@ -187,7 +188,18 @@ class Section:
                 hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(allowed)})"
                 raise self.error(key, f"unknown field{hint}")
 
-    def str(self, key: builtins.str, default: Any = _REQUIRED, *, nullable: builtins.bool = False) -> Any:
+    @overload
+    def str(self, key: builtins.str, default: builtins.str = ..., *, nullable: Literal[False] = False
+            ) -> builtins.str: ...  # fmt: skip
+    @overload
+    def str(self, key: builtins.str, default: builtins.str | None, *, nullable: Literal[True]
+            ) -> builtins.str | None: ...  # fmt: skip
+    @overload
+    def str(self, key: builtins.str, default: None, *, nullable: builtins.bool = False
+            ) -> builtins.str | None: ...  # fmt: skip
+    def str(self, key: builtins.str, default: Any = _REQUIRED, *, nullable: builtins.bool = False
+            ) -> builtins.str | None:  # fmt: skip
+        """A non-empty string; None only when the default is None or `nullable` allows `key: null`."""
         value = self.raw(key, default)
         if value is None and (nullable or default is None):
             return None
@@ -195,14 +207,15 @@ class Section:
             raise self.error(key, f"expected a non-empty string, got {value!r}")
         return value
 
-    def int(
-        self,
-        key: builtins.str,
-        default: Any = _REQUIRED,
-        *,
-        lo: builtins.int | None = None,
-        hi: builtins.int | None = None,
-    ) -> Any:
+    @overload
+    def int(self, key: builtins.str, default: builtins.int = ..., *, lo: builtins.int | None = None,
+            hi: builtins.int | None = None) -> builtins.int: ...  # fmt: skip
+    @overload
+    def int(self, key: builtins.str, default: None, *, lo: builtins.int | None = None,
+            hi: builtins.int | None = None) -> builtins.int | None: ...  # fmt: skip
+    def int(self, key: builtins.str, default: Any = _REQUIRED, *, lo: builtins.int | None = None,
+            hi: builtins.int | None = None) -> builtins.int | None:  # fmt: skip
+        """An integer (not a boolean) within [lo, hi]; None only when the default is None."""
         value = self.raw(key, default)
         if value is None and default is None:
             return None
@@ -214,7 +227,8 @@ class Section:
             raise self.error(key, f"must be <= {hi}, got {value}")
         return value
 
-    def number(self, key: builtins.str, default: Any = _REQUIRED, *, lo: builtins.float | None = None) -> Any:
+    def number(self, key: builtins.str, default: builtins.float = _REQUIRED, *,
+               lo: builtins.float | None = None) -> builtins.float:  # fmt: skip
         value = self.raw(key, default)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.error(key, f"expected a number, got {value!r}")
@@ -222,16 +236,17 @@ class Section:
             raise self.error(key, f"must be >= {lo}, got {value}")
         return float(value)
 
-    def bool(self, key: builtins.str, default: Any = _REQUIRED) -> builtins.bool:
+    def bool(self, key: builtins.str, default: builtins.bool = _REQUIRED) -> builtins.bool:
         value = self.raw(key, default)
         if not isinstance(value, bool):
             raise self.error(key, f"expected true or false, got {value!r}")
         return value
 
-    def choice(self, key: builtins.str, choices: Iterable[builtins.str], default: Any = _REQUIRED) -> Any:
+    def choice(self, key: builtins.str, choices: Iterable[builtins.str], default: builtins.str = _REQUIRED
+               ) -> builtins.str:  # fmt: skip
         choices = tuple(choices)
         value = self.raw(key, default)
-        if value not in choices:
+        if not isinstance(value, str) or value not in choices:
             raise self.error(key, f"expected one of {', '.join(choices)}, got {value!r}")
         return value
 
@@ -283,7 +298,8 @@ class Section:
             out.append(Section(item, f"{self.field(key)}[{i}]", self.file, self.item_line(key, i)))
         return out
 
-    def path_(self, key: builtins.str, default: Any = _REQUIRED, *, keep_link: builtins.bool = False) -> Path:
+    def path_(self, key: builtins.str, default: builtins.str = _REQUIRED, *, keep_link: builtins.bool = False
+              ) -> Path:  # fmt: skip
         """A file-system path; relative paths are relative to the file that holds the value. `keep_link`:
         the last component is not resolved (a symlink the operator may repoint is followed at each open)."""
         value = self.str(key, default)
