@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from sipfilter.b2bua.limits import read_limits
 from sipfilter.b2bua.trunks import destination_of
@@ -40,10 +41,12 @@ from sipfilter.config.sections import (
     read_store,
     read_trunk,
 )
-from sipfilter.identity.settings import read_identity
 from sipfilter.policy.rulepack import RulePack, RuleSet, compile_rules, load_rule_pack
 from sipfilter.stores.redis_url import redis_options
 from sipfilter.transport.stream import TlsSetupError, tls_client_context, tls_server_context
+
+if TYPE_CHECKING:
+    from sipfilter.identity.settings import IdentityConfig
 
 
 def load_config(path: str | Path) -> Config:
@@ -130,8 +133,17 @@ def _trunk(s: Section, trunk: TrunkConfig, tls_seen: dict[tuple[str, int], Targe
             target = dataclasses.replace(target, tls=tls)
             _same_tls_per_address(t, target, tls_seen)
         targets.append(target)
-    identity = read_identity(s.section("identity")) if s.has("identity") else None
-    return dataclasses.replace(trunk, targets=tuple(targets), identity=identity)
+    return dataclasses.replace(trunk, targets=tuple(targets), identity=_identity(s))
+
+
+def _identity(trunk: Section) -> IdentityConfig | None:
+    if not trunk.has("identity"):
+        return None
+    # Imported here, not for a cycle: STIR/SHAKEN loads cryptography's X.509, which every CLI command would
+    # otherwise pay for at start-up whether or not a trunk signs or verifies.
+    from sipfilter.identity.settings import read_identity
+
+    return read_identity(trunk.section("identity"))
 
 
 def _target_tls(s: Section, tls: TargetTls) -> TargetTls:

@@ -26,6 +26,8 @@ LAZY_IMPORTS = {
     ("sipfilter.commands.run", "sipfilter.app"): "CLI start-up time",
     ("sipfilter.commands.demo", "sipfilter.demo"): "CLI start-up time",
     ("sipfilter.commands.demo", "sipfilter.lab"): "CLI start-up time",
+    # CLI start-up: STIR/SHAKEN settings load cryptography's X.509; only a trunk with `identity:` needs them.
+    ("sipfilter.configure", "sipfilter.identity.settings"): "CLI start-up time (cryptography)",
 }
 
 
