@@ -39,7 +39,7 @@ from sipfilter.app import GC_THRESHOLDS  # noqa: E402
 from sipfilter.audit import AuditLog  # noqa: E402
 from sipfilter.b2bua.core import B2BUA, compile_runtime  # noqa: E402
 from sipfilter.b2bua.wheel import TimerWheel  # noqa: E402
-from sipfilter.config import load_config  # noqa: E402
+from sipfilter.configure import load_config  # noqa: E402
 from sipfilter.metrics import PrometheusObserver  # noqa: E402
 from sipfilter.policy.engine import PolicyEngine  # noqa: E402
 from sipfilter.sip import ParseError, parse  # noqa: E402

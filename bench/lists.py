@@ -62,7 +62,7 @@ async def child(config_path: str, n: int) -> dict[str, float]:
     """In a fresh process: RSS growth when the store loads the list, load time, lookup and counter latency."""
     import sipfilter.stores.embedded
     import sipfilter.stores.redis_store  # noqa: F401  (imports are not the list's memory)
-    from sipfilter.config import load_config
+    from sipfilter.configure import load_config
     from sipfilter.stores import open_store
 
     config = load_config(config_path)

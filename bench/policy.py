@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from sipfilter.app import GC_THRESHOLDS  # noqa: E402
 from sipfilter.b2bua.facts import read_invite  # noqa: E402
-from sipfilter.config import load_config  # noqa: E402
+from sipfilter.configure import load_config  # noqa: E402
 from sipfilter.policy.engine import PolicyEngine  # noqa: E402
 from sipfilter.sip import Request, parse  # noqa: E402
 from sipfilter.stores.base import AttemptDecision, ConsentRecord, ContractRecord, ListInfo  # noqa: E402

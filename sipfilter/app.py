@@ -18,12 +18,20 @@ from pathlib import Path
 from typing import Any
 
 from sipfilter import compiled, metrics
+from sipfilter.admin_api import RecordsContext
+from sipfilter.audit import AuditLog
 from sipfilter.b2bua.core import B2BUA, INSIDE, OUTSIDE, compile_runtime
 from sipfilter.b2bua.limits import LimitsConfig
-from sipfilter.config import Config, ConfigError, Listen, SipLimits, load_config, restart_required
+from sipfilter.config import Config, ConfigError, Listen, SipLimits, restart_required
+from sipfilter.configure import load_config
+from sipfilter.http import AdminServer, ReadinessState, admin_token
+from sipfilter.logging import setup_logging
 from sipfilter.policy.engine import PolicyEngine
+from sipfilter.policy.rulepack import normaliser_for  # API numbers normalised like the call path
 from sipfilter.readiness import describe_missing, missing_lists
+from sipfilter.records import accounts_of
 from sipfilter.sip import Limits, ParseError, parse
+from sipfilter.stores import WritableStore, open_store
 from sipfilter.transport.base import Endpoint, install_uvloop
 from sipfilter.transport.stream import (
     ConnectionLimits,
@@ -57,10 +65,10 @@ class App:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.b2b: B2BUA | None = None
-        self.store: Any = None
-        self.audit: Any = None
+        self.store: WritableStore | None = None
+        self.audit: AuditLog | None = None
         self.endpoints: list[Endpoint] = []
-        self.admin: Any = None
+        self.admin: AdminServer | None = None
         self.ready = False
         self.draining = False
         self._stop = asyncio.Event()
@@ -80,9 +88,6 @@ class App:
 
     async def start(self) -> None:
         config = self.config
-        from sipfilter.audit import AuditLog
-        from sipfilter.stores import open_store
-
         self.store = await open_store(config)
         self.audit = AuditLog(config.audit)
         engine = PolicyEngine(config)
@@ -151,11 +156,6 @@ class App:
         self.connections.limits = limits
 
     async def _start_admin(self) -> None:
-        from sipfilter.admin_api import RecordsContext
-        from sipfilter.http import AdminServer, ReadinessState, admin_token
-        from sipfilter.policy.rulepack import normaliser_for  # API numbers normalised like the call path
-        from sipfilter.records import accounts_of
-
         cfg = self.config.admin
         state = ReadinessState(
             listening=lambda: bool(self.endpoints) and self.ready,
@@ -215,8 +215,6 @@ class App:
         """Re-read the config file and apply all of it, or none of it: on any error (a bad file, a new admin
         address that cannot be bound) the running config stays. Calls are never dropped. Keys that only a
         restart applies (config.RESTART_KEYS) are named in the log and in a metric."""
-        from sipfilter.audit import AuditLog
-
         loop = asyncio.get_running_loop()
         old = self.config
         assert self.b2b is not None
@@ -242,12 +240,10 @@ class App:
         self.b2b.swap_runtime(runtime, parse=functools.partial(parse, limits=limits))
         self._apply_to_endpoints(new, limits)
         if new.logging != old.logging:
-            from sipfilter.logging import setup_logging
-
             setup_logging(new.logging.format, new.logging.level)
         self.config = new
         metrics.expect_series(metrics.known_labels(new, engine.rule_ids))
-        if old_audit is not self.audit:
+        if old_audit is not None and old_audit is not self.audit:
             with contextlib.suppress(Exception):
                 old_audit.close()
         elif old_audit is not None:
@@ -348,8 +344,6 @@ class App:
 
 def _read_config(path: Path) -> tuple[Config, str | None]:
     """The config file and its admin token (its token file created if missing): file work, off the loop."""
-    from sipfilter.http import admin_token
-
     config = load_config(path)
     return config, admin_token(config.admin)
 
@@ -366,8 +360,6 @@ def _connection_limits(config: Config) -> ConnectionLimits:
 
 def run(config_path: str) -> int:
     """Entry point of `sipfilter run`: load, start, serve until SIGTERM/SIGINT (then drain)."""
-    from sipfilter.logging import setup_logging
-
     try:
         config = load_config(config_path)
     except ConfigError as exc:

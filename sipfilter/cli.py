@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from sipfilter import __version__
+from sipfilter.commands._store_common import stdout_closed
 
 # Sub-command modules, in the order `--help` lists them.
 COMMAND_MODULES = ("run", "check", "lists", "consent", "refusal", "opposition", "audit", "config", "demo")
@@ -46,7 +47,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `sipfilter … | head -1`: the reader has what it wanted
-        from sipfilter.commands._store_common import stdout_closed
-
         stdout_closed()
         return 0

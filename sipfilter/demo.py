@@ -31,6 +31,7 @@ import yaml
 
 from sipfilter import compiled
 from sipfilter.audit import is_decision
+from sipfilter.cli import main as cli
 from sipfilter.lab import (
     LAB_OVERRIDES,
     LOOPBACK,
@@ -229,8 +230,6 @@ def _follow(path: Path, seen: int) -> tuple[list[str], int]:
 
 
 def _provision(config: Path, files: DemoFiles, out: TextIO) -> None:
-    from sipfilter.cli import main as cli
-
     for args in files.provisioning:
         argv = [*args[:2], "--config", str(config), *args[2:]]
         shown = [Path(a).relative_to(CHECKOUT).as_posix() if a.startswith(str(CHECKOUT)) else a for a in argv]

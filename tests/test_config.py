@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sipfilter.config import ConfigError, load_config, reload_config
+from sipfilter.config import ConfigError
+from sipfilter.configure import load_config, reload_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "config" / "sipfilter.yaml"

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from sipfilter.config import ConfigError, load_config
+from sipfilter.config import ConfigError
+from sipfilter.configure import load_config
 
 PACK = Path(__file__).resolve().parents[1] / "config" / "rules" / "fr.yaml"
 

@@ -6,11 +6,13 @@ Pure and synchronous: the caller passes the clock in and owns the sockets; nothi
 from __future__ import annotations
 
 import math
+import re
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from sipfilter.config import ConfigError, Section, YamlMap
 from sipfilter.transport.stream import ConnectionLimits
 
 # Reasons carried by Reject/Drop; stable strings, used as the `reason` label of the limits metrics.
@@ -172,6 +174,28 @@ class LimitsConfig:
             raise LimitsConfigError("limits.trunks must be a mapping of trunk name to limits")
         kwargs["trunks"] = {str(k): _trunk_limits(v, f"limits.trunks.{k}") for k, v in trunks.items()}
         return cls(**kwargs)
+
+
+def read_limits(s: Section, trunk_names: Iterable[str]) -> LimitsConfig:
+    """The `limits:` section; errors are given the file and line of the field they name."""
+    names = set(trunk_names)
+    per_trunk = s.section("trunks", default_empty=True)
+    for name in per_trunk.data:
+        if name not in names:
+            raise per_trunk.error(str(name), f"no trunk named {name!r}")
+    try:
+        return LimitsConfig.from_mapping(s.data)
+    except ValueError as exc:
+        # The message names a dotted field (e.g. limits.trunks.dialer.max_cps): find its line.
+        match = re.search(r"\blimits(\.[\w.-]+)?", str(exc))
+        node: Any = s.data
+        line, file = s.line, s.file
+        for part in (match.group(1) or "").strip(".").split(".") if match else ():
+            if isinstance(node, YamlMap) and part in node:
+                line, file, node = node.lines.get(part, line), node.file, node[part]
+            else:
+                break
+        raise ConfigError(str(exc), file, line, match.group(0) if match else "limits") from exc
 
 
 def _number(value: Any, where: str) -> float:

@@ -23,7 +23,7 @@ class TrunkMatcher:
     trunks sharing a network."""
 
     def __init__(self, trunks: Mapping[str, TrunkConfig]) -> None:
-        rows: list[tuple[int, Any, TrunkConfig]] = []
+        rows: list[tuple[int, ipaddress.IPv4Network | ipaddress.IPv6Network, TrunkConfig]] = []
         for trunk in trunks.values():
             for net in trunk.match.sources:
                 rows.append((net.prefixlen, net, trunk))

@@ -18,8 +18,10 @@ from typing import Any, TextIO
 
 from sipfilter import stores
 from sipfilter.audit_files import append_line
-from sipfilter.config import Config, ConfigError, load_config
+from sipfilter.config import Config, ConfigError
+from sipfilter.configure import load_config
 from sipfilter.policy.numbers import Normaliser
+from sipfilter.policy.rulepack import normaliser_for
 from sipfilter.records import accounts_of, check_account
 from sipfilter.stores import StoreError, StoreUnavailable, WritableStore
 from sipfilter.stores.importer import ListFileError
@@ -45,8 +47,6 @@ def load(args: argparse.Namespace) -> Config:
 
 def normaliser(config: Config, trunk: str | None = None) -> Normaliser:
     """The call path's normaliser, so stored numbers match what the policy engine looks up."""
-    from sipfilter.policy.rulepack import normaliser_for
-
     if trunk is not None and trunk not in config.trunks:
         raise CliError(f"no trunk named {trunk!r} (trunks: {', '.join(config.trunks)})")
     try:

@@ -13,10 +13,12 @@ import sys
 from datetime import datetime
 from typing import Any
 
+from sipfilter import stores
 from sipfilter.audit import decision_record
 from sipfilter.b2bua.facts import identities_from_text
 from sipfilter.commands._store_common import CliError, parse_time, print_out
-from sipfilter.config import Config, ConfigError, load_config
+from sipfilter.config import Config, ConfigError
+from sipfilter.configure import load_config
 from sipfilter.policy import hours
 from sipfilter.policy.engine import PolicyEngine
 from sipfilter.policy.facts import CallFacts
@@ -109,9 +111,7 @@ def parse_at(text: str | None) -> float:
 
 async def open_configured_store(config: Config) -> Store:
     """The configured store, opened for a one-shot command (no background watching of list changes)."""
-    from sipfilter import stores  # looked up at call time, so tests can substitute the backend
-
-    try:
+    try:  # `stores.open_store` looked up at call time, so tests can substitute the backend
         return await stores.open_store(config, watch=False)
     except (StoreUnavailable, OSError, ValueError) as exc:
         raise CheckError(f"cannot open the {config.store.backend} store: {exc}") from exc

@@ -15,7 +15,9 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from sipfilter.config import RESTART_KEYS, Config, ConfigError, load_config
+from sipfilter import stores
+from sipfilter.config import RESTART_KEYS, Config, ConfigError
+from sipfilter.configure import load_config
 from sipfilter.readiness import describe_missing, missing_lists
 
 DEFAULT_CONFIG = os.environ.get("SIPFILTER_CONFIG", "config/sipfilter.yaml")
@@ -119,8 +121,6 @@ def check(args: argparse.Namespace) -> int:
 
 def store_warnings(config: Config) -> list[str]:
     """The lists in use that the store never imported, or why the store could not be asked."""
-    from sipfilter import stores
-
     async def ask() -> list[str]:
         store = await stores.open_store(config, watch=False)
         try:

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from sipfilter.config import ConfigError, Section
 from sipfilter.identity.certs import load_anchors
+from sipfilter.transport.stream import TlsSetupError, tls_client_context
 
 ATTEST_DEFAULTS = ("B", "C")  # A is given only to numbers of the trunk's authorised caller-ID list
 
@@ -92,8 +93,6 @@ def _verify(s: Section) -> VerifySettings:
         raise s.error("x5u_timeout_s", f"must be <= 10 (a first call waits up to this long), got {timeout:g}")
     allowed = tuple(_https_url(s, url, "x5u_allowed") for url in s.str_list("x5u_allowed", None))
     tls_ca = _file(s, "x5u_tls_ca") if s.has("x5u_tls_ca") else None
-    from sipfilter.transport.stream import TlsSetupError, tls_client_context
-
     try:
         context = tls_client_context(ca=str(tls_ca) if tls_ca else None)
     except TlsSetupError as exc:

@@ -9,8 +9,13 @@ from __future__ import annotations
 import logging
 from zoneinfo import ZoneInfo
 
+import sipfilter.policy.caller_id as caller_id
+import sipfilter.policy.frequency as frequency
+import sipfilter.policy.hours as hours
+import sipfilter.policy.lists as lists
+import sipfilter.policy.opposition as opposition
+import sipfilter.policy.proof as proof
 from sipfilter.config import Config, TrunkConfig
-from sipfilter.policy import caller_id, frequency, hours, lists, opposition, proof
 from sipfilter.policy.facts import CallFacts
 from sipfilter.policy.identity import RULES as IDENTITY_RULES
 from sipfilter.policy.identity import IdentityFinding, check_identity

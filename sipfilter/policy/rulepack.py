@@ -9,16 +9,17 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from sipfilter.config import ConfigError, Section, YamlMap, load_yaml, merge_overrides
-from sipfilter.policy import caller_id, frequency, hours, identity, lists, opposition
+import sipfilter.policy.caller_id as caller_id
+import sipfilter.policy.frequency as frequency
+import sipfilter.policy.hours as hours
+import sipfilter.policy.identity as identity
+import sipfilter.policy.lists as lists
+import sipfilter.policy.opposition as opposition
+from sipfilter.config import Config, ConfigError, Section, TrunkConfig, YamlMap, load_yaml, merge_overrides
 from sipfilter.policy.numbers import Normaliser
 from sipfilter.policy.territory import NumberingPlan, PatternError, PlanError, plan_for
-
-if TYPE_CHECKING:
-    from sipfilter.config import Config, TrunkConfig
 
 STORE_RULE = "store.unavailable"
 NUMBER_RULE = "number.invalid"

@@ -15,7 +15,7 @@ import yaml
 
 from sipfilter.audit import AuditLog
 from sipfilter.b2bua.core import B2BUA, compile_runtime
-from sipfilter.config import load_config
+from sipfilter.configure import load_config
 from sipfilter.policy.engine import PolicyEngine
 from sipfilter.policy.facts import CallFacts
 from sipfilter.policy.numbers import Normaliser, NumberReader

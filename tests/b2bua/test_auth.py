@@ -14,7 +14,8 @@ from b2bua_rig import Rig, StubPolicy, answer, invite, rig_for, write_config
 from sipfilter.b2bua.auth import AUTH_RESULTS, Passed, Refused
 from sipfilter.b2bua.core import compile_runtime
 from sipfilter.b2bua.observe import Observer
-from sipfilter.config import ConfigError, load_config
+from sipfilter.config import ConfigError
+from sipfilter.configure import load_config
 from sipfilter.sip import Request, Response, parse
 
 REALM = "dialers.acme.example"

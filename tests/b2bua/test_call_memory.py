@@ -13,7 +13,7 @@ from test_wheel import FakeLoop
 
 from sipfilter.b2bua.core import B2BUA, Call, ClientTx, ServerTx, compile_runtime
 from sipfilter.b2bua.wheel import TimerWheel
-from sipfilter.config import load_config
+from sipfilter.configure import load_config
 from sipfilter.sip import ParseError, parse
 
 

@@ -17,7 +17,7 @@ from test_wheel import FakeLoop
 
 from sipfilter.b2bua.core import B2BUA, Call, ClientTx, Leg, ServerTx, compile_runtime
 from sipfilter.b2bua.wheel import TimerWheel, WheelTimer
-from sipfilter.config import load_config
+from sipfilter.configure import load_config
 from sipfilter.sip import ParseError, Request, parse
 from sipfilter.stores import open_store
 

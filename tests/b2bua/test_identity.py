@@ -25,7 +25,7 @@ from b2bua_rig import (
 
 from sipfilter.b2bua.core import B2BUA, compile_runtime
 from sipfilter.b2bua.observe import Observer
-from sipfilter.config import load_config
+from sipfilter.configure import load_config
 from sipfilter.identity.passport import decode, identity_value, parse_identity, protected_header, sign
 from sipfilter.policy.engine import PolicyEngine
 from sipfilter.sip import ParseError, parse

@@ -20,7 +20,7 @@ from sipfilter.b2bua.limits import (
     Reject,
     TrunkLimits,
 )
-from sipfilter.config import load_config
+from sipfilter.configure import load_config
 from sipfilter.sip import ParseError, Response, parse
 
 

@@ -9,7 +9,8 @@ import pytest
 from b2bua_rig import DIALER, Rig, make_rig, write_config
 
 from sipfilter.b2bua.trunks import foreign_host
-from sipfilter.config import ConfigError, load_config
+from sipfilter.config import ConfigError
+from sipfilter.configure import load_config
 from sipfilter.sip import Request, Response, parse
 
 

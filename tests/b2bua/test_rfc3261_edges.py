@@ -13,7 +13,7 @@ from b2bua_rig import requests_named as _requests
 
 from sipfilter.b2bua.core import B2BUA, UDP_MAX_REQUEST, compile_runtime
 from sipfilter.b2bua.observe import Observer
-from sipfilter.config import load_config
+from sipfilter.configure import load_config
 from sipfilter.sip import ParseError, Request, parse
 
 

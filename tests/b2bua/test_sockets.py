@@ -11,7 +11,7 @@ import pytest
 from b2bua_rig import StubPolicy, write_config
 
 from sipfilter.b2bua.core import B2BUA, compile_runtime
-from sipfilter.config import load_config
+from sipfilter.configure import load_config
 from sipfilter.sip import ParseError, parse
 from sipfilter.transport import open_stream_endpoint, open_udp_endpoint
 

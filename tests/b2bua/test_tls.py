@@ -25,7 +25,8 @@ from sipfilter import metrics
 from sipfilter.b2bua.core import B2BUA, compile_runtime
 from sipfilter.b2bua.observe import Observer
 from sipfilter.cli import main as cli_main
-from sipfilter.config import ConfigError, load_config
+from sipfilter.config import ConfigError
+from sipfilter.configure import load_config
 from sipfilter.sip import ParseError, Response, parse
 from sipfilter.transport.stream import (
     REASON_CRL,

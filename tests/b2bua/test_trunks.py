@@ -8,7 +8,8 @@ import random
 from dataclasses import replace
 
 from sipfilter.b2bua.trunks import TargetPool, TrunkMatcher
-from sipfilter.config import HeaderMatch, Target, TrunkConfig, TrunkMatch, load_config
+from sipfilter.config import HeaderMatch, Target, TrunkConfig, TrunkMatch
+from sipfilter.configure import load_config
 
 EXAMPLE = load_config("config/sipfilter.yaml").trunks["dialer"]
 

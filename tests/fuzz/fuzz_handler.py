@@ -28,7 +28,7 @@ with atheris.instrument_imports(include=["sipfilter.sip", "sipfilter.b2bua", "si
     from sipfilter import sip
     from sipfilter.b2bua import core
     from sipfilter.b2bua.core import B2BUA, compile_runtime
-    from sipfilter.config import load_config
+    from sipfilter.configure import load_config
     from sipfilter.policy.numbers import Normaliser, NumberReader
     from sipfilter.policy.verdict import ALLOW, REJECT, Decision, Verdict
     from sipfilter.transport.base import Addr, Endpoint

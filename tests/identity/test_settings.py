@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from sti_pki import StiPki, key_pem, make_pki, pem
 
-from sipfilter.config import ConfigError, load_config
+from sipfilter.config import ConfigError
+from sipfilter.configure import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "config" / "sipfilter.yaml"

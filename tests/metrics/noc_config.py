@@ -11,7 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "b2bua"))
 from b2bua_rig import CARRIER1, CARRIER2
 from b2bua_rig import write_config as write_rig_config
 
-from sipfilter.config import Config, load_config
+from sipfilter.config import Config
+from sipfilter.configure import load_config
 
 TARGET1 = f"sip:{CARRIER1[0]}:{CARRIER1[1]}"
 TARGET2 = f"sip:{CARRIER2[0]}:{CARRIER2[1]}"

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from sipfilter.config import load_config
+from sipfilter.configure import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from sipfilter.config import load_config
+from sipfilter.configure import load_config
 from sipfilter.stores.redis_url import redis_options
 
 ROOT = Path(__file__).resolve().parents[2]

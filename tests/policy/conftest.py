@@ -10,7 +10,8 @@ import pytest
 from memstore import MemoryStore
 from policy_helpers import OPEN, write_config
 
-from sipfilter.config import Config, load_config
+from sipfilter.config import Config
+from sipfilter.configure import load_config
 from sipfilter.policy.engine import PolicyEngine
 
 

@@ -248,7 +248,7 @@ def test_check_uses_the_configured_embedded_store(capsys: pytest.CaptureFixture[
 
     from policy_helpers import ts
 
-    from sipfilter.config import load_config
+    from sipfilter.configure import load_config
     from sipfilter.policy.rulepack import normaliser_for
 
     config = load_config(cfg)

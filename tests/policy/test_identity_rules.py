@@ -10,7 +10,8 @@ import pytest
 from memstore import MemoryStore
 from policy_helpers import CALLEE, NPV, OPEN, call_facts, write_config
 
-from sipfilter.config import ConfigError, load_config
+from sipfilter.config import ConfigError
+from sipfilter.configure import load_config
 from sipfilter.policy.engine import PolicyEngine
 from sipfilter.policy.identity import RULES, IdentityFinding
 

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from policy_helpers import EXAMPLE
 
-from sipfilter.config import Config, load_config
+from sipfilter.config import Config
+from sipfilter.configure import load_config
 from sipfilter.policy.numbers import ANONYMOUS, E164, INVALID, Normaliser, Number
 
 

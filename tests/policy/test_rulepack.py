@@ -6,7 +6,8 @@ from pathlib import Path
 
 from policy_helpers import write_config
 
-from sipfilter.config import Config, load_config
+from sipfilter.config import Config
+from sipfilter.configure import load_config
 from sipfilter.policy.rulepack import normaliser_for
 
 

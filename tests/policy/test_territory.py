@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from policy_helpers import EXAMPLE
 
 from sipfilter.b2bua.facts import read_address
-from sipfilter.config import load_config
+from sipfilter.configure import load_config
 from sipfilter.policy.numbers import E164, INVALID, Normaliser, Number, NumberReader
 from sipfilter.policy.territory import NSN_LENGTH, NumberingPlan, PatternError, boxes, french_plan
 

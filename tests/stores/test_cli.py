@@ -207,7 +207,7 @@ def test_an_audit_log_that_cannot_be_written_is_said(config: str, tmp_path: Path
 
 def test_audit_report_from_the_cli(config: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from sipfilter.audit import AuditLog
-    from sipfilter.config import load_config
+    from sipfilter.configure import load_config
     from sipfilter.policy.facts import CallFacts
     from sipfilter.policy.numbers import Number
     from sipfilter.policy.verdict import Decision, Verdict

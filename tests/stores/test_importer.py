@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sipfilter.config import load_config
+from sipfilter.configure import load_config
 from sipfilter.policy.numbers import Normaliser
 from sipfilter.policy.rulepack import normaliser_for
 from sipfilter.stores.importer import ListFileError, detect_format, file_source, read_list

@@ -15,7 +15,8 @@ import redis
 import yaml
 from redis_server import RedisServer, free_port
 
-from sipfilter.config import ConfigError, load_config
+from sipfilter.config import ConfigError
+from sipfilter.configure import load_config
 from sipfilter.stores.base import AttemptDecision, StoreUnavailable
 from sipfilter.stores.redis_store import _ATTEMPT_LUA, RedisStore
 from sipfilter.stores.redis_url import RedisOptions, redis_options

@@ -13,7 +13,7 @@ import yaml
 from redis_server import RedisServer
 
 from sipfilter.b2bua.facts import identities_from_text
-from sipfilter.config import load_config
+from sipfilter.configure import load_config
 from sipfilter.policy.engine import PolicyEngine
 from sipfilter.policy.facts import CallFacts
 from sipfilter.policy.rulepack import STORE_RULE

@@ -20,7 +20,7 @@ from b2bua_rig import StubPolicy, write_config
 
 from sipfilter.b2bua.core import B2BUA, compile_runtime
 from sipfilter.b2bua.observe import Observer
-from sipfilter.config import load_config
+from sipfilter.configure import load_config
 from sipfilter.sip import ParseError, parse
 from sipfilter.transport import open_stream_endpoint, open_udp_endpoint
 from sipfilter.transport.stream import ConnectionLimits, ConnectionTable
