@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable
 
 from sipfilter.policy.verdict import Verdict
-from sipfilter.sip.status import reason_phrase
+from sipfilter.sip.status import reason_phrase as reason_phrase  # re-exported: the B2BUA answers with it
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 _NOT_USER = re.compile(r"[^0-9A-Za-z+*#._\-]")
