@@ -28,8 +28,21 @@ MODULES: tuple[str, ...] = (
     "sipfilter.sip.uri",
     "sipfilter.sip.headers",
     "sipfilter.sip.message",
+    "sipfilter.b2bua.ids",
     "sipfilter.b2bua.wire",
     "sipfilter.b2bua.wheel",
+    "sipfilter.b2bua.topology",
+    "sipfilter.b2bua.calls",
+    "sipfilter.b2bua.runtime",
+    # The B2BUA's rooms, each class extending the one before it (b2bua/plumbing.py), then its dispatch.
+    "sipfilter.b2bua.plumbing",
+    "sipfilter.b2bua.gate",
+    "sipfilter.b2bua.transactions",
+    "sipfilter.b2bua.lifecycle",
+    "sipfilter.b2bua.b_leg",
+    "sipfilter.b2bua.relay",
+    "sipfilter.b2bua.health",
+    "sipfilter.b2bua.drain",
     "sipfilter.b2bua.core",
 )
 GROUP = "sipfilter._native"  # mypyc names the shared library after it: sipfilter/_native__mypyc….so

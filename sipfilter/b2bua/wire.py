@@ -1,4 +1,4 @@
-"""Builders of the bytes the B2BUA sends: requests and responses of both legs, tags, branches, Call-IDs.
+"""Builders of the bytes the B2BUA sends: requests and responses of both legs (identifiers: b2bua/ids.py).
 
 Serialisation only, from strings the call logic hands in; never parses a message (the SIP core does that),
 except the byte-level scan of a malformed request needed to answer it 400.
@@ -6,9 +6,8 @@ except the byte-level scan of a malformed request needed to answer it 400.
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from sipfilter.policy.verdict import Verdict
 
@@ -30,41 +29,6 @@ _NOT_USER = re.compile(r"[^0-9A-Za-z+*#._\-]")
 
 def reason_phrase(status: int) -> str:
     return REASONS.get(status, "Unknown")
-
-
-class _RandomPool:
-    """Bytes of os.urandom taken a page at a time: tags, branches and Call-IDs stay unpredictable (RFC 3261
-    §19.3 asks for cryptographic randomness) without a getrandom() system call for each one."""
-
-    __slots__ = ("_buf", "_pos")
-
-    def __init__(self) -> None:
-        self._buf = b""
-        self._pos = 0
-
-    def hex(self, nbytes: int) -> str:
-        pos = self._pos
-        end = pos + nbytes
-        if end > len(self._buf):
-            self._buf = os.urandom(4096)
-            pos, end = 0, nbytes
-        self._pos = end
-        return self._buf[pos:end].hex()
-
-
-_RANDOM = _RandomPool()  # process-wide by nature: bytes are never handed out twice
-
-
-def new_tag() -> str:
-    return _RANDOM.hex(6)
-
-
-def new_branch() -> str:
-    return "z9hG4bK" + _RANDOM.hex(8)
-
-
-def new_call_id(host: str) -> str:
-    return f"{_RANDOM.hex(10)}@{host}"
 
 
 def with_tag(name_addr: str, tag: str) -> str:
@@ -97,6 +61,22 @@ def build_request(method: str, ruri: str, lines: Iterable[str], body: bytes = b"
     # One C-level join (the trailing "", "" end the head with an empty line).
     head = "\r\n".join([f"{method} {ruri} SIP/2.0", *lines, f"Content-Length: {len(body)}", "", ""])
     return _encode(head, body)
+
+
+def request_head(method: str, cseq: int, transport: str, hostport: str, branch: str, from_: str, to: str,
+                 call_id: str, routes: Sequence[str] = (), max_forwards: int = 70) -> list[str]:
+    """The head every request we send starts with, in RFC 3261 §8.1.1 order: our Via (rport asked),
+    Max-Forwards, the Route set, From, To, Call-ID and CSeq. Callers append the rest (Contact, Reason, relayed
+    headers)."""
+    return [
+        f"Via: SIP/2.0/{transport.upper()} {hostport};branch={branch};rport",
+        f"Max-Forwards: {max_forwards}",
+        *[f"Route: {r}" for r in routes],
+        f"From: {from_}",
+        f"To: {to}",
+        f"Call-ID: {call_id}",
+        f"CSeq: {cseq} {method}",
+    ]
 
 
 def build_response(status: int, reason: str, lines: Iterable[str], body: bytes = b"") -> bytes:
