@@ -20,7 +20,6 @@ from sipfilter.b2bua.calls import (
     ClientTx,
     Leg,
     cancel_of,
-    first_value,
     local_tag,
     tag_of,
 )
@@ -149,13 +148,9 @@ class BLeg(Lifecycle):
         if status < 200:
             if ctx.final:
                 return  # a provisional straggling behind the final answer
-            ctx.provisional = True
-            if ctx.retrans is not None:
-                ctx.retrans.cancel()
-                ctx.retrans = None
-            if ctx.cancel is None:  # Proceeding: Timer C (re)starts; after a CANCEL its 64*T1 guard runs on
-                if ctx.timeout is not None:
-                    ctx.timeout.cancel()
+            ctx.provisional = True  # Proceeding: the transaction stopped retransmitting and Timer B
+            if ctx.cancel is None:  # Timer C (re)starts; after a CANCEL its 64*T1 guard runs on
+                self._stop_guard(ctx)
                 ctx.timeout = self._later(self.rt.timers.timer_c, self._timer_c, ctx)
             if call.cancelled or call.state == ENDED:
                 call.cancelled = True
@@ -168,24 +163,17 @@ class BLeg(Lifecycle):
                 call.state = EARLY
                 self._relay_invite_response(call, msg, status)
             return
-        # final
-        if ctx.retrans is not None:
-            ctx.retrans.cancel()
-            ctx.retrans = None
+        # final: the transaction ACKed a non-2xx and keeps absorbing retransmissions (Timer D); after a 2xx
+        # it passes on its retransmissions for 64*T1 (RFC 6026 Accepted, Timer M), which we ACK again.
+        self._stop_guard(ctx)
         if not ctx.final:  # the first one; not a 2xx retransmission
             self._carrier_final(call, ctx, status)
         if status < 300:
             if not ctx.final:
                 ctx.final = status
-                if ctx.timeout is not None:
-                    ctx.timeout.cancel()
-                # Keep the transaction to recognise 2xx retransmissions for 64*T1 (RFC 6026 Accepted).
-                ctx.timeout = self._later(64 * self.rt.timers.t1, self._forget_client, ctx)
             self._b_2xx(call, ctx, msg)
             return
         ctx.final = ctx.final or status
-        self._ack_non2xx(ctx, msg)
-        self._stop_client(ctx, keep=0 if ctx.ep.reliable else 64 * self.rt.timers.t1)
         if ctx.dest is not None and call.trunk.name in self.rt.pools:
             self.rt.pools[call.trunk.name].mark(ctx.dest, status != 503, self._clock())
         if call.state in (ENDED, ENDING) or call.cancelled:
@@ -286,16 +274,6 @@ class BLeg(Lifecycle):
             lines.extend(asserted_lines(msg, call.ids, self.hostname))
         return lines
 
-    def _ack_non2xx(self, ctx: ClientTx, msg: Any) -> None:
-        """ACK for a 3xx-6xx is hop-by-hop: same branch, Request-URI and CSeq number (§17.1.1.3)."""
-        call = ctx.call
-        if call is None or call.b is None:
-            return
-        b = call.b
-        lines = wire.request_head("ACK", ctx.cseq, ctx.ep.transport, ctx.ep.hostport, ctx.branch, b.local,
-                                  first_value(msg, "To"), b.call_id)  # fmt: skip
-        ctx.ep.send(wire.build_request("ACK", call.invite_ruri, lines), ctx.addr)
-
     def _cancel_b(self, call: Call, reason: str = "") -> None:
         ctx = call.b_invite
         if ctx is None or call.b is None or self.client_tx.get(ctx.branch) is not ctx:
@@ -312,17 +290,12 @@ class BLeg(Lifecycle):
         data = wire.build_request("CANCEL", call.invite_ruri, lines)
         cancel = ClientTx(call, OUTSIDE, "CANCEL", ctx.cseq, ctx.branch + ".c", data, ctx.ep, ctx.addr, None)
         ctx.cancel = cancel
-        # CANCEL shares the INVITE's branch on the wire; index it apart so the INVITE stays matched.
-        self.client_tx[cancel.branch] = cancel
         # §9.1: no final answer 64*T1 after the CANCEL and the INVITE transaction is given up.
-        if ctx.timeout is not None:
-            ctx.timeout.cancel()
+        self._stop_guard(ctx)
         ctx.timeout = self._later(64 * self.rt.timers.t1, self._timer_c, ctx)
-        ctx.ep.send(data, ctx.addr)
-        if not ctx.ep.reliable:
-            cancel.interval = self.rt.timers.t1
-            cancel.retrans = self._later(cancel.interval, self._retransmit, cancel)
-        cancel.timeout = self._later(64 * self.rt.timers.t1, self._cancel_gone, call, cancel)
+        # CANCEL shares the INVITE's branch on the wire; filed apart so the INVITE stays matched. Its own
+        # transaction timing out (Timer F) ends the call (_cancel_gone).
+        self._send_client(cancel)
 
     def _timer_c(self, ctx: ClientTx) -> None:
         """A B-leg INVITE with no final answer in time: CANCEL it if not done yet, else give it up."""
@@ -331,7 +304,7 @@ class BLeg(Lifecycle):
         ctx.timeout = None
         call = ctx.call
         if ctx.final or call is None:
-            self._forget_client(ctx)
+            self._stop_client(ctx)
             return
         if ctx.cancel is None:
             if call.state in (CALLING, EARLY) and not call.cancelled and not call.a_tx.final:
@@ -348,9 +321,8 @@ class BLeg(Lifecycle):
             self._answer_a(call, 408, "Request Timeout", [])
 
     def _cancel_gone(self, call: Call, cancel: ClientTx) -> None:
-        if cancel.retrans is not None:
-            cancel.retrans.cancel()
-        self.client_tx.pop(cancel.branch, None)
+        """Our CANCEL got no final answer (its Timer F): give up the INVITE, end the call."""
+        self._stop_client(cancel)
         cancel.call = None  # the call -> INVITE -> CANCEL -> call cycle (see _forget_client)
         ctx = call.b_invite
         if ctx is not None:

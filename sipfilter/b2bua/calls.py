@@ -15,14 +15,14 @@ from sipfilter.b2bua.facts import CallIdentities
 from sipfilter.b2bua.topology import PassList
 from sipfilter.b2bua.trunks import Destination
 from sipfilter.config import TrunkConfig
+from sipfilter.sip.timers import DEFAULT_TIMERS, TIMER_A, TIMER_E, TimerConfig
+from sipfilter.sip.transaction import ClientTransaction
 from sipfilter.transport.base import Addr, Endpoint
 
 INSIDE, OUTSIDE = "inside", "outside"
 
 
 @dataclass(frozen=True, slots=True)
-
-
 class Timers:
     t1: float = 0.5
     t2: float = 4.0
@@ -32,6 +32,14 @@ class Timers:
     # Guard on a B-leg INVITE that got a provisional and nothing final (RFC 3261 §16.6 Timer C, > 3 min):
     # longer than the ring timeout, so on a live call the ring timeout is what ends it.
     timer_c: float = 212.0
+    # The transaction layer's timers (T1, T2, T4; Timer D is 64*T1 here, as long as the other guards).
+    transactions: TimerConfig = DEFAULT_TIMERS
+
+
+def transaction_timers(t1: float, t2: float, t4: float) -> TimerConfig:
+    """The §17 timers for these base values (the shared default when they are the default ones)."""
+    timers = TimerConfig(t1=t1, t2=max(t1, t2), t4=t4, timer_d=64 * t1)
+    return DEFAULT_TIMERS if timers == DEFAULT_TIMERS else timers
 
 
 def first_value(msg: Any, name: str) -> str:
@@ -112,10 +120,12 @@ class ServerTx:
 
 
 class ClientTx:
-    """A request we sent: retransmitted on UDP until answered, timed out at 64*T1."""
+    """A request we sent, and its §17 client transaction (sipfilter.sip.transaction: retransmission on UDP,
+    Timers A/B/D/E/F/K/M), whose timers run as `timers`; `timeout` is a guard of the B2BUA's own on top
+    (Timer C, the wait after a CANCEL, a probe's deadline)."""
 
-    __slots__ = ("addr", "branch", "call", "cancel", "cseq", "data", "dest", "ep", "final", "interval",
-                 "method", "origin", "provisional", "retrans", "sent_at", "side", "timeout")  # fmt: skip
+    __slots__ = ("addr", "branch", "call", "cancel", "cseq", "data", "dest", "ep", "final", "machine",
+                 "method", "origin", "provisional", "sent_at", "side", "timeout", "timers")  # fmt: skip
 
     def __init__(self, call: Call | None, side: str, method: str, cseq: int, branch: str, data: bytes,
                  ep: Endpoint, addr: Addr, origin: ServerTx | None) -> None:  # fmt: skip
@@ -128,14 +138,20 @@ class ClientTx:
         self.ep = ep
         self.addr = addr
         self.origin = origin  # the request it relays (None: our own, e.g. BYE on cleanup, OPTIONS probe)
-        self.interval = 0.0
-        self.retrans: Any = None
+        self.machine: ClientTransaction | None = None  # set when sent
+        self.timers: dict[str, Any] = {}  # the machine's armed timers: name -> scheduled handle
         self.timeout: Any = None
         self.provisional = False
         self.final = 0  # first final status received (INVITE: the transaction is no longer pending)
         self.cancel: ClientTx | None = None  # the CANCEL we sent for it (INVITE)
         self.dest: Destination | None = None
         self.sent_at = 0.0  # B-leg INVITE: when it left for its carrier target (per-target latency)
+
+    @property
+    def retransmitting(self) -> bool:
+        """Its request still goes out again (UDP, and no answer yet that stops that: Timer A or E armed)."""
+        timers = self.timers
+        return TIMER_A in timers or TIMER_E in timers
 
 
 # Call states

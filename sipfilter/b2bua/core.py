@@ -278,54 +278,42 @@ class B2BUA(Drain):
             return  # not ours (or not from where we sent it): drop
         status: int = msg.status
         call = ctx.call
-        if ctx.method == "OPTIONS" and call is None:
-            if status >= 200:
-                self._stop_client(ctx)
-                self._probe_result(ctx, status != 503)
+        if call is not None:
+            self.obs.response(call.trunk.name, "received", status)
+        # The transaction stops retransmitting, ACKs a non-2xx INVITE answer and absorbs what repeats.
+        if not self._client_response(ctx, msg):
             return
         if call is None:
-            if status >= 200:
-                self._stop_client(ctx)
+            if ctx.method == "OPTIONS" and status >= 200:
+                self._stop_guard(ctx)
+                self._probe_result(ctx, status != 503)
             return
-        self.obs.response(call.trunk.name, "received", status)
         if ctx.method == "INVITE" and ctx is call.b_invite:
             self._b_invite_response(call, ctx, msg, status)
             return
         if ctx.method == "CANCEL":
-            if status >= 200:
-                self._stop_client(ctx)
             return
         if status < 200:
-            if ctx.retrans is not None and ctx.method != "INVITE":
-                pass  # non-INVITE keeps retransmitting at T2 (Timer E), as §17.1.2.2 says
             ctx.provisional = True
-            if ctx.method == "INVITE" and ctx.retrans is not None:
-                ctx.retrans.cancel()
-                ctx.retrans = None
             if status > 100 and ctx.origin is not None:
                 self._relay_response(call, ctx, msg)
             return
-        if ctx.method == "INVITE" and status >= 300:
-            self._ack_non2xx(ctx, msg)
-        self._stop_client(ctx, keep=0 if ctx.ep.reliable else 64 * self.rt.timers.t1)
         if ctx.origin is not None:
             self._relay_response(call, ctx, msg)
         if ctx.method == "BYE":
             self._end(call, call.ended_by or "bye")
 
     def _client_timeout(self, ctx: ClientTx) -> None:
-        if self.client_tx.get(ctx.branch) is not ctx:
-            return
-        ctx.timeout = None
-        if ctx.retrans is not None:
-            ctx.retrans.cancel()
-            ctx.retrans = None
-        del self.client_tx[ctx.branch]
+        """A client transaction ended with no final answer (Timer B or F, or no connection): it is out of
+        the table already; what it was for reacts as to a 408 (§8.1.3.1)."""
         call = ctx.call
         if ctx.method == "OPTIONS" and call is None and ctx.dest is not None:
             self._probe_result(ctx, False)
             return
         if call is None:
+            return
+        if ctx.method == "CANCEL":
+            self._cancel_gone(call, ctx)
             return
         if ctx is call.b_invite:
             if ctx.provisional or ctx.final:
@@ -360,7 +348,9 @@ class B2BUA(Drain):
                 self._carrier_final(call, ctx, NO_CONNECTION)
                 self._b_invite_failed(call, ctx, 503)
             else:
+                self._drop_client(ctx)
                 self._client_timeout(ctx)
+                ctx.call = None
 
 
 async def _finish(coro: Coroutine[Any, Any, Any], awaited: Any) -> Any:

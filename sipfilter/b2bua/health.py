@@ -10,6 +10,8 @@ from sipfilter.b2bua.calls import (
 from sipfilter.b2bua.ids import new_branch, new_call_id, new_tag
 from sipfilter.b2bua.relay import Relay
 
+PROBE_DEADLINE = 8.0  # seconds: a target slower than this to answer an OPTIONS is marked down
+
 
 class Health(Relay):
     """Probing carrier targets."""
@@ -17,6 +19,7 @@ class Health(Relay):
     def probe_targets(self) -> None:
         """Send one OPTIONS to every target of every trunk; answers and timeouts update their health."""
         t1 = self.rt.timers.t1
+        deadline = min(64 * t1, PROBE_DEADLINE)
         for pool in self.rt.pools.values():
             for state in pool.states:
                 dest = state.dest
@@ -30,12 +33,15 @@ class Health(Relay):
                 data = wire.build_request("OPTIONS", f"sip:{dest.uri_host}", lines)
                 ctx = ClientTx(None, OUTSIDE, "OPTIONS", 1, branch, data, ep, dest.addr, None)
                 ctx.dest = dest
-                self.client_tx[branch] = ctx
-                ep.send(data, dest.addr)
-                if not ep.reliable:
-                    ctx.interval = t1
-                    ctx.retrans = self._later(t1, self._retransmit, ctx)
-                ctx.timeout = self._later(min(64 * t1, 8.0), self._client_timeout, ctx)
+                self._send_client(ctx)
+                if deadline < 64 * t1:  # a probe answers within seconds or the target counts as down
+                    ctx.timeout = self._later(deadline, self._probe_deadline, ctx)
+
+    def _probe_deadline(self, ctx: ClientTx) -> None:
+        if self.client_tx.get(ctx.branch) is ctx:
+            ctx.timeout = None
+            self._stop_client(ctx)
+            self._probe_result(ctx, False)
 
     def _probe_result(self, ctx: ClientTx, ok: bool) -> None:
         if ctx.dest is None:

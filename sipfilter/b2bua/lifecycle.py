@@ -142,8 +142,8 @@ class Lifecycle(Transactions):
             self._later(self.rt.timers.t4, self._forget_server, stx)
         ctx = call.b_invite
         if ctx is not None and self.client_tx.get(ctx.branch) is ctx:
-            if ctx.timeout is None:
-                self._forget_client(ctx)
+            if ctx.timeout is None and not ctx.timers:  # nothing left to end it: forget it now
+                self._stop_client(ctx)
             elif not ctx.final:
                 # Still pending at the carrier: CANCEL it now if it rang, else on its first provisional;
                 # its Timer B/C guard drops the transaction if the carrier never answers.

@@ -153,7 +153,7 @@ class Plumbing:
     # -- implemented by later rooms ------------------------------------------------------------------------
 
     def _client_timeout(self, ctx: ClientTx) -> None:
-        """A client transaction got no final answer in time (Timer B/F): core.py dispatches it."""
+        """A client transaction ended with no final answer (Timer B/F): core.py dispatches it."""
         raise NotImplementedError
 
     def _cancel_b(self, call: Call, reason: str = "") -> None:

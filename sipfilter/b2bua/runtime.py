@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sipfilter.b2bua.auth import AuthGate, compile_gate
-from sipfilter.b2bua.calls import Timers
+from sipfilter.b2bua.calls import Timers, transaction_timers
 from sipfilter.b2bua.identity import compile_identity
 from sipfilter.b2bua.limits import LimitsConfig
 from sipfilter.b2bua.topology import PassList, never_relayed
@@ -28,8 +28,6 @@ class PolicyPort(Protocol):
 
 
 @dataclass
-
-
 class Runtime:
     """What a config reload swaps atomically: the config and everything compiled from it."""
 
@@ -62,7 +60,8 @@ def compile_runtime(config: Config, policy: PolicyPort, store: Any, audit: Any =
         pools=pools,
         passes={n: PassList(t.headers.pass_, never_relayed(t)) for n, t in config.trunks.items()},
         timers=Timers(t1, s.timers.t2_ms / 1000, s.timers.t4_ms / 1000, s.ring_timeout_s,
-                      s.max_call_duration_s, timer_c=max(180.0, s.ring_timeout_s) + 64 * t1),
+                      s.max_call_duration_s, timer_c=max(180.0, s.ring_timeout_s) + 64 * t1,
+                      transactions=transaction_timers(t1, s.timers.t2_ms / 1000, s.timers.t4_ms / 1000)),
         auth=auth, identity=compile_identity(config, old.identity if old is not None else None),
     )  # fmt: skip
 

@@ -79,6 +79,30 @@ def request_head(method: str, cseq: int, transport: str, hostport: str, branch: 
     ]
 
 
+def ack_for_non2xx(invite: bytes, to: str) -> bytes:
+    """The ACK of a 3xx-6xx answer to an INVITE we built (RFC 3261 §17.1.1.3): the INVITE's Request-URI,
+    top Via (so its branch), Route set, From, Call-ID and CSeq number, with the answer's To."""
+    head = invite.split(b"\r\n\r\n", 1)[0].decode("utf-8", "surrogateescape").split("\r\n")
+    uri = head[0].split(" ", 2)[1]
+    via = from_ = call_id = seq = ""
+    routes: list[str] = []
+    for line in head[1:]:  # our own head (request_head): canonical names, one value per line
+        name, _, value = line.partition(": ")
+        if name == "Via" and not via:
+            via = value
+        elif name == "Route":
+            routes.append(value)
+        elif name == "From":
+            from_ = value
+        elif name == "Call-ID":
+            call_id = value
+        elif name == "CSeq":
+            seq = value.split(" ", 1)[0]
+    lines = [f"Via: {via}", "Max-Forwards: 70", *[f"Route: {r}" for r in routes], f"From: {from_}",
+             f"To: {safe(to)}", f"Call-ID: {call_id}", f"CSeq: {seq} ACK"]  # fmt: skip
+    return build_request("ACK", uri, lines)
+
+
 def build_response(status: int, reason: str, lines: Iterable[str], body: bytes = b"") -> bytes:
     start = f"SIP/2.0 {status} {safe(reason) or reason_phrase(status)}"
     return _encode("\r\n".join([start, *lines, f"Content-Length: {len(body)}", "", ""]), body)

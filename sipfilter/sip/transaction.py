@@ -2,11 +2,15 @@
 
 Sans-IO: events in, actions out. No sockets, no clock, no asyncio: the caller sends, schedules the timers
 it is handed (a StartTimer replaces any pending timer of that name) and feeds back TimerFired.
+
+The B2BUA drives the client machines (b2bua/transactions.py) with the bytes it built as the request: it then
+files the transaction under its own key and hands the INVITE machine the builder of its ACK for non-2xx
+answers. Responses are always parsed messages.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
@@ -141,7 +145,7 @@ class Send:
     """Pass this message to the transport (the caller knows the destination). The same Send object is
     returned for every retransmission of one message, so callers may cache its bytes by identity."""
 
-    msg: Request | Response
+    msg: Request | Response | bytes
     retransmission: bool = False
 
 
@@ -198,6 +202,10 @@ class TransportFailed:
 
 Action: TypeAlias = Send | Deliver | StartTimer | CancelTimer | TransportFailed | Terminated
 TransactionKey: TypeAlias = tuple[str, ...]
+# What a client transaction sends: a Request, or the bytes its transaction user serialised (then the TU gives
+# the key, and for an INVITE the builder of the ACK of a non-2xx answer).
+Outgoing: TypeAlias = Request | bytes
+AckBuilder: TypeAlias = Callable[[Response], Outgoing]
 
 # Hot path: actions are immutable, so the common ones are built once and shared; the rest skip the
 # frozen-dataclass __init__ (object.__setattr__ per field).
@@ -239,10 +247,12 @@ _ENDS: Final[Mapping[str, Terminated]] = {
 class _Transaction:
     """What all four machines share: the request, the armed timers and how termination cancels them."""
 
-    __slots__ = ("_armed", "_starts", "key", "reliable", "request", "state", "timers")
+    __slots__ = ("_armed", "_starts", "key", "method", "reliable", "request", "state", "timers")
 
-    def __init__(self, request: Request, reliable: bool, timers: TimerConfig, key: TransactionKey) -> None:
+    def __init__(self, request: Request, reliable: bool, timers: TimerConfig, key: TransactionKey,
+                 method: str) -> None:  # fmt: skip
         self.request: Request = request
+        self.method: str = method
         self.reliable: bool = reliable
         self.timers: TimerConfig = timers
         self.key: TransactionKey = key
@@ -291,14 +301,27 @@ class _Transaction:
         return self._terminate([], REASON_TRANSPORT)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.request.method} {self.key!r}, state={self.state.value})"
+        return f"{type(self).__name__}({self.method} {self.key!r}, state={self.state.value})"
 
 
 class _ClientTransaction(_Transaction):
-    __slots__ = ("_interval", "_resend", "_send", "_started")
+    __slots__ = ("_interval", "_resend", "_send", "_started", "outgoing")
 
-    def __init__(self, request: Request, reliable: bool, timers: TimerConfig) -> None:
-        _Transaction.__init__(self, request, reliable, timers, client_key_for_request(request))
+    def __init__(self, request: Outgoing, reliable: bool, timers: TimerConfig,
+                 key: TransactionKey | None) -> None:  # fmt: skip
+        if type(request) is bytes:
+            if key is None:
+                raise TransactionError("a client transaction sending bytes needs its key")
+            method = key[-1]
+        else:
+            assert isinstance(request, Request)
+            method = request.method
+            if key is None:
+                key = client_key_for_request(request)
+        # `request` is the parsed request when there is one; `outgoing` is what goes on the wire.
+        parsed = request if isinstance(request, Request) else _NO_REQUEST
+        _Transaction.__init__(self, parsed, reliable, timers, key, method)
+        self.outgoing: Outgoing = request
         self._send: Send = _new_send(request, False)
         self._resend: Send = _new_send(request, True)
         self._interval: float = timers.t1
@@ -351,18 +374,27 @@ class _ClientTransaction(_Transaction):
 class InviteClientTransaction(_ClientTransaction):
     """§17.1.1 (Figure 5) with RFC 6026: Calling → Proceeding → Completed | Accepted → Terminated."""
 
-    __slots__ = ("_ack",)
+    __slots__ = ("_ack", "_ack_builder")
     _RETRANSMIT_TIMER = TIMER_A
     _TIMEOUT_TIMER = TIMER_B
 
     def __init__(
-        self, request: Request, *, reliable: bool = False, timers: TimerConfig = DEFAULT_TIMERS
+        self,
+        request: Outgoing,
+        *,
+        reliable: bool = False,
+        timers: TimerConfig = DEFAULT_TIMERS,
+        key: TransactionKey | None = None,
+        ack: AckBuilder | None = None,
     ) -> None:
-        if request.method != "INVITE":
-            raise TransactionError(f"InviteClientTransaction needs an INVITE, not {request.method}")
-        _ClientTransaction.__init__(self, request, reliable, timers)
+        _ClientTransaction.__init__(self, request, reliable, timers, key)
+        if self.method != "INVITE":
+            raise TransactionError(f"InviteClientTransaction needs an INVITE, not {self.method}")
+        if ack is None and type(request) is bytes:
+            raise TransactionError("an INVITE sent as bytes needs the builder of its ACK")
         self.state = _CALLING
         self._ack: Send | None = None
+        self._ack_builder: AckBuilder | None = ack
 
     @property
     def cancellable(self) -> bool:
@@ -371,8 +403,15 @@ class InviteClientTransaction(_ClientTransaction):
 
     @property
     def ack(self) -> Request | None:
-        """The ACK generated for a non-2xx final response, once there is one."""
-        return None if self._ack is None else self._ack.msg  # type: ignore[return-value]
+        """The ACK generated for a non-2xx final response, once there is one (as a Request)."""
+        msg = None if self._ack is None else self._ack.msg
+        return msg if isinstance(msg, Request) else None
+
+    @property
+    def ack_sent(self) -> Outgoing | None:
+        """The ACK generated for a non-2xx final response as it was sent (Request or bytes)."""
+        msg = None if self._ack is None else self._ack.msg
+        return None if msg is None or isinstance(msg, Response) else msg
 
     def _on_response(self, resp: Response) -> list[Action]:
         state = self.state
@@ -396,7 +435,9 @@ class InviteClientTransaction(_ClientTransaction):
                 out.append(_new_deliver(resp))
                 self._start(out, TIMER_M, self.timers.timeout)
                 return out
-            ack = self._ack = Send(ack_for_non2xx(self.request, resp))
+            builder = self._ack_builder
+            ack_msg = builder(resp) if builder is not None else ack_for_non2xx(self.request, resp)
+            ack = self._ack = Send(ack_msg)
             out.append(ack)
             out.append(_new_deliver(resp))
             if self.reliable:
@@ -436,11 +477,16 @@ class NonInviteClientTransaction(_ClientTransaction):
     _TIMEOUT_TIMER = TIMER_F
 
     def __init__(
-        self, request: Request, *, reliable: bool = False, timers: TimerConfig = DEFAULT_TIMERS
+        self,
+        request: Outgoing,
+        *,
+        reliable: bool = False,
+        timers: TimerConfig = DEFAULT_TIMERS,
+        key: TransactionKey | None = None,
     ) -> None:
-        if request.method in ("INVITE", "ACK"):
-            raise TransactionError(f"NonInviteClientTransaction cannot carry {request.method}")
-        _ClientTransaction.__init__(self, request, reliable, timers)
+        _ClientTransaction.__init__(self, request, reliable, timers, key)
+        if self.method in ("INVITE", "ACK"):
+            raise TransactionError(f"NonInviteClientTransaction cannot carry {self.method}")
         self.state = _TRYING
 
     def _on_response(self, resp: Response) -> list[Action]:
@@ -486,7 +532,7 @@ class _ServerTransaction(_Transaction):
     __slots__ = ("_last",)
 
     def __init__(self, request: Request, reliable: bool, timers: TimerConfig) -> None:
-        _Transaction.__init__(self, request, reliable, timers, server_key(request))
+        _Transaction.__init__(self, request, reliable, timers, server_key(request), request.method)
         self._last: Send | None = None
 
     @property
@@ -774,6 +820,9 @@ class TransactionTable:
 
     def __iter__(self) -> Iterator[Transaction]:
         return iter(list(self._by_key.values()))
+
+
+_NO_REQUEST: Final = Request("OPTIONS", "sip:invalid", Headers([]))  # a client sending bytes has none parsed
 
 
 # --- messages the transaction layer builds ---------------------------------------------------------------
