@@ -28,6 +28,8 @@ MODULES: tuple[str, ...] = (
     "sipfilter.sip.uri",
     "sipfilter.sip.headers",
     "sipfilter.sip.message",
+    "sipfilter.sip.timers",
+    "sipfilter.sip.transaction",
     "sipfilter.b2bua.ids",
     "sipfilter.b2bua.wire",
     "sipfilter.b2bua.wheel",
