@@ -29,6 +29,7 @@ MODULES: tuple[str, ...] = (
     "sipfilter.sip.headers",
     "sipfilter.sip.message",
     "sipfilter.sip.timers",
+    "sipfilter.sip.matching",
     "sipfilter.sip.transaction",
     "sipfilter.b2bua.ids",
     "sipfilter.b2bua.wire",
