@@ -311,7 +311,7 @@ class App:
         deadline = time.monotonic() + HANG_UP_WAIT_S
         await asyncio.sleep(0.05)  # what is sent now leaves, even on a reliable transport
         while time.monotonic() < deadline and not (self._stop.is_set() and self._hurry.is_set()):
-            if not any(tx.method in ("BYE", "CANCEL") and tx.retrans is not None
+            if not any(tx.method in ("BYE", "CANCEL") and tx.retransmitting
                        for tx in self.b2b.client_tx.values()):  # fmt: skip
                 return
             await asyncio.sleep(DRAIN_POLL_S)

@@ -1,4 +1,4 @@
-"""Builders of the bytes the B2BUA sends: requests and responses of both legs, tags, branches, Call-IDs.
+"""Builders of the bytes the B2BUA sends: requests and responses of both legs (identifiers: b2bua/ids.py).
 
 Serialisation only, from strings the call logic hands in; never parses a message (the SIP core does that),
 except the byte-level scan of a malformed request needed to answer it 400.
@@ -6,50 +6,14 @@ except the byte-level scan of a malformed request needed to answer it 400.
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from sipfilter.policy.verdict import Verdict
 from sipfilter.sip.status import reason_phrase as reason_phrase  # re-exported: the B2BUA answers with it
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 _NOT_USER = re.compile(r"[^0-9A-Za-z+*#._\-]")
-
-
-class _RandomPool:
-    """Bytes of os.urandom taken a page at a time: tags, branches and Call-IDs stay unpredictable (RFC 3261
-    §19.3 asks for cryptographic randomness) without a getrandom() system call for each one."""
-
-    __slots__ = ("_buf", "_pos")
-
-    def __init__(self) -> None:
-        self._buf = b""
-        self._pos = 0
-
-    def hex(self, nbytes: int) -> str:
-        pos = self._pos
-        end = pos + nbytes
-        if end > len(self._buf):
-            self._buf = os.urandom(4096)
-            pos, end = 0, nbytes
-        self._pos = end
-        return self._buf[pos:end].hex()
-
-
-_RANDOM = _RandomPool()  # process-wide by nature: bytes are never handed out twice
-
-
-def new_tag() -> str:
-    return _RANDOM.hex(6)
-
-
-def new_branch() -> str:
-    return "z9hG4bK" + _RANDOM.hex(8)
-
-
-def new_call_id(host: str) -> str:
-    return f"{_RANDOM.hex(10)}@{host}"
 
 
 def with_tag(name_addr: str, tag: str) -> str:
@@ -82,6 +46,46 @@ def build_request(method: str, ruri: str, lines: Iterable[str], body: bytes = b"
     # One C-level join (the trailing "", "" end the head with an empty line).
     head = "\r\n".join([f"{method} {ruri} SIP/2.0", *lines, f"Content-Length: {len(body)}", "", ""])
     return _encode(head, body)
+
+
+def request_head(method: str, cseq: int, transport: str, hostport: str, branch: str, from_: str, to: str,
+                 call_id: str, routes: Sequence[str] = (), max_forwards: int = 70) -> list[str]:
+    """The head every request we send starts with, in RFC 3261 §8.1.1 order: our Via (rport asked),
+    Max-Forwards, the Route set, From, To, Call-ID and CSeq. Callers append the rest (Contact, Reason, relayed
+    headers)."""
+    return [
+        f"Via: SIP/2.0/{transport.upper()} {hostport};branch={branch};rport",
+        f"Max-Forwards: {max_forwards}",
+        *[f"Route: {r}" for r in routes],
+        f"From: {from_}",
+        f"To: {to}",
+        f"Call-ID: {call_id}",
+        f"CSeq: {cseq} {method}",
+    ]
+
+
+def ack_for_non2xx(invite: bytes, to: str) -> bytes:
+    """The ACK of a 3xx-6xx answer to an INVITE we built (RFC 3261 §17.1.1.3): the INVITE's Request-URI,
+    top Via (so its branch), Route set, From, Call-ID and CSeq number, with the answer's To."""
+    head = invite.split(b"\r\n\r\n", 1)[0].decode("utf-8", "surrogateescape").split("\r\n")
+    uri = head[0].split(" ", 2)[1]
+    via = from_ = call_id = seq = ""
+    routes: list[str] = []
+    for line in head[1:]:  # our own head (request_head): canonical names, one value per line
+        name, _, value = line.partition(": ")
+        if name == "Via" and not via:
+            via = value
+        elif name == "Route":
+            routes.append(value)
+        elif name == "From":
+            from_ = value
+        elif name == "Call-ID":
+            call_id = value
+        elif name == "CSeq":
+            seq = value.split(" ", 1)[0]
+    lines = [f"Via: {via}", "Max-Forwards: 70", *[f"Route: {r}" for r in routes], f"From: {from_}",
+             f"To: {safe(to)}", f"Call-ID: {call_id}", f"CSeq: {seq} ACK"]  # fmt: skip
+    return build_request("ACK", uri, lines)
 
 
 def build_response(status: int, reason: str, lines: Iterable[str], body: bytes = b"") -> bytes:

@@ -2,18 +2,33 @@
 
 Sans-IO: events in, actions out. No sockets, no clock, no asyncio: the caller sends, schedules the timers
 it is handed (a StartTimer replaces any pending timer of that name) and feeds back TimerFired.
+
+The B2BUA drives the client machines (b2bua/transactions.py) with the bytes it built as the request: it then
+files the transaction under its own key and hands the INVITE machine the builder of its ACK for non-2xx
+answers. Responses are always parsed messages.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
 from typing import Final, TypeAlias
 
-from sipfilter.sip.errors import ParseError
-from sipfilter.sip.headers import BRANCH_COOKIE, Headers, Via
+from sipfilter.sip.headers import Headers
+from sipfilter.sip.matching import (
+    TransactionError,
+    TransactionKey,
+    ack_for_non2xx,
+    cancel_for,
+    cancel_target_key,
+    client_key,
+    client_key_for_request,
+    response_for,
+    server_key,
+    trying_for,
+)
 from sipfilter.sip.message import Request, Response
 from sipfilter.sip.timers import (
     ALL_TIMERS,
@@ -72,10 +87,6 @@ __all__ = [
     "server_key",
     "trying_for",
 ]
-
-
-class TransactionError(ValueError):
-    """The transaction user asked for something §17 does not allow (wrong method, wrong event kind)."""
 
 
 class TxState(StrEnum):
@@ -141,7 +152,7 @@ class Send:
     """Pass this message to the transport (the caller knows the destination). The same Send object is
     returned for every retransmission of one message, so callers may cache its bytes by identity."""
 
-    msg: Request | Response
+    msg: Request | Response | bytes
     retransmission: bool = False
 
 
@@ -197,7 +208,10 @@ class TransportFailed:
 
 
 Action: TypeAlias = Send | Deliver | StartTimer | CancelTimer | TransportFailed | Terminated
-TransactionKey: TypeAlias = tuple[str, ...]
+# What a client transaction sends: a Request, or the bytes its transaction user serialised (then the TU gives
+# the key, and for an INVITE the builder of the ACK of a non-2xx answer).
+Outgoing: TypeAlias = Request | bytes
+AckBuilder: TypeAlias = Callable[[Response], Outgoing]
 
 # Hot path: actions are immutable, so the common ones are built once and shared; the rest skip the
 # frozen-dataclass __init__ (object.__setattr__ per field).
@@ -239,10 +253,12 @@ _ENDS: Final[Mapping[str, Terminated]] = {
 class _Transaction:
     """What all four machines share: the request, the armed timers and how termination cancels them."""
 
-    __slots__ = ("_armed", "_starts", "key", "reliable", "request", "state", "timers")
+    __slots__ = ("_armed", "_starts", "key", "method", "reliable", "request", "state", "timers")
 
-    def __init__(self, request: Request, reliable: bool, timers: TimerConfig, key: TransactionKey) -> None:
+    def __init__(self, request: Request, reliable: bool, timers: TimerConfig, key: TransactionKey,
+                 method: str) -> None:  # fmt: skip
         self.request: Request = request
+        self.method: str = method
         self.reliable: bool = reliable
         self.timers: TimerConfig = timers
         self.key: TransactionKey = key
@@ -291,14 +307,27 @@ class _Transaction:
         return self._terminate([], REASON_TRANSPORT)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.request.method} {self.key!r}, state={self.state.value})"
+        return f"{type(self).__name__}({self.method} {self.key!r}, state={self.state.value})"
 
 
 class _ClientTransaction(_Transaction):
-    __slots__ = ("_interval", "_resend", "_send", "_started")
+    __slots__ = ("_interval", "_resend", "_send", "_started", "outgoing")
 
-    def __init__(self, request: Request, reliable: bool, timers: TimerConfig) -> None:
-        _Transaction.__init__(self, request, reliable, timers, client_key_for_request(request))
+    def __init__(self, request: Outgoing, reliable: bool, timers: TimerConfig,
+                 key: TransactionKey | None) -> None:  # fmt: skip
+        if type(request) is bytes:
+            if key is None:
+                raise TransactionError("a client transaction sending bytes needs its key")
+            method = key[-1]
+        else:
+            assert isinstance(request, Request)
+            method = request.method
+            if key is None:
+                key = client_key_for_request(request)
+        # `request` is the parsed request when there is one; `outgoing` is what goes on the wire.
+        parsed = request if isinstance(request, Request) else _NO_REQUEST
+        _Transaction.__init__(self, parsed, reliable, timers, key, method)
+        self.outgoing: Outgoing = request
         self._send: Send = _new_send(request, False)
         self._resend: Send = _new_send(request, True)
         self._interval: float = timers.t1
@@ -351,18 +380,27 @@ class _ClientTransaction(_Transaction):
 class InviteClientTransaction(_ClientTransaction):
     """§17.1.1 (Figure 5) with RFC 6026: Calling → Proceeding → Completed | Accepted → Terminated."""
 
-    __slots__ = ("_ack",)
+    __slots__ = ("_ack", "_ack_builder")
     _RETRANSMIT_TIMER = TIMER_A
     _TIMEOUT_TIMER = TIMER_B
 
     def __init__(
-        self, request: Request, *, reliable: bool = False, timers: TimerConfig = DEFAULT_TIMERS
+        self,
+        request: Outgoing,
+        *,
+        reliable: bool = False,
+        timers: TimerConfig = DEFAULT_TIMERS,
+        key: TransactionKey | None = None,
+        ack: AckBuilder | None = None,
     ) -> None:
-        if request.method != "INVITE":
-            raise TransactionError(f"InviteClientTransaction needs an INVITE, not {request.method}")
-        _ClientTransaction.__init__(self, request, reliable, timers)
+        _ClientTransaction.__init__(self, request, reliable, timers, key)
+        if self.method != "INVITE":
+            raise TransactionError(f"InviteClientTransaction needs an INVITE, not {self.method}")
+        if ack is None and type(request) is bytes:
+            raise TransactionError("an INVITE sent as bytes needs the builder of its ACK")
         self.state = _CALLING
         self._ack: Send | None = None
+        self._ack_builder: AckBuilder | None = ack
 
     @property
     def cancellable(self) -> bool:
@@ -371,8 +409,15 @@ class InviteClientTransaction(_ClientTransaction):
 
     @property
     def ack(self) -> Request | None:
-        """The ACK generated for a non-2xx final response, once there is one."""
-        return None if self._ack is None else self._ack.msg  # type: ignore[return-value]
+        """The ACK generated for a non-2xx final response, once there is one (as a Request)."""
+        msg = None if self._ack is None else self._ack.msg
+        return msg if isinstance(msg, Request) else None
+
+    @property
+    def ack_sent(self) -> Outgoing | None:
+        """The ACK generated for a non-2xx final response as it was sent (Request or bytes)."""
+        msg = None if self._ack is None else self._ack.msg
+        return None if msg is None or isinstance(msg, Response) else msg
 
     def _on_response(self, resp: Response) -> list[Action]:
         state = self.state
@@ -396,7 +441,9 @@ class InviteClientTransaction(_ClientTransaction):
                 out.append(_new_deliver(resp))
                 self._start(out, TIMER_M, self.timers.timeout)
                 return out
-            ack = self._ack = Send(ack_for_non2xx(self.request, resp))
+            builder = self._ack_builder
+            ack_msg = builder(resp) if builder is not None else ack_for_non2xx(self.request, resp)
+            ack = self._ack = Send(ack_msg)
             out.append(ack)
             out.append(_new_deliver(resp))
             if self.reliable:
@@ -436,11 +483,16 @@ class NonInviteClientTransaction(_ClientTransaction):
     _TIMEOUT_TIMER = TIMER_F
 
     def __init__(
-        self, request: Request, *, reliable: bool = False, timers: TimerConfig = DEFAULT_TIMERS
+        self,
+        request: Outgoing,
+        *,
+        reliable: bool = False,
+        timers: TimerConfig = DEFAULT_TIMERS,
+        key: TransactionKey | None = None,
     ) -> None:
-        if request.method in ("INVITE", "ACK"):
-            raise TransactionError(f"NonInviteClientTransaction cannot carry {request.method}")
-        _ClientTransaction.__init__(self, request, reliable, timers)
+        _ClientTransaction.__init__(self, request, reliable, timers, key)
+        if self.method in ("INVITE", "ACK"):
+            raise TransactionError(f"NonInviteClientTransaction cannot carry {self.method}")
         self.state = _TRYING
 
     def _on_response(self, resp: Response) -> list[Action]:
@@ -486,7 +538,7 @@ class _ServerTransaction(_Transaction):
     __slots__ = ("_last",)
 
     def __init__(self, request: Request, reliable: bool, timers: TimerConfig) -> None:
-        _Transaction.__init__(self, request, reliable, timers, server_key(request))
+        _Transaction.__init__(self, request, reliable, timers, server_key(request), request.method)
         self._last: Send | None = None
 
     @property
@@ -669,64 +721,6 @@ def is_reliable(transport: str) -> bool:
     return transport.upper() in _RELIABLE
 
 
-# --- matching (§17.1.3, §17.2.3) ----------------------------------------------------------------------------
-def _top_via(msg: Request | Response) -> Via:
-    vias = msg.vias
-    if not vias:
-        raise ParseError("Missing Via header", is_request=isinstance(msg, Request))
-    return vias[0]
-
-
-def _via_text(via: Via) -> str:
-    return via.raw or str(via)
-
-
-def _server_key(request: Request, method: str) -> TransactionKey:
-    top = _top_via(request)
-    branch = top.branch
-    if branch is not None and len(branch) > _COOKIE_LEN and branch.startswith(BRANCH_COOKIE):
-        host = top.host
-        return (branch, host.lower() if top.port is None else f"{host.lower()}:{top.port}", method)
-    # RFC 2543 peer (§17.2.3, second half): Request-URI, From tag, Call-ID, CSeq number, top Via. The To
-    # tag is left out so that the ACK (which carries our tag) finds the INVITE it acknowledges.
-    return (
-        "2543",
-        request.uri,
-        request.from_.tag or "",
-        request.call_id,
-        str(request.cseq.seq),
-        _via_text(top),
-        method,
-    )
-
-
-_COOKIE_LEN: Final = len(BRANCH_COOKIE)
-
-
-def server_key(request: Request) -> TransactionKey:
-    """The server transaction a request belongs to (§17.2.3); ACK maps to its INVITE's transaction.
-
-    CANCEL keeps its own key (it is a transaction of its own); `cancel_target_key` finds what it cancels.
-    """
-    method = request.method
-    return _server_key(request, "INVITE" if method == "ACK" else method)
-
-
-def cancel_target_key(cancel: Request) -> TransactionKey:
-    """The key of the INVITE server transaction a CANCEL refers to (§9.2: same match, method INVITE)."""
-    return _server_key(cancel, "INVITE")
-
-
-def client_key(response: Response) -> TransactionKey:
-    """The client transaction a response belongs to (§17.1.3): top Via branch and CSeq method."""
-    return (_top_via(response).branch or "", response.cseq.method)
-
-
-def client_key_for_request(request: Request) -> TransactionKey:
-    """The key a client transaction is filed under: what `client_key` gives for its responses."""
-    return (_top_via(request).branch or "", request.method)
-
-
 class TransactionTable:
     """Live transactions by key. Server (3 or 7 items) and client (2 items) keys never collide."""
 
@@ -776,70 +770,4 @@ class TransactionTable:
         return iter(list(self._by_key.values()))
 
 
-# --- messages the transaction layer builds ---------------------------------------------------------------
-def _required(request: Request, name: str) -> str:
-    value = request.headers.get(name)
-    if value is None:
-        raise ParseError(f"Missing {name} header", is_request=True, method=request.method)
-    return value
-
-
-def ack_for_non2xx(invite: Request, response: Response) -> Request:
-    """The ACK for a 3xx-6xx answer to `invite` (§17.1.1.3): same Request-URI, Call-ID, From and CSeq
-    number, the response's To (with its tag), the INVITE's top Via only, and its Route set."""
-    via = _via_text(_top_via(invite))
-    to = response.headers.get("to")
-    if to is None:
-        raise ParseError("Missing To header", is_request=False)
-    h = invite.headers
-    items: list[tuple[str, str]] = [("Via", via), ("Max-Forwards", "70")]
-    items.extend(("Route", r) for r in h.get_lines("route"))
-    items.append(("From", _required(invite, "from")))
-    items.append(("To", to))
-    items.append(("Call-ID", _required(invite, "call-id")))
-    items.append(("CSeq", f"{invite.cseq.seq} ACK"))
-    return Request("ACK", invite.uri, Headers(items))
-
-
-def cancel_for(invite: Request, reason: str | None = None) -> Request:
-    """The CANCEL for a pending INVITE (§9.1): same Request-URI, Call-ID, From, To, CSeq number and top
-    Via (so the same branch), Route set copied. `reason` is an RFC 3326 Reason value to add, if any."""
-    if invite.method != "INVITE":
-        raise TransactionError(f"only an INVITE can be cancelled, not {invite.method}")
-    via = _via_text(_top_via(invite))
-    h = invite.headers
-    items: list[tuple[str, str]] = [("Via", via), ("Max-Forwards", "70")]
-    items.extend(("Route", r) for r in h.get_lines("route"))
-    items.append(("From", _required(invite, "from")))
-    items.append(("To", _required(invite, "to")))
-    items.append(("Call-ID", _required(invite, "call-id")))
-    items.append(("CSeq", f"{invite.cseq.seq} CANCEL"))
-    if reason is not None:
-        items.append(("Reason", reason))
-    return Request("CANCEL", invite.uri, Headers(items))
-
-
-def response_for(
-    request: Request, status: int, reason: str | None = None, *, to_tag: str | None = None
-) -> Response:
-    """A response to `request` (§8.2.6.2): every Via, From, To (tag added if given and absent), Call-ID,
-    CSeq; Timestamp echoed on 100 (§8.2.6.1). The caller adds Contact, Reason, Warning and the rest."""
-    h = request.headers
-    items: list[tuple[str, str]] = [("Via", v) for v in h.get_lines("via")]
-    items.append(("From", _required(request, "from")))
-    to = _required(request, "to")
-    if to_tag is not None and request.to.tag is None:
-        to = f"{to};tag={to_tag}"
-    items.append(("To", to))
-    items.append(("Call-ID", _required(request, "call-id")))
-    items.append(("CSeq", _required(request, "cseq")))
-    if status == 100:
-        stamp = h.get("timestamp")
-        if stamp is not None:
-            items.append(("Timestamp", stamp))
-    return Response(status, reason, Headers(items))
-
-
-def trying_for(request: Request) -> Response:
-    """The 100 Trying the INVITE server transaction sends by itself (§17.2.1); no To tag."""
-    return response_for(request, 100, "Trying")
+_NO_REQUEST: Final = Request("OPTIONS", "sip:invalid", Headers([]))  # a client sending bytes has none parsed

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from b2bua_rig import CARRIER1, DIALER, answer, invite, make_rig
 
-from sipfilter.b2bua.core import _PassList
+from sipfilter.b2bua.topology import PassList
 from sipfilter.sip import Request, message, parse, uri
 from sipfilter.sip import header_values as values
 
@@ -41,7 +41,7 @@ def test_parse_memos_stay_bounded_under_per_call_values() -> None:
 
 
 def test_pass_list_memos_stay_bounded() -> None:
-    passes = _PassList(("P-Asserted-Identity", "X-*"))
+    passes = PassList(("P-Asserted-Identity", "X-*"))
     for i in range(N):
         assert passes.invite[f"X-Tag-{i}"] and passes.dialog[f"X-Tag-{i}"]
         assert not passes.invite[f"Y-Tag-{i}"]

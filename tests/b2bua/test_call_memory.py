@@ -11,7 +11,8 @@ import pytest
 from b2bua_rig import CARRIER1, DIALER, FakeEndpoint, StubPolicy, answer, invite, write_config
 from test_wheel import FakeLoop
 
-from sipfilter.b2bua.core import B2BUA, Call, ClientTx, ServerTx, compile_runtime
+from sipfilter.b2bua.calls import Call, ClientTx, ServerTx
+from sipfilter.b2bua.core import B2BUA, compile_runtime
 from sipfilter.b2bua.wheel import TimerWheel
 from sipfilter.configure import load_config
 from sipfilter.sip import ParseError, parse

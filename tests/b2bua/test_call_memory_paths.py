@@ -15,7 +15,8 @@ import pytest
 from b2bua_rig import CARRIER1, CARRIER2, DIALER, FakeEndpoint, StubPolicy, answer, invite, write_config
 from test_wheel import FakeLoop
 
-from sipfilter.b2bua.core import B2BUA, Call, ClientTx, Leg, ServerTx, compile_runtime
+from sipfilter.b2bua.calls import Call, ClientTx, Leg, ServerTx
+from sipfilter.b2bua.core import B2BUA, compile_runtime
 from sipfilter.b2bua.wheel import TimerWheel, WheelTimer
 from sipfilter.configure import load_config
 from sipfilter.sip import ParseError, Request, parse

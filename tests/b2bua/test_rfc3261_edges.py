@@ -11,8 +11,9 @@ import yaml
 from b2bua_rig import CARRIER1, DIALER, FakeEndpoint, ManualClock, Rig, StubPolicy, answer, invite, make_rig
 from b2bua_rig import requests_named as _requests
 
-from sipfilter.b2bua.core import B2BUA, UDP_MAX_REQUEST, compile_runtime
+from sipfilter.b2bua.core import B2BUA, compile_runtime
 from sipfilter.b2bua.observe import Observer
+from sipfilter.b2bua.transactions import UDP_MAX_REQUEST
 from sipfilter.configure import load_config
 from sipfilter.sip import ParseError, Request, parse
 

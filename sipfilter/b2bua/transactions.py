@@ -1,0 +1,166 @@
+"""Transactions on the wire: sending a request and retransmitting it until answered or timed out, answering
+a received one (and its retransmissions), and forgetting both when their time is up.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sipfilter.b2bua import wire
+from sipfilter.b2bua.calls import (
+    ENDED,
+    ClientTx,
+    ServerTx,
+)
+from sipfilter.b2bua.gate import Gate
+from sipfilter.sip.transaction import (
+    REASON_NORMAL,
+    Action,
+    CancelTimer,
+    ClientTransaction,
+    Deliver,
+    InviteClientTransaction,
+    MessageReceived,
+    NonInviteClientTransaction,
+    Send,
+    StartTimer,
+    Terminated,
+    TimerFired,
+)
+
+# RFC 3261 §18.1.1: a request larger than this (path MTU unknown) goes over a congestion-controlled transport.
+UDP_MAX_REQUEST = 1300
+
+
+class _AckOf:
+    """The ACK of a non-2xx answer to an INVITE we sent (RFC 3261 §17.1.1.3), built from that INVITE's
+    bytes and the answer's To: what the INVITE client transaction sends (and sends again) for it."""
+
+    __slots__ = ("invite",)
+
+    def __init__(self, invite: bytes) -> None:
+        self.invite = invite
+
+    def build(self, response: Any) -> bytes:
+        to = response.headers.get("To")
+        return wire.ack_for_non2xx(self.invite, "" if to is None else str(to))
+
+
+class Transactions(Gate):
+    """Client transactions driven through the §17 machines of sipfilter.sip.transaction (send, timers,
+    responses, stop, forget), and the answering of received requests."""
+
+    def _send_client(self, ctx: ClientTx) -> None:
+        """Start the client transaction of `ctx` (its request already built) and send the request."""
+        self.client_tx[ctx.branch] = ctx
+        ep = ctx.ep
+        data = ctx.data
+        if not ep.reliable and len(data) > UDP_MAX_REQUEST:
+            self.obs.large_request("udp")  # no TCP path to this peer: sent anyway (IP fragments it)
+        timers = self.rt.timers.transactions
+        key = (ctx.branch, ctx.method)
+        machine: ClientTransaction
+        if ctx.method == "INVITE":
+            machine = InviteClientTransaction(data, reliable=ep.reliable, timers=timers, key=key,
+                                              ack=_AckOf(data).build)  # fmt: skip
+        else:
+            machine = NonInviteClientTransaction(data, reliable=ep.reliable, timers=timers, key=key)
+        ctx.machine = machine
+        self._run_client(ctx, machine.start())
+
+    def _client_timer(self, ctx: ClientTx, name: str) -> None:
+        ctx.timers.pop(name, None)
+        machine = ctx.machine
+        if machine is not None and self.client_tx.get(ctx.branch) is ctx:
+            self._run_client(ctx, machine.handle(TimerFired(name)))
+
+    def _client_response(self, ctx: ClientTx, msg: Any) -> bool:
+        """Feed a response to the transaction of `ctx`; True when it is for the B2BUA to act on (a
+        retransmitted non-2xx final is absorbed: the transaction sends its ACK again)."""
+        machine = ctx.machine
+        return machine is not None and self._run_client(ctx, machine.handle(MessageReceived(msg)))
+
+    def _run_client(self, ctx: ClientTx, actions: list[Action]) -> bool:
+        """Carry out what the transaction asks; True if it delivered a response to the B2BUA."""
+        delivered = False
+        for action in actions:
+            kind = type(action)
+            if kind is Send:
+                assert isinstance(action, Send)
+                if action.retransmission:
+                    self.obs.retransmission("sent")
+                out = action.msg
+                if isinstance(out, bytes) and out:
+                    ctx.ep.send(out, ctx.addr)
+            elif kind is StartTimer:
+                assert isinstance(action, StartTimer)
+                old = ctx.timers.get(action.name)
+                if old is not None:
+                    old.cancel()
+                ctx.timers[action.name] = self._later(action.seconds, self._client_timer, ctx, action.name)
+            elif kind is CancelTimer:
+                assert isinstance(action, CancelTimer)
+                handle = ctx.timers.pop(action.name, None)
+                if handle is not None:
+                    handle.cancel()
+            elif kind is Deliver:
+                delivered = True
+            elif kind is Terminated:
+                assert isinstance(action, Terminated)
+                if action.reason == REASON_NORMAL:
+                    self._stop_client(ctx)
+                else:  # Timer B/F: no final answer (§8.1.3.1: as a 408)
+                    self._drop_client(ctx)
+                    self._client_timeout(ctx)
+                    ctx.call = None
+        return delivered
+
+    def _drop_client(self, ctx: ClientTx) -> None:
+        """Stop every timer of `ctx` and take it out of the table (its call is kept, for the caller)."""
+        for handle in ctx.timers.values():
+            handle.cancel()
+        ctx.timers.clear()
+        if ctx.timeout is not None:
+            ctx.timeout.cancel()
+            ctx.timeout = None
+        if self.client_tx.get(ctx.branch) is ctx:
+            del self.client_tx[ctx.branch]
+
+    def _stop_client(self, ctx: ClientTx) -> None:
+        """Give up the transaction of `ctx` now, and forget it."""
+        in_table = self.client_tx.get(ctx.branch) is ctx
+        self._drop_client(ctx)
+        if in_table:
+            ctx.call = None  # (see _forget_client)
+
+    def _stop_guard(self, ctx: ClientTx) -> None:
+        """Cancel the B2BUA's own guard on `ctx` (its transaction's timers run on)."""
+        if ctx.timeout is not None:
+            ctx.timeout.cancel()
+            ctx.timeout = None
+
+    def _forget_client(self, ctx: ClientTx) -> None:
+        if self.client_tx.get(ctx.branch) is ctx:
+            del self.client_tx[ctx.branch]
+            # Nothing reaches a forgotten transaction's call through it: break the call <-> transaction
+            # cycle so that reference counting frees the call, not a (costly) cyclic GC pass.
+            ctx.call = None
+
+    def _forget_server(self, stx: ServerTx) -> None:
+        if self.server_tx.get(stx.branch) is stx:
+            del self.server_tx[stx.branch]
+            call = stx.call
+            if call is not None and call.a_tx is stx and call.state == ENDED:
+                stx.call = None  # the call <-> INVITE transaction cycle (see _forget_client)
+
+    def _respond(self, stx: ServerTx, status: int, reason: str, extra: list[str], body: bytes) -> None:
+        call = stx.call
+        lines = stx.lines(None)
+        lines.extend(extra)
+        data = wire.build_response(status, reason or wire.reason_phrase(status), lines, body)
+        if status >= 200:
+            stx.answer = data
+            stx.final = status
+        stx.ep.send(data, stx.addr)
+        if call is not None:
+            self.obs.response(call.trunk.name, "sent", status)
