@@ -13,6 +13,7 @@ import gc
 import logging
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,8 @@ from sipfilter.transport.stream import (
     fd_headroom,
     open_stream_endpoint,
 )
-from sipfilter.transport.udp import POLL_INTERVAL_S, UdpGroup, open_udp_endpoint
+from sipfilter.transport.udp import POLL_INTERVAL_S, UdpEndpoint, UdpGroup, open_udp_endpoint
+from sipfilter.workers.worker import WorkerContext
 
 log = logging.getLogger("sipfilter.app")
 
@@ -54,8 +56,9 @@ GC_THRESHOLDS = (2_000, 1_000, 50)
 class App:
     """One running sipfilter process."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, worker: WorkerContext | None = None) -> None:
         self.config = config
+        self.worker = worker  # one of several worker processes (sipfilter/workers); None: the only one
         self.b2b: B2BUA | None = None
         self.store: Any = None
         self.audit: Any = None
@@ -103,13 +106,16 @@ class App:
                 self.endpoints.append(ep)
                 self._listeners.append((ep, side, listen))
                 log.info("listening on %s %s", side, listen.describe(ep.port))
+        if self.worker is not None:
+            await self._join_workers()
         for trunk in config.trunks.values():
             for target in trunk.targets:
                 if self.b2b.endpoint_for(OUTSIDE, target.transport) is None:
                     log.warning("trunk %s: target %s uses %s but sip.outside has no %s listener: "
                                 "calls to it will be refused 503", trunk.name, target.uri, target.transport,
                                 target.transport)  # fmt: skip
-        await self._start_admin()
+        if self.worker is None or self.worker.index == 0:
+            await self._start_admin()
         metrics.record_reload(True)  # the first load counts: the timestamp says which config runs
         metrics.record_restart_required(())
         loop = asyncio.get_running_loop()
@@ -131,7 +137,8 @@ class App:
     async def _listen(self, side: str, listen: Listen, limits: Limits) -> Endpoint:
         assert self.b2b is not None
         if listen.transport == "udp":
-            return await open_udp_endpoint(side, listen.host, listen.port, self.b2b, self._udp_group)
+            sock = None if self.worker is None else self.worker.udp_sockets[len(self.endpoints)]
+            return await open_udp_endpoint(side, listen.host, listen.port, self.b2b, self._udp_group, sock)
         tls = None
         if listen.transport == "tls":
             if listen.context is None:
@@ -149,6 +156,19 @@ class App:
             limits = dataclasses.replace(limits, max_total=max(1, fits),
                                          max_per_source=min(limits.max_per_source, max(1, fits)))  # fmt: skip
         self.connections.limits = limits
+
+    async def _join_workers(self) -> None:
+        """Route datagrams to their owner worker; worker 0 serves the admin API and the merged /metrics and
+        alone rotates the audit log (the others follow the path, checked before every line)."""
+        from sipfilter.workers.worker import Router, serve_metrics
+
+        assert self.worker is not None
+        udp = [ep for ep in self.endpoints if isinstance(ep, UdpEndpoint)]
+        self._router = Router(self.worker, udp)
+        if self.worker.index > 0:
+            self._metrics_server = await serve_metrics(self.worker)
+            self.audit.max_bytes = sys.maxsize
+            self.audit.path_check_s = 0.0
 
     async def _start_admin(self) -> None:
         from sipfilter.admin_api import RecordsContext
@@ -168,9 +188,14 @@ class App:
             draining=lambda: self.draining,
         )
         records = RecordsContext(accounts=lambda: accounts_of(self.config), audit_log=lambda: self.audit)
+        registry: Any = metrics.REGISTRY
+        if self.worker is not None:
+            from sipfilter.workers.metrics_merge import MergedRegistry
+
+            registry = MergedRegistry(metrics.REGISTRY, self.worker)
         self.admin = AdminServer(state, token=admin_token(cfg), allowed_hosts=cfg.allowed_hosts,
                                  get_store=lambda: self.store, normaliser=normaliser_for(self.config),
-                                 records=records)  # fmt: skip
+                                 records=records, registry=registry)  # fmt: skip
         metrics.STATE.bind(store=lambda: self.store, config=lambda: self.config,
                            audit=lambda: self.audit, ready=state.ready,
                            targets=lambda: metrics.pool_targets(self.b2b))  # fmt: skip
@@ -375,6 +400,10 @@ def run(config_path: str) -> int:
         log.error("%s", exc)
         return 2
     setup_logging(config.logging.format, config.logging.level)
+    if config.sip.workers > 1:
+        from sipfilter.workers import supervisor
+
+        return supervisor.run(config)
     if install_uvloop():
         log.info("using uvloop")
     app = App(config)

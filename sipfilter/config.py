@@ -9,6 +9,7 @@ import builtins
 import difflib
 import ipaddress
 import logging
+import os
 import re
 import ssl
 from collections.abc import Iterable, Mapping
@@ -352,6 +353,7 @@ class SipConfig:
     max_call_duration_s: float
     drain_timeout_s: float
     probe_interval_s: float = 10.0  # OPTIONS to every carrier target; a down target is retried this often
+    workers: int = 1  # event-loop processes sharing the listeners (sipfilter/workers); 1: this process alone
 
 
 @dataclass(frozen=True, slots=True)
@@ -565,6 +567,7 @@ def _sip(s: Section) -> SipConfig:
             "max_call_duration_s",
             "drain_timeout_s",
             "probe_interval_s",
+            "workers",
         ]
     )
     inside = tuple(_listen(x) for x in s.items("inside"))
@@ -600,7 +603,21 @@ def _sip(s: Section) -> SipConfig:
         s.number("max_call_duration_s", 14400, lo=1),
         s.number("drain_timeout_s", 30, lo=0),
         s.number("probe_interval_s", 10, lo=0.1),
+        _workers(s, inside + outside),
     )
+
+
+def _workers(s: Section, listens: tuple[Listen, ...]) -> int:
+    """`sip.workers`: a count, or `auto` for one per core. Several workers need UDP-only listeners: a stream
+    connection stays in the process that accepted it, and its calls would bypass the callee's owner."""
+    if s.raw("workers", 1) == "auto":
+        workers: int = os.cpu_count() or 1
+    else:
+        workers = s.int("workers", 1, lo=1, hi=256)
+    if workers > 1 and any(x.transport != "udp" for x in listens):
+        raise s.error("workers", f"{workers} workers need UDP-only sip.inside and sip.outside listeners "
+                                 "(a TCP or TLS connection stays in one worker): set workers: 1 to use them")
+    return workers
 
 
 ADMIN_TOKEN_MIN_BYTES = 32

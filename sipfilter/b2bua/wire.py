@@ -53,14 +53,22 @@ class _RandomPool:
 
 
 _RANDOM = _RandomPool()  # process-wide by nature: bytes are never handed out twice
+# With several worker processes, every tag and branch this one makes starts with its mark (see
+# sipfilter/workers/routing.py): the dialog's requests and the responses then find their way back to it.
+_mark = ""
+
+
+def set_worker_mark(mark: str) -> None:
+    global _mark
+    _mark = mark
 
 
 def new_tag() -> str:
-    return _RANDOM.hex(6)
+    return _mark + _RANDOM.hex(6)
 
 
 def new_branch() -> str:
-    return "z9hG4bK" + _RANDOM.hex(8)
+    return "z9hG4bK" + _mark + _RANDOM.hex(8)
 
 
 def new_call_id(host: str) -> str:
