@@ -17,21 +17,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sipfilter_provision import Deployment, provision
+from sipfilter_provision import Deployment, deploy
 from sipp_harness import (
     ALWAYS_OPEN,
-    LOOPBACK,
     CallCase,
-    Sipfilter,
-    SipfilterPorts,
     SippFactory,
     SippRun,
     free_ports,
     metric_sum,
     sipfilter_available,
-    sipfilter_config,
     write_calls_csv,
-    write_config,
 )
 
 from sipfilter.audit import is_decision
@@ -46,15 +41,8 @@ LAW_CAP = {key: value for key, value in ALWAYS_OPEN.items() if key != "frequency
 
 
 def start_workers(workdir: Path, *, law_cap: bool = False) -> Deployment:
-    ports = SipfilterPorts(*free_ports(3))
-    carrier_ports = free_ports(1)
-    udp_only = [{"transport": "udp", "host": LOOPBACK, "port": ports.inside}]
     trunk = {"overrides": LAW_CAP} if law_cap else None
-    config = sipfilter_config(workdir, ports, carrier_ports, trunk=trunk,
-                              sip={"inside": udp_only, "workers": WORKERS})
-    config_path = write_config(workdir / "sipfilter.yaml", config)
-    provision(config_path, workdir, extra_consents=[*CALLEES, CAPPED])
-    return Deployment(Sipfilter(config_path, ports, workdir / "run").start(), carrier_ports)
+    return deploy(workdir, trunk=trunk, extra_consents=[*CALLEES, CAPPED], workers=WORKERS)
 
 
 @pytest.fixture(scope="module")
