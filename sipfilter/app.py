@@ -167,6 +167,12 @@ class App:
         self._router = Router(self.worker, udp)
         if self.worker.index > 0:
             self._metrics_server = await serve_metrics(self.worker)
+        self._share_audit()
+
+    def _share_audit(self) -> None:
+        """Workers other than 0 never rotate the shared audit log: they follow the path before every line,
+        so a rotation by worker 0 loses none of theirs (each line is one O_APPEND write: never interleaved)."""
+        if self.worker is not None and self.worker.index > 0 and self.audit is not None:
             self.audit.max_bytes = sys.maxsize
             self.audit.path_check_s = 0.0
 
@@ -262,6 +268,7 @@ class App:
         old_audit = self.audit
         if new.audit != old.audit:
             self.audit = runtime.audit = AuditLog(new.audit)
+            self._share_audit()
             log.info("audit log: now %s (on_write_error %s)", new.audit.path, new.audit.on_write_error)
         limits = _parse_limits(new.sip.limits)
         self.b2b.swap_runtime(runtime, parse=functools.partial(parse, limits=limits))
