@@ -171,7 +171,7 @@ class App:
 
     def _share_audit(self) -> None:
         """Workers other than 0 never rotate the shared audit log: they follow the path before every line,
-        so a rotation by worker 0 loses none of theirs (each line is one O_APPEND write: never interleaved)."""
+        so a rotation by worker 0 loses none of theirs (each line is one O_APPEND write: none interleaves)."""
         if self.worker is not None and self.worker.index > 0 and self.audit is not None:
             self.audit.max_bytes = sys.maxsize
             self.audit.path_check_s = 0.0

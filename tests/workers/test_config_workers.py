@@ -30,7 +30,8 @@ def test_the_example_runs_one_worker() -> None:
     assert load_config(EXAMPLE).sip.workers == 1
 
 
-@pytest.mark.parametrize(("value", "expected"), [("1", 1), ("2", 2), ("16", 16), ("auto", os.cpu_count() or 1)])
+@pytest.mark.parametrize(("value", "expected"),
+                         [("1", 1), ("2", 2), ("16", 16), ("auto", os.cpu_count() or 1)])
 def test_counts_and_auto(tmp_path: Path, value: str, expected: int) -> None:
     assert load_config(example(tmp_path, value)).sip.workers == expected
 
