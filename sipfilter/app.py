@@ -34,7 +34,7 @@ from sipfilter.transport.stream import (
     open_stream_endpoint,
 )
 from sipfilter.transport.udp import POLL_INTERVAL_S, UdpEndpoint, UdpGroup, open_udp_endpoint
-from sipfilter.workers.worker import WorkerContext
+from sipfilter.workers.worker import Router, WorkerContext
 
 log = logging.getLogger("sipfilter.app")
 
@@ -59,6 +59,8 @@ class App:
     def __init__(self, config: Config, worker: WorkerContext | None = None) -> None:
         self.config = config
         self.worker = worker  # one of several worker processes (sipfilter/workers); None: the only one
+        self._router: Router | None = None
+        self._metrics_server: asyncio.AbstractServer | None = None
         self.b2b: B2BUA | None = None
         self.store: Any = None
         self.audit: Any = None
@@ -160,7 +162,7 @@ class App:
     async def _join_workers(self) -> None:
         """Route datagrams to their owner worker; worker 0 serves the admin API and the merged /metrics and
         alone rotates the audit log (the others follow the path, checked before every line)."""
-        from sipfilter.workers.worker import Router, serve_metrics
+        from sipfilter.workers.worker import serve_metrics
 
         assert self.worker is not None
         udp = [ep for ep in self.endpoints if isinstance(ep, UdpEndpoint)]
@@ -363,6 +365,10 @@ class App:
             self._gc_stats.report()
         for task in self._tasks:
             task.cancel()
+        if self._router is not None:
+            self._router.close()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
         for ep in self.endpoints:
             with contextlib.suppress(Exception):
                 await ep.close()

@@ -32,6 +32,7 @@ log = logging.getLogger("sipfilter.workers")
 QUICK_DEATH_S = 5.0
 MAX_BACKOFF_S = 10.0
 _PR_SET_PDEATHSIG = 1
+_FORWARDED = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 
 
 class Supervisor:
@@ -62,7 +63,7 @@ class Supervisor:
     # -- lifecycle -----------------------------------------------------------------------------------
 
     def run(self) -> int:
-        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        for sig in _FORWARDED:
             signal.signal(sig, self._on_signal)
         ports = ", ".join(str(s.getsockname()[1]) for s in self.udp_sockets)
         log.info("supervisor: starting %d workers on udp port(s) %s", self.count, ports)
@@ -131,7 +132,13 @@ class Supervisor:
                 os.kill(pid, sig)
 
     def _spawn(self, index: int) -> None:
-        pid = os.fork()
+        # Signals wait until the child has its own handlers and the parent knows the child's pid.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
+        try:
+            pid = os.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
+            raise
         if pid == 0:
             code = 1
             try:
@@ -142,6 +149,7 @@ class Supervisor:
                 logging.shutdown()
                 os._exit(code)
         self.children[pid] = index
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
         self.started_at[index] = time.monotonic()
         log.info("worker %d started (pid %d)", index, pid)
 
@@ -149,8 +157,9 @@ class Supervisor:
 def _worker_main(started: Config, context: WorkerContext) -> int:
     """In the forked worker: the config file as it is now (a restarted worker follows reloads; the
     listeners stay those the supervisor bound), then a full App until it stops."""
-    for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+    for sig in _FORWARDED:
         signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
     with contextlib.suppress(Exception):  # Linux: the worker stops with the supervisor, however it ends
         ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor only, which forwards it once
