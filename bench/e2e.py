@@ -174,10 +174,10 @@ class SipfilterServer:
 
     def pids(self) -> list[int]:
         proc = self.deployment.sipfilter.proc
-        return [] if proc is None else [proc.pid]
+        return [] if proc is None else _process_tree(proc.pid)  # sip.workers: the supervisor and its workers
 
     def cpu_seconds(self) -> float:
-        return float(self.deployment.sipfilter.cpu_seconds())
+        return sum(proc_cpu_seconds(pid) for pid in self.pids())
 
     def sys_seconds(self) -> float:
         return sum(_sys_seconds(pid) for pid in self.pids())
@@ -559,22 +559,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", default="embedded",
                         help="sipfilter's store: embedded, redis (a redis-server started by the bench) or "
                              "both, comma-separated (alternated step by step)")
+    parser.add_argument("--workers", default="1",
+                        help="sipfilter's sip.workers, comma-separated (alternated step by step); with "
+                             "--kamailio, Kamailio runs beside them in the same run: the scaling table")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (SIPp traces, logs)")
     args = parser.parse_args(argv)
     stores = [name.strip() for name in args.store.split(",") if name.strip()]
     if not stores or any(name not in STORES for name in stores) or len(set(stores)) != len(stores):
         parser.error(f"--store: one or more of {', '.join(STORES)}, comma-separated")
+    workers = [int(w) for w in args.workers.split(",") if w.strip()]
+    beside = args.kamailio and args.workers != "1"  # sipfilter's worker counts and Kamailio, alternated
     mixes = args.mix or list(MIXES)
     settle = args.settle if args.settle is not None else 64 * T1_S + T4_S + 1
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
     if args.direct and args.kamailio:
         parser.error("--direct and --kamailio exclude each other")
-    if args.identity and (args.direct or args.kamailio):
+    if args.identity and (args.direct or (args.kamailio and not beside)):
         parser.error("--identity measures sipfilter: not with --direct or --kamailio")
     if args.kamailio and (missing := kamailio_missing()):
         print(f"cannot benchmark Kamailio: {missing}", file=sys.stderr)
         return 2
-    if not args.direct and not args.kamailio and (missing := sipfilter_available()):
+    if not args.direct and (beside or not args.kamailio) and (missing := sipfilter_available()):
         print(f"cannot benchmark: {missing}", file=sys.stderr)
         return 2
     if "redis" in stores and not args.direct and not args.kamailio and (missing := redis_missing()):
@@ -590,10 +595,13 @@ def main(argv: list[str] | None = None) -> int:
     what = " — DIRECT (no sipfilter)" if args.direct else ""
     if args.kamailio:
         what = f" — KAMAILIO anchor ({args.kamailio_children} UDP workers), not sipfilter"
+        if beside:
+            what = (f" — sipfilter with {args.workers} worker(s) beside Kamailio ({args.kamailio_children}"
+                    " UDP workers)")
     print(f"sipfilter e2e benchmark — {os.cpu_count()} CPU(s), work dir {workroot}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, python {platform.python_version()} "
           f"({os.path.realpath(sys.executable)}), call path {compiled.status}")
-    on = "" if args.direct or args.kamailio else f", store {' and '.join(stores)}"
+    on = "" if args.direct or (args.kamailio and not beside) else f", store {' and '.join(stores)}"
     on += f" — identity: {args.identity}" if args.identity else ""
     print(f"duration {args.duration:g}s per step, hold {args.hold_ms} ms, {len(callees)} consented callees, "
           f"{len(dnc)} numbers on bloctel{what}{on}")
@@ -611,22 +619,24 @@ def main(argv: list[str] | None = None) -> int:
             if args.direct:
                 carrier_port = free_ports(1)[0]
                 targets.append(Target("-", None, f"{LOOPBACK}:{carrier_port}", carrier_port))
-            elif dnc_db is not None:
+            if dnc_db is not None:
                 t0 = time.monotonic()
                 carrier_port = free_ports(1)[0]
                 kamailio = Kamailio(workroot / mix / "kamailio", dnc_db, carrier_port, args.kamailio_children)
-                targets.append(Target("-", kamailio.start(), f"{LOOPBACK}:{kamailio.port}", carrier_port))
+                label = "kamailio" if beside else "-"
+                targets.append(Target(label, kamailio.start(), f"{LOOPBACK}:{kamailio.port}", carrier_port))
                 print(f"  (kamailio for {mix} ready in {time.monotonic() - t0:.1f}s, "
                       f"{len(dnc)} DNC numbers loaded into its htable)", file=sys.stderr)
-            else:
-                for store in stores:
+            if not args.direct and (dnc_db is None or beside):
+                for store, count in ((s, w) for s in stores for w in workers):
                     t0 = time.monotonic()
-                    server = _deploy(workroot / mix / store, store, callees, dnc,
-                                     sti.trunk(args.identity) if sti else None)
+                    label = store if args.workers == "1" else f"{store}-{count}w"
+                    server = _deploy(workroot / mix / label, store, callees, dnc,
+                                     sti.trunk(args.identity) if sti else None, workers=count)
                     deployment = server.deployment
-                    targets.append(Target(store, server, deployment.inside, deployment.carrier_ports[0]))
+                    targets.append(Target(label, server, deployment.inside, deployment.carrier_ports[0]))
                     ready = time.monotonic() - t0
-                    print(f"  (sipfilter, {store} store, for {mix} ready in {ready:.1f}s)", file=sys.stderr)
+                    print(f"  (sipfilter, {label}, for {mix} ready in {ready:.1f}s)", file=sys.stderr)
             for t in targets:
                 # Measured once, before any traffic: after a step, its transactions' timers count as idle.
                 t.idle_rate = _idle_cpu_rate(t.server, args.idle) if t.server else 0.0
@@ -674,7 +684,7 @@ class Target:
 
 
 def _deploy(workdir: Path, store: str, callees: list[str], dnc: list[str],
-            trunk: dict[str, object] | None = None) -> SipfilterServer:  # fmt: skip
+            trunk: dict[str, object] | None = None, workers: int = 1) -> SipfilterServer:  # fmt: skip
     """A sipfilter with production timers, the consents and the 1M-entry bloctel list provisioned, on the
     embedded store or on a redis-server started for it."""
     redis = None
@@ -685,7 +695,7 @@ def _deploy(workdir: Path, store: str, callees: list[str], dnc: list[str],
     try:
         timers = {"t1_ms": int(T1_S * 1000), "t2_ms": 4000, "t4_ms": int(T4_S * 1000)}
         deployment = deploy(workdir / "sipfilter", extra_consents=callees, extra_lists={"bloctel": dnc},
-                            sip={"timers": timers}, store=section, trunk=trunk)
+                            sip={"timers": timers}, store=section, trunk=trunk, workers=workers)
     except BaseException:
         if redis is not None:
             redis.kill()

@@ -13,6 +13,7 @@ import gc
 import logging
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,10 @@ from sipfilter.transport.stream import (
     fd_headroom,
     open_stream_endpoint,
 )
-from sipfilter.transport.udp import POLL_INTERVAL_S, UdpGroup, open_udp_endpoint
+from sipfilter.transport.udp import POLL_INTERVAL_S, UdpEndpoint, UdpGroup, open_udp_endpoint
+from sipfilter.workers import supervisor
+from sipfilter.workers.metrics_merge import MergedRegistry
+from sipfilter.workers.worker import Router, WorkerContext, serve_metrics
 
 log = logging.getLogger("sipfilter.app")
 
@@ -62,8 +66,11 @@ GC_THRESHOLDS = (2_000, 1_000, 50)
 class App:
     """One running sipfilter process."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, worker: WorkerContext | None = None) -> None:
         self.config = config
+        self.worker = worker  # one of several worker processes (sipfilter/workers); None: the only one
+        self._router: Router | None = None
+        self._metrics_server: asyncio.AbstractServer | None = None
         self.b2b: B2BUA | None = None
         self.store: WritableStore | None = None
         self.audit: AuditLog | None = None
@@ -108,13 +115,16 @@ class App:
                 self.endpoints.append(ep)
                 self._listeners.append((ep, side, listen))
                 log.info("listening on %s %s", side, listen.describe(ep.port))
+        if self.worker is not None:
+            await self._join_workers()
         for trunk in config.trunks.values():
             for target in trunk.targets:
                 if self.b2b.endpoint_for(OUTSIDE, target.transport) is None:
                     log.warning("trunk %s: target %s uses %s but sip.outside has no %s listener: "
                                 "calls to it will be refused 503", trunk.name, target.uri, target.transport,
                                 target.transport)  # fmt: skip
-        await self._start_admin()
+        if self.worker is None or self.worker.index == 0:
+            await self._start_admin()
         metrics.record_reload(True)  # the first load counts: the timestamp says which config runs
         metrics.record_restart_required(())
         loop = asyncio.get_running_loop()
@@ -136,7 +146,8 @@ class App:
     async def _listen(self, side: str, listen: Listen, limits: Limits) -> Endpoint:
         assert self.b2b is not None
         if listen.transport == "udp":
-            return await open_udp_endpoint(side, listen.host, listen.port, self.b2b, self._udp_group)
+            sock = None if self.worker is None else self.worker.udp_sockets[len(self.endpoints)]
+            return await open_udp_endpoint(side, listen.host, listen.port, self.b2b, self._udp_group, sock)
         tls = None
         if listen.transport == "tls":
             if listen.context is None:
@@ -155,6 +166,23 @@ class App:
                                          max_per_source=min(limits.max_per_source, max(1, fits)))  # fmt: skip
         self.connections.limits = limits
 
+    async def _join_workers(self) -> None:
+        """Route datagrams to their owner worker; worker 0 serves the admin API and the merged /metrics and
+        alone rotates the audit log (the others follow the path, checked before every line)."""
+        assert self.worker is not None
+        udp = [ep for ep in self.endpoints if isinstance(ep, UdpEndpoint)]
+        self._router = Router(self.worker, udp)
+        if self.worker.index > 0:
+            self._metrics_server = await serve_metrics(self.worker)
+        self._share_audit()
+
+    def _share_audit(self) -> None:
+        """Workers other than 0 never rotate the shared audit log: they follow the path before every line,
+        so a rotation by worker 0 loses none of theirs (each line is one O_APPEND write: none interleaves)."""
+        if self.worker is not None and self.worker.index > 0 and self.audit is not None:
+            self.audit.max_bytes = sys.maxsize
+            self.audit.path_check_s = 0.0
+
     async def _start_admin(self) -> None:
         cfg = self.config.admin
         state = ReadinessState(
@@ -168,9 +196,12 @@ class App:
             draining=lambda: self.draining,
         )
         records = RecordsContext(accounts=lambda: accounts_of(self.config), audit_log=lambda: self.audit)
+        registry: Any = metrics.REGISTRY
+        if self.worker is not None:
+            registry = MergedRegistry(metrics.REGISTRY, self.worker)
         self.admin = AdminServer(state, token=admin_token(cfg), allowed_hosts=cfg.allowed_hosts,
                                  get_store=lambda: self.store, normaliser=normaliser_for(self.config),
-                                 records=records)  # fmt: skip
+                                 records=records, registry=registry)  # fmt: skip
         metrics.STATE.bind(store=lambda: self.store, config=lambda: self.config,
                            audit=lambda: self.audit, ready=state.ready,
                            targets=lambda: metrics.pool_targets(self.b2b))  # fmt: skip
@@ -235,6 +266,7 @@ class App:
         old_audit = self.audit
         if new.audit != old.audit:
             self.audit = runtime.audit = AuditLog(new.audit)
+            self._share_audit()
             log.info("audit log: now %s (on_write_error %s)", new.audit.path, new.audit.on_write_error)
         limits = _parse_limits(new.sip.limits)
         self.b2b.swap_runtime(runtime, parse=functools.partial(parse, limits=limits))
@@ -327,6 +359,10 @@ class App:
             self._gc_stats.report()
         for task in self._tasks:
             task.cancel()
+        if self._router is not None:
+            self._router.close()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
         for ep in self.endpoints:
             with contextlib.suppress(Exception):
                 await ep.close()
@@ -358,6 +394,11 @@ def _connection_limits(config: Config) -> ConnectionLimits:
     return limits.connections
 
 
+def _serve_worker(config: Config, context: WorkerContext) -> int:
+    """The body of one forked worker (sipfilter/workers/supervisor.py): a full App sharing the listeners."""
+    return asyncio.run(App(config, worker=context).run())
+
+
 def run(config_path: str) -> int:
     """Entry point of `sipfilter run`: load, start, serve until SIGTERM/SIGINT (then drain)."""
     try:
@@ -367,6 +408,8 @@ def run(config_path: str) -> int:
         log.error("%s", exc)
         return 2
     setup_logging(config.logging.format, config.logging.level)
+    if config.sip.workers > 1:
+        return supervisor.run(config, _serve_worker)
     if install_uvloop():
         log.info("using uvloop")
     app = App(config)

@@ -115,6 +115,9 @@ def make_admin_app(
 
     async def metrics_handler(_req: web.Request) -> web.Response:
         # In-memory reads only, so it stays on the loop. 0.0.4: what Prometheus 2.x parses, as generated.
+        gather = getattr(registry, "gather", None)
+        if gather is not None:  # several workers: theirs are fetched first (sipfilter/workers/metrics_merge)
+            await gather()
         body = generate_latest(registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
 

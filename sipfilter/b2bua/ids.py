@@ -1,7 +1,8 @@
 """The identifiers the B2BUA makes up: tags, Via branches and Call-IDs, from one pool of random bytes.
 
-Every one of them is generated here and nowhere else, so what they encode (today: randomness only) is
-decided in one place.
+Every one of them is generated here and nowhere else, so what they encode is decided in one place: randomness,
+and with several worker processes the worker's mark at the start of every tag and branch (see
+sipfilter/workers/routing.py), so that a dialog's requests and the responses find their way back to it.
 """
 
 from __future__ import annotations
@@ -30,14 +31,20 @@ class _RandomPool:
 
 
 _RANDOM = _RandomPool()  # process-wide by nature: bytes are never handed out twice
+_mark = ""
+
+
+def set_worker_mark(mark: str) -> None:
+    global _mark
+    _mark = mark
 
 
 def new_tag() -> str:
-    return _RANDOM.hex(6)
+    return _mark + _RANDOM.hex(6)
 
 
 def new_branch() -> str:
-    return "z9hG4bK" + _RANDOM.hex(8)
+    return "z9hG4bK" + _mark + _RANDOM.hex(8)
 
 
 def new_call_id(host: str) -> str:

@@ -69,6 +69,7 @@ class SipConfig:
     max_call_duration_s: float
     drain_timeout_s: float
     probe_interval_s: float = 10.0  # OPTIONS to every carrier target; a down target is retried this often
+    workers: int = 1  # event-loop processes sharing the listeners (sipfilter/workers); 1: this process alone
 
 
 @dataclass(frozen=True, slots=True)

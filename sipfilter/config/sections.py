@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -76,6 +77,7 @@ def read_sip(s: Section) -> SipConfig:
             "max_call_duration_s",
             "drain_timeout_s",
             "probe_interval_s",
+            "workers",
         ]
     )
     inside = tuple(read_listen(x) for x in s.items("inside"))
@@ -111,7 +113,21 @@ def read_sip(s: Section) -> SipConfig:
         s.number("max_call_duration_s", 14400, lo=1),
         s.number("drain_timeout_s", 30, lo=0),
         s.number("probe_interval_s", 10, lo=0.1),
+        _workers(s, inside + outside),
     )
+
+
+def _workers(s: Section, listens: tuple[Listen, ...]) -> int:
+    """`sip.workers`: a count, or `auto` for one per core. Several workers need UDP-only listeners: a stream
+    connection stays in the process that accepted it, and its calls would bypass the callee's owner."""
+    if s.raw("workers", 1) == "auto":
+        workers: int = os.cpu_count() or 1
+    else:
+        workers = s.int("workers", 1, lo=1, hi=256)
+    if workers > 1 and any(x.transport != "udp" for x in listens):
+        raise s.error("workers", f"{workers} workers need UDP-only sip.inside and sip.outside listeners "
+                                 "(a TCP or TLS connection stays in one worker): set workers: 1 to use them")
+    return workers
 
 
 ADMIN_TOKEN_MIN_BYTES = 32

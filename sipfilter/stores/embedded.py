@@ -95,6 +95,7 @@ class EmbeddedStore(LocalLists):
         self._infos: dict[str, ListInfo] = {}
         self._max_window = 0.0
         self._last_prune = 0.0
+        self._applied_at_last_prune = 0  # the change log position pruned to at the next prune
         self._watcher: asyncio.Task[None] | None = None
         self._load_lock = asyncio.Lock()  # a slower load must never swap in an older snapshot
         self._catch_up_lock = asyncio.Lock()  # one reader of the change log at a time (_seen)
@@ -220,7 +221,10 @@ class EmbeddedStore(LocalLists):
                 await asyncio.sleep(0)
         if self._records.complete:
             async with self._catch_up_lock:
-                done = self._writer.submit(self._prune_changes, self._writer_db, self._seen)
+                # Other proxies on this data dir (sip.workers) apply the log a poll later than this one: prune
+                # what this one had applied at the previous prune, long since applied by every poller.
+                upto, self._applied_at_last_prune = self._applied_at_last_prune, self._seen
+                done = self._writer.submit(self._prune_changes, self._writer_db, upto)
                 await asyncio.wrap_future(done)
 
     # --- lists: write side ---------------------------------------------------------------------------

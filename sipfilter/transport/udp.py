@@ -26,6 +26,7 @@ import ipaddress
 import logging
 import socket
 from collections import deque
+from collections.abc import Callable
 
 from sipfilter.transport.base import Addr, Endpoint, Handler
 
@@ -97,6 +98,23 @@ class UdpGroup:
             if not self.depth and self.queue:
                 self.flush()
 
+    def deliver(self, items: list[tuple[UdpEndpoint, bytes, Addr]]) -> None:
+        """Datagrams another worker read on these endpoints' sockets: handled as if read here, in one pass
+        (their answers leave together at its end)."""
+        self.depth += 1
+        try:
+            for ep, data, addr in items:
+                if ep.closed:
+                    continue
+                try:
+                    ep._handler.on_datagram(ep, data, addr)
+                except Exception:
+                    log.exception("unhandled error on a %s datagram from %s", ep.side, addr)
+        finally:
+            self.depth -= 1
+            if not self.depth and self.queue:
+                self.flush()
+
     def _arm(self, delay: float) -> None:
         loop = asyncio.get_running_loop()
         when = loop.time() + delay
@@ -151,6 +169,9 @@ class UdpEndpoint(Endpoint):
         self._numeric: set[Addr] = set()  # destinations checked to need no DNS lookup
         self.closed = False
         self.port = int(sock.getsockname()[1])
+        # Several workers reading one socket (sipfilter/workers): True when `route` handed the datagram over
+        # to the worker that owns it, which answers from its own copy of this socket.
+        self.route: Callable[[UdpEndpoint, bytes, Addr], bool] | None = None
         self._watch()
 
     # -- receiving -----------------------------------------------------------------------------------
@@ -182,6 +203,9 @@ class UdpEndpoint(Endpoint):
             data = buf[:size].tobytes()
             if len(addr) != 2:
                 addr = (addr[0], addr[1])  # IPv6: (host, port, flowinfo, scope_id)
+            route = self.route
+            if route is not None and route(self, data, addr):
+                continue
             try:
                 handler.on_datagram(self, data, addr)
             except Exception:  # the handler must not raise; if it does, keep the socket serving
@@ -271,8 +295,11 @@ def bind_udp_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def open_udp_endpoint(side: str, host: str, port: int, handler: Handler,
-                            group: UdpGroup | None = None) -> UdpEndpoint:  # fmt: skip
-    """Bind a UDP socket on host:port (0 = any free port) and start delivering datagrams. Endpoints of one
-    `group` are read on one tick and send in one burst; without one, the endpoint has its own."""
-    return UdpEndpoint(side, host, port, handler, bind_udp_socket(host, port), group or UdpGroup())
+async def open_udp_endpoint(side: str, host: str, port: int, handler: Handler, group: UdpGroup | None = None,
+                            sock: socket.socket | None = None) -> UdpEndpoint:  # fmt: skip
+    """Bind a UDP socket on host:port (0 = any free port), or use `sock` (bound by the worker supervisor),
+    and start delivering datagrams. Endpoints of one `group` are read on one tick and send in one burst;
+    without one, the endpoint has its own."""
+    if sock is None:
+        sock = bind_udp_socket(host, port)
+    return UdpEndpoint(side, host, port, handler, sock, group or UdpGroup())

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sipp_harness import (
+    LOOPBACK,
     REPO,
     Sipfilter,
     SipfilterPorts,
@@ -67,12 +68,16 @@ class Deployment:
 def deploy(workdir: Path, carriers: int = 1, trunk: dict[str, Any] | None = None,
            sip: dict[str, Any] | None = None, extra_consents: list[str] | None = None,
            extra_lists: dict[str, list[str]] | None = None,
-           store: dict[str, Any] | None = None) -> Deployment:
+           store: dict[str, Any] | None = None, workers: int = 1) -> Deployment:
     """Config on free ports, lists and consents provisioned, `sipfilter run` started and ready.
-    `store` replaces keys of the store section (e.g. a Redis backend and URL).
+    `store` replaces keys of the store section (e.g. a Redis backend and URL). `workers` > 1: that many
+    worker processes, on UDP-only listeners (what sip.workers requires).
     The caller stops it (`deployment.sipfilter.stop()`, in a finally or a fixture teardown)."""
     numbers = free_ports(3 + carriers)  # all distinct
     ports, carrier_ports = SipfilterPorts(*numbers[:3]), numbers[3:]
+    if workers > 1:
+        sip = {"inside": [{"transport": "udp", "host": LOOPBACK, "port": ports.inside}], **(sip or {}),
+               "workers": workers}
     config = sipfilter_config(workdir, ports, carrier_ports, trunk=trunk, sip=sip)
     config["store"].update(store or {})
     config_path = write_config(workdir / "sipfilter.yaml", config)

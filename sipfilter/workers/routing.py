@@ -1,0 +1,80 @@
+"""Which worker owns a datagram, read from its raw bytes without parsing the message.
+
+Every worker reads the shared UDP sockets, so a datagram may land in any of them. Its owner:
+- a response: the worker named in its top Via branch (the branches we send carry `MARK_PREFIX<index>.`);
+  a response to a branch we never made has no owner (whoever read it answers for it: it matches nothing);
+- a request whose To tag carries a worker mark (every in-dialog request: that tag is one we made, on either
+  leg, and so is the tag of a non-2xx final response that an ACK echoes): that worker;
+- any other request (a new INVITE, its CANCEL, an out-of-dialog request): the worker of the Request-URI's
+  user, so every call to one callee is decided in one process and its frequency counters stay exact. The
+  key is the user's last 9 digits: every spelling of one French number (0X…, +33X…, 0033X…) ends in the same
+  9 digits; a user without digits is hashed as it is.
+
+Hostile input never raises and always gives the same owner for the same bytes: only the head is scanned,
+fields are bounded, and CRC-32 (not Python's salted hash) makes the choice the same in every process.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+
+MARK_PREFIX = "sfw"
+HEAD_LIMIT = 8192  # bytes scanned for the headers: the start line, Via and To come first in practice
+_DIGITS_KEPT = 9
+
+_HEADER_END = b"\r\n\r\n"
+_VIA = re.compile(rb"\n(?:via|v)[ \t]*:[ \t]*([^\r\n]{0,2048})")
+_TO = re.compile(rb"\n(?:to|t)[ \t]*:[ \t]*([^\r\n]{0,2048})")
+_BRANCH = re.compile(rb";[ \t]*branch[ \t]*=[ \t]*z9hg4bk" + MARK_PREFIX.encode() + rb"([0-9]{1,3})\.")
+_TAG = re.compile(rb";[ \t]*tag[ \t]*=[ \t]*" + MARK_PREFIX.encode() + rb"([0-9]{1,3})\.")
+_NOT_DIGIT = re.compile(rb"[^0-9]")
+
+
+def worker_mark(index: int) -> str:
+    """What begins every tag and branch worker `index` makes (after the branch's magic cookie)."""
+    return f"{MARK_PREFIX}{index}."
+
+
+def owner(data: bytes, workers: int) -> int | None:
+    """The index (0..workers-1) of the worker that owns this datagram, or None when any may take it."""
+    if workers <= 1:
+        return 0
+    head = data[:HEAD_LIMIT]
+    end = head.find(_HEADER_END)
+    if end >= 0:
+        head = head[:end]
+    head = head.lower()
+    line_end = head.find(b"\r\n")
+    start = head if line_end < 0 else head[:line_end]
+    if start.startswith(b"sip/"):
+        via = _VIA.search(head)
+        if via is None:
+            return None
+        first = via.group(1).split(b",", 1)[0]
+        mark = _BRANCH.search(first)
+        return None if mark is None else int(mark.group(1)) % workers
+    to = _TO.search(head)
+    if to is not None:
+        mark = _TAG.search(to.group(1))
+        if mark is not None:
+            return int(mark.group(1)) % workers
+    return callee_owner(start, workers)
+
+
+def callee_owner(start_line: bytes, workers: int) -> int:
+    """The worker of a request line's Request-URI user (see the module docstring); lower-cased input."""
+    parts = start_line.split(b" ", 2)
+    uri = parts[1] if len(parts) > 1 else b""
+    colon = uri.find(b":")
+    rest = uri[colon + 1 :] if colon >= 0 else uri
+    at = rest.find(b"@")
+    if at >= 0:
+        user = rest[:at]
+    else:  # tel: URIs and hosts: up to the first parameter
+        semi = rest.find(b";")
+        user = rest if semi < 0 else rest[:semi]
+    user = user.split(b";", 1)[0][:256]  # user parameters (;npdi, ;rn=…) are not the number
+    digits = _NOT_DIGIT.sub(b"", user)
+    key = digits[-_DIGITS_KEPT:] if digits else user
+    return zlib.crc32(key) % workers

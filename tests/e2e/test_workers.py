@@ -1,0 +1,214 @@
+"""`sip.workers: 2`: a real `sipfilter run` (a supervisor and two worker processes) between SIPp dialers and a
+SIPp carrier on loopback.
+
+Every message of a dialog must reach the worker that owns it whatever worker read it (BYE from either side,
+CANCEL, re-INVITE), the calls of one dialer IP:port spread over both workers, the frequency cap stays exact
+when concurrent calls to one callee arrive from several source ports, a killed worker is restarted and
+counted, SIGHUP reaches both, and there is one /metrics and one audit log with one decision line per call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sipfilter_provision import Deployment, deploy
+from sipp_harness import (
+    ALWAYS_OPEN,
+    CallCase,
+    SippFactory,
+    SippRun,
+    free_ports,
+    metric_sum,
+    sipfilter_available,
+    write_calls_csv,
+)
+
+from sipfilter.audit import is_decision
+
+_MISSING = sipfilter_available()
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")]
+
+WORKERS = 2
+CALLEES = [f"+336140{n:05d}" for n in range(40)]  # consented, on no list
+CAPPED = "+33614100001"  # consented; the trunk keeps the law's 4 attempts in 30 days
+LAW_CAP = {key: value for key, value in ALWAYS_OPEN.items() if key != "frequency"}
+
+
+def start_workers(workdir: Path, *, law_cap: bool = False) -> Deployment:
+    trunk = {"overrides": LAW_CAP} if law_cap else None
+    return deploy(workdir, trunk=trunk, extra_consents=[*CALLEES, CAPPED], workers=WORKERS)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    deployment = start_workers(tmp_path_factory.mktemp("workers"))
+    try:
+        yield deployment
+    finally:
+        deployment.sipfilter.stop()
+
+
+def workers_of(deployment: Deployment) -> dict[int, int]:
+    """pid of each worker process, by index, from the supervisor's children and the metrics they expose."""
+    assert deployment.sipfilter.proc is not None
+    supervisor = deployment.sipfilter.proc.pid
+    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    return {n: int(pid) for n, pid in enumerate(sorted(children, key=int))}
+
+
+def call(sipp: SippFactory, tmp_path: Path, deployment: Deployment, uac: str, uas: str, cases: list[CallCase],
+         *, uas_pause_ms: int = 50, uac_pause_ms: int = 100, rate: float = 20) -> tuple[SippRun, SippRun]:
+    carrier = sipp(uas, local_port=deployment.carrier_ports[0], calls=1_000_000, pause_ms=uas_pause_ms,
+                   timeout_s=60).start()
+    carrier.wait_listening()
+    csv_file = write_calls_csv(tmp_path / f"{Path(uac).stem}.csv", cases)
+    dialer = sipp(uac, local_port=free_ports(1)[0], remote=deployment.inside, calls=len(cases),
+                  csv_file=csv_file, pause_ms=uac_pause_ms, timeout_s=30, rate=rate).start()
+    dialer_run = dialer.wait()
+    return dialer_run, carrier.finish(grace_s=15)
+
+
+def per_worker(metrics: str, name: str, **labels: str) -> list[float]:
+    return [metric_sum(metrics, name, worker=str(n), **labels) or 0.0 for n in range(WORKERS)]
+
+
+def decisions(deployment: Deployment) -> list[dict[str, object]]:
+    path = deployment.sipfilter.workdir.parent / "audit" / "decisions.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines]  # a torn or interleaved line would not parse
+    return [r for r in records if is_decision(r)]
+
+
+def assert_no_dialog_left(deployment: Deployment) -> None:
+    left = deployment.sipfilter.wait_no_dialogs(timeout_s=15)
+    assert not left, f"{left} dialog(s) left:\n{deployment.sipfilter.log_tail()}"
+    assert deployment.sipfilter.alive(), deployment.sipfilter.log_tail()
+
+
+@pytest.mark.parametrize(("uac", "uas", "uas_pause_ms", "uac_pause_ms"), [
+    ("dialer_uac.xml", "carrier_uas.xml", 50, 100),  # BYE from the dialer
+    ("dialer_uac_wait_bye.xml", "carrier_uas_bye.xml", 300, 100),  # BYE from the carrier
+    ("dialer_uac_cancel.xml", "carrier_uas_ringing.xml", 50, 300),  # CANCEL while ringing
+    ("dialer_uac_reinvite.xml", "carrier_uas.xml", 50, 100),  # re-INVITE mid-call
+])
+def test_every_dialog_message_reaches_its_owner(sipp: SippFactory, tmp_path: Path, shared: Deployment,
+                                                uac: str, uas: str, uas_pause_ms: int,
+                                                uac_pause_ms: int) -> None:
+    before = shared.sipfilter.metrics()
+    cases = [CallCase("+33162000001", callee, "relay") for callee in CALLEES[:16]]
+    dialer, carrier = call(sipp, tmp_path, shared, uac, uas, cases, uas_pause_ms=uas_pause_ms,
+                           uac_pause_ms=uac_pause_ms)
+    assert dialer.successful == len(cases) and dialer.failed == 0, dialer.summary()
+    assert carrier.invites == len(cases) and carrier.failed == 0, carrier.summary()
+    assert_no_dialog_left(shared)
+    after = shared.sipfilter.metrics()
+    # One dialer IP:port, yet both workers decided calls: the callee, not the source, picks the worker.
+    invites = [b - a for a, b in zip(per_worker(before, "sipfilter_invites_received_total"),
+                                     per_worker(after, "sipfilter_invites_received_total"), strict=True)]
+    assert sum(invites) == len(cases) and all(invites), invites
+    handed = per_worker(after, "sipfilter_worker_handovers_total")
+    assert sum(handed) > 0, handed
+    assert metric_sum(after, "sipfilter_retransmissions_total", direction="received") == 0
+
+
+def test_one_audit_line_per_call_and_one_metrics(sipp: SippFactory, tmp_path: Path,
+                                                 shared: Deployment) -> None:
+    before = len(decisions(shared))
+    cases = [CallCase("+33162000001", callee, "relay") for callee in CALLEES[16:40]]
+    dialer, _ = call(sipp, tmp_path, shared, "dialer_uac.xml", "carrier_uas.xml", cases, rate=100)
+    assert dialer.successful == len(cases), dialer.summary()
+    lines = decisions(shared)[before:]
+    assert sorted(str(r["to"]) for r in lines) == sorted(CALLEES[16:40])  # exactly one line per call
+    metrics = shared.sipfilter.metrics()
+    assert metric_sum(metrics, "sipfilter_workers") == WORKERS
+    assert all(metric_sum(metrics, "process_cpu_seconds_total", worker=str(n)) for n in range(WORKERS))
+
+
+def test_sighup_reaches_every_worker(shared: Deployment) -> None:
+    before = per_worker(shared.sipfilter.metrics(), "sipfilter_config_reloads_total", result="ok")
+    assert shared.sipfilter.proc is not None
+    os.kill(shared.sipfilter.proc.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    after = before
+    while time.monotonic() < deadline:
+        after = per_worker(shared.sipfilter.metrics(), "sipfilter_config_reloads_total", result="ok")
+        if all(b > a for a, b in zip(before, after, strict=True)):
+            break
+        time.sleep(0.1)
+    assert all(b == a + 1 for a, b in zip(before, after, strict=True)), (before, after)
+
+
+def test_cap_exact_across_workers(sipp: SippFactory, tmp_path: Path) -> None:
+    # Twelve concurrent calls to one callee from three dialers (three source ports), whichever worker reads
+    # them: the law's cap lets exactly four through.
+    deployment = start_workers(tmp_path / "cap", law_cap=True)
+    try:
+        carrier = sipp("carrier_uas.xml", local_port=deployment.carrier_ports[0], calls=1_000_000,
+                       pause_ms=50, timeout_s=60).start()
+        carrier.wait_listening()
+        dialers = []
+        for n in range(3):
+            cases = [CallCase("+33162000001", CAPPED, "relay")] * 4
+            csv_file = write_calls_csv(tmp_path / f"cap{n}.csv", cases)
+            dialers.append(sipp("dialer_uac.xml", local_port=free_ports(1)[0], remote=deployment.inside,
+                                calls=4, csv_file=csv_file, pause_ms=100, timeout_s=30, rate=50, limit=4))
+        for dialer in dialers:
+            dialer.start()
+        runs = [dialer.wait() for dialer in dialers]
+        carrier_run = carrier.finish(grace_s=15)
+        outcomes = [o for run in runs for o in run.outcomes]
+        assert len(outcomes) == 12, [run.summary() for run in runs]
+        assert sorted((o.code, o.rule) for o in outcomes) == [(200, None)] * 4 + [(603, "frequency.cap")] * 8
+        assert carrier_run.invites == 4, carrier_run.summary()
+        lines = [r for r in decisions(deployment) if r["to"] == CAPPED]
+        assert sorted(str(r["action"]) for r in lines) == ["allow"] * 4 + ["reject"] * 8, lines
+    finally:
+        deployment.sipfilter.stop()
+
+
+def test_killed_worker_is_restarted_and_reported(sipp: SippFactory, tmp_path: Path) -> None:
+    deployment = start_workers(tmp_path / "kill")
+    try:
+        pids = workers_of(deployment)
+        assert len(pids) == WORKERS
+        os.kill(pids[1], signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            metrics = deployment.sipfilter.metrics()
+            restarts = metric_sum(metrics, "sipfilter_worker_restarts_total", worker="1")
+            workers = workers_of(deployment)
+            if restarts == 1 and len(workers) == WORKERS and pids[1] not in workers.values():
+                break
+            time.sleep(0.1)
+        assert restarts == 1, deployment.sipfilter.log_tail()
+        assert "killed by SIGKILL" in deployment.sipfilter.log_tail(200)
+        time.sleep(1.0)  # the new worker 1 is listening once it exposes its metrics
+        cases = [CallCase("+33162000001", callee, "relay") for callee in CALLEES[:8]]
+        dialer, _ = call(sipp, tmp_path, deployment, "dialer_uac.xml", "carrier_uas.xml", cases)
+        assert dialer.successful == len(cases) and dialer.failed == 0, dialer.summary()
+        metrics = deployment.sipfilter.metrics()
+        assert all(per_worker(metrics, "sipfilter_invites_received_total")), deployment.sipfilter.log_tail()
+        # SIGTERM: every worker drains and stops, then the supervisor exits 0.
+        assert deployment.sipfilter.stop() == 0, deployment.sipfilter.log_tail()
+        assert not any(Path(f"/proc/{pid}").exists() for pid in workers_of_gone(workers))
+    finally:
+        deployment.sipfilter.stop()
+
+
+def workers_of_gone(workers: dict[int, int]) -> list[int]:
+    """The worker pids that are still processes other than zombies."""
+    alive = []
+    for pid in workers.values():
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.append(pid)
+    return alive

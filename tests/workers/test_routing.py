@@ -1,0 +1,111 @@
+"""The ownership peek on raw datagrams (sipfilter/workers/routing.py): which worker a message belongs to."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from sipfilter.b2bua import ids
+from sipfilter.workers.routing import callee_owner, owner, worker_mark
+
+
+def invite(uri: str, to: str = "<sip:+33612345678@example.com>", extra: str = "") -> bytes:
+    return (f"INVITE {uri} SIP/2.0\r\n"
+            "Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-dialer-1\r\n"
+            f"To: {to}\r\nFrom: <sip:+33162000001@dialer>;tag=abc\r\nCall-ID: 1@dialer\r\n"
+            f"CSeq: 1 INVITE\r\n{extra}Content-Length: 0\r\n\r\n").encode()
+
+
+def response(branch: str) -> bytes:
+    return (f"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5080;branch={branch};rport=5080, "
+            "SIP/2.0/UDP 10.0.0.9;branch=z9hG4bKsfw0.other\r\n"
+            "To: <sip:x@y>;tag=carrier\r\nFrom: <sip:a@b>;tag=sfw1.aaaa\r\nCall-ID: c\r\n"
+            "CSeq: 1 INVITE\r\n\r\n").encode()
+
+
+@pytest.fixture
+def marked() -> object:
+    """wire's tags and branches made by worker 3, as in that worker; unmarked again afterwards."""
+    ids.set_worker_mark(worker_mark(3))
+    yield
+    ids.set_worker_mark("")
+
+
+def test_a_single_worker_owns_everything() -> None:
+    assert owner(b"garbage", 1) == 0
+    assert owner(invite("sip:1@x"), 1) == 0
+
+
+def test_every_spelling_of_a_number_has_one_owner() -> None:
+    spellings = ["sip:+33612345678@carrier", "sip:0612345678@carrier;user=phone", "tel:+33-6-12-34-56-78",
+                 "sip:0033612345678@10.0.0.1:5060", "sip:+33612345678;npdi@carrier", "SIP:0612345678@X"]
+    for workers in (2, 3, 8):
+        owners = {owner(invite(uri), workers) for uri in spellings}
+        assert len(owners) == 1, (workers, owners)
+
+
+def test_callees_spread_over_workers() -> None:
+    counts = [0] * 4
+    for n in range(4000):
+        counts[callee_owner(f"invite sip:+336{n:08d}@x sip/2.0".encode(), 4)] += 1
+    assert min(counts) > 800, counts
+
+
+def test_cancel_and_non_2xx_ack_follow_the_invite() -> None:
+    uri = "sip:+33612345678@carrier"
+    cancel = invite(uri).replace(b"INVITE sip", b"CANCEL sip").replace(b"1 INVITE", b"1 CANCEL")
+    assert owner(cancel, 4) == owner(invite(uri), 4)
+
+
+def test_in_dialog_requests_go_to_the_worker_of_our_to_tag(marked: object) -> None:
+    tag = ids.new_tag()
+    for workers, expected in ((4, 3), (5, 3), (2, 1)):
+        for method in ("BYE", "ACK", "INVITE", "INFO"):
+            msg = invite("sip:anyone@x", to=f"<sip:+33612345678@x>;tag={tag}")
+            msg = msg.replace(b"INVITE sip", f"{method} sip".encode())
+            assert owner(msg, workers) == expected
+    compact = b"BYE sip:a@b SIP/2.0\r\nv: SIP/2.0/UDP h;branch=z9hG4bKx\r\nt: <sip:a@b> ; TAG = " + \
+        tag.upper().encode() + b"\r\n\r\n"
+    assert owner(compact, 4) == 3
+
+
+def test_responses_go_to_the_worker_of_our_top_via_branch(marked: object) -> None:
+    assert owner(response(ids.new_branch()), 4) == 3
+    assert owner(response("z9hG4bK-someone-else"), 4) is None  # the second Via's mark is not ours to read
+    assert owner(b"SIP/2.0 200 OK\r\nTo: <sip:a@b>;tag=sfw2.x\r\n\r\n", 4) is None  # no Via
+
+
+def test_foreign_tags_fall_back_to_the_callee() -> None:
+    msg = invite("sip:+33612345678@x", to="<sip:+33612345678@x>;tag=peer-made")
+    assert owner(msg, 4) == owner(invite("sip:+33612345678@x"), 4)
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"\x00\xff" * 100, b"\r\n\r\n", b"SIP/2.0", b"INVITE", b"INVITE  SIP/2.0\r\n\r\n",
+    b"BYE sip:@ SIP/2.0\r\nTo: ;tag=sfw\r\n\r\n", b"BYE x SIP/2.0\r\nTo: <a>;tag=sfw99999999999.x\r\n\r\n",
+    b"SIP/2.0 200 OK\r\nVia: x;branch=z9hG4bKsfw7\r\n\r\n", b"\n" * 70000, b"To:" * 30000,
+    b"INVITE sip:" + b"9" * 100000 + b"@x SIP/2.0\r\n\r\n",
+    b"BYE sip:a SIP/2.0\r\nTo: <sip:a>;tag=" + b"sfw1." + b"f" * 100000 + b"\r\n\r\n",
+])
+def test_hostile_input_never_raises_and_is_deterministic(data: bytes) -> None:
+    for workers in (2, 3, 7):
+        first = owner(data, workers)
+        assert first is None or 0 <= first < workers
+        assert owner(data, workers) == first
+
+
+def test_random_bytes_never_raise() -> None:
+    rng = random.Random(19)
+    for _ in range(3000):
+        data = bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 300)))
+        if rng.random() < 0.5:
+            data = b"BYE sip:1@x SIP/2.0\r\nTo: <a>;tag=sfw" + data
+        result = owner(data, 3)
+        assert result is None or 0 <= result < 3
+
+
+def test_the_mark_needs_the_dot() -> None:
+    # A peer's tag that merely starts with the prefix (no index and dot) is not ours.
+    msg = invite("sip:+33612345678@x", to="<sip:a@b>;tag=sfwabc")
+    assert owner(msg, 4) == owner(invite("sip:+33612345678@x"), 4)
