@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import itertools
 import json
 import os
 import time
@@ -243,6 +244,8 @@ class RedisStore(LocalLists):
         self.k_oppositions = p + "{rec}:oppositions"
         self.k_log = p + "{rec}:log"
         self.k_list_history = p + "lists:history"
+        self._member_prefix = os.urandom(6).hex() + ":"
+        self._member_seq = itertools.count()
         self._attempts: AttemptBatcher | ClusterBatcher = (
             ClusterBatcher(self._calls, _ATTEMPT_LUA, timeout_s) if options.cluster
             else AttemptBatcher(self._calls, _ATTEMPT_LUA, timeout_s, replicas=options.replicas))
@@ -686,10 +689,12 @@ class RedisStore(LocalLists):
     async def check_and_record_attempt(
         self, account: str, number: str, now: float, cap: int, window_s: float, refusal_cooldown_s: float
     ) -> AttemptDecision:
-        member = f"{now!r}:{os.urandom(6).hex()}"
+        # Unique per attempt across instances and restarts: a resend of the same attempt counts once.
+        member = f"{now!r}:{self._member_prefix}{next(self._member_seq)}"
+        key = self._ckey(account, number, "")
         # A plain future, no Task: this runs inside the B2BUA's hand-stepped decision (see redis_batch).
         pending = self._attempts.submit(
-            (self._ckey(account, number, "att"), self._ckey(account, number, "ref")),
+            (key + "att", key + "ref"),
             (repr(now), cap, repr(float(window_s)), repr(float(refusal_cooldown_s)), member))
         try:
             res = await pending
