@@ -5,6 +5,7 @@ counted once, URL options checked at config load."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 import time
 from collections.abc import Coroutine
@@ -206,6 +207,30 @@ async def test_calls_in_flight_on_a_broken_connection_are_resent_once(redis_serv
         assert store.health.up
     finally:
         await store.close()
+
+
+async def test_the_call_path_through_a_unix_socket(tmp_path: Path) -> None:
+    """A Redis on the same host, reached as unix:///path: the held connection is a unix socket's."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    sock = tmp_path / "redis.sock"
+    server = RedisServer(free_port(), tmp_path / "redis", extra=("--unixsocket", str(sock),
+                                                                 "--unixsocketperm", "700"))
+    server.dir.mkdir()
+    server.start()
+    store = None
+    try:
+        store = await RedisStore.open(f"unix://{sock}?db=0", watch=False)
+        decisions = [await _step_by_hand(store.check_and_record_attempt("acme", "+33612345678", float(t), 2,
+                                                                        DAY, DAY)) for t in (1, 2, 3)]
+        assert decisions == [AttemptDecision(True, 1, None), AttemptDecision(True, 2, None),
+                             AttemptDecision(False, 2, None)]
+        # The first: EVALSHA answered NOSCRIPT (watch=False loads nothing), SCRIPT LOAD, resend; then one each.
+        assert store.round_trips == 5
+    finally:
+        if store is not None:
+            await store.close()
+        server.kill()
 
 
 async def test_a_resent_attempt_counts_once(redis_server: RedisServer) -> None:
