@@ -225,7 +225,7 @@ async def test_the_call_path_through_a_unix_socket(tmp_path: Path) -> None:
                                                                         DAY, DAY)) for t in (1, 2, 3)]
         assert decisions == [AttemptDecision(True, 1, None), AttemptDecision(True, 2, None),
                              AttemptDecision(False, 2, None)]
-        # The first: EVALSHA answered NOSCRIPT (watch=False loads nothing), SCRIPT LOAD, resend; then one each.
+        # The first: EVALSHA answered NOSCRIPT (watch=False loads nothing), SCRIPT LOAD, resend; then 1 each.
         assert store.round_trips == 5
     finally:
         if store is not None:
