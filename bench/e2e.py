@@ -594,6 +594,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.pin:
         if (os.cpu_count() or 1) < 2:
             parser.error("--pin needs 2 CPUs")
+        if args.direct or args.kamailio:
+            parser.error("--pin places sipfilter: not with --direct or --kamailio")
         os.sched_setaffinity(0, {1})  # inherited by SIPp and redis-server; sipfilter moves to CPU 0 (_deploy)
     workroot = Path(tempfile.mkdtemp(prefix="sipfilter-bench-"))
     callees = [f"+3361{n:07d}" for n in range(args.callees)]
@@ -608,6 +610,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, python {platform.python_version()} "
           f"({os.path.realpath(sys.executable)}), call path {compiled.status}")
     on = "" if args.direct or args.kamailio else f", store {' and '.join(stores)}"
+    on += " (Redis through a unix socket)" if args.redis_unix and "redis" in stores else ""
+    on += " — pinned: sipfilter on CPU 0, SIPp and redis-server on CPU 1" if args.pin else ""
     on += f" — identity: {args.identity}" if args.identity else ""
     print(f"duration {args.duration:g}s per step, hold {args.hold_ms} ms, {len(callees)} consented callees, "
           f"{len(dnc)} numbers on bloctel{what}{on}")
