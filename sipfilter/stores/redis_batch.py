@@ -214,14 +214,12 @@ class AttemptBatcher:
             if isinstance(reply, NoScriptError) and not item[3]:
                 reload.append(item)
             elif isinstance(reply, ReadOnlyError) and not item[2]:
-                moved.append(item)  # a primary turned replica (failover): the pool finds the new one
+                moved.append(item)  # a primary turned replica (failover): resent to the new one
             else:
                 self._answer(item[1], reply)
         if reload:
             self._reload(reload)
-        if moved:
-            with contextlib.suppress(AttributeError):
-                self._client.connection_pool.reset()  # a Sentinel pool asks the Sentinels again
+        if moved:  # the connection goes: reopened, a Sentinel-managed one asks the Sentinels for the primary
             self._lost(wire, ReadOnlyError("the primary is now a replica"), resend=moved)
 
     def _answer(self, future: asyncio.Future[Any], reply: Any) -> None:

@@ -233,6 +233,28 @@ async def test_the_call_path_through_a_unix_socket(tmp_path: Path) -> None:
         server.kill()
 
 
+async def test_a_primary_turned_replica_is_left_and_asked_once_more(tmp_path: Path,
+                                                                     redis_server: RedisServer) -> None:
+    """READONLY (the URL's server is a replica now, as after a failover): the call goes once more on a fresh
+    connection (a Sentinel-managed one asks the Sentinels for the primary), then fails as unavailable."""
+    replica = RedisServer(free_port(), tmp_path / "replica",
+                          extra=("--replicaof", "127.0.0.1", str(redis_server.port)))
+    replica.dir.mkdir()
+    replica.start()
+    store = None
+    try:
+        store = await RedisStore.open(replica.url + "?socket_timeout=2", watch=False)
+        await store._attempts._client.script_load(_ATTEMPT_LUA)  # a replica accepts SCRIPT LOAD
+        trips = store._attempts.round_trips
+        with pytest.raises(StoreUnavailable, match="READONLY"):
+            await store.check_and_record_attempt("acme", "+33612345678", 1.0, 4, DAY, DAY)
+        assert store._attempts.round_trips - trips == 2  # the batch, and once more on a fresh connection
+    finally:
+        if store is not None:
+            await store.close()
+        replica.kill()
+
+
 async def test_a_resent_attempt_counts_once(redis_server: RedisServer) -> None:
     """A pipeline resent after a broken connection may run twice in Redis: the member makes it idempotent."""
     client = redis.Redis(port=redis_server.port)
