@@ -20,7 +20,12 @@ its call path is compiled (scripts/compile) or pure Python (SIPFILTER_PURE=1 com
 `--store redis` runs sipfilter on a Redis store: the bench starts its own redis-server (AOF, fsync every
 second, on a free loopback port) and provisions it through the CLI as for the embedded store. Several stores
 (`--store embedded,redis`) are deployed side by side and alternated step by step (each rate runs on one,
-then the other), so their figures share the machine's state; the `store` column says which.
+then the other), so their figures share the machine's state; the `store` column says which. `--redis-unix`:
+sipfilter reaches that redis-server through a unix socket in its directory (unix://…, as a Redis on the same
+host would be deployed) instead of TCP on loopback. `--pin`: sipfilter (every thread) runs on CPU 0, and the
+SIPp dialer and carrier and the redis-server on CPU 1, the same for every store, so that the Redis round trip
+does not wait for a core that SIPp or sipfilter itself holds (both stores are pinned alike: compare within
+one run).
 
 `--kamailio` measures the anchor instead of sipfilter: Kamailio 5.6 (`kamailio -DD -E`, config template
 bench/kamailio/kamailio.cfg) doing the same filtering — NPV caller-ID prefixes on From and
@@ -41,6 +46,7 @@ and keeps no call records: the consented callees are simply relayed. `--kamailio
     .venv/bin/python bench/e2e.py --mix mixed --rates 1000 --identity sign    # a trunk that signs its B-legs
     .venv/bin/python bench/e2e.py --mix mixed --rates 1000 --identity verify  # signed dialer, cached x5u
     .venv/bin/python bench/e2e.py --store embedded,redis --mix mixed --rates 1000  # both stores, alternated
+    .venv/bin/python bench/e2e.py --store embedded,redis --redis-unix --pin --mix mixed --rates 1000,1000
     SIPFILTER_GC_STATS=1 .venv/bin/python bench/e2e.py --keep …  # sipfilter.log: GC collections and pauses
 
 `--identity` (docs/identity.md) measures STIR/SHAKEN: `sign`, the trunk signs every relayed call; `verify`,
@@ -562,6 +568,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", default="1",
                         help="sipfilter's sip.workers, comma-separated (alternated step by step); with "
                              "--kamailio, Kamailio runs beside them in the same run: the scaling table")
+    parser.add_argument("--redis-unix", action="store_true",
+                        help="--store redis: sipfilter reaches its redis-server through a unix socket")
+    parser.add_argument("--pin", action="store_true",
+                        help="sipfilter on CPU 0; SIPp and redis-server on CPU 1 (every store alike)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (SIPp traces, logs)")
     args = parser.parse_args(argv)
     stores = [name.strip() for name in args.store.split(",") if name.strip()]
@@ -586,6 +596,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot benchmark the Redis store: {missing}", file=sys.stderr)
         return 2
 
+    if args.pin:
+        if (os.cpu_count() or 1) < 2:
+            parser.error("--pin needs 2 CPUs")
+        if args.direct or args.kamailio:
+            parser.error("--pin places sipfilter: not with --direct or --kamailio")
+        os.sched_setaffinity(0, {1})  # inherited by SIPp and redis-server; sipfilter moves to CPU 0 (_deploy)
     workroot = Path(tempfile.mkdtemp(prefix="sipfilter-bench-"))
     callees = [f"+3361{n:07d}" for n in range(args.callees)]
     # DNC list: mobiles in +33 75 … (a range the numbering plan lists, up to 3.3 M numbers); a sample of them
@@ -602,6 +618,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, python {platform.python_version()} "
           f"({os.path.realpath(sys.executable)}), call path {compiled.status}")
     on = "" if args.direct or (args.kamailio and not beside) else f", store {' and '.join(stores)}"
+    on += " (Redis through a unix socket)" if args.redis_unix and "redis" in stores else ""
+    on += " — pinned: sipfilter on CPU 0, SIPp and redis-server on CPU 1" if args.pin else ""
     on += f" — identity: {args.identity}" if args.identity else ""
     print(f"duration {args.duration:g}s per step, hold {args.hold_ms} ms, {len(callees)} consented callees, "
           f"{len(dnc)} numbers on bloctel{what}{on}")
@@ -632,7 +650,8 @@ def main(argv: list[str] | None = None) -> int:
                     t0 = time.monotonic()
                     label = store if args.workers == "1" else f"{store}-{count}w"
                     server = _deploy(workroot / mix / label, store, callees, dnc,
-                                     sti.trunk(args.identity) if sti else None, workers=count)
+                                     sti.trunk(args.identity) if sti else None, workers=count,
+                                     unix=args.redis_unix, pin=args.pin)
                     deployment = server.deployment
                     targets.append(Target(label, server, deployment.inside, deployment.carrier_ports[0]))
                     ready = time.monotonic() - t0
@@ -684,14 +703,18 @@ class Target:
 
 
 def _deploy(workdir: Path, store: str, callees: list[str], dnc: list[str],
-            trunk: dict[str, object] | None = None, workers: int = 1) -> SipfilterServer:  # fmt: skip
+            trunk: dict[str, object] | None = None, workers: int = 1, *, unix: bool = False,
+            pin: bool = False) -> SipfilterServer:  # fmt: skip
     """A sipfilter with production timers, the consents and the 1M-entry bloctel list provisioned, on the
-    embedded store or on a redis-server started for it."""
+    embedded store or on a redis-server started for it (reached through a unix socket with `unix`).
+    `pin`: sipfilter's threads move to CPU 0 (the bench and what it starts run on CPU 1)."""
     redis = None
     section: dict[str, str] = {}
     if store == "redis":
-        redis = RedisProcess(free_ports(1)[0], workdir / "redis").start()
-        section = {"backend": "redis", "redis_url": redis.url}
+        sock = workdir / "redis" / "redis.sock"
+        settings = (f"unixsocket {sock}", "unixsocketperm 700") if unix else ()
+        redis = RedisProcess(free_ports(1)[0], workdir / "redis", settings).start()
+        section = {"backend": "redis", "redis_url": f"unix://{sock}?db=0" if unix else redis.url}
     try:
         timers = {"t1_ms": int(T1_S * 1000), "t2_ms": 4000, "t4_ms": int(T4_S * 1000)}
         deployment = deploy(workdir / "sipfilter", extra_consents=callees, extra_lists={"bloctel": dnc},
@@ -700,7 +723,13 @@ def _deploy(workdir: Path, store: str, callees: list[str], dnc: list[str],
         if redis is not None:
             redis.kill()
         raise
-    return SipfilterServer(deployment, redis)
+    server = SipfilterServer(deployment, redis)
+    if pin:
+        for pid in server.pids():
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError):  # a thread that has just ended
+                    os.sched_setaffinity(int(tid), {0})
+    return server
 
 
 class BenchSti:

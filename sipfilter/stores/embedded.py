@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sipfilter.stores.base import AttemptDecision, ConsentRecord, ContractRecord, ListInfo, StoreUnavailable
+from sipfilter.stores.embedded_load import apply_changes, change_seq, read_all
 from sipfilter.stores.embedded_records import (
     Consents,
     Key,
@@ -130,7 +131,7 @@ class EmbeddedStore(LocalLists):
                         store._prune_changes(store._db, store._seen)  # (in memory: its log is not needed)
             else:
                 with reading(store._db):
-                    store._seen = store._change_seq()
+                    store._seen = change_seq(store._db)
         except sqlite3.Error as exc:
             store._writer.shutdown()
             store._writer_db.close()
@@ -507,60 +508,10 @@ class EmbeddedStore(LocalLists):
 
     def _load_all(self) -> None:
         """Read every consent, contract, refusal and attempt into memory (a proxy's open: the call path then
-        never waits on SQLite). One read transaction, so the copy and the change log position agree.
-        Attempts already in memory are kept: this process is their only writer, some are not written yet."""
-        db = self._db
-        records = Records(complete=True)
-        with reading(db):
-            self._seen = self._change_seq()
-            # Millions of rows under the opt-in regime: one record per number, not a tuple of one, and the
-            # account, proof and hours texts shared (SQLite hands out new strings for every row).
-            consents: dict[Key, Consents] = {}
-            shared: dict[str, str] = {}
-            for account, number, granted, proof, revoked, hours, zone in db.execute(
-                    "SELECT account, number, granted_at, proof, revoked_at, hours, time_zone FROM consents"
-                    " WHERE undone_at IS NULL ORDER BY id"):
-                account = shared.setdefault(account, account)
-                proof = shared.setdefault(proof, proof)
-                if hours is not None:
-                    hours = shared.setdefault(hours, hours)
-                if zone is not None:
-                    zone = shared.setdefault(zone, zone)
-                key = (account, number)
-                record = ConsentRecord(account, number, granted, proof, revoked, hours, zone)
-                before = consents.get(key)
-                if before is None:
-                    consents[key] = record
-                else:
-                    consents[key] = (*before, record) if isinstance(before, tuple) else (before, record)
-            records.consents = consents
-            contracts: dict[Key, list[Span]] = {}
-            for account, number, started, ended, scope, reference in db.execute(
-                    "SELECT account, number, started_at, ended_at, scope, reference FROM contracts"
-                    " ORDER BY id"):
-                reference = shared.setdefault(reference, reference)
-                contracts.setdefault((account, number), []).append(span(started, ended, scope, reference))
-            records.contracts = {k: tuple(v) for k, v in contracts.items()}
-            refusals: dict[Key, list[float]] = {}
-            for account, number, at in db.execute("SELECT account, number, at FROM refusal_log"
-                                                  " WHERE undone_at IS NULL ORDER BY account, number, at"):
-                refusals.setdefault((account, number), []).append(at)
-            records.refusals = {k: refusals_value(v) for k, v in refusals.items()}
-            records.oppositions = {(account, number): at for account, number, at in db.execute(
-                "SELECT account, number, min(at) FROM oppositions WHERE undone_at IS NULL"
-                " GROUP BY account, number")}
-            if self._records.complete:
-                records.attempts = self._records.attempts
-            else:
-                # The covering index's order: no sort, and each key's times come ascending.
-                for account, number, at in db.execute("SELECT account, number, at FROM attempts"
-                                                      " ORDER BY account, number, at"):
-                    records.attempts.add(account, number, at)
-        self._records = records
-
-    def _change_seq(self) -> int:
-        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name='changes'").fetchone()
-        return int(row[0]) if row else 0
+        never waits on SQLite). Attempts already in memory are kept: this process is their only writer, some
+        are not written yet."""
+        kept = self._records.attempts if self._records.complete else None
+        self._records, self._seen = read_all(self._db, kept)
 
     async def _catch_up(self) -> None:
         """Apply the consent/contract/refusal rows changed since the last catch-up (the `changes` log that
@@ -596,34 +547,12 @@ class EmbeddedStore(LocalLists):
         else:
             records.clear_records()
             with reading(db):
-                self._seen = self._change_seq()
+                self._seen = change_seq(self._db)
         return False
 
     def _apply(self, log_rows: list[tuple[int, str, str, str]]) -> None:
         """Re-read, in the current read transaction, the rows of every key the log entries name."""
-        db, records = self._db, self._records
-        lo, hi = self._seen, log_rows[-1][0]
-        keys: dict[str, set[Key]] = {kind: set() for kind in ("consent", "contract", "refusal", "opposition")}
-        for _, kind, account, number in log_rows:
-            keys.setdefault(kind, set()).add((account, number))
-        named = "(account, number) IN (SELECT account, number FROM changes WHERE kind=? AND seq>? AND seq<=?)"
-        if keys["consent"]:
-            records.replace_consents(keys["consent"], (ConsentRecord(*row) for row in db.execute(
-                "SELECT account, number, granted_at, proof, revoked_at, hours, time_zone FROM consents WHERE "
-                "undone_at IS NULL AND " + named + " ORDER BY id", ("consent", lo, hi))))
-        if keys["contract"]:
-            records.replace_contracts(keys["contract"], db.execute(
-                "SELECT account, number, started_at, ended_at, scope, reference FROM contracts WHERE " + named
-                + " ORDER BY id", ("contract", lo, hi)))
-        if keys["refusal"]:
-            records.replace_refusals(keys["refusal"], db.execute(
-                "SELECT account, number, at FROM refusal_log WHERE undone_at IS NULL AND " + named
-                + " ORDER BY at", ("refusal", lo, hi)))
-        if keys["opposition"]:
-            records.replace_oppositions(keys["opposition"], db.execute(
-                "SELECT account, number, min(at) FROM oppositions WHERE undone_at IS NULL AND " + named
-                + " GROUP BY account, number", ("opposition", lo, hi)))
-        self._seen = hi
+        self._seen = apply_changes(self._db, self._records, self._seen, log_rows)
 
     def _others_committed(self) -> bool:
         """True when another connection (the CLI, another handle) committed since the last call: one cheap

@@ -1,7 +1,8 @@
 """The Redis store: lists, records and counters shared by several sipfilter instances through one Redis.
 
 Lists, consents and contracts are replicated into local memory (polled version keys) so the call path never
-waits on the network; counters are atomic Lua scripts, sent in one pipeline per event-loop pass (redis_batch).
+waits on the network; counters are atomic Lua scripts, streamed to Redis in one batch per event-loop pass
+(redis_batch).
 Never blocks long: short socket timeouts, one immediate retry on a broken connection only.
 """
 
@@ -11,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import itertools
 import json
 import os
 import time
@@ -36,7 +38,7 @@ from sipfilter.stores.history import (
 )
 from sipfilter.stores.importer import SourceInfo
 from sipfilter.stores.numberset import NumberSet
-from sipfilter.stores.redis_batch import AttemptBatcher
+from sipfilter.stores.redis_batch import AttemptBatcher, ClusterBatcher
 from sipfilter.stores.redis_url import DEFAULT_TIMEOUT_S, redis_options
 from sipfilter.stores.redis_url import split_url as _split_url
 from sipfilter.stores.writable import Health, LocalLists, check_list_name, consent_in_force, log, scope_text
@@ -242,7 +244,11 @@ class RedisStore(LocalLists):
         self.k_oppositions = p + "{rec}:oppositions"
         self.k_log = p + "{rec}:log"
         self.k_list_history = p + "lists:history"
-        self._attempts = AttemptBatcher(self._calls, _ATTEMPT_LUA, timeout_s, replicas=options.replicas)
+        self._member_prefix = os.urandom(6).hex() + ":"
+        self._member_seq = itertools.count()
+        self._attempts: AttemptBatcher | ClusterBatcher = (
+            ClusterBatcher(self._calls, _ATTEMPT_LUA, timeout_s) if options.cluster
+            else AttemptBatcher(self._calls, _ATTEMPT_LUA, timeout_s, replicas=options.replicas))
         self._refusal = self._redis.register_script(_REFUSAL_LUA)
         self._undo_refusal = self._redis.register_script(_UNDO_REFUSAL_LUA)
         self._append = self._bulk.register_script(_APPEND_LUA)
@@ -683,10 +689,12 @@ class RedisStore(LocalLists):
     async def check_and_record_attempt(
         self, account: str, number: str, now: float, cap: int, window_s: float, refusal_cooldown_s: float
     ) -> AttemptDecision:
-        member = f"{now!r}:{os.urandom(6).hex()}"
+        # Unique per attempt across instances and restarts: a resend of the same attempt counts once.
+        member = f"{now!r}:{self._member_prefix}{next(self._member_seq)}"
+        key = self._ckey(account, number, "")
         # A plain future, no Task: this runs inside the B2BUA's hand-stepped decision (see redis_batch).
         pending = self._attempts.submit(
-            (self._ckey(account, number, "att"), self._ckey(account, number, "ref")),
+            (key + "att", key + "ref"),
             (repr(now), cap, repr(float(window_s)), repr(float(refusal_cooldown_s)), member))
         try:
             res = await pending

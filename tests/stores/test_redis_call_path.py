@@ -1,9 +1,11 @@
-"""The Redis store on the call path: stepped outside any Task as the B2BUA does, one pipeline per event-loop
-pass, the script loaded once, WAIT for replicas, resends counted once, URL options checked at config load."""
+"""The Redis store on the call path: stepped outside any Task as the B2BUA does, one batch per event-loop
+pass written without waiting for the batches in flight, the script loaded once, WAIT for replicas, resends
+counted once, URL options checked at config load."""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 import time
 from collections.abc import Coroutine
@@ -148,6 +150,110 @@ async def test_a_stalled_redis_fails_within_the_deadline_and_leaves_no_stale_rep
         assert store.health.up
     finally:
         await store.close()
+
+
+async def test_a_batch_is_written_while_another_is_in_flight(redis_server: RedisServer) -> None:
+    """No head-of-line wait: the decisions of a later pass go out before the earlier batch is answered, and
+    each batch's replies answer its own calls (Redis answers in order on the one connection)."""
+    store = await RedisStore.open(redis_server.url + "?socket_timeout=5", watch=False)
+    try:
+        await store.check_and_record_attempt("acme", "+33699999999", 1.0, 4, DAY, DAY)  # connection open
+        assert redis_server.proc is not None
+        trips = store._attempts.round_trips
+        redis_server.proc.send_signal(signal.SIGSTOP)  # nothing is answered until SIGCONT
+        try:
+            first = _step_by_hand(store.check_and_record_attempt("acme", "+33611111111", 10.0, 1, DAY, DAY))
+            for _ in range(3):
+                await asyncio.sleep(0)
+            assert store._attempts.round_trips - trips == 1
+            second = [_step_by_hand(store.check_and_record_attempt("acme", n, 11.0, 1, DAY, DAY))
+                      for n in ("+33611111111", "+33622222222")]  # fmt: skip
+            for _ in range(3):
+                await asyncio.sleep(0)
+            assert store._attempts.round_trips - trips == 2  # written at once, not after the first's reply
+            assert not first.done() and not any(f.done() for f in second)
+        finally:
+            redis_server.proc.send_signal(signal.SIGCONT)
+        assert await first == AttemptDecision(True, 1, None)
+        assert [await f for f in second] == [AttemptDecision(False, 1, None), AttemptDecision(True, 1, None)]
+        assert store.health.up
+    finally:
+        await store.close()
+
+
+async def test_calls_in_flight_on_a_broken_connection_are_resent_once(redis_server: RedisServer) -> None:
+    """Redis dies with a batch unanswered and is back at once (restarted, AOF): the calls go again on a
+    fresh connection, answered and counted once; the data written before is still there."""
+    store = await RedisStore.open(redis_server.url + "?socket_timeout=5", watch=False)
+    try:
+        await store.check_and_record_attempt("acme", "+33611111111", 1.0, 4, DAY, DAY)  # connection open
+        assert redis_server.proc is not None
+        trips = store._attempts.round_trips
+        redis_server.proc.send_signal(signal.SIGSTOP)
+        pending = _step_by_hand(store.check_and_record_attempt("acme", "+33611111111", 10.0, 4, DAY, DAY))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert store._attempts.round_trips - trips == 1 and not pending.done()
+        # No await from the kill to the restart: the event loop sees the break only once Redis is back.
+        redis_server.kill()
+        redis_server.start()
+        assert await pending == AttemptDecision(True, 2, None)
+        # The batch; its resend, answered NOSCRIPT (a restarted Redis has no scripts); SCRIPT LOAD; resend.
+        assert store._attempts.round_trips - trips == 4
+        admin = redis.Redis(port=redis_server.port)
+        try:
+            assert admin.zcard(store._ckey("acme", "+33611111111", "att")) == 2
+        finally:
+            admin.close()
+        assert store.health.up
+    finally:
+        await store.close()
+
+
+async def test_the_call_path_through_a_unix_socket(tmp_path: Path) -> None:
+    """A Redis on the same host, reached as unix:///path: the held connection is a unix socket's."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    sock = tmp_path / "redis.sock"
+    server = RedisServer(free_port(), tmp_path / "redis", extra=("--unixsocket", str(sock),
+                                                                 "--unixsocketperm", "700"))
+    server.dir.mkdir()
+    server.start()
+    store = None
+    try:
+        store = await RedisStore.open(f"unix://{sock}?db=0", watch=False)
+        decisions = [await _step_by_hand(store.check_and_record_attempt("acme", "+33612345678", float(t), 2,
+                                                                        DAY, DAY)) for t in (1, 2, 3)]
+        assert decisions == [AttemptDecision(True, 1, None), AttemptDecision(True, 2, None),
+                             AttemptDecision(False, 2, None)]
+        # The first: EVALSHA answered NOSCRIPT (watch=False loads nothing), SCRIPT LOAD, resend; then 1 each.
+        assert store.round_trips == 5
+    finally:
+        if store is not None:
+            await store.close()
+        server.kill()
+
+
+async def test_a_primary_turned_replica_is_left_and_asked_once_more(tmp_path: Path,
+                                                                     redis_server: RedisServer) -> None:
+    """READONLY (the URL's server is a replica now, as after a failover): the call goes once more on a fresh
+    connection (a Sentinel-managed one asks the Sentinels for the primary), then fails as unavailable."""
+    replica = RedisServer(free_port(), tmp_path / "replica",
+                          extra=("--replicaof", "127.0.0.1", str(redis_server.port)))
+    replica.dir.mkdir()
+    replica.start()
+    store = None
+    try:
+        store = await RedisStore.open(replica.url + "?socket_timeout=2", watch=False)
+        await store._attempts._client.script_load(_ATTEMPT_LUA)  # a replica accepts SCRIPT LOAD
+        trips = store._attempts.round_trips
+        with pytest.raises(StoreUnavailable, match="READONLY"):
+            await store.check_and_record_attempt("acme", "+33612345678", 1.0, 4, DAY, DAY)
+        assert store._attempts.round_trips - trips == 2  # the batch, and once more on a fresh connection
+    finally:
+        if store is not None:
+            await store.close()
+        replica.kill()
 
 
 async def test_a_resent_attempt_counts_once(redis_server: RedisServer) -> None:
