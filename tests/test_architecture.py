@@ -198,3 +198,15 @@ def _imported_names(node: ast.Import | ast.ImportFrom) -> list[str]:
     if isinstance(node, ast.Import):
         return [alias.name for alias in node.names]
     return [node.module or ""] if not node.level else ["sipfilter (relative)"]
+
+
+MAX_MODULE_LINES = 800  # past this a module holds more than one room: split it along a seam
+
+
+def test_no_module_is_over_the_size_a_reader_can_hold() -> None:
+    over = {
+        name: lines
+        for name, path in MODULES.items()
+        if (lines := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
+    }
+    assert over == {}
