@@ -9,7 +9,7 @@ import math
 import re
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from sipfilter.config import ConfigError, Section, YamlMap
@@ -131,6 +131,38 @@ class LimitsConfig:
 
     def for_trunk(self, trunk: str) -> TrunkLimits:
         return self.trunks.get(trunk, self.default_trunk)
+
+    def shared_by(self, workers: int) -> LimitsConfig:
+        """One worker's share when `workers` processes each admit the calls they own (sip.workers): every
+        rate divided among them, every burst and dialog cap divided and rounded down (at least 1; a cap of 0
+        stays 0), so that together they admit no more than the config says (calls spread over the workers by
+        callee: each share is reached when the whole would be). A trunk's burst share stays above the burst
+        share of one source, as the config check demands of the whole."""
+        if workers <= 1:
+            return self
+
+        def rate(value: float | None) -> float | None:
+            return None if value is None else value / workers
+
+        def count(value: int | None) -> int | None:
+            return None if value is None else (max(1, value // workers) if value > 0 else 0)
+
+        source_burst = max(1, self.source_burst // workers)
+
+        def trunk(limits: TrunkLimits) -> TrunkLimits:
+            burst = limits.burst()
+            own_source_burst = count(limits.source_burst)
+            cps_burst = None
+            if burst is not None:
+                floor = own_source_burst if own_source_burst is not None else source_burst
+                cps_burst = max(floor + 1, int(burst) // workers)
+            return replace(limits, max_dialogs=count(limits.max_dialogs), max_cps=rate(limits.max_cps),
+                           cps_burst=cps_burst, source_rate=rate(limits.source_rate),
+                           source_burst=own_source_burst)  # fmt: skip
+
+        return replace(self, source_rate=self.source_rate / workers, source_burst=source_burst,
+                       max_dialogs=count(self.max_dialogs), default_trunk=trunk(self.default_trunk),
+                       trunks={name: trunk(limits) for name, limits in self.trunks.items()})  # fmt: skip
 
     def source_budget(self, trunk: str | None) -> tuple[float, float]:
         """(rate, burst) of one source address on `trunk` (None: a trunk without limits of its own): the

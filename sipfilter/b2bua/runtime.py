@@ -67,8 +67,9 @@ def compile_runtime(config: Config, policy: PolicyPort, store: Any, audit: Any =
 
 
 def admission_config(config: Config) -> LimitsConfig:
+    """The admission limits this process applies: with several workers, its share of them."""
     limits = config.limits
     if isinstance(limits, LimitsConfig):
-        return limits
+        return limits.shared_by(config.sip.workers)
     # No `limits:` section: no caps, and unknown sources answered 403, never relayed.
     return LimitsConfig(unknown_source="reject", source_rate=1e9, source_burst=1_000_000_000)

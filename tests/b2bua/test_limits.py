@@ -378,3 +378,49 @@ def test_a_trunk_may_set_its_own_per_source_budget() -> None:
     assert admitted == [True] * 4 + [False]
     with pytest.raises(LimitsConfigError, match=r"limits\.trunks\.small\.source_rate \(5/s\) must be below"):
         LimitsConfig.from_mapping({"trunks": {"small": {"max_cps": 5, "source_rate": 5, "source_burst": 1}}})
+
+
+# -- sip.workers: each worker admits its share ---------------------------------------------------------------
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(
+    workers=st.integers(min_value=1, max_value=16),
+    max_cps=st.integers(min_value=2, max_value=500),
+    max_dialogs=st.integers(min_value=0, max_value=5000),
+    total_dialogs=st.none() | st.integers(min_value=0, max_value=50000),
+    source_fraction=st.floats(min_value=0.05, max_value=0.95),
+)
+def test_the_workers_shares_stay_valid_and_never_sum_above_the_whole(
+    workers: int, max_cps: int, max_dialogs: int, total_dialogs: int | None, source_fraction: float
+) -> None:
+    source_rate = max_cps * source_fraction
+    source_burst = max(1, int(max_cps * source_fraction))
+    whole = LimitsConfig(source_rate=source_rate, source_burst=source_burst, max_dialogs=total_dialogs,
+                         trunks={"dialer": TrunkLimits(max_dialogs, max_cps)})  # fmt: skip
+    share = whole.shared_by(workers)  # built through __post_init__: the config check holds for each share
+    trunk = share.for_trunk("dialer")
+    assert trunk.max_cps is not None and trunk.max_cps * workers == pytest.approx(max_cps)
+    assert share.source_rate * workers == pytest.approx(source_rate)
+    assert trunk.max_dialogs is not None
+    if max_dialogs >= workers or max_dialogs == 0:
+        assert trunk.max_dialogs * workers <= max_dialogs
+    if total_dialogs is not None and (total_dialogs >= workers or total_dialogs == 0):
+        assert share.max_dialogs is not None and share.max_dialogs * workers <= total_dialogs
+    if workers == 1:
+        assert share is whole
+
+
+def test_two_workers_admit_together_what_one_process_would() -> None:
+    whole = LimitsConfig(source_rate=5, source_burst=5,
+                         trunks={"dialer": TrunkLimits(10, 10, 10)})  # fmt: skip
+    alone = Admission(whole)
+    pair = [Admission(whole.shared_by(2)), Admission(whole.shared_by(2))]
+    admitted_alone = sum(
+        isinstance(alone.admit_invite(f"10.0.0.{n % 4}", "dialer", 0.0), Admit) for n in range(40)
+    )
+    admitted_pair = sum(
+        isinstance(pair[n % 2].admit_invite(f"10.0.0.{n % 4}", "dialer", 0.0), Admit) for n in range(40)
+    )
+    assert admitted_alone == 10
+    assert admitted_pair <= admitted_alone
