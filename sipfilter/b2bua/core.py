@@ -79,15 +79,19 @@ class B2BUA(Drain):
 
     def _on_request(self, ep: Endpoint, msg: Any, addr: Addr) -> None:
         method: str = msg.method
-        if method == "ACK":
-            self._on_ack(ep, msg, addr)
-            return
         branch = top_branch(msg)
         stx = self.server_tx.get(branch) if branch else None
+        if method == "ACK":
+            # The ACK of a non-2xx answer ends its INVITE server transaction (§17.2.1); an ACK of a 2xx is
+            # the dialog's (RFC 6026: handed up by a transaction in Accepted, or matching none).
+            if stx is not None and stx.addr == addr and stx.method == "INVITE" and stx.final >= 300:
+                self._server_request(stx, msg)
+                return
+            self._on_ack(ep, msg, addr)
+            return
         if stx is not None and stx.addr == addr and (stx.method == method):
             self.obs.retransmission("received")
-            if stx.answer:
-                ep.send(stx.answer, addr)
+            self._server_request(stx, msg)  # answered again with the last response, or absorbed
             return
         if method == "CANCEL":
             self._on_cancel(ep, msg, addr, branch)
@@ -171,11 +175,9 @@ class B2BUA(Drain):
             call.identity = rt.identity.get(trunk.name)
         stx.call = call
         self.calls_a[stx.call_id] = call
-        self.server_tx[stx.branch] = stx
         self.obs.dialogs(trunk.name, 1)
         # 100 Trying at once: the dialer stops retransmitting while the policy decides.
-        stx.answer = wire.build_response(100, "Trying", stx.lines(None))
-        ep.send(stx.answer, addr)
+        self._file_server(stx, msg, wire.build_response(100, "Trying", stx.lines(None)))
         self._decide(call, msg, now)
 
     def _decide(self, call: Call, msg: Any, now: float) -> None:
