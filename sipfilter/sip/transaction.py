@@ -556,7 +556,10 @@ class _ServerTransaction(_Transaction):
 
     def _remember(self, resp: Response | bytes) -> Send:
         # One Send object per response: retransmissions reuse it (flagged), the first send is unflagged.
+        # Answered, the machine never reads its request again (only a 100 Trying of its own would): it lets
+        # the parsed request go rather than hold it for as long as Timer J or L.
         self._last = _new_send(resp, True)
+        self.request = _NO_REQUEST
         return _new_send(resp, False)
 
 
