@@ -79,16 +79,11 @@ class B2BUA(Drain):
 
     def _on_request(self, ep: Endpoint, msg: Any, addr: Addr) -> None:
         method: str = msg.method
-        branch = top_branch(msg)
-        stx = self.server_tx.get(branch) if branch else None
         if method == "ACK":
-            # The ACK of a non-2xx answer ends its INVITE server transaction (§17.2.1); an ACK of a 2xx is
-            # the dialog's (RFC 6026: handed up by a transaction in Accepted, or matching none).
-            if stx is not None and stx.addr == addr and stx.method == "INVITE" and stx.final >= 300:
-                self._server_request(stx, msg)
-                return
             self._on_ack(ep, msg, addr)
             return
+        branch = top_branch(msg)
+        stx = self.server_tx.get(branch) if branch else None
         if stx is not None and stx.addr == addr and (stx.method == method):
             self.obs.retransmission("received")
             self._server_request(stx, msg)  # answered again with the last response, or absorbed

@@ -146,7 +146,7 @@ class Lifecycle(Transactions):
             del self.calls_b[call.b.call_id]
         stx = call.a_tx
         if self.server_tx.get(stx.branch) is not stx:
-            stx.call = None  # its transaction is over already: the call <-> transaction cycle (_forget_client)
+            stx.call = None  # its transaction is over: break the call <-> transaction cycle (_forget_client)
         elif not stx.final:
             # Unanswered (its machine has nothing left to end it): absorb INVITE retransmissions briefly.
             # An answered one ends with its machine's timers (H/I, or L in Accepted).

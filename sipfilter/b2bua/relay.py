@@ -22,6 +22,7 @@ from sipfilter.b2bua.calls import (
     ClientTx,
     ServerTx,
     first_value,
+    top_branch,
 )
 from sipfilter.b2bua.ids import new_branch
 from sipfilter.b2bua.in_dialog import asserted_lines, refusal
@@ -160,6 +161,8 @@ class Relay(BLeg):
                 call.a_2xx = b""
                 self._send_b_ack(call, msg.body or b"", self._pick_content(msg))
                 return
+            if self._acked_non2xx(msg, addr):
+                return
             if call.state == CONFIRMED and OUTSIDE in call.reinvite:
                 self._relay_reinvite_ack(call, OUTSIDE, msg)
                 return
@@ -171,8 +174,21 @@ class Relay(BLeg):
         call = self.calls_b.get(call_id)
         if call is None or call.b is None or call.b.addr[0] != addr[0]:
             return
+        if self._acked_non2xx(msg, addr):
+            return
         if INSIDE in call.reinvite:
             self._relay_reinvite_ack(call, INSIDE, msg)
+
+    def _acked_non2xx(self, msg: Any, addr: Addr) -> bool:
+        """An ACK of a non-2xx answer of ours (same branch as its INVITE, §17.1.1.3): its INVITE server
+        transaction takes it (stops Timer G, absorbs retransmissions in Confirmed). An ACK of a 2xx is the
+        dialog's (RFC 6026), matching none."""
+        branch = top_branch(msg)
+        stx = self.server_tx.get(branch) if branch else None
+        if stx is None or stx.method != "INVITE" or stx.addr != addr or stx.final < 300:
+            return False
+        self._server_request(stx, msg)
+        return True
 
     def _pick_content(self, msg: Any) -> list[str]:
         return pick_headers(msg, CONTENT_ONLY)
