@@ -26,7 +26,7 @@ from _fuzzlib import run
 
 with atheris.instrument_imports(include=["sipfilter.sip", "sipfilter.b2bua", "sipfilter.transport"]):
     from sipfilter import sip
-    from sipfilter.b2bua import core
+    from sipfilter.b2bua import topology
     from sipfilter.b2bua.core import B2BUA, compile_runtime
     from sipfilter.configure import load_config
     from sipfilter.policy.numbers import Normaliser, NumberReader
@@ -44,7 +44,7 @@ BUILT = {
     "record-route", "p-asserted-identity", "privacy", "user-agent", "allow", "supported", "reason",
     "warning", "retry-after", "rack", "rseq", "require", "session-expires", "min-se", "identity",
 }  # fmt: skip
-BUILT |= set(getattr(core, "_CONTENT", ())) | set(getattr(core, "_IN_DIALOG", ()))
+BUILT |= set(topology._CONTENT) | set(topology._IN_DIALOG)
 # Transactions left behind are checked unless SIPFILTER_FUZZ_SKIP_TX_LEAKS=1 (for a manual run looking
 # past a known leak; test_fuzz_bounded.py's KNOWN sets it for the suite while one is open, none now).
 STRICT_TX = os.environ.get("SIPFILTER_FUZZ_SKIP_TX_LEAKS") != "1"
