@@ -259,8 +259,7 @@ class BLeg(Lifecycle):
             self.obs.invite_final(call.trunk.name, self._clock() - call.started)
             self._final_to_a(call, status, data)
             return
-        stx.answer = data
-        ep.send(data, a.addr)
+        self._server_send(stx, data, status)
         self.obs.response(call.trunk.name, "sent", status)
 
     def _response_headers(self, call: Call, msg: Any, outward: bool = False) -> list[str]:

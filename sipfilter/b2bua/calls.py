@@ -16,7 +16,7 @@ from sipfilter.b2bua.topology import PassList
 from sipfilter.b2bua.trunks import Destination
 from sipfilter.config import TrunkConfig
 from sipfilter.sip.timers import DEFAULT_TIMERS, TIMER_A, TIMER_E, TimerConfig
-from sipfilter.sip.transaction import ClientTransaction
+from sipfilter.sip.transaction import ClientTransaction, ServerTransaction
 from sipfilter.transport.base import Addr, Endpoint
 
 INSIDE, OUTSIDE = "inside", "outside"
@@ -80,18 +80,20 @@ class Leg:
 
 
 class ServerTx:
-    """A request we received: enough to answer it (and its retransmissions) on its leg."""
+    """A request we received: the headers its responses echo, where they go, and its §17 server transaction
+    (sipfilter.sip.transaction: the last response sent again to a retransmitted request, Timers G/H/I/J),
+    whose timers run as `timers`; `guard` is a bound of the B2BUA's own on a relayed request's wait."""
 
     __slots__ = (
         "addr",
-        "answer",
         "branch",
         "call",
         "call_id",
         "cseq",
         "ep",
-        "final",
         "from_",
+        "guard",
+        "machine",
         "method",
         "timers",
         "to",
@@ -109,9 +111,15 @@ class ServerTx:
         self.ep = ep
         self.addr = addr
         self.call = call
-        self.answer: bytes = b""  # last response sent (for retransmissions)
-        self.final = 0
-        self.timers: Any = None  # the timer forgetting an in-dialog request (one object less for the GC)
+        self.machine: ServerTransaction | None = None  # set when filed (a stateless answer has none)
+        self.timers: dict[str, Any] | None = None  # the machine's armed timers (created with the first)
+        self.guard: Any = None
+
+    @property
+    def final(self) -> int:
+        """Status of the final response sent to the request (0: none yet)."""
+        machine = self.machine
+        return 0 if machine is None else machine.final
 
     def lines(self, to_tag: str | None) -> list[str]:
         to = wire.with_tag(self.to, to_tag) if to_tag else self.to

@@ -86,8 +86,7 @@ class B2BUA(Drain):
         stx = self.server_tx.get(branch) if branch else None
         if stx is not None and stx.addr == addr and (stx.method == method):
             self.obs.retransmission("received")
-            if stx.answer:
-                ep.send(stx.answer, addr)
+            self._server_request(stx, msg)  # answered again with the last response, or absorbed
             return
         if method == "CANCEL":
             self._on_cancel(ep, msg, addr, branch)
@@ -171,11 +170,9 @@ class B2BUA(Drain):
             call.identity = rt.identity.get(trunk.name)
         stx.call = call
         self.calls_a[stx.call_id] = call
-        self.server_tx[stx.branch] = stx
         self.obs.dialogs(trunk.name, 1)
         # 100 Trying at once: the dialer stops retransmitting while the policy decides.
-        stx.answer = wire.build_response(100, "Trying", stx.lines(None))
-        ep.send(stx.answer, addr)
+        self._file_server(stx, msg, wire.build_response(100, "Trying", stx.lines(None)))
         self._decide(call, msg, now)
 
     def _decide(self, call: Call, msg: Any, now: float) -> None:

@@ -1,5 +1,6 @@
-"""A call's life towards its end: the final answer to the dialer's INVITE (and its retransmission until the
-ACK), the ACK of the carrier's 2xx, BYE, the ring and duration timers, and forgetting the call.
+"""A call's life towards its end: the final answer to the dialer's INVITE (a 2xx retransmitted by the dialog
+until its ACK, RFC 6026; a non-2xx by the INVITE server transaction), the ACK of the carrier's 2xx, BYE, the
+ring and duration timers, and forgetting the call.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sipfilter.b2bua.calls import (
     Call,
     ClientTx,
     Leg,
+    ServerTx,
     local_tag,
 )
 from sipfilter.b2bua.ids import new_branch
@@ -42,35 +44,33 @@ class Lifecycle(Transactions):
         self._final_to_a(call, status, data)
 
     def _final_to_a(self, call: Call, status: int, data: bytes) -> None:
-        """Send the INVITE's final answer to the dialer; UDP retransmits it until the ACK (Timer G / 2xx)."""
+        """Send the INVITE's final answer to the dialer. A non-2xx: its transaction retransmits it on UDP
+        until the ACK (Timers G/H/I). A 2xx: the dialog does (§13.3.1.4, RFC 6026), until the ACK or 64*T1."""
         stx = call.a_tx
-        stx.answer = data
-        stx.final = status
-        a = call.a
-        a.ep.send(data, a.addr)
+        self._server_send(stx, data, status)
         self.obs.response(call.trunk.name, "sent", status)
-        t = self.rt.timers
-        if status < 300:
-            call.a_2xx = data
-        else:
+        if status >= 300:
             call.state = ENDING
             self._cancel_timer(call, "ring")
-        if not a.ep.reliable:
-            call.timers["g"] = self._later(t.t1, self._retransmit_final, call, t.t1)
-        call.timers["h"] = self._later(64 * t.t1, self._no_ack, call)
+            return
+        call.a_2xx = data
+        t = self.rt.timers
+        if not call.a.ep.reliable:
+            call.timers["resend_2xx"] = self._later(t.t1, self._retransmit_2xx, call, t.t1)
+        call.timers["no_ack"] = self._later(64 * t.t1, self._no_ack, call)
 
-    def _retransmit_final(self, call: Call, interval: float) -> None:
-        stx = call.a_tx
-        if call.state == ENDED or not stx.answer:
+    def _retransmit_2xx(self, call: Call, interval: float) -> None:
+        call.timers.pop("resend_2xx", None)
+        if call.state == ENDED or not call.a_2xx:
             return
         self.obs.retransmission("sent")
-        call.a.ep.send(stx.answer, call.a.addr)
+        self._server_send(call.a_tx, call.a_2xx, 200)  # through its transaction (Accepted lets it pass)
         nxt = min(interval * 2, self.rt.timers.t2)
-        call.timers["g"] = self._later(nxt, self._retransmit_final, call, nxt)
+        call.timers["resend_2xx"] = self._later(nxt, self._retransmit_2xx, call, nxt)
 
     def _no_ack(self, call: Call) -> None:
-        call.timers.pop("h", None)
-        self._cancel_timer(call, "g")
+        call.timers.pop("no_ack", None)
+        self._cancel_timer(call, "resend_2xx")
         if call.state == ANSWERED:  # 2xx never acknowledged: hang up both legs (§13.3.1.4)
             log.info("no ACK for 2xx on call %s: hanging up", call.a.call_id)
             self._send_b_ack(call, b"", [])
@@ -80,6 +80,14 @@ class Lifecycle(Transactions):
             self._end_soon(call)
             return
         self._end(call, call.ended_by or "final")
+
+    def _server_ended(self, stx: ServerTx, timed_out: bool) -> None:
+        """A server transaction is over. The dialer's INVITE answered with a non-2xx: its ACK came (and
+        Timer I ran) or never did (Timer H); either way the call is over."""
+        call = stx.call
+        if call is not None and call.a_tx is stx and stx.final >= 300:
+            self._end(call, call.ended_by or "final")
+        self._forget_server(stx)
 
     def _send_b_ack(self, call: Call, body: bytes, extra: list[str], fork: Leg | None = None) -> bytes:
         """ACK the carrier's 2xx on the call's B-leg (or on `fork`, another dialog of the INVITE)."""
@@ -137,8 +145,11 @@ class Lifecycle(Transactions):
         if call.b is not None and self.calls_b.get(call.b.call_id) is call:
             del self.calls_b[call.b.call_id]
         stx = call.a_tx
-        if self.server_tx.get(stx.branch) is stx:
-            # Keep answering retransmissions of the INVITE briefly (its final answer is cached).
+        if self.server_tx.get(stx.branch) is not stx:
+            stx.call = None  # its transaction is over: break the call <-> transaction cycle (_forget_client)
+        elif not stx.final:
+            # Unanswered (its machine has nothing left to end it): absorb INVITE retransmissions briefly.
+            # An answered one ends with its machine's timers (H/I, or L in Accepted).
             self._later(self.rt.timers.t4, self._forget_server, stx)
         ctx = call.b_invite
         if ctx is not None and self.client_tx.get(ctx.branch) is ctx:

@@ -22,6 +22,7 @@ from sipfilter.b2bua.calls import (
     ClientTx,
     ServerTx,
     first_value,
+    top_branch,
 )
 from sipfilter.b2bua.ids import new_branch
 from sipfilter.b2bua.in_dialog import asserted_lines, refusal
@@ -60,8 +61,7 @@ class Relay(BLeg):
             if method == "BYE":
                 self._end(call, "bye")
             return
-        self.server_tx[stx.branch] = stx
-        stx.timers = self._later(64 * self.rt.timers.t1, self._forget_server, stx)
+        self._file_server(stx, msg)
         refused = refusal(method)
         if refused is not None:  # REFER, MESSAGE, SUBSCRIBE…: answered, never relayed (b2bua/in_dialog.py)
             status, why = refused
@@ -116,12 +116,14 @@ class Relay(BLeg):
         # hold the dialer for 64*T1, just when its own Timer F gives up; the B-leg BYE is now our own.
         origin = None if method == "BYE" else stx
         ctx = ClientTx(call, to_side, method, cseq, branch, data, lep, leg.addr, origin)
+        if origin is not None:
+            # Answered when the other leg answers (or its transaction times out): bounded all the same.
+            stx.guard = self._later(64 * self.rt.timers.t1, self._unanswered, stx)
         if method == "INVITE":
             call.reinvite[to_side] = cseq
             # 100 Trying at once (§17.2.1): the sender then waits for our final answer (408 after 64*T1 if
             # the other leg is dead) instead of its own Timer B firing just when we answer.
-            stx.answer = wire.build_response(100, "Trying", stx.lines(None))
-            ep.send(stx.answer, addr)
+            self._server_send(stx, wire.build_response(100, "Trying", stx.lines(None)), 100)
         self._send_client(ctx)
         if method == "BYE":
             self._respond(stx, 200, "OK", [], b"")
@@ -153,28 +155,40 @@ class Relay(BLeg):
             if call is None or call.a.addr[0] != addr[0]:
                 return
             if call.state == ANSWERED and call.a_2xx:
-                self._cancel_timer(call, "g")
-                self._cancel_timer(call, "h")
+                self._cancel_timer(call, "resend_2xx")
+                self._cancel_timer(call, "no_ack")
                 call.state = CONFIRMED
                 call.a_2xx = b""
                 self._send_b_ack(call, msg.body or b"", self._pick_content(msg))
+                return
+            if self._acked_non2xx(msg, addr):
                 return
             if call.state == CONFIRMED and OUTSIDE in call.reinvite:
                 self._relay_reinvite_ack(call, OUTSIDE, msg)
                 return
             if call.state == ENDING and call.a_tx.final >= 300:
-                self._cancel_timer(call, "g")
-                self._cancel_timer(call, "h")
-                # Absorb retransmitted ACKs for T4 (Timer I), then forget the call.
-                t = self.rt.timers
-                wait = 0 if ep.reliable else t.t4
-                call.timers["i"] = self._later(wait, self._end, call, call.ended_by or "final")
+                # The ACK of our non-2xx on another branch than the INVITE's: its transaction takes it all
+                # the same (Timer I absorbs retransmitted ACKs, then the call is forgotten).
+                self._server_request(call.a_tx, msg)
             return
         call = self.calls_b.get(call_id)
         if call is None or call.b is None or call.b.addr[0] != addr[0]:
             return
+        if self._acked_non2xx(msg, addr):
+            return
         if INSIDE in call.reinvite:
             self._relay_reinvite_ack(call, INSIDE, msg)
+
+    def _acked_non2xx(self, msg: Any, addr: Addr) -> bool:
+        """An ACK of a non-2xx answer of ours (same branch as its INVITE, §17.1.1.3): its INVITE server
+        transaction takes it (stops Timer G, absorbs retransmissions in Confirmed). An ACK of a 2xx is the
+        dialog's (RFC 6026), matching none."""
+        branch = top_branch(msg)
+        stx = self.server_tx.get(branch) if branch else None
+        if stx is None or stx.method != "INVITE" or stx.addr != addr or stx.final < 300:
+            return False
+        self._server_request(stx, msg)
+        return True
 
     def _pick_content(self, msg: Any) -> list[str]:
         return pick_headers(msg, CONTENT_ONLY)

@@ -1,5 +1,6 @@
-"""Transactions on the wire: sending a request and retransmitting it until answered or timed out, answering
-a received one (and its retransmissions), and forgetting both when their time is up.
+"""Transactions on the wire, through the §17 machines of sipfilter.sip.transaction: sending a request and
+retransmitting it until answered or timed out, answering a received one (and its retransmissions), and
+forgetting both when their machines end.
 """
 
 from __future__ import annotations
@@ -20,9 +21,13 @@ from sipfilter.sip.transaction import (
     ClientTransaction,
     Deliver,
     InviteClientTransaction,
+    InviteServerTransaction,
     MessageReceived,
     NonInviteClientTransaction,
+    NonInviteServerTransaction,
     Send,
+    SendResponse,
+    ServerTransaction,
     StartTimer,
     Terminated,
     TimerFired,
@@ -47,8 +52,8 @@ class _AckOf:
 
 
 class Transactions(Gate):
-    """Client transactions driven through the §17 machines of sipfilter.sip.transaction (send, timers,
-    responses, stop, forget), and the answering of received requests."""
+    """Client and server transactions driven through the §17 machines of sipfilter.sip.transaction: the
+    B2BUA feeds them what arrives and what it answers, and carries out what they ask (send, timers, end)."""
 
     def _send_client(self, ctx: ClientTx) -> None:
         """Start the client transaction of `ctx` (its request already built) and send the request."""
@@ -146,9 +151,106 @@ class Transactions(Gate):
             # cycle so that reference counting frees the call, not a (costly) cyclic GC pass.
             ctx.call = None
 
+    # -- server transactions ---------------------------------------------------------------------------------
+
+    def _file_server(self, stx: ServerTx, msg: Any, trying: bytes = b"") -> None:
+        """Start the server transaction of the request `msg` (`stx` holds what its answers echo) and file it
+        by branch; `trying`: its 100 Trying, sent at once."""
+        timers = self.rt.timers.transactions
+        reliable = stx.ep.reliable
+        key = (stx.branch, stx.method)
+        machine: ServerTransaction
+        if stx.method == "INVITE":
+            machine = InviteServerTransaction(msg, reliable=reliable, timers=timers, key=key)
+        else:
+            machine = NonInviteServerTransaction(msg, reliable=reliable, timers=timers, key=key)
+        stx.machine = machine
+        self.server_tx[stx.branch] = stx
+        actions = machine.start()  # hands the request up (the B2BUA has it) and, for an INVITE, arms 100
+        if trying:
+            # Answered at once: the machine's 100 Trying timer is cancelled before it was ever scheduled.
+            actions = machine.handle(SendResponse(trying, 100))
+        self._run_server(stx, actions, False)
+
+    def _server_request(self, stx: ServerTx, msg: Any) -> bool:
+        """Feed a retransmitted request (or an ACK) to the transaction of `stx`, which answers it again or
+        absorbs it; True when it is for the B2BUA to act on (the ACK of a 2xx, RFC 6026 Accepted)."""
+        machine = stx.machine
+        return machine is not None and self._run_server(stx, machine.handle(MessageReceived(msg)), False)
+
+    def _server_send(self, stx: ServerTx, data: bytes, status: int) -> None:
+        """Send a response to the request of `stx` through its transaction."""
+        machine = stx.machine
+        if machine is None:  # not filed: a stateless answer
+            stx.ep.send(data, stx.addr)
+            return
+        self._run_server(stx, machine.handle(SendResponse(data, status)), False)
+
+    def _server_timer(self, stx: ServerTx, name: str) -> None:
+        timers = stx.timers
+        if timers is not None:
+            timers.pop(name, None)
+        machine = stx.machine
+        if machine is not None and self.server_tx.get(stx.branch) is stx:
+            self._run_server(stx, machine.handle(TimerFired(name)), True)
+
+    def _run_server(self, stx: ServerTx, actions: list[Action], timer: bool) -> bool:
+        """Carry out what the server transaction asks; True if it delivered a request to the B2BUA. `timer`:
+        a retransmission now is one of its own (Timer G), counted as sent."""
+        delivered = False
+        for action in actions:
+            kind = type(action)
+            if kind is Send:
+                assert isinstance(action, Send)
+                if timer and action.retransmission:
+                    self.obs.retransmission("sent")
+                out = action.msg
+                if isinstance(out, bytes):
+                    stx.ep.send(out, stx.addr)
+            elif kind is StartTimer:
+                assert isinstance(action, StartTimer)
+                timers = stx.timers
+                if timers is None:
+                    timers = stx.timers = {}
+                old = timers.get(action.name)
+                if old is not None:
+                    old.cancel()
+                timers[action.name] = self._later(action.seconds, self._server_timer, stx, action.name)
+            elif kind is CancelTimer:
+                assert isinstance(action, CancelTimer)
+                timers = stx.timers
+                handle = None if timers is None else timers.pop(action.name, None)
+                if handle is not None:
+                    handle.cancel()
+            elif kind is Deliver:
+                delivered = True
+            elif kind is Terminated:
+                assert isinstance(action, Terminated)
+                self._server_ended(stx, action.reason != REASON_NORMAL)
+        return delivered
+
+    def _unanswered(self, stx: ServerTx) -> None:
+        """A relayed request still unanswered 64*T1 on (the other leg's transaction gave no final answer
+        and did not time out): forget its transaction."""
+        stx.guard = None
+        if not stx.final:
+            self._forget_server(stx)
+
+    def _server_ended(self, stx: ServerTx, timed_out: bool) -> None:
+        """The transaction of `stx` is over (`timed_out`: Timer H, no ACK came): forget it."""
+        self._forget_server(stx)
+
     def _forget_server(self, stx: ServerTx) -> None:
         if self.server_tx.get(stx.branch) is stx:
             del self.server_tx[stx.branch]
+            timers = stx.timers
+            if timers:
+                for handle in timers.values():
+                    handle.cancel()
+                timers.clear()
+            if stx.guard is not None:
+                stx.guard.cancel()
+                stx.guard = None
             call = stx.call
             if call is not None and call.a_tx is stx and call.state == ENDED:
                 stx.call = None  # the call <-> INVITE transaction cycle (see _forget_client)
@@ -158,9 +260,6 @@ class Transactions(Gate):
         lines = stx.lines(None)
         lines.extend(extra)
         data = wire.build_response(status, reason or wire.reason_phrase(status), lines, body)
-        if status >= 200:
-            stx.answer = data
-            stx.final = status
-        stx.ep.send(data, stx.addr)
+        self._server_send(stx, data, status)
         if call is not None:
             self.obs.response(call.trunk.name, "sent", status)

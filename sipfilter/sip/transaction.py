@@ -3,9 +3,11 @@
 Sans-IO: events in, actions out. No sockets, no clock, no asyncio: the caller sends, schedules the timers
 it is handed (a StartTimer replaces any pending timer of that name) and feeds back TimerFired.
 
-The B2BUA drives the client machines (b2bua/transactions.py) with the bytes it built as the request: it then
-files the transaction under its own key and hands the INVITE machine the builder of its ACK for non-2xx
-answers. Responses are always parsed messages.
+The B2BUA drives all four machines (b2bua/transactions.py). A client machine sends the bytes the B2BUA built
+as the request: the B2BUA then files the transaction under its own key and hands the INVITE machine the
+builder of its ACK for non-2xx answers; responses it receives are parsed messages. A server machine gets the
+parsed request it answers (filed under the B2BUA's key when it gives one) and sends the responses the B2BUA
+built as bytes, each with its status.
 """
 
 from __future__ import annotations
@@ -138,9 +140,11 @@ class TransportError:
 
 @dataclass(frozen=True, slots=True)
 class SendResponse:
-    """From the TU, server transactions only: send this response to the request."""
+    """From the TU, server transactions only: send this response to the request. A response the TU
+    serialised itself comes as bytes with its `status`."""
 
-    response: Response
+    response: Response | bytes
+    status: int = 0
 
 
 Event: TypeAlias = MessageReceived | TimerFired | TransportError | SendResponse
@@ -535,21 +539,36 @@ class NonInviteClientTransaction(_ClientTransaction):
 
 
 class _ServerTransaction(_Transaction):
-    __slots__ = ("_last",)
+    __slots__ = ("_last", "final")
 
-    def __init__(self, request: Request, reliable: bool, timers: TimerConfig) -> None:
-        _Transaction.__init__(self, request, reliable, timers, server_key(request), request.method)
+    def __init__(self, request: Request, reliable: bool, timers: TimerConfig,
+                 key: TransactionKey | None) -> None:  # fmt: skip
+        method = request.method
+        _Transaction.__init__(self, request, reliable, timers, server_key(request) if key is None else key,
+                              method)  # fmt: skip
         self._last: Send | None = None
+        self.final: int = 0  # status of the final response sent (0: none yet)
 
     @property
-    def last_response(self) -> Response | None:
+    def last_response(self) -> Response | bytes | None:
         """The last response sent (what a retransmitted request gets again)."""
         return None if self._last is None else self._last.msg  # type: ignore[return-value]
 
-    def _remember(self, resp: Response) -> Send:
+    def _remember(self, resp: Response | bytes) -> Send:
         # One Send object per response: retransmissions reuse it (flagged), the first send is unflagged.
+        # Answered, the machine never reads its request again (only a 100 Trying of its own would): it lets
+        # the parsed request go rather than hold it for as long as Timer J or L.
         self._last = _new_send(resp, True)
+        self.request = _NO_REQUEST
         return _new_send(resp, False)
+
+
+def _status_of(event: SendResponse) -> int:
+    resp = event.response
+    status = resp.status if type(resp) is Response else event.status
+    if not 100 <= status <= 699:
+        raise TransactionError(f"cannot send a response with status {status}")
+    return status
 
 
 class InviteServerTransaction(_ServerTransaction):
@@ -558,11 +577,16 @@ class InviteServerTransaction(_ServerTransaction):
     __slots__ = ("_interval",)
 
     def __init__(
-        self, request: Request, *, reliable: bool = False, timers: TimerConfig = DEFAULT_TIMERS
+        self,
+        request: Request,
+        *,
+        reliable: bool = False,
+        timers: TimerConfig = DEFAULT_TIMERS,
+        key: TransactionKey | None = None,
     ) -> None:
         if request.method != "INVITE":
             raise TransactionError(f"InviteServerTransaction needs an INVITE, not {request.method}")
-        _ServerTransaction.__init__(self, request, reliable, timers)
+        _ServerTransaction.__init__(self, request, reliable, timers, key)
         self.state = _PROCEEDING
         self._interval: float = timers.t1
 
@@ -574,7 +598,7 @@ class InviteServerTransaction(_ServerTransaction):
 
     def handle(self, event: Event) -> list[Action]:
         if type(event) is SendResponse:
-            return self._on_send(event.response)
+            return self._on_send(event.response, _status_of(event))
         if type(event) is MessageReceived:
             msg = event.msg
             return self._on_request(msg) if type(msg) is Request else []
@@ -610,10 +634,7 @@ class InviteServerTransaction(_ServerTransaction):
                 return [_new_deliver(req)]  # RFC 6026: an ACK matching here belongs to the TU (2xx ACK)
         return []  # Confirmed absorbs ACK retransmissions
 
-    def _on_send(self, resp: Response) -> list[Action]:
-        status = resp.status
-        if not 100 <= status <= 699:
-            raise TransactionError(f"cannot send a response with status {status}")
+    def _on_send(self, resp: Response | bytes, status: int) -> list[Action]:
         state = self.state
         out: list[Action] = []
         if state is _PROCEEDING:
@@ -621,6 +642,7 @@ class InviteServerTransaction(_ServerTransaction):
             out.append(self._remember(resp))
             if status < 200:
                 return out
+            self.final = status
             if status < 300:
                 self.state = _ACCEPTED
                 self._start(out, TIMER_L, self.timers.timeout)
@@ -662,11 +684,16 @@ class NonInviteServerTransaction(_ServerTransaction):
     __slots__ = ()
 
     def __init__(
-        self, request: Request, *, reliable: bool = False, timers: TimerConfig = DEFAULT_TIMERS
+        self,
+        request: Request,
+        *,
+        reliable: bool = False,
+        timers: TimerConfig = DEFAULT_TIMERS,
+        key: TransactionKey | None = None,
     ) -> None:
         if request.method in ("INVITE", "ACK"):
             raise TransactionError(f"NonInviteServerTransaction cannot carry {request.method}")
-        _ServerTransaction.__init__(self, request, reliable, timers)
+        _ServerTransaction.__init__(self, request, reliable, timers, key)
         self.state = _TRYING
 
     def start(self) -> list[Action]:
@@ -675,7 +702,7 @@ class NonInviteServerTransaction(_ServerTransaction):
 
     def handle(self, event: Event) -> list[Action]:
         if type(event) is SendResponse:
-            return self._on_send(event.response)
+            return self._on_send(event.response, _status_of(event))
         if type(event) is MessageReceived:
             msg = event.msg
             if type(msg) is Request and self._last is not None and self.state is not _TERMINATED:
@@ -690,10 +717,7 @@ class NonInviteServerTransaction(_ServerTransaction):
             return self._transport_error()
         raise TransactionError(f"unknown event {event!r}")
 
-    def _on_send(self, resp: Response) -> list[Action]:
-        status = resp.status
-        if not 100 <= status <= 699:
-            raise TransactionError(f"cannot send a response with status {status}")
+    def _on_send(self, resp: Response | bytes, status: int) -> list[Action]:
         state = self.state
         if state is not _TRYING and state is not _PROCEEDING:
             return []  # a second final response is discarded (§17.2.2)
@@ -701,6 +725,7 @@ class NonInviteServerTransaction(_ServerTransaction):
         if status < 200:
             self.state = _PROCEEDING
             return out
+        self.final = status
         if self.reliable:
             return self._terminate(out, REASON_NORMAL)  # Timer J is zero
         self.state = _COMPLETED
