@@ -231,10 +231,14 @@ class Transactions(Gate):
 
     def _unanswered(self, stx: ServerTx) -> None:
         """A relayed request still unanswered 64*T1 on (the other leg's transaction gave no final answer
-        and did not time out): forget its transaction."""
+        and did not time out): forget its transaction, and the one that relayed it (an INVITE client
+        transaction that got a provisional waits for its final answer without a timer of its own)."""
         stx.guard = None
         if not stx.final:
             self._forget_server(stx)
+            relayed = [ctx for ctx in self.client_tx.values() if ctx.origin is stx]  # rare: no index kept
+            for ctx in relayed:
+                self._stop_client(ctx)
 
     def _server_ended(self, stx: ServerTx, timed_out: bool) -> None:
         """The transaction of `stx` is over (`timed_out`: Timer H, no ACK came): forget it."""
