@@ -5,6 +5,7 @@ forgetting both when their machines end.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sipfilter.b2bua import wire
@@ -85,6 +86,13 @@ class Transactions(Gate):
         machine = ctx.machine
         return machine is not None and self._run_client(ctx, machine.handle(MessageReceived(msg)))
 
+    def _arm(self, timers: dict[str, Any], action: StartTimer, fire: Callable[..., Any], tx: object) -> None:
+        """Start the timer a transaction asked for, in place of one of the same name."""
+        old = timers.get(action.name)
+        if old is not None:
+            old.cancel()
+        timers[action.name] = self._later(action.seconds, fire, tx, action.name)
+
     def _run_client(self, ctx: ClientTx, actions: list[Action]) -> bool:
         """Carry out what the transaction asks; True if it delivered a response to the B2BUA."""
         delivered = False
@@ -99,15 +107,10 @@ class Transactions(Gate):
                     ctx.ep.send(out, ctx.addr)
             elif kind is StartTimer:
                 assert isinstance(action, StartTimer)
-                old = ctx.timers.get(action.name)
-                if old is not None:
-                    old.cancel()
-                ctx.timers[action.name] = self._later(action.seconds, self._client_timer, ctx, action.name)
+                self._arm(ctx.timers, action, self._client_timer, ctx)
             elif kind is CancelTimer:
                 assert isinstance(action, CancelTimer)
-                handle = ctx.timers.pop(action.name, None)
-                if handle is not None:
-                    handle.cancel()
+                _disarm(ctx.timers, action.name)
             elif kind is Deliver:
                 delivered = True
             elif kind is Terminated:
@@ -209,19 +212,12 @@ class Transactions(Gate):
                     stx.ep.send(out, stx.addr)
             elif kind is StartTimer:
                 assert isinstance(action, StartTimer)
-                timers = stx.timers
-                if timers is None:
-                    timers = stx.timers = {}
-                old = timers.get(action.name)
-                if old is not None:
-                    old.cancel()
-                timers[action.name] = self._later(action.seconds, self._server_timer, stx, action.name)
+                if stx.timers is None:
+                    stx.timers = {}
+                self._arm(stx.timers, action, self._server_timer, stx)
             elif kind is CancelTimer:
                 assert isinstance(action, CancelTimer)
-                timers = stx.timers
-                handle = None if timers is None else timers.pop(action.name, None)
-                if handle is not None:
-                    handle.cancel()
+                _disarm(stx.timers, action.name)
             elif kind is Deliver:
                 delivered = True
             elif kind is Terminated:
@@ -267,3 +263,9 @@ class Transactions(Gate):
         self._server_send(stx, data, status)
         if call is not None:
             self.obs.response(call.trunk.name, "sent", status)
+
+
+def _disarm(timers: dict[str, Any] | None, name: str) -> None:
+    handle = None if timers is None else timers.pop(name, None)
+    if handle is not None:
+        handle.cancel()
