@@ -32,6 +32,7 @@ from sipfilter.sip.transaction import (
     StartTimer,
     Terminated,
     TimerFired,
+    TxState,
 )
 
 # RFC 3261 §18.1.1: a request larger than this (path MTU unknown) goes over a congestion-controlled transport.
@@ -232,8 +233,10 @@ class Transactions(Gate):
         stx.guard = None
         if not stx.final:
             self._forget_server(stx)
-            relayed = [ctx for ctx in self.client_tx.values() if ctx.origin is stx]  # rare: no index kept
-            for ctx in relayed:
+            # Rare, so no index: only an INVITE past its provisional (others still have Timer B or F).
+            stuck = [ctx for ctx in self.client_tx.values() if ctx.origin is stx and ctx.machine is not None
+                     and ctx.method == "INVITE" and ctx.machine.state is TxState.PROCEEDING]  # fmt: skip
+            for ctx in stuck:
                 self._stop_client(ctx)
 
     def _server_ended(self, stx: ServerTx, timed_out: bool) -> None:
