@@ -7,7 +7,6 @@ the B2BUA core. It never opens sockets, keeps no per-call state and never logs c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from sipfilter.config import AuthConfig, ConfigError
 from sipfilter.sip.digest import (
@@ -20,6 +19,7 @@ from sipfilter.sip.digest import (
     parse_auth_params,
     select_credentials,
 )
+from sipfilter.sip.message import Request
 
 MIN_SECRET_BYTES = 16
 
@@ -85,7 +85,7 @@ class AuthGate:
     def applies(self, trunk: str) -> bool:
         return trunk in self.trunks
 
-    def check(self, msg: Any, source_ip: str, now: float) -> Passed | Refused:
+    def check(self, msg: Request, source_ip: str, now: float) -> Passed | Refused:
         """Credentials of an out-of-dialog request from `source_ip`: Passed, or the answer to send."""
         bind = source_ip if self.bind else ""
         auth = self.authenticator

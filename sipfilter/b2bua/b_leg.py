@@ -5,7 +5,6 @@ responses relayed to the dialer, forks, CANCEL and Timer C.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from sipfilter.b2bua import wire
 from sipfilter.b2bua.calls import (
@@ -34,6 +33,7 @@ from sipfilter.b2bua.trunks import (
     Destination,
     tcp_twin,
 )
+from sipfilter.sip.message import Request, Response
 from sipfilter.transport.base import Endpoint
 
 log = logging.getLogger("sipfilter.b2bua.core")  # one logger for the B2BUA, whichever room writes
@@ -45,7 +45,8 @@ MAX_FORKS = 16  # extra dialogs of one INVITE we ACK and BYE; beyond, a carrier 
 class BLeg(Lifecycle):
     """The call towards the carrier, from its INVITE to its answer."""
 
-    def _start_b_leg(self, call: Call, msg: Any) -> None:
+    def _start_b_leg(self, call: Call, msg: Request | None) -> None:
+        """The B-leg INVITE to the next target of the plan: `msg` is the A-leg INVITE, None on failover."""
         ep = None
         while call.plan and ep is None:  # skip targets whose transport we do not listen on
             dest = call.plan.pop(0)
@@ -62,6 +63,7 @@ class BLeg(Lifecycle):
         call.invite_ruri = f"sip:{user}@{dest.uri_host}" if user else f"sip:{dest.uri_host}"
         to = f"<sip:{user}@{dest.uri_host}>" if user else f"<sip:{dest.uri_host}>"
         if call.b is None:
+            assert msg is not None  # the first B-leg starts from the A-leg INVITE
             b_call_id = new_call_id(host)
             local = from_value(ids, host, new_tag())
             call.b = Leg(ep, dest.addr, b_call_id, local, to, call.invite_ruri, 1)
@@ -80,6 +82,7 @@ class BLeg(Lifecycle):
             b.remote_tag = ""
             b.cseq += 1
             msg = call.invite_msg
+        assert msg is not None  # the first B-leg keeps it (failover needs it), and only an answer drops it
         b = call.b
         mf = msg.max_forwards
         branch = new_branch()
@@ -140,7 +143,7 @@ class BLeg(Lifecycle):
         if ctx.dest is not None:
             self.obs.carrier_final(call.trunk.name, ctx.dest.name, status, self._clock() - ctx.sent_at)
 
-    def _b_invite_response(self, call: Call, ctx: ClientTx, msg: Any, status: int) -> None:
+    def _b_invite_response(self, call: Call, ctx: ClientTx, msg: Response, status: int) -> None:
         b = call.b
         assert b is not None
         if not ctx.final and (status in STIR_STATUSES or "Reason" in msg.headers):  # a STIR verdict?
@@ -183,7 +186,7 @@ class BLeg(Lifecycle):
             return
         self._relay_invite_response(call, msg, status)
 
-    def _learn_b_dialog(self, b: Leg, msg: Any) -> None:
+    def _learn_b_dialog(self, b: Leg, msg: Response) -> None:
         tag = tag_of(msg.to)
         if tag and tag != b.remote_tag:
             b.remote_tag = tag
@@ -195,7 +198,7 @@ class BLeg(Lifecycle):
         if rrs:
             b.routes = [str(r) for r in reversed(rrs)]
 
-    def _b_2xx(self, call: Call, ctx: ClientTx, msg: Any) -> None:
+    def _b_2xx(self, call: Call, ctx: ClientTx, msg: Response) -> None:
         b = call.b
         assert b is not None
         tag = tag_of(msg.to)
@@ -225,7 +228,7 @@ class BLeg(Lifecycle):
         self._relay_invite_response(call, msg, msg.status)
         call.timers["max"] = self._later(self.rt.timers.max_duration, self._max_duration, call)
 
-    def _end_fork(self, call: Call, ctx: ClientTx, msg: Any, tag: str) -> None:
+    def _end_fork(self, call: Call, ctx: ClientTx, msg: Response, tag: str) -> None:
         """A 2xx from another fork than the one the call went on (a second dialog, RFC 3261 §13.2.2.4):
         acknowledged, then hung up at once; a retransmission of it gets the same ACK again."""
         b = call.b
@@ -246,7 +249,7 @@ class BLeg(Lifecycle):
         forks[tag] = self._send_b_ack(call, b"", [], fork)
         self._send_bye(call, OUTSIDE, fork)
 
-    def _relay_invite_response(self, call: Call, msg: Any, status: int) -> None:
+    def _relay_invite_response(self, call: Call, msg: Response, status: int) -> None:
         a = call.a
         stx = call.a_tx
         lines = stx.lines(local_tag(a))
@@ -262,7 +265,7 @@ class BLeg(Lifecycle):
         self._server_send(stx, data, status)
         self.obs.response(call.trunk.name, "sent", status)
 
-    def _response_headers(self, call: Call, msg: Any, outward: bool = False) -> list[str]:
+    def _response_headers(self, call: Call, msg: Response, outward: bool = False) -> list[str]:
         """Headers a relayed response carries; `outward`: from the dialer to the carrier (its identity
         headers replaced by the ones checked on the INVITE)."""
         passes = call.passes or NO_PASS

@@ -41,6 +41,7 @@ from sipfilter.b2bua.trunks import (
     foreign_warning,
     targets_at,
 )
+from sipfilter.sip.message import Request, Response
 from sipfilter.transport.base import Addr, Endpoint
 
 # What the application and the tests import from here: the B2BUA, and what it is built from.
@@ -77,7 +78,7 @@ class B2BUA(Drain):
         except Exception:
             log.exception("error handling a message from %s:%s", addr[0], addr[1])
 
-    def _on_request(self, ep: Endpoint, msg: Any, addr: Addr) -> None:
+    def _on_request(self, ep: Endpoint, msg: Request, addr: Addr) -> None:
         method: str = msg.method
         if method == "ACK":
             self._on_ack(ep, msg, addr)
@@ -122,7 +123,7 @@ class B2BUA(Drain):
         self._stateless(ep, addr, msg, 405 if method not in ("BYE", "PRACK", "UPDATE", "INFO") else 481, "",
                         [f"Allow: {ALLOW}"])
 
-    def _new_invite(self, ep: Endpoint, msg: Any, addr: Addr) -> None:
+    def _new_invite(self, ep: Endpoint, msg: Request, addr: Addr) -> None:
         rt = self.rt
         trunk = rt.matcher.match(addr[0], msg.headers.get, addr[1])
         if trunk is None:
@@ -175,7 +176,7 @@ class B2BUA(Drain):
         self._file_server(stx, msg, wire.build_response(100, "Trying", stx.lines(None)))
         self._decide(call, msg, now)
 
-    def _decide(self, call: Call, msg: Any, now: float) -> None:
+    def _decide(self, call: Call, msg: Request, now: float) -> None:
         rt = self.rt
         t0 = time.perf_counter()
         try:
@@ -215,7 +216,8 @@ class B2BUA(Drain):
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._decided_async(t, call, msg, facts, t0))
 
-    def _decided_async(self, task: asyncio.Task[Any], call: Call, msg: Any, facts: Any, t0: float) -> None:
+    def _decided_async(self, task: asyncio.Task[Any], call: Call, msg: Request, facts: Any,
+                       t0: float) -> None:  # fmt: skip
         self._tasks.discard(task)
         if task.cancelled() or task.exception() is not None:
             if not task.cancelled():
@@ -227,7 +229,7 @@ class B2BUA(Drain):
         except Exception:
             log.exception("error after the policy decision")
 
-    def _decided(self, call: Call, msg: Any, facts: Any, decision: Any, t0: float) -> None:
+    def _decided(self, call: Call, msg: Request, facts: Any, decision: Any, t0: float) -> None:
         verdict = decision.verdict
         if call.trunk.objection_header is not None:  # the dialer may report an objection on its BYE
             call.callee = facts.callee.e164
@@ -265,7 +267,7 @@ class B2BUA(Drain):
         self._start_b_leg(call, msg)
         self.obs.relayed(trunk)
 
-    def _on_response(self, ep: Endpoint, msg: Any, addr: Addr) -> None:
+    def _on_response(self, ep: Endpoint, msg: Response, addr: Addr) -> None:
         branch = top_branch(msg)
         cseq = msg.cseq
         if cseq.method == "CANCEL":

@@ -21,6 +21,7 @@ from sipfilter.b2bua.ids import new_tag
 from sipfilter.b2bua.limits import REASON_UNKNOWN_SOURCE, Admit, Reject
 from sipfilter.b2bua.plumbing import Plumbing
 from sipfilter.config import TrunkConfig
+from sipfilter.sip.message import Request
 from sipfilter.transport.base import Addr, Endpoint
 
 log = logging.getLogger("sipfilter.b2bua.core")  # one logger for the B2BUA, whichever room writes
@@ -56,7 +57,7 @@ class Gate(Plumbing):
             ep.send(out, addr)
             self.obs.response("", "sent", status)
 
-    def _authenticated(self, ep: Endpoint, msg: Any, addr: Addr, trunk: TrunkConfig, now: float) -> bool:
+    def _authenticated(self, ep: Endpoint, msg: Request, addr: Addr, trunk: TrunkConfig, now: float) -> bool:
         """Digest check of an out-of-dialog request on a trunk listed in `auth.trunks`; False when answered
         (407/401 challenge, 400 for malformed credentials) or dropped by the per-source rate limit."""
         gate = self.rt.auth
@@ -75,7 +76,7 @@ class Gate(Plumbing):
         self.obs.response(trunk.name, "sent", outcome.status)
         return False
 
-    def _admitted(self, ep: Endpoint, msg: Any, addr: Addr, admit: Any) -> bool:
+    def _admitted(self, ep: Endpoint, msg: Request, addr: Addr, admit: Any) -> bool:
         """True for Admit; else counts the refusal and answers a Reject (503 + Retry-After) or drops."""
         if isinstance(admit, Admit):
             return True
@@ -85,7 +86,7 @@ class Gate(Plumbing):
             self._stateless(ep, addr, msg, admit.status, "", extra)
         return False
 
-    def _refused_by_uas_checks(self, ep: Endpoint, msg: Any, addr: Addr) -> bool:
+    def _refused_by_uas_checks(self, ep: Endpoint, msg: Request, addr: Addr) -> bool:
         """RFC 3261 §8.2 checks a UAS makes before acting on a new request; True when answered."""
         tags = [t for t in (*msg.require, *msg.proxy_require) if t.lower() not in SUPPORTED_EXTENSIONS]
         if tags:
@@ -108,7 +109,7 @@ class Gate(Plumbing):
                 return True
         return False
 
-    def _outside_new_request(self, ep: Endpoint, msg: Any, addr: Addr) -> None:
+    def _outside_new_request(self, ep: Endpoint, msg: Request, addr: Addr) -> None:
         # Carriers may only talk inside dialogs we created; an OPTIONS ping from a target gets 200.
         if not self._known_carrier(addr):
             self.obs.unknown_source(ep.transport)
@@ -121,7 +122,7 @@ class Gate(Plumbing):
         else:
             self._stateless(ep, addr, msg, 403, "Forbidden")
 
-    def _unknown_source(self, ep: Endpoint, msg: Any, addr: Addr) -> None:
+    def _unknown_source(self, ep: Endpoint, msg: Request, addr: Addr) -> None:
         self.obs.unknown_source(ep.transport)
         decision = self.admission.admit_request(addr[0], None, self._clock())
         if not isinstance(decision, Admit):
@@ -129,7 +130,7 @@ class Gate(Plumbing):
         if isinstance(decision, Reject):
             self._stateless(ep, addr, msg, 403, "Forbidden")
 
-    def _stateless(self, ep: Endpoint, addr: Addr, msg: Any, status: int, reason: str,
+    def _stateless(self, ep: Endpoint, addr: Addr, msg: Request, status: int, reason: str,
                    extra: list[str] | None = None) -> None:  # fmt: skip
         if msg.method == "ACK":
             return

@@ -16,6 +16,7 @@ from sipfilter.identity.sign import Signer, SignError
 from sipfilter.identity.verify import Verifier
 from sipfilter.identity.x5u import X5uCache, https_fetcher
 from sipfilter.policy.numbers import E164
+from sipfilter.sip.message import Request, Response
 
 # RFC 8224 §6.2.2 answers; a carrier refusing for another reason names STIR in a Reason header (RFC 9410).
 STIR_STATUSES = frozenset({428, 436, 437, 438})
@@ -64,7 +65,7 @@ def compile_identity(config: Config,
 # -- the B-leg's Identity ---------------------------------------------------------------------------------
 
 
-def numbers_cross_unchanged(msg: Any, ids: CallIdentities, pai_crosses: bool) -> bool:
+def numbers_cross_unchanged(msg: Request, ids: CallIdentities, pai_crosses: bool) -> bool:
     """True when the numbers an Identity of this INVITE binds (From or P-Asserted-Identity for `orig`, To
     and Request-URI for `dest`) reach the carrier as the dialer sent them. The B-leg writes each from the
     user part the policy read (b2bua/facts.py); it differs from the dialer's where a caller goes out as
@@ -83,7 +84,7 @@ def numbers_cross_unchanged(msg: Any, ids: CallIdentities, pai_crosses: bool) ->
     return True
 
 
-def b_leg_identity(ti: TrunkIdentity | None, msg: Any, ids: CallIdentities, passes_identity: bool,
+def b_leg_identity(ti: TrunkIdentity | None, msg: Request, ids: CallIdentities, passes_identity: bool,
                    pai_crosses: bool, store: Any, now: float, obs: Any,
                    trunk: str) -> tuple[str, ...] | None:  # fmt: skip
     """The Identity lines of the B-leg INVITE, or None when the dialer's cross as the pass list says.
@@ -118,7 +119,7 @@ def b_leg_identity(ti: TrunkIdentity | None, msg: Any, ids: CallIdentities, pass
 # -- the carrier's verdicts -------------------------------------------------------------------------------
 
 
-def carrier_verdict(msg: Any, status: int) -> str | None:
+def carrier_verdict(msg: Response, status: int) -> str | None:
     """The STIR code of a carrier's answer to our INVITE: its status when RFC 8224 defines it for identity
     failures, else the cause of a `Reason: STIR` (RFC 9410), "other" for another cause; None if neither."""
     code = str(status) if status in STIR_STATUSES else ""
@@ -136,7 +137,7 @@ def carrier_verdict(msg: Any, status: int) -> str | None:
     return code or None
 
 
-def count_carrier_verdict(obs: Any, trunk: str, target: str, msg: Any, status: int) -> None:
+def count_carrier_verdict(obs: Any, trunk: str, target: str, msg: Response, status: int) -> None:
     """Count a carrier's STIR verdict on the B-leg INVITE: refusals (final >= 300) and `Reason: STIR` on
     answers that let the call go on."""
     code = carrier_verdict(msg, status)

@@ -5,7 +5,6 @@ responses relayed back, ACKs of re-INVITEs, and the dialer's CANCEL.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from sipfilter.b2bua import wire
 from sipfilter.b2bua.b_leg import BLeg
@@ -27,6 +26,7 @@ from sipfilter.b2bua.calls import (
 from sipfilter.b2bua.ids import new_branch
 from sipfilter.b2bua.in_dialog import asserted_lines, refusal
 from sipfilter.b2bua.topology import CONTENT_ONLY, NO_PASS, pick_headers
+from sipfilter.sip.message import Message, Request, Response
 from sipfilter.transport.base import Addr, Endpoint
 
 log = logging.getLogger("sipfilter.b2bua.core")  # one logger for the B2BUA, whichever room writes
@@ -35,7 +35,7 @@ log = logging.getLogger("sipfilter.b2bua.core")  # one logger for the B2BUA, whi
 class Relay(BLeg):
     """In-dialog relay between the legs (which requests cross: b2bua/in_dialog.py)."""
 
-    def _in_dialog(self, ep: Endpoint, msg: Any, addr: Addr) -> None:
+    def _in_dialog(self, ep: Endpoint, msg: Request, addr: Addr) -> None:
         call_id = str(msg.call_id)
         if ep.side == INSIDE:
             call = self.calls_a.get(call_id)
@@ -128,7 +128,7 @@ class Relay(BLeg):
         if method == "BYE":
             self._respond(stx, 200, "OK", [], b"")
 
-    def _relay_response(self, call: Call, ctx: ClientTx, msg: Any) -> None:
+    def _relay_response(self, call: Call, ctx: ClientTx, msg: Response) -> None:
         stx = ctx.origin
         if stx is None:
             return
@@ -148,7 +148,7 @@ class Relay(BLeg):
                            body: bytes) -> None:  # fmt: skip
         self._respond(stx, status, reason, extra, body)
 
-    def _on_ack(self, ep: Endpoint, msg: Any, addr: Addr) -> None:
+    def _on_ack(self, ep: Endpoint, msg: Request, addr: Addr) -> None:
         call_id = str(msg.call_id)
         if ep.side == INSIDE:
             call = self.calls_a.get(call_id)
@@ -179,7 +179,7 @@ class Relay(BLeg):
         if INSIDE in call.reinvite:
             self._relay_reinvite_ack(call, INSIDE, msg)
 
-    def _acked_non2xx(self, msg: Any, addr: Addr) -> bool:
+    def _acked_non2xx(self, msg: Request, addr: Addr) -> bool:
         """An ACK of a non-2xx answer of ours (same branch as its INVITE, §17.1.1.3): its INVITE server
         transaction takes it (stops Timer G, absorbs retransmissions in Confirmed). An ACK of a 2xx is the
         dialog's (RFC 6026), matching none."""
@@ -190,10 +190,10 @@ class Relay(BLeg):
         self._server_request(stx, msg)
         return True
 
-    def _pick_content(self, msg: Any) -> list[str]:
+    def _pick_content(self, msg: Message) -> list[str]:
         return pick_headers(msg, CONTENT_ONLY)
 
-    def _relay_reinvite_ack(self, call: Call, to_side: str, msg: Any) -> None:
+    def _relay_reinvite_ack(self, call: Call, to_side: str, msg: Request) -> None:
         cseq = call.reinvite.pop(to_side)
         leg = call.b if to_side == OUTSIDE else call.a
         if leg is None:
@@ -204,7 +204,7 @@ class Relay(BLeg):
         lines.extend(self._pick_content(msg))
         ep.send(wire.build_request("ACK", leg.target, lines, msg.body or b""), leg.addr)
 
-    def _on_cancel(self, ep: Endpoint, msg: Any, addr: Addr, branch: str) -> None:
+    def _on_cancel(self, ep: Endpoint, msg: Request, addr: Addr, branch: str) -> None:
         stx = self.server_tx.get(branch)
         if stx is None or stx.method != "INVITE" or stx.addr[0] != addr[0] or stx.call is None:
             self._stateless(ep, addr, msg, 481, "")

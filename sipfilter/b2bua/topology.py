@@ -7,11 +7,11 @@ cross. Everything else (Via, Contact, Record-Route, Call-ID, tags) never crosses
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from sipfilter.b2bua import wire
 from sipfilter.b2bua.in_dialog import IDENTITY_HEADERS
 from sipfilter.config import TrunkConfig
+from sipfilter.sip.message import Message
 
 # Headers the B2BUA always carries across with a body or a dialog-level meaning (besides the trunk's list).
 _CONTENT = ("content-type", "content-disposition", "content-encoding", "content-language")
@@ -95,7 +95,7 @@ NO_PASS = PassList(())
 CONTENT_ONLY = NameFilter(lambda name: lower_name(name) in _CONTENT)
 
 
-def pick_headers(msg: Any, allow: Mapping[str, bool],
+def pick_headers(msg: Message, allow: Mapping[str, bool],
                   drop: Callable[[str, str], bool] | None = None) -> list[str]:  # fmt: skip
     safe = wire.safe
     picked = msg.headers.select(allow)  # only the values that cross are stripped

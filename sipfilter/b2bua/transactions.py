@@ -15,6 +15,7 @@ from sipfilter.b2bua.calls import (
     ServerTx,
 )
 from sipfilter.b2bua.gate import Gate
+from sipfilter.sip.message import Request, Response
 from sipfilter.sip.transaction import (
     REASON_NORMAL,
     Action,
@@ -81,7 +82,7 @@ class Transactions(Gate):
         if machine is not None and self.client_tx.get(ctx.branch) is ctx:
             self._run_client(ctx, machine.handle(TimerFired(name)))
 
-    def _client_response(self, ctx: ClientTx, msg: Any) -> bool:
+    def _client_response(self, ctx: ClientTx, msg: Response) -> bool:
         """Feed a response to the transaction of `ctx`; True when it is for the B2BUA to act on (a
         retransmitted non-2xx final is absorbed: the transaction sends its ACK again)."""
         machine = ctx.machine
@@ -157,7 +158,7 @@ class Transactions(Gate):
 
     # -- server transactions ---------------------------------------------------------------------------------
 
-    def _file_server(self, stx: ServerTx, msg: Any, trying: bytes = b"") -> None:
+    def _file_server(self, stx: ServerTx, msg: Request, trying: bytes = b"") -> None:
         """Start the server transaction of the request `msg` (`stx` holds what its answers echo) and file it
         by branch; `trying`: its 100 Trying, sent at once."""
         timers = self.rt.timers.transactions
@@ -176,7 +177,7 @@ class Transactions(Gate):
             actions = machine.handle(SendResponse(trying, 100))
         self._run_server(stx, actions, False)
 
-    def _server_request(self, stx: ServerTx, msg: Any) -> bool:
+    def _server_request(self, stx: ServerTx, msg: Request) -> bool:
         """Feed a retransmitted request (or an ACK) to the transaction of `stx`, which answers it again or
         absorbs it; True when it is for the B2BUA to act on (the ACK of a 2xx, RFC 6026 Accepted)."""
         machine = stx.machine

@@ -9,9 +9,9 @@ import ipaddress
 import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from sipfilter.config import Target, TrunkConfig
+from sipfilter.sip.message import Request
 from sipfilter.transport.base import Addr
 from sipfilter.transport.stream import ClientTls
 
@@ -62,7 +62,7 @@ class TrunkMatcher:
         return None
 
 
-def foreign_host(trunk: TrunkConfig, msg: Any) -> str | None:
+def foreign_host(trunk: TrunkConfig, msg: Request) -> str | None:
     """The Request-URI host of a new request when the trunk lists `request_uri.domains` and this host is not
     one of them; None when it is, or when the trunk lists none (then the URI is rewritten to the carrier
     target and its host never matters). A set lookup: cheap enough for every INVITE."""
