@@ -46,7 +46,10 @@ class BLeg(Lifecycle):
     """The call towards the carrier, from its INVITE to its answer."""
 
     def _start_b_leg(self, call: Call, msg: Request | None) -> None:
-        """The B-leg INVITE to the next target of the plan: `msg` is the A-leg INVITE, None on failover."""
+        """The B-leg INVITE to the next target of the plan: `msg` is the A-leg INVITE, None on failover (the
+        first B-leg kept it in `call.invite_msg`)."""
+        msg = msg if msg is not None else call.invite_msg
+        assert msg is not None
         ep = None
         while call.plan and ep is None:  # skip targets whose transport we do not listen on
             dest = call.plan.pop(0)
@@ -63,7 +66,6 @@ class BLeg(Lifecycle):
         call.invite_ruri = f"sip:{user}@{dest.uri_host}" if user else f"sip:{dest.uri_host}"
         to = f"<sip:{user}@{dest.uri_host}>" if user else f"<sip:{dest.uri_host}>"
         if call.b is None:
-            assert msg is not None  # the first B-leg starts from the A-leg INVITE
             b_call_id = new_call_id(host)
             local = from_value(ids, host, new_tag())
             call.b = Leg(ep, dest.addr, b_call_id, local, to, call.invite_ruri, 1)
@@ -81,8 +83,6 @@ class BLeg(Lifecycle):
             b.remote = to
             b.remote_tag = ""
             b.cseq += 1
-            msg = call.invite_msg
-        assert msg is not None  # the first B-leg keeps it (failover needs it), and only an answer drops it
         b = call.b
         mf = msg.max_forwards
         branch = new_branch()

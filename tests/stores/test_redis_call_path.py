@@ -234,14 +234,20 @@ async def test_the_call_path_through_a_unix_socket(tmp_path: Path) -> None:
         server.kill()
 
 
+def start_replica(primary: RedisServer, tmp_path: Path) -> RedisServer:
+    """A redis-server replicating `primary` (the caller kills it)."""
+    replica = RedisServer(free_port(), tmp_path / "replica",
+                          extra=("--replicaof", "127.0.0.1", str(primary.port)))
+    replica.dir.mkdir()
+    replica.start()
+    return replica
+
+
 async def test_a_primary_turned_replica_is_left_and_asked_once_more(tmp_path: Path,
                                                                      redis_server: RedisServer) -> None:
     """READONLY (the URL's server is a replica now, as after a failover): the call goes once more on a fresh
     connection (a Sentinel-managed one asks the Sentinels for the primary), then fails as unavailable."""
-    replica = RedisServer(free_port(), tmp_path / "replica",
-                          extra=("--replicaof", "127.0.0.1", str(redis_server.port)))
-    replica.dir.mkdir()
-    replica.start()
+    replica = start_replica(redis_server, tmp_path)
     store = None
     try:
         store = await RedisStore.open(replica.url + "?socket_timeout=2", watch=False)
@@ -270,10 +276,7 @@ async def test_a_resent_attempt_counts_once(redis_server: RedisServer) -> None:
 
 
 async def test_replicas_wait_for_the_replica(tmp_path: Path, redis_server: RedisServer) -> None:
-    replica = RedisServer(free_port(), tmp_path / "replica",
-                          extra=("--replicaof", "127.0.0.1", str(redis_server.port)))
-    replica.dir.mkdir()
-    replica.start()
+    replica = start_replica(redis_server, tmp_path)
     store = None
     try:
         for _ in range(100):  # the replica's first sync
