@@ -279,12 +279,16 @@ class UdpEndpoint(Endpoint):
         self.socket.close()
 
 
-def bind_udp_socket(host: str, port: int) -> socket.socket:
-    """A non-blocking UDP socket bound on host:port (0 = any free port), with enlarged buffers."""
+def bind_udp_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A non-blocking UDP socket bound on host:port (0 = any free port), with enlarged buffers. With
+    `reuse_port`, one of a SO_REUSEPORT group: the kernel spreads the datagrams of different peers over the
+    group's sockets (each peer's to one of them), which worker processes read one each."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)

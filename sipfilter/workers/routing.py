@@ -1,6 +1,7 @@
 """Which worker owns a datagram, read from its raw bytes without parsing the message.
 
-Every worker reads the shared UDP sockets, so a datagram may land in any of them. Its owner:
+The kernel spreads datagrams over the workers by peer address (SO_REUSEPORT), so a datagram may land in any
+of them. Its owner:
 - a response: the worker named in its top Via branch (the branches we send carry `MARK_PREFIX<index>.`);
   a response to a branch we never made has no owner (whoever read it answers for it: it matches nothing);
 - a request whose To tag carries a worker mark (every in-dialog request: that tag is one we made, on either

@@ -1,6 +1,6 @@
-"""The `sipfilter run` process when `sip.workers` > 1: binds the UDP listeners, forks the workers, restarts a
-worker that dies (logged, and counted in sipfilter_worker_restarts_total), forwards SIGHUP and SIGTERM/SIGINT
-to every worker (each reloads, or drains, on its own), and exits once they all have.
+"""The `sipfilter run` process when `sip.workers` > 1: binds each worker's UDP sockets, forks the workers,
+restarts a worker that dies (logged, and counted in sipfilter_worker_restarts_total), forwards SIGHUP and
+SIGTERM/SIGINT to every worker (each reloads, or drains, on its own), and exits once they all have.
 
 It runs no event loop and holds no store: forking from a process without threads or open databases is safe,
 and whatever it holds (the sockets, the inboxes) stays valid for the worker it forks next."""
@@ -54,7 +54,9 @@ class Supervisor:
         self.stopping = False
         self.exit_code = 0
         listens = (*config.sip.inside, *config.sip.outside)
-        self.udp_sockets = [bind_udp_socket(x.host, x.port) for x in listens]
+        self.addresses = [_claim(x.host, x.port) for x in listens]
+        # Each worker's own socket on every listening address, bound until that worker is forked with them.
+        self.udp_sockets: list[list[socket.socket] | None] = [self._bind() for _ in range(self.count)]
         self.inbox_pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(self.count)]
         for pair in self.inbox_pairs:
             for end in pair:
@@ -65,8 +67,20 @@ class Supervisor:
         self.runtime_dir = Path(tempfile.mkdtemp(prefix="sipfilter-workers-"))
         self.restarts = mmap.mmap(-1, 8 * self.count)
 
-    def context(self, index: int) -> WorkerContext:
-        return WorkerContext(index, self.count, self.udp_sockets, [pair[1] for pair in self.inbox_pairs],
+    def _bind(self) -> list[socket.socket]:
+        """One socket on every listening address, in the addresses' SO_REUSEPORT groups."""
+        sockets: list[socket.socket] = []
+        try:
+            for host, port in self.addresses:
+                sockets.append(bind_udp_socket(host, port, reuse_port=True))
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            raise
+        return sockets
+
+    def context(self, index: int, sockets: list[socket.socket]) -> WorkerContext:
+        return WorkerContext(index, self.count, sockets, [pair[1] for pair in self.inbox_pairs],
                              self.inbox_pairs[index][0], self.runtime_dir, self.restarts)  # fmt: skip
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -74,7 +88,7 @@ class Supervisor:
     def run(self) -> int:
         for sig in _FORWARDED:
             signal.signal(sig, self._on_signal)
-        ports = ", ".join(str(s.getsockname()[1]) for s in self.udp_sockets)
+        ports = ", ".join(str(port) for _host, port in self.addresses)
         log.info("supervisor: starting %d workers on udp port(s) %s", self.count, ports)
         try:
             for index in range(self.count):
@@ -116,8 +130,14 @@ class Supervisor:
         self._add_restart(index)
         if pause:
             time.sleep(pause)
-        if not self.stopping:
+        if self.stopping:
+            return
+        try:
             self._spawn(index)
+        except OSError as exc:  # its sockets could not be bound again
+            log.error("worker %d cannot be restarted: %s: stopping every worker", index, exc)
+            self.exit_code = 1
+            self._stop(signal.SIGTERM)
 
     def restart_count(self, index: int) -> int:
         return int.from_bytes(self.restarts[8 * index : 8 * index + 8], "little")
@@ -141,17 +161,26 @@ class Supervisor:
                 os.kill(pid, sig)
 
     def _spawn(self, index: int) -> None:
+        # A restarted worker gets new sockets: its predecessor's closed with it, so while it was down the
+        # kernel gave its peers' datagrams to the other workers, which handed over those it owned.
+        sockets = self.udp_sockets[index] or self._bind()
         # Signals wait until the child has its own handlers and the parent knows the child's pid.
         signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
         try:
             pid = os.fork()
         except BaseException:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
+            self.udp_sockets[index] = sockets
             raise
         if pid == 0:
             code = 1
             try:
-                code = _worker_main(self.config, self.context(index), self.serve)
+                # The sockets of workers not yet forked: one nobody reads would lose its peers' datagrams.
+                for other in self.udp_sockets:
+                    if other is not None and other is not sockets:
+                        for sock in other:
+                            sock.close()
+                code = _worker_main(self.config, self.context(index, sockets), self.serve)
             except BaseException:
                 log.exception("worker %d failed", index)
             finally:
@@ -159,8 +188,22 @@ class Supervisor:
                 os._exit(code)
         self.children[pid] = index
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
+        for sock in sockets:  # the worker's alone now: they close when it dies, leaving the group at once
+            sock.close()
+        self.udp_sockets[index] = None
         self.started_at[index] = time.monotonic()
         log.info("worker %d started (pid %d)", index, pid)
+
+
+def _claim(host: str, port: int) -> tuple[str, int]:
+    """`host:port` checked free, and the port chosen when it is 0. The workers' sockets share it through
+    SO_REUSEPORT, which would also let a second sipfilter started on the same address join in and take a
+    share of the traffic: binding first without it fails if anything listens there already."""
+    probe = bind_udp_socket(host, port)
+    try:
+        return host, int(probe.getsockname()[1])
+    finally:
+        probe.close()
 
 
 def _worker_main(started: Config, context: WorkerContext, serve: Serve) -> int:

@@ -32,7 +32,7 @@ class WorkerContext:
 
     index: int
     count: int
-    udp_sockets: list[socket.socket]  # the UDP listeners, sip.inside then sip.outside, in config order
+    udp_sockets: list[socket.socket]  # its own socket on each listening address (sip.inside, then outside)
     inboxes: list[socket.socket]  # the sending end of each worker's inbox
     inbox: socket.socket  # this worker's receiving end
     runtime_dir: Path  # the workers' metrics sockets
