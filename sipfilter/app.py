@@ -44,7 +44,7 @@ from sipfilter.transport.stream import (
 from sipfilter.transport.udp import POLL_INTERVAL_S, UdpEndpoint, UdpGroup, open_udp_endpoint
 from sipfilter.workers import supervisor
 from sipfilter.workers.metrics_merge import MergedRegistry
-from sipfilter.workers.worker import Router, WorkerContext, serve_metrics
+from sipfilter.workers.worker import Router, WorkerContext, serve_metrics, steer
 
 log = logging.getLogger("sipfilter.app")
 
@@ -172,6 +172,8 @@ class App:
         assert self.worker is not None
         udp = [ep for ep in self.endpoints if isinstance(ep, UdpEndpoint)]
         self._router = Router(self.worker, udp)
+        for ep in udp:
+            steer(ep, self.worker.count)
         if self.worker.index > 0:
             self._metrics_server = await serve_metrics(self.worker)
         self._share_audit()

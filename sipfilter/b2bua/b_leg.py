@@ -88,7 +88,7 @@ class BLeg(Lifecycle):
         branch = new_branch()
         lines = wire.request_head("INVITE", b.cseq, ep.transport, ep.hostport, branch, b.local, b.remote,
                                   b.call_id, (), (mf if mf is not None else 70) - 1)  # fmt: skip
-        lines.append(f"Contact: <sip:{host}@{ep.hostport};transport={ep.transport}>")
+        lines.append(wire.contact_line(host, ep.hostport, ep.transport))
         passes = call.passes
         passes = passes or NO_PASS
         pai = passes.allows("p-asserted-identity")
@@ -255,7 +255,7 @@ class BLeg(Lifecycle):
         lines = stx.lines(local_tag(a))
         ep = a.ep
         if status < 300:
-            lines.append(f"Contact: <sip:{self.hostname}@{ep.hostport};transport={ep.transport}>")
+            lines.append(wire.contact_line(self.hostname, ep.hostport, ep.transport))
         lines.extend(self._response_headers(call, msg))
         data = wire.build_response(status, str(msg.reason), lines, msg.body or b"")
         if status >= 200:

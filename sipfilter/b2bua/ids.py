@@ -47,5 +47,11 @@ def new_branch() -> str:
     return "z9hG4bK" + _mark + _RANDOM.hex(8)
 
 
+def local_user(hostname: str) -> str:
+    """The user part of our Contact: with several workers, their mark first, so that the kernel can steer a
+    peer's in-dialog requests to the worker from their Request-URI (sipfilter/workers/steering.py)."""
+    return _mark + hostname
+
+
 def new_call_id(host: str) -> str:
     return f"{_RANDOM.hex(10)}@{host}"

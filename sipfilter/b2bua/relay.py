@@ -96,7 +96,7 @@ class Relay(BLeg):
         lines = wire.request_head(method, cseq, lep.transport, lep.hostport, branch, leg.local, leg.remote,
                                   leg.call_id, leg.routes, (mf if mf is not None else 70) - 1)  # fmt: skip
         if method in ("INVITE", "UPDATE", "SUBSCRIBE", "NOTIFY", "REFER"):
-            lines.append(f"Contact: <sip:{self.hostname}@{lep.hostport};transport={lep.transport}>")
+            lines.append(wire.contact_line(self.hostname, lep.hostport, lep.transport))
         if method == "PRACK":
             rack = first_value(msg, "RAck").split()
             if len(rack) == 3 and call.b_invite is not None and to_side == OUTSIDE:
@@ -136,7 +136,7 @@ class Relay(BLeg):
         extra = self._response_headers(call, msg, ctx.side == INSIDE)
         if ctx.method in ("INVITE", "UPDATE", "SUBSCRIBE") and 200 <= status < 300:
             sep = stx.ep
-            extra.append(f"Contact: <sip:{self.hostname}@{sep.hostport};transport={sep.transport}>")
+            extra.append(wire.contact_line(self.hostname, sep.hostport, sep.transport))
         if ctx.method == "INVITE" and status >= 300:
             call.reinvite.pop(ctx.side, None)
         if ctx.method == "INVITE" and 200 <= status < 300:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
+from sipfilter.b2bua.ids import local_user
 from sipfilter.policy.verdict import Verdict
 from sipfilter.sip.status import reason_phrase as reason_phrase  # re-exported: the B2BUA answers with it
 
@@ -48,13 +49,25 @@ def build_request(method: str, ruri: str, lines: Iterable[str], body: bytes = b"
     return _encode(head, body)
 
 
+def via_prefix(transport: str, hostport: str) -> str:
+    """Our Via line up to its branch: what peers echo at the top of their responses (and what the workers'
+    kernel steering program looks for, sipfilter/workers/steering.py)."""
+    return f"Via: SIP/2.0/{transport.upper()} {hostport};branch="
+
+
+def contact_line(hostname: str, hostport: str, transport: str) -> str:
+    """Our Contact: the remote target of every dialog we are in, so the Request-URI of the peers' requests
+    in it. Its user part starts with the worker's mark (ids.local_user)."""
+    return f"Contact: <sip:{local_user(hostname)}@{hostport};transport={transport}>"
+
+
 def request_head(method: str, cseq: int, transport: str, hostport: str, branch: str, from_: str, to: str,
                  call_id: str, routes: Sequence[str] = (), max_forwards: int = 70) -> list[str]:
     """The head every request we send starts with, in RFC 3261 §8.1.1 order: our Via (rport asked),
     Max-Forwards, the Route set, From, To, Call-ID and CSeq. Callers append the rest (Contact, Reason, relayed
     headers)."""
     return [
-        f"Via: SIP/2.0/{transport.upper()} {hostport};branch={branch};rport",
+        f"{via_prefix(transport, hostport)}{branch};rport",
         f"Max-Forwards: {max_forwards}",
         *[f"Route: {r}" for r in routes],
         f"From: {from_}",

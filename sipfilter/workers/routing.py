@@ -1,15 +1,16 @@
 """Which worker owns a datagram, read from its raw bytes without parsing the message.
 
-The kernel spreads datagrams over the workers by peer address (SO_REUSEPORT), so a datagram may land in any
-of them. Its owner:
+Each worker reads its own socket of every listening address (SO_REUSEPORT). The kernel puts most datagrams
+on their owner's socket (steering.py) and the rest on any worker's, which hands them over. Their owner:
 - a response: the worker named in its top Via branch (the branches we send carry `MARK_PREFIX<index>.`);
   a response to a branch we never made has no owner (whoever read it answers for it: it matches nothing);
 - a request whose To tag carries a worker mark (every in-dialog request: that tag is one we made, on either
   leg, and so is the tag of a non-2xx final response that an ACK echoes): that worker;
 - any other request (a new INVITE, its CANCEL, an out-of-dialog request): the worker of the Request-URI's
   user, so every call to one callee is decided in one process and its frequency counters stay exact. The
-  key is the user's last 9 digits: every spelling of one French number (0X…, +33X…, 0033X…) ends in the same
-  9 digits; a user without digits is hashed as it is.
+  key is the number its user's last two digits make, modulo the workers: every spelling of one French number
+  (0X…, +33X…, 0033X…) ends in the same digits, phone numbers' last digits are spread evenly, and the kernel's
+  steering program (steering.py) computes the same from the raw bytes. A user with fewer digits is hashed.
 
 Hostile input never raises and always gives the same owner for the same bytes: only the head is scanned,
 fields are bounded, and CRC-32 (not Python's salted hash) makes the choice the same in every process.
@@ -22,7 +23,7 @@ import zlib
 
 MARK_PREFIX = "sfw"
 HEAD_LIMIT = 8192  # bytes scanned for the headers: the start line, Via and To come first in practice
-_DIGITS_KEPT = 9
+CALLEE_DIGITS = 2
 
 _HEADER_END = b"\r\n\r\n"
 _VIA = re.compile(rb"\n(?:via|v)[ \t]*:[ \t]*([^\r\n]{0,2048})")
@@ -77,5 +78,6 @@ def callee_owner(start_line: bytes, workers: int) -> int:
         user = rest if semi < 0 else rest[:semi]
     user = user.split(b";", 1)[0][:256]  # user parameters (;npdi, ;rn=…) are not the number
     digits = _NOT_DIGIT.sub(b"", user)
-    key = digits[-_DIGITS_KEPT:] if digits else user
-    return zlib.crc32(key) % workers
+    if len(digits) >= CALLEE_DIGITS:
+        return int(digits[-CALLEE_DIGITS:]) % workers
+    return zlib.crc32(digits or user) % workers

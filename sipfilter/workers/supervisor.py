@@ -55,8 +55,11 @@ class Supervisor:
         self.exit_code = 0
         listens = (*config.sip.inside, *config.sip.outside)
         self.addresses = [_claim(x.host, x.port) for x in listens]
-        # Each worker's own socket on every listening address, bound until that worker is forked with them.
-        self.udp_sockets: list[list[socket.socket] | None] = [self._bind() for _ in range(self.count)]
+        # Each worker's own socket on every listening address, held here for as long as the supervisor runs: a
+        # socket's place in its SO_REUSEPORT group is the worker index the steering program (steering.py)
+        # returns, and a group only reorders when a socket leaves it. A restarted worker takes its
+        # predecessor's sockets and what queued on them meanwhile.
+        self.udp_sockets = [self._bind() for _ in range(self.count)]
         self.inbox_pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(self.count)]
         for pair in self.inbox_pairs:
             for end in pair:
@@ -132,12 +135,7 @@ class Supervisor:
             time.sleep(pause)
         if self.stopping:
             return
-        try:
-            self._spawn(index)
-        except OSError as exc:  # its sockets could not be bound again
-            log.error("worker %d cannot be restarted: %s: stopping every worker", index, exc)
-            self.exit_code = 1
-            self._stop(signal.SIGTERM)
+        self._spawn(index)
 
     def restart_count(self, index: int) -> int:
         return int.from_bytes(self.restarts[8 * index : 8 * index + 8], "little")
@@ -161,23 +159,19 @@ class Supervisor:
                 os.kill(pid, sig)
 
     def _spawn(self, index: int) -> None:
-        # A restarted worker gets new sockets: its predecessor's closed with it, so while it was down the
-        # kernel gave its peers' datagrams to the other workers, which handed over those it owned.
-        sockets = self.udp_sockets[index] or self._bind()
+        sockets = self.udp_sockets[index]
         # Signals wait until the child has its own handlers and the parent knows the child's pid.
         signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
         try:
             pid = os.fork()
         except BaseException:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
-            self.udp_sockets[index] = sockets
             raise
         if pid == 0:
             code = 1
             try:
-                # The sockets of workers not yet forked: one nobody reads would lose its peers' datagrams.
-                for other in self.udp_sockets:
-                    if other is not None and other is not sockets:
+                for other in self.udp_sockets:  # the other workers' (the supervisor keeps them in the group)
+                    if other is not sockets:
                         for sock in other:
                             sock.close()
                 code = _worker_main(self.config, self.context(index, sockets), self.serve)
@@ -188,9 +182,6 @@ class Supervisor:
                 os._exit(code)
         self.children[pid] = index
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
-        for sock in sockets:  # the worker's alone now: they close when it dies, leaving the group at once
-            sock.close()
-        self.udp_sockets[index] = None
         self.started_at[index] = time.monotonic()
         log.info("worker %d started (pid %d)", index, pid)
 

@@ -15,9 +15,10 @@ from pathlib import Path
 from prometheus_client import Counter, generate_latest
 
 from sipfilter import metrics
+from sipfilter.b2bua.wire import via_prefix
 from sipfilter.transport.base import Addr
 from sipfilter.transport.udp import MAX_BATCH, RECV_BYTES, UdpEndpoint
-from sipfilter.workers import routing
+from sipfilter.workers import routing, steering
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,16 @@ class Router:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._loop.remove_reader(self.context.inbox.fileno())
+
+
+def steer(ep: UdpEndpoint, workers: int) -> None:
+    """Have the kernel put each datagram on its owner's socket of `ep`'s address where it can tell
+    (steering.py); where it cannot, or without the program, the worker that reads it hands it over."""
+    try:
+        steering.attach(ep.socket, steering.program(workers, via_prefix("udp", ep.hostport).encode()))
+    except OSError as exc:
+        log.warning("udp %s: no kernel steering (%s): the workers hand over what they read for another",
+                    ep.side, exc)  # fmt: skip
 
 
 async def serve_metrics(context: WorkerContext) -> asyncio.AbstractServer:
