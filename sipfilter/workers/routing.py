@@ -8,7 +8,7 @@ on their owner's socket (steering.py) and the rest on any worker's, which hands 
   leg, and so is the tag of a non-2xx final response that an ACK echoes): that worker;
 - any other request (a new INVITE, its CANCEL, an out-of-dialog request): the worker of the Request-URI's
   user, so every call to one callee is decided in one process and its frequency counters stay exact. The
-  key is the number its user's last two digits make, modulo the workers: every spelling of one French number
+  key is the number its user's last three digits make, modulo the workers: every spelling of one French number
   (0X…, +33X…, 0033X…) ends in the same digits, phone numbers' last digits are spread evenly, and the kernel's
   steering program (steering.py) computes the same from the raw bytes. A user with fewer digits is hashed.
 
@@ -23,7 +23,7 @@ import zlib
 
 MARK_PREFIX = "sfw"
 HEAD_LIMIT = 8192  # bytes scanned for the headers: the start line, Via and To come first in practice
-CALLEE_DIGITS = 2
+CALLEE_DIGITS = 3  # 1,000 keys: within 2 % of an even spread up to 20 workers
 
 _HEADER_END = b"\r\n\r\n"
 _VIA = re.compile(rb"\n(?:via|v)[ \t]*:[ \t]*([^\r\n]{0,2048})")

@@ -11,7 +11,7 @@ without a loop (classic BPF has none):
   worker mark `sfw<index>.` (routing.MARK_PREFIX);
 - a request whose Request-URI user starts with the mark: an in-dialog request, sent to the Contact we gave;
 - any other `sip:` request whose user is digits (after an optional `+`) up to `@` or `;`: the callee's owner,
-  `routing.callee_owner` (the last two digits modulo the workers).
+  `routing.callee_owner` (the number its last digits make, modulo the workers).
 
 Anything else (a peer that reorders or rewrites headers, a tel: URI, more than two index digits) gets a
 result past the group's end, which makes the kernel fall back to its hash of the peer's address; the worker
@@ -120,7 +120,7 @@ def program(workers: int, via_prefix: bytes) -> bytes:
     p.goto("index")
     p.label("fall_near")
     p.op(_RET | _K, FALL_BACK)
-    # -- a new request: the callee's last two digits
+    # -- a new request: the number the callee's last digits make
     p.label("callee")
     p.op(_LD | _B | _IND, 5)
     p.jump(_JMP | _JEQ | _K, ord("+"), None, "digits")
@@ -133,29 +133,32 @@ def program(workers: int, via_prefix: bytes) -> bytes:
         p.op(_LD | _B | _IND, k)
         p.op(_ALU | _SUB | _K, ord("0"))
         p.jump(_JMP | _JGT | _K, 9, None, f"d{k + 1}")  # not a digit: the user ends here, or is no number
-        if k - first < 2:
+        if k - first < CALLEE_DIGITS:
             p.op(_RET | _K, FALL_BACK)
         else:
             p.jump(_JMP | _JEQ | _K, ord("@") - ord("0"), f"end{k}", None)
             p.jump(_JMP | _JEQ | _K, ord(";") - ord("0"), None, f"fall{k}")
             p.label(f"end{k}")
-            p.op(_LD | _W | _IMM, k - 2)
-            p.goto("last_two")
+            p.op(_LD | _W | _IMM, k - CALLEE_DIGITS)
+            p.goto("last_digits")
             p.label(f"fall{k}")
             p.op(_RET | _K, FALL_BACK)
         p.label(f"d{k + 1}")
     p.op(_RET | _K, FALL_BACK)
-    p.label("last_two")  # A = offset of the tens digit from X
+    p.label("last_digits")  # A = offset of the first of the last CALLEE_DIGITS digits from X
     p.op(_ALU | _ADD | _X)
+    p.op(_ST, 2)
     p.op(_MISC | _TAX)
-    p.op(_LD | _B | _IND, 0)
-    p.op(_ALU | _SUB | _K, ord("0"))
-    p.op(_ALU | _MUL | _K, 10)
-    p.op(_ST, 1)
-    p.op(_LD | _B | _IND, 1)
-    p.op(_ALU | _SUB | _K, ord("0"))
-    p.op(_LDX | _W | _MEM, 1)
-    p.op(_ALU | _ADD | _X)
+    p.op(_LD | _W | _IMM, 0)
+    for j in range(CALLEE_DIGITS):  # M[1] = the number they make, digit by digit
+        p.op(_ALU | _MUL | _K, 10)
+        p.op(_ST, 1)
+        p.op(_LD | _B | _IND, j)
+        p.op(_ALU | _SUB | _K, ord("0"))
+        p.op(_LDX | _W | _MEM, 1)
+        p.op(_ALU | _ADD | _X)
+        if j < CALLEE_DIGITS - 1:
+            p.op(_LDX | _W | _MEM, 2)  # X back to the digits' start (kept in M[2])
     p.goto("modulo")
     # -- a response: X = the end of the status line, then our Via, then the mark's index digits
     p.label("response")
@@ -203,7 +206,6 @@ def program(workers: int, via_prefix: bytes) -> bytes:
     p.op(_RET | _A)
     p.label("fall")
     p.op(_RET | _K, FALL_BACK)
-    assert CALLEE_DIGITS == 2  # what "last_two" computes
     return p.assemble()
 
 
