@@ -65,6 +65,17 @@ class _Program:
     def goto(self, target: str) -> None:
         self.code.append((_JMP | _JA, None, None, target))
 
+    def find(self, byte: int, offsets: range, found: str) -> None:
+        """Classic BPF has no loops: test each offset in turn; at the first that holds `byte`, X = that
+        offset and on to `found`; if none does, fall back."""
+        for i in offsets:
+            self.op(_LD | _B | _ABS, i)
+            self.jump(_JMP | _JEQ | _K, byte, None, f"not{found}{i}")
+            self.op(_LDX | _W | _IMM, i)
+            self.goto(found)
+            self.label(f"not{found}{i}")
+        self.goto("fall")
+
     def assemble(self) -> bytes:
         out = bytearray()
         for pc, (code, jt, jf, k) in enumerate(self.code):
@@ -98,14 +109,7 @@ def program(workers: int, via_prefix: bytes) -> bytes:
     p.label("short")
     p.op(_RET | _K, FALL_BACK)
     p.label("request")
-    # -- a request: X = the space after the method
-    for i in range(1, METHOD_SCAN):
-        p.op(_LD | _B | _ABS, i)
-        p.jump(_JMP | _JEQ | _K, ord(" "), None, f"m{i}")
-        p.op(_LDX | _W | _IMM, i)
-        p.goto("uri")
-        p.label(f"m{i}")
-    p.goto("fall")
+    p.find(ord(" "), range(1, METHOD_SCAN), "uri")  # a request: X = the space after the method
     p.label("uri")
     p.op(_LD | _W | _IND, 1)
     p.jump(_JMP | _JEQ | _K, _word(b"sip:"), None, "fall_near")
@@ -162,13 +166,7 @@ def program(workers: int, via_prefix: bytes) -> bytes:
     p.goto("modulo")
     # -- a response: X = the end of the status line, then our Via, then the mark's index digits
     p.label("response")
-    for i in range(12, 12 + STATUS_LINE_SCAN):
-        p.op(_LD | _B | _ABS, i)
-        p.jump(_JMP | _JEQ | _K, ord("\r"), None, f"s{i}")
-        p.op(_LDX | _W | _IMM, i)
-        p.goto("via")
-        p.label(f"s{i}")
-    p.goto("fall")
+    p.find(ord("\r"), range(12, 12 + STATUS_LINE_SCAN), "via")
     p.label("via")
     expected = b"\r\n" + via_prefix + b"z9hG4bK" + marker
     whole = len(expected) - len(expected) % 4
