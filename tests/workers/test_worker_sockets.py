@@ -10,12 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_config_workers import example
 
 from sipfilter.config import Config
 from sipfilter.configure import load_config
 from sipfilter.transport.udp import bind_udp_socket
 from sipfilter.workers.supervisor import Supervisor
-from tests.workers.test_config_workers import example
 
 
 def config_on(tmp_path: Path, inside: int, outside: int, workers: int = 2) -> Config:
