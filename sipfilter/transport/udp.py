@@ -281,8 +281,9 @@ class UdpEndpoint(Endpoint):
 
 def bind_udp_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     """A non-blocking UDP socket bound on host:port (0 = any free port), with enlarged buffers. With
-    `reuse_port`, one of a SO_REUSEPORT group: the kernel spreads the datagrams of different peers over the
-    group's sockets (each peer's to one of them), which worker processes read one each."""
+    `reuse_port`, one of a SO_REUSEPORT group, whose sockets worker processes read one each: the group's
+    steering program (sipfilter/workers/steering.py), or else a hash of the peer's address, picks the
+    socket."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:

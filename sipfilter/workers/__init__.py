@@ -2,9 +2,9 @@
 
 The `sipfilter run` process becomes a supervisor (supervisor.py): it binds the UDP listeners, forks the
 workers (each a full `App`), restarts one that dies and forwards SIGHUP and SIGTERM. Every worker has its own
-socket on each listening address (SO_REUSEPORT: the kernel gives each peer's datagrams to one of them, so a
-datagram wakes one worker); a datagram that belongs to another worker (routing.py) is handed over to it on a
-local datagram socket (worker.py), and the owner answers from its own socket, on the same
-address. Worker 0 serves the admin HTTP API and a /metrics merged from every worker's registry
-(metrics_merge.py).
+socket on each listening address (SO_REUSEPORT), and the kernel queues each datagram on its owner's socket
+(steering.py), so a datagram wakes one worker; one that the kernel could not place and that belongs to
+another worker (routing.py) is handed over to it on a local datagram socket (worker.py). A worker answers
+from its own socket, on the same address. Worker 0 serves the admin HTTP API and a /metrics merged from every
+worker's registry (metrics_merge.py).
 """

@@ -133,9 +133,8 @@ class Supervisor:
         self._add_restart(index)
         if pause:
             time.sleep(pause)
-        if self.stopping:
-            return
-        self._spawn(index)
+        if not self.stopping:
+            self._spawn(index)
 
     def restart_count(self, index: int) -> int:
         return int.from_bytes(self.restarts[8 * index : 8 * index + 8], "little")

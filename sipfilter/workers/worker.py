@@ -114,7 +114,8 @@ class Router:
 
 def steer(ep: UdpEndpoint, workers: int) -> None:
     """Have the kernel put each datagram on its owner's socket of `ep`'s address where it can tell
-    (steering.py); where it cannot, or without the program, the worker that reads it hands it over."""
+    (steering.py); where it cannot, or without the program, the worker that reads it hands it over. Every
+    worker attaches the same program to the group, a restarted one included: the last one stands."""
     try:
         steering.attach(ep.socket, steering.program(workers, via_prefix("udp", ep.hostport).encode()))
     except OSError as exc:
