@@ -50,6 +50,23 @@ MODULES: tuple[str, ...] = (
     "sipfilter.b2bua.health",
     "sipfilter.b2bua.drain",
     "sipfilter.b2bua.core",
+    # What decides a new INVITE: its facts, the admission limits, the policy's rule families and engine.
+    "sipfilter.b2bua.facts",
+    "sipfilter.b2bua.limits",
+    "sipfilter.policy.verdict",
+    "sipfilter.policy.numbers",
+    "sipfilter.policy.facts",
+    "sipfilter.policy.territory",
+    "sipfilter.policy.hours",
+    "sipfilter.policy.caller_id",
+    "sipfilter.policy.lists",
+    "sipfilter.policy.frequency",
+    "sipfilter.policy.opposition",
+    "sipfilter.policy.proof",
+    "sipfilter.policy.identity",
+    "sipfilter.policy.engine",
+    # The audit line written before each answer goes out.
+    "sipfilter.audit",
 )
 GROUP = "sipfilter._native"  # mypyc names the shared library after it: sipfilter/_native__mypyc….so
 PACKAGE_DIR = Path(__file__).resolve().parent

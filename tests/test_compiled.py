@@ -67,7 +67,7 @@ def test_from_source_finder_only_takes_the_listed_modules() -> None:
     finder = compiled._FromSource(compiled.MODULES)
     spec = finder.find_spec("sipfilter.sip.message", None)
     assert spec is not None and spec.origin == str(REPO / "sipfilter" / "sip" / "message.py")
-    assert finder.find_spec("sipfilter.policy.engine", None) is None
+    assert finder.find_spec("sipfilter.policy.rulepack", None) is None
     assert all(compiled.source_path(m).is_file() for m in compiled.MODULES)
 
 

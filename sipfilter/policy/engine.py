@@ -31,7 +31,7 @@ _ALLOWED = Verdict(ALLOW, 0, "", "")
 _NOT_PROSPECTING = "trunk is not prospecting"
 
 
-class UnknownTrunk(KeyError):
+class UnknownTrunk(LookupError):
     """The trunk name is not in the configuration."""
 
 

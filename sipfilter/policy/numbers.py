@@ -95,9 +95,10 @@ class Normaliser:
         self._short_re = re.compile(short_number_pattern)
         self._anon_users = frozenset(u.lower() for u in anonymous_users)
         self._anon_hosts = frozenset(h.lower() for h in anonymous_hosts)
-        # Bounded caches: numbers repeat (caller IDs always, callees across retries).
-        self.number = lru_cache(maxsize=cache_size)(self._number_uncached)  # type: ignore[method-assign]
-        self.read = lru_cache(maxsize=cache_size)(self._read)  # type: ignore[method-assign]
+        # Bounded caches: numbers repeat (caller IDs always, callees across retries). Attributes, not methods
+        # replaced at run time: a class compiled by mypyc (sipfilter.compiled) has fixed methods.
+        self.number_cache = lru_cache(maxsize=cache_size)(self._number_uncached)
+        self.read_cache = lru_cache(maxsize=cache_size)(self._read)
 
     # -- public ------------------------------------------------------------------------------------
     def read(self, user: str, host: str = "", context: str = "", region: str = "FR") -> Number:
@@ -109,7 +110,7 @@ class Normaliser:
         A phone-context that reads the number differently from the number alone makes it INVALID: the
         carrier may not honour the context (a tel: Request-URI loses it on the B-leg), so the policy must
         not decide on a number other than the one dialled. Local numbers of the pack's own country pass."""
-        return self._read(user, host, context, region)
+        return self.read_cache(user, host, context, region)
 
     def read_callee(self, user: str, host: str = "", context: str = "", region: str = "FR") -> Number:
         """read() without the cache: a callee is nearly always seen for the first time (a retry comes days
@@ -118,7 +119,7 @@ class Normaliser:
 
     def number(self, digits: str, region: str = "FR", context: str = "") -> Number:
         """A bare number (separators allowed) → Number; cached."""
-        return self._number_uncached(digits, region, context)
+        return self.number_cache(digits, region, context)
 
     def e164(self, text: str, region: str = "FR") -> str | None:
         """Convenience for importers: the E.164 of a bare number, or None when not a valid full number."""
