@@ -50,6 +50,9 @@ MODULES: tuple[str, ...] = (
     "sipfilter.b2bua.health",
     "sipfilter.b2bua.drain",
     "sipfilter.b2bua.core",
+    # Which trunk a request comes from, where it goes, what crosses inside a dialog.
+    "sipfilter.b2bua.trunks",
+    "sipfilter.b2bua.in_dialog",
     # What decides a new INVITE: its facts, the admission limits, the policy's rule families and engine.
     "sipfilter.b2bua.facts",
     "sipfilter.b2bua.limits",

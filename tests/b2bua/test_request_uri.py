@@ -55,13 +55,8 @@ def test_without_the_list_any_host_is_rewritten_to_the_carrier(tmp_path: Path) -
 
 
 def test_foreign_host_is_none_when_unset() -> None:
-    class Msg:
-        @property
-        def request_uri(self) -> Any:
-            raise ValueError("never read when the trunk has no list")
-
     trunk: Any = type("T", (), {"request_uri_domains": None})()
-    assert foreign_host(trunk, Msg()) is None
+    assert foreign_host(trunk, parse(_invite("sip:+33612000001@evil.example", "unset1"))) is None
 
 
 def test_a_tel_uri_names_no_host_to_refuse() -> None:
