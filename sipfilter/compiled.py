@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-# The modules every SIP message goes through, compiled together (mypyc's group: one shared library).
+# The call path, compiled together (mypyc's group: one shared library): what every SIP message goes through,
+# then what decides and audits a new INVITE.
 MODULES: tuple[str, ...] = (
     "sipfilter.sip.errors",
     "sipfilter.sip.grammar",
