@@ -22,8 +22,12 @@ from pathlib import Path
 from types import ModuleType
 
 # The call path, compiled together (mypyc's group: one shared library): what every SIP message goes through,
-# then what decides and audits a new INVITE.
+# from the socket on, then what decides and audits a new INVITE.
 MODULES: tuple[str, ...] = (
+    # The UDP socket's reads and sends, and which worker owns a datagram.
+    "sipfilter.transport.base",
+    "sipfilter.transport.udp",
+    "sipfilter.workers.routing",
     "sipfilter.sip.errors",
     "sipfilter.sip.grammar",
     "sipfilter.sip.status",

@@ -9,6 +9,8 @@ import asyncio
 import logging
 from typing import Any, Protocol
 
+from mypy_extensions import mypyc_attr
+
 log = logging.getLogger(__name__)
 
 Addr = tuple[str, int]
@@ -24,16 +26,20 @@ class Handler(Protocol):
         """An already framed and parsed message (streams), or a ParseError the framer reported."""
 
 
+# Compiled with the call path (sipfilter/compiled.py), so that the B2BUA reads an endpoint's fields and calls
+# `send` without a dictionary lookup. The stream endpoints and the tests' recording endpoints are interpreted
+# subclasses: they set `transport` and `reliable` on the instance, where compiled code reads them.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Endpoint:
     """One listening socket on one side ("inside": dialers, "outside": carriers)."""
 
-    transport: str = "udp"  # udp | tcp | tls
-    reliable: bool = False
-
-    def __init__(self, side: str, host: str, port: int) -> None:
+    def __init__(self, side: str, host: str, port: int, transport: str = "udp",
+                 reliable: bool = False) -> None:  # fmt: skip
         self.side = side
         self.host = host
         self.port = port  # the bound port (resolved when 0 was asked for)
+        self.transport = transport  # udp | tcp | tls
+        self.reliable = reliable
 
     @property
     def hostport(self) -> str:

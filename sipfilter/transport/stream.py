@@ -293,8 +293,6 @@ class _Connection(asyncio.Protocol):
 class StreamEndpoint(Endpoint):
     """A TCP (or TLS) server; `send(data, addr)` reuses the peer's connection or opens one."""
 
-    reliable = True
-
     def __init__(
         self,
         side: str,
@@ -307,8 +305,7 @@ class StreamEndpoint(Endpoint):
         limits: Any = None,
         connections: ConnectionTable | None = None,
     ) -> None:
-        super().__init__(side, host, port)
-        self.transport = "tls" if tls is not None else "tcp"
+        super().__init__(side, host, port, "tls" if tls is not None else "tcp", reliable=True)
         self.handler = handler
         self.limits = limits  # message size limits of the framers of new connections
         self.table = connections if connections is not None else ConnectionTable()

@@ -149,9 +149,6 @@ class UdpGroup:
 
 
 class UdpEndpoint(Endpoint):
-    transport = "udp"
-    reliable = False
-
     def __init__(self, side: str, host: str, port: int, handler: Handler, sock: socket.socket,
                  group: UdpGroup) -> None:  # fmt: skip
         Endpoint.__init__(self, side, host, port)

@@ -31,9 +31,7 @@ CARRIER2: Addr = ("127.0.0.1", 5072)
 
 class FakeEndpoint(Endpoint):
     def __init__(self, side: str, port: int, transport: str = "udp") -> None:
-        super().__init__(side, "127.0.0.1", port)
-        self.transport = transport
-        self.reliable = transport != "udp"
+        super().__init__(side, "127.0.0.1", port, transport, reliable=transport != "udp")
         self.sent: list[tuple[bytes, Addr]] = []
 
     def send(self, data: bytes, addr: Addr) -> None:
