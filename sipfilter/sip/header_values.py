@@ -291,21 +291,24 @@ def parse_name_addr(value: str, what: str = "header") -> NameAddr:
     """One name-addr / addr-spec with header params (From, To): the single-value fast path."""
     # A dialer's From differs per call only by a trailing ;tag=<token>: reuse the parse of the rest.
     head, sep, tag = value.rpartition(";tag=")
-    if sep and _TOKEN_FULLMATCH(tag):
-        base = _TAGLESS_MEMO.get(head)
-        if base is None:
+    # Most tags are letters and digits: two C-level str tests, not the token pattern.
+    if sep and ((tag.isascii() and tag.isalnum()) or _TOKEN_FULLMATCH(tag) is not None):
+        memo = _TAGLESS_MEMO.get(head)
+        if memo is None:
             base = _parse_name_addr(head, what)
             if len(_TAGLESS_MEMO) >= _MEMO_MAX:
                 _TAGLESS_MEMO.clear()
-            _TAGLESS_MEMO[head] = base
-        params = dict(base.params)
+            memo = _TAGLESS_MEMO[head] = (base, dict(base.params))
+        base, base_params = memo
+        params = base_params.copy()  # a dict's copy: much cheaper than dict() over the read-only view
         params["tag"] = tag  # same order and last-wins as a full parse of `value`
         return _new_name_addr(base.uri, base.display_name, MappingProxyType(params), value)
     return _parse_name_addr(value, what)
 
 
-# name-addrs parsed without their trailing ;tag= (see parse_name_addr); bounded, emptied when full.
-_TAGLESS_MEMO: Final[dict[str, NameAddr]] = {}
+# name-addrs parsed without their trailing ;tag= (see parse_name_addr), with their params as a plain dict to
+# copy; bounded, emptied when full.
+_TAGLESS_MEMO: Final[dict[str, tuple[NameAddr, dict[str, str | None]]]] = {}
 _TOKEN_FULLMATCH: Final = g.TOKEN_RE.fullmatch
 
 
