@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from json.encoder import encode_basestring
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from sipfilter.audit_files import Rotator, rotated_path
 from sipfilter.config import AuditConfig
@@ -70,12 +70,37 @@ def iso_ms(at: float, *, remember: bool = True) -> str:
     if cached_sec != sec:
         if sec >= _YEAR_10000:
             return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        t = time.gmtime(sec)
-        text = (f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:"
-                f"{t.tm_sec:02d}")
+        text = _second_text(sec)
         if remember:
             _second = (sec, text)
-    return f"{text}.{us // 1000:03d}Z"
+    return text + "." + _THREE_DIGITS[us // 1000] + "Z"
+
+
+def _second_text(sec: int) -> str:
+    """A whole second from 1970 to 9999 as YYYY-MM-DDTHH:MM:SS, by integer arithmetic: every line of the
+    audit log has one, and a consent's grant time is a second of its own."""
+    days = sec // 86400
+    rem = sec - days * 86400
+    hour = rem // 3600
+    minute = rem % 3600 // 60
+    second = rem % 60
+    # The proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant's civil_from_days: eras of
+    # 400 years, years starting on 1 March so that the leap day ends them).
+    z = days + 719468
+    era = z // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = mp + 3 if mp < 10 else mp - 9
+    year = yoe + era * 400 + (1 if month <= 2 else 0)
+    two = _TWO_DIGITS
+    return f"{year}-{two[month]}-{two[day]}T{two[hour]}:{two[minute]}:{two[second]}"
+
+
+_TWO_DIGITS: Final = tuple(f"{i:02d}" for i in range(100))
+_THREE_DIGITS: Final = tuple(f"{i:03d}" for i in range(1000))
 
 
 def decision_record(facts: CallFacts, decision: Decision, account: str, mode: str) -> dict[str, Any]:

@@ -411,3 +411,31 @@ def test_copytruncate_restarts_the_size_count(tmp_path: Path) -> None:
     assert not path.with_name("decisions.jsonl.1").exists()  # no rotation of a nearly empty file
     assert _lines(path)[-3:] == ["y", "y", "y"]
     log.close()
+
+
+@settings(max_examples=2000, deadline=None)
+@given(at=st.floats(min_value=0.0, max_value=253402300799.999, allow_nan=False))
+def test_time_field_matches_datetime_isoformat_anywhere(at: float) -> None:
+    """The arithmetic date (leap years, centuries, 400-year eras) against the standard library's."""
+    from datetime import UTC, datetime
+
+    from sipfilter.audit import iso_ms
+
+    expected = datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert iso_ms(at, remember=False) == expected
+    assert iso_ms(at) == expected
+
+
+@pytest.mark.parametrize(
+    "day",
+    ["1972-02-29", "1999-12-31", "2000-02-29", "2000-03-01", "2026-08-11", "2100-02-28", "2100-03-01",
+     "2400-02-29", "9999-12-31"],
+)
+def test_time_field_on_calendar_edges(day: str) -> None:
+    from datetime import datetime
+
+    from sipfilter.audit import iso_ms
+
+    for clock in ("00:00:00", "23:59:59"):
+        at = datetime.fromisoformat(f"{day}T{clock}+00:00").timestamp() + 0.25
+        assert iso_ms(at, remember=False) == f"{day}T{clock}.250Z"

@@ -147,21 +147,18 @@ class Headers:
     def _trusted(cls, items: list[tuple[str, str]], keys: list[str]) -> Headers:
         # Lines already validated, keys already canonical. (Headers(), not cls.__new__: mypyc compiles no
         # __new__ call.)
-        self = Headers()
+        self = Headers()  # its cache is a new empty dict, its names and raw values are empty
         self._items = items
         self._keys = keys
-        self._cache = {}
-        self._names = self._raw = ()
         return self
 
     @classmethod
     def _lazy(cls, names: tuple[str, ...], raw: tuple[str, ...], keys: list[str]) -> Headers:
         # Parser fast path: names validated, keys canonical; `raw` values still carry the white space
         # around them. (name, value) tuples are only built when the whole list is asked for (_all).
-        self = Headers()
+        self = Headers()  # its cache is a new empty dict
         self._items = None
         self._keys = keys
-        self._cache = {}
         self._names = names
         self._raw = raw
         return self

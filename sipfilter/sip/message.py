@@ -329,17 +329,31 @@ def parse(data: bytes, limits: Limits | None = None, *, validate: bool = True) -
         raise ParseError("Malformed header line", is_request=not first.startswith("SIP/"))
     method: str | None = None
     ruri_text = ""
-    sm = None
+    status = 0
+    reason = ""
     if first[:4].upper() == "SIP/":
         is_req = False
-        sm = g.STATUS_LINE_RE.fullmatch(first)
-        if sm is None:
-            raise ParseError("Malformed status line", is_request=False)
-        if sm.group("version") != "2.0":
-            raise ParseError("Version Not Supported", 505, is_request=False)
-        code = sm.group("status")
+        code = first[8:11]
+        # The usual "SIP/2.0 NNN phrase": exactly what STATUS_LINE_RE would capture, without it.
+        if (
+            first.startswith("SIP/2.0 ")
+            and code.isascii()
+            and code.isdigit()
+            and len(code) == 3
+            and (len(first) == 11 or (first[11] == " " and "\r" not in first and "\n" not in first))
+        ):
+            reason = first[12:]
+        else:
+            sm = g.STATUS_LINE_RE.fullmatch(first)
+            if sm is None:
+                raise ParseError("Malformed status line", is_request=False)
+            if sm.group("version") != "2.0":
+                raise ParseError("Version Not Supported", 505, is_request=False)
+            code = sm.group("status")
+            reason = sm.group("reason") or ""
         if len(code) != 3 or not 100 <= int(code) <= 699:
             raise ParseError("Invalid status code", is_request=False)
+        status = int(code)
     else:
         is_req = True
         parts = first.split(" ")
@@ -399,8 +413,7 @@ def parse(data: bytes, limits: Limits | None = None, *, validate: bool = True) -
         assert method is not None
         msg = _new_request(method, ruri_text, headers, body)
     else:
-        assert sm is not None
-        msg = Response(int(sm.group("status")), sm.group("reason") or "", headers, body)
+        msg = Response(status, reason, headers, body)
     if validate:
         try:
             if isinstance(msg, Request):
