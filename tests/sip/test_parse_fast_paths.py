@@ -66,7 +66,9 @@ def _reference_lines(block: str) -> list[tuple[str, str]] | None:
     return out
 
 
-_NAMES = st.sampled_from(["Via", "via", "VIA", "v", "Call-ID", "X-Odd", "x-odd ", "Bad Name", "", "Tö", "To\t"])
+_NAMES = st.sampled_from(
+    ["Via", "via", "VIA", "v", "Call-ID", "X-Odd", "x-odd ", "Bad Name", "", "Tö", "To\t"]
+)
 
 
 @settings(max_examples=3000, deadline=None)
