@@ -6,6 +6,10 @@ source's SHA-256. Python imports an extension before a source of the same name, 
 first, when the package is imported. If SIPFILTER_PURE is set, or a source changed after it was compiled
 (or the build is incomplete), every listed module is loaded from its source instead. All of them: compiled
 modules call each other directly, so a fresh source beside a stale extension would still run old code.
+
+The methods `dataclass()` generates stay interpreted under mypyc: a dataclass built for every message or call
+writes out its own `__init__` (and `__eq__`/`__hash__` when the call path compares or hashes it), which is
+compiled (docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -38,17 +38,26 @@ __all__ = [
 ANONYMOUS_USER: Final = "anonymous"  # the user the B-leg presents for a withheld or unreadable caller
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Identity:
     """One identity of a call: the number the policy decides on, and what the B-leg writes for it."""
 
     number: Number
     user: str | None  # the user part the B-leg writes, unescaped (a sip user, or a tel number); None: none
-    display: str | None = None  # the display name the B-leg writes (through sip.headers.quote); None: none
-    tel: TelUri | None = None  # a tel: P-Asserted-Identity, relayed as the tel: URI it was
+    display: str | None  # the display name the B-leg writes (through sip.headers.quote); None: none
+    tel: TelUri | None  # a tel: P-Asserted-Identity, relayed as the tel: URI it was
+
+    def __init__(
+        self, number: Number, user: str | None, display: str | None = None, tel: TelUri | None = None
+    ) -> None:
+        # Written out so that mypyc compiles it (see sipfilter/compiled.py).
+        object.__setattr__(self, "number", number)
+        object.__setattr__(self, "user", user)
+        object.__setattr__(self, "display", display)
+        object.__setattr__(self, "tel", tel)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class CallIdentities:
     """The facts of one new INVITE and the identities they were read from (for the B-leg)."""
 
@@ -56,6 +65,15 @@ class CallIdentities:
     callee: Identity
     caller: Identity
     asserted: tuple[Identity, ...]
+
+    def __init__(
+        self, facts: CallFacts, callee: Identity, caller: Identity, asserted: tuple[Identity, ...]
+    ) -> None:
+        # Written out so that mypyc compiles it (see sipfilter/compiled.py).
+        object.__setattr__(self, "facts", facts)
+        object.__setattr__(self, "callee", callee)
+        object.__setattr__(self, "caller", caller)
+        object.__setattr__(self, "asserted", asserted)
 
 
 _NO_PRIVACY: Final[frozenset[str]] = frozenset()

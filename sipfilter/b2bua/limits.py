@@ -284,14 +284,18 @@ def _connection_limits(value: Any) -> ConnectionLimits:
 # --- decisions ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Admit:
     """Go ahead. `slot` is the dialog slot to `release()` when the call ends or fails (None: none taken)."""
 
     slot: int | None
 
+    def __init__(self, slot: int | None) -> None:
+        # Written out so that mypyc compiles it (see sipfilter/compiled.py).
+        object.__setattr__(self, "slot", slot)
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, init=False)
 class Reject:
     """Answer with `status` (503, or 403 for unknown sources in `reject` mode) and Retry-After seconds."""
 
@@ -299,12 +303,22 @@ class Reject:
     retry_after: int | None
     reason: str
 
+    def __init__(self, status: int, retry_after: int | None, reason: str) -> None:
+        # Written out so that mypyc compiles it (see sipfilter/compiled.py).
+        object.__setattr__(self, "status", status)
+        object.__setattr__(self, "retry_after", retry_after)
+        object.__setattr__(self, "reason", reason)
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, init=False)
 class Drop:
     """Send nothing back: the source is not ours to talk to."""
 
     reason: str
+
+    def __init__(self, reason: str) -> None:
+        # Written out so that mypyc compiles it (see sipfilter/compiled.py).
+        object.__setattr__(self, "reason", reason)
 
 
 Decision = Admit | Reject | Drop

@@ -183,7 +183,7 @@ class TargetPool:
 
     def _state(self, dest: Destination) -> TargetState | None:
         for s in self.states:
-            if s.dest == dest:
+            if s.dest is dest or s.dest == dest:  # the plan hands out the states' own objects
                 return s
         return None
 

@@ -11,9 +11,7 @@ from dataclasses import dataclass
 from sipfilter.policy.numbers import Number
 
 
-# Not frozen: built on every INVITE, and a frozen dataclass costs ~4× more to construct (0.8 µs against 0.2 µs
-# here for seven fields). Treated as immutable all the same: nothing assigns to it after construction.
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class CallFacts:
     trunk: str
     at: float  # epoch seconds of the decision
@@ -21,7 +19,28 @@ class CallFacts:
     asserted: tuple[Number, ...]  # every P-Asserted-Identity value, as the B-leg presents them
     privacy: frozenset[str]  # Privacy header values, lower-case
     callee: Number  # the Request-URI's user part, exactly as the B-leg dials it (never another header)
-    call_id: str = ""
+    call_id: str
     # The callee's own IANA time zone when the dialer's CRM knows it (the trunk's `callee_zone_header`), as
     # given: the engine validates it. "" when not given.
-    callee_zone: str = ""
+    callee_zone: str
+
+    def __init__(
+        self,
+        trunk: str,
+        at: float,
+        caller: Number,
+        asserted: tuple[Number, ...],
+        privacy: frozenset[str],
+        callee: Number,
+        call_id: str = "",
+        callee_zone: str = "",
+    ) -> None:
+        # Written out so that mypyc compiles it (see sipfilter/compiled.py).
+        object.__setattr__(self, "trunk", trunk)
+        object.__setattr__(self, "at", at)
+        object.__setattr__(self, "caller", caller)
+        object.__setattr__(self, "asserted", asserted)
+        object.__setattr__(self, "privacy", privacy)
+        object.__setattr__(self, "callee", callee)
+        object.__setattr__(self, "call_id", call_id)
+        object.__setattr__(self, "callee_zone", callee_zone)

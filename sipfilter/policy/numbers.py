@@ -29,14 +29,31 @@ _NOT_IN_PLAN = "not a valid number: no territory of the numbering plan lists it"
 _DIGITS = re.compile(r"\+?[0-9]+").fullmatch
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Number:
     """One number as presented (`raw`) and as normalised (`e164`, "" unless kind is e164 or short)."""
 
     raw: str
     e164: str
     kind: str
-    error: str = ""
+    error: str
+
+    def __init__(self, raw: str, e164: str, kind: str, error: str = "") -> None:
+        # Written out so that mypyc compiles it (see sipfilter/compiled.py).
+        object.__setattr__(self, "raw", raw)
+        object.__setattr__(self, "e164", e164)
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "error", error)
+
+    # Written out too: the P-Asserted-Identity numbers are part of the caller-ID rules' memo key.
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Number):
+            return NotImplemented
+        mine = (self.raw, self.e164, self.kind, self.error)
+        return mine == (other.raw, other.e164, other.kind, other.error)
+
+    def __hash__(self) -> int:
+        return hash((self.raw, self.e164, self.kind, self.error))
 
     @property
     def ok(self) -> bool:

@@ -197,12 +197,17 @@ def _decide(features: Sequence[list[Box]]) -> dict[str, tuple[int, ...]]:
     return table
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Resolution:
     """What a national significant number is, given how it was presented (national form or a country code)."""
 
     code: str  # E.164 country code with "+", "" when the number is not valid
     regions: tuple[str, ...]  # candidate territories (ISO 3166 codes), in the plan's order
+
+    def __init__(self, code: str, regions: tuple[str, ...]) -> None:
+        # Written out so that mypyc compiles it (see sipfilter/compiled.py).
+        object.__setattr__(self, "code", code)
+        object.__setattr__(self, "regions", regions)
 
 
 _INVALID = Resolution("", ())

@@ -26,14 +26,19 @@ def _quoted(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
-# Verdict and Decision are not frozen: one of each is built per INVITE, and a frozen dataclass costs ~4× more
-# to construct. They are treated as immutable all the same (the shared ALLOW verdict relies on it).
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Verdict:
     action: str  # "allow" | "reject"
     status: int  # SIP status when rejecting (403/603/608); 0 when allowing
     rule: str  # rule id that decided ("" when allowed; the would-be rule in monitor mode)
     reason: str  # human reason
+
+    def __init__(self, action: str, status: int, rule: str, reason: str) -> None:
+        # Written out so that mypyc compiles it (see sipfilter/compiled.py).
+        object.__setattr__(self, "action", action)
+        object.__setattr__(self, "status", status)
+        object.__setattr__(self, "rule", rule)
+        object.__setattr__(self, "reason", reason)
 
     @property
     def allowed(self) -> bool:
@@ -49,24 +54,53 @@ class Verdict:
         return f'399 {host} "{_quoted(self.reason)}"'
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Outcome:
     result: str  # pass | fail | skip
     reason: str
 
+    def __init__(self, result: str, reason: str) -> None:
+        # Written out so that mypyc compiles it (see sipfilter/compiled.py).
+        object.__setattr__(self, "result", result)
+        object.__setattr__(self, "reason", reason)
 
-@dataclass(slots=True)
+
+# Not frozen: policy/proof.py fills in what the decision rested on after the rules ran.
+@dataclass(slots=True, init=False)
 class Decision:
     verdict: Verdict
     outcomes: Mapping[str, Outcome]  # rule id → outcome, in evaluation order
     monitored: bool  # monitor mode relayed a call it would have rejected (verdict.rule names why)
     attempt_recorded: bool  # the frequency counter recorded this call attempt
-    rule_pack_version: str = ""
-    alerts: tuple[str, ...] = ()  # non-blocking problems (stale list with allow-and-alert, …)
+    rule_pack_version: str
+    alerts: tuple[str, ...]  # non-blocking problems (stale list with allow-and-alert, …)
     # What the decision rested on (policy/proof.py): list versions in force, the consent or contract used.
-    lists: Mapping[str, int] | None = None
-    consent: ConsentRecord | None = None
-    contract: ContractRecord | None = None
+    lists: Mapping[str, int] | None
+    consent: ConsentRecord | None
+    contract: ContractRecord | None
+
+    def __init__(
+        self,
+        verdict: Verdict,
+        outcomes: Mapping[str, Outcome],
+        monitored: bool,
+        attempt_recorded: bool,
+        rule_pack_version: str = "",
+        alerts: tuple[str, ...] = (),
+        lists: Mapping[str, int] | None = None,
+        consent: ConsentRecord | None = None,
+        contract: ContractRecord | None = None,
+    ) -> None:
+        # Written out so that mypyc compiles it (see sipfilter/compiled.py).
+        self.verdict = verdict
+        self.outcomes = outcomes
+        self.monitored = monitored
+        self.attempt_recorded = attempt_recorded
+        self.rule_pack_version = rule_pack_version
+        self.alerts = alerts
+        self.lists = lists
+        self.consent = consent
+        self.contract = contract
 
     @property
     def failed(self) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Final
 
 import sipfilter.sip.grammar as g
 from sipfilter.sip.errors import ParseError
-from sipfilter.sip.uri import Uri, fast_init, parse_uri
+from sipfilter.sip.uri import Uri, parse_uri
 
 _NO_PARAMS: Final[Mapping[str, str | None]] = MappingProxyType({})
 
@@ -123,16 +123,33 @@ def unquote(text: str) -> str:
 BRANCH_COOKIE: Final = "z9hG4bK"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Via:
     """One via-parm. `raw` is the text as received (relay it unchanged)."""
 
     transport: str
     host: str
-    port: int | None = None
-    params: Mapping[str, str | None] = field(default_factory=dict)
-    protocol: str = "SIP/2.0"
-    raw: str = field(default="", compare=False)
+    port: int | None
+    params: Mapping[str, str | None]
+    protocol: str
+    raw: str = field(compare=False)
+
+    def __init__(
+        self,
+        transport: str,
+        host: str,
+        port: int | None = None,
+        params: Mapping[str, str | None] | None = None,
+        protocol: str = "SIP/2.0",
+        raw: str = "",
+    ) -> None:
+        # Written out so that mypyc compiles it (see sipfilter/compiled.py): one per Via parsed.
+        object.__setattr__(self, "transport", transport)
+        object.__setattr__(self, "host", host)
+        object.__setattr__(self, "port", port)
+        object.__setattr__(self, "params", {} if params is None else params)
+        object.__setattr__(self, "protocol", protocol)
+        object.__setattr__(self, "raw", raw)
 
     @property
     def branch(self) -> str | None:
@@ -170,7 +187,6 @@ class Via:
 
 
 _HOST_FULL: Final = re.compile(g.HOST)
-_new_via: Final = fast_init(Via)
 
 
 def _port(text: str | None) -> int | None:
@@ -198,7 +214,7 @@ def parse_vias(values: Iterable[str]) -> list[Via]:
                 if base is not None:
                     params = dict(base.params)
                     params["branch"] = branch
-                    out.append(_new_via(base.transport, base.host, base.port, params, base.protocol, value))
+                    out.append(Via(base.transport, base.host, base.port, params, base.protocol, value))
                     continue
                 first = len(out)
                 _parse_via_line(value, out, match)
@@ -227,7 +243,7 @@ def _parse_via_line(value: str, out: list[Via], match: Callable[[str, int], re.M
         params_text: str | None
         protocol, version, transport, host, port, params_text = m.groups()
         out.append(
-            _new_via(
+            Via(
                 transport.upper(),
                 host,
                 None if port is None else _port(port),
@@ -246,14 +262,27 @@ def _parse_via_line(value: str, out: list[Via], match: Callable[[str, int], re.M
 
 
 # --- name-addr / addr-spec (From, To, Contact, Route, P-Asserted-Identity, ...) -----------------------
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class NameAddr:
     """A display name, URI and header parameters. `str()` always emits the safe <...> form."""
 
     uri: Uri
-    display_name: str | None = None
-    params: Mapping[str, str | None] = field(default_factory=dict)
-    raw: str = field(default="", compare=False)
+    display_name: str | None
+    params: Mapping[str, str | None]
+    raw: str = field(compare=False)
+
+    def __init__(
+        self,
+        uri: Uri,
+        display_name: str | None = None,
+        params: Mapping[str, str | None] | None = None,
+        raw: str = "",
+    ) -> None:
+        # Written out so that mypyc compiles it (see sipfilter/compiled.py): one per From, To, Contact...
+        object.__setattr__(self, "uri", uri)
+        object.__setattr__(self, "display_name", display_name)
+        object.__setattr__(self, "params", {} if params is None else params)
+        object.__setattr__(self, "raw", raw)
 
     @property
     def tag(self) -> str | None:
@@ -284,9 +313,6 @@ def _display(text: str) -> str:
     return unquote(text) if text.startswith('"') else text
 
 
-_new_name_addr: Final = fast_init(NameAddr)
-
-
 def parse_name_addr(value: str, what: str = "header") -> NameAddr:
     """One name-addr / addr-spec with header params (From, To): the single-value fast path."""
     # A dialer's From differs per call only by a trailing ;tag=<token>: reuse the parse of the rest.
@@ -302,7 +328,7 @@ def parse_name_addr(value: str, what: str = "header") -> NameAddr:
         base, base_params = memo
         params = base_params.copy()  # a dict's copy: much cheaper than dict() over the read-only view
         params["tag"] = tag  # same order and last-wins as a full parse of `value`
-        return _new_name_addr(base.uri, base.display_name, MappingProxyType(params), value)
+        return NameAddr(base.uri, base.display_name, MappingProxyType(params), value)
     return _parse_name_addr(value, what)
 
 
@@ -343,7 +369,7 @@ def _parse_name_addr(value: str, what: str) -> NameAddr:
                 uri = parse_uri(uri_text)
             except ParseError:
                 raise ParseError(f"Malformed {what}") from None
-            return _new_name_addr(uri, None, _NO_PARAMS, value)
+            return NameAddr(uri, None, _NO_PARAMS, value)
     s = _SIMPLE_NAME_ADDR_FULL(value)
     if s is not None:
         display, uri_text, params_text = s.groups()
@@ -351,7 +377,7 @@ def _parse_name_addr(value: str, what: str) -> NameAddr:
             uri = parse_uri(uri_text)
         except ParseError:
             raise ParseError(f"Malformed {what}") from None
-        return _new_name_addr(
+        return NameAddr(
             uri,
             None if display is None else display[1:-1],
             MappingProxyType(parse_params(params_text)) if params_text else _NO_PARAMS,
@@ -365,7 +391,7 @@ def _parse_name_addr(value: str, what: str) -> NameAddr:
         uri = parse_uri(_addr_spec(uri_text, spec))
     except ParseError:
         raise ParseError(f"Malformed {what}") from None
-    return _new_name_addr(
+    return NameAddr(
         uri,
         None if display is None else _display(display),
         MappingProxyType(parse_params(params_text)) if params_text else _NO_PARAMS,
@@ -402,7 +428,7 @@ def parse_name_addrs(values: Iterable[str], *, single: bool = False, what: str =
             except ParseError:
                 raise ParseError(f"Malformed {what}") from None
             out.append(
-                _new_name_addr(
+                NameAddr(
                     uri,
                     None if display is None else _display(display),
                     MappingProxyType(parse_params(params_text)) if params_text else _NO_PARAMS,
@@ -435,10 +461,15 @@ _MEMO_MAX: Final = 4096
 MAX_CSEQ: Final = 2**31 - 1  # RFC 3261 §8.1.1.5: the sequence number MUST be less than 2**31.
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class CSeq:
     seq: int
     method: str
+
+    def __init__(self, seq: int, method: str) -> None:
+        # Written out so that mypyc compiles it (see sipfilter/compiled.py).
+        object.__setattr__(self, "seq", seq)
+        object.__setattr__(self, "method", method)
 
     def __str__(self) -> str:
         if not g.TOKEN_RE.fullmatch(self.method):
@@ -452,7 +483,7 @@ def parse_cseq(value: str) -> CSeq:
         return cseq
     digits, _, method = value.partition(" ")
     if method in _METHOD_NAMES and digits.isdigit() and digits.isascii() and len(digits) <= 9:
-        cseq = _new_cseq(int(digits), method)  # the usual "<n> METHOD": what CSEQ_RE would give
+        cseq = CSeq(int(digits), method)  # the usual "<n> METHOD": what CSEQ_RE would give
         if len(_CSEQ_MEMO) >= _MEMO_MAX:
             _CSEQ_MEMO.clear()
         _CSEQ_MEMO[value] = cseq
@@ -466,7 +497,7 @@ def parse_cseq(value: str) -> CSeq:
         digits = digits.lstrip("0")
         if len(digits) > 10 or int(digits or "0") > 2**32 - 1:
             raise ParseError("CSeq number too large")
-    return _new_cseq(int(digits or "0"), method)
+    return CSeq(int(digits or "0"), method)
 
 
 _CSEQ_FULL: Final = g.CSEQ_RE.fullmatch
@@ -475,7 +506,6 @@ _METHOD_NAMES: Final = frozenset(
     {"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH",
      "INFO", "REFER", "MESSAGE", "UPDATE"}
 )  # fmt: skip
-_new_cseq: Final = fast_init(CSeq)
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,7 +50,6 @@ from sipfilter.sip.timers import (
     TIMER_TRYING,
     TimerConfig,
 )
-from sipfilter.sip.uri import fast_init
 
 __all__ = [
     "REASON_NORMAL",
@@ -117,18 +116,26 @@ REASON_TRANSPORT: Final = "transport-error"  # the TU must act as if it had rece
 
 
 # --- events (into a transaction) ---------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class MessageReceived:
     """A message the transport matched to this transaction (a response, a retransmitted request, an ACK)."""
 
     msg: Request | Response
 
+    def __init__(self, msg: Request | Response) -> None:
+        # Written out so that mypyc compiles it (see sipfilter/compiled.py).
+        object.__setattr__(self, "msg", msg)
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, init=False)
 class TimerFired:
     """A timer started by a StartTimer action expired. Timers not (or no longer) armed are ignored."""
 
     name: str
+
+    def __init__(self, name: str) -> None:
+        # Written out so that mypyc compiles it (see sipfilter/compiled.py).
+        object.__setattr__(self, "name", name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,33 +145,47 @@ class TransportError:
     detail: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class SendResponse:
     """From the TU, server transactions only: send this response to the request. A response the TU
     serialised itself comes as bytes with its `status`."""
 
     response: Response | bytes
-    status: int = 0
+    status: int
+
+    def __init__(self, response: Response | bytes, status: int = 0) -> None:
+        # Written out so that mypyc compiles it (see sipfilter/compiled.py).
+        object.__setattr__(self, "response", response)
+        object.__setattr__(self, "status", status)
 
 
 Event: TypeAlias = MessageReceived | TimerFired | TransportError | SendResponse
 
 
 # --- actions (out of a transaction) ------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Send:
     """Pass this message to the transport (the caller knows the destination). The same Send object is
     returned for every retransmission of one message, so callers may cache its bytes by identity."""
 
     msg: Request | Response | bytes
-    retransmission: bool = False
+    retransmission: bool
+
+    def __init__(self, msg: Request | Response | bytes, retransmission: bool = False) -> None:
+        # Written out so that mypyc compiles it (see sipfilter/compiled.py).
+        object.__setattr__(self, "msg", msg)
+        object.__setattr__(self, "retransmission", retransmission)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Deliver:
     """Pass this message up to the transaction user."""
 
     msg: Request | Response
+
+    def __init__(self, msg: Request | Response) -> None:
+        # Written out so that mypyc compiles it (see sipfilter/compiled.py).
+        object.__setattr__(self, "msg", msg)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,16 +238,19 @@ Action: TypeAlias = Send | Deliver | StartTimer | CancelTimer | TransportFailed 
 Outgoing: TypeAlias = Request | bytes
 AckBuilder: TypeAlias = Callable[[Response], Outgoing]
 
-# Hot path: actions are immutable, so the common ones are built once and shared; the rest skip the
-# frozen-dataclass __init__ (object.__setattr__ per field).
-_new_send: Final = fast_init(Send)
-_new_deliver: Final = fast_init(Deliver)
+# Hot path: actions are immutable, so the common ones are built once and shared.
 _CANCEL: Final[Mapping[str, CancelTimer]] = {name: CancelTimer(name) for name in ALL_TIMERS}
 
 
 def _fixed_starts(timers: TimerConfig) -> Mapping[str, StartTimer]:
-    # Identity check first: hashing a frozen dataclass costs more than the whole lookup.
-    return _DEFAULT_STARTS if timers is DEFAULT_TIMERS else _starts_for(timers)
+    # A process runs on one configuration: the last one's starts, by identity. Hashing the dataclass for
+    # _starts_for's cache on every transaction would cost more than the whole lookup.
+    last_timers, last_starts = _LAST_STARTS[0]
+    if timers is last_timers:
+        return last_starts
+    starts = _starts_for(timers)
+    _LAST_STARTS[0] = (timers, starts)  # one assignment: a reader sees a consistent pair
+    return starts
 
 
 @lru_cache(maxsize=16)
@@ -241,7 +265,9 @@ def _starts_for(timers: TimerConfig) -> Mapping[str, StartTimer]:
     return {name: StartTimer(name, seconds) for name, seconds in first.items()}
 
 
-_DEFAULT_STARTS: Final = _starts_for(DEFAULT_TIMERS)
+_LAST_STARTS: Final[list[tuple[TimerConfig, Mapping[str, StartTimer]]]] = [
+    (DEFAULT_TIMERS, _starts_for(DEFAULT_TIMERS))
+]
 _ENDS: Final[Mapping[str, Terminated]] = {
     r: Terminated(r) for r in (REASON_NORMAL, REASON_TIMEOUT, REASON_TRANSPORT)
 }
@@ -332,8 +358,8 @@ class _ClientTransaction(_Transaction):
         parsed = request if isinstance(request, Request) else _NO_REQUEST
         _Transaction.__init__(self, parsed, reliable, timers, key, method)
         self.outgoing: Outgoing = request
-        self._send: Send = _new_send(request, False)
-        self._resend: Send = _new_send(request, True)
+        self._send: Send = Send(request, False)
+        self._resend: Send = Send(request, True)
         self._interval: float = timers.t1
         self._started: bool = False
 
@@ -435,21 +461,21 @@ class InviteClientTransaction(_ClientTransaction):
                     self.state = _PROCEEDING
                     self._cancel(out, TIMER_A)
                     self._cancel(out, TIMER_B)
-                out.append(_new_deliver(resp))
+                out.append(Deliver(resp))
                 return out
             self._cancel(out, TIMER_A)
             self._cancel(out, TIMER_B)
             if status < 300:
                 # RFC 6026: stay around so 2xx retransmissions reach the TU (which ACKs them), not a new tx.
                 self.state = _ACCEPTED
-                out.append(_new_deliver(resp))
+                out.append(Deliver(resp))
                 self._start(out, TIMER_M, self.timers.timeout)
                 return out
             builder = self._ack_builder
             ack_msg = builder(resp) if builder is not None else ack_for_non2xx(self.request, resp)
             ack = self._ack = Send(ack_msg)
             out.append(ack)
-            out.append(_new_deliver(resp))
+            out.append(Deliver(resp))
             if self.reliable:
                 return self._terminate(out, REASON_NORMAL)  # Timer D is zero
             self.state = _COMPLETED
@@ -460,7 +486,7 @@ class InviteClientTransaction(_ClientTransaction):
                 return [self._ack]  # retransmitted final: ACK again, TU already has it
             return []
         if state is _ACCEPTED and 200 <= status < 300:
-            return [_new_deliver(resp)]
+            return [Deliver(resp)]
         return []
 
     def _on_timer(self, name: str) -> list[Action]:
@@ -506,11 +532,11 @@ class NonInviteClientTransaction(_ClientTransaction):
         out: list[Action] = []
         if resp.status < 200:
             self.state = _PROCEEDING  # Timer E keeps running, at T2 from its next firing
-            out.append(_new_deliver(resp))
+            out.append(Deliver(resp))
             return out
         self._cancel(out, TIMER_E)
         self._cancel(out, TIMER_F)
-        out.append(_new_deliver(resp))
+        out.append(Deliver(resp))
         if self.reliable:
             return self._terminate(out, REASON_NORMAL)  # Timer K is zero
         self.state = _COMPLETED
@@ -558,9 +584,9 @@ class _ServerTransaction(_Transaction):
         # One Send object per response: retransmissions reuse it (flagged), the first send is unflagged.
         # Answered, the machine never reads its request again (only a 100 Trying of its own would): it lets
         # the parsed request go rather than hold it for as long as Timer J or L.
-        self._last = _new_send(resp, True)
+        self._last = Send(resp, True)
         self.request = _NO_REQUEST
-        return _new_send(resp, False)
+        return Send(resp, False)
 
 
 def _status_of(event: SendResponse) -> int:
@@ -592,7 +618,7 @@ class InviteServerTransaction(_ServerTransaction):
 
     def start(self) -> list[Action]:
         """Hand the INVITE to the TU; arm the 100 Trying timer (cancelled by any response from the TU)."""
-        out: list[Action] = [_new_deliver(self.request)]
+        out: list[Action] = [Deliver(self.request)]
         self._start(out, TIMER_TRYING, self.timers.trying)
         return out
 
@@ -631,7 +657,7 @@ class InviteServerTransaction(_ServerTransaction):
                 self._start(out, TIMER_I, self.timers.t4)
                 return out
             if state is _ACCEPTED:
-                return [_new_deliver(req)]  # RFC 6026: an ACK matching here belongs to the TU (2xx ACK)
+                return [Deliver(req)]  # RFC 6026: an ACK matching here belongs to the TU (2xx ACK)
         return []  # Confirmed absorbs ACK retransmissions
 
     def _on_send(self, resp: Response | bytes, status: int) -> list[Action]:
@@ -654,7 +680,7 @@ class InviteServerTransaction(_ServerTransaction):
             self._start(out, TIMER_H, self.timers.timeout)
             return out
         if state is _ACCEPTED and 200 <= status < 300:
-            out.append(_new_send(resp, True))  # the TU (dialog) retransmits its 2xx until the ACK
+            out.append(Send(resp, True))  # the TU (dialog) retransmits its 2xx until the ACK
             return out
         return out  # anything else after a final response is discarded (§17.2.1)
 
@@ -698,7 +724,7 @@ class NonInviteServerTransaction(_ServerTransaction):
 
     def start(self) -> list[Action]:
         """Hand the request to the TU."""
-        return [_new_deliver(self.request)]
+        return [Deliver(self.request)]
 
     def handle(self, event: Event) -> list[Action]:
         if type(event) is SendResponse:

@@ -6,10 +6,10 @@ Pure functions and frozen values only; no DNS, no number normalisation (that is 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Final, TypeVar
+from typing import Final
 from urllib.parse import unquote
 
 import sipfilter.sip.grammar as g
@@ -21,13 +21,10 @@ __all__ = [
     "TelUri",
     "Uri",
     "escape",
-    "fast_init",
     "parse_uri",
     "unescape",
     "uri_equal",
 ]
-
-T = TypeVar("T")
 
 _NO_PARAMS: Final[Mapping[str, str | None]] = MappingProxyType({})
 _NO_HEADERS: Final[Mapping[str, str]] = MappingProxyType({})
@@ -77,17 +74,36 @@ def _params_text(params: Mapping[str, str | None]) -> str:
     return "".join(parts)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class SipUri:
     """sip:/sips: URI. Components are stored unescaped; params keep order, names are lower-cased."""
 
-    scheme: str = "sip"
-    user: str | None = None
-    password: str | None = None
-    host: str = ""
-    port: int | None = None
-    params: Mapping[str, str | None] = field(default_factory=dict)
-    headers: Mapping[str, str] = field(default_factory=dict)
+    scheme: str
+    user: str | None
+    password: str | None
+    host: str
+    port: int | None
+    params: Mapping[str, str | None]
+    headers: Mapping[str, str]
+
+    def __init__(
+        self,
+        scheme: str = "sip",
+        user: str | None = None,
+        password: str | None = None,
+        host: str = "",
+        port: int | None = None,
+        params: Mapping[str, str | None] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        # Written out so that mypyc compiles it (see sipfilter/compiled.py): one per URI parsed.
+        object.__setattr__(self, "scheme", scheme)
+        object.__setattr__(self, "user", user)
+        object.__setattr__(self, "password", password)
+        object.__setattr__(self, "host", host)
+        object.__setattr__(self, "port", port)
+        object.__setattr__(self, "params", {} if params is None else params)
+        object.__setattr__(self, "headers", {} if headers is None else headers)
 
     @property
     def transport(self) -> str | None:
@@ -239,7 +255,7 @@ def _by_host_part(text: str) -> Uri | None:
         if g.BAD_ESCAPE_RE.search(user):
             raise ParseError("Malformed escape in URI")
         user = unescape(user)
-    return _new_sip_uri(base.scheme, user, None, base.host, base.port, base.params, base.headers)
+    return SipUri(base.scheme, user, None, base.host, base.port, base.params, base.headers)
 
 
 def _parse_uri(text: str) -> Uri:
@@ -264,7 +280,7 @@ def _parse_uri(text: str) -> Uri:
             if headers_text:
                 pairs = (h.partition("=") for h in headers_text.split("&"))
                 headers = MappingProxyType({unescape(k): unescape(v) for k, _, v in pairs})
-            return _new_sip_uri(
+            return SipUri(
                 scheme.lower(),
                 None if user is None else unescape(user),
                 None if password is None else unescape(password),
@@ -287,32 +303,6 @@ def _parse_uri(text: str) -> Uri:
 
 
 _SIP_URI_MATCH: Final = g.SIP_URI_RE.fullmatch
-
-
-def fast_init(cls: type[T]) -> Callable[..., T]:
-    """A positional constructor for a frozen slotted dataclass that skips the generated __init__.
-
-    The parser builds these objects on the hot path, where frozen __init__ pays object.__setattr__ per
-    field (2-4x slower). The fields are stored on an instance of a mutable twin class with the very same
-    slots (plain attribute stores), whose __class__ is then set to `cls`: same memory layout, so the
-    result is an ordinary, frozen `cls` instance. The caller passes every field, already validated.
-    """
-    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-    slots = cls.__dict__.get("__slots__")
-    if slots is None:  # compiled by mypyc: a native class, whose own __init__ is already plain stores
-        return cls
-    twin = type(f"_Mutable{cls.__name__}", (), {"__slots__": slots})
-    object.__new__(twin).__class__ = cls  # type: ignore[assignment]  # TypeError now if layouts differ
-    env: dict[str, object] = {"_new": object.__new__, "_cls": cls, "_twin": twin}
-    body = "".join(f"    o.{n} = {n}\n" for n in names)
-    head = f"def make({', '.join(names)}):\n    o = _new(_twin)\n"
-    source = f"{head}{body}    o.__class__ = _cls\n    return o\n"
-    exec(source, env)  # generated once per class at import time from its field names (identifiers only)
-    make = env["make"]
-    return make  # type: ignore[return-value]
-
-
-_new_sip_uri: Final = fast_init(SipUri)
 
 
 def _host_key(host: str) -> str:

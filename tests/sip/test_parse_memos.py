@@ -138,16 +138,23 @@ def test_cseq_fast_path_matches_pattern() -> None:
             h.parse_cseq(bad)
 
 
-def test_fast_init_builds_ordinary_frozen_instances() -> None:
+def test_written_out_inits_build_ordinary_frozen_dataclasses() -> None:
     import dataclasses
     import pickle
 
-    via = h._new_via("UDP", "h", 5060, {"branch": "z9hG4bK-1"}, "SIP/2.0", "raw")
-    assert type(via) is h.Via and via == h.Via("UDP", "h", 5060, {"branch": "z9hG4bK-1"}, "SIP/2.0", "raw")
+    via = h.Via("UDP", "h", 5060, {"branch": "z9hG4bK-1"}, "SIP/2.0", "raw")
+    assert via == h.Via("UDP", "h", 5060, {"branch": "z9hG4bK-1"}, "SIP/2.0", "other")  # raw: not compared
+    assert via != h.Via("UDP", "h", 5061, {"branch": "z9hG4bK-1"})
     with pytest.raises(dataclasses.FrozenInstanceError):
         via.host = "x"  # type: ignore[misc]
+    assert h.Via("UDP", "h").params == {} and h.Via("UDP", "h").params is not h.Via("UDP", "h").params
     uri = parse_uri("sip:alice@example.com:5070;transport=tcp")
     assert type(uri) is u.SipUri and hash(uri.scheme) and dataclasses.replace(uri, port=1).port == 1
+    moved = u.SipUri("sip", "alice", None, "example.com", 1, uri.params, {})
+    assert dataclasses.replace(uri, port=1) == moved
+    name_addr = h.NameAddr(uri, "Alice", {"tag": "t"}, "raw")
+    assert dataclasses.replace(name_addr, display_name=None).tag == "t"
+    assert repr(h.CSeq(7, "BYE")) == "CSeq(seq=7, method='BYE')"
     if not compiled.status.startswith("compiled"):  # mypyc's frozen classes refuse the setattr pickle uses
         assert pickle.loads(pickle.dumps(h.parse_cseq("7 BYE"))) == h.CSeq(7, "BYE")
 
