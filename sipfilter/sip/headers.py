@@ -7,7 +7,6 @@ and never reads bytes or touches the network.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import repeat
 from typing import Any, Final
@@ -38,9 +37,11 @@ from sipfilter.sip.header_values import (
 )
 
 __all__ = [
+    "ABSENT",
     "BRANCH_COOKIE",
     "COMPACT_FORMS",
     "LIST_HEADERS",
+    "SEVERAL",
     "CSeq",
     "Headers",
     "MediaType",
@@ -111,7 +112,13 @@ _PRETTY: Final[Mapping[str, str]] = {
     "mime-version": "MIME-Version",
 }
 
-_CRLF: Final = re.compile(r"[\r\n]")
+# Header names already checked against the token grammar: a B2BUA writes the same few dozen names on every
+# message it builds. Bounded, so that names a peer chooses cannot grow it without limit.
+_TOKEN_NAMES: Final[set[str]] = set()
+_TOKEN_NAMES_MAX: Final = 4096
+
+ABSENT: Final = -1  # Headers.position(): no line has this name
+SEVERAL: Final = -2  # Headers.position(): more than one line has it
 
 
 def canonical_name(name: str) -> str:
@@ -129,13 +136,14 @@ class Headers:
     read.
     """
 
-    __slots__ = ("_cache", "_items", "_keys", "_names", "_raw")
+    __slots__ = ("_cache", "_items", "_keys", "_names", "_raw", "_where")
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         lines: list[tuple[str, str]] = []
         self._items: list[tuple[str, str]] | None = lines
         self._keys: list[str] = []
         self._cache: dict[str, Any] = {}
+        self._where: dict[str, int] | None = None  # see position()
         self._names: tuple[str, ...] = ()
         self._raw: tuple[str, ...] = ()
         for name, value in items:
@@ -180,13 +188,29 @@ class Headers:
         return items[i][1]
 
     # --- reading -------------------------------------------------------------------------------------
+    def position(self, key: str) -> int:
+        """For a canonical key: the index of its only line, ABSENT, or SEVERAL.
+
+        A message is read with a score of lookups (From, To, Call-ID, CSeq, Via, Max-Forwards...): one dict,
+        built on the first and dropped on any change, answers each where a scan of the keys (and a second one
+        for the index) compared every line's key."""
+        where = self._where
+        if where is None:
+            where = {}
+            for i, k in enumerate(self._keys):
+                where[k] = SEVERAL if k in where else i
+            self._where = where
+        return where.get(key, ABSENT)
+
     def get(self, name: str) -> str | None:
         """Raw value of the first line with this name, or None."""
-        keys = self._keys
         key = canonical_name(name)
-        if key in keys:
-            return self._value(keys.index(key))
-        return None
+        i = self.position(key)
+        if i >= 0:
+            return self._value(i)
+        if i == ABSENT:
+            return None
+        return self._value(self._keys.index(key))
 
     def get_lines(self, name: str) -> list[str]:
         """Raw values of every line with this name, unsplit."""
@@ -194,16 +218,12 @@ class Headers:
 
     def lines_of(self, key: str) -> list[str]:
         """get_lines() for a canonical (lower-case, long-form) key: the parsers' fast path."""
-        keys = self._keys
-        n = keys.count(key)
-        if n == 0:
+        i = self.position(key)
+        if i >= 0:
+            return [self._value(i)]
+        if i == ABSENT:
             return []
-        if n == 1:
-            items = self._items  # _value(), inlined: hot path
-            if items is None:
-                return [self._raw[keys.index(key)].strip(" \t")]
-            return [items[keys.index(key)][1]]
-        return [self._value(i) for i, k in enumerate(keys) if k == key]
+        return [self._value(i) for i, k in enumerate(self._keys) if k == key]
 
     def get_all(self, name: str) -> list[str]:
         """Every value of this header: repeated lines, and comma lists split for list headers."""
@@ -217,10 +237,12 @@ class Headers:
         return out
 
     def count(self, name: str) -> int:
-        return self._keys.count(canonical_name(name))
+        key = canonical_name(name)
+        i = self.position(key)
+        return 1 if i >= 0 else 0 if i == ABSENT else self._keys.count(key)
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and canonical_name(name) in self._keys
+        return isinstance(name, str) and self.position(canonical_name(name)) != ABSENT
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(list(self._all()))
@@ -266,9 +288,12 @@ class Headers:
     # --- changing ------------------------------------------------------------------------------------
     @staticmethod
     def _check(name: str, value: str) -> None:
-        if not g.TOKEN_RE.fullmatch(name):
-            raise ValueError(f"invalid header name: {name!r}")
-        if _CRLF.search(value):
+        if name not in _TOKEN_NAMES:
+            if not g.TOKEN_RE.fullmatch(name):
+                raise ValueError(f"invalid header name: {name!r}")
+            if len(_TOKEN_NAMES) < _TOKEN_NAMES_MAX:
+                _TOKEN_NAMES.add(name)
+        if "\r" in value or "\n" in value:
             raise ValueError(f"CR/LF in value of header {name}")
 
     @staticmethod
@@ -288,6 +313,7 @@ class Headers:
         self._all().insert(index, (self._pretty(name), value))
         self._keys.insert(index, canonical_name(name))
         self._cache.clear()
+        self._where = None
 
     def set(self, name: str, value: str) -> None:
         """Replace every line of this name by one line, in place of the first (appended if absent)."""
@@ -301,11 +327,13 @@ class Headers:
         items[first] = (items[first][0], value)
         self._remove_key(key, keep=first)
         self._cache.clear()
+        self._where = None
 
     def remove(self, name: str) -> int:
         """Remove every line of this name; returns how many were removed."""
         removed = self._remove_key(canonical_name(name), keep=-1)
         self._cache.clear()
+        self._where = None
         return removed
 
     def pop_first(self, name: str) -> str | None:
@@ -317,6 +345,7 @@ class Headers:
         del self._keys[i]
         value = self._all().pop(i)[1]
         self._cache.clear()
+        self._where = None
         return value
 
     def _remove_key(self, key: str, keep: int) -> int:

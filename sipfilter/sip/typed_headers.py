@@ -30,19 +30,17 @@ from sipfilter.sip.header_values import (
     parse_vias,
     parse_warnings,
 )
-from sipfilter.sip.headers import Headers
+from sipfilter.sip.headers import ABSENT, Headers
 
 CONTENT_LENGTH: Final = "content-length"
 
 
 # --- the parsers: one per accessor, module level so the accessors call them directly --------------------
 def _single(h: Headers, key: str, what: str) -> str:
-    keys = h._keys
-    n = keys.count(key)
-    if n != 1:
-        raise ParseError(f"Missing {what} header" if n == 0 else f"Multiple {what} headers")
-    items = h._items  # Headers._value(), inlined: hot path
-    return h._raw[keys.index(key)].strip(" \t") if items is None else items[keys.index(key)][1]
+    i = h.position(key)
+    if i < 0:
+        raise ParseError(f"Missing {what} header" if i == ABSENT else f"Multiple {what} headers")
+    return h._value(i)
 
 
 def _vias(h: Headers) -> list[Via]:
@@ -111,11 +109,9 @@ def _int_header(h: Headers, key: str, what: str) -> int | None:
 
 
 def _max_forwards(h: Headers) -> int | None:
-    keys = h._keys
-    if keys.count("max-forwards") == 1:
-        i = keys.index("max-forwards")
-        items = h._items
-        small = _SMALL_INTS.get(h._raw[i].strip(" \t") if items is None else items[i][1])
+    i = h.position("max-forwards")
+    if i >= 0:
+        small = _SMALL_INTS.get(h._value(i))
         if small is not None:
             return small  # "70": what _int_header gives, without its checks
     return _int_header(h, "max-forwards", "Max-Forwards")

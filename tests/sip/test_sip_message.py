@@ -89,6 +89,33 @@ def test_header_injection_refused() -> None:
         h.add("X-Evil", "a\r\nVia: forged")
     with pytest.raises(ValueError):
         h.add("Bad Name", "x")
+    h.add("X-Known", "fine")  # a checked name is remembered; its values are still checked, every time
+    for value in ("a\rb", "a\nb", "\r\n"):
+        with pytest.raises(ValueError):
+            h.add("X-Known", value)
+    with pytest.raises(ValueError):  # a refused name is not remembered
+        h.add("Bad Name", "x")
+    assert h.items() == [("X-Known", "fine")]
+
+
+def test_positions_follow_every_change() -> None:
+    from sipfilter.sip.headers import ABSENT, SEVERAL
+
+    h = parse(INVITE).headers
+    assert h.position("call-id") >= 0 and h.position("x-none") == ABSENT and h.position("via") == SEVERAL
+    assert h.get("Call-ID") == h.get_lines("i")[0] and h.count("Via") == len(h.get_lines("v")) == 2
+    h.add("X-One", "1")
+    assert h.position("x-one") == len(h) - 1 and h.get("x-one") == "1" and "X-One" in h
+    h.add("X-One", "2")
+    assert h.position("x-one") == SEVERAL and h.get("X-One") == "1" and h.get_lines("x-one") == ["1", "2"]
+    h.set("X-One", "3")
+    assert h.get_lines("x-one") == ["3"] and h.count("x-one") == 1
+    h.insert(0, "X-One", "0")
+    assert h.get("X-One") == "0" and h.count("x-one") == 2
+    assert h.pop_first("X-One") == "0" and h.get("X-One") == "3"
+    assert h.remove("X-One") == 1 and h.position("x-one") == ABSENT
+    assert "X-One" not in h and h.get("X-One") is None
+    assert h.pop_first("Via") is not None and h.position("via") >= 0 and h.count("via") == 1
 
 
 def test_oversize_message_is_513() -> None:
