@@ -198,7 +198,8 @@ class Headers:
         if where is None:
             where = {}
             for i, k in enumerate(self._keys):
-                where[k] = SEVERAL if k in where else i
+                if where.setdefault(k, i) != i:  # one dict operation a line, two for a repeated name
+                    where[k] = SEVERAL
             self._where = where
         return where.get(key, ABSENT)
 

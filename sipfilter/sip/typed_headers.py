@@ -57,9 +57,17 @@ def _to(h: Headers) -> NameAddr:
 
 def _call_id(h: Headers) -> str:
     value = _single(h, "call-id", "Call-ID")
-    if not g.CALL_ID_RE.fullmatch(value):
-        raise ParseError("Malformed Call-ID")
+    if value not in _CALL_IDS:  # a dialog's every message carries its Call-ID: checked once
+        if not g.CALL_ID_RE.fullmatch(value):
+            raise ParseError("Malformed Call-ID")
+        if len(_CALL_IDS) >= _CALL_IDS_MAX:
+            _CALL_IDS.clear()
+        _CALL_IDS.add(value)
     return value
+
+
+_CALL_IDS: Final[set[str]] = set()  # recent Call-IDs that matched the grammar
+_CALL_IDS_MAX: Final = 16384
 
 
 def _cseq(h: Headers) -> CSeq:
