@@ -40,7 +40,7 @@ from sipfilter.audit import AuditLog  # noqa: E402
 from sipfilter.b2bua.core import B2BUA, compile_runtime  # noqa: E402
 from sipfilter.b2bua.wheel import TimerWheel  # noqa: E402
 from sipfilter.configure import load_config  # noqa: E402
-from sipfilter.metrics import PrometheusObserver  # noqa: E402
+from sipfilter.metrics import CALLS, PrometheusObserver  # noqa: E402
 from sipfilter.policy.engine import PolicyEngine  # noqa: E402
 from sipfilter.sip import ParseError, parse  # noqa: E402
 from sipfilter.stores import open_store  # noqa: E402
@@ -177,7 +177,7 @@ async def run(calls: int, reject_every: int, profile: bool, report_every: int = 
     inside, outside = FakeEndpoint("inside", 5060), FakeEndpoint("outside", 5080)
     b2b = B2BUA(compile_runtime(config, PolicyEngine(config), store, audit), parse=parse, parse_error=ParseError,  # noqa: E501
                 endpoints={"inside": [inside], "outside": [outside]}, scheduler=wheel.call_later, clock=clock,
-                observer=PrometheusObserver() if metrics else None)  # fmt: skip
+                observer=PrometheusObserver(CALLS) if metrics else None)  # fmt: skip
     caller = "+33162000001"
     # The GC settings of `sipfilter run` (sipfilter/app.py): the default thresholds would bill full
     # collections of the live calls to whatever allocates at that moment.

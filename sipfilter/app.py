@@ -105,7 +105,7 @@ class App:
             runtime,
             parse=functools.partial(parse, limits=limits),
             parse_error=ParseError,
-            observer=metrics.PrometheusObserver(),
+            observer=metrics.PrometheusObserver(metrics.CALLS),
         )
         self._size_connections(self.connections.limits)
         for side, listens in ((INSIDE, config.sip.inside), (OUTSIDE, config.sip.outside)):

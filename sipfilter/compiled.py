@@ -42,6 +42,7 @@ MODULES: tuple[str, ...] = (
     "sipfilter.sip.message",
     "sipfilter.sip.timers",
     "sipfilter.sip.matching",
+    "sipfilter.sip.transaction_events",
     "sipfilter.sip.transaction",
     "sipfilter.b2bua.ids",
     "sipfilter.b2bua.wire",
@@ -79,6 +80,9 @@ MODULES: tuple[str, ...] = (
     "sipfilter.policy.engine",
     # The audit line written before each answer goes out.
     "sipfilter.audit",
+    # The events the B2BUA reports, and the metrics' side of them (the call counters' dict updates).
+    "sipfilter.b2bua.observe",
+    "sipfilter.metrics.events",
 )
 GROUP = "sipfilter._native"  # mypyc names the shared library after it: sipfilter/_native__mypyc….so
 PACKAGE_DIR = Path(__file__).resolve().parent

@@ -6,7 +6,8 @@ is exported at 0 from the config's load (`expect_series`), so that panels show 0
 rate()/increase() see the first event.
 
 - declarations: the registry, label values, buckets and the prometheus_client metrics set by rare events;
-- calls: the call-path counters (plain ints) and the observer that feeds them;
+- events: the observer of the B2BUA's events, compiled with the call path, which updates the counters;
+- calls: the call-path counters (plain ints), exported at scrape time;
 - state: what is read at scrape time (store, lists, audit log, carrier targets, trunks);
 - expected: the series a loaded config names, created at 0.
 The registry collects in import order: declarations, then the call-path counters, then the state.
@@ -14,7 +15,7 @@ The registry collects in import order: declarations, then the call-path counters
 
 from __future__ import annotations
 
-from sipfilter.metrics.calls import CALLS, CallCounters, PrometheusObserver, carrier_code, status_class
+from sipfilter.metrics.calls import CALLS, CallCounters
 from sipfilter.metrics.declarations import (
     ADMISSION_REASONS,
     BUILD_INFO,
@@ -60,6 +61,7 @@ from sipfilter.metrics.declarations import (
     record_reload,
     record_restart_required,
 )
+from sipfilter.metrics.events import PrometheusObserver, carrier_code, status_class
 from sipfilter.metrics.expected import clear_series, expect_series, known_labels
 from sipfilter.metrics.state import (
     STATE,

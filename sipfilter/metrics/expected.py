@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 
 from sipfilter.b2bua.trunks import destination_of
 from sipfilter.config import RESTART_KEYS, Config
-from sipfilter.metrics.calls import _TARGETS, CALLS, CallCounters
+from sipfilter.metrics.calls import CALLS, CallCounters
 from sipfilter.metrics.declarations import (
     CARRIER_IDENTITY_REFUSALS,
     CARRIER_IDENTITY_WARNINGS,
@@ -32,6 +32,7 @@ from sipfilter.metrics.declarations import (
     KnownLabels,
     _expect_results,
 )
+from sipfilter.metrics.events import TARGETS_REPORTED
 
 
 def clear_series() -> None:
@@ -45,7 +46,7 @@ def clear_series() -> None:
     _expect_results()
     LOOP_LAG.set(0)
     CONFIG_LAST_RELOAD_OK.set(1)
-    _TARGETS.clear()
+    TARGETS_REPORTED.clear()
 
 
 def known_labels(config: Config, rule_ids: Callable[[str], Iterable[str]]) -> KnownLabels:

@@ -277,7 +277,7 @@ def test_every_auth_outcome_is_reported_with_a_fixed_result_label(rig: Rig) -> N
 def test_auth_outcomes_reach_the_prometheus_counter(rig: Rig) -> None:
     from sipfilter import metrics
 
-    rig.b2b.obs = metrics.PrometheusObserver()
+    rig.b2b.obs = metrics.PrometheusObserver(metrics.CALLS)
 
     def count(result: str) -> float:
         labels = {"trunk": "dialer", "result": result}

@@ -269,7 +269,7 @@ async def test_a_refused_connection_fails_at_once_but_is_no_tls_failure(pki: Pki
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     rig = await make_rig(tls_target(port, ca=pki.ca, server_name=NAME))
-    rig.b2b.obs = metrics.PrometheusObserver()
+    rig.b2b.obs = metrics.PrometheusObserver(metrics.CALLS)
     rig.call()
     assert (await rig.final()).status == 503  # not after Timer B
     labels = {"trunk": "dialer", "target": f"sip:127.0.0.1:{port}", "reason": "connect"}
@@ -291,7 +291,7 @@ async def test_a_failed_handshake_fails_over_to_the_next_target(
 async def test_handshake_failures_are_counted_in_prometheus(pki: Pki, carriers: Any, make_rig: Any) -> None:
     carrier = await carriers(pki.rogue)
     rig = await make_rig(tls_target(carrier.port, ca=pki.ca, server_name=NAME))
-    rig.b2b.obs = metrics.PrometheusObserver()
+    rig.b2b.obs = metrics.PrometheusObserver(metrics.CALLS)
     labels = {"trunk": "dialer", "target": f"sip:127.0.0.1:{carrier.port}", "reason": REASON_UNKNOWN_CA}
     rig.call()
     assert (await rig.final()).status == 503

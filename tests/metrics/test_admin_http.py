@@ -38,7 +38,7 @@ async def open_client() -> AsyncIterator[Client]:
 
 
 async def test_metrics_serves_our_registry_in_text_format(open_client: Client) -> None:
-    metrics.PrometheusObserver().invite("http-a", "tls")
+    metrics.PrometheusObserver(metrics.CALLS).invite("http-a", "tls")
     resp = await open_client.get("/metrics")
     assert resp.status == 200
     assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")

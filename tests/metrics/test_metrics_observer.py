@@ -22,7 +22,7 @@ def value(name: str, **labels: str) -> float | None:
 
 
 def test_observer_counts_every_event() -> None:
-    obs = metrics.PrometheusObserver()
+    obs = metrics.PrometheusObserver(metrics.CALLS)
     before = value("sipfilter_invites_received_total", trunk="obs-a", transport="udp") or 0.0
     for _ in range(3):
         obs.invite("obs-a", "udp")
@@ -79,7 +79,7 @@ def test_status_class() -> None:
 
 
 def test_labels_are_bounded_and_never_numbers() -> None:
-    obs = metrics.PrometheusObserver()
+    obs = metrics.PrometheusObserver(metrics.CALLS)
     obs.invite("obs-b", "udp")
     obs.decision("obs-b", "allow", "", 1e-5)
     allowed = {"trunk", "transport", "verdict", "rule", "direction", "status_class", "target", "list",
@@ -244,7 +244,7 @@ def test_targets_come_from_the_running_pools_when_bound() -> None:
 
 def test_fixed_label_values_start_at_zero() -> None:
     metrics.clear_series()
-    metrics.PrometheusObserver()
+    metrics.PrometheusObserver(metrics.CALLS)
     assert value("sipfilter_malformed_messages_total", transport="tls") == 0
     assert value("sipfilter_unknown_source_requests_total", transport="udp") == 0
     assert value("sipfilter_retransmissions_total", direction="sent") == 0
@@ -299,7 +299,7 @@ def test_identity_series_start_at_zero_and_count() -> None:
     assert value("sipfilter_identity_verifications_total", trunk="stir-b", result="passed") == 0
     assert value("sipfilter_identity_signed_total", trunk="stir-a", attest="C") == 0
     assert value("sipfilter_identity_certificate_fetches_total", result="error") == 0
-    obs = metrics.PrometheusObserver()
+    obs = metrics.PrometheusObserver(metrics.CALLS)
     obs.carrier_identity("stir-b", target.uri, "438", True)
     obs.carrier_identity("stir-b", target.uri, "438", False)
     obs.identity_verified("stir-a", "passed")

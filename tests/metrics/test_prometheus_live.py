@@ -84,7 +84,7 @@ class _Store:
 
 async def _synthetic_calls(stop: asyncio.Event) -> None:
     """What a few calls per second through two trunks look like to the observer."""
-    obs = metrics.PrometheusObserver()
+    obs = metrics.PrometheusObserver(metrics.CALLS)
     rnd = random.Random(6)
     for trunk, target in zip(TRUNKS, TARGETS, strict=True):
         obs.target_up(trunk, target, True)
