@@ -313,8 +313,7 @@ class Headers:
         self._check(name, value)
         self._all().insert(index, (self._pretty(name), value))
         self._keys.insert(index, canonical_name(name))
-        self._cache.clear()
-        self._where = None
+        self._changed()
 
     def set(self, name: str, value: str) -> None:
         """Replace every line of this name by one line, in place of the first (appended if absent)."""
@@ -327,14 +326,12 @@ class Headers:
         items = self._all()
         items[first] = (items[first][0], value)
         self._remove_key(key, keep=first)
-        self._cache.clear()
-        self._where = None
+        self._changed()
 
     def remove(self, name: str) -> int:
         """Remove every line of this name; returns how many were removed."""
         removed = self._remove_key(canonical_name(name), keep=-1)
-        self._cache.clear()
-        self._where = None
+        self._changed()
         return removed
 
     def pop_first(self, name: str) -> str | None:
@@ -345,9 +342,13 @@ class Headers:
         i = self._keys.index(key)
         del self._keys[i]
         value = self._all().pop(i)[1]
+        self._changed()
+        return value
+
+    def _changed(self) -> None:
+        """After any change to the lines: the typed values and the positions are read again."""
         self._cache.clear()
         self._where = None
-        return value
 
     def _remove_key(self, key: str, keep: int) -> int:
         idx = [i for i, k in enumerate(self._keys) if k == key and i != keep]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from enum import StrEnum
-from functools import lru_cache
 from typing import Final, TypeAlias
 
 from sipfilter.sip.headers import Headers
@@ -136,8 +135,8 @@ _CANCEL: Final[Mapping[str, CancelTimer]] = {name: CancelTimer(name) for name in
 
 
 def _fixed_starts(timers: TimerConfig) -> Mapping[str, StartTimer]:
-    # A process runs on one configuration: the last one's starts, by identity. Hashing the dataclass for
-    # _starts_for's cache on every transaction would cost more than the whole lookup.
+    # A process runs on one configuration: the last one's starts, by identity (hashing the dataclass on every
+    # transaction would cost more than the whole lookup).
     last_timers, last_starts = _LAST_STARTS[0]
     if timers is last_timers:
         return last_starts
@@ -146,7 +145,6 @@ def _fixed_starts(timers: TimerConfig) -> Mapping[str, StartTimer]:
     return starts
 
 
-@lru_cache(maxsize=16)
 def _starts_for(timers: TimerConfig) -> Mapping[str, StartTimer]:
     """The StartTimer of every timer at its first (or only) duration under this configuration."""
     t = timers
