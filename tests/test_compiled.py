@@ -108,7 +108,7 @@ print(json.dumps({k: many[k] - few[k] for k in many if many[k] != few[k]}))
 
 
 @pytest.mark.skipif(os.environ.get("SIPFILTER_PURE") == "1",
-                    reason="the classes' source is what this checks: the compiled run has checked it")  # fmt: skip
+                    reason="checks the classes' source, which the compiled run has checked")  # fmt: skip
 def test_a_call_runs_no_method_that_dataclass_generated() -> None:
     """mypyc compiles the methods a class writes out, and leaves the ones dataclass() generates interpreted:
     a dataclass built for every message or call writes its own __init__ (and __eq__/__hash__ where the call

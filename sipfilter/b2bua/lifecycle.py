@@ -26,6 +26,7 @@ from sipfilter.b2bua.calls import (
 )
 from sipfilter.b2bua.ids import new_branch
 from sipfilter.b2bua.transactions import Transactions
+from sipfilter.b2bua.wheel import cancel
 
 log = logging.getLogger("sipfilter.b2bua.core")  # one logger for the B2BUA, whichever room writes
 
@@ -127,9 +128,7 @@ class Lifecycle(Transactions):
             call.timers["end"] = self._later(self.rt.timers.t4, self._end, call, call.ended_by or "ended")
 
     def _cancel_timer(self, call: Call, name: str) -> None:
-        handle = call.timers.pop(name, None)
-        if handle is not None and hasattr(handle, "cancel"):
-            handle.cancel()
+        cancel(call.timers.pop(name, None))
 
     def _end(self, call: Call, why: str) -> None:
         """Forget a call for good: indexes, timers, admission slot, gauge. Idempotent."""
@@ -137,8 +136,7 @@ class Lifecycle(Transactions):
             return
         call.state = ENDED
         for handle in call.timers.values():
-            if hasattr(handle, "cancel"):
-                handle.cancel()
+            cancel(handle)
         call.timers.clear()
         if self.calls_a.get(call.a.call_id) is call:
             del self.calls_a[call.a.call_id]

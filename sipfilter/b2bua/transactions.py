@@ -15,6 +15,7 @@ from sipfilter.b2bua.calls import (
     ServerTx,
 )
 from sipfilter.b2bua.gate import Gate
+from sipfilter.b2bua.wheel import cancel
 from sipfilter.sip.message import Request, Response
 from sipfilter.sip.transaction import (
     REASON_NORMAL,
@@ -90,9 +91,7 @@ class Transactions(Gate):
 
     def _arm(self, timers: dict[str, Any], action: StartTimer, fire: Callable[..., Any], tx: object) -> None:
         """Start the timer a transaction asked for, in place of one of the same name."""
-        old = timers.get(action.name)
-        if old is not None:
-            old.cancel()
+        cancel(timers.get(action.name))
         timers[action.name] = self._later(action.seconds, fire, tx, action.name)
 
     def _run_client(self, ctx: ClientTx, actions: list[Action]) -> bool:
@@ -128,10 +127,10 @@ class Transactions(Gate):
     def _drop_client(self, ctx: ClientTx) -> None:
         """Stop every timer of `ctx` and take it out of the table (its call is kept, for the caller)."""
         for handle in ctx.timers.values():
-            handle.cancel()
+            cancel(handle)
         ctx.timers.clear()
         if ctx.timeout is not None:
-            ctx.timeout.cancel()
+            cancel(ctx.timeout)
             ctx.timeout = None
         if self.client_tx.get(ctx.branch) is ctx:
             del self.client_tx[ctx.branch]
@@ -146,7 +145,7 @@ class Transactions(Gate):
     def _stop_guard(self, ctx: ClientTx) -> None:
         """Cancel the B2BUA's own guard on `ctx` (its transaction's timers run on)."""
         if ctx.timeout is not None:
-            ctx.timeout.cancel()
+            cancel(ctx.timeout)
             ctx.timeout = None
 
     def _forget_client(self, ctx: ClientTx) -> None:
@@ -250,10 +249,10 @@ class Transactions(Gate):
             timers = stx.timers
             if timers:
                 for handle in timers.values():
-                    handle.cancel()
+                    cancel(handle)
                 timers.clear()
             if stx.guard is not None:
-                stx.guard.cancel()
+                cancel(stx.guard)
                 stx.guard = None
             call = stx.call
             if call is not None and call.a_tx is stx and call.state == ENDED:
@@ -270,6 +269,5 @@ class Transactions(Gate):
 
 
 def _disarm(timers: dict[str, Any] | None, name: str) -> None:
-    handle = None if timers is None else timers.pop(name, None)
-    if handle is not None:
-        handle.cancel()
+    if timers is not None:
+        cancel(timers.pop(name, None))

@@ -94,6 +94,16 @@ class WheelTimer:
             self.wheel._remove(self)
 
 
+def cancel(handle: object) -> None:
+    """Cancel what a scheduler returned: a timer of the wheel (nearly all of them) by a compiled call, not a
+    method looked up by name; anything else (an event-loop handle, a test's scheduler's) by its cancel()."""
+    if isinstance(handle, WheelTimer):
+        handle.cancel()  # typed here: the compiled method, called directly
+        return
+    if handle is not None and hasattr(handle, "cancel"):
+        handle.cancel()
+
+
 class TimerWheel:
     """Timers grouped by tick (`resolution` seconds of the loop's clock) in buckets; a heap of the ticks
     that have a bucket; one loop timer armed for the earliest of them."""

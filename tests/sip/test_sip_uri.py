@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import sipfilter.sip.grammar as g
+import sipfilter.sip.uri as uri_module
 from sipfilter.sip import AbsoluteUri, NameAddr, ParseError, SipUri, TelUri, parse_uri, uri_equal
 from sipfilter.sip.headers import parse_name_addrs
 
@@ -122,6 +126,45 @@ def test_serialization_escapes_what_would_break_the_message() -> None:
 def test_invalid_host_refused_on_output(host: str) -> None:
     with pytest.raises(ValueError):
         str(SipUri(host=host))
+
+
+def test_a_refused_host_is_refused_every_time_and_a_good_one_each_time_too() -> None:
+    for _ in range(2):  # the second time answers from the memo of checked hosts: the same answers
+        with pytest.raises(ValueError):
+            str(SipUri(user="a", host="evil.com\r\nVia: x"))
+        assert str(SipUri(user="a", host="carrier.example", port=5060)) == "sip:a@carrier.example:5060"
+    assert "evil.com\r\nVia: x" not in uri_module._HOSTS
+
+
+_CLASSES = {
+    "USER_SAFE": (uri_module.USER_SAFE, g.UNRESERVED + g.USER_UNRESERVED),
+    "PASSWORD_SAFE": (uri_module.PASSWORD_SAFE, g.UNRESERVED + "&=+$,"),
+    "PARAM_SAFE": (uri_module.PARAM_SAFE, g.UNRESERVED + r"\[\]/:&+$"),
+    "HEADER_SAFE": (uri_module.HEADER_SAFE, g.UNRESERVED + r"\[\]/?:+$"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_CLASSES))
+def test_each_safe_set_is_exactly_its_grammar_class(name: str) -> None:
+    """The sets are written out from ASCII alone: no character beyond ASCII may match the class."""
+    chars, char_class = _CLASSES[name]
+    pattern = re.compile(f"[{char_class}]")
+    every = "".join(map(chr, range(0x110000)))
+    assert "".join(pattern.findall(every)) == chars
+    assert not set(chars) & set('%\r\n<>" ')
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=0x2FF) | st.sampled_from("+%;=@:"), max_size=12),
+       st.sampled_from(sorted(_CLASSES)))  # fmt: skip
+def test_escape_keeps_exactly_the_class_and_escapes_the_rest(text: str, name: str) -> None:
+    chars, char_class = _CLASSES[name]
+    pattern = re.compile(f"[{char_class}]")
+    expected = "".join(
+        ch if pattern.fullmatch(ch) else "".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogateescape"))
+        for ch in text
+    )
+    assert uri_module.escape(text, chars) == expected
 
 
 def test_display_name_cannot_inject() -> None:
