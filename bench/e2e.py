@@ -127,6 +127,11 @@ class Step:
     sys_share: float | None = None  # kernel (stime) share of sipfilter's CPU in the window: sendto/recvfrom
     calib_us: float | None = None  # sum(range(1000)) just before the step: the machine's speed at that time
     store: str = "-"  # the sipfilter store backend (embedded, redis), "-" for Kamailio or --direct
+    # Context switches of the server's threads in the window, per attempted call: voluntary ones are the
+    # wake-ups (an event loop or a worker that slept in epoll/recvfrom), involuntary ones the preemptions (a
+    # runnable server descheduled for SIPp or another worker on a shared core).
+    wakeups_per_call: float | None = None
+    preempted_per_call: float | None = None
 
     def row(self) -> str:
         def ms(v: float | None) -> str:
@@ -140,12 +145,16 @@ class Step:
                 f"{self.sipp_cpu_s:>9.1f}{self.wall_s:>8.1f}{1000 * self.idle_cpu_rate:>10.1f}"
                 f"{'-' if self.dialogs_left is None else f'{self.dialogs_left:.0f}':>6}"
                 f"{'-' if self.sys_share is None else f'{100 * self.sys_share:.0f}':>6}"
-                f"{'-' if self.calib_us is None else f'{self.calib_us:.1f}':>9}  {self.store}")
+                f"{'-' if self.calib_us is None else f'{self.calib_us:.1f}':>9}"
+                f"{'-' if self.wakeups_per_call is None else f'{self.wakeups_per_call:.2f}':>7}"
+                f"{'-' if self.preempted_per_call is None else f'{self.preempted_per_call:.2f}':>8}"
+                f"  {self.store}")
 
 
 HEADER = (f"{'mix':<9}{'rate/s':>7}{'attempted':>10}{'completed':>10}{'failed':>8}{'retrans':>9}"
           f"{'p50 ms':>8}{'p99 ms':>8}{'100 p99':>9}{'CPU s/1k':>12}{'µs/call':>10}{'SIPp s':>9}"
-          f"{'wall s':>8}{'idle ms/s':>10}{'left':>6}{'sys%':>6}{'calib µs':>9}  store")
+          f"{'wall s':>8}{'idle ms/s':>10}{'left':>6}{'sys%':>6}{'calib µs':>9}{'wake':>7}{'preempt':>8}"
+          "  store")
 
 
 def calibration_us(repeats: int = 300) -> float:
@@ -399,11 +408,13 @@ def run_step(workdir: Path, target: str, carrier_port: int, server: Server | Non
     perfs: list[subprocess.Popen[bytes]] = []
     left: float | None = None
     sys_share: float | None = None
+    switches: tuple[float, float] | None = None
     try:
         if relayed:
             carrier.start().wait_listening()
         cpu0 = server.cpu_seconds() if server else None
         sys0 = server.sys_seconds() if server else 0.0
+        switches0 = _context_switches(server.pids()) if server else (0, 0)
         t0 = time.monotonic()
         if profile_to is not None and isinstance(server, SipfilterServer):  # py-spy: Python only
             spy = _py_spy(server.pids(), profile_to, native)
@@ -421,6 +432,8 @@ def run_step(workdir: Path, target: str, carrier_port: int, server: Server | Non
             gross = server.cpu_seconds() - cpu0
             cpu = max(0.0, gross - idle_rate * window)
             sys_share = (server.sys_seconds() - sys0) / gross if gross > 0 else None
+            voluntary, involuntary = _context_switches(server.pids())
+            switches = (voluntary - switches0[0], involuntary - switches0[1])
         if spy is not None:
             spy.send_signal(signal.SIGINT)  # py-spy writes its samples on SIGINT
             spy.wait(timeout=30)
@@ -445,13 +458,31 @@ def run_step(workdir: Path, target: str, carrier_port: int, server: Server | Non
     return Step(mix, rate, d.created, d.successful - mismatched, d.failed + mismatched,
                 d.retransmissions + (c.retransmissions if c else 0),
                 percentile(rtts, 50), percentile(rtts, 99), percentile(d.invite_trying_ms, 99), cpu, sipp_cpu,
-                wall, idle_rate, left, sys_share)
+                wall, idle_rate, left, sys_share,
+                wakeups_per_call=None if switches is None or not d.created else switches[0] / d.created,
+                preempted_per_call=None if switches is None or not d.created else switches[1] / d.created)
 
 
 def _sys_seconds(pid: int) -> float:
     """Kernel CPU seconds (stime, /proc/<pid>/stat field 15) of one process."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     return int(stat[stat.rindex(")") + 2:].split()[12]) / os.sysconf("SC_CLK_TCK")
+
+
+def _context_switches(pids: list[int]) -> tuple[int, int]:
+    """(voluntary, involuntary) context switches of every thread of these processes so far (a thread that
+    ended in between is not counted: the server's threads live as long as it does)."""
+    voluntary = involuntary = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError):
+                    for line in Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines():
+                        if line.startswith("voluntary_ctxt_switches:"):
+                            voluntary += int(line.split()[1])
+                        elif line.startswith("nonvoluntary_ctxt_switches:"):
+                            involuntary += int(line.split()[1])
+    return voluntary, involuntary
 
 
 def _idle_cpu_rate(server: Server, seconds: float) -> float:
