@@ -17,6 +17,11 @@ through it (or better, alternate the runs being compared). It measures the inter
 the one that runs sipfilter (Debian's python3 gives about half pyenv's default build's figure), and whether
 its call path is compiled (scripts/compile) or pure Python (SIPFILTER_PURE=1 compares the two).
 
+`wake` and `preempt` are the server's context switches in the window per attempted call, summed over its
+processes and threads (/proc/<pid>/task/*/status): voluntary ones (a loop or worker that slept waiting for
+traffic and was woken) and involuntary ones (a runnable server descheduled, for SIPp or another of its own
+processes on a shared core). They tell the cost of more workers apart from the cost of the work itself.
+
 `--store redis` runs sipfilter on a Redis store: the bench starts its own redis-server (AOF, fsync every
 second, on a free loopback port) and provisions it through the CLI as for the embedded store. Several stores
 (`--store embedded,redis`) are deployed side by side and alternated step by step (each rate runs on one,
