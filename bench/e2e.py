@@ -413,7 +413,7 @@ def run_step(workdir: Path, target: str, carrier_port: int, server: Server | Non
     perfs: list[subprocess.Popen[bytes]] = []
     left: float | None = None
     sys_share: float | None = None
-    switches: tuple[float, float] | None = None
+    switches: tuple[int, int] | None = None
     try:
         if relayed:
             carrier.start().wait_listening()
