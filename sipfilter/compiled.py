@@ -78,6 +78,11 @@ MODULES: tuple[str, ...] = (
     "sipfilter.policy.proof",
     "sipfilter.policy.identity",
     "sipfilter.policy.engine",
+    # The embedded store's answers from memory: list lookups, consents, contracts, objections, attempt counts.
+    "sipfilter.stores.numberset",
+    "sipfilter.stores.embedded_records",
+    "sipfilter.stores.history",
+    "sipfilter.stores.call_path",
     # The audit line written before each answer goes out.
     "sipfilter.audit",
     # The events the B2BUA reports, and the metrics' side of them (the call counters' dict updates).

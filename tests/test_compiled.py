@@ -79,42 +79,69 @@ def test_a_build_missing_a_module_is_not_used(monkeypatch: pytest.MonkeyPatch, t
     assert compiled.stale_reason() == "the build is incomplete: run scripts/compile"
 
 
-# Counts the calls of methods that dataclass() generated (exec'd code, "<string>") on classes of the compiled
-# modules, in runs of the in-process benchmark (1 in 3 calls rejected, metrics on) of 20 and 60 calls, after a
-# first run that leaves nothing to set up once per process.
-_GENERATED_PER_CALL = """
+# Counts, in runs of the in-process benchmark (1 in 3 calls rejected, metrics on) of 20 and 60 calls, after a
+# first run that leaves nothing to set up once per process: the calls of methods that dataclass() generated
+# (exec'd code, "<string>") on classes of the compiled modules, and of functions of sipfilter's own sources
+# (interpreted: not compiled, or compiled and not used).
+_INTERPRETED_PER_CALL = """
 import asyncio, collections, json, runpy, sys
-from sipfilter.compiled import MODULES
+from sipfilter.compiled import MODULES, PACKAGE_DIR
 bench = runpy.run_path("bench/b2bua.py", run_name="bench_b2bua")
+package = str(PACKAGE_DIR) + "/"
 def counted(calls):
-    seen = collections.Counter()
+    generated, interpreted = collections.Counter(), collections.Counter()
     def hook(frame, event, arg):
+        if event != "call":
+            return
         code = frame.f_code
-        generated = code.co_filename == "<string>" and code.co_qualname.startswith("__create_fn__")
-        if event == "call" and generated:
+        if code.co_filename == "<string>" and code.co_qualname.startswith("__create_fn__"):
             cls = type(frame.f_locals.get("self"))
             if cls.__module__ in MODULES:
-                seen[cls.__qualname__ + "." + code.co_name] += 1
+                generated[cls.__qualname__ + "." + code.co_name] += 1
+        elif code.co_filename.startswith(package):
+            interpreted[code.co_filename[len(package):] + ":" + code.co_qualname] += 1
     sys.setprofile(hook)
     try:
         asyncio.run(bench["run"](calls, 3, False, 0, True))
     finally:
         sys.setprofile(None)
-    return seen
+    return generated, interpreted
 counted(20)
 few, many = counted(20), counted(60)
-print(json.dumps({k: many[k] - few[k] for k in many if many[k] != few[k]}))
+print(json.dumps([{k: m[k] - f[k] for k in m if m[k] != f[k]} for f, m in zip(few, many)]))
 """
+
+# What a call may still run interpreted: a lookup of the rule pack's answer, only for refused calls.
+INTERPRETED_ALLOWED = {"policy/rulepack.py:RuleSet.answer"}
+
+
+@pytest.fixture(scope="module")
+def interpreted_per_40_calls() -> tuple[dict[str, int], dict[str, int]]:
+    done = subprocess.run([sys.executable, "-c", _INTERPRETED_PER_CALL], cwd=REPO, capture_output=True,
+                          text=True, timeout=240)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    generated, interpreted = json.loads(done.stdout.splitlines()[-1])
+    return generated, interpreted
 
 
 @pytest.mark.skipif(os.environ.get("SIPFILTER_PURE") == "1",
                     reason="checks the classes' source, which the compiled run has checked")  # fmt: skip
-def test_a_call_runs_no_method_that_dataclass_generated() -> None:
+def test_a_call_runs_no_method_that_dataclass_generated(
+    interpreted_per_40_calls: tuple[dict[str, int], dict[str, int]],
+) -> None:
     """mypyc compiles the methods a class writes out, and leaves the ones dataclass() generates interpreted:
     a dataclass built for every message or call writes its own __init__ (and __eq__/__hash__ where the call
     compares or hashes it), or it costs about 0.8 µs a construction instead of 0.09."""
-    done = subprocess.run([sys.executable, "-c", _GENERATED_PER_CALL], cwd=REPO, capture_output=True,
-                          text=True, timeout=240)  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    per_40_calls = json.loads(done.stdout.splitlines()[-1])
-    assert per_40_calls == {}, f"dataclass()-generated methods run for every call: {per_40_calls}"
+    generated, _ = interpreted_per_40_calls
+    assert generated == {}, f"dataclass()-generated methods run for every call: {generated}"
+
+
+@pytest.mark.skipif(os.environ.get("SIPFILTER_PURE") == "1", reason="the pure run interprets every module")
+def test_a_call_runs_no_interpreted_function_of_sipfilter(
+    interpreted_per_40_calls: tuple[dict[str, int], dict[str, int]],
+) -> None:
+    """Every function a call runs, from the socket to the store's answers from memory, is compiled (but the
+    allowed few): an interpreted helper on the call path costs its frames on every call, unseen."""
+    _, interpreted = interpreted_per_40_calls
+    unexpected = {k: n for k, n in interpreted.items() if k not in INTERPRETED_ALLOWED}
+    assert unexpected == {}, f"interpreted sipfilter functions run for every call: {unexpected}"

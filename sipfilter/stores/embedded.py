@@ -20,7 +20,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from sipfilter.stores.base import AttemptDecision, ConsentRecord, ContractRecord, ListInfo, StoreUnavailable
+from sipfilter.stores.base import ConsentRecord, ContractRecord, ListInfo, StoreUnavailable
+from sipfilter.stores.call_path import EmbeddedCallPath
 from sipfilter.stores.embedded_load import apply_changes, change_seq, read_all
 from sipfilter.stores.embedded_records import (
     Consents,
@@ -28,12 +29,6 @@ from sipfilter.stores.embedded_records import (
     Records,
     Refusals,
     Span,
-    add_time,
-    consent_in_force,
-    contract_at,
-    contract_in_force,
-    count_after,
-    latest_refusal,
     refusals_value,
     span,
 )
@@ -53,21 +48,19 @@ from sipfilter.stores.history import (
     UndoneConsent,
     consent_undo_targets,
     undo_targets,
-    usable,
 )
 from sipfilter.stores.importer import SourceInfo
 from sipfilter.stores.numberset import NumberSet
-from sipfilter.stores.writable import Health, LocalLists, StoreError, check_list_name, log, scope_text
+from sipfilter.stores.writable import Health, StoreError, check_list_name, log, scope_text
 
 DB_NAME = "sipfilter.sqlite"
 LISTS_DIR = "lists"
 PRUNE_EVERY_S = 600.0
 FLUSH_INTERVAL_S = 0.05  # recorded attempts are written at most this long after the decision
 CATCH_UP_CHUNK = 20_000  # change log entries applied between two event-loop iterations
-MAX_PENDING = 100_000  # attempts kept in memory while SQLite refuses writes, before calls get on_store_error
 
 
-class EmbeddedStore(LocalLists):
+class EmbeddedStore(EmbeddedCallPath):
     """See the module docstring. Open with `await EmbeddedStore.open(data_dir)`; `close()` when done."""
 
     def __init__(self, data_dir: Path, poll_interval: float = 1.0, busy_timeout_ms: int = 250,
@@ -143,7 +136,7 @@ class EmbeddedStore(LocalLists):
             store._watcher = asyncio.get_running_loop().create_task(store._watch())
         return store
 
-    # --- lists: loading (the read side is LocalLists) ---------------------------------------------
+    # --- lists: loading (the read side is call_path.LocalLists) ------------------------------------
     async def _load_lists(self) -> None:
         """Load every list whose version changed; the old set answers until the new one is in memory."""
         async with self._load_lock:
@@ -278,59 +271,7 @@ class EmbeddedStore(LocalLists):
         await self._load_lists()
         return True
 
-    # --- consents and contracts (answered from memory: see _catch_up) -----------------------------------
-    def consent_for(self, account: str, number: str, at: float) -> ConsentRecord | None:
-        key = (account, number)
-        records = self._records
-        rows = records.consents.get(key)
-        if rows is None:
-            if records.complete:
-                return None
-            rows = self._read_consents(key)
-        found = consent_in_force(rows, at)
-        if found is None:
-            return None
-        return usable(found, self._refusals_of(key), self._opposition_of(key), at)
-
-    def has_contract(self, account: str, number: str, at: float, purpose: str | None = None) -> bool:
-        spans = self._records.contracts.get((account, number))
-        if spans is None:
-            if self._records.complete:
-                return False
-            spans = self._read_contracts((account, number))
-        return contract_in_force(spans, at, purpose)
-
-    def contract_for(self, account: str, number: str, at: float,
-                     purpose: str | None = None) -> ContractRecord | None:  # fmt: skip
-        spans = self._records.contracts.get((account, number))
-        if spans is None:
-            if self._records.complete:
-                return None
-            spans = self._read_contracts((account, number))
-        found = contract_at(spans, at, purpose)
-        if found is None:
-            return None
-        started, ended, scope, reference = found
-        return ContractRecord(account, number, started, ended, reference, tuple(sorted(scope)))
-
-    def opposition_for(self, account: str, number: str, at: float) -> float | None:
-        since = self._opposition_of((account, number))
-        return since if since is not None and since <= at else None
-
-    def _refusals_of(self, key: Key) -> Refusals | None:
-        refusals = self._records.refusals
-        value = refusals.get(key)
-        if value is None and not self._records.complete and key not in refusals:
-            value = self._read_refusals(key)
-        return value
-
-    def _opposition_of(self, key: Key) -> float | None:
-        oppositions = self._records.oppositions
-        since = oppositions.get(key)
-        if since is None and not self._records.complete and key not in oppositions:
-            since = self._read_opposition(key)
-        return since
-
+    # --- consents and contracts (the call path reads them from memory: call_path.py, kept by _catch_up) --
     async def add_consent(self, record: ConsentRecord) -> None:
         self._write("INSERT INTO consents(account, number, granted_at, proof, revoked_at, hours, time_zone)"
                     " VALUES(?,?,?,?,?,?,?)", (record.account, record.number, record.granted_at, record.proof,
@@ -570,42 +511,7 @@ class EmbeddedStore(LocalLists):
             db.execute("INSERT INTO meta VALUES('changes_pruned_to', ?) ON CONFLICT(key)"
                        " DO UPDATE SET value=max(value, excluded.value)", (seen,))
 
-    # --- counters: answered from memory, written behind ------------------------------------------------
-    async def check_and_record_attempt(
-        self, account: str, number: str, now: float, cap: int, window_s: float, refusal_cooldown_s: float
-    ) -> AttemptDecision:
-        # No await in here: check and record are atomic for this process, the only writer of attempts.
-        if window_s > self._max_window:
-            self._max_window = window_s
-        key = (account, number)
-        records = self._records
-        refused = records.refusals.get(key)
-        if refused is None and not records.complete and key not in records.refusals:
-            refused = self._read_refusals(key)
-        refused_at = latest_refusal(refused)
-        table = records.attempts.of(account)
-        times = table.get(number)
-        if times is None and not records.complete:
-            self._read_attempts(key)
-            times = table.get(number)
-        n = 0 if times is None else count_after(times, now - window_s)
-        allowed = n < cap and (refused_at is None or refused_at <= now - refusal_cooldown_s)
-        if allowed:
-            if len(self._pending) >= MAX_PENDING:  # writes have failed for a long while: do not record blind
-                raise self.health.failed(sqlite3.OperationalError(
-                    f"{len(self._pending)} recorded attempts could not be written"), "attempt")
-            if times is None:
-                table[number] = now  # add_time's first case, inlined: nearly every relayed call
-            else:
-                add_time(table, number, now)
-            if now > self._latest:
-                self._latest = now
-            n += 1
-            self._pending.append((account, number, now))
-            if self._flush_scheduled is None and not self._flush_failed:
-                self._schedule_flush()
-        return AttemptDecision(allowed, n, refused_at)
-
+    # --- counters: counted in memory (call_path.py), written behind -----------------------------------
     def _schedule_flush(self) -> None:
         """Hand the attempts to the writer thread `flush_interval` later (or once the callbacks of the current
         event-loop iteration have run): the counters are exact in memory at once, one transaction serves

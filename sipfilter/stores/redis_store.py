@@ -27,6 +27,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from sipfilter.stores.base import AttemptDecision, ConsentRecord, ContractRecord, ListInfo, StoreUnavailable
+from sipfilter.stores.call_path import LocalLists
 from sipfilter.stores.history import (
     History,
     Objection,
@@ -41,7 +42,7 @@ from sipfilter.stores.numberset import NumberSet
 from sipfilter.stores.redis_batch import AttemptBatcher, ClusterBatcher
 from sipfilter.stores.redis_url import DEFAULT_TIMEOUT_S, redis_options
 from sipfilter.stores.redis_url import split_url as _split_url
-from sipfilter.stores.writable import Health, LocalLists, check_list_name, consent_in_force, log, scope_text
+from sipfilter.stores.writable import Health, check_list_name, consent_in_force, log, scope_text
 
 T = TypeVar("T")
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Mapping, Sequence
-from types import MappingProxyType
+from collections.abc import Sequence
 from typing import Protocol
 
 from sipfilter.stores.base import ConsentRecord, ContractRecord, ListInfo, Store, StoreUnavailable
@@ -181,38 +180,3 @@ class Health:
     @property
     def up(self) -> bool:
         return self.down_since is None
-
-
-class LocalLists:
-    """The call path's list lookups, answered from this process's memory in both backends.
-
-    A backend loads each list version into `_sets`/`_infos` and swaps the dicts whole, so readers never
-    see a half-loaded list."""
-
-    _sets: dict[str, NumberSet]
-    _infos: dict[str, ListInfo]
-    _versions_memo: tuple[dict[str, ListInfo], dict[tuple[str, ...], Mapping[str, int]]] | None = None
-
-    def list_contains(self, list_name: str, number: str) -> bool:
-        return number in self._sets[list_name]
-
-    def list_info(self, list_name: str) -> ListInfo | None:
-        return self._infos.get(list_name)
-
-    def list_names(self) -> list[str]:
-        return sorted(self._infos)
-
-    def list_numbers(self, name: str) -> NumberSet:
-        return self._sets[name]
-
-    def list_versions(self, names: tuple[str, ...]) -> Mapping[str, int]:
-        # On every call's audit line: memoised per `names` until the next swap of `_infos`.
-        infos = self._infos
-        memo = self._versions_memo
-        if memo is None or memo[0] is not infos:
-            memo = self._versions_memo = (infos, {})
-        versions = memo[1].get(names)
-        if versions is None:
-            versions = memo[1][names] = MappingProxyType(
-                {n: infos[n].version for n in names if n in infos})
-        return versions

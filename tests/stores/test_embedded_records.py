@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sipfilter.stores import embedded
+from sipfilter.stores import call_path, embedded
 from sipfilter.stores.base import ConsentRecord, StoreUnavailable
 from sipfilter.stores.embedded import EmbeddedStore
 from sipfilter.stores.writable import ContractRecord
@@ -224,7 +224,7 @@ async def test_attempts_stay_counted_while_sqlite_is_locked(tmp_path: Path) -> N
 async def test_calls_get_store_errors_once_too_many_attempts_are_unwritten(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(embedded, "MAX_PENDING", 2)
+    monkeypatch.setattr(call_path, "MAX_PENDING", 2)
     data = tmp_path / "data"
     s = await EmbeddedStore.open(data, watch=False, preload=True, busy_timeout_ms=1, flush_interval=0.0)
     locker = sqlite3.connect(data / embedded.DB_NAME, isolation_level=None)
