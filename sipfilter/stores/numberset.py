@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-import numpy as np
 from pyroaring import BitMap64, FrozenBitMap64
 
 # E.164 "+CC…" (≤ 15 digits, no leading zero) maps to its digits as an integer (< 2**50). Anything else made
@@ -59,14 +58,9 @@ class NumberSet:
         return cls.from_keys(keys)
 
     @classmethod
-    def from_keys(cls, keys: Iterable[int] | np.ndarray) -> NumberSet:
+    def from_keys(cls, keys: Iterable[int]) -> NumberSet:
         bits = BitMap64()
-        if isinstance(keys, np.ndarray):
-            # BitMap64 wants Python ints; feed it in slices to bound the temporary list.
-            for start in range(0, len(keys), 1 << 20):
-                bits.update(keys[start : start + (1 << 20)].tolist())
-        else:
-            bits.update(keys)
+        bits.update(keys)
         bits.run_optimize()
         bits.shrink_to_fit()
         return cls(FrozenBitMap64(bits))
