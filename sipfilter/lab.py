@@ -7,6 +7,7 @@ into a shipped rule pack.
 
 from __future__ import annotations
 
+import random
 import re
 import socket
 from collections.abc import Iterable
@@ -35,19 +36,44 @@ class LabError(RuntimeError):
 # --------------------------------------------------------------------------------------------- ports
 
 
+# Lab ports are picked below the kernel's ephemeral range. A port of that range that is free now can be taken
+# by any process's outgoing connection or port-0 bind before the lab process binds it (seconds later, after
+# provisioning), and the process then fails to start with "Address already in use". Picked at random, from
+# the system's entropy: processes that seeded `random` alike still pick different ports.
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST_LAB_PORT = 10_000
+_pick = random.SystemRandom()
+
+
+def lab_port_range() -> range:
+    """Where free_port looks: from 10000 up to the ephemeral range's start (or to the top, when that range
+    leaves too little room below it)."""
+    try:
+        ephemeral_low = int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768  # Linux's default
+    if ephemeral_low - _LOWEST_LAB_PORT < 1000:
+        return range(_LOWEST_LAB_PORT, 65536)
+    return range(_LOWEST_LAB_PORT, ephemeral_low)
+
+
 def free_port() -> int:
-    """A port number free for both UDP and TCP on 127.0.0.1 right now (SIP listens on both)."""
+    """A port number free for both UDP and TCP on 127.0.0.1 right now (SIP listens on both), outside the
+    kernel's ephemeral range."""
+    ports = lab_port_range()
     for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((LOOPBACK, 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((LOOPBACK, port))
-                except OSError:
-                    continue
-                return port
-    raise LabError("no free UDP+TCP port pair on 127.0.0.1")
+        port = _pick.choice(ports)
+        try:
+            with (
+                socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp,
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp,
+            ):
+                tcp.bind((LOOPBACK, port))
+                udp.bind((LOOPBACK, port))
+        except OSError:
+            continue
+        return port
+    raise LabError(f"no free UDP+TCP port pair on {LOOPBACK} in {ports.start}-{ports.stop - 1}")
 
 
 def free_ports(count: int) -> list[int]:

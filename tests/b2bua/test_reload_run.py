@@ -25,6 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 from sipp_harness import metric_sum, sipfilter_available
 from test_run import CALLEE, Udp, _invite, _reply
 
+from sipfilter.lab import free_port
+
 _MISSING = sipfilter_available()
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")]
 
@@ -102,12 +104,6 @@ def running(tmp_path: Path) -> Iterator[Running]:
         dialer.sock.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_sighup_applies_a_new_admin_token_and_port(running: Running) -> None:
     token_file = running.workdir / "secrets" / "admin.token"
     first = token_file.read_text().strip()  # created at start, for the operator to read
@@ -119,7 +115,7 @@ def test_sighup_applies_a_new_admin_token_and_port(running: Running) -> None:
     second = "r0tated-" + uuid.uuid4().hex + uuid.uuid4().hex
     token_file.write_text(second + "\n")
     config = running.config
-    new_port = _free_port()
+    new_port = free_port()
     config["admin"]["port"] = new_port
     running.reload(config)
     with pytest.raises(OSError):
@@ -161,7 +157,7 @@ def test_sighup_applies_the_audit_log_path_and_its_error_policy(running: Running
 def test_sighup_names_what_needs_a_restart(running: Running) -> None:
     config = running.config
     old_inside = running.proc.ports.inside
-    config["sip"]["inside"] = [{"transport": "udp", "host": "127.0.0.1", "port": _free_port()}]
+    config["sip"]["inside"] = [{"transport": "udp", "host": "127.0.0.1", "port": free_port()}]
     running.reload(config)
     assert "sip.inside changed: it takes effect at the next restart" in running.proc.log_tail()
     metrics = _http(running.proc.ports.admin, "/metrics")[1]

@@ -12,7 +12,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
@@ -28,6 +27,7 @@ from promql_names import dashboard_exprs, referenced_metrics
 
 from sipfilter import metrics
 from sipfilter.http import AdminServer, ReadinessState
+from sipfilter.lab import free_port
 from sipfilter.policy.engine import PolicyEngine
 from sipfilter.stores.base import ListInfo
 from sipfilter.stores.writable import Health
@@ -50,13 +50,6 @@ EVENTS: list[Callable[[], None]] = []
 # An in-process server cannot restart: the restart annotation is evaluated (valid PromQL), never non-empty.
 NO_EVENT_IN_PROCESS = {"annotation: Restarts"}
 EXTERNAL = os.environ.get("SIPFILTER_METRICS_TARGET")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class _Store:
