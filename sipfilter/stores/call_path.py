@@ -148,10 +148,7 @@ class EmbeddedCallPath(LocalLists):
             self._max_window = window_s
         key = (account, number)
         records = self._records
-        refused = records.refusals.get(key)
-        if refused is None and not records.complete and key not in records.refusals:
-            refused = self._read_refusals(key)
-        refused_at = latest_refusal(refused)
+        refused_at = latest_refusal(self._refusals_of(key))
         table = records.attempts.of(account)
         times = table.get(number)
         if times is None and not records.complete:
