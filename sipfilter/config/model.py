@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 # The model. Field names follow config/sipfilter.yaml exactly (`pass` becomes `pass_`).
 
 TRANSPORTS = ("udp", "tcp", "tls")
+MAX_WORKERS = 256  # sip.workers; the tags and branches a worker makes carry its index (workers/routing.py)
 
 
 @dataclass(frozen=True, slots=True)

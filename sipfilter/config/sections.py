@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 
+from sipfilter.config.cpus import usable_cpus
 from sipfilter.config.model import (
+    MAX_WORKERS,
     TRANSPORTS,
     AdminConfig,
     AuditConfig,
@@ -118,12 +119,13 @@ def read_sip(s: Section) -> SipConfig:
 
 
 def _workers(s: Section, listens: tuple[Listen, ...]) -> int:
-    """`sip.workers`: a count, or `auto` for one per core. Several workers need UDP-only listeners: a stream
-    connection stays in the process that accepted it, and its calls would bypass the callee's owner."""
+    """`sip.workers`: a count, or `auto` for one per core this process may use (config/cpus.py). Several
+    workers need UDP-only listeners: a stream connection stays in the process that accepted it, and its
+    calls would bypass the callee's owner."""
     if s.raw("workers", 1) == "auto":
-        workers: int = os.cpu_count() or 1
+        workers: int = min(usable_cpus(), MAX_WORKERS)
     else:
-        workers = s.int("workers", 1, lo=1, hi=256)
+        workers = s.int("workers", 1, lo=1, hi=MAX_WORKERS)
     if workers > 1 and any(x.transport != "udp" for x in listens):
         raise s.error("workers", f"{workers} workers need UDP-only sip.inside and sip.outside listeners "
                                  "(a TCP or TLS connection stays in one worker): set workers: 1 to use them")

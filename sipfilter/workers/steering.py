@@ -13,10 +13,10 @@ without a loop (classic BPF has none):
 - any other `sip:` request whose user is digits (after an optional `+`) up to `@` or `;`: the callee's owner,
   `routing.callee_owner` (the number its last digits make, modulo the workers).
 
-Anything else (a peer that reorders or rewrites headers, a tel: URI, more than two index digits) gets a
-result past the group's end, which makes the kernel fall back to its hash of the peer's address; the worker
-that reads it then hands it over (worker.py). The program only saves that work: routing.py alone decides
-who owns a datagram, and the tests check both agree wherever the program decides.
+Anything else (a peer that reorders or rewrites headers, a tel: URI, a mark longer than MAX_WORKERS allows)
+gets a result past the group's end, which makes the kernel fall back to its hash of the peer's address; the
+worker that reads it then hands it over (worker.py). The program only saves that work: routing.py alone
+decides who owns a datagram, and the tests check both agree wherever the program decides.
 """
 
 from __future__ import annotations
@@ -26,12 +26,14 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
+from sipfilter.config.model import MAX_WORKERS
 from sipfilter.workers.routing import CALLEE_DIGITS, MARK_PREFIX
 
 SO_ATTACH_REUSEPORT_CBPF = 51  # <asm-generic/socket.h>; socket module does not name it
 STATUS_LINE_SCAN = 64  # bytes searched for the status line's end ("SIP/2.0 603 Decline" and longer phrases)
 METHOD_SCAN = 16  # the longest method name we look for a space after
 USER_DIGITS_SCAN = 32  # digits of a callee's user part (E.164 has 15 at most; 00 prefixes and visual slack)
+INDEX_DIGITS = len(str(MAX_WORKERS - 1))  # of a worker mark's index
 FALL_BACK = 0xFFFFFFFF  # past the group's end: the kernel picks by hash
 
 # Classic BPF opcodes (<linux/filter.h>)
@@ -179,25 +181,27 @@ def program(workers: int, via_prefix: bytes) -> bytes:
     p.op(_MISC | _TXA)
     p.op(_ALU | _ADD | _K, len(expected))
     p.op(_MISC | _TAX)
-    # -- X = the first index digit of a mark: one or two digits, then "."
+    # -- X = the first index digit of a mark: one to INDEX_DIGITS digits, then "."
     p.label("index")
-    p.op(_LD | _B | _IND, 0)
-    p.op(_ALU | _SUB | _K, ord("0"))
-    p.jump(_JMP | _JGT | _K, 9, "fall", None)
-    p.op(_ST, 1)
-    p.op(_LD | _B | _IND, 1)
-    p.jump(_JMP | _JEQ | _K, ord("."), "one_digit", None)
-    p.op(_ALU | _SUB | _K, ord("0"))
-    p.jump(_JMP | _JGT | _K, 9, "fall", None)
-    p.op(_ST, 2)
-    p.op(_LD | _B | _IND, 2)
+    p.op(_MISC | _TXA)
+    p.op(_ST, 3)  # M[3] = where the mark's digits start (X holds each digit while it is added)
+    p.op(_LD | _W | _IMM, 0)
+    p.op(_ST, 1)  # M[1] = the index read so far
+    for digit in range(INDEX_DIGITS):
+        p.op(_LD | _B | _IND, digit)
+        if digit > 0:
+            p.jump(_JMP | _JEQ | _K, ord("."), "index_read", None)
+        p.op(_ALU | _SUB | _K, ord("0"))
+        p.jump(_JMP | _JGT | _K, 9, "fall", None)
+        p.op(_MISC | _TAX)
+        p.op(_LD | _W | _MEM, 1)
+        p.op(_ALU | _MUL | _K, 10)
+        p.op(_ALU | _ADD | _X)
+        p.op(_ST, 1)
+        p.op(_LDX | _W | _MEM, 3)
+    p.op(_LD | _B | _IND, INDEX_DIGITS)
     p.jump(_JMP | _JEQ | _K, ord("."), None, "fall")
-    p.op(_LD | _W | _MEM, 1)
-    p.op(_ALU | _MUL | _K, 10)
-    p.op(_LDX | _W | _MEM, 2)
-    p.op(_ALU | _ADD | _X)
-    p.goto("modulo")
-    p.label("one_digit")
+    p.label("index_read")
     p.op(_LD | _W | _MEM, 1)
     p.label("modulo")
     p.op(_ALU | _MOD | _K, workers)

@@ -68,14 +68,14 @@ class Deployment:
 def deploy(workdir: Path, carriers: int = 1, trunk: dict[str, Any] | None = None,
            sip: dict[str, Any] | None = None, extra_consents: list[str] | None = None,
            extra_lists: dict[str, list[str]] | None = None,
-           store: dict[str, Any] | None = None, workers: int = 1) -> Deployment:
+           store: dict[str, Any] | None = None, workers: int | str = 1) -> Deployment:
     """Config on free ports, lists and consents provisioned, `sipfilter run` started and ready.
     `store` replaces keys of the store section (e.g. a Redis backend and URL). `workers` > 1: that many
-    worker processes, on UDP-only listeners (what sip.workers requires).
+    worker processes (`auto`: one per usable core), on UDP-only listeners (what sip.workers requires).
     The caller stops it (`deployment.sipfilter.stop()`, in a finally or a fixture teardown)."""
     numbers = free_ports(3 + carriers)  # all distinct
     ports, carrier_ports = SipfilterPorts(*numbers[:3]), numbers[3:]
-    if workers > 1:
+    if workers != 1:
         sip = {"inside": [{"transport": "udp", "host": LOOPBACK, "port": ports.inside}], **(sip or {}),
                "workers": workers}
     config = sipfilter_config(workdir, ports, carrier_ports, trunk=trunk, sip=sip)

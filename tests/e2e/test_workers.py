@@ -120,6 +120,27 @@ def test_every_dialog_message_reaches_its_owner(sipp: SippFactory, tmp_path: Pat
     assert metric_sum(after, "sipfilter_retransmissions_total", direction="received") == 0
 
 
+def test_auto_runs_one_worker_per_core_this_process_may_use(sipp: SippFactory, tmp_path: Path) -> None:
+    # Started with one core in its affinity mask (as `taskset -c 0` or a container's cpuset would), `auto`
+    # runs one process however many cores the host has, and it relays calls.
+    mask = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(mask)})
+    try:
+        deployment = deploy(tmp_path / "auto", extra_consents=CALLEES, workers="auto")
+    finally:
+        os.sched_setaffinity(0, mask)
+    try:
+        assert deployment.sipfilter.proc is not None
+        pid = deployment.sipfilter.proc.pid
+        assert Path(f"/proc/{pid}/task/{pid}/children").read_text().split() == []  # no supervisor, no workers
+        cases = [CallCase("+33162000001", callee, "relay") for callee in CALLEES[:4]]
+        dialer, carrier = call(sipp, tmp_path, deployment, "dialer_uac.xml", "carrier_uas.xml", cases)
+        assert dialer.successful == len(cases) and dialer.failed == 0, dialer.summary()
+        assert carrier.invites == len(cases), carrier.summary()
+    finally:
+        deployment.sipfilter.stop()
+
+
 def test_what_the_kernel_cannot_steer_is_handed_over(shared: Deployment) -> None:
     # A tel: Request-URI is not read by the steering program: the kernel picks a worker by the source port,
     # and the one that reads a request it does not own hands it over. Each probe is answered once.

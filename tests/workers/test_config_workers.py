@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from sipfilter.config import ConfigError
+from sipfilter.config.cpus import usable_cpus
+from sipfilter.config.model import MAX_WORKERS
 from sipfilter.configure import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +33,7 @@ def test_the_example_runs_one_worker() -> None:
 
 
 @pytest.mark.parametrize(("value", "expected"),
-                         [("1", 1), ("2", 2), ("16", 16), ("auto", os.cpu_count() or 1)])
+                         [("1", 1), ("2", 2), ("16", 16), ("256", 256), ("auto", usable_cpus())])
 def test_counts_and_auto(tmp_path: Path, value: str, expected: int) -> None:
     assert load_config(example(tmp_path, value)).sip.workers == expected
 
@@ -49,3 +50,8 @@ def test_several_workers_need_udp_only_listeners(tmp_path: Path) -> None:
         load_config(example(tmp_path, "2", udp_only=False))
     assert err.value.field == "sip.workers"
     assert load_config(example(tmp_path, "1", udp_only=False)).sip.workers == 1
+
+
+def test_auto_stops_at_the_most_workers_allowed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sipfilter.config.sections.usable_cpus", lambda: 1024)
+    assert load_config(example(tmp_path, "auto")).sip.workers == MAX_WORKERS

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from sipfilter.b2bua import ids
-from sipfilter.workers.routing import callee_owner, owner, worker_mark
+from sipfilter.workers.routing import CALLEE_DIGITS, callee_owner, owner, worker_mark
 
 
 def invite(uri: str, to: str = "<sip:+33612345678@example.com>", extra: str = "") -> bytes:
@@ -50,6 +50,16 @@ def test_callees_spread_over_workers() -> None:
     for n in range(4000):
         counts[callee_owner(f"invite sip:+336{n:08d}@x sip/2.0".encode(), 4)] += 1
     assert min(counts) > 800, counts
+
+
+@pytest.mark.parametrize("workers", [2, 7, 24, 64, 128, 200, 256])
+def test_no_worker_owns_much_more_than_its_share_of_callees(workers: int) -> None:
+    # Every ending of a number's last digits once: a worker's share of them is its share of the callees.
+    counts = [0] * workers
+    for ending in range(10**CALLEE_DIGITS):
+        counts[callee_owner(f"invite sip:+336123{ending:0{CALLEE_DIGITS}d}@x sip/2.0".encode(), workers)] += 1
+    even = 10**CALLEE_DIGITS / workers
+    assert max(counts) <= even * 1.025, (max(counts), even)
 
 
 def test_cancel_and_non_2xx_ack_follow_the_invite() -> None:

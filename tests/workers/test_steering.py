@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sipfilter.b2bua import ids, wire
+from sipfilter.config.model import MAX_WORKERS
 from sipfilter.transport.udp import bind_udp_socket
 from sipfilter.workers import steering
 from sipfilter.workers.routing import owner, worker_mark
@@ -107,7 +108,20 @@ def test_responses_and_in_dialog_requests_reach_the_worker_that_made_them(count:
                 assert g.receivers(data) == [index], data[:60]
 
 
-@pytest.mark.parametrize("count", [2, 3, 8])
+@pytest.mark.parametrize(("count", "indices"), [(MAX_WORKERS, (0, 9, 10, 99, 100, 101, 199, 255)),
+                                                (130, (0, 99, 100, 129))])
+def test_marks_of_three_digits_are_read_too(count: int, indices: tuple[int, ...]) -> None:
+    # `sip.workers: auto` on a large server: workers 100 and up mark their tags and branches with 3 digits.
+    with group(count) as g:
+        for index in indices:
+            with as_worker(index):
+                messages = [response_to_us(g.hostport), in_dialog_request(g.hostport, "BYE")]
+            for data in messages:
+                assert owner(data, count) == index
+                assert g.receivers(data) == [index], data[:60]
+
+
+@pytest.mark.parametrize("count", [2, 3, 8, 130])
 def test_new_requests_reach_the_worker_of_their_callee(count: int) -> None:
     rng = random.Random(count)
     with group(count) as g:
@@ -139,7 +153,8 @@ def test_what_the_program_cannot_read_is_still_delivered_once() -> None:
     st.binary(max_size=400),
     st.builds(lambda head, tail: head + tail,
               st.sampled_from([b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP ", b"BYE sip:sfw", b"INVITE sip:+",
-                               b"INVITE sip:06", b"SIP/2.0 ", b"ACK sip:sfw1", b"ACK sip:sfw99"]),
+                               b"INVITE sip:06", b"SIP/2.0 ", b"ACK sip:sfw1", b"ACK sip:sfw99",
+                               b"ACK sip:sfw100", b"ACK sip:sfw1000."]),
               st.binary(max_size=200)),
 ))
 def test_hostile_datagrams_reach_exactly_one_socket(data: bytes) -> None:
