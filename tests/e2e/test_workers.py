@@ -9,12 +9,14 @@ counted, SIGHUP reaches both, and there is one /metrics and one audit log with o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -120,25 +122,68 @@ def test_every_dialog_message_reaches_its_owner(sipp: SippFactory, tmp_path: Pat
     assert metric_sum(after, "sipfilter_retransmissions_total", direction="received") == 0
 
 
-def test_auto_runs_one_worker_per_core_this_process_may_use(sipp: SippFactory, tmp_path: Path) -> None:
-    # Started with one core in its affinity mask (as `taskset -c 0` or a container's cpuset would), `auto`
-    # runs one process however many cores the host has, and it relays calls.
+@contextlib.contextmanager
+def one_core_by_affinity() -> Iterator[None]:
+    """This process (and what it starts) on one core of its affinity mask, as `taskset -c 0` would."""
     mask = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {min(mask)})
     try:
-        deployment = deploy(tmp_path / "auto", extra_consents=CALLEES, workers="auto")
+        yield
     finally:
         os.sched_setaffinity(0, mask)
+
+
+@contextlib.contextmanager
+def one_core_by_quota() -> Iterator[None]:
+    """This process (and what it starts) in a new cgroup allowed one core's time, as `docker --cpus 1` would:
+    cgroup v1's cpu controller or v2's cpu.max. Skips where this process may not make cgroups."""
+    name = f"sipfilter-test-{os.getpid()}"
+    v1, v2 = Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup")
     try:
-        assert deployment.sipfilter.proc is not None
-        pid = deployment.sipfilter.proc.pid
-        assert Path(f"/proc/{pid}/task/{pid}/children").read_text().split() == []  # no supervisor, no workers
-        cases = [CallCase("+33162000001", callee, "relay") for callee in CALLEES[:4]]
-        dialer, carrier = call(sipp, tmp_path, deployment, "dialer_uac.xml", "carrier_uas.xml", cases)
-        assert dialer.successful == len(cases) and dialer.failed == 0, dialer.summary()
-        assert carrier.invites == len(cases), carrier.summary()
+        if (v1 / "cpu.cfs_quota_us").exists():
+            group, home = v1 / name, v1
+            group.mkdir()
+            (group / "cpu.cfs_period_us").write_text("100000")
+            (group / "cpu.cfs_quota_us").write_text("100000")
+        elif "cpu" in (v2 / "cgroup.subtree_control").read_text().split():
+            home = v2 / Path("/proc/self/cgroup").read_text().split("::", 1)[1].strip().lstrip("/")
+            group = v2 / name
+            group.mkdir()
+            (group / "cpu.max").write_text("100000 100000")
+        else:
+            pytest.skip("no cgroup cpu controller to make a quota with")
+        (group / "cgroup.procs").write_text(str(os.getpid()))
+    except OSError as exc:
+        pytest.skip(f"cannot make a cgroup here: {exc}")
+    try:
+        yield
     finally:
-        deployment.sipfilter.stop()
+        for pid in [os.getpid(), *map(int, (group / "cgroup.procs").read_text().split())]:
+            with contextlib.suppress(ProcessLookupError):  # what has not exited yet leaves it too
+                (home / "cgroup.procs").write_text(str(pid))
+        group.rmdir()
+
+
+OneCore = Callable[[], AbstractContextManager[None]]
+
+
+@pytest.mark.parametrize("one_core", [one_core_by_affinity, one_core_by_quota])
+def test_auto_runs_one_worker_per_core_this_process_may_use(sipp: SippFactory, tmp_path: Path,
+                                                            one_core: OneCore) -> None:
+    # Started on one core's worth of CPU, `auto` runs one process however many cores the host has, and it
+    # relays calls. (sipfilter, SIPp and this test all run in that core's worth until the end.)
+    with one_core():
+        deployment = deploy(tmp_path / "auto", extra_consents=CALLEES, workers="auto")
+        try:
+            assert deployment.sipfilter.proc is not None
+            pid = deployment.sipfilter.proc.pid
+            assert Path(f"/proc/{pid}/task/{pid}/children").read_text().split() == []  # one process
+            cases = [CallCase("+33162000001", callee, "relay") for callee in CALLEES[:4]]
+            dialer, carrier = call(sipp, tmp_path, deployment, "dialer_uac.xml", "carrier_uas.xml", cases)
+            assert dialer.successful == len(cases) and dialer.failed == 0, dialer.summary()
+            assert carrier.invites == len(cases), carrier.summary()
+        finally:
+            deployment.sipfilter.stop()
 
 
 def test_what_the_kernel_cannot_steer_is_handed_over(shared: Deployment) -> None:
