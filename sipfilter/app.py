@@ -95,7 +95,8 @@ class App:
 
     async def start(self) -> None:
         config = self.config
-        self.store = await open_store(config)
+        worker = (0, 1) if self.worker is None else (self.worker.index, self.worker.count)
+        self.store = await open_store(config, worker=worker)
         self.audit = AuditLog(config.audit)
         engine = PolicyEngine(config)
         runtime = compile_runtime(config, engine, self.store, self.audit)

@@ -15,9 +15,11 @@ if TYPE_CHECKING:
 
 
 async def open_store(config: Config | StoreConfig, *, watch: bool = True,
-                     poll_interval: float = 1.0) -> WritableStore:
+                     poll_interval: float = 1.0, worker: tuple[int, int] = (0, 1)) -> WritableStore:
     """Open the configured backend. `watch` polls for changes by other processes/instances every
-    `poll_interval` seconds (the CLI passes False). Raises StoreUnavailable when it cannot be opened."""
+    `poll_interval` seconds (the CLI passes False). `worker`: (index, count) of a worker process (the
+    embedded store keeps the attempts of that worker's callees only). Raises StoreUnavailable when it cannot
+    be opened."""
     sc: StoreConfig = config.store if hasattr(config, "store") else config
     if sc.backend == "redis":
         from sipfilter.stores.redis_store import RedisStore
@@ -25,7 +27,7 @@ async def open_store(config: Config | StoreConfig, *, watch: bool = True,
         return await RedisStore.open(sc.redis_url, watch=watch, poll_interval=poll_interval)
     from sipfilter.stores.embedded import EmbeddedStore
 
-    return await EmbeddedStore.open(sc.data_dir, watch=watch, poll_interval=poll_interval)
+    return await EmbeddedStore.open(sc.data_dir, watch=watch, poll_interval=poll_interval, worker=worker)
 
 
 __all__ = ["ContractRecord", "StoreError", "StoreUnavailable", "WritableStore", "open_store"]

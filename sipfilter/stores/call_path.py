@@ -31,6 +31,7 @@ from sipfilter.stores.embedded_records import (
 from sipfilter.stores.history import usable
 from sipfilter.stores.numberset import NumberSet
 from sipfilter.stores.writable import Health
+from sipfilter.workers.routing import number_owner
 
 MAX_PENDING = 100_000  # attempts kept in memory while SQLite refuses writes, before calls get on_store_error
 
@@ -84,6 +85,17 @@ class EmbeddedCallPath(LocalLists):
     _flush_failed: bool
     _max_window: float  # the longest frequency window asked for: the prune keeps what it needs
     _latest: float  # the latest attempt time recorded: the prune never cuts relative to a later "now"
+    # One of several workers (sipfilter/workers) keeps in memory only the attempts of the callees it owns:
+    # the one deciding calls to them. A miss on another callee is read from SQLite (see keeps_attempts_of).
+    _attempt_worker: int = 0
+    _attempt_workers: int = 1
+
+    def keeps_attempts_of(self, number: str) -> bool:
+        """Whether this copy loaded every attempt to `number` (so a miss means none): always, but in a worker,
+        which keeps those of the callees it owns. Another worker's callee is one whose Request-URI spelling
+        routes elsewhere than its key: rare, and read from SQLite, so the count stays exact."""
+        workers = self._attempt_workers
+        return workers <= 1 or number_owner(number, workers) == self._attempt_worker
 
     # --- consents and contracts -----------------------------------------------------------------------
     def consent_for(self, account: str, number: str, at: float) -> ConsentRecord | None:
@@ -151,7 +163,7 @@ class EmbeddedCallPath(LocalLists):
         refused_at = latest_refusal(self._refusals_of(key))
         table = records.attempts.of(account)
         times = table.get(number)
-        if times is None and not records.complete:
+        if times is None and not (records.complete and self.keeps_attempts_of(number)):
             self._read_attempts(key)
             times = table.get(number)
         n = 0 if times is None else count_after(times, now - window_s)

@@ -107,14 +107,17 @@ class EmbeddedStore(EmbeddedCallPath):
     @classmethod
     async def open(cls, data_dir: Path, *, watch: bool = True, poll_interval: float = 1.0,
                    busy_timeout_ms: int | None = None, preload: bool | None = None,
-                   flush_interval: float = FLUSH_INTERVAL_S) -> EmbeddedStore:
+                   flush_interval: float = FLUSH_INTERVAL_S,
+                   worker: tuple[int, int] = (0, 1)) -> EmbeddedStore:
         """`busy_timeout_ms`: 250 by default for a watching (proxy) instance, 10 s for the CLI (no watch).
         `preload` (default: `watch`): read every record into memory now, so the call path never reads SQLite;
         otherwise (the CLI's one-shot handles) each (account, number) is read on first use.
         `flush_interval`: how long recorded attempts may wait in memory (0: until the end of the event-loop
-        iteration); a crash loses at most that much."""
+        iteration); a crash loses at most that much. `worker`: (index, count) of a worker process, which
+        keeps in memory the attempts of its own callees only (keeps_attempts_of)."""
         store = cls(data_dir, poll_interval, busy_timeout_ms if busy_timeout_ms is not None else
                     (250 if watch else 10_000), flush_interval)
+        store._attempt_worker, store._attempt_workers = worker
         try:
             store._others_committed()
             if watch if preload is None else preload:
@@ -452,7 +455,8 @@ class EmbeddedStore(EmbeddedCallPath):
         never waits on SQLite). Attempts already in memory are kept: this process is their only writer, some
         are not written yet."""
         kept = self._records.attempts if self._records.complete else None
-        self._records, self._seen = read_all(self._db, kept)
+        keep_attempts_of = self.keeps_attempts_of if self._attempt_workers > 1 else None
+        self._records, self._seen = read_all(self._db, kept, keep_attempts_of)
 
     async def _catch_up(self) -> None:
         """Apply the consent/contract/refusal rows changed since the last catch-up (the `changes` log that

@@ -5,6 +5,7 @@ names since a position. Reads only, inside the caller's connection; the store (e
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 
 from sipfilter.stores.base import ConsentRecord
 from sipfilter.stores.embedded_records import Attempts, Consents, Key, Records, Span, refusals_value, span
@@ -17,10 +18,12 @@ def change_seq(db: sqlite3.Connection) -> int:
     return int(row[0]) if row else 0
 
 
-def read_all(db: sqlite3.Connection, attempts: Attempts | None = None) -> tuple[Records, int]:
+def read_all(db: sqlite3.Connection, attempts: Attempts | None = None,
+             keep_attempts_of: Callable[[str], bool] | None = None) -> tuple[Records, int]:
     """Every consent, contract, refusal and opposition in force, and the attempts (unless `attempts`, the
-    ones already in memory, are given: kept as they are), read in one read transaction so that the copy and
-    the change log position returned with it agree."""
+    ones already in memory, are given: kept as they are; only those to the numbers `keep_attempts_of`
+    accepts, if given), read in one read transaction so that the copy and the change log position returned
+    with it agree."""
     records = Records(complete=True)
     with reading(db):
         seen = change_seq(db)
@@ -64,9 +67,17 @@ def read_all(db: sqlite3.Connection, attempts: Attempts | None = None) -> tuple[
             records.attempts = attempts
         else:
             # The covering index's order: no sort, and each key's times come ascending.
-            for account, number, at in db.execute("SELECT account, number, at FROM attempts"
-                                                  " ORDER BY account, number, at"):
-                records.attempts.add(account, number, at)
+            rows = db.execute("SELECT account, number, at FROM attempts ORDER BY account, number, at")
+            if keep_attempts_of is None:
+                for account, number, at in rows:
+                    records.attempts.add(account, number, at)
+            else:
+                keep, last = False, None
+                for account, number, at in rows:
+                    if number != last:  # rows come grouped by key: one question a callee
+                        keep, last = keep_attempts_of(number), number
+                    if keep:
+                        records.attempts.add(account, number, at)
     return records, seen
 
 

@@ -267,6 +267,13 @@ def test_cap_exact_across_workers(sipp: SippFactory, tmp_path: Path) -> None:
         assert carrier_run.invites == 4, carrier_run.summary()
         lines = [r for r in decisions(deployment) if r["to"] == CAPPED]
         assert sorted(str(r["action"]) for r in lines) == ["allow"] * 4 + ["reject"] * 8, lines
+        # Restarted, each worker reads back the attempts of the callees it owns: the fifth call is refused.
+        deployment.sipfilter.stop()
+        deployment.sipfilter.start()
+        csv_file = write_calls_csv(tmp_path / "cap-after.csv", [CallCase("+33162000001", CAPPED, "relay")])
+        after = sipp("dialer_uac.xml", local_port=free_ports(1)[0], remote=deployment.inside, calls=1,
+                     csv_file=csv_file, pause_ms=100, timeout_s=30).start().wait()
+        assert [(o.code, o.rule) for o in after.outcomes] == [(603, "frequency.cap")], after.summary()
     finally:
         deployment.sipfilter.stop()
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sipfilter.b2bua import ids
-from sipfilter.workers.routing import CALLEE_DIGITS, callee_owner, owner, worker_mark
+from sipfilter.workers.routing import CALLEE_DIGITS, callee_owner, number_owner, owner, worker_mark
 
 
 def invite(uri: str, to: str = "<sip:+33612345678@example.com>", extra: str = "") -> bytes:
@@ -60,6 +62,33 @@ def test_no_worker_owns_much_more_than_its_share_of_callees(workers: int) -> Non
         counts[callee_owner(f"invite sip:+336123{ending:0{CALLEE_DIGITS}d}@x sip/2.0".encode(), workers)] += 1
     even = 10**CALLEE_DIGITS / workers
     assert max(counts) <= even * 1.025, (max(counts), even)
+
+
+@settings(max_examples=500, deadline=None)
+@given(number=st.one_of(
+    st.from_regex(r"\+?[0-9]{0,20}", fullmatch=True),
+    st.text(alphabet="+0123456789٣²-. ;@aZ", max_size=24),
+    st.text(max_size=300),
+), workers=st.integers(2, 256))
+def test_a_numbers_owner_is_the_owner_of_an_invite_to_it(number: str, workers: int) -> None:
+    # The embedded store keeps a worker's callees by their key: the same worker the INVITE goes to.
+    line = b"invite sip:" + number.lower().encode("utf-8", "surrogateescape") + b"@x sip/2.0"
+    assert number_owner(number, workers) == callee_owner(line, workers)
+
+
+@pytest.mark.parametrize("number", [prefix + "1234567" * 36 + tail for prefix in ("", "+")
+                                    for tail in ("", "8", "89", "890", "8901")])  # 252 to 257 characters
+def test_long_numbers_are_cut_where_a_request_uri_user_is(number: str) -> None:
+    line = b"invite sip:" + number.encode() + b"@x sip/2.0"
+    assert number_owner(number, 7) == callee_owner(line, 7)
+
+
+@pytest.mark.parametrize("workers", [2, 3, 8, 256])
+def test_an_e164_key_has_the_owner_of_every_spelling(workers: int) -> None:
+    for key, spellings in (("+33612345678", ["sip:+33612345678@c", "sip:0612345678@c;user=phone",
+                                             "sip:0033612345678@c", "tel:+33-6-12-34-56-78"]),
+                           ("+262692123456", ["sip:0692123456@c", "sip:+262692123456@c"])):  # fmt: skip
+        assert {owner(invite(uri), workers) for uri in spellings} == {number_owner(key, workers)}
 
 
 def test_cancel_and_non_2xx_ack_follow_the_invite() -> None:

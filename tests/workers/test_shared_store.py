@@ -5,10 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from sipfilter.stores.embedded import EmbeddedStore
+from sipfilter.workers.routing import number_owner
 
 A, N1 = "acme", "+33612345678"
 T0 = 1_790_000_000.0
+DAY30, DAY60 = 30 * 86400.0, 60 * 86400.0
 
 
 async def test_a_refusal_recorded_by_one_worker_reaches_another_after_a_prune(tmp_path: Path) -> None:
@@ -38,3 +42,55 @@ async def test_a_refusal_recorded_by_one_worker_reaches_another_after_a_prune(tm
     finally:
         await first.close()
         await second.close()
+
+
+async def test_each_worker_keeps_the_attempts_of_its_own_callees(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # Four attempts to each of 40 callees, recorded and written; then two workers open the same store.
+    callees = [f"+336123{n:05d}" for n in range(40)]
+    writer = await EmbeddedStore.open(tmp_path, watch=False, preload=True)
+    try:
+        for number in callees:
+            for i in range(4):
+                assert (await writer.check_and_record_attempt(A, number, T0 + i, 4, DAY30, DAY60)).allowed
+    finally:
+        await writer.close()
+    workers = [await EmbeddedStore.open(tmp_path, watch=False, preload=True, worker=(i, 2)) for i in range(2)]
+    try:
+        kept = [{number for _, number in w._records.attempts} for w in workers]
+        assert kept[0] | kept[1] == set(callees) and not kept[0] & kept[1]
+        assert all(number_owner(n, 2) == i for i in range(2) for n in kept[i])
+        for i, w in enumerate(workers):
+            for number in callees:  # its own callees from memory, the others from SQLite: all at the cap
+                d = await w.check_and_record_attempt(A, number, T0 + 10, 4, DAY30, DAY60)
+                assert (d.allowed, d.attempts_in_window) == (False, 4), (i, number)
+        # A callee never called that a worker owns: none in memory, and nothing read from SQLite for it.
+        read: list[tuple[str, str]] = []
+        monkeypatch.setattr(EmbeddedStore, "_read_attempts", lambda self, key: read.append(key))
+        for i, w in enumerate(workers):
+            fresh = next(n for n in (f"+3361999{k:04d}" for k in range(100)) if number_owner(n, 2) == i)
+            d = await w.check_and_record_attempt(A, fresh, T0 + 10, 4, DAY30, DAY60)
+            assert (d.allowed, d.attempts_in_window) == (True, 1)
+        assert read == []
+    finally:
+        for w in workers:
+            await w.close()
+
+
+async def test_a_worker_reads_a_callee_it_does_not_own_from_sqlite(tmp_path: Path) -> None:
+    # A callee whose Request-URI spelling routes it to a worker other than its key's owner: that worker's
+    # miss is read from SQLite, never taken for "no attempts".
+    other = next(n for n in (f"+3361234{k:04d}" for k in range(100)) if number_owner(n, 2) == 1)
+    writer = await EmbeddedStore.open(tmp_path, watch=False, preload=True)
+    try:
+        for i in range(4):
+            await writer.check_and_record_attempt(A, other, T0 + i, 4, DAY30, DAY60)
+    finally:
+        await writer.close()
+    worker0 = await EmbeddedStore.open(tmp_path, watch=False, preload=True, worker=(0, 2))
+    try:
+        assert (A, other) not in worker0._records.attempts and not worker0.keeps_attempts_of(other)
+        d = await worker0.check_and_record_attempt(A, other, T0 + 10, 4, DAY30, DAY60)
+        assert (d.allowed, d.attempts_in_window) == (False, 4)
+    finally:
+        await worker0.close()
