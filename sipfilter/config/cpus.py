@@ -47,7 +47,9 @@ def cgroup_cpu_quota(proc_cgroup: Path = PROC_SELF_CGROUP, cgroup_root: Path = C
             for base in (cgroup_root, cgroup_root / "unified"):
                 quotas += _walk(base, path, _v2_quota)
         elif "cpu" in controllers.split(","):
-            for mount in (cgroup_root / controllers, cgroup_root / "cpu", cgroup_root / "cpu,cpuacct"):
+            # Where distributions mount it; the hierarchy's own name is often one of the usual two.
+            mounts = (cgroup_root / controllers, cgroup_root / "cpu", cgroup_root / "cpu,cpuacct")
+            for mount in dict.fromkeys(mounts):
                 quotas += _walk(mount, path, _v1_quota)
     return min(quotas) if quotas else None
 

@@ -67,17 +67,13 @@ def read_all(db: sqlite3.Connection, attempts: Attempts | None = None,
             records.attempts = attempts
         else:
             # The covering index's order: no sort, and each key's times come ascending.
-            rows = db.execute("SELECT account, number, at FROM attempts ORDER BY account, number, at")
-            if keep_attempts_of is None:
-                for account, number, at in rows:
+            keep, last = True, None
+            for account, number, at in db.execute("SELECT account, number, at FROM attempts"
+                                                  " ORDER BY account, number, at"):
+                if keep_attempts_of is not None and number != last:  # grouped by key: one question a callee
+                    keep, last = keep_attempts_of(number), number
+                if keep:
                     records.attempts.add(account, number, at)
-            else:
-                keep, last = False, None
-                for account, number, at in rows:
-                    if number != last:  # rows come grouped by key: one question a callee
-                        keep, last = keep_attempts_of(number), number
-                    if keep:
-                        records.attempts.add(account, number, at)
     return records, seen
 
 

@@ -23,7 +23,6 @@ import zlib
 
 MARK_PREFIX = "sfw"
 HEAD_LIMIT = 8192  # bytes scanned for the headers: the start line, Via and To come first in practice
-USER_DIGITS_MAX = 256  # of a Request-URI user, read for its digits
 CALLEE_DIGITS = 4  # 10,000 keys: no worker owns more than 2.5 % over an even share, up to 256 workers
 
 _HEADER_END = b"\r\n\r\n"
@@ -66,11 +65,8 @@ def owner(data: bytes, workers: int) -> int | None:
 
 
 def number_owner(number: str, workers: int) -> int:
-    """The worker that owns new requests to `number` (a store's key, E.164 in practice): what `callee_owner`
-    reads from `INVITE sip:<number>@… SIP/2.0`."""
-    body = number[1:] if number.startswith("+") else number
-    if CALLEE_DIGITS <= len(body) < USER_DIGITS_MAX and body.isascii() and body.isdigit():
-        return int(number[-CALLEE_DIGITS:]) % workers
+    """The worker that owns new requests to `number` (a store's key, E.164 in practice): the owner of
+    `INVITE sip:<number>@… SIP/2.0`."""
     line = b"invite sip:" + number.lower().encode("utf-8", "surrogateescape") + b"@x sip/2.0"
     return callee_owner(line, workers)
 
@@ -87,7 +83,7 @@ def callee_owner(start_line: bytes, workers: int) -> int:
     else:  # tel: URIs and hosts: up to the first parameter
         semi = rest.find(b";")
         user = rest if semi < 0 else rest[:semi]
-    user = user.split(b";", 1)[0][:USER_DIGITS_MAX]  # user parameters (;npdi, ;rn=…) are not the number
+    user = user.split(b";", 1)[0][:256]  # user parameters (;npdi, ;rn=…) are not the number
     digits = _NOT_DIGIT.sub(b"", user)
     if len(digits) >= CALLEE_DIGITS:
         return int(digits[-CALLEE_DIGITS:]) % workers
