@@ -2,8 +2,9 @@
 the embedded store's consents, contracts, objections and attempt counts. Compiled with the call path
 (sipfilter.compiled): each call makes about a dozen of these reads.
 
-The backends subclass these classes (interpreted): they load and swap what is read here, and answer an
-incomplete copy's misses (the CLI's one-shot handles) from SQLite through the `_read_*` methods.
+The backends subclass these classes (interpreted): they load and swap what is read here, and answer from
+SQLite, through the `_read_*` methods, the misses on keys a copy does not hold every row of (the CLI's
+one-shot handles; a worker's copy for another worker's callees).
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class LocalLists:
 class EmbeddedCallPath(LocalLists):
     """The embedded store's call-path reads and its check-and-record of attempts, over `_records` (the
     in-memory copy of its rows). The store (embedded.py) fills `_records`, writes `_pending` behind and reads
-    an incomplete copy's misses."""
+    the misses on keys the copy does not hold every row of."""
 
     health: Health
     _records: Records
@@ -85,17 +86,25 @@ class EmbeddedCallPath(LocalLists):
     _flush_failed: bool
     _max_window: float  # the longest frequency window asked for: the prune keeps what it needs
     _latest: float  # the latest attempt time recorded: the prune never cuts relative to a later "now"
-    # One of several workers (sipfilter/workers) keeps in memory only the attempts of the callees it owns:
-    # the one deciding calls to them. A miss on another callee is read from SQLite (see keeps_attempts_of).
-    _attempt_worker: int = 0
-    _attempt_workers: int = 1
+    # One of several workers (sipfilter/workers) keeps in memory only the rows of the callees it owns: the
+    # one deciding calls to them. A miss on another callee is read from SQLite (see owns).
+    _worker: int = 0
+    _workers: int = 1
+    _owns_number: str = ""  # the last number asked about, and the answer: a call asks up to five times
+    _owns_answer: bool = True
 
-    def keeps_attempts_of(self, number: str) -> bool:
-        """Whether this copy loaded every attempt to `number` (so a miss means none): always, but in a worker,
-        which keeps those of the callees it owns. Another worker's callee is one whose Request-URI spelling
-        routes elsewhere than its key: rare, and read from SQLite, so the count stays exact."""
-        workers = self._attempt_workers
-        return workers <= 1 or number_owner(number, workers) == self._attempt_worker
+    def owns(self, number: str) -> bool:
+        """Whether this process decides new calls to `number` (the owner of `INVITE sip:<number>@…`):
+        always, but in one of several workers. A worker's copy holds every row of the numbers it owns, so
+        only their misses mean "none". Another worker's callee reaches this one when its Request-URI spelling
+        routes elsewhere than its key: rare, and read from SQLite, so every answer stays exact."""
+        workers = self._workers
+        if workers <= 1:
+            return True
+        if number != self._owns_number:
+            self._owns_answer = number_owner(number, workers) == self._worker
+            self._owns_number = number
+        return self._owns_answer
 
     # --- consents and contracts -----------------------------------------------------------------------
     def consent_for(self, account: str, number: str, at: float) -> ConsentRecord | None:
@@ -103,7 +112,7 @@ class EmbeddedCallPath(LocalLists):
         records = self._records
         rows = records.consents.get(key)
         if rows is None:
-            if records.complete:
+            if records.holds_all_of(number):
                 return None
             rows = self._read_consents(key)
         found = consent_in_force(rows, at)
@@ -114,7 +123,7 @@ class EmbeddedCallPath(LocalLists):
     def has_contract(self, account: str, number: str, at: float, purpose: str | None = None) -> bool:
         spans = self._records.contracts.get((account, number))
         if spans is None:
-            if self._records.complete:
+            if self._records.holds_all_of(number):
                 return False
             spans = self._read_contracts((account, number))
         return contract_in_force(spans, at, purpose)
@@ -123,7 +132,7 @@ class EmbeddedCallPath(LocalLists):
                      purpose: str | None = None) -> ContractRecord | None:  # fmt: skip
         spans = self._records.contracts.get((account, number))
         if spans is None:
-            if self._records.complete:
+            if self._records.holds_all_of(number):
                 return None
             spans = self._read_contracts((account, number))
         found = contract_at(spans, at, purpose)
@@ -140,14 +149,14 @@ class EmbeddedCallPath(LocalLists):
     def _refusals_of(self, key: Key) -> Refusals | None:
         refusals = self._records.refusals
         value = refusals.get(key)
-        if value is None and not self._records.complete and key not in refusals:
+        if value is None and not self._records.holds_all_of(key[1]) and key not in refusals:
             value = self._read_refusals(key)
         return value
 
     def _opposition_of(self, key: Key) -> float | None:
         oppositions = self._records.oppositions
         since = oppositions.get(key)
-        if since is None and not self._records.complete and key not in oppositions:
+        if since is None and not self._records.holds_all_of(key[1]) and key not in oppositions:
             since = self._read_opposition(key)
         return since
 
@@ -163,7 +172,7 @@ class EmbeddedCallPath(LocalLists):
         refused_at = latest_refusal(self._refusals_of(key))
         table = records.attempts.of(account)
         times = table.get(number)
-        if times is None and not (records.complete and self.keeps_attempts_of(number)):
+        if times is None and not self._records.holds_all_of(number):
             self._read_attempts(key)
             times = table.get(number)
         n = 0 if times is None else count_after(times, now - window_s)
@@ -192,7 +201,8 @@ class EmbeddedCallPath(LocalLists):
         raise NotImplementedError
 
     def _read_consents(self, key: Key) -> Consents:
-        """An incomplete copy's miss: read the key's rows (and keep them until a change to them is seen)."""
+        """A miss on a key this copy does not hold every row of: read its rows (and keep them, refreshed by
+        the change log like every key held)."""
         raise NotImplementedError
 
     def _read_contracts(self, key: Key) -> tuple[Span, ...]:

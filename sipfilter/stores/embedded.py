@@ -114,10 +114,10 @@ class EmbeddedStore(EmbeddedCallPath):
         otherwise (the CLI's one-shot handles) each (account, number) is read on first use.
         `flush_interval`: how long recorded attempts may wait in memory (0: until the end of the event-loop
         iteration); a crash loses at most that much. `worker`: (index, count) of a worker process, which
-        keeps in memory the attempts of its own callees only (keeps_attempts_of)."""
+        keeps in memory the records and attempts of its own callees only (see `owns`)."""
         store = cls(data_dir, poll_interval, busy_timeout_ms if busy_timeout_ms is not None else
                     (250 if watch else 10_000), flush_interval)
-        store._attempt_worker, store._attempt_workers = worker
+        store._worker, store._workers = worker
         try:
             store._others_committed()
             if watch if preload is None else preload:
@@ -416,7 +416,8 @@ class EmbeddedStore(EmbeddedCallPath):
 
     # --- the in-memory copy: loading and catching up with other processes' writes ----------------------
     def _read_consents(self, key: Key) -> Consents:
-        """An incomplete copy's miss: read the key's rows (and keep them until a change to them is seen)."""
+        """A miss on a key this copy does not hold every row of: read its rows (and keep them, refreshed by
+        the change log like every key held)."""
         rows = tuple(ConsentRecord(*key, *row) for row in self._read(
             "SELECT granted_at, proof, revoked_at, hours, time_zone FROM consents WHERE account=?"
             " AND number=? AND undone_at IS NULL ORDER BY id", key))
@@ -455,8 +456,7 @@ class EmbeddedStore(EmbeddedCallPath):
         never waits on SQLite). Attempts already in memory are kept: this process is their only writer, some
         are not written yet."""
         kept = self._records.attempts if self._records.complete else None
-        keep_attempts_of = self.keeps_attempts_of if self._attempt_workers > 1 else None
-        self._records, self._seen = read_all(self._db, kept, keep_attempts_of)
+        self._records, self._seen = read_all(self._db, kept, self.owns if self._workers > 1 else None)
 
     async def _catch_up(self) -> None:
         """Apply the consent/contract/refusal rows changed since the last catch-up (the `changes` log that

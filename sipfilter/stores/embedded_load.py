@@ -19,12 +19,13 @@ def change_seq(db: sqlite3.Connection) -> int:
 
 
 def read_all(db: sqlite3.Connection, attempts: Attempts | None = None,
-             keep_attempts_of: Callable[[str], bool] | None = None) -> tuple[Records, int]:
+             keeps: Callable[[str], bool] | None = None) -> tuple[Records, int]:
     """Every consent, contract, refusal and opposition in force, and the attempts (unless `attempts`, the
-    ones already in memory, are given: kept as they are; only those to the numbers `keep_attempts_of`
-    accepts, if given), read in one read transaction so that the copy and the change log position returned
-    with it agree."""
-    records = Records(complete=True)
+    ones already in memory, are given: kept as they are), of the numbers `keeps` accepts (all when it is
+    None), read in one read transaction so that the copy and the change log position returned with it
+    agree."""
+    records = Records(complete=True, keeps=keeps)
+    kept: Callable[[str], bool] = records.holds_all_of
     with reading(db):
         seen = change_seq(db)
         # Millions of rows under the opt-in regime: one record per number, not a tuple of one, and the
@@ -34,6 +35,8 @@ def read_all(db: sqlite3.Connection, attempts: Attempts | None = None,
         for account, number, granted, proof, revoked, hours, zone in db.execute(
                 "SELECT account, number, granted_at, proof, revoked_at, hours, time_zone FROM consents"
                 " WHERE undone_at IS NULL ORDER BY id"):
+            if not kept(number):
+                continue
             account = shared.setdefault(account, account)
             proof = shared.setdefault(proof, proof)
             if hours is not None:
@@ -52,27 +55,25 @@ def read_all(db: sqlite3.Connection, attempts: Attempts | None = None,
         for account, number, started, ended, scope, reference in db.execute(
                 "SELECT account, number, started_at, ended_at, scope, reference FROM contracts"
                 " ORDER BY id"):
-            reference = shared.setdefault(reference, reference)
-            contracts.setdefault((account, number), []).append(span(started, ended, scope, reference))
+            if kept(number):
+                reference = shared.setdefault(reference, reference)
+                contracts.setdefault((account, number), []).append(span(started, ended, scope, reference))
         records.contracts = {k: tuple(v) for k, v in contracts.items()}
         refusals: dict[Key, list[float]] = {}
         for account, number, at in db.execute("SELECT account, number, at FROM refusal_log"
                                               " WHERE undone_at IS NULL ORDER BY account, number, at"):
-            refusals.setdefault((account, number), []).append(at)
+            if kept(number):
+                refusals.setdefault((account, number), []).append(at)
         records.refusals = {k: refusals_value(v) for k, v in refusals.items()}
         records.oppositions = {(account, number): at for account, number, at in db.execute(
             "SELECT account, number, min(at) FROM oppositions WHERE undone_at IS NULL"
-            " GROUP BY account, number")}
+            " GROUP BY account, number") if kept(number)}
         if attempts is not None:
             records.attempts = attempts
         else:
-            # The covering index's order: no sort, and each key's times come ascending.
-            keep, last = True, None
             for account, number, at in db.execute("SELECT account, number, at FROM attempts"
-                                                  " ORDER BY account, number, at"):
-                if keep_attempts_of is not None and number != last:  # grouped by key: one question a callee
-                    keep, last = keep_attempts_of(number), number
-                if keep:
+                                                  " ORDER BY account, number, at"):  # no sort: the index's
+                if kept(number):
                     records.attempts.add(account, number, at)
     return records, seen
 

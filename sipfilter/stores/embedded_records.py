@@ -6,7 +6,7 @@ fills it.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right, insort
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from sipfilter.stores.base import ConsentRecord
@@ -24,20 +24,27 @@ V = TypeVar("V")
 class Records:
     """Rows by (account, number), in insertion (id) order; attempt times sorted ascending.
 
-    `complete`: every row of the tables is here, so a missing key means "no rows". Otherwise (the CLI's
-    short-lived handles) a missing key means "not read yet" and the store reads it from SQLite on demand.
-    A known refusal-free (opposition-free) key of an incomplete copy is stored as None. Undone records are
-    not kept: they never count."""
+    `complete`: every row of the numbers `keeps` accepts (all of them when it is None) is here, so a missing
+    key of such a number means "no rows". Any other key (the CLI's short-lived handles; a worker's copy for
+    another worker's callees) is read from SQLite on demand, and a missing key means "not read yet". A known
+    refusal-free (opposition-free) key read that way is stored as None. Undone records are not kept: they
+    never count."""
 
-    __slots__ = ("attempts", "complete", "consents", "contracts", "oppositions", "refusals")
+    __slots__ = ("attempts", "complete", "consents", "contracts", "keeps", "oppositions", "refusals")
 
-    def __init__(self, complete: bool):
+    def __init__(self, complete: bool, keeps: Callable[[str], bool] | None = None):
         self.complete = complete
+        self.keeps = keeps
         self.consents: dict[Key, Consents] = {}
         self.contracts: dict[Key, tuple[Span, ...]] = {}
         self.refusals: dict[Key, Refusals | None] = {}
         self.oppositions: dict[Key, float | None] = {}  # the earliest opposition in force
         self.attempts = Attempts()
+
+    def holds_all_of(self, number: str) -> bool:
+        """Whether every row of `number` is here (a missing key means none)."""
+        keeps = self.keeps
+        return self.complete and (keeps is None or keeps(number))
 
     def clear_records(self) -> None:
         """Forget consents, contracts and objections (attempts are only ever written by this process)."""
@@ -70,22 +77,23 @@ class Records:
 
     def _replace_times(self, table: dict[Key, V | None], keys: Iterable[Key], found: dict[Key, V]) -> None:
         for key in keys:
-            if key in found:
-                table[key] = found[key]
-            elif self.complete:
-                table.pop(key, None)
-            elif key in table:
-                table[key] = None
+            if self.holds_all_of(key[1]):
+                if key in found:
+                    table[key] = found[key]
+                else:
+                    table.pop(key, None)
+            elif key in table:  # read on demand: refreshed, never added
+                table[key] = found.get(key)
 
     def _replace(self, table: dict[Key, V | tuple[()]], keys: Iterable[Key], found: dict[Key, V]) -> None:
         for key in keys:
             rows = found.get(key)
-            if self.complete:
+            if self.holds_all_of(key[1]):
                 if rows:
                     table[key] = rows
                 else:
                     table.pop(key, None)  # a complete copy keeps no empty entries (memory)
-            elif key in table:  # an incomplete copy only refreshes what it has read
+            elif key in table:  # read on demand: refreshed, never added
                 table[key] = rows or ()
 
 

@@ -5,6 +5,8 @@ Every message of a dialog must reach the worker that owns it whatever worker rea
 CANCEL, re-INVITE), the calls of one dialer IP:port spread over both workers, the frequency cap stays exact
 when concurrent calls to one callee arrive from several source ports, a killed worker is restarted and
 counted, SIGHUP reaches both, and there is one /metrics and one audit log with one decision line per call.
+Each worker keeps the consents of its own callees only: one recorded or withdrawn through the CLI reaches
+the worker that decides calls to that callee.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
-from sipfilter_provision import Deployment, deploy
+from sipfilter_provision import ACCOUNT, Deployment, deploy
 from sipp_harness import (
     ALWAYS_OPEN,
     CallCase,
@@ -29,10 +31,12 @@ from sipp_harness import (
     free_ports,
     metric_sum,
     sipfilter_available,
+    sipfilter_cli,
     write_calls_csv,
 )
 
 from sipfilter.audit import is_decision
+from sipfilter.workers.routing import number_owner
 
 _MISSING = sipfilter_available()
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")]
@@ -318,3 +322,37 @@ def workers_of_gone(workers: dict[int, int]) -> list[int]:
         if state != "Z":
             alive.append(pid)
     return alive
+
+
+def test_consents_reach_the_worker_that_owns_the_callee(sipp: SippFactory, tmp_path: Path,
+                                                        shared: Deployment) -> None:
+    # One callee of each worker, without consent: refused. Consent recorded through the CLI: relayed by each
+    # worker (from the copy of its own callees, caught up from the change log). Withdrawn: refused again.
+    candidates = [f"+336142{n:05d}" for n in range(40)]
+    callees = [next(n for n in candidates if number_owner(n, WORKERS) == w) for w in range(WORKERS)]
+    config = str(shared.sipfilter.config_path)
+
+    def outcomes(step: str) -> list[tuple[int, str | None]]:
+        cases = [CallCase("+33162000001", callee, "relay") for callee in callees]
+        (tmp_path / step).mkdir()
+        dialer, _ = call(sipp, tmp_path / step, shared, "dialer_uac.xml", "carrier_uas.xml", cases, rate=50)
+        by_callee = {o.callee: (o.code, o.rule) for o in dialer.outcomes}
+        return [by_callee[callee] for callee in callees]
+
+    def settled(expected: tuple[int, str | None], step: str) -> list[tuple[int, str | None]]:
+        deadline = time.monotonic() + 10  # the workers poll the change log every second
+        found = outcomes(step)
+        n = 0
+        while found != [expected] * WORKERS and time.monotonic() < deadline:
+            time.sleep(0.5)
+            n += 1
+            found = outcomes(f"{step}-{n}")
+        return found
+
+    assert outcomes("before") == [(603, "callee.consent")] * WORKERS
+    for callee in callees:
+        sipfilter_cli(["consent", "add", "--config", config, "--account", ACCOUNT, "--proof", "e2e", callee])
+    assert settled((200, None), "granted") == [(200, None)] * WORKERS
+    for callee in callees:
+        sipfilter_cli(["consent", "revoke", "--config", config, "--account", ACCOUNT, callee])
+    assert settled((603, "callee.consent"), "withdrawn") == [(603, "callee.consent")] * WORKERS
