@@ -8,9 +8,11 @@ on their owner's socket (steering.py) and the rest on any worker's, which hands 
   leg, and so is the tag of a non-2xx final response that an ACK echoes): that worker;
 - any other request (a new INVITE, its CANCEL, an out-of-dialog request): the worker of the Request-URI's
   user, so every call to one callee is decided in one process and its frequency counters stay exact. The
-  key is the number its user's last three digits make, modulo the workers: every spelling of one French number
-  (0X…, +33X…, 0033X…) ends in the same digits, phone numbers' last digits are spread evenly, and the kernel's
-  steering program (steering.py) computes the same from the raw bytes. A user with fewer digits is hashed.
+  key is the number the last CALLEE_DIGITS digits of its decoded user make, modulo the workers: every spelling
+  of one French number (0X…, +33X…, 0033X…, with separators or %-escapes) ends in the same digits, which are
+  those of the number the policy decides on; phone numbers' last digits are spread evenly, and the kernel's
+  steering program (steering.py) computes the same from the raw bytes of a user without escapes. A user with
+  fewer digits is hashed.
 
 Hostile input never raises and always gives the same owner for the same bytes: only the head is scanned,
 fields are bounded, and CRC-32 (not Python's salted hash) makes the choice the same in every process.
@@ -31,6 +33,12 @@ _TO = re.compile(rb"\n(?:to|t)[ \t]*:[ \t]*([^\r\n]{0,2048})")
 _BRANCH = re.compile(rb";[ \t]*branch[ \t]*=[ \t]*z9hg4bk" + MARK_PREFIX.encode() + rb"([0-9]{1,3})\.")
 _TAG = re.compile(rb";[ \t]*tag[ \t]*=[ \t]*" + MARK_PREFIX.encode() + rb"([0-9]{1,3})\.")
 _NOT_DIGIT = re.compile(rb"[^0-9]")
+_ESCAPE = re.compile(rb"%([0-9a-f]{2})")  # lower-cased input
+USER_SCAN = 1024  # bytes of an escaped user part decoded (a number's spelling is far shorter)
+
+
+def _unescape(match: re.Match[bytes]) -> bytes:
+    return bytes((int(match.group(1), 16),))
 
 
 def worker_mark(index: int) -> str:
@@ -83,6 +91,8 @@ def callee_owner(start_line: bytes, workers: int) -> int:
     else:  # tel: URIs and hosts: up to the first parameter
         semi = rest.find(b";")
         user = rest if semi < 0 else rest[:semi]
+    if b"%" in user:  # the callee is read from the decoded user: `06123456%37%38` is 0612345678
+        user = _ESCAPE.sub(_unescape, user[:USER_SCAN])
     user = user.split(b";", 1)[0][:256]  # user parameters (;npdi, ;rn=…) are not the number
     digits = _NOT_DIGIT.sub(b"", user)
     if len(digits) >= CALLEE_DIGITS:

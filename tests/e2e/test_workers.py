@@ -44,6 +44,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.skipif(_MISSING is not None, reason=_
 WORKERS = 2
 CALLEES = [f"+336140{n:05d}" for n in range(40)]  # consented, on no list
 CAPPED = "+33614100001"  # consented; the trunk keeps the law's 4 attempts in 30 days
+CAPPED_SPELLINGS = (CAPPED, "06.14.10.00.01", "0614100001%20")
 LAW_CAP = {key: value for key, value in ALWAYS_OPEN.items() if key != "frequency"}
 
 
@@ -248,16 +249,17 @@ def test_sighup_reaches_every_worker(shared: Deployment) -> None:
 
 
 def test_cap_exact_across_workers(sipp: SippFactory, tmp_path: Path) -> None:
-    # Twelve concurrent calls to one callee from three dialers (three source ports), whichever worker reads
-    # them: the law's cap lets exactly four through.
+    # Twelve concurrent calls to one callee from three dialers (three source ports), each spelling the
+    # Request-URI's user its own way, whichever worker reads them: the law's cap lets exactly four through.
+    # The escaped space's digits ("%20") must not make another worker the owner of one spelling's calls.
     deployment = start_workers(tmp_path / "cap", law_cap=True)
     try:
         carrier = sipp("carrier_uas.xml", local_port=deployment.carrier_ports[0], calls=1_000_000,
                        pause_ms=50, timeout_s=60).start()
         carrier.wait_listening()
         dialers = []
-        for n in range(3):
-            cases = [CallCase("+33162000001", CAPPED, "relay")] * 4
+        for n, spelling in enumerate(CAPPED_SPELLINGS):
+            cases = [CallCase("+33162000001", spelling, "relay")] * 4
             csv_file = write_calls_csv(tmp_path / f"cap{n}.csv", cases)
             dialers.append(sipp("dialer_uac.xml", local_port=free_ports(1)[0], remote=deployment.inside,
                                 calls=4, csv_file=csv_file, pause_ms=100, timeout_s=30, rate=50, limit=4))

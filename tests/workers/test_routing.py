@@ -5,10 +5,13 @@ from __future__ import annotations
 import random
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from sipfilter.b2bua import ids
+from sipfilter.b2bua.facts import read_callee
+from sipfilter.policy.numbers import Normaliser, NumberReader
+from sipfilter.sip import parse
 from sipfilter.workers.routing import CALLEE_DIGITS, callee_owner, number_owner, owner, worker_mark
 
 
@@ -148,3 +151,47 @@ def test_the_mark_needs_the_dot() -> None:
     # A peer's tag that merely starts with the prefix (no index and dot) is not ours.
     msg = invite("sip:+33612345678@x", to="<sip:a@b>;tag=sfwabc")
     assert owner(msg, 4) == owner(invite("sip:+33612345678@x"), 4)
+
+
+_READER = NumberReader(Normaliser())
+_SEPARATORS = ("", "", "", "-", ".", "%20")
+
+
+@st.composite
+def callee_spellings(draw: st.DrawFn) -> str:
+    """A French number as a dialer may write it in a Request-URI's user: 0…, +33…, 0033…, with visual
+    separators, any of its characters %-escaped (in either hex case), and sometimes a phone-context."""
+    national = draw(st.from_regex(r"6[0-9]{8}|7[3-9][0-9]{7}|[1-5][1-9][0-9]{7}", fullmatch=True))
+    prefix = draw(st.sampled_from(("0", "+33", "0033", "+33(0)")))
+    characters = list(prefix)
+    for digit in national:
+        characters += [draw(st.sampled_from(_SEPARATORS)), digit]
+    escaped = ""
+    for ch in characters:
+        if len(ch) == 1 and draw(st.integers(0, 3)) == 0:
+            escaped += draw(st.sampled_from(("%{:02X}", "%{:02x}"))).format(ord(ch))
+        else:
+            escaped += ch
+    if prefix == "+33" and draw(st.booleans()):
+        escaped += ";phone-context=+33"
+    return escaped
+
+
+@settings(max_examples=400, deadline=None)
+@given(callee_spellings(), st.sampled_from((2, 3, 4, 7, 16, 100, 256)))
+def test_the_owner_of_a_new_invite_is_the_owner_of_the_number_decided_on(user: str, workers: int) -> None:
+    # The worker a new INVITE reaches counts the callee's attempts in its own memory: it must be the owner of
+    # the very number the policy reads from that Request-URI, however the dialer spells it. Otherwise two
+    # workers would each count part of one consumer's calls, and the cap would let calls too many through.
+    data = invite(f"sip:{user}@carrier.example;user=phone")
+    callee = read_callee(_READER, parse(data).request_uri).number
+    assume(callee.e164)  # a range the numbering plan does not list is refused, never counted
+    assert owner(data, workers) == number_owner(callee.e164, workers), (user, callee.e164)
+
+
+def test_escaped_digits_route_as_the_digits_they_stand_for() -> None:
+    assert owner(invite("sip:061234567%37@x"), 10) == owner(invite("sip:0612345677@x"), 10) == 7
+    assert owner(invite("sip:0612345677%20@x"), 2) == 1  # not the 0 of "%20"
+    assert owner(invite("sip:%2B33612345678@x"), 10_000) == 5678
+    assert owner(invite("sip:0612345678%3Brn=0612340000@x"), 10_000) == 5678  # an escaped ';' ends it
+    assert owner(invite("sip:06%zz12345678@x"), 10_000) == 5678  # not an escape: left as it is
