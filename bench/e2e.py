@@ -197,7 +197,8 @@ class SipfilterServer:
         return [] if proc is None else _process_tree(proc.pid)  # sip.workers: the supervisor and its workers
 
     def cpu_seconds(self) -> float:
-        return sum(proc_cpu_seconds(pid) for pid in self.pids())
+        seconds: float = sum(proc_cpu_seconds(pid) for pid in self.pids())
+        return seconds
 
     def sys_seconds(self) -> float:
         return sum(_sys_seconds(pid) for pid in self.pids())
