@@ -6,7 +6,8 @@ CANCEL, re-INVITE), the calls of one dialer IP:port spread over both workers, th
 when concurrent calls to one callee arrive from several source ports, a killed worker is restarted and
 counted, SIGHUP reaches both, and there is one /metrics and one audit log with one decision line per call.
 Each worker keeps the consents of its own callees only: one recorded or withdrawn through the CLI reaches
-the worker that decides calls to that callee.
+the worker that decides calls to that callee. The cap and the consents are proven on both store backends
+(a real redis-server for the Redis store).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
+from redis_procs import RedisProcess, redis_missing
 from sipfilter_provision import ACCOUNT, Deployment, deploy
 from sipp_harness import (
     ALWAYS_OPEN,
@@ -48,9 +50,24 @@ CAPPED_SPELLINGS = (CAPPED, "06.14.10.00.01", "0614100001%20")
 LAW_CAP = {key: value for key, value in ALWAYS_OPEN.items() if key != "frequency"}
 
 
-def start_workers(workdir: Path, *, law_cap: bool = False) -> Deployment:
+def start_workers(workdir: Path, *, law_cap: bool = False, store: dict[str, str] | None = None) -> Deployment:
     trunk = {"overrides": LAW_CAP} if law_cap else None
-    return deploy(workdir, trunk=trunk, extra_consents=[*CALLEES, CAPPED], workers=WORKERS)
+    return deploy(workdir, trunk=trunk, extra_consents=[*CALLEES, CAPPED], workers=WORKERS, store=store)
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str] | None]:
+    """Each backend under the workers: the embedded store (the default) and a real redis-server."""
+    if request.param == "embedded":
+        yield None
+        return
+    if (missing := redis_missing()) is not None:
+        pytest.skip(missing)
+    redis = RedisProcess(free_ports(1)[0], tmp_path / "redis").start()
+    try:
+        yield {"backend": "redis", "redis_url": redis.url}
+    finally:
+        redis.kill()
 
 
 @pytest.fixture(scope="module")
@@ -248,11 +265,11 @@ def test_sighup_reaches_every_worker(shared: Deployment) -> None:
     assert all(b == a + 1 for a, b in zip(before, after, strict=True)), (before, after)
 
 
-def test_cap_exact_across_workers(sipp: SippFactory, tmp_path: Path) -> None:
+def test_cap_exact_across_workers(sipp: SippFactory, tmp_path: Path, store: dict[str, str] | None) -> None:
     # Twelve concurrent calls to one callee from three dialers (three source ports), each spelling the
     # Request-URI's user its own way, whichever worker reads them: the law's cap lets exactly four through.
     # The escaped space's digits ("%20") must not make another worker the owner of one spelling's calls.
-    deployment = start_workers(tmp_path / "cap", law_cap=True)
+    deployment = start_workers(tmp_path / "cap", law_cap=True, store=store)
     try:
         carrier = sipp("carrier_uas.xml", local_port=deployment.carrier_ports[0], calls=1_000_000,
                        pause_ms=50, timeout_s=60).start()
@@ -327,11 +344,19 @@ def workers_of_gone(workers: dict[int, int]) -> list[int]:
 
 
 def test_consents_reach_the_worker_that_owns_the_callee(sipp: SippFactory, tmp_path: Path,
-                                                        shared: Deployment) -> None:
+                                                        store: dict[str, str] | None) -> None:
     # One callee of each worker, without consent: refused. Consent recorded through the CLI: relayed by each
-    # worker (from the copy of its own callees, caught up from the change log). Withdrawn: refused again.
+    # worker (from the copy of its own callees, caught up from the store). Withdrawn: refused again.
     candidates = [f"+336142{n:05d}" for n in range(40)]
     callees = [next(n for n in candidates if number_owner(n, WORKERS) == w) for w in range(WORKERS)]
+    shared = start_workers(tmp_path / "consents", store=store)
+    try:
+        _grant_then_withdraw(sipp, tmp_path, shared, callees)
+    finally:
+        shared.sipfilter.stop()
+
+
+def _grant_then_withdraw(sipp: SippFactory, tmp_path: Path, shared: Deployment, callees: list[str]) -> None:
     config = str(shared.sipfilter.config_path)
 
     def outcomes(step: str) -> list[tuple[int, str | None]]:
