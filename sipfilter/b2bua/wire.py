@@ -15,11 +15,14 @@ from sipfilter.sip.status import reason_phrase as reason_phrase  # re-exported: 
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 _NOT_USER = re.compile(r"[^0-9A-Za-z+*#._\-]")
+_TAG_PARAM = re.compile(r";[ \t]*tag[ \t]*=", re.IGNORECASE)
 
 
 def with_tag(name_addr: str, tag: str) -> str:
-    """A From/To value with `;tag=` appended unless it already carries one."""
-    if ";tag=" in name_addr.lower():
+    """A From/To value with `;tag=` appended unless it already carries one: a header parameter, after the
+    URI's closing `>` when it is bracketed (`;tag=` inside `<…>` is the URI's, in a display name text)."""
+    params = name_addr[name_addr.rfind(">") + 1 :] if "<" in name_addr else name_addr
+    if _TAG_PARAM.search(params) is not None:
         return name_addr
     return f"{name_addr};tag={tag}"
 

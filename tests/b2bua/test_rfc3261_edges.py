@@ -176,3 +176,32 @@ def test_requests_from_unknown_sources_count_as_overload_drops(tmp_path: Path,
     b2b.on_datagram(outside, invite(), stranger)  # a new request on the carrier side, from no carrier
     assert seen.drops == ["unknown-source"] * 3
     assert stranger != DIALER
+
+
+# --- To tags -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("to", ["<sip:+33612000001@10.0.0.5;tag=uri-param>",
+                                '"x;tag=y" <sip:+33612000001@10.0.0.5>'])
+def test_a_tag_inside_the_to_uri_or_its_display_name_is_not_a_to_tag(tmp_path: Path, to: str) -> None:
+    # §8.2.6.2: the UAS adds its tag to To. `;tag=` inside the brackets is a URI parameter (or display text):
+    # taking it for a tag left the dialog without ours, and the dialer's BYE matched no call (481).
+    rig, _, _ = _rig_on(tmp_path)
+    rig.from_dialer(invite(body=b"v=0\r\n").replace(b"To: <sip:+33612000001@10.0.0.5>", f"To: {to}".encode()))
+    (b_inv,) = _requests(rig.outside.take(), "INVITE")
+    rig.from_carrier(answer(b_inv, 180))
+    rig.from_carrier(answer(b_inv, 200, contact="<sip:gw@127.0.0.1:5071>"))
+    sent = [m for m in rig.inside.take() if not m.is_request]
+    assert [m.status for m in sent] == [100, 180, 200]
+    ours = sent[2].to.tag
+    assert ours and sent[1].to.tag == ours and sent[2].headers.get("To") == f"{to};tag={ours}"
+    a_inv = parse(invite())
+    head = (f"Max-Forwards: 70\r\nFrom: {a_inv.headers.get('From')}\r\nTo: {sent[2].headers.get('To')}\r\n"
+            f"Call-ID: {sent[2].call_id}\r\n")
+    for method, cseq in (("ACK", 10), ("BYE", 11)):
+        rig.from_dialer((f"{method} sip:sipfilter@127.0.0.1:5060 SIP/2.0\r\n"
+                         f"Via: SIP/2.0/UDP 10.0.0.9:5999;branch=z9hG4bK{method}\r\n{head}"
+                         f"CSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n").encode())
+    out = rig.outside.take()
+    assert len(_requests(out, "ACK")) == 1 and len(_requests(out, "BYE")) == 1  # the call ended end to end
+    assert 481 not in [m.status for m in rig.inside.take() if not m.is_request]
