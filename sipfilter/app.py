@@ -173,6 +173,8 @@ class App:
         assert self.worker is not None
         udp = [ep for ep in self.endpoints if isinstance(ep, UdpEndpoint)]
         self._router = Router(self.worker, udp)
+        assert self.b2b is not None
+        self.b2b.route_parsed = self._router.route_parsed
         for ep in udp:
             steer(ep, self.worker.count)
         if self.worker.index > 0:

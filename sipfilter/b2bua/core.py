@@ -62,6 +62,9 @@ class B2BUA(Drain):
         except self._parse_error as exc:
             self._malformed(ep, addr, exc, data)
             return
+        route = self.route_parsed
+        if route is not None and route(ep, data, addr, msg):
+            return
         self.on_message(ep, msg, addr)
 
     def on_message(self, ep: Endpoint, msg: Any, addr: Addr) -> None:

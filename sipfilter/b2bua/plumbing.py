@@ -76,6 +76,9 @@ class Plumbing:
         self.hostname = runtime.config.sip.hostname
         self._tasks: set[asyncio.Task[Any]] = set()
         self.objections = DialerObjections()
+        # One of several workers (sipfilter/workers): hands a parsed message that another worker owns to it
+        # (True when it did). The kernel and the raw bytes route nearly every datagram to its owner already.
+        self.route_parsed: Callable[[Endpoint, bytes, Addr, Any], bool] | None = None
         self._wire_pools()
 
     def _loop_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> Any:

@@ -23,11 +23,15 @@ from __future__ import annotations
 import re
 import zlib
 
+from sipfilter.sip.message import Message, Request
+from sipfilter.sip.uri import SipUri, TelUri
+
 MARK_PREFIX = "sfw"
 HEAD_LIMIT = 8192  # bytes scanned for the headers: the start line, Via and To come first in practice
 CALLEE_DIGITS = 4  # 10,000 keys: no worker owns more than 2.5 % over an even share, up to 256 workers
 
 _HEADER_END = b"\r\n\r\n"
+_COOKIE = "z9hg4bk"  # RFC 3261's branch prefix, lower-cased
 _VIA = re.compile(rb"\n(?:via|v)[ \t]*:[ \t]*([^\r\n]{0,2048})")
 _TO = re.compile(rb"\n(?:to|t)[ \t]*:[ \t]*([^\r\n]{0,2048})")
 _BRANCH = re.compile(rb";[ \t]*branch[ \t]*=[ \t]*z9hg4bk" + MARK_PREFIX.encode() + rb"([0-9]{1,3})\.")
@@ -93,8 +97,51 @@ def callee_owner(start_line: bytes, workers: int) -> int:
         user = rest if semi < 0 else rest[:semi]
     if b"%" in user:  # the callee is read from the decoded user: `06123456%37%38` is 0612345678
         user = _ESCAPE.sub(_unescape, user[:USER_SCAN])
+    return _user_owner(user, workers)
+
+
+def _user_owner(user: bytes, workers: int) -> int:
+    """The worker of a decoded, lower-cased Request-URI user."""
     user = user.split(b";", 1)[0][:256]  # user parameters (;npdi, ;rn=…) are not the number
     digits = _NOT_DIGIT.sub(b"", user)
     if len(digits) >= CALLEE_DIGITS:
         return int(digits[-CALLEE_DIGITS:]) % workers
     return zlib.crc32(digits or user) % workers
+
+
+def message_owner(msg: Message, workers: int) -> int | None:
+    """The owner of a parsed message, by the reading the B2BUA acts on: the parser's top Via branch, To tag
+    and Request-URI user (the callee the policy decides on). `owner` guesses it from the raw bytes, and
+    guesses right for every message the B2BUA writes and every usual spelling; where a hostile or unusual
+    message makes them differ (a leading CRLF, `;tag=` inside the To URI), the worker that parsed it hands it
+    to this owner. None: any worker may take it."""
+    if workers <= 1:
+        return 0
+    if not isinstance(msg, Request):
+        vias = msg.vias
+        branch = (vias[0].branch or "").lower() if vias else ""
+        mark = _mark_index(branch[len(_COOKIE) :]) if branch.startswith(_COOKIE) else None
+        return None if mark is None else mark % workers
+    mark = _mark_index((msg.to.tag or "").lower())
+    if mark is not None:
+        return mark % workers
+    uri = msg.request_uri
+    if isinstance(uri, SipUri):
+        user = uri.user
+    elif isinstance(uri, TelUri):
+        user = uri.number
+    else:
+        user = None
+    if user is None:
+        return None
+    return _user_owner(user.lower().encode("utf-8", "surrogateescape"), workers)
+
+
+def _mark_index(text: str) -> int | None:
+    """The worker index a tag or branch (after the magic cookie) begins with, lower-cased."""
+    if not text.startswith(MARK_PREFIX):
+        return None
+    start = len(MARK_PREFIX)
+    end = text.find(".", start, start + 4)
+    digits = text[start:end] if end > start else ""
+    return int(digits) if digits.isascii() and digits.isdigit() else None

@@ -16,7 +16,8 @@ from prometheus_client import Counter, generate_latest
 
 from sipfilter import metrics
 from sipfilter.b2bua.wire import via_prefix
-from sipfilter.transport.base import Addr
+from sipfilter.sip.message import Message
+from sipfilter.transport.base import Addr, Endpoint
 from sipfilter.transport.udp import MAX_BATCH, RECV_BYTES, UdpEndpoint
 from sipfilter.workers import routing, steering
 
@@ -58,6 +59,9 @@ class Router:
         # Registered here, not at import: a single process exports no worker series.
         self.handed_over = Counter("sipfilter_worker_handovers", "Datagrams this worker read and handed over"
                                    " to their owner", registry=metrics.REGISTRY)  # fmt: skip
+        self.rerouted = Counter("sipfilter_worker_parsed_handovers", "Datagrams this worker parsed and then "
+                                "handed over: their raw bytes named this worker, the parsed message another "
+                                "(an unusual or hostile spelling)", registry=metrics.REGISTRY)  # fmt: skip
         self.dropped = Counter("sipfilter_worker_handover_drops", "Datagrams lost handing them over: the "
                                "owner's inbox was full (as if lost on the wire: retransmitted)",
                                registry=metrics.REGISTRY)  # fmt: skip
@@ -73,6 +77,24 @@ class Router:
         owner = routing.owner(data, self.count)
         if owner is None or owner == self.index:
             return False
+        self._hand_over(ep, data, addr, owner)
+        return True
+
+    def route_parsed(self, ep: Endpoint, data: bytes, addr: Addr, msg: Message) -> bool:
+        """Asked by the B2BUA of each message it parsed here: True when the parsed message belongs to another
+        worker than the raw bytes said (routing.message_owner), and was handed over to it. The owner takes it
+        as it is, without asking again: the parsed reading is the same in every worker."""
+        try:
+            owner = routing.message_owner(msg, self.count)
+        except Exception:  # a header that fails to parse: answered here, as any malformed message
+            return False
+        if owner is None or owner == self.index or not isinstance(ep, UdpEndpoint):
+            return False
+        self.rerouted.inc()
+        self._hand_over(ep, data, addr, owner)
+        return True
+
+    def _hand_over(self, ep: UdpEndpoint, data: bytes, addr: Addr, owner: int) -> None:
         host = addr[0].encode()
         message = _HEADER.pack(self._position[id(ep)], addr[1], len(host)) + host + data
         try:
@@ -81,7 +103,6 @@ class Router:
         except OSError as exc:  # full (the owner is stalled or restarting): as if lost on the wire
             self.dropped.inc()
             log.debug("hand-over to worker %d: %s", owner, exc)
-        return True
 
     def _read_inbox(self) -> None:
         items: list[tuple[UdpEndpoint, bytes, Addr]] = []

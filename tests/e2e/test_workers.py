@@ -27,6 +27,7 @@ from redis_procs import RedisProcess, redis_missing
 from sipfilter_provision import ACCOUNT, Deployment, deploy
 from sipp_harness import (
     ALWAYS_OPEN,
+    REPO,
     CallCase,
     SippFactory,
     SippRun,
@@ -266,30 +267,42 @@ def test_sighup_reaches_every_worker(shared: Deployment) -> None:
 
 
 def test_cap_exact_across_workers(sipp: SippFactory, tmp_path: Path, store: dict[str, str] | None) -> None:
-    # Twelve concurrent calls to one callee from three dialers (three source ports), each spelling the
-    # Request-URI's user its own way, whichever worker reads them: the law's cap lets exactly four through.
-    # The escaped space's digits ("%20") must not make another worker the owner of one spelling's calls.
+    # Sixteen concurrent calls to one callee from four dialers (four source ports), each spelling the call
+    # its own way, whichever worker reads them: the law's cap lets exactly four through. The escaped space's
+    # digits ("%20") must not make another worker the owner of one spelling's calls, nor a To URI that
+    # carries `;tag=` with another worker's mark (a URI parameter, not a To tag: the parsed message is a new
+    # INVITE to the callee, and the worker that parsed it hands it over to the callee's owner).
     deployment = start_workers(tmp_path / "cap", law_cap=True, store=store)
+    plain = (REPO / "sipp" / "dialer_uac.xml").read_text(encoding="utf-8")
+    to_line = "To: <sip:[field1]@[remote_ip]:[remote_port]>"
+    assert to_line in plain
+    foreign_mark = number_owner(CAPPED, WORKERS) ^ 1
+    fooling = tmp_path / "dialer_uac_tag_in_to_uri.xml"
+    fooling.write_text(plain.replace(to_line, to_line[:-1] + f";tag=sfw{foreign_mark}.x>"), encoding="utf-8")
+    plan = [("dialer_uac.xml", spelling) for spelling in CAPPED_SPELLINGS] + [(str(fooling), CAPPED)]
     try:
         carrier = sipp("carrier_uas.xml", local_port=deployment.carrier_ports[0], calls=1_000_000,
                        pause_ms=50, timeout_s=60).start()
         carrier.wait_listening()
         dialers = []
-        for n, spelling in enumerate(CAPPED_SPELLINGS):
+        for n, (scenario, spelling) in enumerate(plan):
             cases = [CallCase("+33162000001", spelling, "relay")] * 4
             csv_file = write_calls_csv(tmp_path / f"cap{n}.csv", cases)
-            dialers.append(sipp("dialer_uac.xml", local_port=free_ports(1)[0], remote=deployment.inside,
+            dialers.append(sipp(scenario, local_port=free_ports(1)[0], remote=deployment.inside,
                                 calls=4, csv_file=csv_file, pause_ms=100, timeout_s=30, rate=50, limit=4))
         for dialer in dialers:
             dialer.start()
         runs = [dialer.wait() for dialer in dialers]
         carrier_run = carrier.finish(grace_s=15)
         outcomes = [o for run in runs for o in run.outcomes]
-        assert len(outcomes) == 12, [run.summary() for run in runs]
-        assert sorted((o.code, o.rule) for o in outcomes) == [(200, None)] * 4 + [(603, "frequency.cap")] * 8
+        assert len(outcomes) == 16, [run.summary() for run in runs]
+        assert sorted((o.code, o.rule) for o in outcomes) == [(200, None)] * 4 + [(603, "frequency.cap")] * 12
         assert carrier_run.invites == 4, carrier_run.summary()
         lines = [r for r in decisions(deployment) if r["to"] == CAPPED]
-        assert sorted(str(r["action"]) for r in lines) == ["allow"] * 4 + ["reject"] * 8, lines
+        assert sorted(str(r["action"]) for r in lines) == ["allow"] * 4 + ["reject"] * 12, lines
+        parsed = metric_sum(deployment.sipfilter.metrics(), "sipfilter_worker_parsed_handovers_total",
+                            worker=str(foreign_mark))
+        assert parsed is not None and parsed >= 4  # the fooling dialer's INVITEs, handed over after parsing
         # Restarted, each worker reads back the attempts of the callees it owns: the fifth call is refused.
         deployment.sipfilter.stop()
         deployment.sipfilter.start()

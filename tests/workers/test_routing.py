@@ -12,7 +12,14 @@ from sipfilter.b2bua import ids
 from sipfilter.b2bua.facts import read_callee
 from sipfilter.policy.numbers import Normaliser, NumberReader
 from sipfilter.sip import ParseError, parse
-from sipfilter.workers.routing import CALLEE_DIGITS, callee_owner, number_owner, owner, worker_mark
+from sipfilter.workers.routing import (
+    CALLEE_DIGITS,
+    callee_owner,
+    message_owner,
+    number_owner,
+    owner,
+    worker_mark,
+)
 
 
 def invite(uri: str, to: str = "<sip:+33612345678@example.com>", extra: str = "") -> bytes:
@@ -188,12 +195,13 @@ def test_the_owner_of_a_new_invite_is_the_owner_of_the_number_decided_on(user: s
         f"sip:{user}@carrier.example;user=phone"
     data = invite(uri)
     try:
-        request_uri = parse(data).request_uri
+        msg = parse(data)
     except ParseError:  # answered 400: never decided, never counted
         assume(False)
-    callee = read_callee(_READER, request_uri).number
+    callee = read_callee(_READER, msg.request_uri).number
     assume(callee.e164)  # a range the numbering plan does not list is refused, never counted
     assert owner(data, workers) == number_owner(callee.e164, workers), (user, callee.e164)
+    assert message_owner(msg, workers) == number_owner(callee.e164, workers), (user, callee.e164)
 
 
 def test_escaped_digits_route_as_the_digits_they_stand_for() -> None:
@@ -202,3 +210,50 @@ def test_escaped_digits_route_as_the_digits_they_stand_for() -> None:
     assert owner(invite("sip:%2B33612345678@x"), 10_000) == 5678
     assert owner(invite("sip:0612345678%3Brn=0612340000@x"), 10_000) == 5678  # an escaped ';' ends it
     assert owner(invite("sip:06%zz12345678@x"), 10_000) == 5678  # not an escape: left as it is
+
+
+def _bye(to: str) -> bytes:
+    return invite("sip:sfw1.contact@10.0.0.2", to=to).replace(b"INVITE sip", b"BYE sip").replace(
+        b"1 INVITE", b"2 BYE")
+
+
+def test_the_parsed_owner_agrees_with_the_raw_one_on_what_the_b2bua_writes(marked: object) -> None:
+    # The raw reading is the fast path: for our own marks and every usual spelling, the parsed reading the
+    # B2BUA acts on names the same worker, so nothing is parsed twice.
+    tag = ids.new_tag()
+    usual = [invite(uri) for uri in ("sip:+33612345678@carrier", "sip:0612345678@carrier;user=phone",
+                                     "tel:+33-6-12-34-56-78", "sip:06.12.34.56.78@c", "sip:061234567%38@c",
+                                     "sip:+33612345678;npdi@carrier", "sip:anonymous@c")]
+    usual += [_bye(f"<sip:+33612345678@x>;tag={tag}"), _bye("<sip:a@b>;tag=peer-made"),
+              invite("sip:+33612345678@x", to="<sip:a@b>;tag=sfwabc"), response(ids.new_branch()),
+              response("z9hG4bK-someone-else")]
+    for data in usual:
+        for workers in (2, 3, 4, 7, 256):
+            assert message_owner(parse(data), workers) == owner(data, workers), (data[:60], workers)
+
+
+@pytest.mark.parametrize(("name", "data", "callee"), [
+    # The parser skips CRLFs before the start line; the raw reading took an empty start line.
+    ("leading CRLF", b"\r\n\r\n" + invite("sip:0612345677@c"), "+33612345677"),
+    # `;tag=` inside the To URI, or in its display name, is no To tag: a new INVITE to its callee.
+    ("tag in the To URI", invite("sip:0612345677@c", to="<sip:b@c;tag=sfw0.x>"), "+33612345677"),
+    ("tag in the display name", invite("sip:0612345677@c", to='"a;tag=sfw0.1" <sip:b@c>'), "+33612345677"),
+])
+def test_the_parsed_owner_is_the_callees_where_the_raw_reading_is_fooled(name: str, data: bytes,
+                                                                        callee: str) -> None:
+    fooled = [w for w in (2, 3, 4, 16) if owner(data, w) != number_owner(callee, w)]
+    assert fooled, name  # the case this guards against: the raw bytes name another worker
+    for workers in (2, 3, 4, 16):
+        assert message_owner(parse(data), workers) == number_owner(callee, workers), (name, workers)
+
+
+def test_a_folded_to_tag_is_read_by_the_parser() -> None:
+    data = _bye("<sip:+33612345677@x>\r\n ;tag=sfw3.abc")
+    assert message_owner(parse(data), 4) == 3
+
+
+def test_the_parsed_owner_of_a_mark_needs_ascii_digits_and_the_dot() -> None:
+    for tag, expected in (("sfw2.x", 2), ("SFW2.x", 2), ("sfw2x", None), ("sfw.x", None), ("sfw1234.x", None)):
+        data = _bye(f"<sip:0612345677@x>;tag={tag}")
+        # Not a mark: the worker of the Request-URI's user, as for any request without one of our tags.
+        assert message_owner(parse(data), 4) == (expected if expected is not None else owner(data, 4)), tag
