@@ -1,7 +1,12 @@
-"""Which worker owns a datagram, read from its raw bytes without parsing the message.
+"""Which worker owns a datagram: read from its raw bytes without parsing the message (`owner`), and from the
+parsed message (`message_owner`), which decides.
 
 Each worker reads its own socket of every listening address (SO_REUSEPORT). The kernel puts most datagrams
-on their owner's socket (steering.py) and the rest on any worker's, which hands them over. Their owner:
+on their owner's socket (steering.py) and the rest on any worker's, which hands them over (`owner`). The
+worker that then parses a datagram asks `message_owner`, the same rules over what the parser read, and hands
+over what it does not own: the raw reading and the kernel's only save work, and a message that fools them
+(a leading CRLF, `;tag=` inside the To URI) still reaches the owner of the callee the policy decides on.
+Their owner:
 - a response: the worker named in its top Via branch (the branches we send carry `MARK_PREFIX<index>.`);
   a response to a branch we never made has no owner (whoever read it answers for it: it matches nothing);
 - a request whose To tag carries a worker mark (every in-dialog request: that tag is one we made, on either
