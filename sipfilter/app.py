@@ -44,7 +44,7 @@ from sipfilter.transport.stream import (
 from sipfilter.transport.udp import POLL_INTERVAL_S, UdpEndpoint, UdpGroup, open_udp_endpoint
 from sipfilter.workers import supervisor
 from sipfilter.workers.metrics_merge import MergedRegistry
-from sipfilter.workers.worker import Router, WorkerContext, serve_metrics, steer
+from sipfilter.workers.worker import Router, WorkerContext, serve_metrics
 
 log = logging.getLogger("sipfilter.app")
 
@@ -172,11 +172,9 @@ class App:
         alone rotates the audit log (the others follow the path, checked before every line)."""
         assert self.worker is not None
         udp = [ep for ep in self.endpoints if isinstance(ep, UdpEndpoint)]
-        self._router = Router(self.worker, udp)
+        self._router = Router(self.worker, udp)  # and the kernel's steering of each address
         assert self.b2b is not None
-        self.b2b.route_parsed = self._router.route_parsed
-        for ep in udp:
-            steer(ep, self.worker.count)
+        self.b2b.route_parsed = self._router.parsed
         if self.worker.index > 0:
             self._metrics_server = await serve_metrics(self.worker)
         self._share_audit()

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import re
 import zlib
+from collections.abc import Callable
+from typing import Any
 
 from sipfilter.sip.message import Message, Request
 from sipfilter.sip.uri import SipUri, TelUri
@@ -150,3 +152,23 @@ def _mark_index(text: str) -> int | None:
     end = text.find(".", start, start + 4)
     digits = text[start:end] if end > start else ""
     return int(digits) if digits.isascii() and digits.isdigit() else None
+
+
+class ParsedRouter:
+    """The B2BUA's `route_parsed` hook in one of several workers: True when the message it parsed belongs to
+    another worker (`message_owner`) and `hand_over(ep, data, addr, owner)` took it there. Compiled: the
+    B2BUA asks it of every message."""
+
+    def __init__(self, index: int, count: int, hand_over: Callable[[Any, bytes, Any, int], bool]) -> None:
+        self.index = index
+        self.count = count
+        self.hand_over = hand_over
+
+    def __call__(self, ep: Any, data: bytes, addr: Any, msg: Message) -> bool:
+        try:
+            owner = message_owner(msg, self.count)
+        except Exception:  # a header that fails to parse: answered here, as any malformed message
+            return False
+        if owner is None or owner == self.index:
+            return False
+        return self.hand_over(ep, data, addr, owner)

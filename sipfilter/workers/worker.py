@@ -16,8 +16,7 @@ from prometheus_client import Counter, generate_latest
 
 from sipfilter import metrics
 from sipfilter.b2bua.wire import via_prefix
-from sipfilter.sip.message import Message
-from sipfilter.transport.base import Addr, Endpoint
+from sipfilter.transport.base import Addr
 from sipfilter.transport.udp import MAX_BATCH, RECV_BYTES, UdpEndpoint
 from sipfilter.workers import routing, steering
 
@@ -48,7 +47,12 @@ class WorkerContext:
 
 
 class Router:
-    """Hands each datagram read here to its owner, and delivers those the other workers hand over."""
+    """Hands each datagram to its owner, and delivers those the other workers hand over.
+
+    Where the kernel steers (steering.py), each datagram is read on its owner's socket but the few the
+    program cannot read, and the B2BUA's check of the parsed message (`parsed`, routing.message_owner) hands
+    those over: nothing is scanned twice. Without steering, `route` reads the owner from the raw bytes first,
+    so that a worker does not parse the half of the traffic that is another's."""
 
     def __init__(self, context: WorkerContext, endpoints: list[UdpEndpoint]) -> None:
         self.context = context
@@ -57,40 +61,36 @@ class Router:
         self.endpoints = endpoints
         self._position = {id(ep): n for n, ep in enumerate(endpoints)}
         # Registered here, not at import: a single process exports no worker series.
-        self.handed_over = Counter("sipfilter_worker_handovers", "Datagrams this worker read and handed over"
-                                   " to their owner", registry=metrics.REGISTRY)  # fmt: skip
-        self.rerouted = Counter("sipfilter_worker_parsed_handovers", "Datagrams this worker parsed and then "
-                                "handed over: their raw bytes named this worker, the parsed message another "
-                                "(an unusual or hostile spelling)", registry=metrics.REGISTRY)  # fmt: skip
+        handed_over = Counter("sipfilter_worker_handovers", "Datagrams this worker read and handed over to"
+                              " their owner, found from the raw bytes (read=bytes: no kernel steering) or"
+                              " from the parsed message (read=parsed)", ["read"],
+                              registry=metrics.REGISTRY)  # fmt: skip
+        self._by_bytes = handed_over.labels(read="bytes")
+        self._by_parsed = handed_over.labels(read="parsed")
         self.dropped = Counter("sipfilter_worker_handover_drops", "Datagrams lost handing them over: the "
                                "owner's inbox was full (as if lost on the wire: retransmitted)",
                                registry=metrics.REGISTRY)  # fmt: skip
+        self.parsed = routing.ParsedRouter(self.index, self.count, self._hand_over_parsed)
         self._buf = bytearray(RECV_BYTES + 512)
         self._loop = asyncio.get_running_loop()
         context.inbox.setblocking(False)
         self._loop.add_reader(context.inbox.fileno(), self._read_inbox)
         for ep in endpoints:
-            ep.route = self.route
+            ep.route = None if steer(ep, self.count) else self.route
 
     def route(self, ep: UdpEndpoint, data: bytes, addr: Addr) -> bool:
         """True when `data` belongs to another worker and was handed over (or dropped trying)."""
         owner = routing.owner(data, self.count)
         if owner is None or owner == self.index:
             return False
+        self._by_bytes.inc()
         self._hand_over(ep, data, addr, owner)
         return True
 
-    def route_parsed(self, ep: Endpoint, data: bytes, addr: Addr, msg: Message) -> bool:
-        """Asked by the B2BUA of each message it parsed here: True when the parsed message belongs to another
-        worker than the raw bytes said (routing.message_owner), and was handed over to it. The owner takes it
-        as it is, without asking again: the parsed reading is the same in every worker."""
-        try:
-            owner = routing.message_owner(msg, self.count)
-        except Exception:  # a header that fails to parse: answered here, as any malformed message
+    def _hand_over_parsed(self, ep: object, data: bytes, addr: Addr, owner: int) -> bool:
+        if not isinstance(ep, UdpEndpoint):  # workers listen on UDP only (config check): never the case
             return False
-        if owner is None or owner == self.index or not isinstance(ep, UdpEndpoint):
-            return False
-        self.rerouted.inc()
+        self._by_parsed.inc()
         self._hand_over(ep, data, addr, owner)
         return True
 
@@ -99,7 +99,6 @@ class Router:
         message = _HEADER.pack(self._position[id(ep)], addr[1], len(host)) + host + data
         try:
             self.context.inboxes[owner].send(message)
-            self.handed_over.inc()
         except OSError as exc:  # full (the owner is stalled or restarting): as if lost on the wire
             self.dropped.inc()
             log.debug("hand-over to worker %d: %s", owner, exc)
@@ -133,15 +132,17 @@ class Router:
             self._loop.remove_reader(self.context.inbox.fileno())
 
 
-def steer(ep: UdpEndpoint, workers: int) -> None:
+def steer(ep: UdpEndpoint, workers: int) -> bool:
     """Have the kernel put each datagram on its owner's socket of `ep`'s address where it can tell
-    (steering.py); where it cannot, or without the program, the worker that reads it hands it over. Every
-    worker attaches the same program to the group, a restarted one included: the last one stands."""
+    (steering.py); True when it does. Every worker attaches the same program to the group, a restarted one
+    included: the last one stands."""
     try:
         steering.attach(ep.socket, steering.program(workers, via_prefix("udp", ep.hostport).encode()))
     except OSError as exc:
         log.warning("udp %s: no kernel steering (%s): the workers hand over what they read for another",
                     ep.side, exc)  # fmt: skip
+        return False
+    return True
 
 
 async def serve_metrics(context: WorkerContext) -> asyncio.AbstractServer:
