@@ -30,10 +30,12 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
+from sipfilter.config.model import MAX_WORKERS
 from sipfilter.sip.message import Message, Request
 from sipfilter.sip.uri import SipUri, TelUri
 
 MARK_PREFIX = "sfw"
+MARK_DIGITS = len(str(MAX_WORKERS - 1))  # at most, in a worker mark's index
 HEAD_LIMIT = 8192  # bytes scanned for the headers: the start line, Via and To come first in practice
 CALLEE_DIGITS = 4  # 10,000 keys: no worker owns more than 2.5 % over an even share, up to 256 workers
 
@@ -41,8 +43,9 @@ _HEADER_END = b"\r\n\r\n"
 _COOKIE = "z9hg4bk"  # RFC 3261's branch prefix, lower-cased
 _VIA = re.compile(rb"\n(?:via|v)[ \t]*:[ \t]*([^\r\n]{0,2048})")
 _TO = re.compile(rb"\n(?:to|t)[ \t]*:[ \t]*([^\r\n]{0,2048})")
-_BRANCH = re.compile(rb";[ \t]*branch[ \t]*=[ \t]*z9hg4bk" + MARK_PREFIX.encode() + rb"([0-9]{1,3})\.")
-_TAG = re.compile(rb";[ \t]*tag[ \t]*=[ \t]*" + MARK_PREFIX.encode() + rb"([0-9]{1,3})\.")
+_MARK = MARK_PREFIX.encode() + rb"([0-9]{1,%d})\." % MARK_DIGITS
+_BRANCH = re.compile(rb";[ \t]*branch[ \t]*=[ \t]*z9hg4bk" + _MARK)
+_TAG = re.compile(rb";[ \t]*tag[ \t]*=[ \t]*" + _MARK)
 _NOT_DIGIT = re.compile(rb"[^0-9]")
 _ESCAPE = re.compile(rb"%([0-9a-f]{2})")  # lower-cased input
 USER_SCAN = 1024  # bytes of an escaped user part decoded (a number's spelling is far shorter)
@@ -149,7 +152,7 @@ def _mark_index(text: str) -> int | None:
     if not text.startswith(MARK_PREFIX):
         return None
     start = len(MARK_PREFIX)
-    end = text.find(".", start, start + 4)
+    end = text.find(".", start, start + MARK_DIGITS + 1)
     digits = text[start:end] if end > start else ""
     return int(digits) if digits.isascii() and digits.isdigit() else None
 

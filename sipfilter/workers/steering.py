@@ -26,14 +26,13 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
-from sipfilter.config.model import MAX_WORKERS
-from sipfilter.workers.routing import CALLEE_DIGITS, MARK_PREFIX
+from sipfilter.workers.routing import CALLEE_DIGITS, MARK_DIGITS, MARK_PREFIX
 
 SO_ATTACH_REUSEPORT_CBPF = 51  # <asm-generic/socket.h>; socket module does not name it
 STATUS_LINE_SCAN = 64  # bytes searched for the status line's end ("SIP/2.0 603 Decline" and longer phrases)
 METHOD_SCAN = 16  # the longest method name we look for a space after
 USER_DIGITS_SCAN = 32  # digits of a callee's user part (E.164 has 15 at most; 00 prefixes and visual slack)
-INDEX_DIGITS = len(str(MAX_WORKERS - 1))  # of a worker mark's index
+INDEX_DIGITS = MARK_DIGITS  # of a worker mark's index
 FALL_BACK = 0xFFFFFFFF  # past the group's end: the kernel picks by hash
 
 # Classic BPF opcodes (<linux/filter.h>)

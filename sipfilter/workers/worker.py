@@ -83,22 +83,21 @@ class Router:
         owner = routing.owner(data, self.count)
         if owner is None or owner == self.index:
             return False
-        self._by_bytes.inc()
-        self._hand_over(ep, data, addr, owner)
+        self._hand_over(ep, data, addr, owner, self._by_bytes)
         return True
 
     def _hand_over_parsed(self, ep: object, data: bytes, addr: Addr, owner: int) -> bool:
         if not isinstance(ep, UdpEndpoint):  # workers listen on UDP only (config check): never the case
             return False
-        self._by_parsed.inc()
-        self._hand_over(ep, data, addr, owner)
+        self._hand_over(ep, data, addr, owner, self._by_parsed)
         return True
 
-    def _hand_over(self, ep: UdpEndpoint, data: bytes, addr: Addr, owner: int) -> None:
+    def _hand_over(self, ep: UdpEndpoint, data: bytes, addr: Addr, owner: int, counted: Counter) -> None:
         host = addr[0].encode()
         message = _HEADER.pack(self._position[id(ep)], addr[1], len(host)) + host + data
         try:
             self.context.inboxes[owner].send(message)
+            counted.inc()
         except OSError as exc:  # full (the owner is stalled or restarting): as if lost on the wire
             self.dropped.inc()
             log.debug("hand-over to worker %d: %s", owner, exc)
